@@ -1,0 +1,164 @@
+// The dual-stream head and model; each line of forward is one line of DESIGN section 3.
+#include "mil/dual_stream.h"
+
+#include <cmath>
+
+#include <fmt/format.h>
+
+#include "kernels/counter_rng.h"
+
+namespace dsmil::mil {
+
+Pooling parse_pooling(const std::string& name) {
+  if (name == "max") return Pooling::Max;
+  if (name == "topk") return Pooling::TopK;
+  if (name == "soft") return Pooling::Soft;
+  throw Error(fmt::format("pooling '{}' is not one of max, topk, soft", name));
+}
+Attention parse_attention(const std::string& name) {
+  if (name == "dsmil") return Attention::Dsmil;
+  if (name == "gated") return Attention::Gated;
+  throw Error(fmt::format("attention '{}' is not one of dsmil, gated", name));
+}
+const char* pooling_name(Pooling p) { return p == Pooling::Max ? "max" : p == Pooling::TopK ? "topk" : "soft"; }
+const char* attention_name(Attention a) { return a == Attention::Dsmil ? "dsmil" : "gated"; }
+
+DualStreamHead::DualStreamHead(int64_t features, const HeadConfig& config, nn::InitEngine& engine)
+    : config_(config),
+      instance_classifier_(features, 2, engine),
+      query1_(features, config.query_size, engine),
+      query2_(config.query_size, config.query_size, engine),
+      value_(features, features, engine),
+      bag_classifier_(features, 2, engine) {
+  register_module("instance_classifier", instance_classifier_);
+  register_module("q1", query1_);
+  register_module("q2", query2_);
+  register_module("v", value_);
+  register_module("bag_classifier", bag_classifier_);
+  if (config.attention == Attention::Gated) {
+    gate_v_ = std::make_unique<nn::Linear>(features, config.query_size, engine);
+    gate_u_ = std::make_unique<nn::Linear>(features, config.query_size, engine);
+    gate_w_ = std::make_unique<nn::Linear>(config.query_size, 1, engine);
+    register_module("gate_V", *gate_v_);
+    register_module("gate_U", *gate_u_);
+    register_module("gate_w", *gate_w_);
+  }
+}
+
+namespace {
+// Instance dropout: instance i of bag b leaves the bag when uniform(seed, counter + b n + i) < p; a bag
+// that would lose every instance keeps its first valid one.
+Tensor drop_instances(const Tensor& mask, float p, uint64_t seed, uint64_t counter) {
+  Tensor out = mask.clone();
+  const int64_t bags = mask.size(0), n = mask.size(1);
+  for (int64_t b = 0; b < bags; ++b) {
+    int32_t* row = out.i32() + b * n;
+    const int32_t* original = mask.i32() + b * n;
+    int kept = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      if (row[i] && counter_uniform(seed, counter + b * n + i) < p) row[i] = 0;
+      kept += row[i] != 0;
+    }
+    for (int64_t i = 0; i < n && kept == 0; ++i)
+      if (original[i]) row[i] = 1, kept = 1;
+  }
+  return out;
+}
+
+// Stream-1 weight per instance for the reports: 1/K on the selected indices.
+Tensor selection_from_indices(const Tensor& idx, int64_t n) {
+  const int64_t bags = idx.size(0), k = idx.size(1);
+  Tensor sel = Tensor::zeros({bags, n});
+  for (int64_t b = 0; b < bags; ++b) {
+    int valid = 0;
+    for (int64_t j = 0; j < k; ++j) valid += idx.i32()[b * k + j] >= 0;
+    for (int64_t j = 0; j < k; ++j)
+      if (idx.i32()[b * k + j] >= 0) sel.f32()[b * n + idx.i32()[b * k + j]] = 1.0f / valid;
+  }
+  return sel;
+}
+}  // namespace
+
+MilOutput DualStreamHead::forward(const Variable& h_in, const Tensor& mask_in, float tau, nn::StepRandom& random) {
+  const int64_t bags = mask_in.size(0), n = mask_in.size(1), features = h_in.shape()[1];
+  const Device device = h_in.value().device();
+  MilOutput out;
+  out.mask = training() && config_.instance_dropout > 0.0f
+                 ? drop_instances(mask_in, config_.instance_dropout, random.seed, random.take(bags * n))
+                 : mask_in;
+  const Tensor mask = out.mask.to(device);
+  const Variable h = training() ? fn::dropout(h_in, config_.feature_dropout, random.seed, random.take(h_in.value().numel()))
+                                : h_in;
+
+  // Stream 1: instance classifier and pooling by the margin z_i = c_i1 - c_i0.
+  const Variable c = instance_classifier_.forward(h);
+  const Variable c_bags = fn::view(c, {bags, n, 2});
+  const Variable margin_weights(Tensor::from_vector({1, 2}, {-1.0f, 1.0f}).to(device), false);
+  const Variable z = fn::view(fn::linear(c, margin_weights, Variable()), {bags, n});
+  out.margins = z.value().to(Device::CPU);
+  const Variable q = fn::view(fn::tanh(query2_.forward(fn::relu(query1_.forward(h)))), {bags, n, config_.query_size});
+  Variable critical_query;
+  if (config_.pooling == Pooling::Soft) {
+    const Variable s = fn::masked_softmax(z, mask, tau, nullptr);
+    out.y1 = fn::bag_weighted_sum(s, c_bags);
+    critical_query = fn::bag_weighted_sum(s, q);
+    out.selection = s.value().to(Device::CPU);
+  } else {
+    const int k = config_.pooling == Pooling::Max ? 1 : static_cast<int>(std::min<int64_t>(config_.topk, n));
+    const Tensor idx = ops::topk_indices(z.value(), mask, k);
+    out.y1 = fn::gather_mean(c_bags, idx);
+    critical_query = fn::gather_mean(q, idx);
+    out.selection = selection_from_indices(idx.to(Device::CPU), n);
+  }
+
+  // Stream 2: attention over the instances, then the bag embedding b = sum_i a_i v_i.
+  Variable e;
+  if (config_.attention == Attention::Dsmil) {
+    e = fn::scale(fn::bag_dot(q, critical_query), 1.0f / std::sqrt(static_cast<float>(config_.query_size)));
+  } else {
+    const Variable gated = fn::mul(fn::tanh(gate_v_->forward(h)), fn::sigmoid(gate_u_->forward(h)));
+    e = fn::view(gate_w_->forward(gated), {bags, n});
+  }
+  Tensor stats;
+  const Variable a = fn::masked_softmax(e, mask, config_.attention_temperature, &stats);
+  const Variable v = fn::view(fn::relu(value_.forward(h)), {bags, n, features});
+  out.y2 = bag_classifier_.forward(fn::bag_weighted_sum(a, v));
+  out.y = fn::scale(fn::add(out.y1, out.y2), 0.5f);
+  out.attention = a.value().to(Device::CPU);
+  out.attention_stats = stats.to(Device::CPU);
+  return out;
+}
+
+DualStreamMIL::DualStreamMIL(const ModelConfig& config, uint64_t init_seed)
+    : config_(config),
+      engine_(init_seed),
+      encoder_(config.encoder, engine_),
+      head_(encoder_.embedding_size(), config.head, engine_) {
+  register_module("encoder", encoder_);
+  register_module("head", head_);
+}
+
+void DualStreamMIL::to(Device device) {
+  nn::Module::to(device);
+  device_ = device;
+}
+
+MilOutput DualStreamMIL::forward(const Variable& x, const Tensor& mask, float tau, nn::StepRandom& random) {
+  if (x.shape().size() != 5 || x.shape()[0] != mask.numel())
+    throw ShapeError(fmt::format("DualStreamMIL: x {} must hold B*n = {} slabs [S, H, W, C]", shape_str(x.shape()),
+                                 mask.numel()));
+  return head_.forward(encoder_.forward(x, random), mask, tau, random);
+}
+
+Variable mil_loss(const MilOutput& out, const Tensor& target, const float class_weight[2], const LossConfig& config) {
+  const int64_t bags = target.numel();
+  const Device device = out.y.value().device();
+  Tensor weight = Tensor::empty({bags});
+  for (int64_t b = 0; b < bags; ++b) weight.f32()[b] = class_weight[target.i32()[b]];
+  const Tensor t = target.to(device), w = weight.to(device);
+  const Variable l1 = fn::focal_loss(out.y1, t, w, config.label_smoothing, config.focal_gamma);
+  const Variable l2 = fn::focal_loss(out.y2, t, w, config.label_smoothing, config.focal_gamma);
+  return fn::add(fn::scale(l1, config.stream_weight), fn::scale(l2, 1.0f - config.stream_weight));
+}
+
+}  // namespace dsmil::mil

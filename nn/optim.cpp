@@ -1,0 +1,106 @@
+// AdamW, EMA, gradient clipping and the learning-rate schedule.
+#include "nn/optim.h"
+
+#include <cmath>
+#include <numbers>
+
+namespace dsmil::nn {
+
+AdamW::AdamW(std::vector<NamedParameter> params, const AdamWConfig& config) : params_(std::move(params)), config_(config) {
+  for (const NamedParameter& p : params_) {
+    const Tensor& value = p.variable->value();
+    m_.push_back(Tensor::zeros(value.shape(), DType::F32, value.device()));
+    v_.push_back(Tensor::zeros(value.shape(), DType::F32, value.device()));
+  }
+}
+
+void AdamW::step(float lr) {
+  ++step_;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    Variable& p = *params_[i].variable;
+    if (!p.has_grad()) continue;
+    const AdamWHyper h{lr, config_.beta1, config_.beta2, config_.eps,
+                       params_[i].weight_decay ? config_.weight_decay : 0.0f, step_};
+    ops::adamw_step(p.value(), p.grad(), m_[i], v_[i], h);
+  }
+}
+
+void AdamW::zero_grad() {
+  for (NamedParameter& p : params_) p.variable->zero_grad();
+}
+
+std::vector<NamedBuffer> AdamW::state() {
+  std::vector<NamedBuffer> out;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    out.push_back({"m." + params_[i].name, &m_[i]});
+    out.push_back({"v." + params_[i].name, &v_[i]});
+  }
+  return out;
+}
+
+Ema::Ema(Module& model, float decay) : decay_(decay) {
+  for (const NamedParameter& p : model.parameters()) {
+    names_.push_back(p.name);
+    values_.push_back(p.variable->value().clone());
+  }
+  for (const NamedBuffer& b : model.buffers()) {
+    names_.push_back(b.name);
+    values_.push_back(b.tensor->clone());
+  }
+}
+
+float Ema::effective_decay() const {
+  return std::min(decay_, (1.0f + updates_) / (10.0f + updates_));
+}
+
+void Ema::update(Module& model) {
+  const float d = effective_decay();
+  size_t i = 0;
+  for (const NamedParameter& p : model.parameters()) ops::ema_update(values_[i++], p.variable->value(), d);
+  for (const NamedBuffer& b : model.buffers()) ops::ema_update(values_[i++], *b.tensor, d);
+  ++updates_;
+}
+
+void Ema::copy_to(Module& target) const {
+  size_t i = 0;
+  for (const NamedParameter& p : target.parameters()) p.variable->value().copy_from(values_[i++]);
+  for (const NamedBuffer& b : target.buffers()) b.tensor->copy_from(values_[i++]);
+}
+
+std::vector<NamedBuffer> Ema::state() {
+  std::vector<NamedBuffer> out;
+  for (size_t i = 0; i < names_.size(); ++i) out.push_back({"ema." + names_[i], &values_[i]});
+  return out;
+}
+
+float grad_norm(const std::vector<NamedParameter>& params) {
+  double total = 0.0;
+  for (const NamedParameter& p : params)
+    if (p.variable->has_grad()) total += ops::sum_squares(p.variable->grad());
+  return static_cast<float>(std::sqrt(total));
+}
+
+float clip_grad_norm(const std::vector<NamedParameter>& params, float max_norm) {
+  const float norm = grad_norm(params);
+  if (norm > max_norm && norm > 0.0f) {
+    const float factor = max_norm / (norm + 1e-6f);
+    for (const NamedParameter& p : params)
+      if (p.variable->has_grad()) {
+        Tensor g = p.variable->grad().clone();
+        ops::scale_(g, factor);
+        p.variable->zero_grad();
+        p.variable->accumulate_grad(g);
+      }
+  }
+  return norm;
+}
+
+float warmup_cosine_lr(float lr, int64_t step, int64_t warmup, int64_t total, float min_factor) {
+  if (warmup > 0 && step < warmup) return lr * static_cast<float>(step + 1) / static_cast<float>(warmup);
+  const double span = std::max<int64_t>(total - warmup, 1);
+  const double progress = std::min(1.0, static_cast<double>(step - warmup) / span);
+  const double cosine = 0.5 * (1.0 + std::cos(std::numbers::pi * progress));
+  return static_cast<float>(lr * (min_factor + (1.0 - min_factor) * cosine));
+}
+
+}  // namespace dsmil::nn

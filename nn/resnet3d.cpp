@@ -1,0 +1,81 @@
+// ResNet-3D: stem conv (kd,7,7)/(1,2,2) -> BN -> ReLU -> max pool (1,3,3)/(1,2,2); four stages of
+// BasicBlocks; global average pooling over (S, h, w).
+#include "nn/resnet3d.h"
+
+#include <fmt/format.h>
+
+namespace dsmil::nn {
+
+std::vector<int> blocks_per_stage(int depth) {
+  switch (depth) {
+    case 10: return {1, 1, 1, 1};
+    case 18: return {2, 2, 2, 2};
+    case 34: return {3, 4, 6, 3};
+  }
+  throw Error(fmt::format("ResNet-3D depth {} is not one of 10, 18, 34", depth));
+}
+
+namespace {
+Conv3dGeometry block_conv(int kd, int stride_hw) {
+  return {{kd, 3, 3}, {1, stride_hw, stride_hw}, {kd / 2, 1, 1}};
+}
+}  // namespace
+
+BasicBlock::BasicBlock(int64_t in, int64_t out, int stride_hw, int kd, float drop_path, InitEngine& engine)
+    : conv1_(in, out, block_conv(kd, stride_hw), engine),
+      conv2_(out, out, block_conv(kd, 1), engine),
+      bn1_(out),
+      bn2_(out),
+      drop_path_(drop_path) {
+  register_module("conv1", conv1_);
+  register_module("bn1", bn1_);
+  register_module("conv2", conv2_);
+  register_module("bn2", bn2_);
+  if (stride_hw != 1 || in != out) {
+    shortcut_conv_ = std::make_unique<Conv3d>(in, out, Conv3dGeometry{{1, 1, 1}, {1, stride_hw, stride_hw}, {0, 0, 0}}, engine);
+    shortcut_bn_ = std::make_unique<BatchNorm3d>(out);
+    register_module("downsample.conv", *shortcut_conv_);
+    register_module("downsample.bn", *shortcut_bn_);
+  }
+}
+
+Variable BasicBlock::forward(const Variable& x, StepRandom& random) {
+  Variable branch = bn2_.forward(conv2_.forward(fn::relu(bn1_.forward(conv1_.forward(x)))));
+  if (training() && drop_path_ > 0.0f) branch = fn::drop_path(branch, drop_path_, random.seed, random.take(x.shape()[0]));
+  const Variable shortcut = shortcut_conv_ ? shortcut_bn_->forward(shortcut_conv_->forward(x)) : x;
+  return fn::relu(fn::add(branch, shortcut));
+}
+
+ResNet3D::ResNet3D(const ResNetConfig& config, InitEngine& engine)
+    : config_(config),
+      stem_conv_(config.in_channels, config.width,
+                 Conv3dGeometry{{config.slab_depth >= 3 ? 3 : 1, 7, 7}, {1, 2, 2}, {config.slab_depth >= 3 ? 1 : 0, 3, 3}},
+                 engine),
+      stem_bn_(config.width) {
+  register_module("stem.conv", stem_conv_);
+  register_module("stem.bn", stem_bn_);
+  const int kd = config.slab_depth >= 3 ? 3 : 1;
+  const std::vector<int> stages = blocks_per_stage(config.depth);
+  int total = 0;
+  for (int n : stages) total += n;
+  int index = 0;
+  int64_t in = config.width;
+  for (size_t stage = 0; stage < stages.size(); ++stage) {
+    const int64_t out = static_cast<int64_t>(config.width) << stage;
+    for (int b = 0; b < stages[stage]; ++b, ++index) {
+      const float p = total > 1 ? config.drop_path * index / (total - 1) : config.drop_path;
+      blocks_.push_back(std::make_unique<BasicBlock>(in, out, stage > 0 && b == 0 ? 2 : 1, kd, p, engine));
+      register_module(fmt::format("layer{}.{}", stage + 1, b), *blocks_.back());
+      in = out;
+    }
+  }
+}
+
+Variable ResNet3D::forward(const Variable& x, StepRandom& random) {
+  Variable h = fn::relu(stem_bn_.forward(stem_conv_.forward(x)));
+  h = fn::maxpool3d(h, Pool3dGeometry{{1, 3, 3}, {1, 2, 2}, {0, 1, 1}});
+  for (auto& block : blocks_) h = block->forward(h, random);
+  return fn::global_avg_pool(h);
+}
+
+}  // namespace dsmil::nn

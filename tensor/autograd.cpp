@@ -1,0 +1,109 @@
+// The autograd tape: graph recording, gradient accumulation and the reverse topological walk.
+#include "tensor/autograd.h"
+
+#include <unordered_set>
+
+#include "tensor/ops.h"
+
+namespace dsmil {
+
+struct Variable::Impl {
+  Tensor value;
+  Tensor grad;
+  bool grad_is_shared = false;  // grad aliases a tensor someone else holds: copy before adding into it
+  bool requires_grad = false;
+  std::vector<Variable> inputs;
+  BackwardFn backward;
+};
+
+namespace {
+thread_local bool grad_mode = true;
+}  // namespace
+
+bool grad_enabled() { return grad_mode; }
+NoGradGuard::NoGradGuard() : previous_(grad_mode) { grad_mode = false; }
+NoGradGuard::~NoGradGuard() { grad_mode = previous_; }
+
+Variable::Variable(Tensor value, bool requires_grad) : impl_(std::make_shared<Impl>()) {
+  impl_->value = std::move(value);
+  impl_->requires_grad = requires_grad;
+}
+
+const Tensor& Variable::value() const {
+  if (!impl_) throw Error("use of an undefined Variable");
+  return impl_->value;
+}
+Tensor& Variable::value() {
+  if (!impl_) throw Error("use of an undefined Variable");
+  return impl_->value;
+}
+bool Variable::requires_grad() const { return impl_ && impl_->requires_grad; }
+const Tensor& Variable::grad() const { return impl_->grad; }
+bool Variable::has_grad() const { return impl_ && impl_->grad.defined(); }
+
+void Variable::zero_grad() const {
+  impl_->grad = Tensor();
+  impl_->grad_is_shared = false;
+}
+
+void Variable::accumulate_grad(const Tensor& g) const {
+  if (!requires_grad()) return;
+  if (g.shape() != impl_->value.shape())
+    throw ShapeError("accumulate_grad: gradient " + g.describe() + " for value " + impl_->value.describe());
+  const Tensor g32 = g.dtype() == DType::F32 ? g : g.to_dtype(DType::F32);
+  if (!impl_->grad.defined()) {
+    impl_->grad = g32;
+    impl_->grad_is_shared = true;
+    return;
+  }
+  if (impl_->grad_is_shared) {
+    impl_->grad = impl_->grad.clone();
+    impl_->grad_is_shared = false;
+  }
+  ops::axpy_(impl_->grad, 1.0f, g32);
+}
+
+Variable Variable::from_op(Tensor value, std::vector<Variable> inputs, BackwardFn backward) {
+  Variable out(std::move(value), false);
+  if (!grad_mode) return out;
+  bool needs = false;
+  for (const Variable& v : inputs) needs = needs || v.requires_grad();
+  if (!needs) return out;
+  out.impl_->requires_grad = true;
+  out.impl_->inputs = std::move(inputs);
+  out.impl_->backward = std::move(backward);
+  return out;
+}
+
+void Variable::backward(const Tensor& seed) {
+  if (!seed.defined() && value().numel() != 1)
+    throw ShapeError("backward() without a seed starts from a scalar, got " + value().describe());
+  if (!requires_grad()) throw Error("backward(): the value does not depend on anything that requires a gradient");
+  // Reverse topological order by an iterative depth-first post-order walk.
+  // `order` owns its nodes: freeing a node's inputs below must not free a node still to run.
+  std::vector<std::shared_ptr<Impl>> order;
+  std::unordered_set<Impl*> seen;
+  std::vector<std::pair<std::shared_ptr<Impl>, size_t>> stack{{impl_, 0}};
+  seen.insert(impl_.get());
+  while (!stack.empty()) {
+    auto& [node, next] = stack.back();
+    if (next < node->inputs.size()) {
+      std::shared_ptr<Impl> child = node->inputs[next++].impl_;
+      if (child && child->backward && seen.insert(child.get()).second) stack.push_back({std::move(child), 0});
+    } else {
+      order.push_back(std::move(node));
+      stack.pop_back();
+    }
+  }
+  accumulate_grad(seed.defined() ? seed : Tensor::full(value().shape(), 1.0f, value().device()));
+  for (auto it = order.rbegin(); it != order.rend(); ++it) {
+    Impl* node = it->get();
+    if (node->grad.defined()) node->backward(node->grad);
+    // Free the graph as we go: intermediate gradients and saved tensors are no longer needed.
+    node->backward = nullptr;
+    node->inputs.clear();
+    if (node != impl_.get()) node->grad = Tensor();
+  }
+}
+
+}  // namespace dsmil

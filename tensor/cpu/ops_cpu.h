@@ -1,0 +1,9 @@
+// The CPU backend: the reference implementation of every op in tensor/op_declarations.inc, plain
+// float32 on Eigen, multithreaded with OpenMP. Contracts: tensor/ops.h.
+#pragma once
+
+#include "tensor/ops.h"
+
+namespace dsmil::cpu {
+#include "tensor/op_declarations.inc"
+}  // namespace dsmil::cpu

@@ -1,0 +1,51 @@
+// The CUDA backend's process-wide state: the one library stream every op runs on, the cuDNN and cuBLAS
+// handles bound to it, scratch buffers from the stream-ordered pool, and a test hook that poisons memory.
+#pragma once
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <cudnn.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+
+#include "tensor/tensor.h"
+
+namespace dsmil::cuda {
+
+// Created on first use (the device must be available); every op and copy is ordered on it.
+cudaStream_t stream();
+cudnnHandle_t cudnn_handle();
+cublasHandle_t cublas_handle();
+const cudaDeviceProp& device_properties();
+
+// Scratch memory (workspaces, partial sums) from the pool, released in stream order at scope exit.
+class DeviceBuffer {
+ public:
+  explicit DeviceBuffer(size_t bytes);
+  ~DeviceBuffer();
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  void* data() const { return data_; }
+  template <typename T>
+  T* as() const { return static_cast<T*>(data_); }
+  size_t bytes() const { return bytes_; }
+
+ private:
+  void* data_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+// Test hook: while set, every new device allocation is filled with this byte before it is handed out,
+// so that an op that leaves part of its output unwritten shows poison there (0xFF: NaN in f32 and bf16;
+// 0x7F: a huge finite value). std::nullopt turns it off (the default).
+void set_allocation_poison(std::optional<uint8_t> byte);
+
+// Device memory the pool holds, in bytes: in use by live allocations, and reserved from the driver.
+struct PoolUsage {
+  uint64_t used = 0, reserved = 0, peak_used = 0;
+};
+PoolUsage pool_usage();
+
+}  // namespace dsmil::cuda

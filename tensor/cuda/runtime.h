@@ -1,0 +1,20 @@
+// The CUDA runtime services the device-independent tensor code needs: memory from the stream-ordered
+// pool, copies, fills and dtype conversion. Built only with the CUDA backend (DSMIL_WITH_CUDA).
+#pragma once
+
+#include <cstddef>
+
+#include "tensor/tensor.h"
+
+namespace dsmil::cuda {
+
+bool device_available();                 // a usable CUDA device is present
+void* device_alloc(size_t bytes);        // cudaMallocAsync on the library stream (retained pool)
+void device_free(void* ptr);             // cudaFreeAsync on the library stream
+// Copy between any two of host and device memory; synchronous with respect to the host.
+void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device, size_t bytes);
+void fill(Tensor& t, float value);       // F32, BF16 (rounded) or I32 (truncated)
+Tensor convert(const Tensor& t, DType to);  // F32 <-> BF16 on the device
+void synchronize();
+
+}  // namespace dsmil::cuda

@@ -1,0 +1,72 @@
+// The op interface: every numerical primitive of the model and its training, forward and backward.
+// Each op is declared once here, dispatched on the device of its first tensor argument to the twin of
+// the same name and signature in `cpu::` (tensor/cpu/, the reference) or `cuda::` (tensor/cuda/).
+//
+// Conventions
+// - Outputs are new tensors on the inputs' device; all tensor arguments must share one device.
+// - Backward ops return gradients (they overwrite); accumulation into parameter gradients is the
+//   autograd layer's job (tensor/autograd.h).
+// - Activations are channels-last: x[N, D, H, W, C]; conv weights w[K, T, R, S, C].
+// - dtype: F32 on the CPU. On CUDA, ops marked [bf16] also take BF16 tensors (fp32 accumulation);
+//   the output has the input's dtype. Indices, labels and masks are I32.
+#pragma once
+
+#include <array>
+#include <cstdint>
+
+#include "tensor/tensor.h"
+
+namespace dsmil {
+
+// Process-wide numerics switches of the CUDA backend (the CPU backend is always plain fp32).
+struct MathMode {
+  bool allow_tf32 = true;      // TF32 tensor cores for fp32 convolutions and GEMMs
+  bool deterministic = false;  // deterministic algorithms and fixed reduction orders
+};
+MathMode& math_mode();
+
+struct Conv3dGeometry {
+  std::array<int, 3> kernel{1, 1, 1};  // (T, R, S) = depth, height, width
+  std::array<int, 3> stride{1, 1, 1};
+  std::array<int, 3> pad{0, 0, 0};
+};
+struct Pool3dGeometry {
+  std::array<int, 3> kernel{1, 1, 1};
+  std::array<int, 3> stride{1, 1, 1};
+  std::array<int, 3> pad{0, 0, 0};
+};
+
+struct AdamWHyper {
+  float lr = 1e-3f, beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f, weight_decay = 0.0f;
+  int64_t step = 1;  // 1-based step count, for bias correction
+};
+
+// Results of ops with several outputs.
+struct BatchNormTrainOut {
+  Tensor y, save_mean, save_invstd;
+};
+
+struct BatchNormGrads {
+  Tensor dx, dgamma, dbeta;
+};
+
+struct MaxPoolOut {
+  Tensor y, argmax;
+};
+
+struct MaskedSoftmaxOut {
+  Tensor a, stats;
+};
+
+struct FocalLossOut {
+  Tensor loss, grad, per_sample;  // loss: F32 [1]
+};
+
+namespace ops {
+// Output shapes: y[N, D', H', W', K] with D' = (D + 2 pd - T) / sd + 1 (likewise H', W').
+Shape conv3d_output_shape(const Shape& x, const Shape& w, const Conv3dGeometry& g);
+Shape pool3d_output_shape(const Shape& x, const Pool3dGeometry& g);
+
+#include "tensor/op_declarations.inc"
+}  // namespace ops
+}  // namespace dsmil
