@@ -2,6 +2,7 @@
 #include "mil/dual_stream.h"
 
 #include <cmath>
+#include <functional>
 
 #include <fmt/format.h>
 
@@ -26,16 +27,18 @@ const char* attention_name(Attention a) { return a == Attention::Dsmil ? "dsmil"
 DualStreamHead::DualStreamHead(int64_t features, const HeadConfig& config, nn::InitEngine& engine)
     : config_(config),
       instance_classifier_(features, 2, engine),
-      query1_(features, config.query_size, engine),
-      query2_(config.query_size, config.query_size, engine),
       value_(features, features, engine),
       bag_classifier_(features, 2, engine) {
   register_module("instance_classifier", instance_classifier_);
-  register_module("q1", query1_);
-  register_module("q2", query2_);
   register_module("v", value_);
   register_module("bag_classifier", bag_classifier_);
-  if (config.attention == Attention::Gated) {
+  // The critical query only serves DSMIL's attention; gated attention has its own parameters.
+  if (config.attention == Attention::Dsmil) {
+    query1_ = std::make_unique<nn::Linear>(features, config.query_size, engine);
+    query2_ = std::make_unique<nn::Linear>(config.query_size, config.query_size, engine);
+    register_module("q1", *query1_);
+    register_module("q2", *query2_);
+  } else {
     gate_v_ = std::make_unique<nn::Linear>(features, config.query_size, engine);
     gate_u_ = std::make_unique<nn::Linear>(features, config.query_size, engine);
     gate_w_ = std::make_unique<nn::Linear>(config.query_size, 1, engine);
@@ -96,25 +99,25 @@ MilOutput DualStreamHead::forward(const Variable& h_in, const Tensor& mask_in, f
   const Variable margin_weights(Tensor::from_vector({1, 2}, {-1.0f, 1.0f}).to(device), false);
   const Variable z = fn::view(fn::linear(c, margin_weights, Variable()), {bags, n});
   out.margins = z.value().to(Device::CPU);
-  const Variable q = fn::view(fn::tanh(query2_.forward(fn::relu(query1_.forward(h)))), {bags, n, config_.query_size});
-  Variable critical_query;
+  // Stream-1 pooling; `pool` applies the same instance weighting to any per-instance tensor [B, n, F].
+  std::function<Variable(const Variable&)> pool;
   if (config_.pooling == Pooling::Soft) {
     const Variable s = fn::masked_softmax(z, mask, tau, nullptr);
-    out.y1 = fn::bag_weighted_sum(s, c_bags);
-    critical_query = fn::bag_weighted_sum(s, q);
+    pool = [s](const Variable& per_instance) { return fn::bag_weighted_sum(s, per_instance); };
     out.selection = s.value().to(Device::CPU);
   } else {
     const int k = config_.pooling == Pooling::Max ? 1 : static_cast<int>(std::min<int64_t>(config_.topk, n));
     const Tensor idx = ops::topk_indices(z.value(), mask, k);
-    out.y1 = fn::gather_mean(c_bags, idx);
-    critical_query = fn::gather_mean(q, idx);
+    pool = [idx](const Variable& per_instance) { return fn::gather_mean(per_instance, idx); };
     out.selection = selection_from_indices(idx.to(Device::CPU), n);
   }
+  out.y1 = pool(c_bags);
 
   // Stream 2: attention over the instances, then the bag embedding b = sum_i a_i v_i.
   Variable e;
   if (config_.attention == Attention::Dsmil) {
-    e = fn::scale(fn::bag_dot(q, critical_query), 1.0f / std::sqrt(static_cast<float>(config_.query_size)));
+    const Variable q = fn::view(fn::tanh(query2_->forward(fn::relu(query1_->forward(h)))), {bags, n, config_.query_size});
+    e = fn::scale(fn::bag_dot(q, pool(q)), 1.0f / std::sqrt(static_cast<float>(config_.query_size)));
   } else {
     const Variable gated = fn::mul(fn::tanh(gate_v_->forward(h)), fn::sigmoid(gate_u_->forward(h)));
     e = fn::view(gate_w_->forward(gated), {bags, n});

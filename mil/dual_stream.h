@@ -25,7 +25,7 @@ struct HeadConfig {
   float attention_temperature = 1.0f; // T_att
   float feature_dropout = 0.5f;       // dropout on h_i (training)
   float instance_dropout = 0.0f;      // each instance dropped from the bag with this probability
-  int query_size = 128;               // q_i and the gated attention's hidden size
+  int query_size = 128;               // q_i (dsmil) or the gated attention's hidden size
 };
 
 struct ModelConfig {
@@ -52,8 +52,9 @@ class DualStreamHead : public nn::Module {
 
  private:
   HeadConfig config_;
-  nn::Linear instance_classifier_, query1_, query2_, value_, bag_classifier_;
-  std::unique_ptr<nn::Linear> gate_v_, gate_u_, gate_w_;
+  nn::Linear instance_classifier_, value_, bag_classifier_;
+  std::unique_ptr<nn::Linear> query1_, query2_;          // dsmil attention
+  std::unique_ptr<nn::Linear> gate_v_, gate_u_, gate_w_;  // gated attention
 };
 
 class DualStreamMIL : public nn::Module {
