@@ -1,0 +1,198 @@
+// Applies the stated anomaly rules to each fold's test metrics (at both thresholds), training history
+// and attention diagnostics, and to the spread over folds; maps the kinds found to recommendations.
+#include "apps/report/anomalies.h"
+
+#include <algorithm>
+#include <cmath>
+#include <set>
+
+#include <fmt/format.h>
+
+namespace dsmil::report {
+namespace {
+
+// The thresholds a fold is judged at: its calibrated one, and 0.5 unless that is the same cut.
+std::vector<std::pair<std::string, const ThresholdMetrics*>> judged_thresholds(const FoldEvaluation& f) {
+  std::vector<std::pair<std::string, const ThresholdMetrics*>> out;
+  if (f.info.threshold != 0.5)
+    out.emplace_back(fmt::format("calibrated threshold {:.4f} ({})", f.info.threshold, f.info.threshold_method),
+                     &f.at_calibrated);
+  out.emplace_back("threshold 0.5", &f.at_half);
+  return out;
+}
+
+void class_collapse(const FoldEvaluation& f, const std::string& scope, const AnomalyRules& rules,
+                    std::vector<Anomaly>& out) {
+  for (const auto& [label, m] : judged_thresholds(f)) {
+    const Confusion& c = m->confusion;
+    const bool all_lgg = c.tp + c.fp == 0, all_hgg = c.tn + c.fn == 0;
+    const bool low_hgg = m->sensitivity < rules.min_class_recall, low_lgg = m->specificity < rules.min_class_recall;
+    if (!(all_lgg || all_hgg || low_hgg || low_lgg)) continue;
+    std::string what = fmt::format("at {}: HGG recall {:.3f} ({}/{} correct), LGG recall {:.3f} ({}/{} correct)",
+                                   label, m->sensitivity, c.tp, c.n_hgg(), m->specificity, c.tn, c.n_lgg());
+    if (all_lgg) what += fmt::format("; all {} predictions are LGG", c.n());
+    if (all_hgg) what += fmt::format("; all {} predictions are HGG", c.n());
+    out.push_back({AnomalyKind::class_collapse, scope, what});
+  }
+}
+
+void high_auc_low_f1(const FoldEvaluation& f, const std::string& scope, const AnomalyRules& rules,
+                     std::vector<Anomaly>& out) {
+  if (!(f.auc.auc >= rules.high_auc)) return;
+  for (const auto& [label, m] : judged_thresholds(f)) {
+    // A NaN F1 (nothing predicted HGG and no HGG case) cannot occur with both classes present.
+    if (m->f1 < rules.low_f1 || m->balanced_accuracy < rules.low_balanced_accuracy)
+      out.push_back({AnomalyKind::high_auc_low_f1, scope,
+                     fmt::format("AUC {:.4f} but at {}: F1 {:.4f}, balanced accuracy {:.4f}", f.auc.auc, label,
+                                 m->f1, m->balanced_accuracy)});
+  }
+}
+
+void overfitting(const FoldEvaluation& f, const std::string& scope, const AnomalyRules& rules,
+                 std::vector<Anomaly>& out) {
+  if (!f.stability) return;
+  const Stability& s = *f.stability;
+  if (s.loss_gap_final > rules.max_final_loss_gap)
+    out.push_back({AnomalyKind::overfitting, scope,
+                   fmt::format("final epoch {}: val loss {:.4f} − train loss {:.4f} = {:.4f} > {:.2f}", s.epochs,
+                               s.val_loss_final, s.train_loss_final, s.loss_gap_final, rules.max_final_loss_gap)});
+  if (s.val_loss_final > (1.0 + rules.max_val_loss_rise) * s.val_loss_min)
+    out.push_back({AnomalyKind::overfitting, scope,
+                   fmt::format("val loss rose {:.1f}% from its minimum {:.4f} (epoch {}) to {:.4f} (epoch {})",
+                               100.0 * (s.val_loss_final / s.val_loss_min - 1.0), s.val_loss_min,
+                               s.min_val_loss_epoch, s.val_loss_final, s.epochs)});
+}
+
+void attention_collapse(const FoldEvaluation& f, const std::string& scope, const AnomalyRules& rules,
+                        std::vector<Anomaly>& out) {
+  if (!f.attention) return;
+  const AttentionTail& t = *f.attention;
+  if (t.top1 > rules.max_attention_top1 || t.neff < rules.min_attention_neff)
+    out.push_back({AnomalyKind::attention_collapse, scope,
+                   fmt::format("over the last {} epochs: mean top-1 weight {:.3f}, mean effective instances {:.2f}, "
+                               "normalised entropy {:.3f}",
+                               t.epochs, t.top1, t.neff, t.entropy_norm)});
+}
+
+void miscalibration(const FoldEvaluation& f, const std::string& scope, const AnomalyRules& rules,
+                    std::vector<Anomaly>& out) {
+  if (f.ece > rules.max_ece)
+    out.push_back({AnomalyKind::miscalibration, scope,
+                   fmt::format("test ECE {:.4f} > {:.2f} (Brier {:.4f})", f.ece, rules.max_ece, f.brier)});
+}
+
+void fold_spread(const CvEvaluation& cv, const AnomalyRules& rules, std::vector<Anomaly>& out) {
+  if (cv.folds.size() < 2) return;
+  for (const auto& [name, pick] :
+       {std::pair<std::string, double ThresholdMetrics::*>{"F1", &ThresholdMetrics::f1},
+        std::pair<std::string, double ThresholdMetrics::*>{"balanced accuracy", &ThresholdMetrics::balanced_accuracy}}) {
+    std::vector<double> values;
+    for (const auto& f : cv.folds) values.push_back(f.at_calibrated.*pick);
+    const Spread s = spread(values);
+    if (s.std > rules.max_fold_std)
+      out.push_back({AnomalyKind::fold_spread, "CV",
+                     fmt::format("{} at the calibrated thresholds varies over {} folds: {:.4f} ± {:.4f} "
+                                 "(min {:.4f}, max {:.4f})",
+                                 name, s.n, s.mean, s.std, s.min, s.max)});
+  }
+}
+
+}  // namespace
+
+std::string_view anomaly_name(AnomalyKind kind) {
+  switch (kind) {
+    case AnomalyKind::class_collapse: return "class collapse";
+    case AnomalyKind::high_auc_low_f1: return "high AUC with low F1";
+    case AnomalyKind::overfitting: return "overfitting";
+    case AnomalyKind::attention_collapse: return "attention collapse";
+    case AnomalyKind::miscalibration: return "miscalibration";
+    case AnomalyKind::fold_spread: return "fold spread";
+    case AnomalyKind::optimistic_protocol: return "optimistic protocol";
+  }
+  return "?";
+}
+
+std::vector<Anomaly> find_anomalies(const CvEvaluation& cv, const AnomalyRules& rules) {
+  std::vector<Anomaly> out;
+  if (cv.optimistic())
+    out.push_back({AnomalyKind::optimistic_protocol, "CV",
+                   fmt::format("protocol '{}': checkpoint and threshold were chosen on the test folds, so every "
+                               "test metric is optimistic",
+                               cv.protocol)});
+  for (const auto& f : cv.folds) {
+    const std::string scope = fold_label(f.info, cv.n_repeats);
+    class_collapse(f, scope, rules, out);
+    high_auc_low_f1(f, scope, rules, out);
+    overfitting(f, scope, rules, out);
+    attention_collapse(f, scope, rules, out);
+    miscalibration(f, scope, rules, out);
+  }
+  fold_spread(cv, rules, out);
+  return out;
+}
+
+nlohmann::json anomalies_json(const std::vector<Anomaly>& anomalies) {
+  nlohmann::json list = nlohmann::json::array();
+  for (const auto& a : anomalies)
+    list.push_back({{"rule", std::string(anomaly_name(a.kind))}, {"scope", a.scope}, {"message", a.message}});
+  return list;
+}
+
+std::string rules_text(const AnomalyRules& r) {
+  return fmt::format(
+      "- **class collapse**: on the test fold, at the calibrated threshold or at 0.5, the recall of a class "
+      "is below {:.2f}, or every prediction is one class.\n"
+      "- **high AUC with low F1**: test AUC ≥ {:.2f} and, at a threshold, F1 (HGG positive) < {:.2f} or balanced "
+      "accuracy < {:.2f} (a threshold problem, not a ranking problem).\n"
+      "- **overfitting**: at the final epoch val loss − train loss > {:.2f}, or the final val loss is more than "
+      "{:.0f}% above its minimum (val = the chosen model's validation record).\n"
+      "- **attention collapse**: over the last {} epochs with attention diagnostics, mean top-1 attention weight "
+      "> {:.2f} or mean effective number of instances 1/Σa² < {:.2f}.\n"
+      "- **miscalibration**: test ECE ({} equal-width bins) > {:.2f}.\n"
+      "- **fold spread**: sample std over folds of F1 or balanced accuracy (calibrated threshold) > {:.2f}.\n"
+      "- **optimistic protocol**: the run selected checkpoints/thresholds on the test folds (`select_on_test`).\n",
+      r.min_class_recall, r.high_auc, r.low_f1, r.low_balanced_accuracy, r.max_final_loss_gap,
+      100.0 * r.max_val_loss_rise, kAttentionTailEpochs, r.max_attention_top1, r.min_attention_neff, kEceBins,
+      r.max_ece, r.max_fold_std);
+}
+
+std::vector<Recommendation> recommendations_for(const std::vector<Anomaly>& anomalies) {
+  static const std::vector<Recommendation> catalogue{
+      {1, AnomalyKind::optimistic_protocol, "Measure without test-set selection",
+       {"Rerun with the nested protocol (default; drop `--select-on-test`): the inner validation split chooses "
+        "checkpoint and threshold, the outer fold is predicted once."}},
+      {1, AnomalyKind::class_collapse, "Fix the class collapse",
+       {"Balanced class weights in the loss (`balanced`, α_c = N / (2 N_c)) on top of the `weighted` sampler.",
+        "Focal loss with γ = 2 and label smoothing ε = 0.2 (configs/recommended-v2).",
+        "Early stopping and checkpoint choice on `min_class_recall` instead of `auc`.",
+        "Threshold calibration (`youden` or `max_f1`) on the inner validation predictions."}},
+      {2, AnomalyKind::high_auc_low_f1, "Calibrate the decision threshold",
+       {"The ranking is good but the cut is not: choose the threshold with `youden` or `max_f1` on the inner "
+        "validation split and report threshold metrics at that one stated threshold.",
+        "Monitor `balanced_accuracy` or `min_class_recall` so that the chosen epoch separates both classes."}},
+      {2, AnomalyKind::miscalibration, "Do not read p(HGG) as a probability",
+       {"Calibrate the threshold on the inner validation split; consider label smoothing ε = 0.2 and focal γ = 2, "
+        "which temper over-confident outputs.",
+        "Inspect the reliability diagram (plots/reliability.svg) before using the scores clinically."}},
+      {3, AnomalyKind::overfitting, "Regularise",
+       {"Smaller bags (n 32 → 16) with `stratified` instance sampling.",
+        "Dropout 0.6, stochastic depth (drop_path 0.1), instance dropout.",
+        "`topk` pooling instead of `max`; stop earlier (patience) on the inner validation monitor."}},
+      {4, AnomalyKind::attention_collapse, "Keep attention spread over instances",
+       {"`gated` attention and `topk` pooling instead of `max` with annealed `soft` selection.",
+        "Instance dropout; the attention-entropy regulariser (β > 0) for collapse experiments.",
+        "Check the attention plots (plots/attention_fold_k.svg) for the epoch where top-1 weight jumps."}},
+      {5, AnomalyKind::fold_spread, "Measure and reduce the spread",
+       {"Repeated CV (`--repeats R`) to see the spread between seeds next to the spread between folds.",
+        "Deterministic or `stratified` bag sampling; folds grouped by patient where a manifest gives patient_id."}},
+  };
+  std::set<AnomalyKind> found;
+  for (const auto& a : anomalies) found.insert(a.kind);
+  std::vector<Recommendation> out;
+  for (const auto& r : catalogue)
+    if (found.contains(r.kind)) out.push_back(r);
+  std::stable_sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.priority < b.priority; });
+  return out;
+}
+
+}  // namespace dsmil::report

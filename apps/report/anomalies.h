@@ -1,0 +1,63 @@
+// Anomaly rules over a CV evaluation (class collapse, high AUC with low F1, overfitting, attention
+// collapse, miscalibration, fold spread, optimistic protocol) and the recommendations mapped from them.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "apps/report/evaluation.h"
+
+namespace dsmil::report {
+
+// Limits of the rules; AUDIT.md prints them with the findings (`rules_text`).
+struct AnomalyRules {
+  double min_class_recall = 0.2;            // class collapse: a class recall below this
+  double high_auc = 0.85;                   // high AUC with low F1: AUC at least this …
+  double low_f1 = 0.7;                      // … and F1 below this
+  double low_balanced_accuracy = 0.7;       // … or balanced accuracy below this
+  double max_final_loss_gap = 0.15;         // overfitting: val − train loss at the final epoch above this
+  double max_val_loss_rise = 0.20;          // overfitting: final val loss above (1 + this) × its minimum
+  double max_attention_top1 = 0.9;          // attention collapse: mean top-1 weight above this …
+  double min_attention_neff = 1.5;          // … or mean effective number of instances below this
+  double max_ece = 0.15;                    // miscalibration: test ECE above this
+  double max_fold_std = 0.10;               // fold spread: sample std over folds of F1 or bal. acc. above this
+};
+
+enum class AnomalyKind {
+  class_collapse,
+  high_auc_low_f1,
+  overfitting,
+  attention_collapse,
+  miscalibration,
+  fold_spread,
+  optimistic_protocol,
+};
+std::string_view anomaly_name(AnomalyKind kind);
+
+struct Anomaly {
+  AnomalyKind kind;
+  std::string scope;    // "repeat 0 fold 3", or "CV" for rules over all folds
+  std::string message;  // the numbers that fired the rule
+};
+
+std::vector<Anomaly> find_anomalies(const CvEvaluation& cv, const AnomalyRules& rules = {});
+
+// The findings as cv_summary.json's "anomalies": [{"rule", "scope", "message"}].
+nlohmann::json anomalies_json(const std::vector<Anomaly>& anomalies);
+
+// The rules as markdown bullet lines, with their limits.
+std::string rules_text(const AnomalyRules& rules);
+
+// Recommendations mapped from the kinds of anomaly found, most urgent first; each names the settings
+// of DESIGN section 5 (configs/recommended-v2) that address it.
+struct Recommendation {
+  int priority = 0;
+  AnomalyKind kind;
+  std::string title;
+  std::vector<std::string> actions;
+};
+std::vector<Recommendation> recommendations_for(const std::vector<Anomaly>& anomalies);
+
+}  // namespace dsmil::report

@@ -1,0 +1,416 @@
+// Writes cv_summary.json and AUDIT.md of a CV: the seed audit's sections generated from the fold files,
+// every printed number taken from cv_summary.json and then checked against a fresh recomputation.
+#include "apps/report/audit.h"
+
+#include <algorithm>
+#include <cctype>
+#include <cmath>
+#include <fstream>
+#include <map>
+#include <set>
+
+#include <fmt/format.h>
+
+#include "apps/report/evaluation.h"
+#include "apps/report/plots.h"
+#include "apps/report/run_dir.h"
+#include "tensor/error.h"
+
+namespace dsmil::report {
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+constexpr size_t kListedChecksPerGroup = 60;  // larger groups list only their failures
+
+// Prints numbers of cv_summary.json by pointer and remembers each as printed, so that the consistency
+// section can recompute every one of them.
+class Printer {
+ public:
+  explicit Printer(const json& summary) : summary_(summary) {}
+
+  std::string num(const std::string& pointer, int decimals = 4) { return put(pointer, decimals, 1.0, ""); }
+  std::string pct(const std::string& pointer, int decimals = 1) { return put(pointer, decimals, 100.0, "%"); }
+  std::string count(const std::string& pointer) { return put(pointer, 0, 1.0, ""); }
+  // "mean ± std" of a spread block.
+  std::string mean_std(const std::string& pointer) { return num(pointer + "/mean") + " ± " + num(pointer + "/std"); }
+
+  const std::vector<PrintedNumber>& printed() const { return printed_; }
+
+ private:
+  std::string put(const std::string& pointer, int decimals, double scale, const char* unit) {
+    const json& value = summary_.at(json::json_pointer(pointer));
+    if (value.is_null()) {
+      printed_.push_back({pointer, "n/a", std::nan(""), decimals, scale});
+      return "n/a";
+    }
+    const std::string number = fmt::format("{:.{}f}", value.get<double>() * scale, decimals);
+    printed_.push_back({pointer, number + unit, std::stod(number), decimals, scale});
+    return number + unit;
+  }
+
+  const json& summary_;
+  std::vector<PrintedNumber> printed_;
+};
+
+std::string threshold_title(const FoldEvaluation& f, const std::string& key) {
+  if (key == kThresholdKeys[1]) return "0.5";
+  return fmt::format("calibrated {:.4f} (`{}`)", f.info.threshold, f.info.threshold_method);
+}
+
+std::string class_line(Printer& p, const std::string& block, const std::string& prefix) {
+  return fmt::format("LGG {}/{} correct ({}), HGG {}/{} correct ({})", p.count(block + "/confusion/0/0"),
+                     p.count(prefix + "/n_lgg"), p.pct(block + "/specificity"), p.count(block + "/confusion/1/1"),
+                     p.count(prefix + "/n_hgg"), p.pct(block + "/sensitivity"));
+}
+
+std::string fold_section(Printer& p, const FoldEvaluation& f, size_t index, int n_repeats,
+                         const std::vector<Anomaly>& anomalies) {
+  const std::string prefix = fmt::format("/folds/{}", index);
+  const std::string label = fold_label(f.info, n_repeats);
+  const FoldInfo& info = f.info;
+  std::string s = fmt::format("### {} (`{}`)\n\n", label, f.dir);
+  s += fmt::format("- **Best epoch:** {} of {} (stopped early: {}); **chosen model:** {}; **monitor** `{}` = {}\n",
+                   info.best_epoch, p.count(prefix + "/epochs_run"), info.stopped_early ? "yes" : "no",
+                   info.chosen_model, info.monitor, p.num(prefix + "/monitor_value"));
+  const std::string chosen_on = info.threshold_method == "0.5" ? "fixed, not calibrated"
+                                : info.protocol == "nested"     ? "chosen on the inner validation split"
+                                                                : "chosen on the **test fold** (optimistic)";
+  s += fmt::format("- **Threshold:** `{}` → {} ({}); test set {} cases ({} HGG, {} LGG), "
+                   "inner validation {} cases\n",
+                   info.threshold_method, p.num(prefix + "/threshold"), chosen_on,
+                   p.count(prefix + "/n_test"), p.count(prefix + "/n_hgg"), p.count(prefix + "/n_lgg"),
+                   p.count(prefix + "/n_val"));
+  s += fmt::format("- **Test AUC:** {} (95% CI {}–{}); Brier {}; ECE {}\n\n", p.num(prefix + "/auc"),
+                   p.num(prefix + "/auc_ci95/0"), p.num(prefix + "/auc_ci95/1"), p.num(prefix + "/brier"),
+                   p.num(prefix + "/ece"));
+
+  s += fmt::format("| Test metric | at {} | at {} |\n|---|---|---|\n", threshold_title(f, kThresholdKeys[0]),
+                   threshold_title(f, kThresholdKeys[1]));
+  for (const auto& name : kThresholdMetrics)
+    s += fmt::format("| {} | {} | {} |\n", metric_title(name),
+                     p.num(prefix + "/at_threshold/" + kThresholdKeys[0] + "/" + name),
+                     p.num(prefix + "/at_threshold/" + kThresholdKeys[1] + "/" + name));
+  s += "\n- **Confusion matrix** (rows true, columns predicted):\n";
+  for (const auto& key : kThresholdKeys) {
+    const std::string block = prefix + "/at_threshold/" + key;
+    s += fmt::format("  - at {}: {}; [[tn, fp], [fn, tp]] = [[{}, {}], [{}, {}]]\n", threshold_title(f, key),
+                     class_line(p, block, prefix), p.count(block + "/confusion/0/0"),
+                     p.count(block + "/confusion/0/1"), p.count(block + "/confusion/1/0"),
+                     p.count(block + "/confusion/1/1"));
+  }
+
+  if (f.stability) {
+    const Stability& st = *f.stability;
+    s += fmt::format(
+        "- **Stability** ({} validation record, from metrics.jsonl):\n"
+        "  - val loss {:.4f} (epoch 1) → {:.4f} (best epoch {}) → {:.4f} (final, epoch {}); minimum {:.4f} at epoch {}\n"
+        "  - val AUC {:.4f} → {:.4f} (best) → {:.4f} (final)\n"
+        "  - train/val loss at the final epoch: {:.4f} (train) vs {:.4f} (val), gap {:+.4f}\n",
+        info.chosen_model == "ema" ? "EMA model's" : "raw model's", st.val_loss_first, st.val_loss_best,
+        st.best_epoch, st.val_loss_final, st.epochs, st.val_loss_min, st.min_val_loss_epoch, st.val_auc_first,
+        st.val_auc_best, st.val_auc_final, st.train_loss_final, st.val_loss_final, st.loss_gap_final);
+  } else {
+    s += "- **Stability:** metrics.jsonl is empty\n";
+  }
+  if (f.attention)
+    s += fmt::format("- **Attention** (mean of the last {} epochs): top-1 weight {:.3f}, effective instances {:.2f}, "
+                     "entropy / log n {:.3f}\n",
+                     f.attention->epochs, f.attention->top1, f.attention->neff, f.attention->entropy_norm);
+  else
+    s += "- **Attention:** not logged\n";
+
+  std::string found;
+  for (const auto& a : anomalies)
+    if (a.scope == label) found += fmt::format("  - ⚠️ **{}**: {}\n", anomaly_name(a.kind), a.message);
+  s += found.empty() ? "- **Anomalies:** none\n" : "- **Anomalies:**\n" + found;
+  return s + "\n";
+}
+
+std::string spread_row(Printer& p, const std::string& title, const std::string& pointer) {
+  return fmt::format("| {} | {} | {} | {} |\n", title, p.mean_std(pointer), p.num(pointer + "/min"),
+                     p.num(pointer + "/max"));
+}
+
+std::string cv_section(Printer& p, const CvEvaluation& cv) {
+  std::string s = "## 2. Cross-validation summary\n\n";
+  s += fmt::format("Over {} folds{}: mean ± sample std (n−1), min, max of the per-fold test metrics above.\n\n",
+                   cv.folds.size(), cv.n_repeats > 1 ? fmt::format(" ({} repeats)", cv.n_repeats) : "");
+  for (const auto& key : kThresholdKeys) {
+    s += fmt::format("**At the {} threshold{}**\n\n| Metric | Mean ± Std | Min | Max |\n|---|---|---|---|\n",
+                     key == kThresholdKeys[0] ? "calibrated" : "0.5", key == kThresholdKeys[0] ? "s (per fold)" : "");
+    if (key == kThresholdKeys[0]) {
+      for (const auto& name : kThresholdFreeMetrics) s += spread_row(p, metric_title(name), "/summary/" + name);
+      s += spread_row(p, "Threshold", "/summary/threshold");
+    }
+    for (const auto& name : kThresholdMetrics)
+      s += spread_row(p, metric_title(name), "/summary/at_threshold/" + key + "/" + name);
+    s += "\n";
+  }
+
+  s += "**Per fold** (calibrated threshold)\n\n| Fold | AUC | F1 | Balanced acc. | Accuracy | HGG correct | LGG "
+       "correct |\n|---|---|---|---|---|---|---|\n";
+  for (size_t i = 0; i < cv.folds.size(); ++i) {
+    const std::string prefix = fmt::format("/folds/{}", i);
+    const std::string block = prefix + "/at_threshold/calibrated";
+    s += fmt::format("| {} | {} | {} | {} | {} | {}/{} | {}/{} |\n", fold_label(cv.folds[i].info, cv.n_repeats),
+                     p.num(prefix + "/auc"), p.num(block + "/f1"), p.num(block + "/balanced_accuracy"),
+                     p.num(block + "/accuracy"), p.count(block + "/confusion/1/1"), p.count(prefix + "/n_hgg"),
+                     p.count(block + "/confusion/0/0"), p.count(prefix + "/n_lgg"));
+  }
+
+  s += "\n**Pooled out-of-fold** (all test predictions of a repeat together; calibrated: each case at its own "
+       "fold's threshold)\n\n";
+  for (size_t j = 0; j < cv.pooled.size(); ++j) {
+    const std::string prefix = fmt::format("/pooled/{}", j);
+    s += fmt::format("- {}{} cases ({} HGG, {} LGG): AUC {} (95% CI {}–{}), Brier {}, ECE {}\n",
+                     cv.n_repeats > 1 ? fmt::format("repeat {}: ", cv.pooled[j].repeat) : "", p.count(prefix + "/n"),
+                     p.count(prefix + "/n_hgg"), p.count(prefix + "/n_lgg"), p.num(prefix + "/auc"),
+                     p.num(prefix + "/auc_ci95/0"), p.num(prefix + "/auc_ci95/1"), p.num(prefix + "/brier"),
+                     p.num(prefix + "/ece"));
+    for (const auto& key : kThresholdKeys) {
+      const std::string block = prefix + "/at_threshold/" + key;
+      s += fmt::format("  - at {}: F1 {}, balanced accuracy {}, accuracy {}; {}\n",
+                       key == kThresholdKeys[0] ? "the calibrated thresholds" : "0.5", p.num(block + "/f1"),
+                       p.num(block + "/balanced_accuracy"), p.num(block + "/accuracy"), class_line(p, block, prefix));
+    }
+  }
+
+  if (cv.n_repeats > 1) {
+    s += fmt::format("\n**Spread between {} repeats** (mean ± sample std over repeats; fold spread above)\n\n"
+                     "| Metric | Pooled per repeat | Fold mean per repeat |\n|---|---|---|\n",
+                     cv.n_repeats);
+    for (const auto& name : kThresholdFreeMetrics)
+      s += fmt::format("| {} | {} | {} |\n", metric_title(name), p.mean_std("/repeat_spread/pooled/" + name),
+                       p.mean_std("/repeat_spread/fold_mean/" + name));
+    for (const auto& name : kThresholdMetrics) {
+      const std::string tail = "/at_threshold/calibrated/" + name;
+      s += fmt::format("| {} (calibrated) | {} | {} |\n", metric_title(name),
+                       p.mean_std("/repeat_spread/pooled" + tail), p.mean_std("/repeat_spread/fold_mean" + tail));
+    }
+  }
+  return s + "\n";
+}
+
+std::string anomaly_section(const CvEvaluation& cv, const std::vector<Anomaly>& anomalies, const AnomalyRules& rules) {
+  std::string s = "## 3. Anomalies\n\nRules (limits stated; applied to every fold):\n\n" + rules_text(rules) + "\n";
+  if (anomalies.empty()) return s + "**No anomaly found.**\n\n";
+  std::map<AnomalyKind, std::set<std::string>> scopes;
+  for (const auto& a : anomalies) scopes[a.kind].insert(a.scope);
+  s += "**Found:**\n\n";
+  for (const auto& [kind, where] : scopes) {
+    std::string list;
+    for (const auto& w : where) list += (list.empty() ? "" : ", ") + w;
+    s += fmt::format("- **{}** in {}{}\n", anomaly_name(kind),
+                     where.contains("CV") ? "the CV" : fmt::format("{}/{} folds: ", where.size(), cv.folds.size()),
+                     where.contains("CV") ? "" : list);
+  }
+  s += "\n| Where | Rule | Finding |\n|---|---|---|\n";
+  for (const auto& a : anomalies) s += fmt::format("| {} | {} | {} |\n", a.scope, anomaly_name(a.kind), a.message);
+  return s + "\n";
+}
+
+std::string recommendation_section(const std::vector<Anomaly>& anomalies) {
+  std::string s = "## 4. Recommendations\n\n";
+  const auto recommendations = recommendations_for(anomalies);
+  if (recommendations.empty()) return s + "No anomaly to act on.\n\n";
+  for (const auto& r : recommendations) {
+    s += fmt::format("### Priority {}: {} (because of: {})\n\n", r.priority, r.title, anomaly_name(r.kind));
+    for (size_t i = 0; i < r.actions.size(); ++i) s += fmt::format("{}. {}\n", i + 1, r.actions[i]);
+    s += "\n";
+  }
+  return s;
+}
+
+std::string value_text(double v) { return std::isnan(v) ? "n/a" : fmt::format("{:.10g}", v); }
+
+std::string check_row(const Check& c) {
+  return fmt::format("| {} | {} | {} | {} | {} |\n", c.scope, c.what,
+                     c.reported_text.empty() ? value_text(c.reported) : c.reported_text, value_text(c.recomputed),
+                     c.pass ? "PASS" : "**FAIL**");
+}
+
+// Pointers in document order: digit runs compare as numbers ("/folds/2" before "/folds/10").
+bool natural_less(const std::string& a, const std::string& b) {
+  size_t i = 0, j = 0;
+  while (i < a.size() && j < b.size()) {
+    if (std::isdigit(static_cast<unsigned char>(a[i])) && std::isdigit(static_cast<unsigned char>(b[j]))) {
+      size_t i_end = i, j_end = j;
+      while (i_end < a.size() && std::isdigit(static_cast<unsigned char>(a[i_end]))) ++i_end;
+      while (j_end < b.size() && std::isdigit(static_cast<unsigned char>(b[j_end]))) ++j_end;
+      const long x = std::stol(a.substr(i, i_end - i)), y = std::stol(b.substr(j, j_end - j));
+      if (x != y) return x < y;
+      i = i_end, j = j_end;
+    } else {
+      if (a[i] != b[j]) return a[i] < b[j];
+      ++i, ++j;
+    }
+  }
+  return a.size() - i < b.size() - j;
+}
+
+// One group of checks: every row when small, else a count and the failing rows.
+std::string check_group(const std::string& title, const std::vector<Check>& checks) {
+  size_t failed = 0;
+  for (const auto& c : checks) failed += !c.pass;
+  std::string s = fmt::format("#### {} — {} numbers, {} PASS, {} FAIL\n\n", title, checks.size(),
+                              checks.size() - failed, failed);
+  const bool list_all = checks.size() <= kListedChecksPerGroup;
+  if (!list_all && failed == 0) return s + "All agree.\n\n";
+  std::string rows;
+  for (const auto& c : checks)
+    if (list_all || !c.pass) rows += check_row(c);
+  return s + "| Where | Number | Reported | Recomputed | Result |\n|---|---|---|---|---|\n" + rows + "\n";
+}
+
+std::string consistency_section(const std::vector<Check>& training, const std::vector<Check>& printed,
+                                 const std::vector<Check>& summary) {
+  std::string s =
+      "## 5. Consistency\n\n"
+      "The fold files are read again and every number is recomputed from the predictions: confusion matrices "
+      "by counting rows at each row's threshold column, AUC and its DeLong interval over all HGG–LGG pairs, "
+      "rates from the counts, CV spreads from the recomputed fold values. A number passes when it agrees with "
+      "its recomputation within half a unit of its last printed digit (AUDIT.md), 1e-9 (cv_summary.json) or "
+      "1e-6 (files written by the training loop). Losses and attention diagnostics are copied from "
+      "metrics.jsonl and cannot be recomputed from predictions; metrics.jsonl's rates are checked against its "
+      "own confusion matrices and its best epoch against the validation predictions.\n\n";
+  s += "### 5.1 Files written by the training loop\n\n";
+  std::map<std::string, std::vector<Check>> groups;
+  for (const auto& c : training) groups[c.group].push_back(c);
+  for (const auto& [group, checks] : groups) s += check_group(group, checks);
+
+  s += "### 5.2 Numbers printed in this report\n\n";
+  size_t failed = 0;
+  std::string rows;
+  std::vector<Check> in_order = printed;
+  std::stable_sort(in_order.begin(), in_order.end(),
+                   [](const Check& a, const Check& b) { return natural_less(a.what, b.what); });
+  for (const auto& c : in_order) {
+    failed += !c.pass;
+    rows += check_row(c);
+  }
+  s += fmt::format("{} numbers, {} PASS, {} FAIL.\n\n", printed.size(), printed.size() - failed, failed);
+  if (failed > 0) {
+    s += "Failing:\n\n| Where | Number | Reported | Recomputed | Result |\n|---|---|---|---|---|\n";
+    for (const auto& c : printed)
+      if (!c.pass) s += check_row(c);
+    s += "\n";
+  }
+  s += "<details><summary>Every printed number (cv_summary.json pointer, as printed, recomputed)</summary>\n\n"
+       "| Where | Number | Printed | Recomputed | Result |\n|---|---|---|---|---|\n" +
+       rows + "\n</details>\n\n";
+  s += "### 5.3 cv_summary.json (read back from disk)\n\n" + check_group("cv_summary.json", summary);
+  return s;
+}
+
+std::string header(const CvEvaluation& cv, const AuditOptions& options, int checks, int failed) {
+  std::string inputs;
+  for (const auto& in : options.inputs) inputs += fmt::format(" `{}`", in.string());
+  std::string s = "# dsmil3d cross-validation audit\n\n";
+  if (cv.optimistic())
+    s += fmt::format("> ⚠️ **OPTIMISTIC RESULTS — protocol `{}`.** Checkpoints and thresholds were selected on the "
+                     "test folds (the seed's protocol). Every test metric below is biased upwards; rerun with the "
+                     "nested protocol for an unbiased estimate.\n\n",
+                     cv.protocol);
+  if (failed > 0)
+    s += fmt::format("> ❌ **CONSISTENCY FAILURE: {} of {} reported numbers disagree with their recomputation "
+                     "from the predictions — see section 5. Do not use these numbers.**\n\n",
+                     failed, checks);
+  else
+    s += fmt::format("> ✅ Consistency: all {} reported numbers agree with their recomputation from the "
+                     "predictions (section 5).\n\n",
+                     checks);
+  s += fmt::format(
+      "- **Inputs:**{}\n- **Protocol:** `{}`; {} fold(s){}\n"
+      "- **Conventions:** HGG is the positive class (label 1); a case is predicted HGG when p(HGG) ≥ threshold. "
+      "Every threshold metric of a fold is computed from that fold's predictions.csv test rows at one stated "
+      "threshold: the fold's calibrated threshold (fold.json, chosen by its method on the inner validation "
+      "split), and separately at 0.5, each labelled. AUC counts ties as half, its 95% CI is DeLong's. ECE uses "
+      "10 equal-width bins of p(HGG). Std is the sample std (n−1).\n\n",
+      inputs, cv.protocol, cv.folds.size(), cv.n_repeats > 1 ? fmt::format(", {} repeats", cv.n_repeats) : "");
+  return s;
+}
+
+std::string plots_section(const std::vector<fs::path>& plots, const fs::path& out_dir) {
+  if (plots.empty()) return "";
+  std::string s = "## 6. Plots\n\n";
+  for (const auto& p : plots) {
+    const std::string rel = fs::relative(p, out_dir).generic_string();
+    s += fmt::format("- [{}]({})\n", rel, rel);
+  }
+  return s + "\n";
+}
+
+// A fold directory as cv_summary.json records it: relative to the output folder when inside it (the run
+// stays movable), else absolute; `dsmil compare` finds the fold files again from it.
+std::string relocatable(const std::string& dir, const fs::path& out_dir) {
+  const fs::path absolute = fs::absolute(dir).lexically_normal();
+  const fs::path relative = absolute.lexically_relative(fs::absolute(out_dir).lexically_normal());
+  const bool inside = !relative.empty() && *relative.begin() != "..";
+  return inside ? relative.generic_string() : absolute.string();
+}
+
+}  // namespace
+
+AuditResult run_audit(const AuditOptions& options) {
+  if (options.out_dir.empty()) throw Error("audit: no output directory given");
+  const RunData run = load_runs(options.inputs);
+  const CvEvaluation cv = evaluate(run);
+  const std::vector<Anomaly> anomalies = find_anomalies(cv, options.rules);
+
+  std::vector<std::string> inputs;
+  for (const auto& in : options.inputs) inputs.push_back(in.string());
+  json summary = summary_json(cv, inputs);
+  for (auto& fold : summary["folds"]) fold["dir"] = relocatable(fold["dir"].get<std::string>(), options.out_dir);
+  summary["anomalies"] = anomalies_json(anomalies);
+
+  Printer printer(summary);
+  std::string body = "## 1. Results audit (per-fold summary)\n\n";
+  for (size_t i = 0; i < cv.folds.size(); ++i) body += fold_section(printer, cv.folds[i], i, cv.n_repeats, anomalies);
+  body += cv_section(printer, cv);
+  body += anomaly_section(cv, anomalies, options.rules);
+  body += recommendation_section(anomalies);
+
+  fs::create_directories(options.out_dir);
+  AuditResult result;
+  result.audit_md = options.out_dir / "AUDIT.md";
+  result.cv_summary_json = options.out_dir / "cv_summary.json";
+  result.anomalies = static_cast<int>(anomalies.size());
+  write_text_file(result.cv_summary_json, summary.dump(2) + "\n");
+
+  const RunData fresh = load_runs(options.inputs);
+  const RecomputedValues truth = recompute_values(fresh);
+  std::ifstream written_in(result.cv_summary_json);
+  const json written = json::parse(written_in);
+  const std::vector<Check> training = check_training_files(fresh);
+  const std::vector<Check> printed = check_printed(printer.printed(), truth);
+  const std::vector<Check> in_summary = check_summary_json(written, truth);
+  for (const auto* group : {&training, &printed, &in_summary})
+    for (const auto& c : *group) {
+      result.checks++;
+      if (c.pass) continue;
+      result.failed_checks++;
+      result.failures.push_back(fmt::format("{}: {}{}: reported {}, recomputed {}", c.group,
+                                            c.scope.empty() ? "" : c.scope + ": ", c.what, value_text(c.reported),
+                                            value_text(c.recomputed)));
+    }
+
+  const std::vector<fs::path> plots = options.write_plots ? write_cv_plots(run, cv, options.out_dir / "plots")
+                                                          : std::vector<fs::path>{};
+  write_text_file(result.audit_md, header(cv, options, result.checks, result.failed_checks) + body +
+                                  consistency_section(training, printed, in_summary) +
+                                  plots_section(plots, options.out_dir));
+  summary["consistency"] = {{"checks", result.checks}, {"failed", result.failed_checks}, {"failures", result.failures}};
+  write_text_file(result.cv_summary_json, summary.dump(2) + "\n");
+  return result;
+}
+
+AuditResult write_cv_report(const fs::path& run_dir) {
+  AuditOptions options;
+  options.inputs = {run_dir};
+  options.out_dir = run_dir;
+  return run_audit(options);
+}
+
+}  // namespace dsmil::report

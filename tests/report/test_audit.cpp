@@ -1,0 +1,510 @@
+// Tests of the audit on crafted run directories: cv_summary.json against the test's own recomputation,
+// anomaly rules on crafted histories, tampered numbers caught by the consistency section, repeats,
+// merged fold directories, the optimistic protocol and malformed files.
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <fstream>
+#include <random>
+#include <set>
+#include <sstream>
+
+#include "apps/report/audit.h"
+#include "apps/report/consistency.h"
+#include "apps/report/metrics.h"
+#include "apps/report/run_dir.h"
+#include "run_fixture.h"
+#include "tensor/error.h"
+
+using namespace dsmil::report;
+using fixture::FoldSpec;
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+// A fresh directory under the system temp folder, removed at the end of the test.
+struct TempDir {
+  fs::path path;
+  TempDir() {
+    std::random_device rd;
+    path = fs::temp_directory_path() / fmt::format("dsmil_report_test_{:08x}{:08x}", rd(), rd());
+    fs::create_directories(path);
+  }
+  ~TempDir() { fs::remove_all(path); }
+};
+
+std::string read_text(const fs::path& path) {
+  std::ifstream in(path);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+json read_json(const fs::path& path) {
+  std::ifstream in(path);
+  return json::parse(in);
+}
+
+void write_text(const fs::path& path, const std::string& text) { std::ofstream(path) << text; }
+
+std::mt19937 fresh_rng() { return std::mt19937(std::random_device{}()); }
+
+// Five healthy folds; folds 1 and 3 calibrate their threshold with Youden on the validation rows.
+std::vector<FoldSpec> healthy_folds(std::mt19937& rng) {
+  std::vector<FoldSpec> folds;
+  for (int k = 0; k < 5; ++k) {
+    FoldSpec f = fixture::healthy_fold(rng, k);
+    if (k % 2 == 1) {
+      f.threshold_method = "youden";
+      f.threshold = choose_threshold(f.val_labels, f.val_p, ThresholdMethod::youden);
+    }
+    folds.push_back(f);
+  }
+  return folds;
+}
+
+void write_run(const fs::path& run, const std::vector<FoldSpec>& folds) {
+  for (const auto& f : folds)
+    fixture::write_fold(f.repeat >= 0 ? run / fmt::format("repeat_{}", f.repeat) / fmt::format("fold_{}", f.fold)
+                                      : run / fmt::format("fold_{}", f.fold),
+                        f);
+}
+
+double mean_of(const std::vector<double>& v) {
+  double s = 0;
+  for (double x : v) s += x;
+  return s / static_cast<double>(v.size());
+}
+
+double sample_std_of(const std::vector<double>& v) {
+  const double m = mean_of(v);
+  double ss = 0;
+  for (double x : v) ss += (x - m) * (x - m);
+  return std::sqrt(ss / static_cast<double>(v.size() - 1));
+}
+
+std::set<std::pair<std::string, std::string>> anomaly_set(const json& summary) {
+  std::set<std::pair<std::string, std::string>> found;
+  for (const auto& a : summary["anomalies"]) found.insert({a["rule"].get<std::string>(), a["scope"].get<std::string>()});
+  return found;
+}
+
+bool any_failure_mentions(const AuditResult& r, const std::string& text) {
+  return std::any_of(r.failures.begin(), r.failures.end(),
+                     [&](const std::string& f) { return f.find(text) != std::string::npos; });
+}
+
+}  // namespace
+
+TEST_CASE("a healthy CV: cv_summary.json equals an independent recomputation, no anomaly, all checks pass") {
+  TempDir tmp;
+  auto rng = fresh_rng();
+  const auto folds = healthy_folds(rng);
+  const fs::path run = tmp.path / "healthy_20260109_032250";
+  write_run(run, folds);
+
+  const AuditResult result = write_cv_report(run);
+  for (const auto& f : result.failures) INFO(f);
+  CHECK(result.consistent());
+  CHECK(result.checks > 500);
+  CHECK(result.anomalies == 0);
+  CHECK(result.audit_md == run / "AUDIT.md");
+
+  const json s = read_json(run / "cv_summary.json");
+  CHECK(s["protocol"] == "nested");
+  CHECK(s["optimistic"] == false);
+  REQUIRE(s["folds"].size() == 5);
+  std::vector<double> f1s, aucs;
+  std::vector<int> pooled_y;
+  std::vector<double> pooled_p;
+  fixture::Counts pooled_cal;
+  for (size_t i = 0; i < folds.size(); ++i) {
+    const FoldSpec& f = folds[i];
+    const json& fj = s["folds"][i];
+    const auto c = fixture::count_at(f.test_labels, f.test_p, f.threshold);
+    const json& cal = fj["at_threshold"]["calibrated"];
+    CHECK(cal["confusion"] == json{{c.tn, c.fp}, {c.fn, c.tp}});
+    CHECK(cal["accuracy"].get<double>() == doctest::Approx(double(c.tn + c.tp) / f.test_labels.size()));
+    const double f1 = 2.0 * c.tp / (2.0 * c.tp + c.fp + c.fn);
+    CHECK(cal["f1"].get<double>() == doctest::Approx(f1));
+    CHECK(cal["threshold"].get<double>() == f.threshold);
+    const double auc = fixture::pair_auc(f.test_labels, f.test_p);
+    CHECK(fj["auc"].get<double>() == doctest::Approx(auc));
+    CHECK(fj["n_test"] == f.test_labels.size());
+    f1s.push_back(f1);
+    aucs.push_back(auc);
+    pooled_y.insert(pooled_y.end(), f.test_labels.begin(), f.test_labels.end());
+    pooled_p.insert(pooled_p.end(), f.test_p.begin(), f.test_p.end());
+    pooled_cal.tp += c.tp, pooled_cal.tn += c.tn, pooled_cal.fp += c.fp, pooled_cal.fn += c.fn;
+  }
+  const json& summary_f1 = s["summary"]["at_threshold"]["calibrated"]["f1"];
+  CHECK(summary_f1["mean"].get<double>() == doctest::Approx(mean_of(f1s)));
+  CHECK(summary_f1["n"] == 5);
+  const json& summary_auc = s["summary"]["auc"];
+  CHECK(summary_auc["mean"].get<double>() == doctest::Approx(mean_of(aucs)));
+  CHECK(summary_auc["std"].get<double>() == doctest::Approx(sample_std_of(aucs)));
+  CHECK(summary_auc["min"].get<double>() == *std::min_element(aucs.begin(), aucs.end()));
+  CHECK(summary_auc["max"].get<double>() == *std::max_element(aucs.begin(), aucs.end()));
+  REQUIRE(s["pooled"].size() == 1);
+  CHECK(s["pooled"][0]["auc"].get<double>() == doctest::Approx(fixture::pair_auc(pooled_y, pooled_p)));
+  CHECK(s["pooled"][0]["at_threshold"]["calibrated"]["confusion"] ==
+        json{{pooled_cal.tn, pooled_cal.fp}, {pooled_cal.fn, pooled_cal.tp}});
+  CHECK(s["pooled"][0]["n"] == pooled_y.size());
+  CHECK(!s.contains("repeat_spread"));
+  CHECK(s["consistency"]["failed"] == 0);
+
+  const std::string md = read_text(run / "AUDIT.md");
+  for (const char* section : {"## 1. Results audit", "## 2. Cross-validation summary", "## 3. Anomalies",
+                              "## 4. Recommendations", "## 5. Consistency", "No anomaly found", "HGG 9/9 correct (100.0%)",
+                              "LGG 5/5 correct (100.0%)", "Consistency: all"})
+    CHECK_MESSAGE(md.find(section) != std::string::npos, section);
+  CHECK(md.find("OPTIMISTIC") == std::string::npos);
+  CHECK(md.find("FAIL**") == std::string::npos);
+  for (const char* plot : {"roc.svg", "reliability.svg", "curves_fold_0.svg", "attention_fold_4.svg",
+                           "attention_slabs_fold_2.svg"})
+    CHECK_MESSAGE(fs::exists(run / "plots" / plot), plot);
+}
+
+TEST_CASE("seed-like failures fire their rules and healthy folds stay clean") {
+  TempDir tmp;
+  auto rng = fresh_rng();
+  std::vector<FoldSpec> folds;
+  for (int k = 0; k < 5; ++k) folds.push_back(fixture::healthy_fold(rng, k));
+
+  // Fold 1, like the seed's fold 4: a perfect ranking but every HGG score below 0.5.
+  std::uniform_real_distribution<double> low_hgg(0.3, 0.45), lgg(0.02, 0.2);
+  for (size_t i = 0; i < folds[1].test_p.size(); ++i)
+    folds[1].test_p[i] = folds[1].test_labels[i] == 1 ? low_hgg(rng) : lgg(rng);
+  // Fold 2: the validation loss bottoms out at epoch 4 and climbs while the training loss keeps falling.
+  for (int e = 0; e < 10; ++e) {
+    auto& s = folds[2].epochs[static_cast<size_t>(e)];
+    s.train_loss = 0.6 - 0.04 * e;
+    s.val_loss = e < 4 ? 0.7 - 0.075 * e : 0.475 + 0.03 * (e - 3);
+  }
+  // Fold 3: attention concentrated on one instance in the last epochs.
+  for (size_t e = 5; e < 10; ++e) folds[3].epochs[e].top1 = 0.95, folds[3].epochs[e].neff = 1.1;
+
+  const fs::path run = tmp.path / "seedlike";
+  write_run(run, folds);
+  const AuditResult result = write_cv_report(run);
+  for (const auto& f : result.failures) INFO(f);
+  CHECK(result.consistent());
+
+  const json s = read_json(run / "cv_summary.json");
+  const auto found = anomaly_set(s);
+  using P = std::pair<std::string, std::string>;
+  CHECK(found.contains(P{"class collapse", "fold 1"}));
+  CHECK(found.contains(P{"high AUC with low F1", "fold 1"}));
+  CHECK(found.contains(P{"overfitting", "fold 2"}));
+  CHECK(found.contains(P{"attention collapse", "fold 3"}));
+  CHECK(found.contains(P{"fold spread", "CV"}));
+  // Fold 1's HGG scores near 0.37 are also badly calibrated; no other fold is.
+  CHECK(found.contains(P{"miscalibration", "fold 1"}));
+  for (const auto& [rule, scope] : found) {
+    INFO(rule << " in " << scope);
+    CHECK(scope != "fold 0");
+    CHECK(scope != "fold 4");
+    CHECK((rule != "miscalibration" || scope == "fold 1"));
+  }
+  // Fold 2's overfitting fires both ways: the final gap (0.655 − 0.24) and the rise from the minimum.
+  int overfitting_messages = 0;
+  for (const auto& a : s["anomalies"]) overfitting_messages += a["rule"] == "overfitting";
+  CHECK(overfitting_messages == 2);
+
+  const json& collapsed = s["folds"][1]["at_threshold"]["calibrated"];
+  CHECK(collapsed["confusion"] == json{{5, 0}, {9, 0}});
+  CHECK(collapsed["accuracy"].get<double>() == doctest::Approx(5.0 / 14));
+  CHECK(s["folds"][1]["auc"].get<double>() == 1.0);
+
+  const std::string md = read_text(run / "AUDIT.md");
+  CHECK(md.find("HGG 0/9 correct (0.0%)") != std::string::npos);
+  CHECK(md.find("all 14 predictions are LGG") != std::string::npos);
+  CHECK(md.find("Priority 1: Fix the class collapse") != std::string::npos);
+  CHECK(md.find("Priority 2: Calibrate the decision threshold") != std::string::npos);
+  CHECK(md.find("Priority 3: Regularise") != std::string::npos);
+  CHECK(md.find("Priority 4: Keep attention spread") != std::string::npos);
+  CHECK(md.find("class collapse** in 1/5 folds: fold 1") != std::string::npos);
+}
+
+TEST_CASE("a tampered number written by the training loop is caught and fails the audit") {
+  TempDir tmp;
+  auto rng = fresh_rng();
+  const fs::path run = tmp.path / "tampered";
+  write_run(run, healthy_folds(rng));
+  REQUIRE(write_cv_report(run).consistent());
+  const fs::path fold0 = run / "fold_0";
+
+  std::string expected_failure;
+  SUBCASE("an accuracy in metrics.jsonl that its confusion matrix contradicts (the seed's fold 4)") {
+    std::ifstream in(fold0 / "metrics.jsonl");
+    std::string text, line;
+    for (int n = 1; std::getline(in, line); ++n) {
+      json j = json::parse(line);
+      if (n == 3) j["val"]["accuracy"] = 0.9123;
+      text += j.dump() + "\n";
+    }
+    in.close();
+    write_text(fold0 / "metrics.jsonl", text);
+    expected_failure = "epoch 3 val accuracy";
+  }
+  SUBCASE("a fold.json threshold that is not the one the predictions were cut at") {
+    json j = read_json(fold0 / "fold.json");
+    j["threshold"] = 0.4;
+    write_text(fold0 / "fold.json", j.dump());
+    expected_failure = "fold.json threshold";
+  }
+  SUBCASE("a fold.json monitor value that is not the best epoch's") {
+    json j = read_json(fold0 / "fold.json");
+    j["monitor_value"] = j["monitor_value"].get<double>() - 0.01;
+    write_text(fold0 / "fold.json", j.dump());
+    expected_failure = "monitor_value";
+  }
+  SUBCASE("a fold.json n_test that does not count the test rows") {
+    json j = read_json(fold0 / "fold.json");
+    j["n_test"] = j["n_test"].get<int>() + 1;
+    write_text(fold0 / "fold.json", j.dump());
+    expected_failure = "n_test";
+  }
+  SUBCASE("a pred_thr column that does not follow from p_hgg") {
+    std::string text = read_text(fold0 / "predictions.csv");
+    const size_t row = text.find("\ntest_f0_0,") + 1;
+    const size_t end = text.find('\n', row);
+    std::string line = text.substr(row, end - row);
+    const size_t pred_thr_pos = line.find(",test,") - 1;  // pred_thr is the cell before split
+    line[pred_thr_pos] = line[pred_thr_pos] == '0' ? '1' : '0';
+    text.replace(row, end - row, line);
+    write_text(fold0 / "predictions.csv", text);
+    expected_failure = "pred_thr";
+  }
+  SUBCASE("validation predictions that the best epoch's record does not describe") {
+    std::string text = read_text(fold0 / "predictions.csv");
+    const size_t row = text.find("\nval_f0_0,") + 1;  // an LGG case with p < 0.5: now predicted HGG
+    const size_t p_start = text.find(',', text.find(',', row) + 1) + 1;
+    const size_t p_end = text.find(',', p_start);
+    text.replace(p_start, p_end - p_start, "0.75");
+    text.replace(text.find(',', p_start) + 1, 1, "1");  // keep pred_05 consistent with the new score
+    write_text(fold0 / "predictions.csv", text);
+    expected_failure = "metrics.jsonl best epoch";
+  }
+
+  const AuditResult result = write_cv_report(run);
+  CHECK_FALSE(result.consistent());
+  CHECK(result.failed_checks > 0);
+  CHECK_MESSAGE(any_failure_mentions(result, expected_failure), expected_failure);
+  CHECK(read_text(run / "AUDIT.md").find("CONSISTENCY FAILURE") != std::string::npos);
+  CHECK(read_json(run / "cv_summary.json")["consistency"]["failed"].get<int>() == result.failed_checks);
+}
+
+TEST_CASE("printed and cv_summary.json numbers are compared with their recomputation") {
+  TempDir tmp;
+  auto rng = fresh_rng();
+  const fs::path run = tmp.path / "ledger";
+  const auto folds = healthy_folds(rng);
+  write_run(run, folds);
+  const RecomputedValues truth = recompute_values(load_runs({run}));
+  const std::string pointer = "/folds/2/at_threshold/calibrated/accuracy";
+  REQUIRE(truth.contains(pointer));
+  const double right = std::round(truth.at(pointer) * 1e4) / 1e4;
+
+  const double sensitivity = truth.at("/folds/2/at_threshold/calibrated/sensitivity");
+  const auto checks = check_printed({{pointer, "right", right, 4, 1.0},
+                                     {pointer, "tampered", right + 0.0123, 4, 1.0},
+                                     {"/folds/2/at_threshold/calibrated/sensitivity", "percent",
+                                      std::round(1e6 * sensitivity) / 1e4, 4, 100.0},
+                                     {"/folds/2/no_such_number", "unknown", 1.0, 4, 1.0}},
+                                    truth);
+  REQUIRE(checks.size() == 4);
+  CHECK(checks[0].pass);
+  CHECK_FALSE(checks[1].pass);
+  CHECK(checks[2].pass);
+  CHECK_FALSE(checks[3].pass);
+
+  AuditOptions options{{run}, run, {}, false};
+  REQUIRE(run_audit(options).consistent());
+  json written = read_json(run / "cv_summary.json");
+  CHECK(check_summary_json(written, truth).size() == truth.size());
+  written["summary"]["at_threshold"]["calibrated"]["f1"]["std"] = 0.1000;  // the seed's habit
+  size_t failed = 0;
+  for (const auto& c : check_summary_json(written, truth)) failed += !c.pass;
+  CHECK(failed == 1);
+  CHECK_FALSE(fs::exists(run / "plots"));
+}
+
+TEST_CASE("a select_on_test run is marked optimistic and calibrated on its test rows") {
+  TempDir tmp;
+  auto rng = fresh_rng();
+  auto folds = healthy_folds(rng);
+  for (auto& f : folds) {
+    f.protocol = "select_on_test";
+    f.val_labels.clear();
+    f.val_p.clear();
+    if (f.threshold_method == "youden") f.threshold = choose_threshold(f.test_labels, f.test_p, ThresholdMethod::youden);
+  }
+  const fs::path run = tmp.path / "optimistic";
+  write_run(run, folds);
+  const AuditResult result = write_cv_report(run);
+  for (const auto& f : result.failures) INFO(f);
+  CHECK(result.consistent());
+  const json s = read_json(run / "cv_summary.json");
+  CHECK(s["optimistic"] == true);
+  CHECK(anomaly_set(s).contains({"optimistic protocol", "CV"}));
+  const std::string md = read_text(run / "AUDIT.md");
+  CHECK(md.find("OPTIMISTIC RESULTS") < md.find("## 1."));
+}
+
+TEST_CASE("repeats give pooled metrics per repeat and their spread; fold directories of several runs merge") {
+  TempDir tmp;
+  auto rng = fresh_rng();
+  std::vector<FoldSpec> folds;
+  for (int r = 0; r < 2; ++r)
+    for (int k = 0; k < 3; ++k) {
+      FoldSpec f = fixture::healthy_fold(rng, k);
+      f.repeat = r;
+      folds.push_back(f);
+    }
+  const fs::path run = tmp.path / "repeated";
+  write_run(run, folds);
+  const AuditResult result = write_cv_report(run);
+  for (const auto& f : result.failures) INFO(f);
+  CHECK(result.consistent());
+  const json s = read_json(run / "cv_summary.json");
+  CHECK(s["n_repeats"] == 2);
+  REQUIRE(s["pooled"].size() == 2);
+  std::vector<double> pooled_auc;
+  for (int r = 0; r < 2; ++r) {
+    std::vector<int> y;
+    std::vector<double> p;
+    for (const auto& f : folds)
+      if (f.repeat == r) y.insert(y.end(), f.test_labels.begin(), f.test_labels.end()),
+                         p.insert(p.end(), f.test_p.begin(), f.test_p.end());
+    pooled_auc.push_back(fixture::pair_auc(y, p));
+    CHECK(s["pooled"][r]["auc"].get<double>() == doctest::Approx(pooled_auc.back()));
+  }
+  CHECK(s["repeat_spread"]["pooled"]["auc"]["mean"].get<double>() == doctest::Approx(mean_of(pooled_auc)));
+  CHECK(s["repeat_spread"]["pooled"]["auc"]["std"].get<double>() == doctest::Approx(sample_std_of(pooled_auc)));
+  CHECK(s["folds"][3]["repeat"] == 1);
+  CHECK(fs::exists(run / "plots" / "curves_r1_fold_2.svg"));
+  CHECK(read_text(run / "AUDIT.md").find("Spread between 2 repeats") != std::string::npos);
+
+  // Folds trained apart: two in one run, one in another, audited together into a third folder.
+  const fs::path run_a = tmp.path / "part_a", run_b = tmp.path / "part_b", merged = tmp.path / "merged";
+  auto three = healthy_folds(rng);
+  three.resize(3);
+  write_run(run_a, {three[0], three[1]});
+  write_run(run_b, {three[2]});
+  AuditOptions options{{run_a, run_b / "fold_2"}, merged};
+  const AuditResult merged_result = run_audit(options);
+  CHECK(merged_result.consistent());
+  CHECK(read_json(merged / "cv_summary.json")["n_folds"] == 3);
+  CHECK_FALSE(fs::exists(run_a / "AUDIT.md"));
+
+  options.inputs = {run_a, run_a / "fold_1"};
+  CHECK_THROWS_AS(run_audit(options), dsmil::FormatError);
+}
+
+TEST_CASE("malformed fold files give a FormatError naming the file and the reason") {
+  TempDir tmp;
+  auto rng = fresh_rng();
+  const fs::path fold = tmp.path / "run" / "fold_0";
+  fixture::write_fold(fold, fixture::healthy_fold(rng, 0));
+  const auto message_of = [&] {
+    try {
+      load_runs({tmp.path / "run"});
+    } catch (const dsmil::FormatError& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+
+  SUBCASE("missing field") {
+    json j = read_json(fold / "fold.json");
+    j.erase("best_epoch");
+    write_text(fold / "fold.json", j.dump());
+    const std::string m = message_of();
+    CHECK(m.find("fold.json") != std::string::npos);
+    CHECK(m.find("best_epoch") != std::string::npos);
+  }
+  SUBCASE("bad label") {
+    std::string text = read_text(fold / "predictions.csv");
+    text.replace(text.find(",0,") + 1, 1, "2");
+    write_text(fold / "predictions.csv", text);
+    const std::string m = message_of();
+    CHECK(m.find("predictions.csv:") != std::string::npos);
+    CHECK(m.find("label") != std::string::npos);
+  }
+  SUBCASE("a metrics line that is not JSON") {
+    std::ofstream(fold / "metrics.jsonl", std::ios::app) << "{epoch: 11\n";
+    const std::string m = message_of();
+    CHECK(m.find("metrics.jsonl:11") != std::string::npos);
+  }
+  SUBCASE("not a run directory") { CHECK_THROWS_AS(load_runs({tmp.path}), dsmil::FormatError); }
+}
+
+TEST_CASE("files written with the format's writers read back equal and pass the audit") {
+  TempDir tmp;
+  auto rng = fresh_rng();
+  std::uniform_real_distribution<double> u(0.0, 1.0);
+  const fs::path fold_dir = tmp.path / "run" / "fold_0";
+  fs::create_directories(fold_dir);
+
+  std::vector<int> val_y, test_y;
+  std::vector<double> val_p, test_p;
+  for (int i = 0; i < 24; ++i) {
+    val_y.push_back(i % 3 != 0), val_p.push_back(std::clamp(0.35 * val_y.back() + 0.65 * u(rng), 0.0, 1.0));
+    test_y.push_back(i % 4 != 0), test_p.push_back(std::clamp(0.35 * test_y.back() + 0.65 * u(rng), 0.0, 1.0));
+  }
+  const double threshold = choose_threshold(val_y, val_p, ThresholdMethod::max_f1);
+
+  std::string lines;
+  for (int epoch = 1; epoch <= 3; ++epoch) {
+    json line{{"epoch", epoch}, {"lr", 1e-4}, {"tau", 1.0}, {"throughput_bags_per_s", 10.0}, {"epoch_time_s", 2.0}};
+    line["train"] = split_record_json(test_y, test_p, 0.5);
+    line["val"] = split_record_json(val_y, val_p, 0.45);
+    lines += line.dump() + "\n";
+  }
+  write_text(fold_dir / "metrics.jsonl", lines);
+
+  std::vector<PredictionRow> rows;
+  for (size_t i = 0; i < test_y.size(); ++i)
+    rows.push_back(prediction_row(fmt::format("case_{}", i), test_y[i], test_p[i], threshold, "test", "raw"));
+  for (size_t i = 0; i < val_y.size(); ++i)
+    rows.push_back(prediction_row(fmt::format("val_{}", i), val_y[i], val_p[i], threshold, "val", "raw"));
+  write_predictions_csv(fold_dir / "predictions.csv", rows);
+  write_attention_csv(fold_dir / "attention.csv", {{"val_0", 0, 12, 0.25, false}, {"val_0", 1, 40, 0.75, true}});
+
+  FoldInfo info;
+  info.fold = 0;
+  info.repeat = -1;
+  info.best_epoch = 2;
+  info.chosen_model = "raw";
+  info.monitor = "auc";
+  info.monitor_value = auc(val_y, val_p);
+  info.threshold_method = "max_f1";
+  info.threshold = threshold;
+  info.epochs_run = 3;
+  info.protocol = "nested";
+  info.n_train = 100;
+  info.n_val = static_cast<int>(val_y.size());
+  info.n_test = static_cast<int>(test_y.size());
+  write_fold_json(fold_dir / "fold.json", info);
+
+  const FoldData back = load_fold(fold_dir);
+  CHECK(back.info.repeat == 0);
+  CHECK(back.info.threshold == threshold);
+  REQUIRE(back.predictions.size() == rows.size());
+  for (size_t i = 0; i < rows.size(); ++i) {
+    CHECK(back.predictions[i].p_hgg == rows[i].p_hgg);  // exact round trip
+    CHECK(back.predictions[i].pred_thr == (rows[i].p_hgg >= threshold));
+  }
+  REQUIRE(back.history.size() == 3);
+  CHECK(back.history[1].val.confusion == confusion_at(val_y, val_p, 0.5));
+  CHECK_FALSE(back.history[1].val_ema.has_value());
+  CHECK_FALSE(back.history[1].attention.has_value());
+  REQUIRE(back.attention.size() == 2);
+  CHECK(back.attention[1].critical);
+
+  const AuditResult result = write_cv_report(tmp.path / "run");
+  for (const auto& f : result.failures) INFO(f);
+  CHECK(result.consistent());
+}
