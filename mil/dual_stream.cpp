@@ -86,6 +86,7 @@ MilOutput DualStreamHead::forward(const Variable& h_in, const Tensor& mask_in, f
   const int64_t bags = mask_in.size(0), n = mask_in.size(1), features = h_in.shape()[1];
   const Device device = h_in.value().device();
   MilOutput out;
+  out.embeddings = h_in.value();
   out.mask = training() && config_.instance_dropout > 0.0f
                  ? drop_instances(mask_in, config_.instance_dropout, random.seed, random.take(bags * n))
                  : mask_in;

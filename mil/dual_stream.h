@@ -36,6 +36,7 @@ struct ModelConfig {
 // Everything one forward pass gives: logits and what the diagnostics and reports need.
 struct MilOutput {
   Variable y1, y2, y;  // stream-1, stream-2 and bag logits [B, 2]
+  Tensor embeddings;   // h [B*n, F] from the encoder (on the model's device)
   Tensor attention;    // a [B, n] (CPU)
   Tensor attention_stats;  // [B, 3]: entropy, top-1 weight, effective number of instances (CPU)
   Tensor margins;      // z_i = c_i1 - c_i0 [B, n] (CPU)

@@ -1,5 +1,6 @@
 // CPU batch norm over every axis but the last: x[M..., C] with per-channel gamma, beta and statistics.
 // Sums are accumulated in double so that the reference stays accurate at large M.
+#include <algorithm>
 #include <cmath>
 #include <fmt/format.h>
 
@@ -20,19 +21,20 @@ Rows rows_of(const char* op, const Tensor& x, const Tensor& gamma) {
   return {x.numel() / c, c};
 }
 
-// Per-channel sums of f(row, channel) over the rows, in double.
+// Per-channel sums of f(row, channel) over the rows, in double. Fixed row blocks summed in block
+// order: the result does not depend on the thread count or scheduling (runs repeat bit for bit).
 template <typename F>
 std::vector<double> channel_sums(const Rows& rc, F f) {
+  constexpr int64_t kBlockRows = 4096;
+  const int64_t blocks = (rc.m + kBlockRows - 1) / kBlockRows;
+  std::vector<double> partial(blocks * rc.c, 0.0);
+#pragma omp parallel for schedule(static)
+  for (int64_t blk = 0; blk < blocks; ++blk)
+    for (int64_t i = blk * kBlockRows; i < std::min(rc.m, (blk + 1) * kBlockRows); ++i)
+      for (int64_t ch = 0; ch < rc.c; ++ch) partial[blk * rc.c + ch] += f(i, ch);
   std::vector<double> total(rc.c, 0.0);
-#pragma omp parallel
-  {
-    std::vector<double> local(rc.c, 0.0);
-#pragma omp for schedule(static) nowait
-    for (int64_t i = 0; i < rc.m; ++i)
-      for (int64_t ch = 0; ch < rc.c; ++ch) local[ch] += f(i, ch);
-#pragma omp critical
-    for (int64_t ch = 0; ch < rc.c; ++ch) total[ch] += local[ch];
-  }
+  for (int64_t blk = 0; blk < blocks; ++blk)
+    for (int64_t ch = 0; ch < rc.c; ++ch) total[ch] += partial[blk * rc.c + ch];
   return total;
 }
 

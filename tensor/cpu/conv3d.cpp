@@ -29,6 +29,15 @@ int64_t samples_per_chunk(const ConvDims& cd) {
   return std::clamp<int64_t>((int64_t{16} << 20) / std::max<int64_t>(per_sample, 1), 1, cd.n);
 }
 
+// The im2col buffer of the calling thread, kept between calls: a fresh buffer per call costs more
+// in page faults and clearing than the convolution itself at small channel counts.
+float* im2col_buffer(const ConvDims& cd) {
+  static thread_local std::vector<float> buffer;
+  const size_t needed = static_cast<size_t>(samples_per_chunk(cd) * cd.positions() * cd.patch());
+  if (buffer.size() < needed) buffer.resize(needed);
+  return buffer.data();
+}
+
 // cols[(sample - first) * P + p, :] = the input patch of output voxel p of `sample`, zero outside.
 void im2col(const ConvDims& cd, const float* x, int64_t first, int64_t count, float* cols) {
   const int64_t c = cd.c;
@@ -100,14 +109,14 @@ Tensor conv3d_forward(const Tensor& x, const Tensor& w, const Conv3dGeometry& g)
   const ConvDims cd = conv_dims(x.shape(), w.shape(), g);
   Tensor y = Tensor::empty({cd.n, cd.od, cd.oh, cd.ow, cd.k});
   const int64_t chunk = samples_per_chunk(cd);
-  std::vector<float> cols(chunk * cd.positions() * cd.patch());
+  float* cols = im2col_buffer(cd);
   auto W = as_const_matrix(w, cd.k, cd.patch());
   for (int64_t first = 0; first < cd.n; first += chunk) {
     const int64_t count = std::min(chunk, cd.n - first);
     const int64_t rows = count * cd.positions();
-    im2col(cd, x.f32(), first, count, cols.data());
+    im2col(cd, x.f32(), first, count, cols);
     MatrixMap Y(y.f32() + first * cd.positions() * cd.k, rows, cd.k);
-    Y.noalias() = ConstMatrixMap(cols.data(), rows, cd.patch()) * W.transpose();
+    Y.noalias() = ConstMatrixMap(cols, rows, cd.patch()) * W.transpose();
   }
   return y;
 }
@@ -118,14 +127,13 @@ Tensor conv3d_backward_data(const Tensor& dy, const Tensor& w, const Shape& x_sh
     throw ShapeError("conv3d_backward_data: dy " + dy.describe() + " does not match x " + shape_str(x_shape));
   Tensor dx = Tensor::empty(x_shape);
   const int64_t chunk = samples_per_chunk(cd);
-  std::vector<float> cols(chunk * cd.positions() * cd.patch());
+  float* cols = im2col_buffer(cd);
   auto W = as_const_matrix(w, cd.k, cd.patch());
   for (int64_t first = 0; first < cd.n; first += chunk) {
     const int64_t count = std::min(chunk, cd.n - first);
     const int64_t rows = count * cd.positions();
-    MatrixMap(cols.data(), rows, cd.patch()).noalias() =
-        ConstMatrixMap(dy.f32() + first * cd.positions() * cd.k, rows, cd.k) * W;
-    col2im(cd, cols.data(), first, count, dx.f32());
+    MatrixMap(cols, rows, cd.patch()).noalias() = ConstMatrixMap(dy.f32() + first * cd.positions() * cd.k, rows, cd.k) * W;
+    col2im(cd, cols, first, count, dx.f32());
   }
   return dx;
 }
@@ -137,13 +145,13 @@ Tensor conv3d_backward_filter(const Tensor& x, const Tensor& dy, const Shape& w_
   Tensor dw = Tensor::zeros(w_shape);
   auto DW = as_matrix(dw, cd.k, cd.patch());
   const int64_t chunk = samples_per_chunk(cd);
-  std::vector<float> cols(chunk * cd.positions() * cd.patch());
+  float* cols = im2col_buffer(cd);
   for (int64_t first = 0; first < cd.n; first += chunk) {
     const int64_t count = std::min(chunk, cd.n - first);
     const int64_t rows = count * cd.positions();
-    im2col(cd, x.f32(), first, count, cols.data());
+    im2col(cd, x.f32(), first, count, cols);
     DW.noalias() += ConstMatrixMap(dy.f32() + first * cd.positions() * cd.k, rows, cd.k).transpose() *
-                    ConstMatrixMap(cols.data(), rows, cd.patch());
+                    ConstMatrixMap(cols, rows, cd.patch());
   }
   return dw;
 }

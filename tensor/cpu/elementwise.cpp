@@ -1,5 +1,7 @@
 // CPU elementwise ops and whole-tensor reductions: y = f(x) or f(a, b) over equal shapes.
+#include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "tensor/cpu/common.h"
 
@@ -68,12 +70,17 @@ Tensor sigmoid_backward(const Tensor& dy, const Tensor& y) {
   return map_binary("sigmoid_backward", dy, y, [](float g, float v) { return g * v * (1.0f - v); });
 }
 
+// Fixed blocks summed in block order, so that the result is independent of the thread count.
 float sum_squares(const Tensor& x) {
   const float* p = x.f32();
-  const int64_t n = x.numel();
+  const int64_t n = x.numel(), blocks = (n + kParallelGrain - 1) / kParallelGrain;
+  std::vector<double> partial(blocks, 0.0);
+#pragma omp parallel for if (blocks > 1) schedule(static)
+  for (int64_t blk = 0; blk < blocks; ++blk)
+    for (int64_t i = blk * kParallelGrain; i < std::min(n, (blk + 1) * kParallelGrain); ++i)
+      partial[blk] += static_cast<double>(p[i]) * p[i];
   double total = 0.0;
-#pragma omp parallel for if (n > kParallelGrain) reduction(+ : total) schedule(static)
-  for (int64_t i = 0; i < n; ++i) total += static_cast<double>(p[i]) * p[i];
+  for (double v : partial) total += v;
   return static_cast<float>(total);
 }
 

@@ -9,6 +9,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <optional>
+#include <string>
 
 #include "tensor/tensor.h"
 
@@ -36,6 +37,12 @@ class DeviceBuffer {
   void* data_ = nullptr;
   size_t bytes_ = 0;
 };
+
+// One line naming the device and the versions actually loaded (driver, CUDA runtime, cuDNN with its file,
+// cuBLAS), for logs and benchmark tables.
+std::string backend_versions();
+// cudnnGetVersion() of the loaded library (9.19.0 -> 91900).
+size_t cudnn_version();
 
 // Test hook: while set, every new device allocation is filled with this byte before it is handed out,
 // so that an op that leaves part of its output unwritten shows poison there (0xFF: NaN in f32 and bf16;

@@ -83,7 +83,7 @@ TEST_CASE("whole model: d loss / d (input, every kind of parameter) matches fini
   }
 }
 
-TEST_CASE("masked instances change nothing in evaluation; the mask after instance dropout keeps one") {
+TEST_CASE("masked instances change nothing in evaluation: the mask after instance dropout keeps one") {
   for (auto pooling : {mil::Pooling::Max, mil::Pooling::TopK, mil::Pooling::Soft}) {
     mil::DualStreamMIL model(tiny_config(pooling, mil::Attention::Gated), 3);
     model.set_training(false);

@@ -71,7 +71,7 @@ TEST_CASE("EMA: warm-up decay min(d, (1+k)/(10+k)) over parameters and buffers")
   CHECK(max_rel_error("ema buffer", {target.stat.f32()[0]}, {s}, 1e-6) <= 1e-6);
 }
 
-TEST_CASE("gradient clipping scales to the global norm; the schedule warms up then decays") {
+TEST_CASE("gradient clipping scales to the global norm: the schedule warms up then decays") {
   TwoParams m;
   m.w.accumulate_grad(Tensor::from_vector({2}, {3.0f, 0.0f}));
   m.b.accumulate_grad(Tensor::from_vector({1}, {4.0f}));

@@ -353,7 +353,7 @@ TEST_CASE("a select_on_test run is marked optimistic and calibrated on its test 
   CHECK(md.find("OPTIMISTIC RESULTS") < md.find("## 1."));
 }
 
-TEST_CASE("repeats give pooled metrics per repeat and their spread; fold directories of several runs merge") {
+TEST_CASE("repeats give pooled metrics per repeat and their spread: fold directories of several runs merge") {
   TempDir tmp;
   auto rng = fresh_rng();
   std::vector<FoldSpec> folds;

@@ -1,0 +1,150 @@
+// `dsmil bench`: times the full training step (forward, backward, clipping, AdamW, EMA) of the model on
+// random bags at a given shape (default DESIGN section 11: 2 bags x 32 slabs of 4x4x128x128, ResNet18-3D
+// width 64), on rotating input sets so that no step sees a warm cache of its inputs, and prints the
+// median and best step time, bags/s, peak device memory and the loss over the steps (it must fall: the
+// model is fitting the few input sets).
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <random>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "apps/command_registry.h"
+#include "apps/train/config.h"
+#include "apps/train/trainer.h"
+#include "nn/optim.h"
+#ifdef DSMIL_WITH_CUDA
+#include "tensor/cuda/context.h"
+#include "tensor/cuda/runtime.h"
+#endif
+
+namespace dsmil::app {
+namespace {
+
+struct BenchArgs {
+  std::string config = "recommended-v2";
+  std::vector<std::string> overrides;
+  std::string device = "auto";
+  int bags = 2, instances = 32, slab = 4, size = 128, width = 64, depth = 18;
+  int steps = 30, warmup = 5, input_sets = 3;
+  std::string json_out;
+};
+
+void synchronize(Device device) {
+#ifdef DSMIL_WITH_CUDA
+  if (device == Device::CUDA) cuda::synchronize();
+#else
+  (void)device;
+#endif
+}
+
+void run_bench(const BenchArgs& a) {
+  RunConfig config = load_config(find_config_file(a.config));
+  for (const std::string& o : a.overrides) apply_override(config, o);
+  config.depth = a.depth;
+  config.width = a.width;
+  config.slab_depth = a.slab;
+  validate_config(config);
+  const Device device = resolve_device(a.device);
+  math_mode().allow_tf32 = !config.strict_fp32;
+  if (config.precision != "fp32") throw Error("dsmil bench: only run.precision = fp32 is implemented so far");
+
+  mil::DualStreamMIL model(config.model_config(), 1);
+  model.to(device);
+  nn::AdamW optimizer(model.parameters(), {static_cast<float>(config.lr), 0.9f, 0.999f, 1e-8f,
+                                           static_cast<float>(config.weight_decay)});
+  nn::Ema ema(model, static_cast<float>(config.ema_decay));
+  const float class_weight[2] = {1.0f, 1.0f};
+
+  std::mt19937_64 engine(std::random_device{}());
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  const Shape x_shape{int64_t{a.bags} * a.instances, a.slab, a.size, a.size, 4};
+  std::vector<Tensor> inputs;
+  for (int s = 0; s < a.input_sets; ++s) {
+    std::vector<float> values(shape_numel(x_shape));
+    for (float& v : values) v = normal(engine);
+    inputs.push_back(Tensor::from_vector(x_shape, values).to(device));
+  }
+  std::vector<int32_t> labels(a.bags);
+  for (int b = 0; b < a.bags; ++b) labels[b] = b % 2;
+  const Tensor target = Tensor::from_ints({a.bags}, labels);
+  const Tensor mask = Tensor::from_ints({a.bags, a.instances}, std::vector<int32_t>(a.bags * a.instances, 1));
+
+  std::vector<double> step_ms, losses;
+  for (int step = 0; step < a.warmup + a.steps; ++step) {
+    synchronize(device);
+    const auto t0 = std::chrono::steady_clock::now();
+    nn::StepRandom random{static_cast<uint64_t>(step), 0};
+    const mil::MilOutput out = model.forward(Variable(inputs[step % a.input_sets]), mask, 1.0f, random);
+    Variable loss = mil::mil_loss(out, target, class_weight, config.loss_config());
+    loss.backward();
+    if (config.clip_grad > 0) nn::clip_grad_norm(model.parameters(), static_cast<float>(config.clip_grad));
+    optimizer.step(static_cast<float>(config.lr));
+    optimizer.zero_grad();
+    ema.update(model);
+    const float loss_value = loss.value().item();  // synchronises
+    synchronize(device);
+    const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    losses.push_back(loss_value);
+    if (step >= a.warmup) step_ms.push_back(ms);
+  }
+  std::vector<double> sorted = step_ms;
+  std::sort(sorted.begin(), sorted.end());
+  const double median = sorted[sorted.size() / 2], best = sorted.front();
+  double peak_gib = 0.0;
+  std::string versions = "cpu";
+#ifdef DSMIL_WITH_CUDA
+  if (device == Device::CUDA) {
+    peak_gib = cuda::pool_usage().peak_used / double(1 << 30);
+    versions = cuda::backend_versions();
+  }
+#endif
+  auto mean_of = [&](size_t first, size_t count) {
+    double s = 0;
+    for (size_t i = first; i < first + count; ++i) s += losses[i];
+    return s / count;
+  };
+  const size_t window = std::min<size_t>(5, losses.size() / 2);
+  const double loss_first = mean_of(0, window), loss_last = mean_of(losses.size() - window, window);
+  std::printf("device: %s\n", versions.c_str());
+  std::printf("model: ResNet%d-3D width %d, %s pooling, %s attention; input %s (bags x slabs, S, H, W, C), fp32%s\n",
+              a.depth, a.width, config.pooling.c_str(), config.attention.c_str(), shape_str(x_shape).c_str(),
+              config.strict_fp32 ? " strict" : " (TF32 allowed)");
+  std::printf("train step: median %.2f ms, best %.2f ms over %d steps (%d warm-up); %.1f bags/s\n", median, best,
+              a.steps, a.warmup, a.bags * 1000.0 / median);
+  std::printf("peak device memory (pool): %.2f GiB\n", peak_gib);
+  std::printf("loss: mean of first %zu steps %.4f -> mean of last %zu steps %.4f (%s)\n", window, loss_first, window,
+              loss_last, loss_last < loss_first ? "falls" : "does NOT fall");
+  if (!a.json_out.empty()) {
+    const nlohmann::json j = {{"device", versions},       {"depth", a.depth},       {"width", a.width},
+                              {"input", x_shape},         {"median_ms", median},    {"best_ms", best},
+                              {"step_ms", step_ms},       {"peak_gib", peak_gib},   {"losses", losses},
+                              {"precision", "fp32"},      {"strict_fp32", config.strict_fp32}};
+    std::ofstream(a.json_out) << j.dump(1) << "\n";
+  }
+}
+
+const RegisterCommand bench_command{"bench", 80, [](CLI::App& root) {
+  auto args = std::make_shared<BenchArgs>();
+  CLI::App* cmd = root.add_subcommand("bench", "time the training step on random bags (DESIGN section 11 shape by default)");
+  cmd->add_option("--config", args->config, "config for the head, loss and optimizer")->capture_default_str();
+  cmd->add_option("--set", args->overrides, "override a config key: section.key=value (repeatable)");
+  cmd->add_option("--device", args->device, "cpu | cuda | auto")->capture_default_str();
+  cmd->add_option("--bags", args->bags, "bags per step")->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--instances", args->instances, "slabs per bag")->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--slab", args->slab, "slices per slab (S)")->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--size", args->size, "slab height and width")->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--width", args->width, "ResNet width w")->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--depth", args->depth, "ResNet depth: 10, 18 or 34")->capture_default_str();
+  cmd->add_option("--steps", args->steps, "timed steps")->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--warmup", args->warmup, "untimed steps first")->capture_default_str()->check(CLI::NonNegativeNumber);
+  cmd->add_option("--input-sets", args->input_sets, "random input sets rotated over the steps")->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--json-out", args->json_out, "also write the numbers as JSON");
+  cmd->callback([args] { run_bench(*args); });
+}};
+
+}  // namespace
+}  // namespace dsmil::app

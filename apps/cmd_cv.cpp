@@ -1,0 +1,80 @@
+// `dsmil cv` (nested K-fold cross-validation, DESIGN section 5) and `dsmil train` (one fold of it).
+#include <cstdio>
+
+#include "apps/command_registry.h"
+#include "apps/train/cv.h"
+
+namespace dsmil::app {
+namespace {
+
+struct CvArgs {
+  std::string config = "recommended-v2";
+  std::string data;
+  std::vector<std::string> overrides;
+  std::string runs_root = "runs";
+  std::string resume;
+  std::string folds;
+  std::string device;
+  int repeats = 0;
+  int plot_every = -1;
+  bool select_on_test = false, deterministic = false, strict_fp32 = false;
+};
+
+void add_common_options(CLI::App* cmd, CvArgs& a) {
+  cmd->add_option("--config", a.config, "config name (configs/NAME.toml) or file")->capture_default_str();
+  cmd->add_option("--data", a.data, "dataset: BraTS folder or manifest CSV (overrides data.root)");
+  cmd->add_option("--set", a.overrides, "override a config key: section.key=value (repeatable)");
+  cmd->add_option("--out", a.runs_root, "folder for run directories")->capture_default_str();
+  cmd->add_option("--resume", a.resume, "run directory to continue (bit-exact from each fold's last.ckpt)");
+  cmd->add_option("--device", a.device, "cpu | cuda | auto");
+  cmd->add_flag("--deterministic", a.deterministic, "deterministic algorithms: identical predictions on a rerun");
+  cmd->add_flag("--strict-fp32", a.strict_fp32, "no TF32 on the GPU");
+  cmd->add_option("--plot-every", a.plot_every, "plots every N epochs");
+}
+
+RunConfig resolve(const CvArgs& a) {
+  RunConfig config = load_config(find_config_file(a.config));
+  for (const std::string& o : a.overrides) apply_override(config, o);
+  if (!a.data.empty()) config.data_root = a.data;
+  if (!a.device.empty()) config.device = a.device;
+  if (a.repeats > 0) config.repeats = a.repeats;
+  if (a.plot_every >= 0) config.plot_every = a.plot_every;
+  config.select_on_test = config.select_on_test || a.select_on_test;
+  config.deterministic = config.deterministic || a.deterministic;
+  config.strict_fp32 = config.strict_fp32 || a.strict_fp32;
+  validate_config(config);
+  return config;
+}
+
+void run(const CvArgs& a, std::vector<int> folds) {
+  const RunConfig config = resolve(a);
+  CvOptions options;
+  options.runs_root = a.runs_root;
+  options.resume_dir = a.resume;
+  options.folds = std::move(folds);
+  const CvResult result = run_cv(config, options);
+  if (!result.audit_md.empty()) std::printf("%s\n", result.audit_md.string().c_str());
+  if (!result.consistent) throw Error("the audit's consistency check failed: see the consistency section of AUDIT.md");
+}
+
+const RegisterCommand cv_command{"cv", 40, [](CLI::App& root) {
+  auto args = std::make_shared<CvArgs>();
+  CLI::App* cmd = root.add_subcommand("cv", "cross-validate on a dataset; prints the path of AUDIT.md");
+  add_common_options(cmd, *args);
+  cmd->add_option("--folds", args->folds, "run only these folds (e.g. 0,2); the audit covers the folds present");
+  cmd->add_option("--repeats", args->repeats, "repeated CV with R seeds");
+  cmd->add_flag("--select-on-test", args->select_on_test, "the seed's optimistic protocol: select and calibrate on the test fold");
+  cmd->callback([args] { run(*args, args->folds.empty() ? std::vector<int>{} : parse_fold_list(args->folds)); });
+}};
+
+const RegisterCommand train_command{"train", 30, [](CLI::App& root) {
+  auto args = std::make_shared<CvArgs>();
+  auto fold = std::make_shared<int>(0);
+  CLI::App* cmd = root.add_subcommand("train", "train and evaluate one fold of the cross-validation split");
+  add_common_options(cmd, *args);
+  cmd->add_option("--fold", *fold, "which fold to train")->capture_default_str();
+  cmd->callback([args, fold] { run(*args, {*fold}); });
+}};
+
+}  // namespace
+}  // namespace dsmil::app

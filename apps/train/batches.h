@@ -1,0 +1,34 @@
+// Bags of preprocessed cases as model input: instance sampling, gather (+ augmentation) into one
+// channels-last tensor x[B*n, S, H, W, 4], the instance mask [B, n] and the labels [B].
+#pragma once
+
+#include <vector>
+
+#include "data/preprocess.h"
+#include "data/sampling.h"
+#include "tensor/tensor.h"
+
+namespace dsmil::app {
+
+struct Batch {
+  Tensor x;       // [B*n, S, H, W, 4] on the CPU
+  Tensor mask;    // [B, n] I32: 1 for a real instance, 0 for padding
+  Tensor target;  // [B] I32
+  std::vector<int> cases;                // index of each bag's case in the cohort
+  std::vector<std::vector<int>> starts;  // slab start of each real instance
+};
+
+struct BagSpec {
+  int instances = 16;
+  int slab_depth = 3;
+  data::InstanceSampling sampling = data::InstanceSampling::fixed;
+  bool augment = false;
+  data::AugmentParams augment_params;
+};
+
+// The bags of `case_indices` (one bag per case); `seeds[b]` drives bag b's instance draw and
+// augmentation, so a bag is a function of its seed alone.
+Batch make_batch(const std::vector<data::CaseVolume>& cohort, const std::vector<int>& case_indices,
+                 const std::vector<uint64_t>& seeds, const BagSpec& spec);
+
+}  // namespace dsmil::app

@@ -1,0 +1,224 @@
+// Config reading (TOML through toml++), overrides, validation and the resolved config text.
+#include "apps/train/config.h"
+
+#include <sstream>
+
+#include <fmt/format.h>
+#include <toml++/toml.h>
+
+namespace dsmil::app {
+
+std::vector<NamedField> config_fields(RunConfig& c) {
+  return {
+      {"run.name", &c.name},
+      {"data.root", &c.data_root},
+      {"data.cache", &c.cache_dir},
+      {"data.grid", &c.grid},
+      {"data.on_bad_case", &c.on_bad_case},
+      {"model.depth", &c.depth},
+      {"model.width", &c.width},
+      {"model.slab_depth", &c.slab_depth},
+      {"model.drop_path", &c.drop_path},
+      {"model.pooling", &c.pooling},
+      {"model.topk", &c.topk},
+      {"model.attention", &c.attention},
+      {"model.attention_temperature", &c.attention_temperature},
+      {"model.feature_dropout", &c.feature_dropout},
+      {"model.instance_dropout", &c.instance_dropout},
+      {"loss.label_smoothing", &c.label_smoothing},
+      {"loss.focal_gamma", &c.focal_gamma},
+      {"loss.class_weights", &c.class_weights},
+      {"loss.stream_weight", &c.stream_weight},
+      {"train.epochs", &c.epochs},
+      {"train.min_epochs", &c.min_epochs},
+      {"train.patience", &c.patience},
+      {"train.monitor", &c.monitor},
+      {"train.bags_per_step", &c.bags_per_step},
+      {"train.instances", &c.instances},
+      {"train.eval_instances", &c.eval_instances},
+      {"train.instance_sampling", &c.instance_sampling},
+      {"train.case_sampling", &c.case_sampling},
+      {"train.lr", &c.lr},
+      {"train.weight_decay", &c.weight_decay},
+      {"train.warmup_epochs", &c.warmup_epochs},
+      {"train.clip_grad", &c.clip_grad},
+      {"train.ema_decay", &c.ema_decay},
+      {"train.tau_start", &c.tau_start},
+      {"train.tau_end", &c.tau_end},
+      {"train.augment", &c.augment},
+      {"train.threshold", &c.threshold},
+      {"cv.folds", &c.folds},
+      {"cv.inner_val", &c.inner_val},
+      {"cv.repeats", &c.repeats},
+      {"cv.select_on_test", &c.select_on_test},
+      {"cv.seed", &c.seed},
+      {"run.device", &c.device},
+      {"run.precision", &c.precision},
+      {"run.strict_fp32", &c.strict_fp32},
+      {"run.deterministic", &c.deterministic},
+      {"run.plot_every", &c.plot_every},
+      {"run.threads", &c.threads},
+  };
+}
+
+mil::ModelConfig RunConfig::model_config() const {
+  mil::ModelConfig m;
+  m.encoder = {depth, width, slab_depth, 4, static_cast<float>(drop_path)};
+  m.head.pooling = mil::parse_pooling(pooling);
+  m.head.topk = topk;
+  m.head.attention = mil::parse_attention(attention);
+  m.head.attention_temperature = static_cast<float>(attention_temperature);
+  m.head.feature_dropout = static_cast<float>(feature_dropout);
+  m.head.instance_dropout = static_cast<float>(instance_dropout);
+  return m;
+}
+
+mil::LossConfig RunConfig::loss_config() const {
+  return {static_cast<float>(label_smoothing), static_cast<float>(focal_gamma), static_cast<float>(stream_weight)};
+}
+
+namespace {
+
+NamedField& field_named(std::vector<NamedField>& fields, const std::string& key) {
+  for (NamedField& f : fields)
+    if (f.key == key) return f;
+  throw Error(fmt::format("unknown config key '{}'", key));
+}
+
+void assign(NamedField& f, const toml::node& value) {
+  const bool ok = std::visit(
+      [&](auto* target) {
+        using T = std::remove_pointer_t<decltype(target)>;
+        if constexpr (std::is_same_v<T, std::string>) {
+          if (auto s = value.value<std::string>()) return *target = *s, true;
+        } else if constexpr (std::is_same_v<T, bool>) {
+          if (auto b = value.value<bool>()) return *target = *b, true;
+        } else if constexpr (std::is_same_v<T, double>) {
+          if (value.is_number()) return *target = *value.value<double>(), true;
+        } else {
+          if (value.is_integer()) return *target = static_cast<T>(*value.value<int64_t>()), true;
+        }
+        return false;
+      },
+      f.field);
+  if (!ok) throw Error(fmt::format("config key '{}': wrong type of value", f.key));
+}
+
+void assign_table(std::vector<NamedField>& fields, const toml::table& table, const std::string& prefix) {
+  for (const auto& [key, node] : table) {
+    const std::string full = prefix.empty() ? std::string(key.str()) : prefix + "." + std::string(key.str());
+    if (const toml::table* sub = node.as_table()) {
+      assign_table(fields, *sub, full);
+    } else {
+      assign(field_named(fields, full), node);
+    }
+  }
+}
+
+template <typename T>
+void check_in(const std::string& key, const T& value, std::initializer_list<T> allowed) {
+  for (const T& a : allowed)
+    if (a == value) return;
+  throw Error(fmt::format("config key '{}': '{}' is not allowed", key, value));
+}
+
+void check_range(const std::string& key, double value, double lo, double hi) {
+  if (!(value >= lo && value <= hi)) throw Error(fmt::format("config key '{}': {} outside [{}, {}]", key, value, lo, hi));
+}
+
+}  // namespace
+
+std::filesystem::path find_config_file(const std::string& name) {
+  namespace fs = std::filesystem;
+  for (const fs::path& candidate :
+       {fs::path(name), fs::path(name + ".toml"), fs::path("configs") / (name + ".toml"),
+        fs::path(DSMIL_SOURCE_DIR) / "configs" / (fs::path(name).filename().string() + ".toml")})
+    if (fs::is_regular_file(candidate)) return candidate;
+  throw Error(fmt::format("config '{0}' not found (looked for {0}, {0}.toml, configs/{0}.toml)", name));
+}
+
+RunConfig load_config(const std::filesystem::path& file) {
+  RunConfig config;
+  toml::table table;
+  try {
+    table = toml::parse_file(file.string());
+  } catch (const toml::parse_error& e) {
+    throw FormatError(fmt::format("config {}: {} (line {})", file.string(), e.description(), e.source().begin.line));
+  }
+  auto fields = config_fields(config);
+  assign_table(fields, table, "");
+  return config;
+}
+
+void apply_override(RunConfig& config, const std::string& assignment) {
+  const size_t eq = assignment.find('=');
+  if (eq == std::string::npos || eq == 0) throw Error(fmt::format("--set '{}': expected section.key=value", assignment));
+  const std::string key = assignment.substr(0, eq), text = assignment.substr(eq + 1);
+  auto fields = config_fields(config);
+  NamedField& f = field_named(fields, key);
+  toml::table parsed;
+  try {
+    parsed = toml::parse("v = " + text);
+  } catch (const toml::parse_error&) {
+    parsed = toml::table{{"v", text}};  // a bare word: a string
+  }
+  assign(f, *parsed.get("v"));
+}
+
+void validate_config(const RunConfig& c) {
+  check_in<int>("model.depth", c.depth, {10, 18, 34});
+  check_range("model.width", c.width, 1, 1024);
+  check_range("model.slab_depth", c.slab_depth, 1, 64);
+  check_range("model.drop_path", c.drop_path, 0, 0.9);
+  check_in<std::string>("model.pooling", c.pooling, {"max", "topk", "soft"});
+  check_range("model.topk", c.topk, 1, 1024);
+  check_in<std::string>("model.attention", c.attention, {"dsmil", "gated"});
+  check_range("model.attention_temperature", c.attention_temperature, 1e-3, 1e3);
+  check_range("model.feature_dropout", c.feature_dropout, 0, 0.95);
+  check_range("model.instance_dropout", c.instance_dropout, 0, 0.95);
+  check_range("loss.label_smoothing", c.label_smoothing, 0, 0.5);
+  check_range("loss.focal_gamma", c.focal_gamma, 0, 10);
+  check_in<std::string>("loss.class_weights", c.class_weights, {"none", "balanced"});
+  check_range("loss.stream_weight", c.stream_weight, 0, 1);
+  check_range("train.epochs", c.epochs, 1, 100000);
+  check_range("train.min_epochs", c.min_epochs, 0, c.epochs);
+  check_range("train.patience", c.patience, 1, 100000);
+  check_in<std::string>("train.monitor", c.monitor, {"auc", "balanced_accuracy", "min_class_recall", "loss"});
+  check_range("train.bags_per_step", c.bags_per_step, 1, 4096);
+  check_range("train.instances", c.instances, 1, 4096);
+  check_range("train.eval_instances", c.eval_instances, 1, 4096);
+  check_in<std::string>("train.instance_sampling", c.instance_sampling, {"random", "stratified", "fixed", "all"});
+  check_in<std::string>("train.case_sampling", c.case_sampling, {"weighted", "shuffle"});
+  check_range("train.lr", c.lr, 0, 10);
+  check_range("train.weight_decay", c.weight_decay, 0, 10);
+  check_range("train.warmup_epochs", c.warmup_epochs, 0, c.epochs);
+  check_range("train.clip_grad", c.clip_grad, 0, 1e6);
+  check_range("train.ema_decay", c.ema_decay, 0, 0.999999);
+  check_range("train.tau_start", c.tau_start, 1e-3, 1e3);
+  check_range("train.tau_end", c.tau_end, 1e-3, 1e3);
+  check_in<std::string>("train.threshold", c.threshold, {"0.5", "youden", "max_f1"});
+  check_range("cv.folds", c.folds, 2, 100);
+  check_range("cv.inner_val", c.inner_val, c.select_on_test ? 0 : 0.01, 0.5);
+  check_range("cv.repeats", c.repeats, 1, 100);
+  check_in<std::string>("run.device", c.device, {"auto", "cpu", "cuda"});
+  check_in<std::string>("run.precision", c.precision, {"fp32", "bf16"});
+  check_range("run.plot_every", c.plot_every, 0, 100000);
+  check_range("run.threads", c.threads, 0, 1024);
+}
+
+std::string config_to_toml(const RunConfig& config) {
+  RunConfig copy = config;
+  toml::table root;
+  for (const NamedField& f : config_fields(copy)) {
+    const size_t dot = f.key.find('.');
+    const std::string section = f.key.substr(0, dot), key = f.key.substr(dot + 1);
+    if (!root.contains(section)) root.insert(section, toml::table{});
+    toml::table& table = *root.get_as<toml::table>(section);
+    std::visit([&](auto* v) { table.insert(key, *v); }, f.field);
+  }
+  std::ostringstream out;
+  out << root << "\n";
+  return out.str();
+}
+
+}  // namespace dsmil::app

@@ -1,0 +1,93 @@
+// The run configuration: every knob of data, model, loss, training, protocol and runtime, read from a
+// TOML file (configs/*.toml) with `--set section.key=value` overrides, and written back resolved into
+// each run directory. Defaults are configs/recommended-v2 (DESIGN section 5).
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include "mil/dual_stream.h"
+
+namespace dsmil::app {
+
+struct RunConfig {
+  std::string name = "recommended-v2";
+
+  // data
+  std::string data_root;                 // BraTS folder or manifest CSV
+  std::string cache_dir = "cache";       // preprocessing cache ("" = none)
+  std::string grid = "128,128,128";      // D,H,W after preprocessing
+  std::string on_bad_case = "fail";      // fail | skip
+
+  // model (DESIGN section 3)
+  int depth = 18, width = 64, slab_depth = 3;
+  double drop_path = 0.1;
+  std::string pooling = "topk";
+  int topk = 4;
+  std::string attention = "gated";
+  double attention_temperature = 1.0;
+  double feature_dropout = 0.6;
+  double instance_dropout = 0.1;
+
+  // loss (DESIGN section 4)
+  double label_smoothing = 0.2;
+  double focal_gamma = 2.0;
+  std::string class_weights = "balanced";  // none | balanced
+  double stream_weight = 0.5;              // lambda
+
+  // training (DESIGN section 5)
+  int epochs = 40, min_epochs = 10, patience = 10;
+  std::string monitor = "min_class_recall";  // auc | balanced_accuracy | min_class_recall | loss
+  int bags_per_step = 2;
+  int instances = 16;                        // n per training bag
+  int eval_instances = 16;                   // n per evaluation bag (fixed sampler)
+  std::string instance_sampling = "stratified";
+  std::string case_sampling = "weighted";
+  double lr = 3e-4, weight_decay = 1e-4;
+  double warmup_epochs = 2.0;
+  double clip_grad = 1.0;                    // global-norm clip; 0 = off
+  double ema_decay = 0.999;                  // 0 = no EMA model
+  double tau_start = 1.0, tau_end = 0.1;     // soft pooling temperature, annealed geometrically
+  bool augment = true;
+  std::string threshold = "youden";          // 0.5 | youden | max_f1
+
+  // protocol
+  int folds = 5;
+  double inner_val = 0.15;
+  int repeats = 1;
+  bool select_on_test = false;
+  int64_t seed = 2026;
+
+  // runtime
+  std::string device = "auto";  // auto | cpu | cuda
+  std::string precision = "fp32";  // fp32 | bf16
+  bool strict_fp32 = false;
+  bool deterministic = false;
+  int plot_every = 0;           // 0: plots only at the end
+  int threads = 0;              // CPU threads; 0 = all cores
+
+  mil::ModelConfig model_config() const;
+  mil::LossConfig loss_config() const;
+};
+
+using ConfigField = std::variant<int*, int64_t*, double*, bool*, std::string*>;
+struct NamedField {
+  std::string key;  // "section.key"
+  ConfigField field;
+};
+std::vector<NamedField> config_fields(RunConfig& config);
+
+// Resolves a config name ("tiny", "configs/tiny", a path) to a file.
+std::filesystem::path find_config_file(const std::string& name_or_path);
+// Reads a config file over the defaults; unknown keys and wrong types are errors naming the key.
+RunConfig load_config(const std::filesystem::path& file);
+// Applies "section.key=value" (value in TOML syntax; bare words are strings).
+void apply_override(RunConfig& config, const std::string& assignment);
+// Checks ranges and enumerations; throws dsmil::Error naming the key.
+void validate_config(const RunConfig& config);
+std::string config_to_toml(const RunConfig& config);
+
+}  // namespace dsmil::app

@@ -1,0 +1,30 @@
+// Cross-validation end to end: data discovery and preprocessing (cached), seeded splits, one trained
+// fold after another (or a chosen subset), and the audit of the run (cv_summary.json, AUDIT.md).
+#pragma once
+
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "apps/train/config.h"
+
+namespace dsmil::app {
+
+struct CvOptions {
+  std::filesystem::path runs_root = "runs";
+  std::filesystem::path resume_dir;  // continue this run directory instead of starting a new one
+  std::vector<int> folds;            // empty: all folds
+  bool audit = true;                 // write cv_summary.json and AUDIT.md at the end
+};
+
+struct CvResult {
+  std::filesystem::path run_dir, audit_md;
+  bool consistent = true;
+};
+
+CvResult run_cv(const RunConfig& config, const CvOptions& options);
+
+// "0,2,3" -> {0, 2, 3}
+std::vector<int> parse_fold_list(const std::string& text);
+
+}  // namespace dsmil::app

@@ -1,0 +1,483 @@
+// The fold trainer. Every random choice derives from (seed, repeat, fold, epoch, purpose, index), so
+// an epoch is a pure function of the state at its start: resuming from last.ckpt is bit-exact.
+#include "apps/train/trainer.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <csignal>
+#include <fstream>
+#include <optional>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "apps/report/metrics.h"
+#include "apps/report/run_dir.h"
+#include "apps/train/batches.h"
+#include "data/rng.h"
+#include "nn/checkpoint.h"
+#include "nn/optim.h"
+#ifdef DSMIL_WITH_CUDA
+#include "tensor/cuda/runtime.h"
+#endif
+
+namespace dsmil::app {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+Device resolve_device(const std::string& name) {
+#ifdef DSMIL_WITH_CUDA
+  const bool cuda = dsmil::cuda::device_available();
+#else
+  const bool cuda = false;
+#endif
+  if (name == "cpu") return Device::CPU;
+  if (name == "cuda") {
+    if (!cuda) throw Error("--device cuda: no CUDA device (or this build has no CUDA backend)");
+    return Device::CUDA;
+  }
+  return cuda ? Device::CUDA : Device::CPU;
+}
+
+namespace {
+
+// Purposes of the derived random streams.
+enum Stream : uint64_t { kCaseOrder = 1, kTrainBag = 2, kStepMasks = 3, kInit = 4 };
+
+double softmax_hgg(float y0, float y1) { return 1.0 / (1.0 + std::exp(static_cast<double>(y0) - y1)); }
+
+// The monitor's value in a validation record (NaN when undefined), as fold.json states it.
+double monitor_value(const std::string& monitor, const json& metrics) {
+  auto get = [&](const char* key) { return metrics[key].is_null() ? NAN : metrics[key].get<double>(); };
+  if (monitor == "min_class_recall") return std::min(get("recall_lgg"), get("recall_hgg"));
+  return get(monitor.c_str());
+}
+
+// Ranking of monitor values: higher is better (loss negated), undefined ranks last.
+double monitor_score(const std::string& monitor, double value) {
+  if (std::isnan(value)) return -INFINITY;
+  return monitor == "loss" ? -value : value;
+}
+
+struct Candidate {
+  double value = NAN, score = -INFINITY, auc = -INFINITY;
+  int epoch = 0;
+  // The monitor decides; AUC breaks ties (min_class_recall moves in steps of 1/n).
+  bool beaten_by(const Candidate& other) const {
+    return other.score > score || (other.score == score && other.auc > auc);
+  }
+};
+
+volatile std::sig_atomic_t interrupted = 0;
+void on_interrupt(int) { interrupted = 1; }
+
+struct Progress {
+  bool terminal = isatty(STDERR_FILENO);
+  void step(const std::string& text) const {
+    if (terminal) std::fprintf(stderr, "\r%-110s", text.c_str());
+  }
+  void line(const std::string& text) const {
+    if (terminal) std::fprintf(stderr, "\r%-110s\r", "");
+    std::fprintf(stderr, "%s\n", text.c_str());
+  }
+};
+
+class FoldRun {
+ public:
+  FoldRun(const RunConfig& config, const std::vector<data::CaseVolume>& cohort, Device device, const FoldPlan& plan,
+          const fs::path& dir)
+      : c_(config),
+        cohort_(cohort),
+        device_(device),
+        plan_(plan),
+        dir_(dir),
+        model_(config.model_config(), stream_seed(kInit, 0, 0)),
+        ema_model_(config.model_config(), stream_seed(kInit, 0, 0)) {
+    model_.to(device);
+    ema_model_.to(device);
+    ema_model_.set_training(false);
+    optimizer_ = std::make_unique<nn::AdamW>(
+        model_.parameters(), nn::AdamWConfig{static_cast<float>(c_.lr), 0.9f, 0.999f, 1e-8f, static_cast<float>(c_.weight_decay)});
+    if (c_.ema_decay > 0) ema_ = std::make_unique<nn::Ema>(model_, static_cast<float>(c_.ema_decay));
+    int counts[2] = {0, 0};
+    for (int i : plan.train) ++counts[cohort[i].label];
+    for (int k = 0; k < 2; ++k)
+      class_weight_[k] = c_.class_weights == "balanced" && counts[k] > 0
+                             ? static_cast<float>(plan.train.size()) / (2.0f * counts[k])
+                             : 1.0f;
+    steps_per_epoch_ = (static_cast<int64_t>(plan.train.size()) + c_.bags_per_step - 1) / c_.bags_per_step;
+  }
+
+  void run(bool resume) {
+    fs::create_directories(dir_);
+    int start_epoch = 0;
+    if (resume && fs::exists(dir_ / "last.ckpt")) start_epoch = restore_last();
+    else std::ofstream(dir_ / "metrics.jsonl", std::ios::trunc);
+    const std::vector<int>& selection_set = c_.select_on_test ? plan_.test : plan_.val;
+    std::signal(SIGINT, on_interrupt);
+    for (int epoch = start_epoch; epoch < c_.epochs; ++epoch) {
+      const auto t0 = std::chrono::steady_clock::now();
+      json record = train_epoch(epoch);
+      const double train_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      const std::vector<CasePrediction> val = predict(model_, selection_set, tau_at(epoch));
+      record["val"] = metrics_of(val);
+      std::optional<std::vector<CasePrediction>> val_ema;
+      if (ema_) {
+        ema_->copy_to(ema_model_);
+        val_ema = predict(ema_model_, selection_set, tau_at(epoch));
+        record["val_ema"] = metrics_of(*val_ema);
+      }
+      record["attention"] = attention_diagnostics(val);
+      record["throughput_bags_per_s"] = plan_.train.size() / std::max(train_seconds, 1e-9);
+      record["epoch_time_s"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      track_best(epoch, record);
+      std::ofstream(dir_ / "metrics.jsonl", std::ios::app) << record.dump() << "\n";
+      save_last(epoch + 1);
+      progress_.line(fmt::format(
+          "[r{} f{}] epoch {:>3}/{} loss {:.4f} | val loss {:.4f} auc {:.3f} bacc {:.3f} | {} {:.3f} (best {} @{}) | "
+          "{:.1f} bags/s",
+          plan_.repeat, plan_.fold, epoch + 1, c_.epochs, record["train"]["loss"].get<double>(),
+          record["val"]["loss"].is_null() ? NAN : record["val"]["loss"].get<double>(),
+          record["val"]["auc"].is_null() ? NAN : record["val"]["auc"].get<double>(),
+          record["val"]["balanced_accuracy"].is_null() ? NAN : record["val"]["balanced_accuracy"].get<double>(),
+          c_.monitor, best_overall().value, best_is_ema() ? "ema" : "raw", best_overall().epoch,
+          record["throughput_bags_per_s"].get<double>()));
+      if (interrupted) throw Error(fmt::format("interrupted: resume with --resume ({} holds epoch {})",
+                                               (dir_ / "last.ckpt").string(), epoch + 1));
+      if (epoch + 1 >= c_.min_epochs && epoch + 1 - best_overall().epoch >= c_.patience) {
+        stopped_early_ = true;
+        epochs_run_ = epoch + 1;
+        break;
+      }
+      epochs_run_ = epoch + 1;
+    }
+    finish();
+  }
+
+ private:
+  uint64_t stream_seed(uint64_t purpose, uint64_t a, uint64_t b) const {
+    return data::derive_seed(static_cast<uint64_t>(c_.seed),
+                             {static_cast<uint64_t>(plan_.repeat), static_cast<uint64_t>(plan_.fold), purpose, a, b});
+  }
+
+  float tau_at(int epoch) const {
+    if (c_.epochs <= 1) return static_cast<float>(c_.tau_start);
+    return static_cast<float>(c_.tau_start * std::pow(c_.tau_end / c_.tau_start, epoch / double(c_.epochs - 1)));
+  }
+
+  // Augmentation shifts scale with the grid: up to 1/16 of the width (8 voxels at 128).
+  BagSpec train_spec() const {
+    BagSpec spec{c_.instances, c_.slab_depth, data::parse_instance_sampling(c_.instance_sampling), c_.augment, {}};
+    spec.augment_params.max_shift = std::max(1, cohort_.front().grid.width / 16);
+    return spec;
+  }
+
+  json train_epoch(int epoch) {
+    model_.set_training(true);
+    std::vector<int> labels;
+    for (int i : plan_.train) labels.push_back(cohort_[i].label);
+    data::Rng order_rng(stream_seed(kCaseOrder, epoch, 0));
+    const std::vector<int> order = data::epoch_case_order(labels, data::parse_case_sampling(c_.case_sampling), order_rng);
+    const float tau = tau_at(epoch);
+    const int64_t total_steps = steps_per_epoch_ * c_.epochs;
+    const int64_t warmup = static_cast<int64_t>(c_.warmup_epochs * steps_per_epoch_);
+    std::vector<int> seen_labels;
+    std::vector<double> seen_p;
+    double loss_sum = 0.0;
+    float lr = 0.0f;
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int64_t step = 0; step < steps_per_epoch_; ++step) {
+      std::vector<int> cases;
+      std::vector<uint64_t> seeds;
+      for (int64_t j = step * c_.bags_per_step; j < std::min<int64_t>((step + 1) * c_.bags_per_step, order.size()); ++j) {
+        cases.push_back(plan_.train[order[j]]);
+        seeds.push_back(stream_seed(kTrainBag, epoch, j));
+      }
+      const Batch batch = make_batch(cohort_, cases, seeds, train_spec());
+      nn::StepRandom random{stream_seed(kStepMasks, epoch, step), 0};
+      const mil::MilOutput out = model_.forward(Variable(batch.x.to(device_)), batch.mask, tau, random);
+      Variable loss = mil::mil_loss(out, batch.target, class_weight_, c_.loss_config());
+      const float loss_value = loss.value().item();
+      if (!std::isfinite(loss_value))
+        throw Error(fmt::format("fold {} epoch {} step {}: the loss is {} (diverged)", plan_.fold, epoch + 1, step, loss_value));
+      loss.backward();
+      if (c_.clip_grad > 0) nn::clip_grad_norm(model_.parameters(), static_cast<float>(c_.clip_grad));
+      lr = nn::warmup_cosine_lr(static_cast<float>(c_.lr), epoch * steps_per_epoch_ + step, warmup, total_steps);
+      optimizer_->step(lr);
+      optimizer_->zero_grad();
+      if (ema_) ema_->update(model_);
+      const std::vector<float> y = out.y.value().to_vector();
+      for (size_t b = 0; b < cases.size(); ++b) {
+        seen_labels.push_back(cohort_[cases[b]].label);
+        seen_p.push_back(softmax_hgg(y[2 * b], y[2 * b + 1]));
+      }
+      loss_sum += loss_value * cases.size();
+      const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      progress_.step(fmt::format("[r{} f{}] epoch {}/{} step {}/{} loss {:.4f} lr {:.2e} | {:.1f} bags/s | ETA epoch {:.0f}s",
+                                 plan_.repeat, plan_.fold, epoch + 1, c_.epochs, step + 1, steps_per_epoch_, loss_value, lr,
+                                 seen_p.size() / elapsed, elapsed / (step + 1) * (steps_per_epoch_ - step - 1)));
+    }
+    return {{"epoch", epoch + 1},
+            {"lr", lr},
+            {"tau", tau},
+            {"train", report::split_record_json(seen_labels, seen_p, loss_sum / std::max<size_t>(seen_p.size(), 1))}};
+  }
+
+  std::vector<CasePrediction> predict(mil::DualStreamMIL& model, const std::vector<int>& cases, float tau) {
+    NoGradGuard no_grad;
+    const bool was_training = model.training();
+    model.set_training(false);
+    std::vector<CasePrediction> preds;
+    const BagSpec spec{c_.eval_instances, c_.slab_depth, data::InstanceSampling::fixed, false, {}};
+    for (size_t first = 0; first < cases.size(); first += c_.bags_per_step) {
+      std::vector<int> chunk(cases.begin() + first, cases.begin() + std::min(first + c_.bags_per_step, cases.size()));
+      const Batch batch = make_batch(cohort_, chunk, std::vector<uint64_t>(chunk.size(), 0), spec);
+      nn::StepRandom random;
+      const mil::MilOutput out = model.forward(Variable(batch.x.to(device_)), batch.mask, tau, random);
+      const std::vector<float> y = out.y.value().to_vector(), a = out.attention.to_vector(),
+                               s = out.selection.to_vector(), z = out.margins.to_vector(),
+                               stats = out.attention_stats.to_vector();
+      // Each bag's own loss (unit weights): the validation loss weighs them by class like training.
+      const Tensor target = batch.target.to(device_), unit = Tensor::full({batch.target.numel()}, 1.0f).to(device_);
+      const mil::LossConfig lc = c_.loss_config();
+      const std::vector<float> l1 = ops::focal_loss(out.y1.value(), target, unit, lc.label_smoothing, lc.focal_gamma).per_sample.to_vector();
+      const std::vector<float> l2 = ops::focal_loss(out.y2.value(), target, unit, lc.label_smoothing, lc.focal_gamma).per_sample.to_vector();
+      for (size_t b = 0; b < chunk.size(); ++b) {
+        CasePrediction p;
+        p.case_index = chunk[b];
+        p.label = cohort_[chunk[b]].label;
+        p.p_hgg = softmax_hgg(y[2 * b], y[2 * b + 1]);
+        p.starts = batch.starts[b];
+        const size_t n = spec.instances, valid = p.starts.size();
+        p.attention.assign(a.begin() + b * n, a.begin() + b * n + valid);
+        p.selection.assign(s.begin() + b * n, s.begin() + b * n + valid);
+        p.margins.assign(z.begin() + b * n, z.begin() + b * n + valid);
+        p.entropy = stats[3 * b];
+        p.top1 = stats[3 * b + 1];
+        p.neff = stats[3 * b + 2];
+        p.loss = c_.stream_weight * l1[b] + (1.0 - c_.stream_weight) * l2[b];
+        preds.push_back(std::move(p));
+      }
+    }
+    model.set_training(was_training);
+    return preds;
+  }
+
+  // Validation loss uses the fold's class weights, like the training loss.
+  json metrics_of(const std::vector<CasePrediction>& preds) const {
+    std::vector<int> labels;
+    std::vector<double> p;
+    double weighted = 0.0, weights = 0.0;
+    for (const CasePrediction& q : preds) {
+      labels.push_back(q.label);
+      p.push_back(q.p_hgg);
+      weighted += class_weight_[q.label] * q.loss;
+      weights += class_weight_[q.label];
+    }
+    return report::split_record_json(labels, p, weights > 0 ? weighted / weights : NAN);
+  }
+
+  json attention_diagnostics(const std::vector<CasePrediction>& preds) const {
+    if (preds.empty()) return nullptr;
+    double entropy = 0, entropy_norm = 0, top1 = 0, neff = 0;
+    std::vector<double> confidence;
+    int tumour_bags = 0, bags_with_seg = 0;
+    for (const CasePrediction& p : preds) {
+      entropy += p.entropy;
+      entropy_norm += p.attention.size() > 1 ? p.entropy / std::log(static_cast<double>(p.attention.size())) : 0.0;
+      top1 += p.top1;
+      neff += p.neff;
+      const size_t critical = std::max_element(p.selection.begin(), p.selection.end()) - p.selection.begin();
+      confidence.push_back(1.0 / (1.0 + std::exp(-std::fabs(p.margins[critical]))));
+      const data::CaseVolume& c = cohort_[p.case_index];
+      if (c.has_seg()) {
+        ++bags_with_seg;
+        tumour_bags += data::slab_holds_tumour(c, p.starts[critical], c_.slab_depth);
+      }
+    }
+    const double n = static_cast<double>(preds.size());
+    std::sort(confidence.begin(), confidence.end());
+    auto quantile = [&](double q) { return confidence[static_cast<size_t>(q * (confidence.size() - 1) + 0.5)]; };
+    double mean_conf = 0;
+    for (double v : confidence) mean_conf += v / n;
+    return {{"entropy", entropy / n},
+            {"entropy_norm", entropy_norm / n},
+            {"top1", top1 / n},
+            {"neff", neff / n},
+            {"selection_confidence", {{"mean", mean_conf}, {"p10", quantile(0.1)}, {"p50", quantile(0.5)}, {"p90", quantile(0.9)}}},
+            {"critical_tumour_share", bags_with_seg ? json(static_cast<double>(tumour_bags) / bags_with_seg) : json(nullptr)}};
+  }
+
+  Candidate candidate_of(const json& val, int epoch) const {
+    const double value = monitor_value(c_.monitor, val);
+    return {value, monitor_score(c_.monitor, value), val["auc"].is_null() ? -INFINITY : val["auc"].get<double>(), epoch};
+  }
+
+  void track_best(int epoch, const json& record) {
+    const Candidate raw = candidate_of(record["val"], epoch + 1);
+    if (best_raw_.beaten_by(raw)) {
+      best_raw_ = raw;
+      save_model("best.ckpt", model_, epoch + 1);
+    }
+    if (ema_) {
+      const Candidate ema = candidate_of(record["val_ema"], epoch + 1);
+      if (best_ema_.beaten_by(ema)) {
+        best_ema_ = ema;
+        save_model("best_ema.ckpt", ema_model_, epoch + 1);
+      }
+    }
+  }
+
+  bool best_is_ema() const { return ema_ && best_raw_.beaten_by(best_ema_); }
+  const Candidate& best_overall() const { return best_is_ema() ? best_ema_ : best_raw_; }
+
+  json metadata(int epoch) const {
+    return {{"format", "dsmil3d checkpoint"}, {"epoch", epoch}, {"repeat", plan_.repeat}, {"fold", plan_.fold},
+            {"config", config_to_toml(c_)}};
+  }
+
+  void save_model(const std::string& name, mil::DualStreamMIL& model, int epoch) const {
+    nn::Checkpoint ckpt;
+    ckpt.metadata = metadata(epoch).dump();
+    nn::add_parameters(ckpt, "model.", model.parameters());
+    nn::add_state(ckpt, "model.", model.buffers());
+    nn::save_checkpoint((dir_ / name).string(), ckpt);
+  }
+
+  void save_last(int epochs_done) {
+    nn::Checkpoint ckpt;
+    json meta = metadata(epochs_done);
+    meta["optimizer_steps"] = optimizer_->steps();
+    meta["ema_updates"] = ema_ ? ema_->updates() : 0;
+    auto number = [](double v) { return std::isfinite(v) ? json(v) : json(nullptr); };
+    meta["best_raw"] = {number(best_raw_.value), number(best_raw_.auc), best_raw_.epoch};
+    meta["best_ema"] = {number(best_ema_.value), number(best_ema_.auc), best_ema_.epoch};
+    ckpt.metadata = meta.dump();
+    nn::add_parameters(ckpt, "model.", model_.parameters());
+    nn::add_state(ckpt, "model.", model_.buffers());
+    nn::add_state(ckpt, "optimizer.", optimizer_->state());
+    if (ema_) nn::add_state(ckpt, "", ema_->state());
+    nn::save_checkpoint((dir_ / "last.ckpt").string(), ckpt);
+  }
+
+  // Returns the number of epochs already done.
+  int restore_last() {
+    const nn::Checkpoint ckpt = nn::load_checkpoint((dir_ / "last.ckpt").string());
+    const json meta = json::parse(ckpt.metadata);
+    if (meta.value("config", "") != config_to_toml(c_))
+      throw Error(fmt::format("--resume: {} was written with another config", (dir_ / "last.ckpt").string()));
+    nn::restore_parameters(ckpt, "model.", model_.parameters());
+    nn::restore_state(ckpt, "model.", model_.buffers());
+    nn::restore_state(ckpt, "optimizer.", optimizer_->state());
+    optimizer_->set_steps(meta["optimizer_steps"].get<int64_t>());
+    if (ema_) {
+      nn::restore_state(ckpt, "", ema_->state());
+      ema_->set_updates(meta["ema_updates"].get<int64_t>());
+    }
+    auto candidate = [this](const json& j) {
+      const double value = j[0].is_null() ? NAN : j[0].get<double>();
+      return Candidate{value, monitor_score(c_.monitor, value), j[1].is_null() ? -INFINITY : j[1].get<double>(),
+                       j[2].get<int>()};
+    };
+    best_raw_ = candidate(meta["best_raw"]);
+    best_ema_ = candidate(meta["best_ema"]);
+    const int done = meta["epoch"].get<int>();
+    // Keep exactly the epochs the checkpoint holds: a killed run may have logged one more.
+    std::vector<std::string> lines;
+    std::ifstream in(dir_ / "metrics.jsonl");
+    for (std::string line; std::getline(in, line) && static_cast<int>(lines.size()) < done;) lines.push_back(line);
+    std::ofstream out(dir_ / "metrics.jsonl", std::ios::trunc);
+    for (const std::string& line : lines) out << line << "\n";
+    epochs_run_ = done;
+    progress_.line(fmt::format("[r{} f{}] resumed after epoch {}", plan_.repeat, plan_.fold, done));
+    return done;
+  }
+
+  void finish() {
+    const bool use_ema = best_is_ema();
+    const Candidate& best = best_overall();
+    const std::string chosen = use_ema ? "ema" : "raw";
+    mil::DualStreamMIL& model = use_ema ? ema_model_ : model_;
+    const nn::Checkpoint ckpt = nn::load_checkpoint((dir_ / (use_ema ? "best_ema.ckpt" : "best.ckpt")).string());
+    nn::restore_parameters(ckpt, "model.", model.parameters());
+    nn::restore_state(ckpt, "model.", model.buffers());
+
+    // The best epoch's model evaluated again exactly as in its epoch: the val rows reproduce its record.
+    const float tau = tau_at(best.epoch - 1);
+    const std::vector<int>& calibration_set = c_.select_on_test ? plan_.test : plan_.val;
+    const std::vector<CasePrediction> calibration = predict(model, calibration_set, tau);
+    std::vector<int> labels;
+    std::vector<double> p;
+    for (const CasePrediction& q : calibration) labels.push_back(q.label), p.push_back(q.p_hgg);
+    const bool can_calibrate = report::has_both_classes(labels);
+    const std::string method = can_calibrate ? c_.threshold : "0.5";
+    const double threshold = report::choose_threshold(labels, p, report::parse_threshold_method(method));
+    const std::vector<CasePrediction> test = c_.select_on_test ? calibration : predict(model, plan_.test, tau);
+
+    std::vector<report::PredictionRow> rows;
+    std::vector<report::AttentionRow> attention;
+    for (const CasePrediction& q : test) {
+      const std::string& id = cohort_[q.case_index].case_id;
+      rows.push_back(report::prediction_row(id, q.label, q.p_hgg, threshold, "test", chosen));
+      const size_t critical = std::max_element(q.selection.begin(), q.selection.end()) - q.selection.begin();
+      for (size_t i = 0; i < q.starts.size(); ++i)
+        attention.push_back({id, static_cast<int>(i), q.starts[i], q.attention[i], q.selection[i] > 0 && i == critical});
+    }
+    if (!c_.select_on_test)
+      for (const CasePrediction& q : calibration)
+        rows.push_back(report::prediction_row(cohort_[q.case_index].case_id, q.label, q.p_hgg, threshold, "val", chosen));
+    report::write_predictions_csv(dir_ / "predictions.csv", rows);
+    report::write_attention_csv(dir_ / "attention.csv", attention);
+
+    report::FoldInfo info;
+    info.fold = plan_.fold;
+    info.repeat = plan_.repeat;
+    info.best_epoch = best.epoch;
+    info.chosen_model = chosen;
+    info.monitor = c_.monitor;
+    info.monitor_value = best.value;
+    info.threshold_method = method;
+    info.threshold = threshold;
+    info.stopped_early = stopped_early_;
+    info.epochs_run = epochs_run_;
+    info.protocol = c_.select_on_test ? "select_on_test" : "nested";
+    info.n_train = static_cast<int>(plan_.train.size());
+    info.n_val = static_cast<int>(plan_.val.size());
+    info.n_test = static_cast<int>(plan_.test.size());
+    report::write_fold_json(dir_ / "fold.json", info);
+    progress_.line(fmt::format("[r{} f{}] done: best epoch {} ({} model), threshold {:.3f} ({}{})", plan_.repeat,
+                               plan_.fold, best.epoch, chosen, threshold, method,
+                               can_calibrate ? "" : ": the calibration set lacks a class"));
+  }
+
+  const RunConfig& c_;
+  const std::vector<data::CaseVolume>& cohort_;
+  Device device_;
+  FoldPlan plan_;
+  fs::path dir_;
+  mil::DualStreamMIL model_, ema_model_;
+  std::unique_ptr<nn::AdamW> optimizer_;
+  std::unique_ptr<nn::Ema> ema_;
+  float class_weight_[2] = {1.0f, 1.0f};
+  int64_t steps_per_epoch_ = 0;
+  Candidate best_raw_, best_ema_;
+  bool stopped_early_ = false;
+  int epochs_run_ = 0;
+  Progress progress_;
+};
+
+}  // namespace
+
+Trainer::Trainer(const RunConfig& config, const std::vector<data::CaseVolume>& cohort, Device device)
+    : config_(config), cohort_(cohort), device_(device) {}
+
+void Trainer::run_fold(const FoldPlan& plan, const fs::path& dir, bool resume) {
+  if (resume && fs::exists(dir / "fold.json")) return;
+  FoldRun(config_, cohort_, device_, plan, dir).run(resume);
+}
+
+}  // namespace dsmil::app

@@ -1,0 +1,49 @@
+// Training and evaluation of one fold (DESIGN section 5): the epoch loop with AdamW, warm-up + cosine
+// schedule, EMA, early stopping on the monitor over both the raw and the EMA model, checkpoints with
+// bit-exact resume at epoch boundaries, threshold calibration on the inner validation split, and the
+// fold's output files (apps/report/FORMAT.md).
+#pragma once
+
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "apps/train/config.h"
+#include "data/preprocess.h"
+
+namespace dsmil::app {
+
+struct FoldPlan {
+  int repeat = 0, fold = 0;
+  std::vector<int> train, val, test;  // indices into the cohort; val is empty under select_on_test
+};
+
+// Predictions of one model on a set of cases (fixed instance sampling, no augmentation).
+struct CasePrediction {
+  int case_index = 0;
+  int label = 0;
+  double p_hgg = 0;
+  double loss = 0;                 // the training loss of this bag alone
+  std::vector<int> starts;         // slab starts of the bag's instances
+  std::vector<float> attention;    // a_i
+  std::vector<float> selection;    // stream-1 weight of each instance
+  std::vector<float> margins;      // z_i
+  float entropy = 0, top1 = 0, neff = 0;
+};
+
+Device resolve_device(const std::string& name);
+
+class Trainer {
+ public:
+  Trainer(const RunConfig& config, const std::vector<data::CaseVolume>& cohort, Device device);
+  // Trains and evaluates the fold into `dir` (created); with `resume`, continues from dir/last.ckpt
+  // when present and returns at once when the fold is already complete (fold.json exists).
+  void run_fold(const FoldPlan& plan, const std::filesystem::path& dir, bool resume);
+
+ private:
+  const RunConfig& config_;
+  const std::vector<data::CaseVolume>& cohort_;
+  Device device_;
+};
+
+}  // namespace dsmil::app

@@ -1,0 +1,74 @@
+// Bag sampling for MIL training: which slabs (S consecutive axial slices) of a case form a bag,
+// which cases an epoch visits, and the gather (+ augmentation) of a bag into a channels-last buffer.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <span>
+#include <string_view>
+#include <vector>
+
+#include "data/preprocess.h"
+#include "data/rng.h"
+
+namespace dsmil::data {
+
+// Slab start positions z (0 <= z <= D - S, ascending) whose slices [z, z + S) hold brain in at
+// least one slice. slice_has_brain is CaseVolume::slice_has_brain.
+std::vector<int> brain_slab_starts(std::span<const uint8_t> slice_has_brain, int slab_depth);
+
+// True when one of the slab's slices holds tumour (seg > 0); false for cases without seg.
+bool slab_holds_tumour(const CaseVolume& c, int start, int slab_depth);
+
+enum class InstanceSampling { random, stratified, fixed, all };
+InstanceSampling parse_instance_sampling(std::string_view text);  // random|stratified|fixed|all
+std::string_view instance_sampling_name(InstanceSampling sampling);
+
+// Picks up to n of `positions` (ascending, as from brain_slab_starts), returned ascending:
+//  random     n distinct positions, uniformly;
+//  stratified the span [first, last] of positions cut into n equal segments, one position drawn
+//             from each segment that has any (so fewer when segments are empty);
+//  fixed      n evenly spaced positions, first and last included; no randomness;
+//  all        every position (n ignored).
+// With n >= positions.size() every sampler returns all positions (fewer than n: callers mask the
+// missing instances of a bag). rng is used by random and stratified only.
+std::vector<int> sample_instances(std::span<const int> positions, int n, InstanceSampling sampling, Rng& rng);
+
+enum class CaseSampling { weighted, shuffle };
+CaseSampling parse_case_sampling(std::string_view text);  // weighted|shuffle
+
+// The case order of one epoch over a training set with these labels (0/1); its length is
+// labels.size(). weighted: drawn with replacement with probability 1/(count of the case's class),
+// so both classes are equally likely per draw (like torch's WeightedRandomSampler with those
+// weights); shuffle: a permutation. Returns indices into labels.
+std::vector<int> epoch_case_order(std::span<const int> labels, CaseSampling sampling, Rng& rng);
+
+// Augmentation of a bag (all its instances alike). Defaults are on; `enabled = false` turns all off.
+struct AugmentParams {
+  bool enabled = true;
+  double flip_probability = 0.5;      // left-right flip (W axis)
+  int max_shift = 8;                  // in-plane integer shift, uniform in [-max_shift, max_shift] (H and W)
+  double intensity_scale = 0.1;       // per modality: v * U(1 - s, 1 + s) ...
+  double intensity_shift = 0.1;       // ... + U(-t, t), applied inside the brain mask only
+};
+
+// One bag's drawn augmentation, so that a device implementation can apply exactly what the CPU
+// gather applies: output (y, x) comes from source row y - shift_y and column u = x - shift_x
+// (or W-1-u when flipped): a flip, then a shift of the flipped image.
+struct BagAugmentation {
+  bool flip = false;
+  int shift_y = 0;
+  int shift_x = 0;
+  std::array<float, 4> scale{1, 1, 1, 1};
+  std::array<float, 4> offset{0, 0, 0, 0};
+};
+BagAugmentation draw_augmentation(const AugmentParams& params, uint64_t seed);
+
+// Writes the bag of `starts` (slab starts of c) into out, laid out channels-last
+// [starts.size()][slab_depth][H][W][4] float32; out.size() must be exactly that. Each voxel is
+//   v' = mask ? v * scale[c] + offset[c] : 0   at the source voxel BagAugmentation describes,
+// and 0 where that source lies outside the grid. The identity augmentation copies.
+void gather_bag(const CaseVolume& c, std::span<const int> starts, int slab_depth, const BagAugmentation& augmentation,
+                std::span<float> out);
+
+}  // namespace dsmil::data

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The main job: builds dsmil, writes the synthetic BraTS-like cohort and cross-validates on it, then
+# prints where AUDIT.md is. On a GPU machine: the full 285-case cohort at the default config; on a
+# CPU-only machine: a smaller cohort with configs/tiny (a few minutes on 2 cores).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mkdir -p build
+bash scripts/build.sh > build/build.log 2>&1 || { tail -30 build/build.log; exit 1; }
+if nvidia-smi > /dev/null 2>&1; then
+  cohort=cohort/brats_like_285; config=recommended-v2; cohort_args=()
+else
+  cohort=cohort/brats_like_small; config=tiny; cohort_args=(--cases 60 --dims 96,96,60)
+fi
+[ -f "$cohort/truth.csv" ] || ./build/dsmil cohort --out "$cohort" "${cohort_args[@]}" --seed 1
+./build/dsmil cv --config "$config" --data "$cohort" --set data.cache=cohort/cache "$@"

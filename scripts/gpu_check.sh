@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# The one script run on the GPU machine, from the repository root, against binaries built on the
+# development machine (CUDA 13.0, cuDNN 9.19 headers) and carried in $DSMIL_CARRY (default
+# build-cuda-carry/, made by scripts/gpu_check.sh --pack on the development machine).
+#
+# Steps: environment (GPU, driver, the cuDNN actually loaded), the GPU tests (every CUDA op against its
+# CPU twin), then where present the PyTorch parity check (tools/torch_twin/run.sh, given DSMIL_BIN) and
+# the benchmark (`dsmil bench`). Full logs go to $OUT (or ./gpu-check-logs); the last lines printed are
+# the worst errors and a pass/fail table.
+set -u
+
+repo_root=$(cd "$(dirname "$0")/.." && pwd)
+carry=${DSMIL_CARRY:-$repo_root/build-cuda-carry}
+
+if [ "${1:-}" = "--pack" ]; then
+  # Development machine: copy what the GPU machine needs into the carry folder (git-ignored).
+  build=${2:-$repo_root/build-cuda}
+  mkdir -p "$carry"
+  cp "$build/tests/gpu/test_gpu" "$carry/"
+  [ -x "$build/dsmil" ] && cp "$build/dsmil" "$carry/"
+  du -sh "$carry"
+  exit 0
+fi
+
+logs=${OUT:-$repo_root/gpu-check-logs}
+mkdir -p "$logs"
+declare -a step_names step_results
+
+record() { step_names+=("$1"); step_results+=("$2"); }
+
+# cuDNN 9.19 from PyTorch's environment: the system's 9.14 is in the range with wrong 3-D convolutions.
+cudnn_dir=/opt/torch/.venv/lib/python3.12/site-packages/nvidia/cudnn/lib
+if [ ! -e "$cudnn_dir/libcudnn.so.9" ]; then
+  cudnn_dir=$(python3 -c 'import os, nvidia.cudnn as c; print(os.path.join(list(c.__path__)[0], "lib"))' 2>/dev/null)
+fi
+if [ -n "$cudnn_dir" ] && [ -e "$cudnn_dir/libcudnn.so.9" ]; then
+  export LD_LIBRARY_PATH="$cudnn_dir:$carry${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  record "cuDNN 9.19 from PyTorch's env" "found: $cudnn_dir"
+else
+  export LD_LIBRARY_PATH="$carry${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  record "cuDNN 9.19 from PyTorch's env" "FAIL: not found, the system cuDNN will load"
+fi
+
+echo "== environment"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | sed 's/^/GPU: /'
+echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+python3 -c 'import torch; print("PyTorch", torch.__version__, "cuDNN", torch.backends.cudnn.version())' 2>&1 | sed 's/^/torch: /'
+ldd "$carry/test_gpu" | grep -E "cudnn|cublas|cudart|not found" | sed 's/^/ldd: /'
+if [ -x "$carry/dsmil" ]; then
+  if "$carry/dsmil" --help > "$logs/dsmil_help.log" 2>&1; then record "dsmil binary starts" "PASS"
+  else record "dsmil binary starts" "FAIL: $(head -c 300 "$logs/dsmil_help.log")"; fi
+fi
+
+echo "== GPU tests"
+if [ -x "$carry/test_gpu" ]; then
+  start=$(date +%s)
+  "$carry/test_gpu" --test-case='*environment*' 2>&1 | tee "$logs/gpu_environment.log" | grep -E "gpu-env|FAIL|ERROR"
+  "$carry/test_gpu" --test-case-exclude='*environment*' > "$logs/gpu_tests.log" 2>&1
+  status=$?
+  elapsed=$(( $(date +%s) - start ))
+  grep -E "^\[gpu-check\]|^\[test\]" "$logs/gpu_tests.log" > "$logs/gpu_checks.txt"
+  checks=$(grep -c " PASS$\| FAIL$" "$logs/gpu_checks.txt")
+  failed=$(grep -c " FAIL$" "$logs/gpu_checks.txt")
+  summary=$(grep "test cases:" "$logs/gpu_tests.log" | sed 's/\[doctest\] //')
+  if [ "$status" -eq 0 ] && [ "$failed" -eq 0 ] && [ "$checks" -gt 0 ]; then
+    record "GPU tests (${elapsed}s)" "PASS: $checks comparisons; $summary"
+  else
+    record "GPU tests (${elapsed}s)" "FAIL: $failed of $checks comparisons failed, exit $status; $summary"
+    echo "-- failures (doctest):"
+    grep -B2 -A8 "ERROR\|FAILED\|exception" "$logs/gpu_tests.log" | head -80
+  fi
+else
+  record "GPU tests" "FAIL: $carry/test_gpu missing (run scripts/gpu_check.sh --pack here first)"
+fi
+
+# Conv tests are left out (cuDNN is slow under the sanitizer), and so is the test that makes runtime calls
+# fail on purpose (the sanitizer reports those as errors).
+echo "== compute-sanitizer memcheck of the hand-written kernels"
+if [ -x "$carry/test_gpu" ] && command -v compute-sanitizer > /dev/null; then
+  if timeout 300 compute-sanitizer --tool memcheck --error-exitcode 9 "$carry/test_gpu" \
+       --test-case-exclude='*conv3d*,*environment*,*check macros*' > "$logs/memcheck.log" 2>&1; then
+    record "memcheck (kernels)" "PASS: $(grep -c 'ERROR SUMMARY: 0 errors' "$logs/memcheck.log") clean summary"
+  else
+    record "memcheck (kernels)" "FAIL (exit $?; log: memcheck.log)"
+    grep -m 20 -E "Invalid|ERROR SUMMARY|Address|at 0x|by thread" "$logs/memcheck.log"
+  fi
+else
+  record "memcheck (kernels)" "not run: no compute-sanitizer or no test binary"
+fi
+
+echo "== PyTorch parity"
+if [ -x "$repo_root/tools/torch_twin/run.sh" ] && [ -x "$carry/dsmil" ]; then
+  if DSMIL_BIN="$carry/dsmil" "$repo_root/tools/torch_twin/run.sh" > "$logs/torch_parity.log" 2>&1; then
+    record "PyTorch parity" "PASS (log: torch_parity.log)"
+  else
+    record "PyTorch parity" "FAIL (log: torch_parity.log)"
+  fi
+  tail -20 "$logs/torch_parity.log"
+else
+  record "PyTorch parity" "not run: tools/torch_twin/run.sh or the dsmil binary is not there yet"
+fi
+
+echo "== benchmark"
+# CLI11 answers --help whatever follows it, so look for the subcommand in the list instead.
+if [ -x "$carry/dsmil" ] && "$carry/dsmil" --help 2>/dev/null | grep -qE '^ +bench( |$)'; then
+  if "$carry/dsmil" bench > "$logs/bench.log" 2>&1; then record "dsmil bench" "ran (log: bench.log)"
+  else record "dsmil bench" "FAIL (log: bench.log)"; fi
+  tail -30 "$logs/bench.log"
+else
+  record "dsmil bench" "not run: no dsmil binary with a bench command yet"
+fi
+
+echo
+echo "== worst GPU-test errors, relative to tolerance (err / tol; 1.0 = at the limit)"
+if [ -s "$logs/gpu_checks.txt" ]; then
+  awk '/ err / { for (i = 1; i <= NF; ++i) { if ($i == "err") e = $(i + 1); if ($i == "tol") t = $(i + 1) }
+                 name = $0; sub(/^\[gpu-check\] /, "", name); sub(/ +err .*/, "", name);
+                 printf "%8.3f  %-62s err %s tol %s %s\n", (e == "inf" || e == "nan") ? 1e9 : e / t, name, e, t, $NF }' \
+    "$logs/gpu_checks.txt" | sort -g -r | head -15
+  grep " FAIL$" "$logs/gpu_checks.txt" | grep -v " err " | head -10
+fi
+echo
+echo "== gpu_check summary"
+for i in "${!step_names[@]}"; do printf "%-34s %s\n" "${step_names[$i]}" "${step_results[$i]}"; done
+for result in "${step_results[@]}"; do case "$result" in FAIL*) exit 1 ;; esac; done
+exit 0

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The test command (README, CI): installs what is missing, builds, runs every test that needs no GPU.
+# GPU tests carry the label `gpu` and are run on a GPU machine by scripts/gpu_check.sh.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/build.sh
+cd build
+ctest --output-on-failure -LE gpu -j"$(nproc)" --timeout 900

@@ -1,0 +1,356 @@
+// CUDA 3-D convolution through cuDNN's legacy API: forward y[N, D', H', W', K], backward data dx[N, D, H, W, C]
+// and backward filter dw[K, T, R, S, C], channels-last (NDHWC activations, KTRSC filters), f32 / TF32 / bf16.
+//
+// Algorithm choice, once per (pass, shape, dtype, math mode), cached for the process:
+// - default: cudnnFind*AlgorithmEx times the candidates on the real buffers and the fastest acceptable one
+//   wins (the choice can differ between processes, so results may differ in the last bits);
+// - math_mode().deterministic: the first acceptable algorithm of cuDNN's heuristic list (the same on every
+//   run with the same device and cuDNN) among those cuDNN marks deterministic.
+// Acceptable: supported, workspace under the bound, and numerics that match the mode: never the
+// fp16 down-conversion math, and only FMA math for f32 when TF32 is off.
+#include <algorithm>
+#include <mutex>
+#include <unordered_map>
+#include <vector>
+
+#include "tensor/cuda/ops_cuda.h"
+#include "tensor/cuda/op_helpers.h"
+
+namespace dsmil::cuda {
+
+namespace {
+
+// Workspace bound for one convolution: 1 GiB, or a quarter of the free device memory if less.
+constexpr size_t kWorkspaceLimit = size_t{1} << 30;
+
+enum class ConvPass { Forward, BackwardData, BackwardFilter };
+
+const char* pass_op_name(ConvPass pass) {
+  switch (pass) {
+    case ConvPass::Forward: return "conv3d_forward";
+    case ConvPass::BackwardData: return "conv3d_backward_data";
+    case ConvPass::BackwardFilter: return "conv3d_backward_filter";
+  }
+  return "conv3d";
+}
+
+// One convolution to run: shapes of x, w, y (whichever of them are the outputs), device pointers and
+// the context string its errors carry.
+struct ConvProblem {
+  ConvPass pass;
+  DType dtype;
+  Shape x_shape, w_shape, y_shape;
+  Conv3dGeometry geometry;
+  void* x;
+  void* w;
+  void* y;
+  std::string context;
+};
+
+struct ConvAlgorithm {
+  int algo = 0;
+  cudnnMathType_t math = CUDNN_DEFAULT_MATH;
+  size_t workspace = 0;
+};
+
+// A row of cuDNN's per-pass perf structs (they share these fields).
+struct Candidate {
+  int algo;
+  cudnnStatus_t status;
+  size_t memory;
+  cudnnDeterminism_t determinism;
+  cudnnMathType_t math;
+};
+
+template <typename Perf>
+std::vector<Candidate> to_candidates(const Perf* perf, int count) {
+  std::vector<Candidate> out;
+  for (int i = 0; i < count; ++i)
+    out.push_back({static_cast<int>(perf[i].algo), perf[i].status, perf[i].memory, perf[i].determinism,
+                   perf[i].mathType});
+  return out;
+}
+
+cudnnDataType_t cudnn_type(DType dtype) { return dtype == DType::BF16 ? CUDNN_DATA_BFLOAT16 : CUDNN_DATA_FLOAT; }
+
+// The math the descriptor asks for before the search: FMA only for strict f32, tensor cores otherwise
+// (TF32 for f32: CUDNN_DEFAULT_MATH permits it on Ampere and later).
+cudnnMathType_t requested_math(DType dtype) {
+  if (dtype == DType::BF16) return CUDNN_TENSOR_OP_MATH;
+  return math_mode().allow_tf32 ? CUDNN_DEFAULT_MATH : CUDNN_FMA_MATH;
+}
+
+bool acceptable(const Candidate& c, DType dtype, size_t workspace_limit) {
+  if (c.status != CUDNN_STATUS_SUCCESS || c.memory > workspace_limit) return false;
+  if (math_mode().deterministic && c.determinism != CUDNN_DETERMINISTIC) return false;
+  if (c.math == CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION) return false;
+  if (dtype == DType::F32 && !math_mode().allow_tf32 && c.math != CUDNN_FMA_MATH) return false;
+  return true;
+}
+
+class ConvDescriptors {
+ public:
+  explicit ConvDescriptors(const ConvProblem& p) : context_(p.context) {
+    DSMIL_CUDNN_CHECK(cudnnCreateTensorDescriptor(&x), context_);
+    DSMIL_CUDNN_CHECK(cudnnCreateTensorDescriptor(&y), context_);
+    DSMIL_CUDNN_CHECK(cudnnCreateFilterDescriptor(&w), context_);
+    DSMIL_CUDNN_CHECK(cudnnCreateConvolutionDescriptor(&conv), context_);
+    set_channels_last(x, p.x_shape, p.dtype);
+    set_channels_last(y, p.y_shape, p.dtype);
+    const Shape& ws = p.w_shape;
+    const int filter_dims[5] = {int(ws[0]), int(ws[4]), int(ws[1]), int(ws[2]), int(ws[3])};  // K, C, T, R, S
+    DSMIL_CUDNN_CHECK(cudnnSetFilterNdDescriptor(w, cudnn_type(p.dtype), CUDNN_TENSOR_NHWC, 5, filter_dims), context_);
+    const Conv3dGeometry& g = p.geometry;
+    const int dilation[3] = {1, 1, 1};
+    DSMIL_CUDNN_CHECK(cudnnSetConvolutionNdDescriptor(conv, 3, g.pad.data(), g.stride.data(), dilation,
+                                                      CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT),
+                      context_);
+    int out_dims[5];
+    DSMIL_CUDNN_CHECK(cudnnGetConvolutionNdForwardOutputDim(conv, x, w, 5, out_dims), context_);
+    const Shape cudnn_y{out_dims[0], out_dims[2], out_dims[3], out_dims[4], out_dims[1]};
+    if (cudnn_y != p.y_shape)
+      throw DeviceError(fmt::format("{}: cuDNN computes output {} where dsmil expects {}", context_,
+                                    shape_str(cudnn_y), shape_str(p.y_shape)));
+  }
+  ~ConvDescriptors() {
+    cudnnDestroyConvolutionDescriptor(conv);
+    cudnnDestroyFilterDescriptor(w);
+    cudnnDestroyTensorDescriptor(y);
+    cudnnDestroyTensorDescriptor(x);
+  }
+  ConvDescriptors(const ConvDescriptors&) = delete;
+  ConvDescriptors& operator=(const ConvDescriptors&) = delete;
+
+  void set_math(cudnnMathType_t math) { DSMIL_CUDNN_CHECK(cudnnSetConvolutionMathType(conv, math), context_); }
+
+  cudnnTensorDescriptor_t x = nullptr, y = nullptr;
+  cudnnFilterDescriptor_t w = nullptr;
+  cudnnConvolutionDescriptor_t conv = nullptr;
+
+ private:
+  // Dims in cuDNN's N, C, D, H, W order with the strides of an N, D, H, W, C array.
+  void set_channels_last(cudnnTensorDescriptor_t desc, const Shape& s, DType dtype) {
+    const int n = int(s[0]), d = int(s[1]), h = int(s[2]), wd = int(s[3]), c = int(s[4]);
+    const int dims[5] = {n, c, d, h, wd};
+    const int strides[5] = {d * h * wd * c, 1, h * wd * c, wd * c, c};
+    DSMIL_CUDNN_CHECK(cudnnSetTensorNdDescriptor(desc, cudnn_type(dtype), 5, dims, strides), context_);
+  }
+  std::string context_;
+};
+
+std::vector<Candidate> measure_candidates(const ConvProblem& p, const ConvDescriptors& d, void* workspace,
+                                          size_t workspace_bytes) {
+  cudnnHandle_t h = cudnn_handle();
+  int returned = 0;
+  switch (p.pass) {
+    case ConvPass::Forward: {
+      cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
+      DSMIL_CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithmEx(h, d.x, p.x, d.w, p.w, d.conv, d.y, p.y,
+                                                               CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &returned, perf,
+                                                               workspace, workspace_bytes),
+                        p.context);
+      return to_candidates(perf, returned);
+    }
+    case ConvPass::BackwardData: {
+      cudnnConvolutionBwdDataAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
+      DSMIL_CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithmEx(h, d.w, p.w, d.y, p.y, d.conv, d.x, p.x,
+                                                                    CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &returned,
+                                                                    perf, workspace, workspace_bytes),
+                        p.context);
+      return to_candidates(perf, returned);
+    }
+    case ConvPass::BackwardFilter: {
+      cudnnConvolutionBwdFilterAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
+      DSMIL_CUDNN_CHECK(cudnnFindConvolutionBackwardFilterAlgorithmEx(h, d.x, p.x, d.y, p.y, d.conv, d.w, p.w,
+                                                                      CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT,
+                                                                      &returned, perf, workspace, workspace_bytes),
+                        p.context);
+      return to_candidates(perf, returned);
+    }
+  }
+  return {};
+}
+
+std::vector<Candidate> heuristic_candidates(const ConvProblem& p, const ConvDescriptors& d) {
+  cudnnHandle_t h = cudnn_handle();
+  int returned = 0;
+  switch (p.pass) {
+    case ConvPass::Forward: {
+      cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
+      DSMIL_CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(h, d.x, d.w, d.conv, d.y,
+                                                               CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &returned, perf),
+                        p.context);
+      return to_candidates(perf, returned);
+    }
+    case ConvPass::BackwardData: {
+      cudnnConvolutionBwdDataAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
+      DSMIL_CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(h, d.w, d.y, d.conv, d.x,
+                                                                    CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &returned,
+                                                                    perf),
+                        p.context);
+      return to_candidates(perf, returned);
+    }
+    case ConvPass::BackwardFilter: {
+      cudnnConvolutionBwdFilterAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
+      DSMIL_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithm_v7(h, d.x, d.y, d.conv, d.w,
+                                                                      CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT,
+                                                                      &returned, perf),
+                        p.context);
+      return to_candidates(perf, returned);
+    }
+  }
+  return {};
+}
+
+// The exact workspace of an algorithm under the descriptor's current math type.
+size_t workspace_size(const ConvProblem& p, const ConvDescriptors& d, int algo) {
+  cudnnHandle_t h = cudnn_handle();
+  size_t bytes = 0;
+  switch (p.pass) {
+    case ConvPass::Forward:
+      DSMIL_CUDNN_CHECK(cudnnGetConvolutionForwardWorkspaceSize(h, d.x, d.w, d.conv, d.y,
+                                                                static_cast<cudnnConvolutionFwdAlgo_t>(algo), &bytes),
+                        p.context);
+      break;
+    case ConvPass::BackwardData:
+      DSMIL_CUDNN_CHECK(cudnnGetConvolutionBackwardDataWorkspaceSize(
+                            h, d.w, d.y, d.conv, d.x, static_cast<cudnnConvolutionBwdDataAlgo_t>(algo), &bytes),
+                        p.context);
+      break;
+    case ConvPass::BackwardFilter:
+      DSMIL_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterWorkspaceSize(
+                            h, d.x, d.y, d.conv, d.w, static_cast<cudnnConvolutionBwdFilterAlgo_t>(algo), &bytes),
+                        p.context);
+      break;
+  }
+  return bytes;
+}
+
+std::string cache_key(const ConvProblem& p) {
+  const Conv3dGeometry& g = p.geometry;
+  return fmt::format("{}|{}|tf32={}|det={}|x{}|w{}|s{},{},{}|p{},{},{}", static_cast<int>(p.pass), dtype_name(p.dtype),
+                     math_mode().allow_tf32, math_mode().deterministic, shape_str(p.x_shape), shape_str(p.w_shape),
+                     g.stride[0], g.stride[1], g.stride[2], g.pad[0], g.pad[1], g.pad[2]);
+}
+
+size_t workspace_limit(const std::string& context) {
+  size_t free_bytes = 0, total_bytes = 0;
+  DSMIL_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes), context);
+  return std::min(kWorkspaceLimit, free_bytes / 4);
+}
+
+ConvAlgorithm choose_algorithm(const ConvProblem& p, ConvDescriptors& d) {
+  static std::mutex mutex;
+  static std::unordered_map<std::string, ConvAlgorithm> cache;
+  const std::string key = cache_key(p);
+  std::lock_guard<std::mutex> lock(mutex);
+  if (const auto it = cache.find(key); it != cache.end()) return it->second;
+
+  const size_t limit = workspace_limit(p.context);
+  d.set_math(requested_math(p.dtype));
+  std::vector<Candidate> candidates;
+  if (math_mode().deterministic) {
+    candidates = heuristic_candidates(p, d);
+  } else {
+    DeviceBuffer search_workspace(limit);
+    candidates = measure_candidates(p, d, search_workspace.data(), limit);
+  }
+  for (const Candidate& c : candidates) {
+    if (!acceptable(c, p.dtype, limit)) continue;
+    d.set_math(c.math);
+    const size_t bytes = workspace_size(p, d, c.algo);
+    if (bytes > limit) continue;
+    return cache[key] = ConvAlgorithm{c.algo, c.math, bytes};
+  }
+  std::string tried;
+  for (const Candidate& c : candidates)
+    tried += fmt::format(" [algo {} status {} math {} det {} workspace {}]", c.algo, cudnnGetErrorString(c.status),
+                         static_cast<int>(c.math), static_cast<int>(c.determinism), c.memory);
+  throw DeviceError(fmt::format("{}: no cuDNN algorithm fits (tf32={}, deterministic={}, workspace limit {} bytes);"
+                                " candidates:{}",
+                                p.context, math_mode().allow_tf32, math_mode().deterministic, limit, tried));
+}
+
+void run_convolution(const ConvProblem& p) {
+  ConvDescriptors d(p);
+  const ConvAlgorithm chosen = choose_algorithm(p, d);
+  d.set_math(chosen.math);
+  DeviceBuffer workspace(chosen.workspace);
+  cudnnHandle_t h = cudnn_handle();
+  const float alpha = 1.0f, beta = 0.0f;
+  switch (p.pass) {
+    case ConvPass::Forward:
+      DSMIL_CUDNN_CHECK(cudnnConvolutionForward(h, &alpha, d.x, p.x, d.w, p.w, d.conv,
+                                                static_cast<cudnnConvolutionFwdAlgo_t>(chosen.algo), workspace.data(),
+                                                chosen.workspace, &beta, d.y, p.y),
+                        p.context);
+      break;
+    case ConvPass::BackwardData:
+      DSMIL_CUDNN_CHECK(cudnnConvolutionBackwardData(h, &alpha, d.w, p.w, d.y, p.y, d.conv,
+                                                     static_cast<cudnnConvolutionBwdDataAlgo_t>(chosen.algo),
+                                                     workspace.data(), chosen.workspace, &beta, d.x, p.x),
+                        p.context);
+      break;
+    case ConvPass::BackwardFilter:
+      DSMIL_CUDNN_CHECK(cudnnConvolutionBackwardFilter(h, &alpha, d.x, p.x, d.y, p.y, d.conv,
+                                                       static_cast<cudnnConvolutionBwdFilterAlgo_t>(chosen.algo),
+                                                       workspace.data(), chosen.workspace, &beta, d.w, p.w),
+                        p.context);
+      break;
+  }
+}
+
+std::string conv_context(ConvPass pass, const Tensor& a, const char* a_name, const Tensor& b, const char* b_name,
+                         const Shape& other, const char* other_name, const Conv3dGeometry& g) {
+  return fmt::format("{} {}={} stride ({},{},{}) pad ({},{},{})",
+                     op_context(pass_op_name(pass), {{a_name, &a}, {b_name, &b}}), other_name, shape_str(other),
+                     g.stride[0], g.stride[1], g.stride[2], g.pad[0], g.pad[1], g.pad[2]);
+}
+
+void check_conv_inputs(ConvPass pass, const Tensor& a, const char* a_name, const Tensor& b, const char* b_name,
+                       const Shape& other, const char* other_name) {
+  const char* op = pass_op_name(pass);
+  check_on_device(op, a, a_name);
+  check_on_device(op, b, b_name);
+  check_ndim(op, a, 5, a_name);
+  check_ndim(op, b, 5, b_name);
+  check_dtype(op, b, a.dtype(), b_name);
+  if (a.dtype() == DType::I32) throw ShapeError(fmt::format("{}: {} must be f32 or bf16, got {}", op, a_name, a.describe()));
+  if (other.size() != 5)
+    throw ShapeError(fmt::format("{}: {} must have 5 dimensions, got {}", op, other_name, shape_str(other)));
+}
+
+}  // namespace
+
+Tensor conv3d_forward(const Tensor& x, const Tensor& w, const Conv3dGeometry& g) {
+  check_conv_inputs(ConvPass::Forward, x, "x", w, "w", w.shape(), "w");
+  const Shape y_shape = ops::conv3d_output_shape(x.shape(), w.shape(), g);
+  Tensor y = empty_device(y_shape, x.dtype());
+  run_convolution({ConvPass::Forward, x.dtype(), x.shape(), w.shape(), y_shape, g, x.raw(), w.raw(), y.raw(),
+                   conv_context(ConvPass::Forward, x, "x", w, "w", y_shape, "y", g)});
+  return y;
+}
+
+Tensor conv3d_backward_data(const Tensor& dy, const Tensor& w, const Shape& x_shape, const Conv3dGeometry& g) {
+  check_conv_inputs(ConvPass::BackwardData, dy, "dy", w, "w", x_shape, "x_shape");
+  const std::string context = conv_context(ConvPass::BackwardData, dy, "dy", w, "w", x_shape, "x_shape", g);
+  if (ops::conv3d_output_shape(x_shape, w.shape(), g) != dy.shape())
+    throw ShapeError(context + ": dy does not have the forward output's shape");
+  Tensor dx = empty_device(x_shape, dy.dtype());
+  run_convolution({ConvPass::BackwardData, dy.dtype(), x_shape, w.shape(), dy.shape(), g, dx.raw(), w.raw(), dy.raw(),
+                   context});
+  return dx;
+}
+
+Tensor conv3d_backward_filter(const Tensor& x, const Tensor& dy, const Shape& w_shape, const Conv3dGeometry& g) {
+  check_conv_inputs(ConvPass::BackwardFilter, x, "x", dy, "dy", w_shape, "w_shape");
+  const std::string context = conv_context(ConvPass::BackwardFilter, x, "x", dy, "dy", w_shape, "w_shape", g);
+  if (ops::conv3d_output_shape(x.shape(), w_shape, g) != dy.shape())
+    throw ShapeError(context + ": dy does not have the forward output's shape");
+  Tensor dw = empty_device(w_shape, x.dtype());
+  run_convolution({ConvPass::BackwardFilter, x.dtype(), x.shape(), w_shape, dy.shape(), g, x.raw(), dw.raw(), dy.raw(),
+                   context});
+  return dw;
+}
+
+}  // namespace dsmil::cuda

@@ -1,0 +1,107 @@
+// CUDA pooling over channels-last volumes x[N, D, H, W, C] (f32 or bf16): max pooling with argmax and its
+// backward (kernels/maxpool3d.cu), global average pooling y[N, C] (F32) and its backward.
+#include "kernels/convert_fill.h"
+#include "kernels/global_avg_pool.h"
+#include "kernels/maxpool3d.h"
+#include "tensor/cuda/ops_cuda.h"
+#include "tensor/cuda/op_helpers.h"
+
+namespace dsmil::cuda {
+
+namespace {
+
+kernels::Volume volume_of(const Shape& s) { return {s[0], s[1], s[2], s[3], s[4]}; }
+
+void check_volume_shape(const char* op, const Shape& s, const char* name) {
+  if (s.size() != 5) throw ShapeError(fmt::format("{}: {} must be N, D, H, W, C, got {}", op, name, shape_str(s)));
+}
+
+}  // namespace
+
+MaxPoolOut maxpool3d_forward(const Tensor& x, const Pool3dGeometry& g) {
+  const char* op = "maxpool3d_forward";
+  check_on_device(op, x, "x");
+  check_ndim(op, x, 5, "x");
+  const Shape y_shape = ops::pool3d_output_shape(x.shape(), g);
+  MaxPoolOut out{empty_device(y_shape, x.dtype()), empty_device(y_shape, DType::I32)};
+  kernels::Window3 window;
+  for (int a = 0; a < 3; ++a) {
+    window.kernel[a] = g.kernel[a];
+    window.stride[a] = g.stride[a];
+    window.pad[a] = g.pad[a];
+  }
+  with_float_type(op, x, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    DSMIL_CUDA_CHECK(kernels::maxpool3d_forward(ptr<T>(x), volume_of(x.shape()), volume_of(y_shape), window,
+                                                ptr<T>(out.y), out.argmax.i32(), stream()),
+                     op_context(op, {{"x", &x}}));
+  });
+  return out;
+}
+
+// The forward's window is not an argument here, so the gradient is scattered to the argmax positions:
+// by atomic adds, or in deterministic mode by a stable sort that fixes the order of each position's sum.
+Tensor maxpool3d_backward(const Tensor& dy, const Tensor& argmax, const Shape& x_shape) {
+  const char* op = "maxpool3d_backward";
+  check_on_device(op, dy, "dy");
+  check_on_device(op, argmax, "argmax");
+  check_ndim(op, dy, 5, "dy");
+  check_same_shape(op, dy, argmax);
+  check_dtype(op, argmax, DType::I32, "argmax");
+  check_volume_shape(op, x_shape, "x_shape");
+  if (x_shape[0] != dy.size(0) || x_shape[4] != dy.size(4))
+    throw ShapeError(fmt::format("{}: dy {} does not pool x of shape {}", op, dy.describe(), shape_str(x_shape)));
+  Tensor dx = empty_device(x_shape, dy.dtype());
+  const kernels::Volume in = volume_of(x_shape), out = volume_of(dy.shape());
+  const auto context = [&] { return op_context(op, {{"dy", &dy}, {"argmax", &argmax}}); };
+  with_float_type(op, dy, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    if (math_mode().deterministic) {
+      DeviceBuffer scratch(kernels::maxpool3d_backward_sorted_scratch_bytes(in, out));
+      DSMIL_CUDA_CHECK(kernels::maxpool3d_backward_sorted(ptr<T>(dy), argmax.i32(), in, out, scratch.data(),
+                                                          scratch.bytes(), ptr<T>(dx), stream()),
+                       context());
+    } else if constexpr (std::is_same_v<T, float>) {
+      DSMIL_CUDA_CHECK(kernels::maxpool3d_backward_atomic(ptr<T>(dy), argmax.i32(), in, out, dx.f32(), stream()),
+                       context());
+    } else {
+      DeviceBuffer accum(static_cast<size_t>(in.numel()) * sizeof(float));
+      DSMIL_CUDA_CHECK(kernels::maxpool3d_backward_atomic(ptr<T>(dy), argmax.i32(), in, out, accum.as<float>(),
+                                                          stream()),
+                       context());
+      DSMIL_CUDA_CHECK(kernels::convert_f32_to_bf16(accum.as<float>(), ptr<T>(dx), in.numel(), stream()), context());
+    }
+  });
+  return dx;
+}
+
+Tensor global_avg_pool(const Tensor& x) {
+  const char* op = "global_avg_pool";
+  check_on_device(op, x, "x");
+  check_ndim(op, x, 5, "x");
+  const int64_t n = x.size(0), c = x.size(4), rows = x.size(1) * x.size(2) * x.size(3);
+  Tensor y = empty_device({n, c}, DType::F32);
+  with_float_type(op, x, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    DSMIL_CUDA_CHECK(kernels::global_avg_pool(ptr<T>(x), n, rows, c, y.f32(), stream()), op_context(op, {{"x", &x}}));
+  });
+  return y;
+}
+
+Tensor global_avg_pool_backward(const Tensor& dy, const Shape& x_shape, DType dx_dtype) {
+  const char* op = "global_avg_pool_backward";
+  check_on_device(op, dy, "dy");
+  check_volume_shape(op, x_shape, "x_shape");
+  check_dtype(op, dy, DType::F32, "dy");
+  check_shape(op, dy, {x_shape[0], x_shape[4]}, "dy");
+  Tensor dx = empty_device(x_shape, dx_dtype);
+  const int64_t n = x_shape[0], c = x_shape[4], rows = x_shape[1] * x_shape[2] * x_shape[3];
+  with_float_type(op, dx, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    DSMIL_CUDA_CHECK(kernels::global_avg_pool_backward(dy.f32(), n, rows, c, ptr<T>(dx), stream()),
+                     op_context(op, {{"dy", &dy}}));
+  });
+  return dx;
+}
+
+}  // namespace dsmil::cuda

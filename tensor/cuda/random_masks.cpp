@@ -1,0 +1,46 @@
+// CUDA dropout and drop-path (f32 or bf16) with counter-based masks that equal the CPU backend's bit for
+// bit (kernels/random_mask.cu).
+#include "kernels/random_mask.h"
+#include "tensor/cuda/ops_cuda.h"
+#include "tensor/cuda/op_helpers.h"
+
+namespace dsmil::cuda {
+
+namespace {
+
+void check_probability(const char* op, float p) {
+  if (!(p >= 0.0f && p < 1.0f)) throw ShapeError(fmt::format("{}: drop probability {} outside [0, 1)", op, p));
+}
+
+}  // namespace
+
+Tensor dropout(const Tensor& x, float p, uint64_t seed, uint64_t offset) {
+  const char* op = "dropout";
+  check_on_device(op, x, "x");
+  check_probability(op, p);
+  Tensor y = empty_device(x.shape(), x.dtype());
+  with_float_type(op, x, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    DSMIL_CUDA_CHECK(kernels::dropout(ptr<T>(x), ptr<T>(y), x.numel(), p, seed, offset, stream()),
+                     op_context(op, {{"x", &x}}));
+  });
+  return y;
+}
+
+Tensor drop_path(const Tensor& x, float p, uint64_t seed, uint64_t offset) {
+  const char* op = "drop_path";
+  check_on_device(op, x, "x");
+  check_probability(op, p);
+  if (x.ndim() < 1) throw ShapeError(fmt::format("{}: x needs a sample axis, got {}", op, x.describe()));
+  Tensor y = empty_device(x.shape(), x.dtype());
+  const int64_t samples = x.size(0);
+  const int64_t per_sample = samples == 0 ? 0 : x.numel() / samples;
+  with_float_type(op, x, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    DSMIL_CUDA_CHECK(kernels::drop_path(ptr<T>(x), ptr<T>(y), samples, per_sample, p, seed, offset, stream()),
+                     op_context(op, {{"x", &x}}));
+  });
+  return y;
+}
+
+}  // namespace dsmil::cuda

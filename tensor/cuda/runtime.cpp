@@ -1,0 +1,201 @@
+// The CUDA runtime services: one non-blocking library stream, memory from the device's stream-ordered
+// pool (retained: its release threshold is the maximum, so freed memory is reused, never given back),
+// copies, fills and dtype conversion, and the lazily created cuDNN and cuBLAS handles bound to the stream.
+#include "tensor/cuda/runtime.h"
+
+#include <cuda_bf16.h>
+#include <fmt/format.h>
+
+#include <atomic>
+#include <cstdio>
+#include <fstream>
+#include <limits>
+#include <memory>
+
+#include "kernels/convert_fill.h"
+#include "tensor/cuda/checks.h"
+#include "tensor/cuda/context.h"
+
+namespace dsmil::cuda {
+
+namespace {
+
+// cuBLAS gets a fixed workspace so that its algorithm choice, and its results, never depend on what
+// the pool happens to hold (NVIDIA recommends 32 MiB on Hopper).
+constexpr size_t kCublasWorkspaceBytes = size_t{32} << 20;
+
+std::atomic<int> g_allocation_poison{-1};
+
+struct Runtime {
+  int device = 0;
+  cudaStream_t stream = nullptr;
+  cudaMemPool_t pool = nullptr;
+  cudaDeviceProp properties{};
+};
+
+Runtime* create_runtime() {
+  if (!device_available()) throw DeviceError("CUDA backend: no usable CUDA device (cudaGetDeviceCount found none)");
+  auto rt = std::make_unique<Runtime>();
+  const std::string context = "CUDA runtime start";
+  DSMIL_CUDA_CHECK(cudaGetDevice(&rt->device), context);
+  DSMIL_CUDA_CHECK(cudaGetDeviceProperties(&rt->properties, rt->device), context);
+  DSMIL_CUDA_CHECK(cudaStreamCreateWithFlags(&rt->stream, cudaStreamNonBlocking), context);
+  DSMIL_CUDA_CHECK(cudaDeviceGetDefaultMemPool(&rt->pool, rt->device), context);
+  uint64_t keep_everything = std::numeric_limits<uint64_t>::max();
+  DSMIL_CUDA_CHECK(cudaMemPoolSetAttribute(rt->pool, cudaMemPoolAttrReleaseThreshold, &keep_everything), context);
+  return rt.release();
+}
+
+// Never destroyed: tensors released during static destruction still free into the stream.
+Runtime& runtime() {
+  static Runtime* rt = create_runtime();
+  return *rt;
+}
+
+}  // namespace
+
+bool device_available() {
+  static const bool available = [] {
+    int count = 0;
+    if (cudaGetDeviceCount(&count) != cudaSuccess) {
+      cudaGetLastError();  // clear the error so that it is not reported by a later, unrelated check
+      return false;
+    }
+    return count > 0;
+  }();
+  return available;
+}
+
+cudaStream_t stream() { return runtime().stream; }
+
+const cudaDeviceProp& device_properties() { return runtime().properties; }
+
+cudnnHandle_t cudnn_handle() {
+  static const cudnnHandle_t handle = [] {
+    cudnnHandle_t h = nullptr;
+    DSMIL_CUDNN_CHECK(cudnnCreate(&h), "cuDNN start");
+    DSMIL_CUDNN_CHECK(cudnnSetStream(h, stream()), "cuDNN start");
+    return h;
+  }();
+  return handle;
+}
+
+cublasHandle_t cublas_handle() {
+  static const cublasHandle_t handle = [] {
+    cublasHandle_t h = nullptr;
+    DSMIL_CUBLAS_CHECK(cublasCreate(&h), "cuBLAS start");
+    DSMIL_CUBLAS_CHECK(cublasSetStream(h, stream()), "cuBLAS start");
+    DSMIL_CUBLAS_CHECK(cublasSetWorkspace(h, device_alloc(kCublasWorkspaceBytes), kCublasWorkspaceBytes),
+                       "cuBLAS start");
+    return h;
+  }();
+  return handle;
+}
+
+void* device_alloc(size_t bytes) {
+  Runtime& rt = runtime();
+  void* ptr = nullptr;
+  bytes = bytes == 0 ? 1 : bytes;  // a zero-byte request would give no pointer to free later
+  DSMIL_CUDA_CHECK(cudaMallocAsync(&ptr, bytes, rt.stream),
+                   fmt::format("device_alloc({} bytes)", bytes));
+  if (const int poison = g_allocation_poison.load(); poison >= 0)
+    DSMIL_CUDA_CHECK(cudaMemsetAsync(ptr, poison, bytes, rt.stream), "device_alloc poisoning");
+  return ptr;
+}
+
+void device_free(void* ptr) {
+  if (ptr == nullptr) return;
+  const cudaError_t status = cudaFreeAsync(ptr, runtime().stream);
+  // Called from destructors, so it cannot throw; at process exit the runtime may already be unloaded.
+  if (status != cudaSuccess && status != cudaErrorCudartUnloading)
+    std::fprintf(stderr, "dsmil: cudaFreeAsync(%p) failed: %s\n", ptr, cudaGetErrorString(status));
+}
+
+void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device, size_t bytes) {
+  if (bytes == 0) return;
+  const cudaStream_t s = stream();
+  const auto context = [&] {
+    return fmt::format("copy of {} bytes {} -> {}", bytes, device_name(src_device), device_name(dst_device));
+  };
+  DSMIL_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, s), context());
+  DSMIL_CUDA_CHECK(cudaStreamSynchronize(s), context());
+}
+
+void fill(Tensor& t, float value) {
+  const int64_t n = t.numel();
+  const auto context = [&] { return op_context("fill", {{"t", &t}}); };
+  switch (t.dtype()) {
+    case DType::F32:
+      DSMIL_CUDA_CHECK(kernels::fill(t.data<float>(), value, n, stream()), context());
+      break;
+    case DType::BF16:
+      DSMIL_CUDA_CHECK(kernels::fill(t.data<__nv_bfloat16>(), __float2bfloat16_rn(value), n, stream()), context());
+      break;
+    case DType::I32:
+      DSMIL_CUDA_CHECK(kernels::fill(t.data<int32_t>(), static_cast<int32_t>(value), n, stream()), context());
+      break;
+  }
+}
+
+Tensor convert(const Tensor& t, DType to) {
+  if (t.dtype() == to) return t.clone();
+  Tensor out = Tensor::empty(t.shape(), to, Device::CUDA);
+  const auto context = [&] { return op_context("convert", {{"t", &t}, {"out", &out}}); };
+  if (t.dtype() == DType::F32 && to == DType::BF16)
+    DSMIL_CUDA_CHECK(kernels::convert_f32_to_bf16(t.data<float>(), out.data<__nv_bfloat16>(), t.numel(), stream()),
+                     context());
+  else if (t.dtype() == DType::BF16 && to == DType::F32)
+    DSMIL_CUDA_CHECK(kernels::convert_bf16_to_f32(t.data<__nv_bfloat16>(), out.data<float>(), t.numel(), stream()),
+                     context());
+  else
+    throw ShapeError(fmt::format("convert: {} -> {} is not supported (only f32 <-> bf16)", t.describe(), dtype_name(to)));
+  return out;
+}
+
+void synchronize() { DSMIL_CUDA_CHECK(cudaStreamSynchronize(stream()), "synchronize"); }
+
+DeviceBuffer::DeviceBuffer(size_t bytes) : data_(device_alloc(bytes)), bytes_(bytes) {}
+DeviceBuffer::~DeviceBuffer() { device_free(data_); }
+
+namespace {
+
+// The file a shared library was loaded from, read from /proc/self/maps ("?" where that is not readable).
+std::string loaded_library_file(const std::string& name) {
+  std::ifstream maps("/proc/self/maps");
+  for (std::string line; std::getline(maps, line);)
+    if (const size_t at = line.find('/'); at != std::string::npos && line.find(name, at) != std::string::npos)
+      return line.substr(at);
+  return "?";
+}
+
+}  // namespace
+
+size_t cudnn_version() { return cudnnGetVersion(); }
+
+std::string backend_versions() {
+  const cudaDeviceProp& p = device_properties();
+  int driver = 0, runtime_version = 0, cublas = 0;
+  DSMIL_CUDA_CHECK(cudaDriverGetVersion(&driver), "backend_versions");
+  DSMIL_CUDA_CHECK(cudaRuntimeGetVersion(&runtime_version), "backend_versions");
+  DSMIL_CUBLAS_CHECK(cublasGetVersion(cublas_handle(), &cublas), "backend_versions");
+  cudnn_handle();  // loads cuDNN, so that its file shows in the process's maps
+  const size_t cudnn = cudnn_version();
+  return fmt::format("{} (sm_{}{}, {} SMs, {:.1f} GiB); driver API {}.{}; CUDA runtime {}.{}; cuDNN {}.{}.{} ({}); "
+                     "cuBLAS {}",
+                     p.name, p.major, p.minor, p.multiProcessorCount, p.totalGlobalMem / double(1 << 30),
+                     driver / 1000, driver % 1000 / 10, runtime_version / 1000, runtime_version % 1000 / 10,
+                     cudnn / 10000, cudnn % 10000 / 100, cudnn % 100, loaded_library_file("/libcudnn.so"), cublas);
+}
+
+void set_allocation_poison(std::optional<uint8_t> byte) { g_allocation_poison.store(byte ? int{*byte} : -1); }
+
+PoolUsage pool_usage() {
+  PoolUsage usage;
+  const cudaMemPool_t pool = runtime().pool;
+  DSMIL_CUDA_CHECK(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrUsedMemCurrent, &usage.used), "pool_usage");
+  DSMIL_CUDA_CHECK(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrReservedMemCurrent, &usage.reserved), "pool_usage");
+  DSMIL_CUDA_CHECK(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrUsedMemHigh, &usage.peak_used), "pool_usage");
+  return usage;
+}
+
+}  // namespace dsmil::cuda
