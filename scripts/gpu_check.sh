@@ -76,7 +76,7 @@ fi
 # Conv tests are left out (cuDNN is slow under the sanitizer), and so is the test that makes runtime calls
 # fail on purpose (the sanitizer reports those as errors).
 echo "== compute-sanitizer memcheck of the hand-written kernels"
-if [ -x "$carry/test_gpu" ] && command -v compute-sanitizer > /dev/null; then
+if [ -x "$carry/test_gpu" ] && command -v compute-sanitizer > /dev/null && [ "${DSMIL_SKIP_MEMCHECK:-0}" != 1 ]; then
   if timeout 300 compute-sanitizer --tool memcheck --error-exitcode 9 "$carry/test_gpu" \
        --test-case-exclude='*conv3d*,*environment*,*check macros*' > "$logs/memcheck.log" 2>&1; then
     record "memcheck (kernels)" "PASS: $(grep -c 'ERROR SUMMARY: 0 errors' "$logs/memcheck.log") clean summary"
@@ -100,14 +100,16 @@ else
   record "PyTorch parity" "not run: tools/torch_twin/run.sh or the dsmil binary is not there yet"
 fi
 
-echo "== benchmark"
-# CLI11 answers --help whatever follows it, so look for the subcommand in the list instead.
-if [ -x "$carry/dsmil" ] && "$carry/dsmil" --help 2>/dev/null | grep -qE '^ +bench( |$)'; then
-  if "$carry/dsmil" bench > "$logs/bench.log" 2>&1; then record "dsmil bench" "ran (log: bench.log)"
-  else record "dsmil bench" "FAIL (log: bench.log)"; fi
-  tail -30 "$logs/bench.log"
+echo "== benchmark (dsmil vs the PyTorch twin, same shapes, same GPU)"
+if [ -x "$carry/dsmil" ] && [ "${DSMIL_SKIP_BENCH:-0}" != 1 ]; then
+  if "$repo_root/scripts/gpu_bench.sh" "$carry" "$logs" "${DSMIL_BENCH_RUNS:-3}" > "$logs/bench.log" 2>&1; then
+    record "benchmark" "ran (table below; log: bench.log)"
+    record "real model, 25 training steps" "$(grep -h '^loss:' "$logs"/bench_dsmil_fp32_1.log)"
+  else
+    record "benchmark" "FAIL (log: bench.log)"
+  fi
 else
-  record "dsmil bench" "not run: no dsmil binary with a bench command yet"
+  record "benchmark" "not run"
 fi
 
 echo
@@ -119,6 +121,9 @@ if [ -s "$logs/gpu_checks.txt" ]; then
     "$logs/gpu_checks.txt" | sort -g -r | head -15
   grep " FAIL$" "$logs/gpu_checks.txt" | grep -v " err " | head -10
 fi
+echo
+echo "== benchmark table"
+grep -A 20 "^side " "$logs/bench.log" 2>/dev/null
 echo
 echo "== gpu_check summary"
 for i in "${!step_names[@]}"; do printf "%-34s %s\n" "${step_names[$i]}" "${step_results[$i]}"; done
