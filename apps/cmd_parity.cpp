@@ -22,7 +22,7 @@ namespace fs = std::filesystem;
 struct ParityArgs {
   std::string out, device = "auto", precision = "fp32", pooling = "topk", attention = "gated";
   int depth = 10, width = 8, slab = 3, size = 32, bags = 2, instances = 6, topk = 3;
-  float tau = 0.5f, attention_temperature = 1.0f, label_smoothing = 0.2f, focal_gamma = 2.0f;
+  float tau = 0.5f, attention_temperature = 0.7f, label_smoothing = 0.2f, focal_gamma = 2.0f;
   uint64_t seed = 0;
 };
 
@@ -48,10 +48,10 @@ void write_npy(const fs::path& path, const Tensor& t) {
 
 void run_parity_dump(const ParityArgs& a) {
   const Device device = resolve_device(a.device);
-  if (a.precision == "bf16") throw Error("parity-dump: bf16 mixed precision is not implemented yet");
+  if (a.precision == "bf16" && device == Device::CPU) throw Error("parity-dump: bf16 needs the CUDA backend");
   math_mode().allow_tf32 = a.precision == "tf32";
   mil::ModelConfig config;
-  config.encoder = {a.depth, a.width, a.slab, 4, 0.0f};
+  config.encoder = {a.depth, a.width, a.slab, 4, 0.0f, a.precision == "bf16"};
   config.head.pooling = mil::parse_pooling(a.pooling);
   config.head.attention = mil::parse_attention(a.attention);
   config.head.topk = a.topk;
@@ -60,10 +60,20 @@ void run_parity_dump(const ParityArgs& a) {
   config.head.instance_dropout = 0.0f;
   const uint64_t seed = a.seed ? a.seed : std::random_device{}();
   mil::DualStreamMIL model(config, seed);
-  model.to(device);
-
   std::mt19937_64 engine(seed);
   std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::uniform_real_distribution<float> around_one(0.5f, 1.5f);
+  // Batch-norm scales, shifts and running statistics away from their initial 1/0/0/1, so that a swapped
+  // or ignored one shows.
+  auto randomize = [&](Tensor& t, bool positive) {
+    for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] = positive ? around_one(engine) : 0.1f * normal(engine);
+  };
+  for (const auto& p : model.parameters())
+    if (p.name.find(".bn") != std::string::npos || p.name.find("downsample.bn") != std::string::npos)
+      randomize(p.variable->value(), p.name.ends_with(".weight"));
+  for (const auto& b : model.buffers()) randomize(*b.tensor, b.name.ends_with("running_var"));
+  model.to(device);
+
   const Shape x_shape{int64_t{a.bags} * a.instances, a.slab, a.size, a.size, 4};
   std::vector<float> x(shape_numel(x_shape));
   for (float& v : x) v = normal(engine);
@@ -88,7 +98,8 @@ void run_parity_dump(const ParityArgs& a) {
 
   for (const auto& b : model.buffers()) write_npy(root / "buffers_after" / (b.name + ".npy"), *b.tensor);
   for (const auto& p : model.parameters())
-    if (p.variable->has_grad()) write_npy(root / "grads" / (p.name + ".npy"), p.variable->grad());
+    write_npy(root / "grads" / (p.name + ".npy"),
+              p.variable->has_grad() ? p.variable->grad() : Tensor::zeros(p.variable->shape()));
   write_npy(root / "inputs" / "x.npy", x_tensor);
   write_npy(root / "inputs" / "mask.npy", mask_tensor);
   write_npy(root / "inputs" / "target.npy", target_tensor);
@@ -129,7 +140,7 @@ const RegisterCommand parity_command{"parity-dump", 90, [](CLI::App& root) {
   CLI::App* cmd = root.add_subcommand("parity-dump", "write one forward/backward as .npy files for the PyTorch twin (tools/torch_twin)");
   cmd->add_option("--out", a->out, "bundle folder")->required();
   cmd->add_option("--device", a->device, "cpu | cuda | auto")->capture_default_str();
-  cmd->add_option("--precision", a->precision, "fp32 (strict) | tf32")->capture_default_str();
+  cmd->add_option("--precision", a->precision, "fp32 (strict) | tf32 | bf16 (mixed)")->capture_default_str();
   cmd->add_option("--pooling", a->pooling, "max | topk | soft")->capture_default_str();
   cmd->add_option("--attention", a->attention, "dsmil | gated")->capture_default_str();
   cmd->add_option("--depth", a->depth, "ResNet depth")->capture_default_str();
@@ -140,6 +151,7 @@ const RegisterCommand parity_command{"parity-dump", 90, [](CLI::App& root) {
   cmd->add_option("--instances", a->instances, "instances per bag")->capture_default_str();
   cmd->add_option("--topk", a->topk, "K of top-k pooling")->capture_default_str();
   cmd->add_option("--tau", a->tau, "soft pooling temperature")->capture_default_str();
+  cmd->add_option("--attention-temperature", a->attention_temperature, "T_att")->capture_default_str();
   cmd->add_option("--seed", a->seed, "0 = a fresh random seed");
   cmd->callback([a] { run_parity_dump(*a); });
 }};

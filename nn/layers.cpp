@@ -21,7 +21,10 @@ Conv3d::Conv3d(int64_t in, int64_t out, const Conv3dGeometry& g, InitEngine& eng
   register_parameter("weight", weight, true);
 }
 
-Variable Conv3d::forward(const Variable& x) const { return fn::conv3d(x, weight, geometry); }
+// Mixed precision: a bf16 input convolves with a bf16 copy of the fp32 master weight.
+Variable Conv3d::forward(const Variable& x) const {
+  return fn::conv3d(x, fn::to_dtype(weight, x.value().dtype()), geometry);
+}
 
 BatchNorm3d::BatchNorm3d(int64_t channels)
     : gamma(Tensor::full({channels}, 1.0f), true),

@@ -72,7 +72,8 @@ ResNet3D::ResNet3D(const ResNetConfig& config, InitEngine& engine)
 }
 
 Variable ResNet3D::forward(const Variable& x, StepRandom& random) {
-  Variable h = fn::relu(stem_bn_.forward(stem_conv_.forward(x)));
+  const Variable input = config_.bf16 ? fn::to_dtype(x, DType::BF16) : x;
+  Variable h = fn::relu(stem_bn_.forward(stem_conv_.forward(input)));
   h = fn::maxpool3d(h, Pool3dGeometry{{1, 3, 3}, {1, 2, 2}, {0, 1, 1}});
   for (auto& block : blocks_) h = block->forward(h, random);
   return fn::global_avg_pool(h);

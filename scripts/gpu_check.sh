@@ -104,7 +104,8 @@ echo "== benchmark (dsmil vs the PyTorch twin, same shapes, same GPU)"
 if [ -x "$carry/dsmil" ] && [ "${DSMIL_SKIP_BENCH:-0}" != 1 ]; then
   if "$repo_root/scripts/gpu_bench.sh" "$carry" "$logs" "${DSMIL_BENCH_RUNS:-3}" > "$logs/bench.log" 2>&1; then
     record "benchmark" "ran (table below; log: bench.log)"
-    record "real model, 25 training steps" "$(grep -h '^loss:' "$logs"/bench_dsmil_fp32_1.log)"
+    record "real model, 25 steps fp32" "$(grep -h '^loss:' "$logs"/bench_dsmil_fp32_1.log)"
+    record "real model, 25 steps bf16" "$(grep -h '^loss:' "$logs"/bench_dsmil_bf16_1.log)"
   else
     record "benchmark" "FAIL (log: bench.log)"
   fi

@@ -98,7 +98,10 @@ void Variable::backward(const Tensor& seed) {
   accumulate_grad(seed.defined() ? seed : Tensor::full(value().shape(), 1.0f, value().device()));
   for (auto it = order.rbegin(); it != order.rend(); ++it) {
     Impl* node = it->get();
-    if (node->grad.defined()) node->backward(node->grad);
+    // Gradients accumulate in fp32; a closure receives its output's gradient in the output's dtype
+    // (bf16 activations get bf16 gradients, as mixed precision wants).
+    if (node->grad.defined())
+      node->backward(node->grad.dtype() == node->value.dtype() ? node->grad : node->grad.to_dtype(node->value.dtype()));
     // Free the graph as we go: intermediate gradients and saved tensors are no longer needed.
     node->backward = nullptr;
     node->inputs.clear();

@@ -1,8 +1,9 @@
 // Reverse-mode automatic differentiation over Tensors (first order only).
 // A Variable holds a value, and, when it requires a gradient, the gradient accumulated into it and the
 // node that made it: the node's inputs and a closure that turns the output's gradient into the inputs'.
-// Rule: parameter and activation gradients accumulate (+=) across uses; backward closures never
-// write a gradient directly, they call accumulate_grad.
+// Rule: parameter and activation gradients accumulate (+=) across uses, in fp32; backward closures never
+// write a gradient directly, they call accumulate_grad, and receive their output's gradient in the
+// output's dtype.
 #pragma once
 
 #include <functional>

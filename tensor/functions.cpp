@@ -36,6 +36,13 @@ Variable relu(const Variable& x) { return pointwise(x, ops::relu, ops::relu_back
 Variable tanh(const Variable& x) { return pointwise(x, ops::tanh, ops::tanh_backward); }
 Variable sigmoid(const Variable& x) { return pointwise(x, ops::sigmoid, ops::sigmoid_backward); }
 
+Variable to_dtype(const Variable& x, DType dtype) {
+  if (x.value().dtype() == dtype) return x;
+  const DType from = x.value().dtype();
+  return Variable::from_op(x.value().to_dtype(dtype), {x},
+                           [x, from](const Tensor& g) { x.accumulate_grad(g.to_dtype(from)); });
+}
+
 Variable view(const Variable& x, const Shape& shape) {
   const Shape from = x.shape();
   return Variable::from_op(x.value().view(shape), {x},

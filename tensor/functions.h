@@ -15,6 +15,8 @@ Variable scale(const Variable& x, float s);
 Variable relu(const Variable& x);
 Variable tanh(const Variable& x);
 Variable sigmoid(const Variable& x);
+// The same values in another dtype (F32 <-> BF16, CUDA); the gradient is converted back.
+Variable to_dtype(const Variable& x, DType dtype);
 // Same values, another shape (no copy).
 Variable view(const Variable& x, const Shape& shape);
 

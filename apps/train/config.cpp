@@ -63,7 +63,7 @@ std::vector<NamedField> config_fields(RunConfig& c) {
 
 mil::ModelConfig RunConfig::model_config() const {
   mil::ModelConfig m;
-  m.encoder = {depth, width, slab_depth, 4, static_cast<float>(drop_path)};
+  m.encoder = {depth, width, slab_depth, 4, static_cast<float>(drop_path), precision == "bf16"};
   m.head.pooling = mil::parse_pooling(pooling);
   m.head.topk = topk;
   m.head.attention = mil::parse_attention(attention);

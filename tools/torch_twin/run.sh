@@ -28,6 +28,8 @@ for pooling in max topk soft; do
   done
 done
 check cuda_tf32_topk_gated --device cuda --precision tf32 --pooling topk --attention gated --depth 18 --width 16
+check cuda_bf16_topk_gated --device cuda --precision bf16 --pooling topk --attention gated --depth 18 --width 16
+check cuda_bf16_soft_dsmil --device cuda --precision bf16 --pooling soft --attention dsmil --depth 18 --width 16
 check cpu_fp32_topk_dsmil --device cpu --precision fp32 --pooling topk --attention dsmil --depth 10 --width 8
 echo "parity bundles: $((total - failed)) passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -10,6 +10,7 @@ runs NCDHW modules (channels_last_3d memory format where wanted) and converts at
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
@@ -47,6 +48,9 @@ class TwinConfig:
     feature_dropout: float = 0.0
     instance_dropout: float = 0.0
     drop_path: float = 0.0
+    # Under bf16 autocast the C++ mixed precision makes only the encoder bf16 (nn/resnet3d.cpp: bf16 input,
+    # convs, BN and pooling; fp32 pooled embedding); its head stays fp32. True autocasts the head too.
+    bf16_head: bool = False
 
     def validate(self) -> None:
         if self.depth not in BLOCKS_PER_STAGE:
@@ -279,7 +283,8 @@ class DualStreamMIL(nn.Module):
         if x.dim() != 5 or x.shape[0] != mask.numel():
             raise ValueError(f"x {tuple(x.shape)} must hold B*n = {mask.numel()} slabs [4, S, H, W]")
         h = self.encoder(x)
-        out = self.head(h, mask, tau, selected)
+        with torch.autocast(device_type=h.device.type, enabled=False) if not self.cfg.bf16_head else nullcontext():
+            out = self.head(h, mask, tau, selected)
         out["h"] = h
         return out
 
