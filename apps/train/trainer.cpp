@@ -148,7 +148,8 @@ class FoldRun {
           record["throughput_bags_per_s"].get<double>()));
       if (interrupted) throw Error(fmt::format("interrupted: resume with --resume ({} holds epoch {})",
                                                (dir_ / "last.ckpt").string(), epoch + 1));
-      if (epoch + 1 >= c_.min_epochs && epoch + 1 - best_overall().epoch >= c_.patience) {
+      const bool last_epoch = epoch + 1 == c_.epochs;
+      if (!last_epoch && epoch + 1 >= c_.min_epochs && epoch + 1 - best_overall().epoch >= c_.patience) {
         stopped_early_ = true;
         epochs_run_ = epoch + 1;
         break;
