@@ -5,4 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/build.sh
 cd build
+gpu_tests=$(ctest -N -L gpu | sed -n 's/^Total Tests: //p')
+echo "GPU tests (label gpu): ${gpu_tests:-0} not run here; on a GPU machine: scripts/gpu_check.sh"
 ctest --output-on-failure -LE gpu -j"$(nproc)" --timeout 900
