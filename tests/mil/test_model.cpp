@@ -35,9 +35,10 @@ double loss_value(mil::DualStreamMIL& model, const Tensor& x, const Tensor& mask
 }  // namespace
 
 TEST_CASE("whole model: d loss / d (input, every kind of parameter) matches finite differences") {
-  // fp32 through ~10 layers with batch statistics: rounding in the loss is ~1e-6, h = 1e-2 keeps the
-  // estimate's error near 1e-4 of the gradient scale; selections (top-k, max pooling) may flip under
-  // a step, so the inputs are spread out and the bound is 2e-2 of the largest gradient.
+  // fp32 through ~10 layers with batch statistics: the loss carries ~1e-7 relative rounding, so h = 1e-3
+  // leaves ~1e-4 of noise in the estimate; a ReLU, max-pool or top-k switch crossed by the step moves it
+  // further, and such crossings grow with h (seen at h = 1e-2: up to 3e-2). Bound: 2e-2 of the largest
+  // gradient.
   const std::vector<std::pair<mil::Pooling, mil::Attention>> variants = {
       {mil::Pooling::Soft, mil::Attention::Dsmil}, {mil::Pooling::TopK, mil::Attention::Gated},
       {mil::Pooling::Max, mil::Attention::Dsmil}};
@@ -55,16 +56,34 @@ TEST_CASE("whole model: d loss / d (input, every kind of parameter) matches fini
 
     std::vector<float> analytic;
     std::vector<double> numeric;
-    const double h = 1e-2;
-    auto probe = [&](Tensor& value, const Tensor& grad, int64_t i) {
+    const double h = 1e-3;
+    // Central difference at step `step` for element i of `value`.
+    auto difference = [&](Tensor& value, int64_t i, double step) {
       const float saved = value.f32()[i];
-      value.f32()[i] = saved + h;
+      value.f32()[i] = static_cast<float>(saved + step);
       const double up = loss_value(model, x, mask, target, lc);
-      value.f32()[i] = saved - h;
+      value.f32()[i] = static_cast<float>(saved - step);
       const double down = loss_value(model, x, mask, target, lc);
       value.f32()[i] = saved;
-      numeric.push_back((up - down) / (2 * h));
-      analytic.push_back(grad.f32()[i]);
+      return (up - down) / (2 * step);
+    };
+    // The loss is piecewise smooth (ReLU and max pooling switch; a top-k or max selection that changes
+    // makes it jump). A probe whose estimates at h, h/2 and h/4 disagree has such a point inside its
+    // step, where no derivative exists: the next element is taken instead.
+    int skipped = 0;
+    auto probe = [&](Tensor& value, const Tensor& grad, int64_t first) {
+      for (int64_t i = first; i < std::min(first + 8, value.numel()); ++i) {
+        const double coarse = difference(value, i, h), fine = difference(value, i, h / 2),
+                     finest = difference(value, i, h / 4);
+        const double spread = std::max({coarse, fine, finest}) - std::min({coarse, fine, finest});
+        if (spread > 1e-3 * std::max(1.0, std::fabs(fine))) {
+          ++skipped;
+          continue;
+        }
+        numeric.push_back(fine);
+        analytic.push_back(grad.f32()[i]);
+        return;
+      }
     };
     Tensor x_probe = x;  // loss_value reads x: perturb it in place
     for (int64_t i : {int64_t{5}, x.numel() / 3, x.numel() - 7}) probe(x_probe, input.grad(), i);
@@ -79,6 +98,8 @@ TEST_CASE("whole model: d loss / d (input, every kind of parameter) matches fini
       probe(p.variable->value(), p.variable->grad(), count / 2);
     }
     CHECK(with_grad == static_cast<int>(model.parameters().size()));
+    std::printf("[model %s] %zu probes, %d skipped at a switch\n", name.c_str(), numeric.size(), skipped);
+    CHECK(numeric.size() >= model.parameters().size());
     CHECK(max_rel_error("model " + name, analytic, numeric, 2e-2) <= 2e-2);
   }
 }
