@@ -1,6 +1,7 @@
 // Config reading (TOML through toml++), overrides, validation and the resolved config text.
 #include "apps/train/config.h"
 
+#include <fstream>
 #include <sstream>
 
 #include <fmt/format.h>
@@ -138,12 +139,20 @@ std::filesystem::path find_config_file(const std::string& name) {
 }
 
 RunConfig load_config(const std::filesystem::path& file) {
+  std::ifstream in(file);
+  if (!in) throw FormatError(fmt::format("config {}: cannot open", file.string()));
+  std::stringstream text;
+  text << in.rdbuf();
+  return parse_config(text.str(), file.string());
+}
+
+RunConfig parse_config(const std::string& text, const std::string& origin) {
   RunConfig config;
   toml::table table;
   try {
-    table = toml::parse_file(file.string());
+    table = toml::parse(text, origin);
   } catch (const toml::parse_error& e) {
-    throw FormatError(fmt::format("config {}: {} (line {})", file.string(), e.description(), e.source().begin.line));
+    throw FormatError(fmt::format("config {}: {} (line {})", origin, e.description(), e.source().begin.line));
   }
   auto fields = config_fields(config);
   assign_table(fields, table, "");

@@ -84,6 +84,8 @@ std::vector<NamedField> config_fields(RunConfig& config);
 std::filesystem::path find_config_file(const std::string& name_or_path);
 // Reads a config file over the defaults; unknown keys and wrong types are errors naming the key.
 RunConfig load_config(const std::filesystem::path& file);
+// The same from TOML text (e.g. the resolved config a checkpoint carries); `origin` names it in errors.
+RunConfig parse_config(const std::string& text, const std::string& origin);
 // Applies "section.key=value" (value in TOML syntax; bare words are strings).
 void apply_override(RunConfig& config, const std::string& assignment);
 // Checks ranges and enumerations; throws dsmil::Error naming the key.

@@ -1,6 +1,7 @@
 // End to end on the CPU: `dsmil cv` on a small synthetic cohort fits its training folds, and every number
 // of its cv_summary.json / AUDIT.md follows from its prediction files; a run killed mid-way and resumed ends
-// with the same weights as an uninterrupted one; bad arguments give one error line and a non-zero exit.
+// with the same weights as an uninterrupted one; `predict` maps attention onto the input; bad arguments
+// give one error line and a non-zero exit.
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -14,6 +15,7 @@
 
 #include "apps/train/cv.h"
 #include "data/cohort.h"
+#include "data/nifti_io.h"
 #include "nn/checkpoint.h"
 #include "tests/test_util.h"
 
@@ -174,4 +176,35 @@ TEST_CASE("bad arguments and missing inputs: one error line, non-zero exit") {
   CHECK(run_dsmil({"cv", "--config", "tiny", "--set", "model.pooling=median", "--data", cohort().string()}) != 0);
   CHECK(run_dsmil({"cv", "--config", "tiny", "--set", "train.no_such_key=1"}) != 0);
   CHECK(run_dsmil({"frobnicate"}) != 0);
+}
+
+TEST_CASE("predict on one patient's files: probability, an attention map on the input's grid, a montage") {
+  const fs::path out = scratch("predict");
+  const std::string cache = scratch("cache").string();
+  REQUIRE(run_dsmil({"cv", "--config", "tiny", "--data", cohort().string(), "--set", "data.cache=" + cache, "--set",
+                     "train.epochs=2", "--set", "train.min_epochs=2", "--set", "cv.folds=3", "--folds", "0", "--out",
+                     (out / "runs").string()}) == 0);
+  fs::path run_dir;
+  for (const auto& entry : fs::directory_iterator(out / "runs")) run_dir = entry.path();
+  fs::path case_dir;
+  for (const auto& entry : fs::directory_iterator(cohort() / "HGG")) case_dir = entry.path();
+  const std::string id = case_dir.filename().string();
+  auto file = [&](const char* modality) { return (case_dir / (id + "_" + modality + ".nii.gz")).string(); };
+  REQUIRE(run_dsmil({"predict", "--checkpoint", (run_dir / "fold_0" / "best.ckpt").string(), "--flair", file("flair"),
+                     "--t1", file("t1"), "--t1ce", file("t1ce"), "--t2", file("t2"), "--out", (out / "pred").string(),
+                     "--case-id", id}) == 0);
+  const data::Image3D input = data::read_nifti(file("flair"));
+  const data::Image3D map = data::read_nifti(out / "pred" / (id + "_attention.nii.gz"));
+  CHECK(map.dims == input.dims);
+  CHECK(map.spacing == input.spacing);
+  double inside_brain = 0.0, outside_brain = 0.0;
+  for (int64_t v = 0; v < map.voxel_count(); ++v) {
+    CHECK(map.values[v] >= 0.0f);
+    CHECK(map.values[v] <= 1.0f);
+    (input.values[v] != 0.0f ? inside_brain : outside_brain) += map.values[v];
+  }
+  CHECK(inside_brain > 0.0);
+  CHECK(fs::file_size(out / "pred" / (id + "_montage.png")) > 100);
+  CHECK(run_dsmil({"predict", "--checkpoint", (run_dir / "fold_0" / "best.ckpt").string(), "--flair", "/no/such.nii",
+                   "--t1", file("t1"), "--t1ce", file("t1ce"), "--t2", file("t2"), "--out", (out / "bad").string()}) != 0);
 }
