@@ -60,20 +60,12 @@ void run_predict(const PredictArgs& a) {
   {
     NoGradGuard no_grad;
     nn::StepRandom random;
-    const float tau = static_cast<float>(config.tau_end);
-    out = model.forward(Variable(batch.x.to(device)), batch.mask, tau, random);
+    const int epoch = meta.at("epoch").get<int>();
+    out = model.forward(Variable(batch.x.to(device)), batch.mask, soft_pooling_tau(config, epoch - 1), random);
   }
   const std::vector<float> y = out.y.value().to_vector(), attention = out.attention.to_vector();
   const double p_hgg = 1.0 / (1.0 + std::exp(static_cast<double>(y[0]) - y[1]));
-  double threshold = 0.5;
-  std::string threshold_source = "0.5 (no fold.json beside the checkpoint)";
-  const fs::path fold_json = fs::path(a.checkpoint).parent_path() / "fold.json";
-  if (fs::exists(fold_json)) {
-    const nlohmann::json fold = nlohmann::json::parse(std::ifstream(fold_json));
-    threshold = fold.at("threshold").get<double>();
-    threshold_source = fmt::format("{} ({} of {})", threshold, fold.at("threshold_method").get<std::string>(),
-                                   fold_json.string());
-  }
+  const FoldThreshold threshold = threshold_beside(a.checkpoint);
 
   // Per grid slice: mean attention of the slabs holding it.
   const std::vector<int>& starts = batch.starts.front();
@@ -123,7 +115,7 @@ void run_predict(const PredictArgs& a) {
   report::write_png_montage(montage_path, slices, static_cast<int>(order.size()));
 
   std::printf("case %s: p(HGG) = %.4f -> %s at threshold %s\n", a.case_id.c_str(), p_hgg,
-              p_hgg >= threshold ? "HGG" : "LGG", threshold_source.c_str());
+              p_hgg >= threshold.value ? "HGG" : "LGG", threshold.source.c_str());
   std::printf("bag: %zu slabs of %d slices; most attended slab starts:", starts.size(), config.slab_depth);
   for (size_t i : order) std::printf(" %d (%.3f)", starts[i], attention[i]);
   std::printf("\nattention map: %s\nmontage (FLAIR over T1ce): %s\n", map_path.string().c_str(),

@@ -86,6 +86,65 @@ struct Progress {
   }
 };
 
+}  // namespace
+
+float soft_pooling_tau(const RunConfig& config, int epoch) {
+  if (config.epochs <= 1) return static_cast<float>(config.tau_start);
+  return static_cast<float>(config.tau_start *
+                            std::pow(config.tau_end / config.tau_start, epoch / double(config.epochs - 1)));
+}
+
+FoldThreshold threshold_beside(const fs::path& checkpoint) {
+  const fs::path fold_json = checkpoint.parent_path() / "fold.json";
+  if (!fs::exists(fold_json)) return {0.5, "0.5 (no fold.json beside the checkpoint)"};
+  const json fold = json::parse(std::ifstream(fold_json));
+  const double value = fold.at("threshold").get<double>();
+  return {value, fmt::format("{:.4f} ({} of {})", value, fold.at("threshold_method").get<std::string>(), fold_json.string())};
+}
+
+std::vector<CasePrediction> predict_cases(mil::DualStreamMIL& model, const std::vector<data::CaseVolume>& cohort,
+                                        const std::vector<int>& cases, const RunConfig& config, Device device, float tau) {
+  NoGradGuard no_grad;
+  const bool was_training = model.training();
+  model.set_training(false);
+  std::vector<CasePrediction> preds;
+  const BagSpec spec{config.eval_instances, config.slab_depth, data::InstanceSampling::fixed, false, {}};
+  for (size_t first = 0; first < cases.size(); first += config.bags_per_step) {
+    std::vector<int> chunk(cases.begin() + first, cases.begin() + std::min(first + config.bags_per_step, cases.size()));
+    const Batch batch = make_batch(cohort, chunk, std::vector<uint64_t>(chunk.size(), 0), spec);
+    nn::StepRandom random;
+    const mil::MilOutput out = model.forward(Variable(batch.x.to(device)), batch.mask, tau, random);
+    const std::vector<float> y = out.y.value().to_vector(), a = out.attention.to_vector(),
+                             s = out.selection.to_vector(), z = out.margins.to_vector(),
+                             stats = out.attention_stats.to_vector();
+    // Each bag's own loss (unit weights): the validation loss weighs them by class like training.
+    const Tensor target = batch.target.to(device), unit = Tensor::full({batch.target.numel()}, 1.0f).to(device);
+    const mil::LossConfig lc = config.loss_config();
+    const std::vector<float> l1 = ops::focal_loss(out.y1.value(), target, unit, lc.label_smoothing, lc.focal_gamma).per_sample.to_vector();
+    const std::vector<float> l2 = ops::focal_loss(out.y2.value(), target, unit, lc.label_smoothing, lc.focal_gamma).per_sample.to_vector();
+    for (size_t b = 0; b < chunk.size(); ++b) {
+      CasePrediction p;
+      p.case_index = chunk[b];
+      p.label = cohort[chunk[b]].label;
+      p.p_hgg = softmax_hgg(y[2 * b], y[2 * b + 1]);
+      p.starts = batch.starts[b];
+      const size_t n = spec.instances, valid = p.starts.size();
+      p.attention.assign(a.begin() + b * n, a.begin() + b * n + valid);
+      p.selection.assign(s.begin() + b * n, s.begin() + b * n + valid);
+      p.margins.assign(z.begin() + b * n, z.begin() + b * n + valid);
+      p.entropy = stats[3 * b];
+      p.top1 = stats[3 * b + 1];
+      p.neff = stats[3 * b + 2];
+      p.loss = config.stream_weight * l1[b] + (1.0 - config.stream_weight) * l2[b];
+      preds.push_back(std::move(p));
+    }
+  }
+  model.set_training(was_training);
+  return preds;
+}
+
+namespace {
+
 class FoldRun {
  public:
   FoldRun(const RunConfig& config, const std::vector<data::CaseVolume>& cohort, Device device, const FoldPlan& plan,
@@ -165,10 +224,7 @@ class FoldRun {
                              {static_cast<uint64_t>(plan_.repeat), static_cast<uint64_t>(plan_.fold), purpose, a, b});
   }
 
-  float tau_at(int epoch) const {
-    if (c_.epochs <= 1) return static_cast<float>(c_.tau_start);
-    return static_cast<float>(c_.tau_start * std::pow(c_.tau_end / c_.tau_start, epoch / double(c_.epochs - 1)));
-  }
+  float tau_at(int epoch) const { return soft_pooling_tau(c_, epoch); }
 
   // Augmentation shifts scale with the grid: up to 1/16 of the width (8 voxels at 128).
   BagSpec train_spec() const {
@@ -229,43 +285,7 @@ class FoldRun {
   }
 
   std::vector<CasePrediction> predict(mil::DualStreamMIL& model, const std::vector<int>& cases, float tau) {
-    NoGradGuard no_grad;
-    const bool was_training = model.training();
-    model.set_training(false);
-    std::vector<CasePrediction> preds;
-    const BagSpec spec{c_.eval_instances, c_.slab_depth, data::InstanceSampling::fixed, false, {}};
-    for (size_t first = 0; first < cases.size(); first += c_.bags_per_step) {
-      std::vector<int> chunk(cases.begin() + first, cases.begin() + std::min(first + c_.bags_per_step, cases.size()));
-      const Batch batch = make_batch(cohort_, chunk, std::vector<uint64_t>(chunk.size(), 0), spec);
-      nn::StepRandom random;
-      const mil::MilOutput out = model.forward(Variable(batch.x.to(device_)), batch.mask, tau, random);
-      const std::vector<float> y = out.y.value().to_vector(), a = out.attention.to_vector(),
-                               s = out.selection.to_vector(), z = out.margins.to_vector(),
-                               stats = out.attention_stats.to_vector();
-      // Each bag's own loss (unit weights): the validation loss weighs them by class like training.
-      const Tensor target = batch.target.to(device_), unit = Tensor::full({batch.target.numel()}, 1.0f).to(device_);
-      const mil::LossConfig lc = c_.loss_config();
-      const std::vector<float> l1 = ops::focal_loss(out.y1.value(), target, unit, lc.label_smoothing, lc.focal_gamma).per_sample.to_vector();
-      const std::vector<float> l2 = ops::focal_loss(out.y2.value(), target, unit, lc.label_smoothing, lc.focal_gamma).per_sample.to_vector();
-      for (size_t b = 0; b < chunk.size(); ++b) {
-        CasePrediction p;
-        p.case_index = chunk[b];
-        p.label = cohort_[chunk[b]].label;
-        p.p_hgg = softmax_hgg(y[2 * b], y[2 * b + 1]);
-        p.starts = batch.starts[b];
-        const size_t n = spec.instances, valid = p.starts.size();
-        p.attention.assign(a.begin() + b * n, a.begin() + b * n + valid);
-        p.selection.assign(s.begin() + b * n, s.begin() + b * n + valid);
-        p.margins.assign(z.begin() + b * n, z.begin() + b * n + valid);
-        p.entropy = stats[3 * b];
-        p.top1 = stats[3 * b + 1];
-        p.neff = stats[3 * b + 2];
-        p.loss = c_.stream_weight * l1[b] + (1.0 - c_.stream_weight) * l2[b];
-        preds.push_back(std::move(p));
-      }
-    }
-    model.set_training(was_training);
-    return preds;
+    return predict_cases(model, cohort_, cases, c_, device_, tau);
   }
 
   // Validation loss uses the fold's class weights, like the training loss.

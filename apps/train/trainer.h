@@ -33,6 +33,23 @@ struct CasePrediction {
 
 Device resolve_device(const std::string& name);
 
+// The soft-pooling temperature of epoch `epoch` (0-based): tau_start annealed geometrically to tau_end.
+float soft_pooling_tau(const RunConfig& config, int epoch);
+
+// The calibrated threshold of the fold a checkpoint belongs to (fold.json beside it), else 0.5; with a
+// line saying where it came from.
+struct FoldThreshold {
+  double value = 0.5;
+  std::string source;
+};
+FoldThreshold threshold_beside(const std::filesystem::path& checkpoint);
+
+// The model (put in evaluation mode for the call) on bags of `cases` drawn with `fixed` sampling of
+// config.eval_instances slabs, config.bags_per_step bags at a time.
+std::vector<CasePrediction> predict_cases(mil::DualStreamMIL& model, const std::vector<data::CaseVolume>& cohort,
+                                          const std::vector<int>& cases, const RunConfig& config, Device device,
+                                          float tau);
+
 class Trainer {
  public:
   Trainer(const RunConfig& config, const std::vector<data::CaseVolume>& cohort, Device device);

@@ -1,7 +1,7 @@
 // End to end on the CPU: `dsmil cv` on a small synthetic cohort fits its training folds, and every number
 // of its cv_summary.json / AUDIT.md follows from its prediction files; a run killed mid-way and resumed ends
-// with the same weights as an uninterrupted one; `predict` maps attention onto the input; bad arguments
-// give one error line and a non-zero exit.
+// with the same weights as an uninterrupted one; `predict` maps attention onto the input and `eval`
+// predicts a dataset; bad arguments give one error line and a non-zero exit.
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -178,7 +178,7 @@ TEST_CASE("bad arguments and missing inputs: one error line, non-zero exit") {
   CHECK(run_dsmil({"frobnicate"}) != 0);
 }
 
-TEST_CASE("predict on one patient's files: probability, an attention map on the input's grid, a montage") {
+TEST_CASE("predict and eval with a fold's checkpoint: probability, attention map on the input's grid, montage, predictions") {
   const fs::path out = scratch("predict");
   const std::string cache = scratch("cache").string();
   REQUIRE(run_dsmil({"cv", "--config", "tiny", "--data", cohort().string(), "--set", "data.cache=" + cache, "--set",
@@ -205,6 +205,9 @@ TEST_CASE("predict on one patient's files: probability, an attention map on the 
   }
   CHECK(inside_brain > 0.0);
   CHECK(fs::file_size(out / "pred" / (id + "_montage.png")) > 100);
+  REQUIRE(run_dsmil({"eval", "--checkpoint", (run_dir / "fold_0" / "best.ckpt").string(), "--data", cohort().string(),
+                     "--cache", cache, "--out", (out / "eval").string()}) == 0);
+  CHECK(lines_of(out / "eval" / "predictions.csv").size() == 48 + 1);
   CHECK(run_dsmil({"predict", "--checkpoint", (run_dir / "fold_0" / "best.ckpt").string(), "--flair", "/no/such.nii",
                    "--t1", file("t1"), "--t1ce", file("t1ce"), "--t2", file("t2"), "--out", (out / "bad").string()}) != 0);
 }
