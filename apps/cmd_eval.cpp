@@ -8,14 +8,12 @@
 #include <thread>
 
 #include <fmt/format.h>
-#include <nlohmann/json.hpp>
 
 #include "apps/command_registry.h"
 #include "apps/report/metrics.h"
 #include "apps/report/run_dir.h"
 #include "apps/train/trainer.h"
 #include "data/cases.h"
-#include "nn/checkpoint.h"
 
 namespace dsmil::app {
 namespace {
@@ -35,14 +33,9 @@ void print_threshold_metrics(const char* label, const report::ThresholdMetrics& 
 }
 
 void run_eval(const EvalArgs& a) {
-  const nn::Checkpoint ckpt = nn::load_checkpoint(a.checkpoint);
-  const nlohmann::json meta = nlohmann::json::parse(ckpt.metadata);
-  const RunConfig config = parse_config(meta.at("config").get<std::string>(), a.checkpoint + " (its config)");
   const Device device = resolve_device(a.device);
-  mil::DualStreamMIL model(config.model_config(), 0);
-  nn::restore_parameters(ckpt, "model.", model.parameters());
-  nn::restore_state(ckpt, "model.", model.buffers());
-  model.to(device);
+  const TrainedModel trained = load_trained_model(a.checkpoint, device);
+  const RunConfig& config = trained.config;
 
   const data::BadCasePolicy policy = data::parse_bad_case_policy(a.on_bad_case);
   const data::Discovery found = data::discover_dataset(a.data, policy);
@@ -58,9 +51,8 @@ void run_eval(const EvalArgs& a) {
 
   std::vector<int> all(cohort.cases.size());
   for (size_t i = 0; i < all.size(); ++i) all[i] = static_cast<int>(i);
-  const int epoch = meta.at("epoch").get<int>();
-  const std::vector<CasePrediction> preds =
-      predict_cases(model, cohort.cases, all, config, device, soft_pooling_tau(config, epoch - 1));
+  const std::vector<CasePrediction> preds = predict_cases(*trained.model, cohort.cases, all, config, device,
+                                                         soft_pooling_tau(config, trained.epoch - 1));
   const FoldThreshold threshold = threshold_beside(a.checkpoint);
 
   std::vector<int> labels;
@@ -76,7 +68,7 @@ void run_eval(const EvalArgs& a) {
   report::write_predictions_csv(fs::path(a.out) / "predictions.csv", rows);
 
   std::printf("%zu cases (%ld HGG), checkpoint %s (epoch %d)\n", preds.size(),
-              static_cast<long>(std::count(labels.begin(), labels.end(), 1)), a.checkpoint.c_str(), epoch);
+              static_cast<long>(std::count(labels.begin(), labels.end(), 1)), a.checkpoint.c_str(), trained.epoch);
   if (report::has_both_classes(labels)) {
     const report::AucInterval auc = report::auc_delong(labels, p);
     std::printf("AUC %.4f (95%% CI %.4f-%.4f); Brier %.4f; ECE %.4f\n", auc.auc, auc.lo, auc.hi, report::brier(labels, p),

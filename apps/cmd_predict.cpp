@@ -12,7 +12,6 @@
 #include <numeric>
 
 #include <fmt/format.h>
-#include <nlohmann/json.hpp>
 
 #include "apps/command_registry.h"
 #include "apps/report/plots.h"
@@ -20,7 +19,6 @@
 #include "apps/train/trainer.h"
 #include "data/cases.h"
 #include "data/nifti_io.h"
-#include "nn/checkpoint.h"
 
 namespace dsmil::app {
 namespace {
@@ -34,15 +32,9 @@ struct PredictArgs {
 };
 
 void run_predict(const PredictArgs& a) {
-  const nn::Checkpoint ckpt = nn::load_checkpoint(a.checkpoint);
-  const nlohmann::json meta = nlohmann::json::parse(ckpt.metadata);
-  const RunConfig config = parse_config(meta.at("config").get<std::string>(), a.checkpoint + " (its config)");
   const Device device = resolve_device(a.device);
-  mil::DualStreamMIL model(config.model_config(), 0);
-  nn::restore_parameters(ckpt, "model.", model.parameters());
-  nn::restore_state(ckpt, "model.", model.buffers());
-  model.to(device);
-  model.set_training(false);
+  const TrainedModel trained = load_trained_model(a.checkpoint, device);
+  const RunConfig& config = trained.config;
 
   data::CaseFiles files;
   files.case_id = a.case_id;
@@ -60,8 +52,8 @@ void run_predict(const PredictArgs& a) {
   {
     NoGradGuard no_grad;
     nn::StepRandom random;
-    const int epoch = meta.at("epoch").get<int>();
-    out = model.forward(Variable(batch.x.to(device)), batch.mask, soft_pooling_tau(config, epoch - 1), random);
+    out = trained.model->forward(Variable(batch.x.to(device)), batch.mask, soft_pooling_tau(config, trained.epoch - 1),
+                                 random);
   }
   const std::vector<float> y = out.y.value().to_vector(), attention = out.attention.to_vector();
   const double p_hgg = 1.0 / (1.0 + std::exp(static_cast<double>(y[0]) - y[1]));

@@ -94,6 +94,19 @@ float soft_pooling_tau(const RunConfig& config, int epoch) {
                             std::pow(config.tau_end / config.tau_start, epoch / double(config.epochs - 1)));
 }
 
+TrainedModel load_trained_model(const fs::path& checkpoint, Device device) {
+  const nn::Checkpoint ckpt = nn::load_checkpoint(checkpoint.string());
+  const json meta = json::parse(ckpt.metadata);
+  TrainedModel trained{parse_config(meta.at("config").get<std::string>(), checkpoint.string() + " (its config)"),
+                       meta.at("epoch").get<int>(), nullptr};
+  trained.model = std::make_unique<mil::DualStreamMIL>(trained.config.model_config(), 0);
+  nn::restore_parameters(ckpt, "model.", trained.model->parameters());
+  nn::restore_state(ckpt, "model.", trained.model->buffers());
+  trained.model->to(device);
+  trained.model->set_training(false);
+  return trained;
+}
+
 FoldThreshold threshold_beside(const fs::path& checkpoint) {
   const fs::path fold_json = checkpoint.parent_path() / "fold.json";
   if (!fs::exists(fold_json)) return {0.5, "0.5 (no fold.json beside the checkpoint)"};

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <filesystem>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -32,6 +33,15 @@ struct CasePrediction {
 };
 
 Device resolve_device(const std::string& name);
+
+// A fold's saved model (best.ckpt, best_ema.ckpt): its resolved config, the epoch it was saved at, and
+// the model on `device` in evaluation mode.
+struct TrainedModel {
+  RunConfig config;
+  int epoch = 0;
+  std::unique_ptr<mil::DualStreamMIL> model;
+};
+TrainedModel load_trained_model(const std::filesystem::path& checkpoint, Device device);
 
 // The soft-pooling temperature of epoch `epoch` (0-based): tau_start annealed geometrically to tau_end.
 float soft_pooling_tau(const RunConfig& config, int epoch);
