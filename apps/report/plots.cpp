@@ -173,20 +173,29 @@ std::string attention_slabs_svg(const FoldData& fold, const std::string& title) 
   return svg_line_chart(spec, series);
 }
 
-std::string roc_svg(const RunData& run, const CvEvaluation& cv) {
-  std::vector<Series> series;
-  std::map<int, std::pair<std::vector<int>, std::vector<double>>> pooled;
+// The test predictions of every fold of a repeat together, keyed by repeat: (labels, p_hgg).
+using PooledScores = std::map<int, std::pair<std::vector<int>, std::vector<double>>>;
+PooledScores pooled_test_scores(const RunData& run) {
+  PooledScores pooled;
   for (const auto& fold : run.folds) {
     const LabelledScores test = scores_of_split(fold.predictions, "test");
     auto& [labels, p] = pooled[fold.info.repeat];
     labels.insert(labels.end(), test.labels.begin(), test.labels.end());
     p.insert(p.end(), test.p_hgg.begin(), test.p_hgg.end());
+  }
+  return pooled;
+}
+
+std::string roc_svg(const RunData& run, const CvEvaluation& cv) {
+  std::vector<Series> series;
+  for (const auto& fold : run.folds) {
+    const LabelledScores test = scores_of_split(fold.predictions, "test");
     if (!has_both_classes(test.labels)) continue;
     Series s{fold_label(fold.info, cv.n_repeats)};
     for (const auto& point : roc_curve(test.labels, test.p_hgg)) s.x.push_back(point.fpr), s.y.push_back(point.tpr);
     series.push_back(std::move(s));
   }
-  for (const auto& [repeat, scores] : pooled) {
+  for (const auto& [repeat, scores] : pooled_test_scores(run)) {
     if (!has_both_classes(scores.first)) continue;
     Series s{cv.n_repeats > 1 ? fmt::format("pooled r{} (AUC {:.3f})", repeat, auc(scores.first, scores.second))
                               : fmt::format("pooled (AUC {:.3f})", auc(scores.first, scores.second)),
@@ -199,15 +208,8 @@ std::string roc_svg(const RunData& run, const CvEvaluation& cv) {
 }
 
 std::string reliability_svg(const RunData& run, const CvEvaluation& cv) {
-  std::map<int, std::pair<std::vector<int>, std::vector<double>>> pooled;
-  for (const auto& fold : run.folds) {
-    const LabelledScores test = scores_of_split(fold.predictions, "test");
-    auto& [labels, p] = pooled[fold.info.repeat];
-    labels.insert(labels.end(), test.labels.begin(), test.labels.end());
-    p.insert(p.end(), test.p_hgg.begin(), test.p_hgg.end());
-  }
   std::vector<Series> series;
-  for (const auto& [repeat, scores] : pooled) {
+  for (const auto& [repeat, scores] : pooled_test_scores(run)) {
     Series s{cv.n_repeats > 1 ? fmt::format("pooled r{} (ECE {:.3f})", repeat, ece(scores.first, scores.second))
                               : fmt::format("pooled (ECE {:.3f})", ece(scores.first, scores.second))};
     for (const auto& bin : reliability_bins(scores.first, scores.second))

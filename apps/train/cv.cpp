@@ -44,9 +44,9 @@ std::string timestamp() {
   return text;
 }
 
-fs::path fold_dir(const fs::path& run_dir, int repeats, int repeat, int fold) {
-  const fs::path base = repeats > 1 ? run_dir / fmt::format("repeat_{}", repeat) : run_dir;
-  return base / fmt::format("fold_{}", fold);
+// A repeat's folder: the run directory itself unless the CV is repeated.
+fs::path repeat_dir(const fs::path& run_dir, int repeats, int repeat) {
+  return repeats > 1 ? run_dir / fmt::format("repeat_{}", repeat) : run_dir;
 }
 
 }  // namespace
@@ -112,16 +112,14 @@ CvResult run_cv(const RunConfig& config, const CvOptions& options) {
     const data::SplitOptions split_options{config.folds, config.select_on_test ? 0.0 : config.inner_val,
                                            static_cast<uint64_t>(config.seed) + static_cast<uint64_t>(repeat)};
     const data::Splits splits = data::make_splits(labels, groups, split_options);
-    const fs::path splits_path =
-        (config.repeats > 1 ? result.run_dir / fmt::format("repeat_{}", repeat) : result.run_dir) / "splits.json";
-    fs::create_directories(splits_path.parent_path());
-    data::write_splits_json(splits_path, splits, ids);
+    const fs::path base = repeat_dir(result.run_dir, config.repeats, repeat);
+    fs::create_directories(base);
+    data::write_splits_json(base / "splits.json", splits, ids);
     for (int fold = 0; fold < config.folds; ++fold) {
       if (!options.folds.empty() && std::find(options.folds.begin(), options.folds.end(), fold) == options.folds.end())
         continue;
       const data::Fold& f = splits.folds[fold];
-      trainer.run_fold({repeat, fold, f.train, f.inner_val, f.test}, fold_dir(result.run_dir, config.repeats, repeat, fold),
-                       resuming);
+      trainer.run_fold({repeat, fold, f.train, f.inner_val, f.test}, base / fmt::format("fold_{}", fold), resuming);
     }
   }
   std::fprintf(stderr, "training done in %.1f s\n",
