@@ -3,6 +3,7 @@
 // width 64), on rotating input sets so that no step sees a warm cache of its inputs, and prints the
 // median and best step time, bags/s, peak device memory and the loss over the steps (it must fall: the
 // model is fitting the few input sets).
+// `dsmil bench --kernel NAME|all|list` times each hand-written kernel alone instead (apps/kernel_bench/).
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -13,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "apps/command_registry.h"
+#include "apps/kernel_bench/kernel_bench.h"
 #include "apps/train/config.h"
 #include "apps/train/trainer.h"
 #include "nn/optim.h"
@@ -30,7 +32,13 @@ struct BenchArgs {
   std::string device = "auto";
   int bags = 2, instances = 32, slab = 4, size = 128, width = 64, depth = 18;
   int steps = 30, warmup = 5, input_sets = 3;
+  bool profile = false;
   std::string json_out;
+  // --kernel mode
+  std::string kernel, variant = "both", kernel_dtype = "all", shape;
+  int reps = 100;
+  uint64_t seed = 0;
+  bool seed_given = false;
 };
 
 void synchronize(Device device) {
@@ -76,6 +84,10 @@ void run_bench(const BenchArgs& a) {
   std::vector<double> step_ms, losses;
   for (int step = 0; step < a.warmup + a.steps; ++step) {
     synchronize(device);
+    const bool profiled = a.profile && step == a.warmup + a.steps - 1;
+#ifdef DSMIL_WITH_CUDA
+    if (profiled) cuda::profiler_start();
+#endif
     const auto t0 = std::chrono::steady_clock::now();
     nn::StepRandom random{static_cast<uint64_t>(step), 0};
     const mil::MilOutput out = model.forward(Variable(inputs[step % a.input_sets]), mask, 1.0f, random);
@@ -87,6 +99,11 @@ void run_bench(const BenchArgs& a) {
     ema.update(model);
     const float loss_value = loss.value().item();  // synchronises
     synchronize(device);
+#ifdef DSMIL_WITH_CUDA
+    if (profiled) cuda::profiler_stop();
+#else
+    (void)profiled;
+#endif
     const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     losses.push_back(loss_value);
     if (step >= a.warmup) step_ms.push_back(ms);
@@ -127,9 +144,39 @@ void run_bench(const BenchArgs& a) {
   }
 }
 
+// The kernel benchmarks at the shapes of the model that --config, --set and the shape flags describe.
+void run_kernel_bench_command(const BenchArgs& a) {
+  RunConfig config = load_config(find_config_file(a.config));
+  for (const std::string& o : a.overrides) apply_override(config, o);
+  config.depth = a.depth;
+  config.width = a.width;
+  config.slab_depth = a.slab;
+  validate_config(config);
+  const mil::ModelConfig model = config.model_config();
+  kernel_bench::Options options;
+  options.kernel = a.kernel;
+  options.variant = a.variant;
+  options.dtype = a.kernel_dtype;
+  options.shape = a.shape;
+  options.reps = a.reps;
+  options.warmup = a.warmup;
+  if (a.seed_given) options.seed = a.seed;
+  options.json_out = a.json_out;
+  options.model.bags = a.bags;
+  options.model.instances = a.instances;
+  options.model.slab = a.slab;
+  options.model.size = a.size;
+  options.model.in_channels = model.encoder.in_channels;
+  options.model.width = model.encoder.width;
+  options.model.topk = model.head.pooling == mil::Pooling::Max ? 1 : model.head.topk;
+  const int failed = kernel_bench::run_kernel_bench(options);
+  if (failed > 0) throw Error(fmt::format("dsmil bench --kernel: {} check(s) against the CPU twin failed", failed));
+}
+
 const RegisterCommand bench_command{"bench", 80, [](CLI::App& root) {
   auto args = std::make_shared<BenchArgs>();
-  CLI::App* cmd = root.add_subcommand("bench", "time the training step on random bags (DESIGN section 11 shape by default)");
+  CLI::App* cmd = root.add_subcommand("bench", "time the training step on random bags (DESIGN section 11 shape by default), "
+                                               "or with --kernel each hand-written kernel alone");
   cmd->add_option("--config", args->config, "config for the head, loss and optimizer")->capture_default_str();
   cmd->add_option("--set", args->overrides, "override a config key: section.key=value (repeatable)");
   cmd->add_option("--device", args->device, "cpu | cuda | auto")->capture_default_str();
@@ -140,10 +187,30 @@ const RegisterCommand bench_command{"bench", 80, [](CLI::App& root) {
   cmd->add_option("--width", args->width, "ResNet width w")->capture_default_str()->check(CLI::PositiveNumber);
   cmd->add_option("--depth", args->depth, "ResNet depth: 10, 18 or 34")->capture_default_str();
   cmd->add_option("--steps", args->steps, "timed steps")->capture_default_str()->check(CLI::PositiveNumber);
-  cmd->add_option("--warmup", args->warmup, "untimed steps first")->capture_default_str()->check(CLI::NonNegativeNumber);
+  cmd->add_option("--warmup", args->warmup, "untimed steps (kernel calls with --kernel) first")->capture_default_str()->check(CLI::NonNegativeNumber);
   cmd->add_option("--input-sets", args->input_sets, "random input sets rotated over the steps")->capture_default_str()->check(CLI::PositiveNumber);
   cmd->add_option("--json-out", args->json_out, "also write the numbers as JSON");
-  cmd->callback([args] { run_bench(*args); });
+  cmd->add_flag("--profile", args->profile,
+                "the last step alone is the capture range of a profiler run with --profile-from-start off "
+                "(ncu: kernels/README.md)");
+  cmd->add_option("--kernel", args->kernel,
+                  "time one hand-written kernel alone (checked against its CPU twin): NAME, all, or list");
+  cmd->add_option("--variant", args->variant, "with --kernel: fast, plain or both (where a plain version exists)")
+      ->capture_default_str();
+  cmd->add_option("--dtype", args->kernel_dtype, "with --kernel: f32, bf16 or all (of those the kernel takes)")
+      ->capture_default_str();
+  cmd->add_option("--shape", args->shape, "with --kernel NAME: sizes, e.g. 64,4,64,64,64 (--kernel list says what they mean); "
+                                          "default: the model's shape for that kernel");
+  cmd->add_option("--reps", args->reps, "with --kernel: timed repetitions per kernel")->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  CLI::Option* seed = cmd->add_option("--seed", args->seed, "with --kernel: seed of the random inputs (default: fresh, printed)");
+  cmd->callback([args, seed] {
+    args->seed_given = seed->count() > 0;
+    if (args->kernel.empty())
+      run_bench(*args);
+    else
+      run_kernel_bench_command(*args);
+  });
 }};
 
 }  // namespace

@@ -1,8 +1,13 @@
 // `dsmil cv` (nested K-fold cross-validation, DESIGN section 5) and `dsmil train` (one fold of it).
 #include <cstdio>
+#include <optional>
+
+#include <fmt/format.h>
 
 #include "apps/command_registry.h"
 #include "apps/train/cv.h"
+#include "apps/train/fold_scheduler.h"
+#include "apps/train/trainer.h"
 
 namespace dsmil::app {
 namespace {
@@ -18,6 +23,9 @@ struct CvArgs {
   int repeats = 0;
   int plot_every = -1;
   bool select_on_test = false, deterministic = false, strict_fp32 = false;
+  std::optional<std::string> gpus;  // cv only: folds scheduled over these GPUs, one child process each
+  std::optional<int> workers;  // cv only: folds scheduled over N child processes on one device
+  bool no_audit = false;
 };
 
 void add_common_options(CLI::App* cmd, CvArgs& a) {
@@ -52,6 +60,18 @@ void run(const CvArgs& a, std::vector<int> folds) {
   options.runs_root = a.runs_root;
   options.resume_dir = a.resume;
   options.folds = std::move(folds);
+  options.audit = !a.no_audit;
+  if (a.gpus || a.workers) {
+    // --gpus and --workers share every step but the CUDA_VISIBLE_DEVICES of the children.
+    const std::vector<FoldSlot> slots = a.gpus ? gpu_slots(*a.gpus) : worker_slots(*a.workers);
+    if (a.gpus && resolve_device(config.device) == Device::CPU)
+      throw Error(fmt::format("--gpus {}: this run is on the CPU (run.device = {}); --workers N runs folds side by side there",
+                              *a.gpus, config.device));
+    options.train_folds = [slots, threads = config.threads](const std::filesystem::path& run_dir,
+                                                             const std::vector<int>& fold_list) {
+      run_folds_in_children({.run_dir = run_dir, .folds = fold_list, .slots = slots, .run_threads = threads});
+    };
+  }
   const CvResult result = run_cv(config, options);
   if (!result.audit_md.empty()) std::printf("%s\n", result.audit_md.string().c_str());
   if (!result.consistent) throw Error("the audit's consistency check failed: see the consistency section of AUDIT.md");
@@ -64,6 +84,15 @@ const RegisterCommand cv_command{"cv", 40, [](CLI::App& root) {
   cmd->add_option("--folds", args->folds, "run only these folds (e.g. 0,2); the audit covers the folds present");
   cmd->add_option("--repeats", args->repeats, "repeated CV with R seeds");
   cmd->add_flag("--select-on-test", args->select_on_test, "the seed's optimistic protocol: select and calibrate on the test fold");
+  CLI::Option* gpus = cmd->add_option(
+      "--gpus", args->gpus,
+      "run folds side by side, one child process per GPU (e.g. 0,1,2,3; CUDA_VISIBLE_DEVICES of each), the next "
+      "fold starting on the first GPU free; logs in RUN_DIR/fold_K.log");
+  cmd->add_option("--workers", args->workers,
+                  "run folds side by side in N child processes on one device (the --gpus scheduler without "
+                  "CUDA_VISIBLE_DEVICES; run.threads = 0 shares the cores among them)")
+      ->excludes(gpus);
+  cmd->add_flag("--no-audit", args->no_audit, "write no cv_summary.json / AUDIT.md (folds run apart; `dsmil audit` merges them)");
   cmd->callback([args] { run(*args, args->folds.empty() ? std::vector<int>{} : parse_fold_list(args->folds)); });
 }};
 

@@ -134,10 +134,9 @@ unsigned channel_blocks(int64_t channels) { return static_cast<unsigned>((channe
 int64_t batchnorm_scratch_size(int64_t rows, int64_t channels) { return chunk_count(rows, channels) * 2 * channels; }
 
 template <typename T>
-cudaError_t batchnorm_forward_train(const T* x, const float* gamma, const float* beta, float* running_mean,
-                                    float* running_var, float momentum, float eps, int64_t rows, int64_t channels,
-                                    T* y, float* save_mean, float* save_invstd, double* scratch,
-                                    cudaStream_t stream) {
+cudaError_t batchnorm_statistics(const T* x, float* running_mean, float* running_var, float momentum, float eps,
+                                 int64_t rows, int64_t channels, float* save_mean, float* save_invstd,
+                                 double* scratch, cudaStream_t stream) {
   if (channels == 0) return cudaSuccess;
   const int64_t chunks = chunk_count(rows, channels);
   const int64_t chunk_rows = (rows + chunks - 1) / chunks;
@@ -147,7 +146,19 @@ cudaError_t batchnorm_forward_train(const T* x, const float* gamma, const float*
   if (const cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
   finalize_train_kernel<<<channel_blocks(channels), kThreads, 0, stream>>>(
       scratch, chunks, rows, channels, momentum, eps, running_mean, running_var, save_mean, save_invstd);
-  if (const cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t batchnorm_forward_train(const T* x, const float* gamma, const float* beta, float* running_mean,
+                                    float* running_var, float momentum, float eps, int64_t rows, int64_t channels,
+                                    T* y, float* save_mean, float* save_invstd, double* scratch,
+                                    cudaStream_t stream) {
+  if (channels == 0) return cudaSuccess;
+  if (const cudaError_t e = batchnorm_statistics(x, running_mean, running_var, momentum, eps, rows, channels,
+                                                 save_mean, save_invstd, scratch, stream);
+      e != cudaSuccess)
+    return e;
   const int64_t n = rows * channels;
   if (n == 0) return cudaSuccess;
   normalize_kernel<<<grid_for(n), kThreads, 0, stream>>>(x, save_mean, save_invstd, gamma, beta, n, channels, y);
@@ -186,6 +197,10 @@ cudaError_t batchnorm_backward(const T* dy, const T* x, const float* gamma, cons
   return cudaGetLastError();
 }
 
+template cudaError_t batchnorm_statistics<float>(const float*, float*, float*, float, float, int64_t, int64_t, float*,
+                                                 float*, double*, cudaStream_t);
+template cudaError_t batchnorm_statistics<__nv_bfloat16>(const __nv_bfloat16*, float*, float*, float, float, int64_t,
+                                                         int64_t, float*, float*, double*, cudaStream_t);
 template cudaError_t batchnorm_forward_train<float>(const float*, const float*, const float*, float*, float*, float,
                                                     float, int64_t, int64_t, float*, float*, float*, double*,
                                                     cudaStream_t);

@@ -11,6 +11,14 @@ namespace dsmil::kernels {
 // Elements of the fp64 scratch that batchnorm_forward_train and batchnorm_backward need.
 int64_t batchnorm_scratch_size(int64_t rows, int64_t channels);
 
+// The statistics of the training forward alone (no y): save_mean, save_invstd = 1/sqrt(var + eps) with
+// the batch's biased variance, and running = (1 - momentum) running + momentum batch (unbiased var).
+// Fused consumers (kernels/batchnorm_relu.cu) apply the normalisation themselves.
+template <typename T>
+cudaError_t batchnorm_statistics(const T* x, float* running_mean, float* running_var, float momentum, float eps,
+                                 int64_t rows, int64_t channels, float* save_mean, float* save_invstd,
+                                 double* scratch, cudaStream_t stream);
+
 // y = gamma (x - mean) invstd + beta with the batch's biased variance; writes save_mean, save_invstd
 // = 1/sqrt(var + eps) and updates running = (1 - momentum) running + momentum batch (unbiased var).
 template <typename T>

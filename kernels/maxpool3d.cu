@@ -1,9 +1,10 @@
 // 3-D max pooling over channels-last x[N, D, H, W, C] -> y[N, D', H', W', C] with argmax (first maximum in
-// (d, h, w) order wins); backward scatters dy[N, D', H', W', C] into dx[N, D, H, W, C] (atomic or sorted).
-#include <cub/device/device_radix_sort.cuh>
+// (d, h, w) order wins); backward gathers dy[N, D', H', W', C] into dx[N, D, H, W, C], one write per element.
 #include <cuda_bf16.h>
 
-#include <cfloat>
+#include <cmath>
+#include <cstdint>
+#include <type_traits>
 
 #include "kernels/common.cuh"
 #include "kernels/maxpool3d.h"
@@ -12,114 +13,177 @@ namespace dsmil::kernels {
 
 namespace {
 
-template <typename T>
+// G consecutive channels of one position, moved with a single access of sizeof(E) * G bytes.
+template <typename E, int G>
+struct alignas(sizeof(E) * G) Pack {
+  E v[G];
+};
+
+template <typename E, int G>
+__device__ __forceinline__ Pack<E, G> load_pack(const E* p) {
+  return *reinterpret_cast<const Pack<E, G>*>(p);
+}
+
+template <typename E, int G>
+__device__ __forceinline__ void store_pack(E* p, const Pack<E, G>& pack) {
+  *reinterpret_cast<Pack<E, G>*>(p) = pack;
+}
+
+// A thread's item: position (n, d, h, w) of a volume and its channel group, from the flat item index
+// ((((n * D + d) * H + h) * W + w) * groups + group). Consecutive threads take consecutive channel groups,
+// so a warp's accesses to one position are contiguous.
+template <typename Index>
+struct Item {
+  Index n, d, h, w, group;
+};
+
+template <typename Index>
+__device__ __forceinline__ Item<Index> item_of(Index i, Volume v, Index groups) {
+  Item<Index> it;
+  it.group = i % groups;
+  i /= groups;
+  it.w = i % Index(v.w);
+  i /= Index(v.w);
+  it.h = i % Index(v.h);
+  i /= Index(v.h);
+  it.d = i % Index(v.d);
+  it.n = i / Index(v.d);
+  return it;
+}
+
+template <typename T, int G, typename Index>
 __global__ void maxpool3d_forward_kernel(const T* __restrict__ x, Volume in, Volume out, Window3 win,
                                          T* __restrict__ y, int32_t* __restrict__ argmax) {
-  const int64_t total = out.numel();
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
-    int64_t rest = i;
-    const int64_t c = rest % out.c; rest /= out.c;
-    const int64_t ow = rest % out.w; rest /= out.w;
-    const int64_t oh = rest % out.h; rest /= out.h;
-    const int64_t od = rest % out.d;
-    const int64_t n = rest / out.d;
-    const T* volume = x + n * in.spatial() * in.c + c;
-    float best = -FLT_MAX;
-    int32_t best_index = -1;
+  const Index groups = Index(out.c / G), c = Index(in.c);
+  const Index in_d = Index(in.d), in_h = Index(in.h), in_w = Index(in.w);
+  const Index total = Index(out.n * out.d * out.h * out.w) * groups;
+  const Index step = Index(gridDim.x) * Index(blockDim.x);
+  for (Index i = Index(blockIdx.x) * Index(blockDim.x) + Index(threadIdx.x); i < total; i += step) {
+    const Item<Index> o = item_of(i, out, groups);
+    const T* volume = x + o.n * (in_d * in_h * in_w) * c + o.group * G;
+    float best[G];
+    int32_t best_at[G];
+#pragma unroll
+    for (int k = 0; k < G; ++k) {
+      best[k] = -INFINITY;
+      best_at[k] = -1;
+    }
     for (int t = 0; t < win.kernel[0]; ++t) {
-      const int64_t d = od * win.stride[0] - win.pad[0] + t;
-      if (d < 0 || d >= in.d) continue;
+      const Index d = o.d * win.stride[0] - win.pad[0] + t;
+      if (d < 0 || d >= in_d) continue;
       for (int r = 0; r < win.kernel[1]; ++r) {
-        const int64_t h = oh * win.stride[1] - win.pad[1] + r;
-        if (h < 0 || h >= in.h) continue;
+        const Index h = o.h * win.stride[1] - win.pad[1] + r;
+        if (h < 0 || h >= in_h) continue;
         for (int s = 0; s < win.kernel[2]; ++s) {
-          const int64_t w = ow * win.stride[2] - win.pad[2] + s;
-          if (w < 0 || w >= in.w) continue;
-          const int64_t index = (d * in.h + h) * in.w + w;
-          const float v = to_float(volume[index * in.c]);
-          if (best_index < 0 || v > best) {
-            best = v;
-            best_index = static_cast<int32_t>(index);
+          const Index w = o.w * win.stride[2] - win.pad[2] + s;
+          if (w < 0 || w >= in_w) continue;
+          const Index flat = (d * in_h + h) * in_w + w;
+          const Pack<T, G> v = load_pack<T, G>(volume + flat * c);
+#pragma unroll
+          for (int k = 0; k < G; ++k) {
+            const float value = to_float(v.v[k]);
+            // The CPU twin's rule: strictly greater replaces, so the first maximum stays.
+            if (best_at[k] < 0 || value > best[k]) {
+              best[k] = value;
+              best_at[k] = static_cast<int32_t>(flat);
+            }
           }
         }
       }
     }
-    y[i] = from_float<T>(best);
-    argmax[i] = best_index;
+    Pack<T, G> y_pack;
+    Pack<int32_t, G> argmax_pack;
+#pragma unroll
+    for (int k = 0; k < G; ++k) {
+      y_pack.v[k] = from_float<T>(best[k]);
+      argmax_pack.v[k] = best_at[k];
+    }
+    store_pack(y + i * G, y_pack);
+    store_pack(argmax + i * G, argmax_pack);
   }
 }
 
-// The position in dx[N, D, H, W, C] that output i's gradient goes to.
-__device__ __forceinline__ int64_t target_of(int64_t i, const int32_t* argmax, Volume in, Volume out) {
-  const int64_t c = i % out.c;
-  const int64_t n = i / (out.spatial() * out.c);
-  return (n * in.spatial() + argmax[i]) * in.c + c;
+// The outputs along one axis whose window covers input coordinate p: o * stride - pad <= p <= o * stride -
+// pad + kernel - 1, within [0, outputs). Empty when first > last.
+template <typename Index>
+__device__ __forceinline__ void covering_outputs(Index p, int kernel, int stride, int pad, Index outputs,
+                                                 Index& first, Index& last) {
+  const Index high = p + pad, low = high - kernel + 1;
+  first = low <= 0 ? Index(0) : (low + stride - 1) / stride;
+  last = min(high / stride, outputs - 1);
 }
 
+template <typename T, int G, typename Index>
+__global__ void maxpool3d_backward_kernel(const T* __restrict__ dy, const int32_t* __restrict__ argmax, Volume in,
+                                          Volume out, Window3 win, T* __restrict__ dx) {
+  const Index groups = Index(in.c / G), c = Index(in.c);
+  const Index in_h = Index(in.h), in_w = Index(in.w);
+  const Index out_d = Index(out.d), out_h = Index(out.h), out_w = Index(out.w);
+  const Index total = Index(in.n * in.d * in.h * in.w) * groups;
+  const Index step = Index(gridDim.x) * Index(blockDim.x);
+  for (Index i = Index(blockIdx.x) * Index(blockDim.x) + Index(threadIdx.x); i < total; i += step) {
+    const Item<Index> p = item_of(i, in, groups);
+    const int32_t flat = static_cast<int32_t>((p.d * in_h + p.h) * in_w + p.w);
+    Index d0, d1, h0, h1, w0, w1;
+    covering_outputs(p.d, win.kernel[0], win.stride[0], win.pad[0], out_d, d0, d1);
+    covering_outputs(p.h, win.kernel[1], win.stride[1], win.pad[1], out_h, h0, h1);
+    covering_outputs(p.w, win.kernel[2], win.stride[2], win.pad[2], out_w, w0, w1);
+    const Index channel = p.group * G;
+    float sum[G];
+#pragma unroll
+    for (int k = 0; k < G; ++k) sum[k] = 0.0f;
+    // Ascending output order, as the CPU twin adds them: the fp32 sums are the same bit for bit.
+    for (Index od = d0; od <= d1; ++od)
+      for (Index oh = h0; oh <= h1; ++oh)
+        for (Index ow = w0; ow <= w1; ++ow) {
+          const Index at = (((p.n * out_d + od) * out_h + oh) * out_w + ow) * c + channel;
+          const Pack<int32_t, G> winners = load_pack<int32_t, G>(argmax + at);
+          const Pack<T, G> grads = load_pack<T, G>(dy + at);
+#pragma unroll
+          for (int k = 0; k < G; ++k)
+            if (winners.v[k] == flat) sum[k] += to_float(grads.v[k]);
+        }
+    Pack<T, G> dx_pack;
+#pragma unroll
+    for (int k = 0; k < G; ++k) dx_pack.v[k] = from_float<T>(sum[k]);
+    store_pack(dx + i * G, dx_pack);
+  }
+}
+
+// 16-byte accesses: 4 f32 or 8 bf16 channels per thread.
 template <typename T>
-__global__ void scatter_atomic_kernel(const T* __restrict__ dy, const int32_t* __restrict__ argmax, Volume in,
-                                      Volume out, float* __restrict__ dx_accum) {
-  const int64_t total = out.numel();
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x)
-    atomicAdd(dx_accum + target_of(i, argmax, in, out), to_float(dy[i]));
-}
+constexpr int kWideGroup = 16 / static_cast<int>(sizeof(T));
 
-__global__ void sort_keys_kernel(const int32_t* __restrict__ argmax, Volume in, Volume out, uint32_t* __restrict__ keys,
-                                 uint32_t* __restrict__ order) {
-  const int64_t total = out.numel();
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
-    keys[i] = static_cast<uint32_t>(target_of(i, argmax, in, out));
-    order[i] = static_cast<uint32_t>(i);
-  }
-}
+bool aligned(const void* p, size_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
 
-// After the stable sort, the outputs of one target are adjacent and in ascending order; the first of
-// each run sums the run.
+// Whether a thread may take kWideGroup<T> channels: C a multiple of it, every pointer aligned to its pack.
 template <typename T>
-__global__ void sum_runs_kernel(const T* __restrict__ dy, const uint32_t* __restrict__ keys,
-                                const uint32_t* __restrict__ order, int64_t total, T* __restrict__ dx) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
-    const uint32_t key = keys[i];
-    if (i > 0 && keys[i - 1] == key) continue;
-    float acc = 0.0f;
-    for (int64_t j = i; j < total && keys[j] == key; ++j) acc += to_float(dy[order[j]]);
-    dx[key] = from_float<T>(acc);
-  }
+bool wide_groups_fit(int64_t c, const T* a, const T* b, const int32_t* indices) {
+  constexpr int g = kWideGroup<T>;
+  return c % g == 0 && aligned(a, g * sizeof(T)) && aligned(b, g * sizeof(T)) &&
+         aligned(indices, g * sizeof(int32_t));
 }
 
-struct SortedScratch {
-  uint32_t *keys_in, *keys_out, *order_in, *order_out;
-  void* cub_temp;
-  size_t cub_bytes;
-};
-
-size_t align256(size_t bytes) { return (bytes + 255) / 256 * 256; }
-
-int key_bits(Volume in) {
-  int bits = 1;
-  while (bits < 32 && (uint64_t{1} << bits) < static_cast<uint64_t>(in.numel())) ++bits;
-  return bits;
+// 32-bit index math when every element offset, and the grid-stride loop's last increment, stay below 2^31.
+bool fits_32bit(Volume in, Volume out) {
+  const int64_t limit = INT32_MAX - kMaxBlocks * kThreads;
+  return in.numel() <= limit && out.numel() <= limit;
 }
 
-size_t cub_sort_bytes(Volume in, Volume out) {
-  size_t bytes = 0;
-  cub::DeviceRadixSort::SortPairs(nullptr, bytes, static_cast<const uint32_t*>(nullptr), static_cast<uint32_t*>(nullptr),
-                                  static_cast<const uint32_t*>(nullptr), static_cast<uint32_t*>(nullptr),
-                                  static_cast<int64_t>(out.numel()), 0, key_bits(in));
-  return bytes;
-}
-
-SortedScratch split_scratch(void* scratch, Volume in, Volume out) {
-  const size_t array_bytes = align256(static_cast<size_t>(out.numel()) * sizeof(uint32_t));
-  char* base = static_cast<char*>(scratch);
-  SortedScratch s;
-  s.keys_in = reinterpret_cast<uint32_t*>(base);
-  s.keys_out = reinterpret_cast<uint32_t*>(base + array_bytes);
-  s.order_in = reinterpret_cast<uint32_t*>(base + 2 * array_bytes);
-  s.order_out = reinterpret_cast<uint32_t*>(base + 3 * array_bytes);
-  s.cub_temp = base + 4 * array_bytes;
-  s.cub_bytes = cub_sort_bytes(in, out);
-  return s;
+// Calls launch(group, index) with group an std::integral_constant of the channels per thread and index
+// a value of the index type: the widest group and the narrowest index the problem allows.
+template <typename T, typename Launch>
+void with_layout(bool wide, bool small_index, Launch&& launch) {
+  using Wide = std::integral_constant<int, kWideGroup<T>>;
+  using Single = std::integral_constant<int, 1>;
+  if (wide && small_index)
+    launch(Wide{}, int32_t{});
+  else if (wide)
+    launch(Wide{}, int64_t{});
+  else if (small_index)
+    launch(Single{}, int32_t{});
+  else
+    launch(Single{}, int64_t{});
 }
 
 }  // namespace
@@ -127,60 +191,35 @@ SortedScratch split_scratch(void* scratch, Volume in, Volume out) {
 template <typename T>
 cudaError_t maxpool3d_forward(const T* x, Volume in, Volume out, Window3 window, T* y, int32_t* argmax,
                               cudaStream_t stream) {
-  const int64_t n = out.numel();
-  if (n == 0) return cudaSuccess;
-  maxpool3d_forward_kernel<<<grid_for(n), kThreads, 0, stream>>>(x, in, out, window, y, argmax);
+  if (out.numel() == 0) return cudaSuccess;
+  const bool wide = wide_groups_fit(in.c, x, y, argmax);
+  with_layout<T>(wide, fits_32bit(in, out), [&](auto group, auto index) {
+    constexpr int g = decltype(group)::value;
+    maxpool3d_forward_kernel<T, g, decltype(index)>
+        <<<grid_for(out.numel() / g), kThreads, 0, stream>>>(x, in, out, window, y, argmax);
+  });
   return cudaGetLastError();
 }
 
 template <typename T>
-cudaError_t maxpool3d_backward_atomic(const T* dy, const int32_t* argmax, Volume in, Volume out, float* dx_accum,
-                                      cudaStream_t stream) {
-  if (const cudaError_t e = cudaMemsetAsync(dx_accum, 0, static_cast<size_t>(in.numel()) * sizeof(float), stream);
-      e != cudaSuccess)
-    return e;
-  const int64_t n = out.numel();
-  if (n == 0) return cudaSuccess;
-  scatter_atomic_kernel<<<grid_for(n), kThreads, 0, stream>>>(dy, argmax, in, out, dx_accum);
-  return cudaGetLastError();
-}
-
-size_t maxpool3d_backward_sorted_scratch_bytes(Volume in, Volume out) {
-  return 4 * align256(static_cast<size_t>(out.numel()) * sizeof(uint32_t)) + cub_sort_bytes(in, out);
-}
-
-template <typename T>
-cudaError_t maxpool3d_backward_sorted(const T* dy, const int32_t* argmax, Volume in, Volume out, void* scratch,
-                                      size_t scratch_bytes, T* dx, cudaStream_t stream) {
-  if (in.numel() >= (int64_t{1} << 32) || out.numel() >= (int64_t{1} << 32) ||
-      scratch_bytes < maxpool3d_backward_sorted_scratch_bytes(in, out))
-    return cudaErrorInvalidValue;
-  if (const cudaError_t e = cudaMemsetAsync(dx, 0, static_cast<size_t>(in.numel()) * sizeof(T), stream);
-      e != cudaSuccess)
-    return e;
-  const int64_t n = out.numel();
-  if (n == 0) return cudaSuccess;
-  SortedScratch s = split_scratch(scratch, in, out);
-  sort_keys_kernel<<<grid_for(n), kThreads, 0, stream>>>(argmax, in, out, s.keys_in, s.order_in);
-  if (const cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
-  if (const cudaError_t e = cub::DeviceRadixSort::SortPairs(s.cub_temp, s.cub_bytes, s.keys_in, s.keys_out, s.order_in,
-                                                            s.order_out, n, 0, key_bits(in), stream);
-      e != cudaSuccess)
-    return e;
-  sum_runs_kernel<<<grid_for(n), kThreads, 0, stream>>>(dy, s.keys_out, s.order_out, n, dx);
+cudaError_t maxpool3d_backward(const T* dy, const int32_t* argmax, Volume in, Volume out, Window3 window, T* dx,
+                               cudaStream_t stream) {
+  if (in.numel() == 0) return cudaSuccess;
+  const bool wide = wide_groups_fit(in.c, dy, dx, argmax);
+  with_layout<T>(wide, fits_32bit(in, out), [&](auto group, auto index) {
+    constexpr int g = decltype(group)::value;
+    maxpool3d_backward_kernel<T, g, decltype(index)>
+        <<<grid_for(in.numel() / g), kThreads, 0, stream>>>(dy, argmax, in, out, window, dx);
+  });
   return cudaGetLastError();
 }
 
 template cudaError_t maxpool3d_forward<float>(const float*, Volume, Volume, Window3, float*, int32_t*, cudaStream_t);
 template cudaError_t maxpool3d_forward<__nv_bfloat16>(const __nv_bfloat16*, Volume, Volume, Window3, __nv_bfloat16*,
                                                       int32_t*, cudaStream_t);
-template cudaError_t maxpool3d_backward_atomic<float>(const float*, const int32_t*, Volume, Volume, float*,
-                                                      cudaStream_t);
-template cudaError_t maxpool3d_backward_atomic<__nv_bfloat16>(const __nv_bfloat16*, const int32_t*, Volume, Volume,
-                                                              float*, cudaStream_t);
-template cudaError_t maxpool3d_backward_sorted<float>(const float*, const int32_t*, Volume, Volume, void*, size_t,
-                                                      float*, cudaStream_t);
-template cudaError_t maxpool3d_backward_sorted<__nv_bfloat16>(const __nv_bfloat16*, const int32_t*, Volume, Volume,
-                                                              void*, size_t, __nv_bfloat16*, cudaStream_t);
+template cudaError_t maxpool3d_backward<float>(const float*, const int32_t*, Volume, Volume, Window3, float*,
+                                               cudaStream_t);
+template cudaError_t maxpool3d_backward<__nv_bfloat16>(const __nv_bfloat16*, const int32_t*, Volume, Volume, Window3,
+                                                       __nv_bfloat16*, cudaStream_t);
 
 }  // namespace dsmil::kernels

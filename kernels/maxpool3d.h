@@ -11,22 +11,16 @@
 
 namespace dsmil::kernels {
 
+// One thread per output position and group of channels (16-byte loads when C and the pointers allow).
 template <typename T>
 cudaError_t maxpool3d_forward(const T* x, Volume in, Volume out, Window3 window, T* y, int32_t* argmax,
                               cudaStream_t stream);
 
-// Backward, fast: dx_accum[N, D, H, W, C] (fp32) = sum of dy over the windows each position won, by
-// atomic adds, so the order of the (rare) sums of three or more windows varies between runs.
+// dx = sum of dy over the outputs each position won. Gathered: each input position reads the outputs whose
+// window covers it and sums, in ascending output order, the dy of those whose argmax names it; so the
+// result is deterministic, written once (no memset, no atomics) and summed in fp32 whatever T is.
 template <typename T>
-cudaError_t maxpool3d_backward_atomic(const T* dy, const int32_t* argmax, Volume in, Volume out, float* dx_accum,
-                                      cudaStream_t stream);
-
-// Backward, deterministic: the same sums, each taken in ascending output order (a stable radix sort of
-// the outputs by target position, then one sum per target). Needs `scratch` of the size below;
-// in.numel() and out.numel() must be below 2^32.
-size_t maxpool3d_backward_sorted_scratch_bytes(Volume in, Volume out);
-template <typename T>
-cudaError_t maxpool3d_backward_sorted(const T* dy, const int32_t* argmax, Volume in, Volume out, void* scratch,
-                                      size_t scratch_bytes, T* dx, cudaStream_t stream);
+cudaError_t maxpool3d_backward(const T* dy, const int32_t* argmax, Volume in, Volume out, Window3 window, T* dx,
+                               cudaStream_t stream);
 
 }  // namespace dsmil::kernels

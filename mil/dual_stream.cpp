@@ -128,6 +128,7 @@ MilOutput DualStreamHead::forward(const Variable& h_in, const Tensor& mask_in, f
   const Variable v = fn::view(fn::relu(value_.forward(h)), {bags, n, features});
   out.y2 = bag_classifier_.forward(fn::bag_weighted_sum(a, v));
   out.y = fn::scale(fn::add(out.y1, out.y2), 0.5f);
+  out.attention_weights = a;
   out.attention = a.value().to(Device::CPU);
   out.attention_stats = stats.to(Device::CPU);
   return out;
@@ -154,6 +155,34 @@ MilOutput DualStreamMIL::forward(const Variable& x, const Tensor& mask, float ta
   return head_.forward(encoder_.forward(x, random), mask, tau, random);
 }
 
+namespace {
+
+// Mean over bags of H_b = -sum_i a_bi log a_bi (0 log 0 = 0; masked instances have a = 0), with
+// dH_b/da_bi = -(log a_bi + 1). On the host: a holds a few dozen numbers.
+Variable mean_attention_entropy(const Variable& a) {
+  const Tensor host = a.value().to(Device::CPU);
+  const int64_t bags = host.shape()[0];
+  std::vector<float> grad(host.numel(), 0.0f);
+  double total = 0.0;
+  for (int64_t i = 0; i < host.numel(); ++i) {
+    const double p = host.f32()[i];
+    if (p <= 0.0) continue;
+    total -= p * std::log(p);
+    grad[i] = static_cast<float>(-(std::log(p) + 1.0) / bags);
+  }
+  const Device device = a.value().device();
+  const Tensor value = Tensor::full({1}, static_cast<float>(total / bags)).to(device);
+  const Shape shape = host.shape();
+  return Variable::from_op(value, {a}, [a, grad, shape, device](const Tensor& g) {
+    const float factor = g.to(Device::CPU).f32()[0];
+    std::vector<float> scaled(grad.size());
+    for (size_t i = 0; i < grad.size(); ++i) scaled[i] = factor * grad[i];
+    a.accumulate_grad(Tensor::from_vector(shape, scaled).to(device));
+  });
+}
+
+}  // namespace
+
 Variable mil_loss(const MilOutput& out, const Tensor& target, const float class_weight[2], const LossConfig& config) {
   const int64_t bags = target.numel();
   const Device device = out.y.value().device();
@@ -162,7 +191,9 @@ Variable mil_loss(const MilOutput& out, const Tensor& target, const float class_
   const Tensor t = target.to(device), w = weight.to(device);
   const Variable l1 = fn::focal_loss(out.y1, t, w, config.label_smoothing, config.focal_gamma);
   const Variable l2 = fn::focal_loss(out.y2, t, w, config.label_smoothing, config.focal_gamma);
-  return fn::add(fn::scale(l1, config.stream_weight), fn::scale(l2, 1.0f - config.stream_weight));
+  const Variable loss = fn::add(fn::scale(l1, config.stream_weight), fn::scale(l2, 1.0f - config.stream_weight));
+  if (config.entropy_weight <= 0.0f) return loss;
+  return fn::add(loss, fn::scale(mean_attention_entropy(out.attention_weights), -config.entropy_weight));
 }
 
 }  // namespace dsmil::mil

@@ -37,6 +37,7 @@ struct ModelConfig {
 struct MilOutput {
   Variable y1, y2, y;  // stream-1, stream-2 and bag logits [B, 2]
   Tensor embeddings;   // h [B*n, F] from the encoder (on the model's device)
+  Variable attention_weights;  // a [B, n] on the model's device, differentiable
   Tensor attention;    // a [B, n] (CPU)
   Tensor attention_stats;  // [B, 3]: entropy, top-1 weight, effective number of instances (CPU)
   Tensor margins;      // z_i = c_i1 - c_i0 [B, n] (CPU)
@@ -80,8 +81,10 @@ struct LossConfig {
   float label_smoothing = 0.1f;
   float focal_gamma = 0.0f;
   float stream_weight = 0.5f;  // lambda
+  float entropy_weight = 0.0f;  // beta: the objective subtracts beta * mean attention entropy (collapse experiments)
 };
-// class_weight[2]: alpha per class (1, 1 for `none`). target[B] I32 on the CPU.
+// class_weight[2]: alpha per class (1, 1 for `none`). target[B] I32 on the CPU. With entropy_weight
+// beta > 0, beta times the bags' mean attention entropy is subtracted (a reward for spread attention).
 Variable mil_loss(const MilOutput& out, const Tensor& target, const float class_weight[2], const LossConfig& config);
 
 }  // namespace dsmil::mil

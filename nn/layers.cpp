@@ -41,6 +41,11 @@ Variable BatchNorm3d::forward(const Variable& x) {
   return fn::batchnorm(x, gamma, beta, running_mean, running_var, training(), momentum, eps);
 }
 
+Variable BatchNorm3d::forward_relu(const Variable& x, const Variable& residual, const Tensor& sample_factor) {
+  return fn::batchnorm_relu(x, gamma, beta, running_mean, running_var, training(), momentum, eps, residual,
+                            sample_factor);
+}
+
 Linear::Linear(int64_t in, int64_t out, InitEngine& engine, bool with_bias) {
   const float bound = 1.0f / std::sqrt(static_cast<float>(in));
   weight = Variable(draw({out, in}, engine, std::uniform_real_distribution<float>(-bound, bound)), true);

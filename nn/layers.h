@@ -26,6 +26,9 @@ class BatchNorm3d : public Module {
  public:
   explicit BatchNorm3d(int64_t channels);
   Variable forward(const Variable& x);
+  // relu(sample_factor[n] forward(x) + residual) in one fused op (fn::batchnorm_relu); both optional.
+  Variable forward_relu(const Variable& x, const Variable& residual = Variable(),
+                        const Tensor& sample_factor = Tensor());
   Variable gamma, beta;
   Tensor running_mean, running_var;
   float momentum = 0.1f, eps = 1e-5f;

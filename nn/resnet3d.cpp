@@ -19,6 +19,12 @@ namespace {
 Conv3dGeometry block_conv(int kd, int stride_hw) {
   return {{kd, 3, 3}, {1, stride_hw, stride_hw}, {kd / 2, 1, 1}};
 }
+
+// Drop-path as the per-sample factor keep / (1 - p) of the residual branch: drop_path of ones gives the
+// very factors fn::drop_path multiplies by (same counters), for the fused batch norm to apply.
+Tensor drop_path_factors(int64_t samples, float p, uint64_t seed, uint64_t offset, Device device) {
+  return ops::drop_path(Tensor::full({samples}, 1.0f, device), p, seed, offset);
+}
 }  // namespace
 
 BasicBlock::BasicBlock(int64_t in, int64_t out, int stride_hw, int kd, float drop_path, InitEngine& engine)
@@ -39,11 +45,15 @@ BasicBlock::BasicBlock(int64_t in, int64_t out, int stride_hw, int kd, float dro
   }
 }
 
+// relu(drop_path(bn2(conv2(relu(bn1(conv1(x)))))) + shortcut), each BN fused with what follows it.
 Variable BasicBlock::forward(const Variable& x, StepRandom& random) {
-  Variable branch = bn2_.forward(conv2_.forward(fn::relu(bn1_.forward(conv1_.forward(x)))));
-  if (training() && drop_path_ > 0.0f) branch = fn::drop_path(branch, drop_path_, random.seed, random.take(x.shape()[0]));
+  const Variable hidden = bn1_.forward_relu(conv1_.forward(x));
+  const int64_t samples = x.shape()[0];
+  const Tensor keep = training() && drop_path_ > 0.0f
+                          ? drop_path_factors(samples, drop_path_, random.seed, random.take(samples), x.value().device())
+                          : Tensor();
   const Variable shortcut = shortcut_conv_ ? shortcut_bn_->forward(shortcut_conv_->forward(x)) : x;
-  return fn::relu(fn::add(branch, shortcut));
+  return bn2_.forward_relu(conv2_.forward(hidden), shortcut, keep);
 }
 
 ResNet3D::ResNet3D(const ResNetConfig& config, InitEngine& engine)
@@ -73,7 +83,7 @@ ResNet3D::ResNet3D(const ResNetConfig& config, InitEngine& engine)
 
 Variable ResNet3D::forward(const Variable& x, StepRandom& random) {
   const Variable input = config_.bf16 ? fn::to_dtype(x, DType::BF16) : x;
-  Variable h = fn::relu(stem_bn_.forward(stem_conv_.forward(input)));
+  Variable h = stem_bn_.forward_relu(stem_conv_.forward(input));
   h = fn::maxpool3d(h, Pool3dGeometry{{1, 3, 3}, {1, 2, 2}, {0, 1, 1}});
   for (auto& block : blocks_) h = block->forward(h, random);
   return fn::global_avg_pool(h);

@@ -16,7 +16,7 @@ if [ "${1:-}" = "--pack" ]; then
   # Development machine: copy what the GPU machine needs into the carry folder (git-ignored).
   build=${2:-$repo_root/build-cuda}
   mkdir -p "$carry"
-  cp "$build/tests/gpu/test_gpu" "$carry/"
+  cp "$build/tests/gpu/test_gpu" "$build/tests/gpu/test_gpu_kernel_variants" "$carry/"
   [ -x "$build/dsmil" ] && cp "$build/dsmil" "$carry/"
   du -sh "$carry"
   exit 0
@@ -28,18 +28,9 @@ declare -a step_names step_results
 
 record() { step_names+=("$1"); step_results+=("$2"); }
 
-# cuDNN 9.19 from PyTorch's environment: the system's 9.14 is in the range with wrong 3-D convolutions.
-cudnn_dir=/opt/torch/.venv/lib/python3.12/site-packages/nvidia/cudnn/lib
-if [ ! -e "$cudnn_dir/libcudnn.so.9" ]; then
-  cudnn_dir=$(python3 -c 'import os, nvidia.cudnn as c; print(os.path.join(list(c.__path__)[0], "lib"))' 2>/dev/null)
-fi
-if [ -n "$cudnn_dir" ] && [ -e "$cudnn_dir/libcudnn.so.9" ]; then
-  export LD_LIBRARY_PATH="$cudnn_dir:$carry${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-  record "cuDNN 9.19 from PyTorch's env" "found: $cudnn_dir"
-else
-  export LD_LIBRARY_PATH="$carry${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-  record "cuDNN 9.19 from PyTorch's env" "FAIL: not found, the system cuDNN will load"
-fi
+source "$repo_root/scripts/gpu_env.sh"
+if [ -n "$cudnn_found" ]; then record "cuDNN 9.19 from PyTorch's env" "found: $cudnn_found"
+else record "cuDNN 9.19 from PyTorch's env" "FAIL: not found, the system cuDNN will load"; fi
 
 echo "== environment"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | sed 's/^/GPU: /'
@@ -71,6 +62,17 @@ if [ -x "$carry/test_gpu" ]; then
   fi
 else
   record "GPU tests" "FAIL: $carry/test_gpu missing (run scripts/gpu_check.sh --pack here first)"
+fi
+
+echo "== plain kernel variants against their CPU twins"
+if [ -x "$carry/test_gpu_kernel_variants" ]; then
+  if "$carry/test_gpu_kernel_variants" > "$logs/gpu_kernel_variants.log" 2>&1; then
+    record "plain kernel variants" "PASS: $(grep 'test cases:' "$logs/gpu_kernel_variants.log" | sed 's/\[doctest\] //')"
+  else
+    record "plain kernel variants" "FAIL (log: gpu_kernel_variants.log)"
+    grep -B2 -A8 "ERROR\|FAILED" "$logs/gpu_kernel_variants.log" | head -40
+  fi
+  grep -h "\[gpu-check\]" "$logs/gpu_kernel_variants.log" >> "$logs/gpu_checks.txt"
 fi
 
 # Conv tests are left out (cuDNN is slow under the sanitizer), and so is the test that makes runtime calls
@@ -113,6 +115,45 @@ else
   record "benchmark" "not run"
 fi
 
+echo "== kernel bench (every hand-written kernel alone, checked and timed)"
+if [ -x "$carry/dsmil" ] && [ "${DSMIL_SKIP_KERNEL_BENCH:-0}" != 1 ]; then
+  if "$carry/dsmil" bench --kernel all --variant both --json-out "$logs/kernels.json" > "$logs/kernel_bench.log" 2>&1; then
+    record "kernel bench" "PASS: every check within tolerance (table: kernel_bench.log)"
+  else
+    record "kernel bench" "FAIL (log: kernel_bench.log)"
+  fi
+fi
+
+echo "== Nsight Compute on the kernels below 60% of the copy bandwidth (why: bound, occupancy)"
+if command -v ncu > /dev/null && [ -x "$carry/dsmil" ] && [ "${DSMIL_SKIP_PROFILE:-0}" != 1 ]; then
+  : > "$logs/kernel_ncu.log"
+  for kernel in ${DSMIL_NCU_KERNELS:-batchnorm_statistics batchnorm_backward batchnorm_relu_forward_train batchnorm_relu_backward relu drop_path maxpool3d_forward maxpool3d_backward}; do
+    echo "#### $kernel bf16" >> "$logs/kernel_ncu.log"
+    timeout 120 ncu --clock-control none --section SpeedOfLight --section Occupancy --section MemoryWorkloadAnalysis \
+      "$carry/dsmil" bench --kernel "$kernel" --dtype bf16 --variant fast --reps 1 --warmup 0 >> "$logs/kernel_ncu.log" 2>&1 \
+      || echo "#### ncu failed for $kernel" >> "$logs/kernel_ncu.log"
+  done
+  record "ncu of the slow kernels" "ran (kernel_ncu.log)"
+fi
+
+echo "== one training step under Nsight Compute (kernel durations; the step's wall time from the benchmark)"
+if command -v ncu > /dev/null && [ -x "$carry/dsmil" ] && [ "${DSMIL_SKIP_PROFILE:-0}" != 1 ]; then
+  for precision in fp32 bf16; do
+    step_ms=$(grep -h "^train step: median" "$logs"/bench_dsmil_${precision}_*.log 2>/dev/null | awk '{print $4}' | sort -g | head -1)
+    if timeout 300 ncu --clock-control none --profile-from-start off --metrics gpu__time_duration.sum --csv \
+         --print-units base --print-kernel-base function "$carry/dsmil" bench --bags 2 --instances 32 --slab 4 \
+         --size 128 --width 64 --depth 18 --set model.topk=3 --set run.precision=$precision --steps 3 --warmup 3 \
+         --profile > "$logs/step_profile_$precision.csv" 2> "$logs/step_profile_$precision.err" &&
+       python3 "$repo_root/scripts/profile_step.py" "$logs/step_profile_$precision.csv" "${step_ms:-0}" \
+         > "$logs/step_profile_$precision.md"; then
+      record "step profile $precision" "ran (step_profile_$precision.md)"
+    else
+      record "step profile $precision" "FAIL (step_profile_$precision.err)"
+      tail -5 "$logs/step_profile_$precision.err"
+    fi
+  done
+fi
+
 echo
 echo "== worst GPU-test errors, relative to tolerance (err / tol; 1.0 = at the limit)"
 if [ -s "$logs/gpu_checks.txt" ]; then
@@ -123,6 +164,12 @@ if [ -s "$logs/gpu_checks.txt" ]; then
   grep " FAIL$" "$logs/gpu_checks.txt" | grep -v " err " | head -10
 fi
 echo
+for precision in fp32 bf16; do
+  [ -s "$logs/step_profile_$precision.md" ] && { echo "== step profile, $precision"; head -16 "$logs/step_profile_$precision.md"; }
+done
+echo "== kernel bench table"
+echo "kernel var type median_us %copy bound (whole table: kernel_bench.log)"
+grep -E "^[a-z_0-9]+ +(fast|plain) " "$logs/kernel_bench.log" 2>/dev/null | awk '{print $1, $2, $3, $6, $9, $11}' | head -80
 echo "== benchmark table"
 grep -A 20 "^side " "$logs/bench.log" 2>/dev/null
 echo

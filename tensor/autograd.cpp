@@ -50,17 +50,28 @@ void Variable::accumulate_grad(const Tensor& g) const {
   if (!requires_grad()) return;
   if (g.shape() != impl_->value.shape())
     throw ShapeError("accumulate_grad: gradient " + g.describe() + " for value " + impl_->value.describe());
-  const Tensor g32 = g.dtype() == DType::F32 ? g : g.to_dtype(DType::F32);
+  auto as_f32 = [](const Tensor& t) { return t.dtype() == DType::F32 ? t : t.to_dtype(DType::F32); };
+  // A parameter's gradient is fp32 for the optimizer; an activation's single gradient stays in the
+  // dtype it came in (a bf16 activation's bf16 gradient is used as it is, with no fp32 round trip).
+  const bool leaf = !impl_->backward;
   if (!impl_->grad.defined()) {
-    impl_->grad = g32;
+    impl_->grad = leaf ? as_f32(g) : g;
     impl_->grad_is_shared = true;
     return;
   }
-  if (impl_->grad_is_shared) {
-    impl_->grad = impl_->grad.clone();
+  // Two bf16 gradients of a bf16 activation add in bf16, as mixed precision does (PyTorch's autocast
+  // too): an fp32 sum would convert both and the result back, three passes over the activation.
+  if (!leaf && impl_->value.dtype() == DType::BF16 && impl_->grad.dtype() == DType::BF16 && g.dtype() == DType::BF16) {
+    impl_->grad = ops::add(impl_->grad, g);
+    impl_->grad_is_shared = false;
+    return;
+  }
+  // Other sums of several contributions are formed in fp32.
+  if (impl_->grad_is_shared || impl_->grad.dtype() != DType::F32) {
+    impl_->grad = impl_->grad.dtype() == DType::F32 ? impl_->grad.clone() : impl_->grad.to_dtype(DType::F32);
     impl_->grad_is_shared = false;
   }
-  ops::axpy_(impl_->grad, 1.0f, g32);
+  ops::axpy_(impl_->grad, 1.0f, as_f32(g));
 }
 
 Variable Variable::from_op(Tensor value, std::vector<Variable> inputs, BackwardFn backward) {
@@ -98,8 +109,8 @@ void Variable::backward(const Tensor& seed) {
   accumulate_grad(seed.defined() ? seed : Tensor::full(value().shape(), 1.0f, value().device()));
   for (auto it = order.rbegin(); it != order.rend(); ++it) {
     Impl* node = it->get();
-    // Gradients accumulate in fp32; a closure receives its output's gradient in the output's dtype
-    // (bf16 activations get bf16 gradients, as mixed precision wants).
+    // A closure receives its output's gradient in the output's dtype (bf16 activations get bf16
+    // gradients, as mixed precision wants).
     if (node->grad.defined())
       node->backward(node->grad.dtype() == node->value.dtype() ? node->grad : node->grad.to_dtype(node->value.dtype()));
     // Free the graph as we go: intermediate gradients and saved tensors are no longer needed.

@@ -1,9 +1,9 @@
 // Reverse-mode automatic differentiation over Tensors (first order only).
 // A Variable holds a value, and, when it requires a gradient, the gradient accumulated into it and the
 // node that made it: the node's inputs and a closure that turns the output's gradient into the inputs'.
-// Rule: parameter and activation gradients accumulate (+=) across uses, in fp32; backward closures never
-// write a gradient directly, they call accumulate_grad, and receive their output's gradient in the
-// output's dtype.
+// Rule: gradients accumulate (+=) across uses, sums in fp32 except bf16 + bf16 for a bf16 activation; a
+// parameter's (leaf's) gradient is fp32; an activation reached by one use keeps the gradient's dtype. Backward closures never write a gradient
+// directly, they call accumulate_grad, and receive their output's gradient in the output's dtype.
 #pragma once
 
 #include <functional>

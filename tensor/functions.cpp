@@ -85,11 +85,35 @@ Variable batchnorm(const Variable& x, const Variable& gamma, const Variable& bet
   });
 }
 
+Variable batchnorm_relu(const Variable& x, const Variable& gamma, const Variable& beta, Tensor& running_mean,
+                        Tensor& running_var, bool training, float momentum, float eps, const Variable& residual,
+                        const Tensor& sample_factor) {
+  const Tensor residual_value = residual.defined() ? residual.value() : Tensor();
+  if (!training)
+    return Variable::from_op(ops::batchnorm_relu_forward_eval(x.value(), gamma.value(), beta.value(), running_mean,
+                                                              running_var, eps, residual_value, sample_factor),
+                             {x, gamma, beta, residual}, [](const Tensor&) {
+                               throw Error("batchnorm_relu: backward through evaluation mode is not supported");
+                             });
+  BatchNormTrainOut out = ops::batchnorm_relu_forward_train(x.value(), gamma.value(), beta.value(), running_mean,
+                                                            running_var, momentum, eps, residual_value, sample_factor);
+  Tensor y = out.y, mean = out.save_mean, invstd = out.save_invstd;
+  auto backward = [x, gamma, beta, residual, y, mean, invstd, sample_factor](const Tensor& dy) {
+    BatchNormReluGrads grads = ops::batchnorm_relu_backward(dy, y, x.value(), gamma.value(), mean, invstd,
+                                                            sample_factor, residual.requires_grad());
+    x.accumulate_grad(grads.dx);
+    gamma.accumulate_grad(grads.dgamma);
+    beta.accumulate_grad(grads.dbeta);
+    if (grads.d_residual.defined()) residual.accumulate_grad(grads.d_residual);
+  };
+  return Variable::from_op(y, {x, gamma, beta, residual}, backward);
+}
+
 Variable maxpool3d(const Variable& x, const Pool3dGeometry& g) {
   MaxPoolOut out = ops::maxpool3d_forward(x.value(), g);
   Tensor argmax = out.argmax;
-  return Variable::from_op(out.y, {x}, [x, argmax](const Tensor& dy) {
-    x.accumulate_grad(ops::maxpool3d_backward(dy, argmax, x.shape()));
+  return Variable::from_op(out.y, {x}, [x, argmax, g](const Tensor& dy) {
+    x.accumulate_grad(ops::maxpool3d_backward(dy, argmax, x.shape(), g));
   });
 }
 

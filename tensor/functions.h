@@ -30,6 +30,13 @@ Variable conv3d(const Variable& x, const Variable& w, const Conv3dGeometry& g);
 Variable batchnorm(const Variable& x, const Variable& gamma, const Variable& beta, Tensor& running_mean,
                    Tensor& running_var, bool training, float momentum, float eps);
 
+// relu(s[n] batchnorm(x) + residual) as one fused op (tensor/ops.h): the stem's and a BasicBlock's
+// BN -> ReLU and BN -> (drop-path) -> add shortcut -> ReLU. residual: an undefined Variable for none;
+// sample_factor: F32 [N] per-sample factor of the normalised branch (drop-path's), undefined for 1.
+Variable batchnorm_relu(const Variable& x, const Variable& gamma, const Variable& beta, Tensor& running_mean,
+                        Tensor& running_var, bool training, float momentum, float eps,
+                        const Variable& residual = Variable(), const Tensor& sample_factor = Tensor());
+
 Variable maxpool3d(const Variable& x, const Pool3dGeometry& g);
 Variable global_avg_pool(const Variable& x);
 

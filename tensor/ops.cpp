@@ -183,14 +183,29 @@ BatchNormGrads batchnorm_backward(const Tensor& dy, const Tensor& x, const Tenso
   DSMIL_DISPATCH(device, batchnorm_backward, dy, x, gamma, save_mean, save_invstd);
 }
 
+BatchNormTrainOut batchnorm_relu_forward_train(const Tensor& x, const Tensor& gamma, const Tensor& beta, Tensor& running_mean, Tensor& running_var, float momentum, float eps, const Tensor& residual, const Tensor& sample_factor) {
+  const Device device = common_device("batchnorm_relu_forward_train", {&x, &gamma, &beta, &running_mean, &running_var, &residual, &sample_factor});
+  DSMIL_DISPATCH(device, batchnorm_relu_forward_train, x, gamma, beta, running_mean, running_var, momentum, eps, residual, sample_factor);
+}
+
+Tensor batchnorm_relu_forward_eval(const Tensor& x, const Tensor& gamma, const Tensor& beta, const Tensor& running_mean, const Tensor& running_var, float eps, const Tensor& residual, const Tensor& sample_factor) {
+  const Device device = common_device("batchnorm_relu_forward_eval", {&x, &gamma, &beta, &running_mean, &running_var, &residual, &sample_factor});
+  DSMIL_DISPATCH(device, batchnorm_relu_forward_eval, x, gamma, beta, running_mean, running_var, eps, residual, sample_factor);
+}
+
+BatchNormReluGrads batchnorm_relu_backward(const Tensor& dy, const Tensor& y, const Tensor& x, const Tensor& gamma, const Tensor& save_mean, const Tensor& save_invstd, const Tensor& sample_factor, bool residual_grad) {
+  const Device device = common_device("batchnorm_relu_backward", {&dy, &y, &x, &gamma, &save_mean, &save_invstd, &sample_factor});
+  DSMIL_DISPATCH(device, batchnorm_relu_backward, dy, y, x, gamma, save_mean, save_invstd, sample_factor, residual_grad);
+}
+
 MaxPoolOut maxpool3d_forward(const Tensor& x, const Pool3dGeometry& g) {
   const Device device = common_device("maxpool3d_forward", {&x});
   DSMIL_DISPATCH(device, maxpool3d_forward, x, g);
 }
 
-Tensor maxpool3d_backward(const Tensor& dy, const Tensor& argmax, const Shape& x_shape) {
+Tensor maxpool3d_backward(const Tensor& dy, const Tensor& argmax, const Shape& x_shape, const Pool3dGeometry& g) {
   const Device device = common_device("maxpool3d_backward", {&dy, &argmax});
-  DSMIL_DISPATCH(device, maxpool3d_backward, dy, argmax, x_shape);
+  DSMIL_DISPATCH(device, maxpool3d_backward, dy, argmax, x_shape, g);
 }
 
 Tensor global_avg_pool(const Tensor& x) {

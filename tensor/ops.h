@@ -50,6 +50,11 @@ struct BatchNormGrads {
   Tensor dx, dgamma, dbeta;
 };
 
+// Gradients of the fused batch norm + ReLU; d_residual is undefined unless it was asked for.
+struct BatchNormReluGrads {
+  Tensor dx, dgamma, dbeta, d_residual;
+};
+
 struct MaxPoolOut {
   Tensor y, argmax;
 };

@@ -48,6 +48,17 @@ void high_auc_low_f1(const FoldEvaluation& f, const std::string& scope, const An
   }
 }
 
+// A fold whose model never ranked its own training bags well learned nothing its test metrics could show.
+void no_learning(const FoldEvaluation& f, const std::string& scope, const AnomalyRules& rules, std::vector<Anomaly>& out) {
+  if (!f.stability || std::isnan(f.stability->train_auc_max)) return;
+  const Stability& s = *f.stability;
+  if (s.train_auc_max < rules.min_train_auc)
+    out.push_back({AnomalyKind::no_learning, scope,
+                   fmt::format("the training AUC never reached {:.2f}: at most {:.4f} (epoch {}) over {} epochs{}",
+                               rules.min_train_auc, s.train_auc_max, s.train_auc_max_epoch, s.epochs,
+                               f.info.stopped_early ? ", stopped early" : "")});
+}
+
 void overfitting(const FoldEvaluation& f, const std::string& scope, const AnomalyRules& rules,
                  std::vector<Anomaly>& out) {
   if (!f.stability) return;
@@ -103,6 +114,7 @@ std::string_view anomaly_name(AnomalyKind kind) {
   switch (kind) {
     case AnomalyKind::class_collapse: return "class collapse";
     case AnomalyKind::high_auc_low_f1: return "high AUC with low F1";
+    case AnomalyKind::no_learning: return "no learning";
     case AnomalyKind::overfitting: return "overfitting";
     case AnomalyKind::attention_collapse: return "attention collapse";
     case AnomalyKind::miscalibration: return "miscalibration";
@@ -123,6 +135,7 @@ std::vector<Anomaly> find_anomalies(const CvEvaluation& cv, const AnomalyRules& 
     const std::string scope = fold_label(f.info, cv.n_repeats);
     class_collapse(f, scope, rules, out);
     high_auc_low_f1(f, scope, rules, out);
+    no_learning(f, scope, rules, out);
     overfitting(f, scope, rules, out);
     attention_collapse(f, scope, rules, out);
     miscalibration(f, scope, rules, out);
@@ -144,6 +157,7 @@ std::string rules_text(const AnomalyRules& r) {
       "is below {:.2f}, or every prediction is one class.\n"
       "- **high AUC with low F1**: test AUC ≥ {:.2f} and, at a threshold, F1 (HGG positive) < {:.2f} or balanced "
       "accuracy < {:.2f} (a threshold problem, not a ranking problem).\n"
+      "- **no learning**: no epoch's training AUC (training bags as drawn, at that epoch) reached {:.2f}.\n"
       "- **overfitting**: at the final epoch val loss − train loss > {:.2f}, or the final val loss is more than "
       "{:.0f}% above its minimum (val = the chosen model's validation record).\n"
       "- **attention collapse**: over the last {} epochs with attention diagnostics, mean top-1 attention weight "
@@ -151,7 +165,7 @@ std::string rules_text(const AnomalyRules& r) {
       "- **miscalibration**: test ECE ({} equal-width bins) > {:.2f}.\n"
       "- **fold spread**: sample std over folds of F1 or balanced accuracy (calibrated threshold) > {:.2f}.\n"
       "- **optimistic protocol**: the run selected checkpoints/thresholds on the test folds (`select_on_test`).\n",
-      r.min_class_recall, r.high_auc, r.low_f1, r.low_balanced_accuracy, r.max_final_loss_gap,
+      r.min_class_recall, r.high_auc, r.low_f1, r.low_balanced_accuracy, r.min_train_auc, r.max_final_loss_gap,
       100.0 * r.max_val_loss_rise, kAttentionTailEpochs, r.max_attention_top1, r.min_attention_neff, kEceBins,
       r.max_ece, r.max_fold_std);
 }
@@ -162,7 +176,8 @@ std::vector<Recommendation> recommendations_for(const std::vector<Anomaly>& anom
        {"Rerun with the nested protocol (default; drop `--select-on-test`): the inner validation split chooses "
         "checkpoint and threshold, the outer fold is predicted once."}},
       {1, AnomalyKind::class_collapse, "Fix the class collapse",
-       {"Balanced class weights in the loss (`balanced`, α_c = N / (2 N_c)) on top of the `weighted` sampler.",
+       {"Balance the classes once: the `weighted` sampler or `balanced` class weights (α_c = N / (2 N_c)). Both "
+        "together correct twice and push p(HGG) below 0.5 for most cases, the collapse toward LGG.",
         "Focal loss with γ = 2 and label smoothing ε = 0.2 (configs/recommended-v2).",
         "Early stopping and checkpoint choice on `min_class_recall` instead of `auc`.",
         "Threshold calibration (`youden` or `max_f1`) on the inner validation predictions."}},
@@ -174,6 +189,12 @@ std::vector<Recommendation> recommendations_for(const std::vector<Anomaly>& anom
        {"Calibrate the threshold on the inner validation split; consider label smoothing ε = 0.2 and focal γ = 2, "
         "which temper over-confident outputs.",
         "Inspect the reliability diagram (plots/reliability.svg) before using the scores clinically."}},
+      {1, AnomalyKind::no_learning, "Let the model learn before judging it",
+       {"A lower learning rate (`train.lr`), or more warm-up: a from-scratch 3-D ResNet on bags of 2 may only "
+        "start to fit once the cosine schedule has brought the rate down.",
+        "Early stopping must not end a fold before its training AUC rises: raise `train.min_epochs` and "
+        "`train.patience` (the curves in plots/curves_fold_k.svg show where the training AUC takes off).",
+        "Check the data path on a few cases (`dsmil predict` montages): the grade must be visible in the slabs."}},
       {3, AnomalyKind::overfitting, "Regularise",
        {"Smaller bags (n 32 → 16) with `stratified` instance sampling.",
         "Dropout 0.6, stochastic depth (drop_path 0.1), instance dropout.",

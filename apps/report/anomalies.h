@@ -1,4 +1,4 @@
-// Anomaly rules over a CV evaluation (class collapse, high AUC with low F1, overfitting, attention
+// Anomaly rules over a CV evaluation (class collapse, high AUC with low F1, no learning, overfitting, attention
 // collapse, miscalibration, fold spread, optimistic protocol) and the recommendations mapped from them.
 #pragma once
 
@@ -17,6 +17,7 @@ struct AnomalyRules {
   double high_auc = 0.85;                   // high AUC with low F1: AUC at least this …
   double low_f1 = 0.7;                      // … and F1 below this
   double low_balanced_accuracy = 0.7;       // … or balanced accuracy below this
+  double min_train_auc = 0.7;               // no learning: no epoch's training AUC reached this
   double max_final_loss_gap = 0.15;         // overfitting: val − train loss at the final epoch above this
   double max_val_loss_rise = 0.20;          // overfitting: final val loss above (1 + this) × its minimum
   double max_attention_top1 = 0.9;          // attention collapse: mean top-1 weight above this …
@@ -28,6 +29,7 @@ struct AnomalyRules {
 enum class AnomalyKind {
   class_collapse,
   high_auc_low_f1,
+  no_learning,
   overfitting,
   attention_collapse,
   miscalibration,

@@ -45,6 +45,12 @@ Stability stability_of(const std::vector<EpochRecord>& history, const FoldInfo& 
     }
   }
   if (s.min_val_loss_epoch == 0) s.val_loss_min = kNaN;
+  s.train_auc_max = kNaN;
+  for (const auto& e : history)
+    if (!std::isnan(e.train.auc) && (std::isnan(s.train_auc_max) || e.train.auc > s.train_auc_max)) {
+      s.train_auc_max = e.train.auc;
+      s.train_auc_max_epoch = e.epoch;
+    }
   return s;
 }
 
@@ -172,6 +178,8 @@ json stability_json(const std::optional<Stability>& s) {
           {"val_auc_best", number_json(s->val_auc_best)},
           {"val_auc_final", number_json(s->val_auc_final)},
           {"train_loss_final", number_json(s->train_loss_final)},
+          {"train_auc_max", number_json(s->train_auc_max)},
+          {"train_auc_max_epoch", s->train_auc_max_epoch},
           {"loss_gap_final", number_json(s->loss_gap_final)}};
 }
 

@@ -20,6 +20,8 @@ struct Stability {
   double val_loss_first = 0, val_loss_best = 0, val_loss_final = 0, val_loss_min = 0;
   double val_auc_first = 0, val_auc_best = 0, val_auc_final = 0;
   double train_loss_final = 0;
+  double train_auc_max = 0;   // the highest training AUC of any epoch (NaN when none was logged) …
+  int train_auc_max_epoch = 0;  // … and its epoch
   double loss_gap_final = 0;  // val_loss_final − train_loss_final
 };
 

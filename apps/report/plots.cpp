@@ -116,8 +116,10 @@ std::string curves_svg(const FoldData& fold, const std::string& title) {
   }
   const double best = fold.info.best_epoch;
   const Range loss_range = axis_range(0, 0, loss, false), auc_range{0.0, 1.0};
-  loss.push_back({"best epoch", {best, best}, {loss_range.lo, loss_range.hi}, true});
-  auc.push_back({"best epoch", {best, best}, {auc_range.lo, auc_range.hi}, true});
+  if (best > 0) {
+    loss.push_back({"best epoch", {best, best}, {loss_range.lo, loss_range.hi}, true});
+    auc.push_back({"best epoch", {best, best}, {auc_range.lo, auc_range.hi}, true});
+  }
   ChartSpec loss_spec{title + ": loss", "epoch", "loss"};
   loss_spec.y_min = loss_range.lo;
   loss_spec.y_max = loss_range.hi;
@@ -296,6 +298,23 @@ std::string svg_line_chart(const ChartSpec& spec, const std::vector<Series>& ser
                      escape(ser.name));
   }
   return s + "</svg>\n";
+}
+
+std::vector<fs::path> write_training_plots(const fs::path& fold_dir, const std::string& title, int best_epoch) {
+  FoldData fold;
+  fold.dir = fold_dir;
+  fold.info.best_epoch = best_epoch;
+  fold.history = read_metrics_jsonl(fold_dir / "metrics.jsonl");
+  std::vector<fs::path> written;
+  if (fold.history.empty()) return written;
+  fs::create_directories(fold_dir / "plots");
+  written.push_back(fold_dir / "plots" / "curves.svg");
+  write_text_file(written.back(), curves_svg(fold, title));
+  if (std::any_of(fold.history.begin(), fold.history.end(), [](const auto& e) { return e.attention.has_value(); })) {
+    written.push_back(fold_dir / "plots" / "attention.svg");
+    write_text_file(written.back(), attention_svg(fold, title));
+  }
+  return written;
 }
 
 std::vector<fs::path> write_cv_plots(const RunData& run, const CvEvaluation& cv, const fs::path& plots_dir) {

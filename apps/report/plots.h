@@ -39,6 +39,12 @@ std::string svg_line_chart(const ChartSpec& spec, const std::vector<Series>& ser
 std::vector<std::filesystem::path> write_cv_plots(const RunData& run, const CvEvaluation& cv,
                                                   const std::filesystem::path& plots_dir);
 
+// The plots of a fold still training, from its metrics.jsonl so far (`--plot-every N`): curves.svg and,
+// when attention is logged, attention.svg in fold_dir/plots (replaced each time), the best epoch so far
+// marked (none: 0). Returns their paths.
+std::vector<std::filesystem::path> write_training_plots(const std::filesystem::path& fold_dir,
+                                                        const std::string& title, int best_epoch);
+
 // 8-bit grayscale PNG of width × height pixels, row-major from the top row.
 void write_png_gray(const std::filesystem::path& path, int width, int height, const std::vector<uint8_t>& pixels);
 

@@ -313,6 +313,50 @@ FoldData load_fold(const fs::path& fold_dir) {
   return f;
 }
 
+namespace {
+
+std::string file_text(const fs::path& path) {
+  std::ifstream in(path);
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+// The run directory a fold directory belongs to: fold_k/ or repeat_r/fold_k/ below it.
+fs::path run_dir_of(const FoldData& fold) {
+  const fs::path parent = fold.dir.parent_path();
+  return parent.filename().string().rfind("repeat_", 0) == 0 ? parent.parent_path() : parent;
+}
+
+// Folds merged from runs made apart (`cv --folds`, other machines) must be one CV: the same config and
+// splits wherever those files exist, and no case in the test set of two folds of one repeat.
+void check_folds_belong_together(const std::vector<FoldData>& folds) {
+  std::map<std::string, fs::path> configs, splits;
+  for (const FoldData& fold : folds) {
+    const fs::path run_dir = run_dir_of(fold);
+    if (fs::exists(run_dir / "config.toml")) configs.emplace(file_text(run_dir / "config.toml"), run_dir);
+    const fs::path splits_json = fold.dir.parent_path() / "splits.json";
+    if (fs::exists(splits_json)) splits.emplace(file_text(splits_json), fold.dir.parent_path());
+  }
+  if (configs.size() > 1)
+    throw FormatError(fmt::format("the folds come from runs with different configs: {} and {}",
+                                  configs.begin()->second.string(), std::next(configs.begin())->second.string()));
+  if (splits.size() > 1)
+    throw FormatError(fmt::format("the folds come from runs with different splits: {} and {}",
+                                  splits.begin()->second.string(), std::next(splits.begin())->second.string()));
+  std::map<std::pair<int, std::string>, const FoldData*> tested_in;
+  for (const FoldData& fold : folds)
+    for (const PredictionRow& row : fold.predictions) {
+      if (row.split != "test") continue;
+      const auto [it, fresh] = tested_in.emplace(std::pair(fold.info.repeat, row.case_id), &fold);
+      if (!fresh && it->second != &fold)
+        throw FormatError(fmt::format("case {} is in the test set of {} and of {}: these folds are not one CV",
+                                      row.case_id, it->second->dir.string(), fold.dir.string()));
+    }
+}
+
+}  // namespace
+
 RunData load_runs(const std::vector<fs::path>& inputs) {
   if (inputs.empty()) throw FormatError("no run or fold directory given");
   RunData run;
@@ -337,6 +381,7 @@ RunData load_runs(const std::vector<fs::path>& inputs) {
       throw FormatError(fmt::format("repeat {} fold {} is given twice: {} and {}", a.info.repeat, a.info.fold,
                                     a.dir.string(), b.dir.string()));
   }
+  check_folds_belong_together(run.folds);
   return run;
 }
 

@@ -8,10 +8,14 @@
 #include "data/sampling.h"
 #include "tensor/tensor.h"
 
+namespace dsmil::data {
+class DeviceCohort;
+}
+
 namespace dsmil::app {
 
 struct Batch {
-  Tensor x;       // [B*n, S, H, W, 4] on the CPU
+  Tensor x;       // [B*n, S, H, W, 4] on the CPU, or on the GPU when gathered from a DeviceCohort
   Tensor mask;    // [B, n] I32: 1 for a real instance, 0 for padding
   Tensor target;  // [B] I32
   std::vector<int> cases;                // index of each bag's case in the cohort
@@ -26,9 +30,16 @@ struct BagSpec {
   data::AugmentParams augment_params;
 };
 
+// Where x is gathered: on the host (F32), or on the GPU from the resident cohort (its indices are the
+// cohort's) in `dtype`, one launch per batch; both give the same values (data::gather_bag).
+struct GatherTarget {
+  const data::DeviceCohort* resident = nullptr;
+  DType dtype = DType::F32;
+};
+
 // The bags of `case_indices` (one bag per case); `seeds[b]` drives bag b's instance draw and
 // augmentation, so a bag is a function of its seed alone.
 Batch make_batch(const std::vector<data::CaseVolume>& cohort, const std::vector<int>& case_indices,
-                 const std::vector<uint64_t>& seeds, const BagSpec& spec);
+                 const std::vector<uint64_t>& seeds, const BagSpec& spec, const GatherTarget& target = {});
 
 }  // namespace dsmil::app

@@ -16,6 +16,7 @@ std::vector<NamedField> config_fields(RunConfig& c) {
       {"data.cache", &c.cache_dir},
       {"data.grid", &c.grid},
       {"data.on_bad_case", &c.on_bad_case},
+      {"data.resident", &c.resident},
       {"model.depth", &c.depth},
       {"model.width", &c.width},
       {"model.slab_depth", &c.slab_depth},
@@ -30,6 +31,7 @@ std::vector<NamedField> config_fields(RunConfig& c) {
       {"loss.focal_gamma", &c.focal_gamma},
       {"loss.class_weights", &c.class_weights},
       {"loss.stream_weight", &c.stream_weight},
+      {"loss.entropy_weight", &c.entropy_weight},
       {"train.epochs", &c.epochs},
       {"train.min_epochs", &c.min_epochs},
       {"train.patience", &c.patience},
@@ -75,7 +77,8 @@ mil::ModelConfig RunConfig::model_config() const {
 }
 
 mil::LossConfig RunConfig::loss_config() const {
-  return {static_cast<float>(label_smoothing), static_cast<float>(focal_gamma), static_cast<float>(stream_weight)};
+  return {static_cast<float>(label_smoothing), static_cast<float>(focal_gamma), static_cast<float>(stream_weight),
+          static_cast<float>(entropy_weight)};
 }
 
 namespace {
@@ -189,6 +192,7 @@ void validate_config(const RunConfig& c) {
   check_range("loss.focal_gamma", c.focal_gamma, 0, 10);
   check_in<std::string>("loss.class_weights", c.class_weights, {"none", "balanced"});
   check_range("loss.stream_weight", c.stream_weight, 0, 1);
+  check_range("loss.entropy_weight", c.entropy_weight, 0, 10);
   check_range("train.epochs", c.epochs, 1, 100000);
   check_range("train.min_epochs", c.min_epochs, 0, c.epochs);
   check_range("train.patience", c.patience, 1, 100000);

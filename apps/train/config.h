@@ -21,6 +21,7 @@ struct RunConfig {
   std::string cache_dir = "cache";       // preprocessing cache ("" = none)
   std::string grid = "128,128,128";      // D,H,W after preprocessing
   std::string on_bad_case = "fail";      // fail | skip
+  bool resident = true;                  // GPU runs: the cohort on the device, bags gathered there
 
   // model (DESIGN section 3)
   int depth = 18, width = 64, slab_depth = 3;
@@ -37,6 +38,7 @@ struct RunConfig {
   double focal_gamma = 2.0;
   std::string class_weights = "balanced";  // none | balanced
   double stream_weight = 0.5;              // lambda
+  double entropy_weight = 0.0;             // beta: loss - beta * mean attention entropy (0: off)
 
   // training (DESIGN section 5)
   int epochs = 40, min_epochs = 10, patience = 10;

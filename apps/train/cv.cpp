@@ -3,6 +3,7 @@
 
 #include <omp.h>
 
+#include <algorithm>
 #include <chrono>
 #include <ctime>
 #include <fstream>
@@ -13,6 +14,9 @@
 
 #include "apps/report/audit.h"
 #include "apps/train/trainer.h"
+#ifdef DSMIL_WITH_CUDA
+#include "data/device_cohort.h"
+#endif
 #include "data/cases.h"
 #include "data/preprocess.h"
 #include "data/progress.h"
@@ -49,11 +53,92 @@ fs::path repeat_dir(const fs::path& run_dir, int repeats, int repeat) {
   return repeats > 1 ? run_dir / fmt::format("repeat_{}", repeat) : run_dir;
 }
 
+
+// Discovers and preprocesses the cohort (through the cache) and lists the skipped cases in the run directory.
+data::PreprocessedCohort prepare_cohort(const RunConfig& config, const fs::path& run_dir) {
+  const data::BadCasePolicy policy = data::parse_bad_case_policy(config.on_bad_case);
+  const data::Discovery found = data::discover_dataset(config.data_root, policy);
+  data::PreprocessOptions prep;
+  prep.cache_dir = config.cache_dir;
+  prep.params.grid = data::parse_grid(config.grid);
+  prep.on_bad_case = policy;
+  prep.threads = config.threads > 0 ? config.threads : static_cast<int>(std::thread::hardware_concurrency());
+  data::ProgressReporter progress("preprocess", static_cast<int64_t>(found.cases.size()));
+  prep.progress = &progress;
+  data::PreprocessedCohort cohort = data::preprocess_cohort(found.cases, prep);
+  progress.finish();
+  std::vector<data::SkippedCase> skipped = found.skipped;
+  skipped.insert(skipped.end(), cohort.skipped.begin(), cohort.skipped.end());
+  {
+    std::ofstream out(run_dir / "skipped_cases.txt");
+    for (const data::SkippedCase& s : skipped) {
+      out << s.message() << "\n";
+      std::fprintf(stderr, "skipped: %s\n", s.message().c_str());
+    }
+  }
+  std::fprintf(stderr, "%zu cases (%d from the cache, %d preprocessed), %zu skipped\n", cohort.cases.size(),
+               cohort.cache_hits, cohort.cache_builds, skipped.size());
+  return cohort;
+}
+
+// The seeded splits of every repeat, written to its splits.json (kept as it is when resuming: scheduled
+// folds resume the run side by side and must not rewrite a file under each other).
+std::vector<data::Splits> make_repeat_splits(const RunConfig& config, const std::vector<data::CaseVolume>& cases,
+                                             const fs::path& run_dir, bool resuming) {
+  std::vector<int> labels;
+  std::vector<std::string> groups, ids;
+  for (const data::CaseVolume& c : cases) {
+    labels.push_back(c.label);
+    groups.push_back(c.patient_id.empty() ? c.case_id : c.patient_id);
+    ids.push_back(c.case_id);
+  }
+  std::vector<data::Splits> repeat_splits;
+  for (int repeat = 0; repeat < config.repeats; ++repeat) {
+    const data::SplitOptions split_options{config.folds, config.select_on_test ? 0.0 : config.inner_val,
+                                           static_cast<uint64_t>(config.seed) + static_cast<uint64_t>(repeat)};
+    repeat_splits.push_back(data::make_splits(labels, groups, split_options));
+    const fs::path base = repeat_dir(run_dir, config.repeats, repeat);
+    fs::create_directories(base);
+    if (!resuming || !fs::exists(base / "splits.json")) data::write_splits_json(base / "splits.json", repeat_splits.back(), ids);
+  }
+  return repeat_splits;
+}
+
+// Trains `folds` of every repeat in this process, one after another.
+void train_here(const RunConfig& config, const std::vector<data::CaseVolume>& cases, Device device,
+                const std::vector<data::Splits>& repeat_splits, const std::vector<int>& folds, const fs::path& run_dir,
+                bool resuming) {
+  GatherTarget gather;
+#ifdef DSMIL_WITH_CUDA
+  std::unique_ptr<data::DeviceCohort> resident;
+  if (device == Device::CUDA && config.resident) {
+    resident = std::make_unique<data::DeviceCohort>(cases);
+    gather = {resident.get(), config.precision == "bf16" ? DType::BF16 : DType::F32};
+    std::fprintf(stderr, "cohort resident on the GPU: %.2f GiB\n", resident->bytes() / 1073741824.0);
+  }
+#endif
+  Trainer trainer(config, cases, device, gather);
+  for (int repeat = 0; repeat < config.repeats; ++repeat)
+    for (const int fold : folds) {
+      const data::Fold& f = repeat_splits[repeat].folds[fold];
+      trainer.run_fold({repeat, fold, f.train, f.inner_val, f.test},
+                       repeat_dir(run_dir, config.repeats, repeat) / fmt::format("fold_{}", fold), resuming);
+    }
+}
+
 }  // namespace
 
 CvResult run_cv(const RunConfig& config, const CvOptions& options) {
   validate_config(config);
   if (config.data_root.empty()) throw Error("no data: give --data ROOT (a BraTS folder or a manifest CSV)");
+  std::vector<int> folds = options.folds;
+  for (const int fold : folds)
+    if (fold < 0 || fold >= config.folds)
+      throw Error(fmt::format("--folds: there is no fold {} (cv.folds = {})", fold, config.folds));
+  if (folds.empty())
+    for (int fold = 0; fold < config.folds; ++fold) folds.push_back(fold);
+  std::sort(folds.begin(), folds.end());
+  folds.erase(std::unique(folds.begin(), folds.end()), folds.end());
   if (config.threads > 0) omp_set_num_threads(config.threads);
   const Device device = resolve_device(config.device);
   math_mode().allow_tf32 = !config.strict_fp32;
@@ -71,56 +156,20 @@ CvResult run_cv(const RunConfig& config, const CvOptions& options) {
     if (!saved || text.str() != config_to_toml(config))
       throw Error(fmt::format("--resume {}: its config.toml is missing or differs from this run's config",
                               result.run_dir.string()));
+  } else {
+    fs::create_directories(result.run_dir);
+    std::ofstream(result.run_dir / "config.toml") << config_to_toml(config);
   }
-  fs::create_directories(result.run_dir);
-  std::ofstream(result.run_dir / "config.toml") << config_to_toml(config);
   std::fprintf(stderr, "run directory: %s (device %s)\n", result.run_dir.string().c_str(), device_name(device));
 
-  const data::BadCasePolicy policy = data::parse_bad_case_policy(config.on_bad_case);
-  const data::Discovery found = data::discover_dataset(config.data_root, policy);
-  data::PreprocessOptions prep;
-  prep.cache_dir = config.cache_dir;
-  prep.params.grid = data::parse_grid(config.grid);
-  prep.on_bad_case = policy;
-  prep.threads = config.threads > 0 ? config.threads : static_cast<int>(std::thread::hardware_concurrency());
-  data::ProgressReporter progress("preprocess", static_cast<int64_t>(found.cases.size()));
-  prep.progress = &progress;
-  const data::PreprocessedCohort cohort = data::preprocess_cohort(found.cases, prep);
-  progress.finish();
-  std::vector<data::SkippedCase> skipped = found.skipped;
-  skipped.insert(skipped.end(), cohort.skipped.begin(), cohort.skipped.end());
-  {
-    std::ofstream out(result.run_dir / "skipped_cases.txt");
-    for (const data::SkippedCase& s : skipped) {
-      out << s.message() << "\n";
-      std::fprintf(stderr, "skipped: %s\n", s.message().c_str());
-    }
-  }
-  std::fprintf(stderr, "%zu cases (%d from the cache, %d preprocessed), %zu skipped\n", cohort.cases.size(),
-               cohort.cache_hits, cohort.cache_builds, skipped.size());
-
-  std::vector<int> labels;
-  std::vector<std::string> groups, ids;
-  for (const data::CaseVolume& c : cohort.cases) {
-    labels.push_back(c.label);
-    groups.push_back(c.patient_id.empty() ? c.case_id : c.patient_id);
-    ids.push_back(c.case_id);
-  }
-  Trainer trainer(config, cohort.cases, device);
+  data::PreprocessedCohort cohort = prepare_cohort(config, result.run_dir);
+  const std::vector<data::Splits> repeat_splits = make_repeat_splits(config, cohort.cases, result.run_dir, resuming);
   const auto t0 = std::chrono::steady_clock::now();
-  for (int repeat = 0; repeat < config.repeats; ++repeat) {
-    const data::SplitOptions split_options{config.folds, config.select_on_test ? 0.0 : config.inner_val,
-                                           static_cast<uint64_t>(config.seed) + static_cast<uint64_t>(repeat)};
-    const data::Splits splits = data::make_splits(labels, groups, split_options);
-    const fs::path base = repeat_dir(result.run_dir, config.repeats, repeat);
-    fs::create_directories(base);
-    data::write_splits_json(base / "splits.json", splits, ids);
-    for (int fold = 0; fold < config.folds; ++fold) {
-      if (!options.folds.empty() && std::find(options.folds.begin(), options.folds.end(), fold) == options.folds.end())
-        continue;
-      const data::Fold& f = splits.folds[fold];
-      trainer.run_fold({repeat, fold, f.train, f.inner_val, f.test}, base / fmt::format("fold_{}", fold), resuming);
-    }
+  if (options.train_folds) {
+    cohort = {};  // the fold processes map the cohort from the cache this call has filled
+    options.train_folds(result.run_dir, folds);
+  } else {
+    train_here(config, cohort.cases, device, repeat_splits, folds, result.run_dir, resuming);
   }
   std::fprintf(stderr, "training done in %.1f s\n",
                std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <filesystem>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -15,6 +16,10 @@ struct CvOptions {
   std::filesystem::path resume_dir;  // continue this run directory instead of starting a new one
   std::vector<int> folds;            // empty: all folds
   bool audit = true;                 // write cv_summary.json and AUDIT.md at the end
+  // Set: the folds are trained elsewhere (child processes, apps/train/fold_scheduler.h). run_cv prepares the
+  // run directory, config.toml, splits.json and the preprocessing cache, calls this with the run directory
+  // and the folds to train (every fold when `folds` is empty), then audits.
+  std::function<void(const std::filesystem::path& run_dir, const std::vector<int>& folds)> train_folds;
 };
 
 struct CvResult {

@@ -15,6 +15,7 @@
 #include <nlohmann/json.hpp>
 
 #include "apps/report/metrics.h"
+#include "apps/report/plots.h"
 #include "apps/report/run_dir.h"
 #include "apps/train/batches.h"
 #include "data/rng.h"
@@ -116,7 +117,8 @@ FoldThreshold threshold_beside(const fs::path& checkpoint) {
 }
 
 std::vector<CasePrediction> predict_cases(mil::DualStreamMIL& model, const std::vector<data::CaseVolume>& cohort,
-                                        const std::vector<int>& cases, const RunConfig& config, Device device, float tau) {
+                                        const std::vector<int>& cases, const RunConfig& config, Device device, float tau,
+                                        const GatherTarget& gather) {
   NoGradGuard no_grad;
   const bool was_training = model.training();
   model.set_training(false);
@@ -124,7 +126,7 @@ std::vector<CasePrediction> predict_cases(mil::DualStreamMIL& model, const std::
   const BagSpec spec{config.eval_instances, config.slab_depth, data::InstanceSampling::fixed, false, {}};
   for (size_t first = 0; first < cases.size(); first += config.bags_per_step) {
     std::vector<int> chunk(cases.begin() + first, cases.begin() + std::min(first + config.bags_per_step, cases.size()));
-    const Batch batch = make_batch(cohort, chunk, std::vector<uint64_t>(chunk.size(), 0), spec);
+    const Batch batch = make_batch(cohort, chunk, std::vector<uint64_t>(chunk.size(), 0), spec, gather);
     nn::StepRandom random;
     const mil::MilOutput out = model.forward(Variable(batch.x.to(device)), batch.mask, tau, random);
     const std::vector<float> y = out.y.value().to_vector(), a = out.attention.to_vector(),
@@ -160,11 +162,12 @@ namespace {
 
 class FoldRun {
  public:
-  FoldRun(const RunConfig& config, const std::vector<data::CaseVolume>& cohort, Device device, const FoldPlan& plan,
-          const fs::path& dir)
+  FoldRun(const RunConfig& config, const std::vector<data::CaseVolume>& cohort, Device device,
+          const GatherTarget& gather, const FoldPlan& plan, const fs::path& dir)
       : c_(config),
         cohort_(cohort),
         device_(device),
+        gather_(gather),
         plan_(plan),
         dir_(dir),
         model_(config.model_config(), stream_seed(kInit, 0, 0)),
@@ -209,6 +212,9 @@ class FoldRun {
       track_best(epoch, record);
       std::ofstream(dir_ / "metrics.jsonl", std::ios::app) << record.dump() << "\n";
       save_last(epoch + 1);
+      if (c_.plot_every > 0 && (epoch + 1) % c_.plot_every == 0)
+        report::write_training_plots(dir_, fmt::format("repeat {} fold {} (epoch {})", plan_.repeat, plan_.fold, epoch + 1),
+                                     best_overall().epoch);
       progress_.line(fmt::format(
           "[r{} f{}] epoch {:>3}/{} loss {:.4f} | val loss {:.4f} auc {:.3f} bacc {:.3f} | {} {:.3f} (best {} @{}) | "
           "{:.1f} bags/s",
@@ -257,7 +263,7 @@ class FoldRun {
     const int64_t warmup = static_cast<int64_t>(c_.warmup_epochs * steps_per_epoch_);
     std::vector<int> seen_labels;
     std::vector<double> seen_p;
-    double loss_sum = 0.0;
+    double loss_sum = 0.0, batch_seconds = 0.0;
     float lr = 0.0f;
     const auto t0 = std::chrono::steady_clock::now();
     for (int64_t step = 0; step < steps_per_epoch_; ++step) {
@@ -267,7 +273,9 @@ class FoldRun {
         cases.push_back(plan_.train[order[j]]);
         seeds.push_back(stream_seed(kTrainBag, epoch, j));
       }
-      const Batch batch = make_batch(cohort_, cases, seeds, train_spec());
+      const auto batch_start = std::chrono::steady_clock::now();
+      const Batch batch = make_batch(cohort_, cases, seeds, train_spec(), gather_);
+      batch_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - batch_start).count();
       nn::StepRandom random{stream_seed(kStepMasks, epoch, step), 0};
       const mil::MilOutput out = model_.forward(Variable(batch.x.to(device_)), batch.mask, tau, random);
       Variable loss = mil::mil_loss(out, batch.target, class_weight_, c_.loss_config());
@@ -294,11 +302,12 @@ class FoldRun {
     return {{"epoch", epoch + 1},
             {"lr", lr},
             {"tau", tau},
+            {"batch_assembly_s", batch_seconds},
             {"train", report::split_record_json(seen_labels, seen_p, loss_sum / std::max<size_t>(seen_p.size(), 1))}};
   }
 
   std::vector<CasePrediction> predict(mil::DualStreamMIL& model, const std::vector<int>& cases, float tau) {
-    return predict_cases(model, cohort_, cases, c_, device_, tau);
+    return predict_cases(model, cohort_, cases, c_, device_, tau, gather_);
   }
 
   // Validation loss uses the fold's class weights, like the training loss.
@@ -491,6 +500,7 @@ class FoldRun {
   const RunConfig& c_;
   const std::vector<data::CaseVolume>& cohort_;
   Device device_;
+  GatherTarget gather_;
   FoldPlan plan_;
   fs::path dir_;
   mil::DualStreamMIL model_, ema_model_;
@@ -506,12 +516,13 @@ class FoldRun {
 
 }  // namespace
 
-Trainer::Trainer(const RunConfig& config, const std::vector<data::CaseVolume>& cohort, Device device)
-    : config_(config), cohort_(cohort), device_(device) {}
+Trainer::Trainer(const RunConfig& config, const std::vector<data::CaseVolume>& cohort, Device device,
+                 const GatherTarget& gather)
+    : config_(config), cohort_(cohort), device_(device), gather_(gather) {}
 
 void Trainer::run_fold(const FoldPlan& plan, const fs::path& dir, bool resume) {
   if (resume && fs::exists(dir / "fold.json")) return;
-  FoldRun(config_, cohort_, device_, plan, dir).run(resume);
+  FoldRun(config_, cohort_, device_, gather_, plan, dir).run(resume);
 }
 
 }  // namespace dsmil::app

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "apps/train/batches.h"
 #include "apps/train/config.h"
 #include "data/preprocess.h"
 
@@ -58,11 +59,13 @@ FoldThreshold threshold_beside(const std::filesystem::path& checkpoint);
 // config.eval_instances slabs, config.bags_per_step bags at a time.
 std::vector<CasePrediction> predict_cases(mil::DualStreamMIL& model, const std::vector<data::CaseVolume>& cohort,
                                           const std::vector<int>& cases, const RunConfig& config, Device device,
-                                          float tau);
+                                          float tau, const GatherTarget& gather = {});
 
 class Trainer {
  public:
-  Trainer(const RunConfig& config, const std::vector<data::CaseVolume>& cohort, Device device);
+  // `gather`: where bags are assembled (a resident cohort holds the same cases as `cohort`).
+  Trainer(const RunConfig& config, const std::vector<data::CaseVolume>& cohort, Device device,
+          const GatherTarget& gather = {});
   // Trains and evaluates the fold into `dir` (created); with `resume`, continues from dir/last.ckpt
   // when present and returns at once when the fold is already complete (fold.json exists).
   void run_fold(const FoldPlan& plan, const std::filesystem::path& dir, bool resume);
@@ -71,6 +74,7 @@ class Trainer {
   const RunConfig& config_;
   const std::vector<data::CaseVolume>& cohort_;
   Device device_;
+  GatherTarget gather_;
 };
 
 }  // namespace dsmil::app

@@ -46,7 +46,8 @@ MaxPoolOut maxpool3d_forward(const Tensor& x, const Pool3dGeometry& g) {
   return out;
 }
 
-Tensor maxpool3d_backward(const Tensor& dy, const Tensor& argmax, const Shape& x_shape) {
+// Scatters in ascending output order per (sample, channel); the window is not needed for that.
+Tensor maxpool3d_backward(const Tensor& dy, const Tensor& argmax, const Shape& x_shape, const Pool3dGeometry&) {
   check_same_shape("maxpool3d_backward", dy, argmax);
   Tensor dx = Tensor::zeros(x_shape);
   const int64_t n = x_shape[0], volume = x_shape[1] * x_shape[2] * x_shape[3], c = x_shape[4];

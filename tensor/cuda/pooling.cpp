@@ -1,6 +1,5 @@
 // CUDA pooling over channels-last volumes x[N, D, H, W, C] (f32 or bf16): max pooling with argmax and its
 // backward (kernels/maxpool3d.cu), global average pooling y[N, C] (F32) and its backward.
-#include "kernels/convert_fill.h"
 #include "kernels/global_avg_pool.h"
 #include "kernels/maxpool3d.h"
 #include "tensor/cuda/ops_cuda.h"
@@ -11,6 +10,16 @@ namespace dsmil::cuda {
 namespace {
 
 kernels::Volume volume_of(const Shape& s) { return {s[0], s[1], s[2], s[3], s[4]}; }
+
+kernels::Window3 window_of(const Pool3dGeometry& g) {
+  kernels::Window3 window;
+  for (int a = 0; a < 3; ++a) {
+    window.kernel[a] = g.kernel[a];
+    window.stride[a] = g.stride[a];
+    window.pad[a] = g.pad[a];
+  }
+  return window;
+}
 
 void check_volume_shape(const char* op, const Shape& s, const char* name) {
   if (s.size() != 5) throw ShapeError(fmt::format("{}: {} must be N, D, H, W, C, got {}", op, name, shape_str(s)));
@@ -24,53 +33,32 @@ MaxPoolOut maxpool3d_forward(const Tensor& x, const Pool3dGeometry& g) {
   check_ndim(op, x, 5, "x");
   const Shape y_shape = ops::pool3d_output_shape(x.shape(), g);
   MaxPoolOut out{empty_device(y_shape, x.dtype()), empty_device(y_shape, DType::I32)};
-  kernels::Window3 window;
-  for (int a = 0; a < 3; ++a) {
-    window.kernel[a] = g.kernel[a];
-    window.stride[a] = g.stride[a];
-    window.pad[a] = g.pad[a];
-  }
   with_float_type(op, x, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    DSMIL_CUDA_CHECK(kernels::maxpool3d_forward(ptr<T>(x), volume_of(x.shape()), volume_of(y_shape), window,
+    DSMIL_CUDA_CHECK(kernels::maxpool3d_forward(ptr<T>(x), volume_of(x.shape()), volume_of(y_shape), window_of(g),
                                                 ptr<T>(out.y), out.argmax.i32(), stream()),
                      op_context(op, {{"x", &x}}));
   });
   return out;
 }
 
-// The forward's window is not an argument here, so the gradient is scattered to the argmax positions:
-// by atomic adds, or in deterministic mode by a stable sort that fixes the order of each position's sum.
-Tensor maxpool3d_backward(const Tensor& dy, const Tensor& argmax, const Shape& x_shape) {
+Tensor maxpool3d_backward(const Tensor& dy, const Tensor& argmax, const Shape& x_shape, const Pool3dGeometry& g) {
   const char* op = "maxpool3d_backward";
   check_on_device(op, dy, "dy");
   check_on_device(op, argmax, "argmax");
-  check_ndim(op, dy, 5, "dy");
   check_same_shape(op, dy, argmax);
   check_dtype(op, argmax, DType::I32, "argmax");
   check_volume_shape(op, x_shape, "x_shape");
-  if (x_shape[0] != dy.size(0) || x_shape[4] != dy.size(4))
-    throw ShapeError(fmt::format("{}: dy {} does not pool x of shape {}", op, dy.describe(), shape_str(x_shape)));
+  if (dy.shape() != ops::pool3d_output_shape(x_shape, g))
+    throw ShapeError(fmt::format("{}: dy {} is not the pooling of x {} by kernel ({}, {}, {}) stride ({}, {}, {})", op,
+                                 dy.describe(), shape_str(x_shape), g.kernel[0], g.kernel[1], g.kernel[2], g.stride[0],
+                                 g.stride[1], g.stride[2]));
   Tensor dx = empty_device(x_shape, dy.dtype());
-  const kernels::Volume in = volume_of(x_shape), out = volume_of(dy.shape());
-  const auto context = [&] { return op_context(op, {{"dy", &dy}, {"argmax", &argmax}}); };
   with_float_type(op, dy, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    if (math_mode().deterministic) {
-      DeviceBuffer scratch(kernels::maxpool3d_backward_sorted_scratch_bytes(in, out));
-      DSMIL_CUDA_CHECK(kernels::maxpool3d_backward_sorted(ptr<T>(dy), argmax.i32(), in, out, scratch.data(),
-                                                          scratch.bytes(), ptr<T>(dx), stream()),
-                       context());
-    } else if constexpr (std::is_same_v<T, float>) {
-      DSMIL_CUDA_CHECK(kernels::maxpool3d_backward_atomic(ptr<T>(dy), argmax.i32(), in, out, dx.f32(), stream()),
-                       context());
-    } else {
-      DeviceBuffer accum(static_cast<size_t>(in.numel()) * sizeof(float));
-      DSMIL_CUDA_CHECK(kernels::maxpool3d_backward_atomic(ptr<T>(dy), argmax.i32(), in, out, accum.as<float>(),
-                                                          stream()),
-                       context());
-      DSMIL_CUDA_CHECK(kernels::convert_f32_to_bf16(accum.as<float>(), ptr<T>(dx), in.numel(), stream()), context());
-    }
+    DSMIL_CUDA_CHECK(kernels::maxpool3d_backward(ptr<T>(dy), argmax.i32(), volume_of(x_shape), volume_of(dy.shape()),
+                                                 window_of(g), ptr<T>(dx), stream()),
+                     op_context(op, {{"dy", &dy}, {"argmax", &argmax}}));
   });
   return dx;
 }

@@ -4,6 +4,7 @@
 #include "tensor/cuda/runtime.h"
 
 #include <cuda_bf16.h>
+#include <cuda_profiler_api.h>
 #include <fmt/format.h>
 
 #include <atomic>
@@ -153,6 +154,8 @@ Tensor convert(const Tensor& t, DType to) {
 }
 
 void synchronize() { DSMIL_CUDA_CHECK(cudaStreamSynchronize(stream()), "synchronize"); }
+void profiler_start() { DSMIL_CUDA_CHECK(cudaProfilerStart(), "start the profiler's capture range"); }
+void profiler_stop() { DSMIL_CUDA_CHECK(cudaProfilerStop(), "end the profiler's capture range"); }
 
 DeviceBuffer::DeviceBuffer(size_t bytes) : data_(device_alloc(bytes)), bytes_(bytes) {}
 DeviceBuffer::~DeviceBuffer() { device_free(data_); }

@@ -16,5 +16,8 @@ void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device
 void fill(Tensor& t, float value);       // F32, BF16 (rounded) or I32 (truncated)
 Tensor convert(const Tensor& t, DType to);  // F32 <-> BF16 on the device
 void synchronize();
+// Brackets the work a profiler started with `--profile-from-start off` records (ncu, nsys).
+void profiler_start();
+void profiler_stop();
 
 }  // namespace dsmil::cuda

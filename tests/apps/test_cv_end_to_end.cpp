@@ -1,7 +1,8 @@
 // End to end on the CPU: `dsmil cv` on a small synthetic cohort fits its training folds, and every number
 // of its cv_summary.json / AUDIT.md follows from its prediction files; a run killed mid-way and resumed ends
 // with the same weights as an uninterrupted one; `predict` maps attention onto the input and `eval`
-// predicts a dataset; bad arguments give one error line and a non-zero exit.
+// predicts a dataset; folds run apart merge into one audit; bad arguments give one error line and a
+// non-zero exit.
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -210,4 +211,30 @@ TEST_CASE("predict and eval with a fold's checkpoint: probability, attention map
   CHECK(lines_of(out / "eval" / "predictions.csv").size() == 48 + 1);
   CHECK(run_dsmil({"predict", "--checkpoint", (run_dir / "fold_0" / "best.ckpt").string(), "--flair", "/no/such.nii",
                    "--t1", file("t1"), "--t1ce", file("t1ce"), "--t2", file("t2"), "--out", (out / "bad").string()}) != 0);
+}
+
+TEST_CASE("folds run apart merge into one audit, and folds of another config or given twice are refused") {
+  const fs::path out = scratch("merge");
+  const std::string cache = scratch("cache").string();
+  auto cv = [&](const std::string& folds, const std::string& where, const std::string& lr) {
+    const fs::path root = out / where;
+    REQUIRE(run_dsmil({"cv", "--config", "tiny", "--data", cohort().string(), "--set", "data.cache=" + cache, "--set",
+                       "train.epochs=1", "--set", "train.min_epochs=1", "--set", "cv.folds=3", "--set", "train.lr=" + lr,
+                       "--folds", folds, "--plot-every", "1", "--out", root.string()}) == 0);
+    return fs::directory_iterator(root)->path();
+  };
+  const fs::path first = cv("0", "a", "0.003"), rest = cv("1,2", "b", "0.003"), other = cv("1", "c", "0.001");
+  CHECK(fs::exists(first / "fold_0" / "plots" / "curves.svg"));
+  REQUIRE(run_dsmil({"audit", first.string(), rest.string(), "--out", (out / "merged").string()}) == 0);
+  const nlohmann::json summary = nlohmann::json::parse(std::ifstream(out / "merged" / "cv_summary.json"));
+  CHECK(summary["consistency"]["failed"].get<int>() == 0);
+  CHECK(lines_of(out / "merged" / "AUDIT.md").size() > 20);
+  size_t test_rows = 0;
+  for (const fs::path& run : {first, rest})
+    for (const auto& entry : fs::directory_iterator(run))
+      if (entry.path().filename().string().rfind("fold_", 0) == 0)
+        for (const std::string& row : lines_of(entry.path() / "predictions.csv")) test_rows += row.find(",test,") != std::string::npos;
+  CHECK(test_rows == 48);
+  CHECK(run_dsmil({"audit", first.string(), other.string(), "--out", (out / "mixed").string()}) != 0);
+  CHECK(run_dsmil({"audit", rest.string(), rest.string(), "--out", (out / "twice").string()}) != 0);
 }

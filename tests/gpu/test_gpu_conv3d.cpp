@@ -1,6 +1,7 @@
 // GPU tests of conv3d forward, backward-data and backward-filter (cuDNN) against the CPU backend at the
 // model's shapes (the (kd,7,7) stride-(1,2,2) stem, block convs, 1x1x1 stride-2 projections) in f32, TF32
-// and bf16: the cuDNN 9.10.2-9.15 releases gave wrong bf16 / TF32 3-D convolutions (PERF-NOTES.md).
+// and bf16: the cuDNN 9.10.2-9.15 releases gave wrong bf16 / TF32 3-D convolutions (PERF-NOTES.md). Stems with
+// C = 4 (bf16), 3 and 5 (both dtypes) run on channel-padded copies (tensor/cuda/conv3d.cpp, aligned_channels).
 #include "tests/gpu/gpu_compare.h"
 
 using namespace dsmil;
@@ -24,6 +25,8 @@ const std::vector<ConvCase> kConvCases = {
     {"projection 1x1x1 s(1,2,2) 64->128", {2, 4, 16, 16, 64}, {128, 1, 1, 1, 64}, {{1, 1, 1}, {1, 2, 2}, {0, 0, 0}}},
     {"projection 1x1x1 s(1,2,2) 256->512", {4, 4, 8, 8, 256}, {512, 1, 1, 1, 256}, {{1, 1, 1}, {1, 2, 2}, {0, 0, 0}}},
     {"deep (3,3,3) s(1,2,2) 256->512", {2, 4, 8, 8, 256}, {512, 3, 3, 3, 256}, {{3, 3, 3}, {1, 2, 2}, {1, 1, 1}}},
+    {"stem C=3 (3,7,7) s(1,2,2)", {2, 4, 32, 32, 3}, {64, 3, 7, 7, 3}, {{3, 7, 7}, {1, 2, 2}, {1, 3, 3}}},
+    {"stem C=5 (3,7,7) s(1,2,2) odd sizes", {2, 3, 27, 29, 5}, {64, 3, 7, 7, 5}, {{3, 7, 7}, {1, 2, 2}, {1, 3, 3}}},
 };
 
 std::string label(const ConvCase& c, const char* pass) { return std::string("conv3d ") + pass + " " + c.name; }
@@ -61,7 +64,7 @@ TEST_CASE("gpu conv3d forward, backward data and backward filter at model shapes
 
 TEST_CASE("gpu conv3d in deterministic mode: deterministic algorithms, bit-identical reruns") {
   if (skip_without_gpu()) return;
-  for (const ConvCase& c : {kConvCases[0], kConvCases[3], kConvCases[4]}) {
+  for (const ConvCase& c : {kConvCases[0], kConvCases[3], kConvCases[4], kConvCases[7]}) {
     const Shape y_shape = ops::conv3d_output_shape(c.x, c.w, c.g);
     for (Precision p : {Precision::TF32, Precision::BF16}) {
       const auto mode = math_for(p, /*deterministic=*/true);

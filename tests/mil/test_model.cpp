@@ -49,7 +49,8 @@ TEST_CASE("whole model: d loss / d (input, every kind of parameter) matches fini
     const Tensor x = random_tensor({bags * n, 3, 12, 12, 4}, -2.0f, 2.0f);
     const Tensor mask = Tensor::from_ints({bags, n}, {1, 1, 1, 1, 0, 1});
     const Tensor target = Tensor::from_ints({bags}, {1, 0});
-    const mil::LossConfig lc{0.2f, 2.0f, 0.5f};
+    // The attention-entropy term rides along on two of the three variants.
+    const mil::LossConfig lc{0.2f, 2.0f, 0.5f, pooling == mil::Pooling::Max ? 0.0f : 0.3f};
     Variable input(x.clone(), true);
     nn::StepRandom random{7, 0};
     mil::mil_loss(model.forward(input, mask, 0.5f, random), target, kBalanced, lc).backward();
@@ -72,7 +73,8 @@ TEST_CASE("whole model: d loss / d (input, every kind of parameter) matches fini
     // step, where no derivative exists: the next element is taken instead.
     int skipped = 0;
     auto probe = [&](Tensor& value, const Tensor& grad, int64_t first) {
-      for (int64_t i = first; i < std::min(first + 8, value.numel()); ++i) {
+      for (int64_t j = 0; j < std::min<int64_t>(16, value.numel()); ++j) {
+        const int64_t i = (first + j) % value.numel();
         const double coarse = difference(value, i, h), fine = difference(value, i, h / 2),
                      finest = difference(value, i, h / 4);
         const double spread = std::max({coarse, fine, finest}) - std::min({coarse, fine, finest});
@@ -99,7 +101,8 @@ TEST_CASE("whole model: d loss / d (input, every kind of parameter) matches fini
     }
     CHECK(with_grad == static_cast<int>(model.parameters().size()));
     std::printf("[model %s] %zu probes, %d skipped at a switch\n", name.c_str(), numeric.size(), skipped);
-    CHECK(numeric.size() >= model.parameters().size());
+    // Every parameter tensor and the input probed, but for at most 2 whose every candidate sat at a switch.
+    CHECK(numeric.size() + 2 >= model.parameters().size() + 3);
     CHECK(max_rel_error("model " + name, analytic, numeric, 2e-2) <= 2e-2);
   }
 }

@@ -66,6 +66,7 @@ inline json split_record(double loss, double auc, const Counts& c) {
 struct EpochSpec {
   double train_loss = 0.5, val_loss = 0.5, val_auc = 0.8;
   double top1 = 0.3, neff = 4.0, entropy_norm = 0.8;
+  double train_auc = 0.9;
 };
 
 struct FoldSpec {
@@ -101,7 +102,7 @@ inline void write_fold(const fs::path& fold_dir, const FoldSpec& f) {
     json line{{"epoch", epoch},
               {"lr", 1e-4},
               {"tau", 1.0},
-              {"train", split_record(s.train_loss, 0.9, train_counts)},
+              {"train", split_record(s.train_loss, s.train_auc, train_counts)},
               {"val", val},
               {"val_ema", val},
               {"attention",

@@ -182,8 +182,10 @@ TEST_CASE("seed-like failures fire their rules and healthy folds stay clean") {
     s.train_loss = 0.6 - 0.04 * e;
     s.val_loss = e < 4 ? 0.7 - 0.075 * e : 0.475 + 0.03 * (e - 3);
   }
-  // Fold 3: attention concentrated on one instance in the last epochs.
+  // Fold 3: attention concentrated on one instance in the last epochs, and training bags never ranked
+  // better than 0.62 (the 2026-11-25 H100 runs' failure: the model had not begun to learn).
   for (size_t e = 5; e < 10; ++e) folds[3].epochs[e].top1 = 0.95, folds[3].epochs[e].neff = 1.1;
+  for (size_t e = 0; e < 10; ++e) folds[3].epochs[e].train_auc = 0.5 + 0.012 * static_cast<double>(e);
 
   const fs::path run = tmp.path / "seedlike";
   write_run(run, folds);
@@ -198,6 +200,9 @@ TEST_CASE("seed-like failures fire their rules and healthy folds stay clean") {
   CHECK(found.contains(P{"high AUC with low F1", "fold 1"}));
   CHECK(found.contains(P{"overfitting", "fold 2"}));
   CHECK(found.contains(P{"attention collapse", "fold 3"}));
+  CHECK(found.contains(P{"no learning", "fold 3"}));
+  CHECK(s["folds"][3]["stability"]["train_auc_max"].get<double>() == doctest::Approx(0.608));
+  CHECK(s["folds"][3]["stability"]["train_auc_max_epoch"].get<int>() == 10);
   CHECK(found.contains(P{"fold spread", "CV"}));
   // Fold 1's HGG scores near 0.37 are also badly calibrated; no other fold is.
   CHECK(found.contains(P{"miscalibration", "fold 1"}));

@@ -1,0 +1,337 @@
+// Fused batch norm + ReLU over x[rows, C] (rows = N*D*H*W, channels-last): y = max(s[n] BN(x) + r, 0) in
+// one pass after the statistics of kernels/batchnorm.cu; backward in two passes (fp64 sums, then dx).
+#include <cuda_bf16.h>
+
+#include <cstdint>
+#include <initializer_list>
+#include <type_traits>
+
+#include "kernels/batchnorm.h"
+#include "kernels/batchnorm_relu.h"
+#include "kernels/common.cuh"
+
+namespace dsmil::kernels {
+
+namespace {
+
+// Blocks of the backward sums, whatever the device, so that the summation order is fixed by the shape
+// (and the vector width, which is the widest for the pool's aligned buffers).
+constexpr int64_t kReductionBlocks = 512;
+
+// V consecutive channels of one row, moved by one aligned load or store of sizeof(T) * V bytes.
+template <typename T, int V>
+struct alignas(sizeof(T) * V) Pack {
+  T v[V];
+};
+
+template <typename T, int V>
+__device__ __forceinline__ void load(const T* p, float (&out)[V]) {
+  const Pack<T, V> pack = *reinterpret_cast<const Pack<T, V>*>(p);
+#pragma unroll
+  for (int k = 0; k < V; ++k) out[k] = to_float(pack.v[k]);
+}
+
+template <typename T, int V>
+__device__ __forceinline__ void store(T* p, const float (&in)[V]) {
+  Pack<T, V> pack;
+#pragma unroll
+  for (int k = 0; k < V; ++k) pack.v[k] = from_float<T>(in[k]);
+  *reinterpret_cast<Pack<T, V>*>(p) = pack;
+}
+
+__device__ __forceinline__ float relu_mask(float grad, float out) { return out > 0.0f ? grad : 0.0f; }
+
+__device__ __forceinline__ float sample_factor(const SampleFactor& factor, int64_t row) {
+  return factor.values ? factor.values[row / factor.rows_per_sample] : 1.0f;
+}
+
+// Every kernel below gives each thread one group of V consecutive channels (c0 = group * V) and walks rows:
+// block (tx, ty) puts tx groups of one row side by side, so that a warp reads contiguous memory, and ty
+// rows above each other; grid.x tiles the groups, grid.y the rows.
+struct Layout {
+  dim3 block;
+  unsigned group_tiles;
+};
+
+Layout layout_for(int64_t channels, int width) {
+  const int64_t groups = channels / width;
+  const unsigned tx = static_cast<unsigned>(groups < 32 ? groups : 32);
+  return {dim3(tx, kThreads / tx), static_cast<unsigned>((groups + tx - 1) / tx)};
+}
+
+// Row blocks of the grid-stride passes: enough to cover the rows, at most a few waves.
+unsigned row_blocks(int64_t rows, const Layout& layout) {
+  const int64_t needed = (rows + layout.block.y - 1) / layout.block.y;
+  const int64_t cap = kMaxBlocks / layout.group_tiles;
+  const int64_t blocks = needed < cap ? needed : cap;
+  return static_cast<unsigned>(blocks < 1 ? 1 : blocks);
+}
+
+// Row chunks of the backward sums (one block row each).
+int64_t reduction_chunks(int64_t rows, const Layout& layout) {
+  const int64_t by_blocks = kReductionBlocks / layout.group_tiles;
+  const int64_t by_rows = (rows + layout.block.y - 1) / layout.block.y;
+  const int64_t chunks = by_blocks < by_rows ? by_blocks : by_rows;
+  return chunks < 1 ? 1 : chunks;
+}
+
+// The most chunks any vector width gives: the partial sums' share of the scratch.
+int64_t chunk_capacity(int64_t rows) { return rows < 1 ? 1 : (rows < kReductionBlocks ? rows : kReductionBlocks); }
+
+// Widest V (16 bytes, else 8, else one element) that divides C with every pointer aligned to V elements.
+template <typename T>
+int vector_width(int64_t channels, std::initializer_list<const void*> pointers) {
+  for (const int width : {static_cast<int>(16 / sizeof(T)), static_cast<int>(8 / sizeof(T))}) {
+    bool fits = channels % width == 0;
+    for (const void* p : pointers) fits = fits && reinterpret_cast<uintptr_t>(p) % (width * sizeof(T)) == 0;
+    if (fits) return width;
+  }
+  return 1;
+}
+
+// Calls launch(std::integral_constant<int, V>) for the width chosen by vector_width.
+template <typename T, typename F>
+cudaError_t with_width(int width, F&& launch) {
+  constexpr int kWide = 16 / sizeof(T), kNarrow = 8 / sizeof(T);
+  if (width == kWide) return launch(std::integral_constant<int, kWide>{});
+  if (width == kNarrow) return launch(std::integral_constant<int, kNarrow>{});
+  return launch(std::integral_constant<int, 1>{});
+}
+
+// y = max(s[n] ((x - mean) gamma invstd + beta) + r, 0); invstd null: 1 / sqrt(var + eps).
+template <typename T, int V>
+__global__ void forward_kernel(const T* __restrict__ x, const T* __restrict__ residual, SampleFactor factor,
+                               const float* __restrict__ gamma, const float* __restrict__ beta,
+                               const float* __restrict__ mean, const float* __restrict__ invstd,
+                               const float* __restrict__ var, float eps, int64_t rows, int64_t channels,
+                               T* __restrict__ y) {
+  const int64_t c0 = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) * V;
+  if (c0 >= channels) return;
+  float centre[V], scale[V], shift[V];
+#pragma unroll
+  for (int k = 0; k < V; ++k) {
+    const float inv = invstd ? invstd[c0 + k] : 1.0f / sqrtf(var[c0 + k] + eps);
+    centre[k] = mean[c0 + k];
+    scale[k] = gamma[c0 + k] * inv;
+    shift[k] = beta[c0 + k];
+  }
+  for (int64_t row = blockIdx.y * int64_t(blockDim.y) + threadIdx.y; row < rows;
+       row += int64_t(gridDim.y) * blockDim.y) {
+    const int64_t at = row * channels + c0;
+    float v[V], added[V] = {};
+    load<T, V>(x + at, v);
+    if (residual) load<T, V>(residual + at, added);
+    const float s = sample_factor(factor, row);
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+      const float out = s * ((v[k] - centre[k]) * scale[k] + shift[k]) + added[k];
+      v[k] = out > 0.0f ? out : 0.0f;
+    }
+    store<T, V>(y + at, v);
+  }
+}
+
+// Per channel and chunk of chunk_rows rows: sums of b = s[n] dy [y > 0] and b xhat in fp64, each thread
+// over every ty-th row of the chunk, then over the block's ty lanes in lane order, into
+// partial[(chunk * 2 + k) * C + c] (k = 0: b, 1: b xhat). Writes g = dy [y > 0] to d_residual if given.
+template <typename T, int V>
+__global__ void backward_sums_kernel(const T* __restrict__ dy, const T* __restrict__ y, const T* __restrict__ x,
+                                     const float* __restrict__ mean, const float* __restrict__ invstd,
+                                     SampleFactor factor, int64_t rows, int64_t channels, int64_t chunk_rows,
+                                     T* __restrict__ d_residual, double* __restrict__ partial) {
+  __shared__ double lane_values[kThreads];
+  const int64_t c0 = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) * V;
+  const bool owns_channels = c0 < channels;
+  double sum_b[V] = {}, sum_b_xhat[V] = {};
+  if (owns_channels) {
+    float centre[V], inv[V];
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+      centre[k] = mean[c0 + k];
+      inv[k] = invstd[c0 + k];
+    }
+    const int64_t begin = blockIdx.y * chunk_rows;
+    const int64_t end = begin + chunk_rows < rows ? begin + chunk_rows : rows;
+    for (int64_t row = begin + threadIdx.y; row < end; row += blockDim.y) {
+      const int64_t at = row * channels + c0;
+      float g[V], out[V], v[V];
+      load<T, V>(dy + at, g);
+      load<T, V>(y + at, out);
+      load<T, V>(x + at, v);
+#pragma unroll
+      for (int k = 0; k < V; ++k) g[k] = relu_mask(g[k], out[k]);
+      if (d_residual) store<T, V>(d_residual + at, g);
+      const float s = sample_factor(factor, row);
+#pragma unroll
+      for (int k = 0; k < V; ++k) {
+        const float b = s * g[k];
+        sum_b[k] += b;
+        sum_b_xhat[k] += static_cast<double>(b) * ((v[k] - centre[k]) * inv[k]);
+      }
+    }
+  }
+  const unsigned lane = threadIdx.y * blockDim.x + threadIdx.x;
+  const auto block_total = [&](double value, int64_t slot) {
+    lane_values[lane] = value;
+    __syncthreads();
+    if (threadIdx.y == 0 && owns_channels) {
+      double total = 0.0;
+      for (unsigned r = 0; r < blockDim.y; ++r) total += lane_values[r * blockDim.x + threadIdx.x];
+      partial[slot] = total;
+    }
+    __syncthreads();
+  };
+#pragma unroll
+  for (int k = 0; k < V; ++k) block_total(sum_b[k], (blockIdx.y * int64_t(2)) * channels + c0 + k);
+#pragma unroll
+  for (int k = 0; k < V; ++k) block_total(sum_b_xhat[k], (blockIdx.y * int64_t(2) + 1) * channels + c0 + k);
+}
+
+// One warp per channel: totals over the chunks (lane-strided, then a fixed butterfly); dbeta, dgamma and
+// the coefficients of dx = a (b - mean_b - (x - mean) w): coef[0*C + c] = a = gamma invstd,
+// coef[1*C + c] = mean_b = dbeta / rows, coef[2*C + c] = w = invstd dgamma / rows.
+__global__ void backward_finalize_kernel(const double* __restrict__ partial, int64_t chunks, int64_t rows,
+                                         int64_t channels, const float* __restrict__ gamma,
+                                         const float* __restrict__ invstd, float* __restrict__ dgamma,
+                                         float* __restrict__ dbeta, float* __restrict__ coef) {
+  const int64_t c = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / 32;
+  const int lane = threadIdx.x & 31;
+  if (c >= channels) return;  // c is the same across a warp: whole warps leave
+  double sum_b = 0.0, sum_b_xhat = 0.0;
+  for (int64_t k = lane; k < chunks; k += 32) {
+    sum_b += partial[(k * 2) * channels + c];
+    sum_b_xhat += partial[(k * 2 + 1) * channels + c];
+  }
+  sum_b = warp_sum(sum_b);
+  sum_b_xhat = warp_sum(sum_b_xhat);
+  if (lane != 0) return;
+  dbeta[c] = static_cast<float>(sum_b);
+  dgamma[c] = static_cast<float>(sum_b_xhat);
+  const double inv = invstd[c];
+  coef[c] = static_cast<float>(gamma[c] * inv);
+  coef[channels + c] = static_cast<float>(sum_b / rows);
+  coef[2 * channels + c] = static_cast<float>(inv * sum_b_xhat / rows);
+}
+
+// dx = a (s[n] g - mean_b - (x - mean) w), g read from stored_g when given, else dy [y > 0].
+template <typename T, int V>
+__global__ void backward_data_kernel(const T* __restrict__ dy, const T* __restrict__ y,
+                                     const T* __restrict__ stored_g, const T* __restrict__ x,
+                                     const float* __restrict__ mean, const float* __restrict__ coef,
+                                     SampleFactor factor, int64_t rows, int64_t channels, T* __restrict__ dx) {
+  const int64_t c0 = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) * V;
+  if (c0 >= channels) return;
+  float a[V], mean_b[V], w[V], centre[V];
+#pragma unroll
+  for (int k = 0; k < V; ++k) {
+    a[k] = coef[c0 + k];
+    mean_b[k] = coef[channels + c0 + k];
+    w[k] = coef[2 * channels + c0 + k];
+    centre[k] = mean[c0 + k];
+  }
+  for (int64_t row = blockIdx.y * int64_t(blockDim.y) + threadIdx.y; row < rows;
+       row += int64_t(gridDim.y) * blockDim.y) {
+    const int64_t at = row * channels + c0;
+    float g[V], v[V];
+    if (stored_g) {
+      load<T, V>(stored_g + at, g);
+    } else {
+      float out[V];
+      load<T, V>(dy + at, g);
+      load<T, V>(y + at, out);
+#pragma unroll
+      for (int k = 0; k < V; ++k) g[k] = relu_mask(g[k], out[k]);
+    }
+    load<T, V>(x + at, v);
+    const float s = sample_factor(factor, row);
+#pragma unroll
+    for (int k = 0; k < V; ++k) v[k] = a[k] * (s * g[k] - mean_b[k] - (v[k] - centre[k]) * w[k]);
+    store<T, V>(dx + at, v);
+  }
+}
+
+template <typename T>
+cudaError_t launch_forward(const T* x, const T* residual, SampleFactor factor, const float* gamma, const float* beta,
+                           const float* mean, const float* invstd, const float* var, float eps, int64_t rows,
+                           int64_t channels, T* y, cudaStream_t stream) {
+  if (rows == 0 || channels == 0) return cudaSuccess;
+  return with_width<T>(vector_width<T>(channels, {x, residual, y}), [&](auto width) {
+    constexpr int V = decltype(width)::value;
+    const Layout layout = layout_for(channels, V);
+    forward_kernel<T, V><<<dim3(layout.group_tiles, row_blocks(rows, layout)), layout.block, 0, stream>>>(
+        x, residual, factor, gamma, beta, mean, invstd, var, eps, rows, channels, y);
+    return cudaGetLastError();
+  });
+}
+
+}  // namespace
+
+template <typename T>
+cudaError_t batchnorm_relu_forward_train(const T* x, const float* gamma, const float* beta, float* running_mean,
+                                         float* running_var, float momentum, float eps, const T* residual,
+                                         SampleFactor factor, int64_t rows, int64_t channels, T* y, float* save_mean,
+                                         float* save_invstd, double* scratch, cudaStream_t stream) {
+  if (channels == 0) return cudaSuccess;
+  if (const cudaError_t e = batchnorm_statistics(x, running_mean, running_var, momentum, eps, rows, channels,
+                                                 save_mean, save_invstd, scratch, stream);
+      e != cudaSuccess)
+    return e;
+  return launch_forward(x, residual, factor, gamma, beta, save_mean, save_invstd, nullptr, 0.0f, rows, channels, y,
+                        stream);
+}
+
+template <typename T>
+cudaError_t batchnorm_relu_forward_eval(const T* x, const float* gamma, const float* beta,
+                                        const float* running_mean, const float* running_var, float eps,
+                                        const T* residual, SampleFactor factor, int64_t rows, int64_t channels, T* y,
+                                        cudaStream_t stream) {
+  return launch_forward(x, residual, factor, gamma, beta, running_mean, nullptr, running_var, eps, rows, channels, y,
+                        stream);
+}
+
+int64_t batchnorm_relu_backward_scratch_bytes(int64_t rows, int64_t channels) {
+  return chunk_capacity(rows) * 2 * channels * static_cast<int64_t>(sizeof(double)) +
+         3 * channels * static_cast<int64_t>(sizeof(float));
+}
+
+template <typename T>
+cudaError_t batchnorm_relu_backward(const T* dy, const T* y, const T* x, const float* gamma, const float* save_mean,
+                                    const float* save_invstd, SampleFactor factor, int64_t rows,
+                                    int64_t channels, T* dx, float* dgamma, float* dbeta, T* d_residual,
+                                    void* scratch, cudaStream_t stream) {
+  if (rows == 0 || channels == 0) return cudaSuccess;
+  double* partial = static_cast<double*>(scratch);
+  float* coef = reinterpret_cast<float*>(partial + chunk_capacity(rows) * 2 * channels);
+  return with_width<T>(vector_width<T>(channels, {dy, y, x, dx, d_residual}), [&](auto width) {
+    constexpr int V = decltype(width)::value;
+    const Layout layout = layout_for(channels, V);
+    const int64_t chunks = reduction_chunks(rows, layout);
+    const int64_t chunk_rows = (rows + chunks - 1) / chunks;
+    backward_sums_kernel<T, V><<<dim3(layout.group_tiles, static_cast<unsigned>(chunks)), layout.block, 0, stream>>>(
+        dy, y, x, save_mean, save_invstd, factor, rows, channels, chunk_rows, d_residual, partial);
+    if (const cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
+    const unsigned finalize_blocks = static_cast<unsigned>((channels * 32 + kThreads - 1) / kThreads);
+    backward_finalize_kernel<<<finalize_blocks, kThreads, 0, stream>>>(partial, chunks, rows, channels, gamma,
+                                                                       save_invstd, dgamma, dbeta, coef);
+    if (const cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
+    backward_data_kernel<T, V><<<dim3(layout.group_tiles, row_blocks(rows, layout)), layout.block, 0, stream>>>(
+        dy, y, d_residual, x, save_mean, coef, factor, rows, channels, dx);
+    return cudaGetLastError();
+  });
+}
+
+#define DSMIL_INSTANTIATE_BATCHNORM_RELU(T)                                                                        \
+  template cudaError_t batchnorm_relu_forward_train<T>(const T*, const float*, const float*, float*, float*, float, \
+                                                       float, const T*, SampleFactor, int64_t, int64_t, T*, float*, \
+                                                       float*, double*, cudaStream_t);                             \
+  template cudaError_t batchnorm_relu_forward_eval<T>(const T*, const float*, const float*, const float*,           \
+                                                      const float*, float, const T*, SampleFactor, int64_t, int64_t, \
+                                                      T*, cudaStream_t);                                           \
+  template cudaError_t batchnorm_relu_backward<T>(const T*, const T*, const T*, const float*, const float*,         \
+                                                  const float*, SampleFactor, int64_t, int64_t, T*, float*, float*, \
+                                                  T*, void*, cudaStream_t);
+DSMIL_INSTANTIATE_BATCHNORM_RELU(float)
+DSMIL_INSTANTIATE_BATCHNORM_RELU(__nv_bfloat16)
+#undef DSMIL_INSTANTIATE_BATCHNORM_RELU
+
+}  // namespace dsmil::kernels

@@ -1,0 +1,21 @@
+// Plain masked softmax over each bag's instances, one thread per bag: e[B, n] (F32), mask[B, n] (I32,
+// 0 = absent) -> a[B, n] and stats[B, 3] (entropy, top-1 weight, 1 / sum a^2); and its backward.
+// Same contract as kernels/masked_softmax.h; bench and GPU tests only, training uses the block version.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace dsmil::kernels::plain {
+
+// Threads per block; block b covers bags [b * kBagsPerBlockPlain, (b + 1) * kBagsPerBlockPlain).
+constexpr int kBagsPerBlockPlain = 128;
+
+cudaError_t masked_softmax_plain(const float* e, const int32_t* mask, int64_t bags, int64_t instances,
+                                 float temperature, float* a, float* stats, cudaStream_t stream);
+// de[b, i] = a[b, i] (da[b, i] - sum_j a[b, j] da[b, j]) / T.
+cudaError_t masked_softmax_backward_plain(const float* da, const float* a, int64_t bags, int64_t instances,
+                                          float temperature, float* de, cudaStream_t stream);
+
+}  // namespace dsmil::kernels::plain

@@ -1,0 +1,215 @@
+// The fused batch norm + ReLU (ops::batchnorm_relu_*, fn::batchnorm_relu) on the CPU: forward and backward
+// against the separate ops it replaces (BN, drop-path, add, ReLU), and the backward against central
+// finite differences; with and without a residual and a per-sample factor, training and evaluation.
+#include <algorithm>
+#include <cmath>
+
+#include "tensor/functions.h"
+#include "tests/test_util.h"
+
+using namespace dsmil;
+using namespace dsmil::test;
+
+namespace {
+
+constexpr float kMomentum = 0.1f, kEps = 1e-5f;
+// The fused CPU op runs the very float operations of the composition (it is seen to agree bit for bit):
+// a difference above one rounding of the largest value is a bug.
+constexpr double kSameOpsTol = 1e-6;
+// Finite differences as in test_backward.cpp.
+constexpr double kH = 1e-2, kTol = 2e-3;
+constexpr float kDropP = 0.5f;
+
+// x[..., c] = offset_c + scale_c u with u uniform in [-1, 1), log10 scale_c uniform in [lo, hi], offset_c
+// within two scales of 0: every channel its own scale.
+Tensor channel_scaled(const Shape& shape, float log10_lo, float log10_hi) {
+  Tensor t = random_tensor(shape);
+  const int64_t c = shape.back();
+  std::uniform_real_distribution<float> exponent(log10_lo, log10_hi), shift(-2.0f, 2.0f);
+  std::vector<float> scale(c), offset(c);
+  for (int64_t ch = 0; ch < c; ++ch) {
+    scale[ch] = std::pow(10.0f, exponent(rng()));
+    offset[ch] = scale[ch] * shift(rng());
+  }
+  float* p = t.f32();
+  for (int64_t i = 0; i < t.numel(); ++i) p[i] = offset[i % c] + scale[i % c] * p[i];
+  return t;
+}
+
+double compare(const std::string& what, const Tensor& got, const Tensor& ref, double tol) {
+  REQUIRE_MESSAGE(got.shape() == ref.shape(), what << ": " << got.describe() << " vs " << ref.describe());
+  return max_rel_error(what, got.to_vector(), to_double(ref.to_vector()), tol);
+}
+
+struct Variant {
+  bool residual, factor;
+  std::string name() const {
+    return std::string(residual ? "residual" : "no residual") + (factor ? ", drop-path factor" : "");
+  }
+};
+const Variant kVariants[] = {{false, false}, {true, false}, {false, true}, {true, true}};
+
+// Drop-path counters and their per-sample factors keep / (1 - p), made as nn::BasicBlock makes them
+// (drop_path of ones), with some samples kept and some dropped: a mask of all or none would test less.
+struct DropPath {
+  uint64_t seed, offset;
+  Tensor factor;
+};
+
+DropPath mixed_drop_path(int64_t samples) {
+  const uint64_t seed = rng()();
+  for (uint64_t offset = 0;; offset += samples) {
+    const Tensor factor = ops::drop_path(Tensor::full({samples}, 1.0f), kDropP, seed, offset);
+    const std::vector<float> f = factor.to_vector();
+    if (std::count(f.begin(), f.end(), 0.0f) % samples != 0) return {seed, offset, factor};
+  }
+}
+
+}  // namespace
+
+TEST_CASE("fused batch norm + ReLU forward equals BN, drop-path, add, ReLU as separate ops (train and eval)") {
+  const Shape shape{4, 3, 5, 3, 6};
+  const int64_t c = shape.back();
+  for (const Variant& v : kVariants) {
+    const Tensor x = channel_scaled(shape, -2.0f, 2.0f), gamma = random_tensor({c}, -1.5f, 1.5f);
+    const Tensor beta = random_tensor({c}), residual = v.residual ? random_tensor(shape, -2.0f, 2.0f) : Tensor();
+    const DropPath drop = mixed_drop_path(shape[0]);
+    const Tensor factor = v.factor ? drop.factor : Tensor();
+    const Tensor mean0 = random_tensor({c}), var0 = random_tensor({c}, 0.5f, 2.0f);
+
+    Tensor rm_fused = mean0.clone(), rv_fused = var0.clone(), rm_ref = mean0.clone(), rv_ref = var0.clone();
+    const BatchNormTrainOut fused =
+        ops::batchnorm_relu_forward_train(x, gamma, beta, rm_fused, rv_fused, kMomentum, kEps, residual, factor);
+    const BatchNormTrainOut bn = ops::batchnorm_forward_train(x, gamma, beta, rm_ref, rv_ref, kMomentum, kEps);
+    auto finish = [&](Tensor branch) {
+      if (v.factor) branch = ops::drop_path(branch, kDropP, drop.seed, drop.offset);
+      if (v.residual) branch = ops::add(branch, residual);
+      return ops::relu(branch);
+    };
+    const std::string tag = " (" + v.name() + ")";
+    CHECK(compare("fused train y" + tag, fused.y, finish(bn.y), kSameOpsTol) <= kSameOpsTol);
+    CHECK(compare("fused save_mean" + tag, fused.save_mean, bn.save_mean, kSameOpsTol) <= kSameOpsTol);
+    CHECK(compare("fused save_invstd" + tag, fused.save_invstd, bn.save_invstd, kSameOpsTol) <= kSameOpsTol);
+    CHECK(compare("fused running_mean" + tag, rm_fused, rm_ref, kSameOpsTol) <= kSameOpsTol);
+    CHECK(compare("fused running_var" + tag, rv_fused, rv_ref, kSameOpsTol) <= kSameOpsTol);
+    // A ReLU that cut nothing or everything would test little.
+    const std::vector<float> y = fused.y.to_vector();
+    const auto zeros = std::count(y.begin(), y.end(), 0.0f);
+    CHECK(zeros > 0);
+    CHECK(zeros < static_cast<int64_t>(y.size()));
+
+    const Tensor eval = ops::batchnorm_relu_forward_eval(x, gamma, beta, mean0, var0, kEps, residual, factor);
+    const Tensor eval_ref = finish(ops::batchnorm_forward_eval(x, gamma, beta, mean0, var0, kEps));
+    CHECK(compare("fused eval y" + tag, eval, eval_ref, kSameOpsTol) <= kSameOpsTol);
+  }
+}
+
+TEST_CASE("fused batch norm + ReLU backward equals the backward of the separate ops (autograd, every input)") {
+  const Shape shape{3, 2, 4, 5, 7};
+  const int64_t c = shape.back();
+  for (const Variant& v : kVariants) {
+    const Tensor x = channel_scaled(shape, -2.0f, 2.0f), gamma = random_tensor({c}, -1.5f, 1.5f);
+    const Tensor beta = random_tensor({c}), residual = random_tensor(shape, -2.0f, 2.0f);
+    const DropPath drop = mixed_drop_path(shape[0]);
+    const Tensor dy = random_tensor(shape);
+
+    // The composition nn::BasicBlock used before the fusion.
+    Variable x_ref(x.clone(), true), gamma_ref(gamma.clone(), true), beta_ref(beta.clone(), true),
+        residual_ref(residual.clone(), true);
+    Tensor rm_ref = Tensor::zeros({c}), rv_ref = Tensor::full({c}, 1.0f);
+    Variable branch = fn::batchnorm(x_ref, gamma_ref, beta_ref, rm_ref, rv_ref, true, kMomentum, kEps);
+    if (v.factor) branch = fn::drop_path(branch, kDropP, drop.seed, drop.offset);
+    if (v.residual) branch = fn::add(branch, residual_ref);
+    Variable y_ref = fn::relu(branch);
+    y_ref.backward(dy);
+
+    Variable x_fused(x.clone(), true), gamma_fused(gamma.clone(), true), beta_fused(beta.clone(), true),
+        residual_fused(residual.clone(), true);
+    Tensor rm = Tensor::zeros({c}), rv = Tensor::full({c}, 1.0f);
+    Variable y = fn::batchnorm_relu(x_fused, gamma_fused, beta_fused, rm, rv, true, kMomentum, kEps,
+                                    v.residual ? residual_fused : Variable(),
+                                    v.factor ? drop.factor : Tensor());
+    y.backward(dy);
+
+    const std::string tag = " (" + v.name() + ")";
+    CHECK(compare("fused y" + tag, y.value(), y_ref.value(), kSameOpsTol) <= kSameOpsTol);
+    CHECK(compare("fused dx" + tag, x_fused.grad(), x_ref.grad(), kSameOpsTol) <= kSameOpsTol);
+    CHECK(compare("fused dgamma" + tag, gamma_fused.grad(), gamma_ref.grad(), kSameOpsTol) <= kSameOpsTol);
+    CHECK(compare("fused dbeta" + tag, beta_fused.grad(), beta_ref.grad(), kSameOpsTol) <= kSameOpsTol);
+    if (v.residual)
+      CHECK(compare("fused dresidual" + tag, residual_fused.grad(), residual_ref.grad(), kSameOpsTol) <= kSameOpsTol);
+    else
+      CHECK_FALSE(residual_fused.has_grad());
+  }
+}
+
+TEST_CASE("fused batch norm + ReLU backward against central finite differences") {
+  // No step of kH may carry a pre-activation s[n] BN(x) (+ r) across the ReLU's kink. A step moves it by at
+  // most s[n] 0.03 (x: s gamma kH / std with std >= 0.5; gamma: s kH |xhat|; beta, r: s kH or kH). With a
+  // residual, r = t - s[n] BN(x) for targets t of either sign with |t| >= 0.2 (and s <= 2). Without, each
+  // channel holds +-(0.5 + u) scale in equal numbers (|xhat| > 0.3) and |beta| <= 0.05, so that
+  // |BN(x)| >= kMargin > 0.03 on every sample that is kept (a dropped one's output is 0 whatever the step).
+  constexpr float kMargin = 0.05f;
+  const Shape shape{4, 2, 3, 2, 5};
+  const int64_t c = shape.back(), rows = shape_numel(shape) / c, per_sample = shape_numel(shape) / shape[0];
+  std::uniform_real_distribution<float> unit(0.0f, 1.0f);
+  for (const Variant& v : kVariants) {
+    const Tensor factor = v.factor ? mixed_drop_path(shape[0]).factor : Tensor();
+    const std::vector<float> s = v.factor ? factor.to_vector() : std::vector<float>(shape[0], 1.0f);
+    const Tensor gamma = random_tensor({c}, 0.5f, 1.5f), beta = random_tensor({c}, -0.05f, 0.05f);
+    Tensor x, residual;
+    if (v.residual) {
+      x = channel_scaled(shape, std::log10(0.5f), std::log10(3.0f));
+      residual = random_tensor(shape);
+    } else {
+      x = Tensor::empty(shape);
+      for (int64_t ch = 0; ch < c; ++ch) {
+        std::vector<float> column(rows);
+        for (int64_t i = 0; i < rows; ++i) column[i] = (i % 2 ? 1.0f : -1.0f) * (0.5f + unit(rng()));
+        std::shuffle(column.begin(), column.end(), rng());
+        const float scale = 0.5f + 2.5f * unit(rng()), offset = 2.0f * unit(rng()) - 1.0f;
+        for (int64_t i = 0; i < rows; ++i) x.f32()[i * c + ch] = offset + scale * column[i];
+      }
+    }
+    Tensor rm = Tensor::zeros({c}), rv = Tensor::full({c}, 1.0f);
+    const std::vector<float> bn = ops::batchnorm_forward_train(x, gamma, beta, rm, rv, kMomentum, kEps).y.to_vector();
+    float worst = INFINITY;
+    for (int64_t i = 0; i < x.numel(); ++i) {
+      const float branch = s[i / per_sample] * bn[i];
+      if (v.residual) {
+        const float target = (residual.f32()[i] < 0.0f ? -1.0f : 1.0f) * (0.2f + 0.8f * unit(rng()));
+        residual.f32()[i] = target - branch;
+        worst = std::min(worst, std::fabs(target));
+      } else if (s[i / per_sample] != 0.0f) {
+        worst = std::min(worst, std::fabs(bn[i]));
+      }
+    }
+    REQUIRE_MESSAGE(worst >= kMargin, "a pre-activation lies " << worst << " from the ReLU's kink");
+    std::vector<Tensor> inputs{x, gamma, beta};
+    if (v.residual) inputs.push_back(residual);
+    gradcheck("batchnorm_relu (" + v.name() + ")",
+              [&](const std::vector<Variable>& in) {
+                return fn::batchnorm_relu(in[0], in[1], in[2], rm, rv, true, kMomentum, kEps,
+                                          v.residual ? in[3] : Variable(), factor);
+              },
+              inputs, kH, kTol);
+  }
+}
+
+TEST_CASE("fused batch norm + ReLU: evaluation has no backward, bad residuals and factors are ShapeErrors") {
+  const Shape shape{3, 2, 2, 2, 4};
+  const Tensor x = random_tensor(shape), gamma = random_tensor({4}), beta = random_tensor({4});
+  Tensor rm = Tensor::zeros({4}), rv = Tensor::full({4}, 1.0f);
+  Variable input(x.clone(), true);
+  CHECK_THROWS_AS(fn::batchnorm_relu(input, Variable(gamma), Variable(beta), rm, rv, false, kMomentum, kEps)
+                      .backward(random_tensor(shape)),
+                  Error);
+  CHECK_THROWS_AS(ops::batchnorm_relu_forward_train(x, gamma, beta, rm, rv, kMomentum, kEps, random_tensor({3, 2, 2, 2, 5}),
+                                                    Tensor()),
+                  ShapeError);
+  CHECK_THROWS_AS(ops::batchnorm_relu_forward_eval(x, gamma, beta, rm, rv, kEps, Tensor(), random_tensor({2})),
+                  ShapeError);
+  CHECK_THROWS_AS(ops::batchnorm_relu_backward(random_tensor(shape), random_tensor(shape), x, gamma, rm, rv,
+                                               random_tensor({4}), false),
+                  ShapeError);
+}
