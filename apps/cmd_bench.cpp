@@ -49,13 +49,19 @@ void synchronize(Device device) {
 #endif
 }
 
-void run_bench(const BenchArgs& a) {
+// The config that --config and --set give, with the shape flags' depth, width and slab, validated.
+RunConfig bench_config(const BenchArgs& a) {
   RunConfig config = load_config(find_config_file(a.config));
   for (const std::string& o : a.overrides) apply_override(config, o);
   config.depth = a.depth;
   config.width = a.width;
   config.slab_depth = a.slab;
   validate_config(config);
+  return config;
+}
+
+void run_bench(const BenchArgs& a) {
+  const RunConfig config = bench_config(a);
   const Device device = resolve_device(a.device);
   math_mode().allow_tf32 = !config.strict_fp32;
   if (config.precision == "bf16" && device == Device::CPU) throw Error("dsmil bench: bf16 needs the CUDA backend");
@@ -146,12 +152,7 @@ void run_bench(const BenchArgs& a) {
 
 // The kernel benchmarks at the shapes of the model that --config, --set and the shape flags describe.
 void run_kernel_bench_command(const BenchArgs& a) {
-  RunConfig config = load_config(find_config_file(a.config));
-  for (const std::string& o : a.overrides) apply_override(config, o);
-  config.depth = a.depth;
-  config.width = a.width;
-  config.slab_depth = a.slab;
-  validate_config(config);
+  const RunConfig config = bench_config(a);
   const mil::ModelConfig model = config.model_config();
   kernel_bench::Options options;
   options.kernel = a.kernel;

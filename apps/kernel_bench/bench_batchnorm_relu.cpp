@@ -3,7 +3,7 @@
 // with drop-path's per-sample factor s; training and eval forward, backward with the residual's gradient.
 #include <fmt/format.h>
 
-#include "apps/kernel_bench/registry.h"
+#include "apps/kernel_bench/bench_entry.h"
 #include "kernels/counter_rng.h"
 #include "tensor/ops.h"
 
@@ -19,19 +19,9 @@ constexpr float kDropPath = 0.1f;  // the recommended drop_path of the last bloc
 constexpr const char* kTiles = " (vectorised channel tiles x row blocks, kernels/batchnorm_relu.cu)";
 #endif
 
-int64_t elem(DType dtype) { return static_cast<int64_t>(dtype_size(dtype)); }
-
 KernelBench fused_bench(const char* name, const char* bytes_meaning) {
-  KernelBench b;
-  b.name = name;
-  b.file = "batchnorm_relu.cu";
-  b.shape_meaning = "x[N,D,H,W,C]";
-  b.bytes_meaning = bytes_meaning;
-  b.shape_rank = 5;
-  b.dtypes = {DType::F32, DType::BF16};
-  b.model_shape = [](const ModelShapes& m) { return m.stages[0]; };
-  b.tiny_shape = {3, 2, 5, 6, 40};
-  return b;
+  return described_bench(name, "batchnorm_relu.cu", "x[N,D,H,W,C]", bytes_meaning, 5, {DType::F32, DType::BF16},
+                         [](const ModelShapes& m) { return m.stages[0]; }, {3, 2, 5, 6, 40});
 }
 
 // Drop-path's factor per sample: 0 (dropped) or 1 / (1 - p) (kept).
@@ -59,7 +49,7 @@ Problem forward_inputs(const Shape& s, DType dtype, uint64_t seed) {
 KernelBench train_bench() {
   KernelBench b = fused_bench("batchnorm_relu_forward_train", "read x, residual; write y (statistics read x once more)");
   b.launchers = {"batchnorm_relu_forward_train"};
-  b.bytes = [](const Shape& s, DType d) { return 3 * elem(d) * shape_numel(s) + 32 * s.back() + 4 * s[0]; };
+  b.bytes = [](const Shape& s, DType d) { return 3 * element_bytes(d) * shape_numel(s) + 32 * s.back() + 4 * s[0]; };
   b.draw = forward_inputs;
   b.run = [](std::vector<Tensor>& in, const Shape&, DType) {
     BatchNormTrainOut out =
@@ -75,7 +65,7 @@ KernelBench train_bench() {
 KernelBench eval_bench() {
   KernelBench b = fused_bench("batchnorm_relu_forward_eval", "read x, residual; write y");
   b.launchers = {"batchnorm_relu_forward_eval"};
-  b.bytes = [](const Shape& s, DType d) { return 3 * elem(d) * shape_numel(s) + 16 * s.back() + 4 * s[0]; };
+  b.bytes = [](const Shape& s, DType d) { return 3 * element_bytes(d) * shape_numel(s) + 16 * s.back() + 4 * s[0]; };
   b.draw = forward_inputs;
   b.run = [](std::vector<Tensor>& in, const Shape&, DType) {
     return std::vector<Tensor>{
@@ -91,7 +81,7 @@ KernelBench backward_bench() {
   KernelBench b = fused_bench("batchnorm_relu_backward",
                               "read dy, y, x; write dx, d_residual (the sums pass reads dy, y, x once more)");
   b.launchers = {"batchnorm_relu_backward"};
-  b.bytes = [](const Shape& s, DType d) { return 5 * elem(d) * shape_numel(s) + 20 * s.back() + 4 * s[0]; };
+  b.bytes = [](const Shape& s, DType d) { return 5 * element_bytes(d) * shape_numel(s) + 20 * s.back() + 4 * s[0]; };
   b.draw = [](const Shape& s, DType dtype, uint64_t seed) {
     const Problem forward = forward_inputs(s, dtype, seed);
     std::vector<Tensor> in = forward.inputs;

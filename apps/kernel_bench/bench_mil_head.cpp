@@ -2,7 +2,7 @@
 // masked softmax (fast and plain) and its backward, top-k, gather_mean, the bag contractions, focal loss.
 #include <fmt/format.h>
 
-#include "apps/kernel_bench/registry.h"
+#include "apps/kernel_bench/bench_entry.h"
 #include "tensor/ops.h"
 #ifdef DSMIL_WITH_CUDA
 #include "apps/kernel_bench/device_helpers.h"
@@ -28,18 +28,29 @@ std::string thread_per_bag_launch(int64_t bags) {
 }
 #endif
 
+// An F32 entry running the launcher `name`; --shape takes as many sizes as the tiny shape has.
+KernelBench head_bench(const std::string& name, const char* file, const char* shape_meaning, const char* bytes_meaning,
+                       std::function<Shape(const ModelShapes&)> model_shape, const Shape& tiny_shape) {
+  KernelBench b = described_bench(name, file, shape_meaning, bytes_meaning, static_cast<int>(tiny_shape.size()),
+                                  {DType::F32}, std::move(model_shape), tiny_shape);
+  b.launchers = {name};
+  return b;
+}
+
+// The masked softmax and its backward: over [B, n], with a plain variant "<name>_plain", block per bag.
+KernelBench masked_softmax_family_bench(const std::string& name, const char* shape_meaning, const char* bytes_meaning) {
+  KernelBench b = head_bench(name, "masked_softmax.cu", shape_meaning, bytes_meaning,
+                             [](const ModelShapes& m) { return Shape{m.bags, m.instances}; }, {3, 7});
+  b.plain_launchers = {name + "_plain"};
+#ifdef DSMIL_WITH_CUDA
+  b.launch_fast = [](const Shape& s, DType) { return per_bag_launch(s[0]); };
+  b.launch_plain = [](const Shape& s, DType) { return thread_per_bag_launch(s[0]); };
+#endif
+  return b;
+}
+
 KernelBench masked_softmax_bench() {
-  KernelBench b;
-  b.name = "masked_softmax";
-  b.file = "masked_softmax.cu";
-  b.shape_meaning = "e[B,n]";
-  b.bytes_meaning = "read e, mask; write a, stats";
-  b.shape_rank = 2;
-  b.launchers = {"masked_softmax"};
-  b.plain_launchers = {"masked_softmax_plain"};
-  b.dtypes = {DType::F32};
-  b.model_shape = [](const ModelShapes& m) { return Shape{m.bags, m.instances}; };
-  b.tiny_shape = {3, 7};
+  KernelBench b = masked_softmax_family_bench("masked_softmax", "e[B,n]", "read e, mask; write a, stats");
   b.bytes = [](const Shape& s, DType) { return 3 * 4 * s[0] * s[1] + 3 * 4 * s[0]; };
   b.draw = [](const Shape& s, DType, uint64_t seed) {
     Problem p;
@@ -61,24 +72,12 @@ KernelBench masked_softmax_bench() {
                      cuda::op_context("masked_softmax_plain", {{"e", &in[0]}, {"mask", &in[1]}}));
     return out;
   };
-  b.launch_fast = [](const Shape& s, DType) { return per_bag_launch(s[0]); };
-  b.launch_plain = [](const Shape& s, DType) { return thread_per_bag_launch(s[0]); };
 #endif
   return b;
 }
 
 KernelBench masked_softmax_backward_bench() {
-  KernelBench b;
-  b.name = "masked_softmax_backward";
-  b.file = "masked_softmax.cu";
-  b.shape_meaning = "a[B,n]";
-  b.bytes_meaning = "read da, a; write de";
-  b.shape_rank = 2;
-  b.launchers = {"masked_softmax_backward"};
-  b.plain_launchers = {"masked_softmax_backward_plain"};
-  b.dtypes = {DType::F32};
-  b.model_shape = [](const ModelShapes& m) { return Shape{m.bags, m.instances}; };
-  b.tiny_shape = {3, 7};
+  KernelBench b = masked_softmax_family_bench("masked_softmax_backward", "a[B,n]", "read da, a; write de");
   b.bytes = [](const Shape& s, DType) { return 3 * 4 * s[0] * s[1]; };
   b.draw = [](const Shape& s, DType, uint64_t seed) {
     Problem p;
@@ -100,24 +99,14 @@ KernelBench masked_softmax_backward_bench() {
                      cuda::op_context("masked_softmax_backward_plain", {{"da", &in[0]}, {"a", &in[1]}}));
     return std::vector<Tensor>{de};
   };
-  b.launch_fast = [](const Shape& s, DType) { return per_bag_launch(s[0]); };
-  b.launch_plain = [](const Shape& s, DType) { return thread_per_bag_launch(s[0]); };
 #endif
   return b;
 }
 
 KernelBench topk_bench() {
-  KernelBench b;
-  b.name = "topk_indices";
-  b.file = "topk_gather.cu";
-  b.shape_meaning = "score[B,n],K";
-  b.bytes_meaning = "read score, mask; write idx";
-  b.shape_rank = 3;
-  b.launchers = {"topk_indices"};
-  b.dtypes = {DType::F32};
+  KernelBench b = head_bench("topk_indices", "topk_gather.cu", "score[B,n],K", "read score, mask; write idx",
+                             [](const ModelShapes& m) { return Shape{m.bags, m.instances, m.topk}; }, {3, 9, 4});
   b.nature = Nature::Arithmetic;  // n^2 comparisons per bag
-  b.model_shape = [](const ModelShapes& m) { return Shape{m.bags, m.instances, m.topk}; };
-  b.tiny_shape = {3, 9, 4};
   b.bytes = [](const Shape& s, DType) { return 8 * s[0] * s[1] + 4 * s[0] * s[2]; };
   b.flops = [](const Shape& s) { return static_cast<double>(s[0]) * s[1] * s[1]; };
   b.draw = [](const Shape& s, DType, uint64_t seed) {
@@ -141,17 +130,12 @@ Tensor random_topk(int64_t bags, int64_t n, int64_t k, uint64_t seed) {
                            random_mask(bags, n, stream_seed(seed, 1)), static_cast<int>(k));
 }
 
+// gather_mean and its backward: B bags of n instances of F features, K of them selected.
+Shape gather_model_shape(const ModelShapes& m) { return Shape{m.bags, m.instances, m.features, m.topk}; }
+
 KernelBench gather_mean_bench() {
-  KernelBench b;
-  b.name = "gather_mean";
-  b.file = "topk_gather.cu";
-  b.shape_meaning = "x[B,n,F],K";
-  b.bytes_meaning = "read idx and the K selected rows of x; write y";
-  b.shape_rank = 4;
-  b.launchers = {"gather_mean"};
-  b.dtypes = {DType::F32};
-  b.model_shape = [](const ModelShapes& m) { return Shape{m.bags, m.instances, m.features, m.topk}; };
-  b.tiny_shape = {3, 9, 5, 4};
+  KernelBench b = head_bench("gather_mean", "topk_gather.cu", "x[B,n,F],K",
+                             "read idx and the K selected rows of x; write y", gather_model_shape, {3, 9, 5, 4});
   b.bytes = [](const Shape& s, DType) { return 4 * s[0] * s[3] * s[2] + 4 * s[0] * s[3] + 4 * s[0] * s[2]; };
   b.draw = [](const Shape& s, DType, uint64_t seed) {
     Problem p;
@@ -167,16 +151,8 @@ KernelBench gather_mean_bench() {
 }
 
 KernelBench gather_mean_backward_bench() {
-  KernelBench b;
-  b.name = "gather_mean_backward";
-  b.file = "topk_gather.cu";
-  b.shape_meaning = "dx[B,n,F],K";
-  b.bytes_meaning = "read dy, idx; write dx";
-  b.shape_rank = 4;
-  b.launchers = {"gather_mean_backward"};
-  b.dtypes = {DType::F32};
-  b.model_shape = [](const ModelShapes& m) { return Shape{m.bags, m.instances, m.features, m.topk}; };
-  b.tiny_shape = {3, 9, 5, 4};
+  KernelBench b = head_bench("gather_mean_backward", "topk_gather.cu", "dx[B,n,F],K", "read dy, idx; write dx",
+                             gather_model_shape, {3, 9, 5, 4});
   b.bytes = [](const Shape& s, DType) { return 4 * s[0] * s[2] + 4 * s[0] * s[3] + 4 * s[0] * s[1] * s[2]; };
   b.draw = [](const Shape& s, DType, uint64_t seed) {
     Problem p;
@@ -195,16 +171,8 @@ KernelBench gather_mean_backward_bench() {
 
 // The three bag contractions share their inputs' shapes: a[B, n], v or q [B, n, F], m[B, F].
 KernelBench contraction_bench(const char* name, const char* bytes_meaning) {
-  KernelBench b;
-  b.name = name;
-  b.file = "bag_contractions.cu";
-  b.shape_meaning = "v[B,n,F]";
-  b.bytes_meaning = bytes_meaning;
-  b.shape_rank = 3;
-  b.launchers = {name};
-  b.dtypes = {DType::F32};
-  b.model_shape = [](const ModelShapes& m) { return Shape{m.bags, m.instances, m.features}; };
-  b.tiny_shape = {3, 7, 33};
+  KernelBench b = head_bench(name, "bag_contractions.cu", "v[B,n,F]", bytes_meaning,
+                             [](const ModelShapes& m) { return Shape{m.bags, m.instances, m.features}; }, {3, 7, 33});
   // Each reads or writes one [B, n, F], one [B, n] and one [B, F] tensor.
   b.bytes = [](const Shape& s, DType) { return 4 * (s[0] * s[1] * s[2] + s[0] * s[1] + s[0] * s[2]); };
   return b;
@@ -261,16 +229,9 @@ KernelBench outer_bench() {
 KernelBench focal_loss_bench() {
   // The recommended-v2 loss: label smoothing 0.2, focal gamma 2.
   constexpr float kSmoothing = 0.2f, kGamma = 2.0f;
-  KernelBench b;
-  b.name = "focal_loss";
-  b.file = "focal_loss.cu";
-  b.shape_meaning = "logits[B,C]";
-  b.bytes_meaning = "read logits, target, weight; write loss, grad, per_sample";
-  b.shape_rank = 2;
-  b.launchers = {"focal_loss"};
-  b.dtypes = {DType::F32};
-  b.model_shape = [](const ModelShapes& m) { return Shape{m.bags, m.classes}; };
-  b.tiny_shape = {5, 3};
+  KernelBench b = head_bench("focal_loss", "focal_loss.cu", "logits[B,C]",
+                             "read logits, target, weight; write loss, grad, per_sample",
+                             [](const ModelShapes& m) { return Shape{m.bags, m.classes}; }, {5, 3});
   b.bytes = [](const Shape& s, DType) { return 8 * s[0] * s[1] + 12 * s[0] + 4; };
   b.draw = [](const Shape& s, DType, uint64_t seed) {
     Problem p;

@@ -3,7 +3,7 @@
 // window) forward and backward; global average pooling and its backward.
 #include <fmt/format.h>
 
-#include "apps/kernel_bench/registry.h"
+#include "apps/kernel_bench/bench_entry.h"
 #include "tensor/ops.h"
 #ifdef DSMIL_WITH_CUDA
 #include <cuda_bf16.h>
@@ -22,22 +22,13 @@ constexpr float kMomentum = 0.1f, kEps = 1e-5f;
 // The stem's max pooling (DESIGN section 3): kernel (1, 3, 3), stride (1, 2, 2), padding (0, 1, 1).
 const Pool3dGeometry kStemPool{{1, 3, 3}, {1, 2, 2}, {0, 1, 1}};
 
-int64_t elem(DType dtype) { return static_cast<int64_t>(dtype_size(dtype)); }
 int64_t channels(const Shape& s) { return s.back(); }
 int64_t rows(const Shape& s) { return shape_numel(s) / s.back(); }
 
 // An entry over an activation x[N, D, H, W, C] at the stem's output (the largest the step normalises).
 KernelBench activation_bench(const char* name, const char* file, const char* bytes_meaning) {
-  KernelBench b;
-  b.name = name;
-  b.file = file;
-  b.shape_meaning = "x[N,D,H,W,C]";
-  b.bytes_meaning = bytes_meaning;
-  b.shape_rank = 5;
-  b.dtypes = {DType::F32, DType::BF16};
-  b.model_shape = [](const ModelShapes& m) { return m.stem; };
-  b.tiny_shape = {2, 3, 5, 6, 40};
-  return b;
+  return described_bench(name, file, "x[N,D,H,W,C]", bytes_meaning, 5, {DType::F32, DType::BF16},
+                         [](const ModelShapes& m) { return m.stem; }, {2, 3, 5, 6, 40});
 }
 
 // x (centred off zero so that a one-pass variance would lose digits), gamma, beta, running mean and var.
@@ -63,7 +54,7 @@ KernelBench batchnorm_statistics_bench() {
   KernelBench b = activation_bench("batchnorm_statistics", "batchnorm.cu",
                                    "read x; read and write running stats; write save_mean, save_invstd");
   b.launchers = {"batchnorm_statistics"};
-  b.bytes = [](const Shape& s, DType d) { return elem(d) * shape_numel(s) + 24 * channels(s); };
+  b.bytes = [](const Shape& s, DType d) { return element_bytes(d) * shape_numel(s) + 24 * channels(s); };
   b.draw = batchnorm_inputs;
   // The statistics have no op of their own: the reference is the training forward's.
   b.reference = [](std::vector<Tensor>& in, const Shape&, DType) {
@@ -96,7 +87,7 @@ KernelBench batchnorm_train_bench() {
   KernelBench b = activation_bench("batchnorm_forward_train", "batchnorm.cu",
                                    "read x; write y (the statistics pass reads x once more)");
   b.launchers = {"batchnorm_forward_train"};
-  b.bytes = [](const Shape& s, DType d) { return 2 * elem(d) * shape_numel(s) + 32 * channels(s); };
+  b.bytes = [](const Shape& s, DType d) { return 2 * element_bytes(d) * shape_numel(s) + 32 * channels(s); };
   b.draw = batchnorm_inputs;
   b.run = [](std::vector<Tensor>& in, const Shape&, DType) {
     BatchNormTrainOut out = ops::batchnorm_forward_train(in[0], in[1], in[2], in[3], in[4], kMomentum, kEps);
@@ -113,7 +104,7 @@ KernelBench batchnorm_train_bench() {
 KernelBench batchnorm_eval_bench() {
   KernelBench b = activation_bench("batchnorm_forward_eval", "batchnorm.cu", "read x; write y");
   b.launchers = {"batchnorm_forward_eval"};
-  b.bytes = [](const Shape& s, DType d) { return 2 * elem(d) * shape_numel(s) + 16 * channels(s); };
+  b.bytes = [](const Shape& s, DType d) { return 2 * element_bytes(d) * shape_numel(s) + 16 * channels(s); };
   b.draw = batchnorm_inputs;
   b.run = [](std::vector<Tensor>& in, const Shape&, DType) {
     return std::vector<Tensor>{ops::batchnorm_forward_eval(in[0], in[1], in[2], in[3], in[4], kEps)};
@@ -130,7 +121,7 @@ KernelBench batchnorm_backward_bench() {
   KernelBench b = activation_bench("batchnorm_backward", "batchnorm.cu",
                                    "read dy, x; write dx (the sums pass reads dy, x once more)");
   b.launchers = {"batchnorm_backward"};
-  b.bytes = [](const Shape& s, DType d) { return 3 * elem(d) * shape_numel(s) + 20 * channels(s); };
+  b.bytes = [](const Shape& s, DType d) { return 3 * element_bytes(d) * shape_numel(s) + 20 * channels(s); };
   b.draw = [](const Shape& s, DType dtype, uint64_t seed) {
     const Problem forward = batchnorm_inputs(s, dtype, seed);
     std::vector<Tensor> in = forward.inputs;
@@ -159,7 +150,7 @@ KernelBench batchnorm_backward_bench() {
 // The max-pool kernels' grid over `elements`: a thread per 16 bytes of channels where C allows (the
 // bench's tensors are aligned), else per channel.
 std::string maxpool_launch(int64_t elements, const Shape& s, DType d) {
-  const int64_t wide = 16 / elem(d), group = channels(s) % wide == 0 ? wide : 1;
+  const int64_t wide = 16 / element_bytes(d), group = channels(s) % wide == 0 ? wide : 1;
   return fmt::format("{} ({} channels a thread)", grid_stride_launch(elements / group), group);
 }
 #endif
@@ -168,7 +159,7 @@ KernelBench maxpool_forward_bench() {
   KernelBench b = activation_bench("maxpool3d_forward", "maxpool3d.cu", "read x; write y, argmax");
   b.launchers = {"maxpool3d_forward"};
   b.bytes = [](const Shape& s, DType d) {
-    return elem(d) * shape_numel(s) + (elem(d) + 4) * shape_numel(ops::pool3d_output_shape(s, kStemPool));
+    return element_bytes(d) * shape_numel(s) + (element_bytes(d) + 4) * shape_numel(ops::pool3d_output_shape(s, kStemPool));
   };
   b.draw = [](const Shape& s, DType dtype, uint64_t seed) {
     Problem p;
@@ -201,7 +192,7 @@ KernelBench maxpool_backward_bench() {
   KernelBench b = activation_bench("maxpool3d_backward", "maxpool3d.cu", "read dy, argmax; write dx");
   b.launchers = {"maxpool3d_backward"};
   b.bytes = [](const Shape& s, DType d) {
-    return elem(d) * shape_numel(s) + (elem(d) + 4) * shape_numel(ops::pool3d_output_shape(s, kStemPool));
+    return element_bytes(d) * shape_numel(s) + (element_bytes(d) + 4) * shape_numel(ops::pool3d_output_shape(s, kStemPool));
   };
   b.draw = maxpool_backward_inputs;
   b.run = [](std::vector<Tensor>& in, const Shape& s, DType) {
@@ -217,7 +208,7 @@ KernelBench global_avg_pool_bench() {
   KernelBench b = activation_bench("global_avg_pool", "global_avg_pool.cu", "read x; write y[N,C] (F32)");
   b.launchers = {"global_avg_pool"};
   b.model_shape = [](const ModelShapes& m) { return m.stages[3]; };
-  b.bytes = [](const Shape& s, DType d) { return elem(d) * shape_numel(s) + 4 * s[0] * channels(s); };
+  b.bytes = [](const Shape& s, DType d) { return element_bytes(d) * shape_numel(s) + 4 * s[0] * channels(s); };
   b.draw = [](const Shape& s, DType dtype, uint64_t seed) {
     Problem p;
     p.add(uniform_tensor(s, -1.0f, 1.0f, stream_seed(seed, 0), dtype), true);
@@ -236,7 +227,7 @@ KernelBench global_avg_pool_backward_bench() {
   KernelBench b = activation_bench("global_avg_pool_backward", "global_avg_pool.cu", "read dy[N,C] (F32); write dx");
   b.launchers = {"global_avg_pool_backward"};
   b.model_shape = [](const ModelShapes& m) { return m.stages[3]; };
-  b.bytes = [](const Shape& s, DType d) { return elem(d) * shape_numel(s) + 4 * s[0] * channels(s); };
+  b.bytes = [](const Shape& s, DType d) { return element_bytes(d) * shape_numel(s) + 4 * s[0] * channels(s); };
   b.draw = [](const Shape& s, DType, uint64_t seed) {
     Problem p;
     p.add(uniform_tensor({s[0], channels(s)}, -1.0f, 1.0f, stream_seed(seed, 0)), false);

@@ -3,7 +3,7 @@
 // nn::AdamW and nn::Ema call them.
 #include <fmt/format.h>
 
-#include "apps/kernel_bench/registry.h"
+#include "apps/kernel_bench/bench_entry.h"
 #include "tensor/ops.h"
 #ifdef DSMIL_WITH_CUDA
 #include "apps/kernel_bench/device_helpers.h"
@@ -13,25 +13,15 @@ namespace dsmil::kernel_bench {
 
 namespace {
 
-int64_t elem(DType dtype) { return static_cast<int64_t>(dtype_size(dtype)); }
-
 KernelBench bias_bench(const char* name, const char* bytes_meaning) {
-  KernelBench b;
-  b.name = name;
-  b.file = "bias.cu";
-  b.shape_meaning = "x[M,N]";
-  b.bytes_meaning = bytes_meaning;
-  b.shape_rank = 2;
-  b.dtypes = {DType::F32, DType::BF16};
-  b.model_shape = [](const ModelShapes& m) { return m.embedding; };
-  b.tiny_shape = {7, 45};
-  return b;
+  return described_bench(name, "bias.cu", "x[M,N]", bytes_meaning, 2, {DType::F32, DType::BF16},
+                         [](const ModelShapes& m) { return m.embedding; }, {7, 45});
 }
 
 KernelBench add_bias_bench() {
   KernelBench b = bias_bench("add_bias", "read x, bias; write y");
   b.launchers = {"add_bias"};
-  b.bytes = [](const Shape& s, DType d) { return 2 * elem(d) * s[0] * s[1] + 4 * s[1]; };
+  b.bytes = [](const Shape& s, DType d) { return 2 * element_bytes(d) * s[0] * s[1] + 4 * s[1]; };
   b.draw = [](const Shape& s, DType dtype, uint64_t seed) {
     Problem p;
     p.add(uniform_tensor(s, -1.0f, 1.0f, stream_seed(seed, 0), dtype), true);
@@ -48,7 +38,7 @@ KernelBench add_bias_bench() {
 KernelBench bias_backward_bench() {
   KernelBench b = bias_bench("bias_backward", "read dy; write db[N]");
   b.launchers = {"bias_backward"};
-  b.bytes = [](const Shape& s, DType d) { return elem(d) * s[0] * s[1] + 4 * s[1]; };
+  b.bytes = [](const Shape& s, DType d) { return element_bytes(d) * s[0] * s[1] + 4 * s[1]; };
   b.draw = [](const Shape& s, DType dtype, uint64_t seed) {
     Problem p;
     p.add(uniform_tensor(s, -1.0f, 1.0f, stream_seed(seed, 0), dtype), true);
@@ -62,14 +52,8 @@ KernelBench bias_backward_bench() {
 }
 
 KernelBench update_bench(const char* name, const char* bytes_meaning) {
-  KernelBench b;
-  b.name = name;
-  b.file = "optimizer_updates.cu";
-  b.shape_meaning = "param[...]";
-  b.bytes_meaning = bytes_meaning;
-  b.dtypes = {DType::F32};
-  b.model_shape = [](const ModelShapes& m) { return m.largest_weight; };
-  b.tiny_shape = {5, 3, 3, 3, 4};
+  KernelBench b = described_bench(name, "optimizer_updates.cu", "param[...]", bytes_meaning, 0, {DType::F32},
+                                  [](const ModelShapes& m) { return m.largest_weight; }, {5, 3, 3, 3, 4});
 #ifdef DSMIL_WITH_CUDA
   b.launch_fast = [](const Shape& s, DType) { return grid_stride_launch(shape_numel(s)); };
 #endif

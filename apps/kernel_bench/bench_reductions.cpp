@@ -5,7 +5,7 @@
 
 #include <algorithm>
 
-#include "apps/kernel_bench/registry.h"
+#include "apps/kernel_bench/bench_entry.h"
 #include "tensor/ops.h"
 #ifdef DSMIL_WITH_CUDA
 #include <cuda_bf16.h>
@@ -21,18 +21,10 @@ namespace dsmil::kernel_bench {
 
 namespace {
 
-int64_t elem(DType dtype) { return static_cast<int64_t>(dtype_size(dtype)); }
-
 KernelBench reduction_bench(const char* name, const char* bytes_meaning) {
-  KernelBench b;
-  b.name = name;
-  b.file = "reductions.cu";
-  b.shape_meaning = "x[...]";
-  b.bytes_meaning = bytes_meaning;
-  b.dtypes = {DType::F32, DType::BF16};
-  b.model_shape = [](const ModelShapes& m) { return m.largest_weight; };
-  b.tiny_shape = {3, 5, 7};
-  b.bytes = [](const Shape& s, DType d) { return elem(d) * shape_numel(s) + 8; };  // + the fp64 result
+  KernelBench b = described_bench(name, "reductions.cu", "x[...]", bytes_meaning, 0, {DType::F32, DType::BF16},
+                                  [](const ModelShapes& m) { return m.largest_weight; }, {3, 5, 7});
+  b.bytes = [](const Shape& s, DType d) { return element_bytes(d) * shape_numel(s) + 8; };  // + the fp64 result
   b.draw = [](const Shape& s, DType dtype, uint64_t seed) {
     Problem p;
     p.add(uniform_tensor(s, -1.0f, 1.0f, stream_seed(seed, 0), dtype), true);
@@ -106,7 +98,7 @@ KernelBench sum_squares_bench() {
 KernelBench all_finite_bench() {
   KernelBench b = reduction_bench("all_finite", "read x; write a flag");
   b.launchers = {"any_nonfinite"};
-  b.bytes = [](const Shape& s, DType d) { return elem(d) * shape_numel(s) + 4; };
+  b.bytes = [](const Shape& s, DType d) { return element_bytes(d) * shape_numel(s) + 4; };
   b.run = [](std::vector<Tensor>& in, const Shape&, DType) {
     return std::vector<Tensor>{Tensor::full({1}, ops::all_finite(in[0]) ? 1.0f : 0.0f)};
   };

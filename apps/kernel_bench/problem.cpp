@@ -5,7 +5,6 @@
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <cmath>
 #include <cstring>
 
 #include "kernels/counter_rng.h"
@@ -66,16 +65,6 @@ double tolerance(DType dtype) {
     case DType::I32: return 0.0;
   }
   return 0.0;
-}
-
-double relative_max_error(const std::vector<float>& got, const std::vector<float>& ref) {
-  double scale = 0.0, worst = 0.0;
-  for (float r : ref) scale = std::max(scale, std::fabs(static_cast<double>(r)));
-  for (size_t i = 0; i < got.size(); ++i) {
-    const double err = std::fabs(static_cast<double>(got[i]) - ref[i]);
-    worst = std::isfinite(err) ? std::max(worst, err) : INFINITY;
-  }
-  return scale > 0.0 ? worst / scale : worst;
 }
 
 Comparison compare_output(const std::string& name, const Tensor& got, const Tensor& ref) {

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "apps/kernel_bench/relative_error.h"
 #include "tensor/tensor.h"
 
 namespace dsmil::kernel_bench {
@@ -53,8 +54,6 @@ struct Comparison {
   bool pass = false;
 };
 
-// max |got - ref| / max |ref| (absolute where ref is all zeros); NaN or infinity anywhere gives infinity.
-double relative_max_error(const std::vector<float>& got, const std::vector<float>& ref);
 // One output against its reference (shapes must agree; dtypes may differ: got may be BF16).
 Comparison compare_output(const std::string& name, const Tensor& got, const Tensor& ref);
 

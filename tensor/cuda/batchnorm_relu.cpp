@@ -30,6 +30,17 @@ FusedShape check_fused(const char* op, const Tensor& x, const Tensor& gamma, con
   return {rows, channels, samples > 0 ? rows / samples : 1};
 }
 
+// The forward passes' checks: check_fused's, then beta and the running statistics (F32 [C]).
+FusedShape check_forward(const char* op, const Tensor& x, const Tensor& gamma, const Tensor& beta,
+                         const Tensor& running_mean, const Tensor& running_var, const Tensor& residual,
+                         const Tensor& sample_factor) {
+  const FusedShape s = check_fused(op, x, gamma, residual, sample_factor);
+  check_f32_vector(op, beta, s.channels, "beta");
+  check_f32_vector(op, running_mean, s.channels, "running_mean");
+  check_f32_vector(op, running_var, s.channels, "running_var");
+  return s;
+}
+
 kernels::SampleFactor factor_of(const Tensor& sample_factor, const FusedShape& s) {
   return {sample_factor.defined() ? sample_factor.f32() : nullptr, s.rows_per_sample};
 }
@@ -45,10 +56,7 @@ BatchNormTrainOut batchnorm_relu_forward_train(const Tensor& x, const Tensor& ga
                                                Tensor& running_mean, Tensor& running_var, float momentum, float eps,
                                                const Tensor& residual, const Tensor& sample_factor) {
   const char* op = "batchnorm_relu_forward_train";
-  const FusedShape s = check_fused(op, x, gamma, residual, sample_factor);
-  check_f32_vector(op, beta, s.channels, "beta");
-  check_f32_vector(op, running_mean, s.channels, "running_mean");
-  check_f32_vector(op, running_var, s.channels, "running_var");
+  const FusedShape s = check_forward(op, x, gamma, beta, running_mean, running_var, residual, sample_factor);
   if (s.rows < 2) throw ShapeError(fmt::format("{}: needs at least 2 values per channel, got {}", op, x.describe()));
   BatchNormTrainOut out{empty_device(x.shape(), x.dtype()), empty_device({s.channels}, DType::F32),
                         empty_device({s.channels}, DType::F32)};
@@ -68,10 +76,7 @@ Tensor batchnorm_relu_forward_eval(const Tensor& x, const Tensor& gamma, const T
                                    const Tensor& running_mean, const Tensor& running_var, float eps,
                                    const Tensor& residual, const Tensor& sample_factor) {
   const char* op = "batchnorm_relu_forward_eval";
-  const FusedShape s = check_fused(op, x, gamma, residual, sample_factor);
-  check_f32_vector(op, beta, s.channels, "beta");
-  check_f32_vector(op, running_mean, s.channels, "running_mean");
-  check_f32_vector(op, running_var, s.channels, "running_var");
+  const FusedShape s = check_forward(op, x, gamma, beta, running_mean, running_var, residual, sample_factor);
   Tensor y = empty_device(x.shape(), x.dtype());
   with_float_type(op, x, [&](auto tag) {
     using T = typename decltype(tag)::type;

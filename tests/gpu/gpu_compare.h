@@ -6,11 +6,12 @@
 #include <doctest/doctest.h>
 
 #include <array>
-#include <cmath>
 #include <cstdio>
+#include <random>
 #include <string>
 #include <vector>
 
+#include "apps/kernel_bench/relative_error.h"
 #include "tensor/cpu/ops_cpu.h"
 #include "tensor/cuda/context.h"
 #include "tensor/cuda/runtime.h"
@@ -64,6 +65,21 @@ inline Twin random_twin(const Shape& shape, DType dtype, float lo = -1.0f, float
 
 inline Twin int_twin(const Tensor& cpu_ints) { return {cpu_ints.to(Device::CUDA), cpu_ints}; }
 
+// mask[B, n]: random holes, bag 0 full, bag 1 with one instance, the last bag empty.
+inline Tensor mask_with_edges(int64_t bags, int64_t n) {
+  std::bernoulli_distribution present(0.75);
+  std::vector<int32_t> m(bags * n);
+  for (int64_t b = 0; b < bags; ++b)
+    for (int64_t i = 0; i < n; ++i) {
+      int32_t v = present(test::rng()) ? 1 : 0;
+      if (b == 0) v = 1;
+      if (b == 1) v = i == n / 2;
+      if (b == bags - 1) v = 0;
+      m[b * n + i] = v;
+    }
+  return Tensor::from_ints({bags, n}, m);
+}
+
 // Runs `op` twice: new device memory filled with 0xFF bytes (NaN in f32 and bf16), then with 0x7F bytes
 // (3.4e38): an output element the op never writes fails the comparison in at least one of the runs.
 template <typename F>
@@ -80,21 +96,10 @@ auto run_poisoned(F op) -> std::array<decltype(op()), 2> {
   return {std::move(first), std::move(second)};
 }
 
-// max |got - ref| / max |ref| (absolute when ref is all zeros); NaN or infinity anywhere gives infinity.
-inline double relative_max_error(const std::vector<float>& got, const std::vector<float>& ref) {
-  double scale = 0.0, worst = 0.0;
-  for (float r : ref) scale = std::max(scale, std::fabs(static_cast<double>(r)));
-  for (size_t i = 0; i < got.size(); ++i) {
-    const double err = std::fabs(static_cast<double>(got[i]) - ref[i]);
-    worst = std::isfinite(err) ? std::max(worst, err) : INFINITY;
-  }
-  return scale > 0.0 ? worst / scale : worst;
-}
-
 // Compares a result of the CUDA backend (any dtype) with the CPU reference, prints one line, checks.
 inline void check_close(const std::string& what, const Tensor& got, const Tensor& ref, double tol) {
   REQUIRE_MESSAGE(got.shape() == ref.shape(), what << ": shape " << got.describe() << " vs " << ref.describe());
-  const double err = relative_max_error(got.to_vector(), ref.to_vector());
+  const double err = kernel_bench::relative_max_error(got.to_vector(), ref.to_vector());
   const bool pass = err <= tol;
   std::printf("[gpu-check] %-58s err %.3e tol %.1e %s\n", what.c_str(), err, tol, pass ? "PASS" : "FAIL");
   CHECK_MESSAGE(pass, what << ": relative max error " << err << " > tolerance " << tol);

@@ -15,21 +15,6 @@ using namespace dsmil::gpu_test;
 
 namespace {
 
-// mask[B, n]: random holes, bag 0 full, bag 1 with one instance, the last bag empty.
-Tensor mask_with_edges(int64_t bags, int64_t n) {
-  std::bernoulli_distribution present(0.75);
-  std::vector<int32_t> m(bags * n);
-  for (int64_t b = 0; b < bags; ++b)
-    for (int64_t i = 0; i < n; ++i) {
-      int32_t v = present(test::rng()) ? 1 : 0;
-      if (b == 0) v = 1;
-      if (b == 1) v = i == n / 2;
-      if (b == bags - 1) v = 0;
-      m[b * n + i] = v;
-    }
-  return Tensor::from_ints({bags, n}, m);
-}
-
 double plain_sum_squares(const Tensor& x) {
   cuda::DeviceBuffer result(sizeof(double));
   cudaError_t status = x.dtype() == DType::BF16

@@ -9,21 +9,6 @@ using namespace dsmil::gpu_test;
 
 namespace {
 
-// mask[B, n]: random holes, bag 0 full, bag 1 with one instance, the last bag empty.
-Tensor random_mask(int64_t bags, int64_t n) {
-  std::bernoulli_distribution present(0.75);
-  std::vector<int32_t> m(bags * n);
-  for (int64_t b = 0; b < bags; ++b)
-    for (int64_t i = 0; i < n; ++i) {
-      int32_t v = present(test::rng()) ? 1 : 0;
-      if (b == 0) v = 1;
-      if (b == 1) v = i == n / 2;
-      if (b == bags - 1) v = 0;
-      m[b * n + i] = v;
-    }
-  return Tensor::from_ints({bags, n}, m);
-}
-
 // Scores with deliberate ties (copies of other entries of the bag), to exercise the tie rule.
 Tensor scores_with_ties(int64_t bags, int64_t n) {
   Tensor s = test::random_tensor({bags, n}, -3.0f, 3.0f);
@@ -41,7 +26,7 @@ TEST_CASE("gpu masked softmax with entropy / top-1 / effective-instance stats, a
   for (const auto& [bags, n] : std::vector<std::pair<int64_t, int64_t>>{{5, 37}, {3, 300}, {7, 16}}) {
     const std::string where = " B=" + std::to_string(bags) + " n=" + std::to_string(n);
     const Twin e = random_twin({bags, n}, DType::F32, -4.0f, 4.0f);
-    const Twin mask = int_twin(random_mask(bags, n));
+    const Twin mask = int_twin(mask_with_edges(bags, n));
     const auto out = run_poisoned([&] { return ops::masked_softmax(e.device, mask.device, temperature); });
     const MaskedSoftmaxOut ref = cpu::masked_softmax(e.host, mask.host, temperature);
     for (const MaskedSoftmaxOut& run : out) {
@@ -61,7 +46,7 @@ TEST_CASE("gpu top-k indices (ties to the lower index, -1 past the bag), gather_
   for (int k : {1, 4, 40}) {
     const std::string where = " k=" + std::to_string(k);
     const Twin score = twin_of(scores_with_ties(bags, n), DType::F32);
-    const Twin mask = int_twin(random_mask(bags, n));
+    const Twin mask = int_twin(mask_with_edges(bags, n));
     const auto idx = run_poisoned([&] { return ops::topk_indices(score.device, mask.device, k); });
     const Tensor ref_idx = cpu::topk_indices(score.host, mask.host, k);
     check_equal("topk_indices" + where, idx[0], ref_idx);
