@@ -315,13 +315,6 @@ FoldData load_fold(const fs::path& fold_dir) {
 
 namespace {
 
-std::string file_text(const fs::path& path) {
-  std::ifstream in(path);
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
-
 // The run directory a fold directory belongs to: fold_k/ or repeat_r/fold_k/ below it.
 fs::path run_dir_of(const FoldData& fold) {
   const fs::path parent = fold.dir.parent_path();
@@ -334,9 +327,9 @@ void check_folds_belong_together(const std::vector<FoldData>& folds) {
   std::map<std::string, fs::path> configs, splits;
   for (const FoldData& fold : folds) {
     const fs::path run_dir = run_dir_of(fold);
-    if (fs::exists(run_dir / "config.toml")) configs.emplace(file_text(run_dir / "config.toml"), run_dir);
+    if (fs::exists(run_dir / "config.toml")) configs.emplace(read_text_file(run_dir / "config.toml"), run_dir);
     const fs::path splits_json = fold.dir.parent_path() / "splits.json";
-    if (fs::exists(splits_json)) splits.emplace(file_text(splits_json), fold.dir.parent_path());
+    if (fs::exists(splits_json)) splits.emplace(read_text_file(splits_json), fold.dir.parent_path());
   }
   if (configs.size() > 1)
     throw FormatError(fmt::format("the folds come from runs with different configs: {} and {}",
@@ -445,6 +438,14 @@ void write_text_file(const fs::path& path, const std::string& text) {
   std::ofstream out(path, std::ios::binary);
   out << text;
   if (!out) throw Error(fmt::format("{}: cannot write", path.string()));
+}
+
+std::string read_text_file(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream text;
+  text << in.rdbuf();
+  if (!in) throw Error(fmt::format("{}: cannot read", path.string()));
+  return text.str();
 }
 
 const SplitRecord& chosen_val(const EpochRecord& epoch, const FoldInfo& info) {

@@ -113,6 +113,8 @@ void write_fold_json(const std::filesystem::path& path, const FoldInfo& info);
 
 // Writes `text` to `path` (replacing it); Error when the file cannot be written.
 void write_text_file(const std::filesystem::path& path, const std::string& text);
+// The whole file as text; Error when it cannot be read.
+std::string read_text_file(const std::filesystem::path& path);
 
 // The validation record of the chosen model: val_ema when chosen_model is "ema" (and it was written).
 const SplitRecord& chosen_val(const EpochRecord& epoch, const FoldInfo& info);

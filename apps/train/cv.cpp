@@ -13,6 +13,7 @@
 #include <fmt/format.h>
 
 #include "apps/report/audit.h"
+#include "apps/report/run_dir.h"
 #include "apps/train/trainer.h"
 #ifdef DSMIL_WITH_CUDA
 #include "data/device_cohort.h"
@@ -150,10 +151,8 @@ CvResult run_cv(const RunConfig& config, const CvOptions& options) {
   const bool resuming = !options.resume_dir.empty();
   result.run_dir = resuming ? options.resume_dir : options.runs_root / fmt::format("{}_{}", config.name, timestamp());
   if (resuming) {
-    std::ifstream saved(result.run_dir / "config.toml");
-    std::stringstream text;
-    text << saved.rdbuf();
-    if (!saved || text.str() != config_to_toml(config))
+    const fs::path saved = result.run_dir / "config.toml";
+    if (!fs::exists(saved) || report::read_text_file(saved) != config_to_toml(config))
       throw Error(fmt::format("--resume {}: its config.toml is missing or differs from this run's config",
                               result.run_dir.string()));
   } else {
