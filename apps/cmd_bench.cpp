@@ -68,8 +68,7 @@ void run_bench(const BenchArgs& a) {
 
   mil::DualStreamMIL model(config.model_config(), 1);
   model.to(device);
-  nn::AdamW optimizer(model.parameters(), {static_cast<float>(config.lr), 0.9f, 0.999f, 1e-8f,
-                                           static_cast<float>(config.weight_decay)});
+  nn::AdamW optimizer(model.parameters(), config.optimizer_config());
   nn::Ema ema(model, static_cast<float>(config.ema_decay));
   const float class_weight[2] = {1.0f, 1.0f};
 
@@ -99,7 +98,6 @@ void run_bench(const BenchArgs& a) {
     const mil::MilOutput out = model.forward(Variable(inputs[step % a.input_sets]), mask, 1.0f, random);
     Variable loss = mil::mil_loss(out, target, class_weight, config.loss_config());
     loss.backward();
-    if (config.clip_grad > 0) nn::clip_grad_norm(model.parameters(), static_cast<float>(config.clip_grad));
     optimizer.step(static_cast<float>(config.lr));
     optimizer.zero_grad();
     ema.update(model);

@@ -1,5 +1,6 @@
 // `dsmil cv` (nested K-fold cross-validation, DESIGN section 5) and `dsmil train` (one fold of it).
 #include <cstdio>
+#include <memory>
 #include <optional>
 
 #include <fmt/format.h>
@@ -7,6 +8,11 @@
 #include "apps/command_registry.h"
 #include "apps/train/cv.h"
 #include "apps/train/fold_scheduler.h"
+#include "apps/train/rank_launcher.h"
+#include "dist/ranks.h"
+#ifdef DSMIL_WITH_NCCL
+#include "dist/nccl_communicator.h"
+#endif
 #include "apps/train/trainer.h"
 
 namespace dsmil::app {
@@ -26,6 +32,7 @@ struct CvArgs {
   std::optional<std::string> gpus;  // cv only: folds scheduled over these GPUs, one child process each
   std::optional<int> workers;  // cv only: folds scheduled over N child processes on one device
   bool no_audit = false;
+  int nproc = 1;  // data-parallel ranks on this machine, one per GPU
 };
 
 void add_common_options(CLI::App* cmd, CvArgs& a) {
@@ -38,6 +45,25 @@ void add_common_options(CLI::App* cmd, CvArgs& a) {
   cmd->add_flag("--deterministic", a.deterministic, "deterministic algorithms: identical predictions on a rerun");
   cmd->add_flag("--strict-fp32", a.strict_fp32, "no TF32 on the GPU");
   cmd->add_option("--plot-every", a.plot_every, "plots every N epochs");
+  cmd->add_option("--nproc", a.nproc,
+                  "data-parallel training: N processes, one per GPU, each step's bags split over them and their "
+                  "gradients summed by NCCL (mpirun/srun/torchrun start ranks themselves: see README)")
+      ->check(CLI::PositiveNumber);
+}
+
+// The communicator of this rank of a data-parallel job; null when the process trains alone.
+std::unique_ptr<dist::Communicator> join_ranks(const dist::RankInfo& ranks, const RunConfig& config) {
+  if (!ranks.distributed()) return nullptr;
+  if (resolve_device(config.device) != Device::CUDA)
+    throw Error(fmt::format("rank {} of {}: data-parallel training runs on GPUs, one per rank (run.device = {})",
+                            ranks.rank, ranks.world_size, config.device));
+#ifdef DSMIL_WITH_NCCL
+  return std::make_unique<dist::NcclCommunicator>(ranks);
+#else
+  throw Error(fmt::format("{} set {} ranks, but this build has no NCCL (data-parallel training needs the CUDA "
+                          "backend built with NCCL)",
+                          ranks.launcher, ranks.world_size));
+#endif
 }
 
 RunConfig resolve(const CvArgs& a) {
@@ -55,8 +81,15 @@ RunConfig resolve(const CvArgs& a) {
 }
 
 void run(const CvArgs& a, std::vector<int> folds) {
+  const dist::RankInfo rank_info = dist::rank_from_environment();
+  if (a.nproc > 1 && rank_info.launcher == "none") {
+    run_local_ranks(a.nproc);
+    return;
+  }
   const RunConfig config = resolve(a);
+  const std::unique_ptr<dist::Communicator> ranks = join_ranks(rank_info, config);
   CvOptions options;
+  options.ranks = ranks.get();
   options.runs_root = a.runs_root;
   options.resume_dir = a.resume;
   options.folds = std::move(folds);

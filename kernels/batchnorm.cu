@@ -4,6 +4,7 @@
 
 #include "kernels/batchnorm.h"
 #include "kernels/common.cuh"
+#include "kernels/vector_access.cuh"
 
 namespace dsmil::kernels {
 
@@ -98,12 +99,6 @@ __global__ void finalize_backward_kernel(const double* __restrict__ scratch, int
   dgamma[c] = static_cast<float>(sum_dy_xhat);
 }
 
-__global__ void eval_invstd_kernel(const float* __restrict__ running_var, float eps, int64_t channels,
-                                   float* __restrict__ invstd) {
-  const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (c < channels) invstd[c] = 1.0f / sqrtf(running_var[c] + eps);
-}
-
 template <typename T>
 __global__ void normalize_kernel(const T* __restrict__ x, const float* __restrict__ mean,
                                  const float* __restrict__ invstd, const float* __restrict__ gamma,
@@ -125,6 +120,57 @@ __global__ void backward_data_kernel(const T* __restrict__ dy, const T* __restri
     const float xhat = (to_float(x[i]) - mean[c]) * invstd[c];
     dx[i] = from_float<T>(gamma[c] * invstd[c] * (to_float(dy[i]) - dbeta[c] * inv_rows - xhat * dgamma[c] * inv_rows));
   }
+}
+
+// Rows each thread of the eval kernel loads before it stores: 2 x 16 bytes in flight per thread.
+constexpr int kEvalRowsInFlight = 2;
+
+// y = x scale + shift with scale = gamma / sqrt(var + eps) and shift = beta - mean scale (the CPU twin's
+// form), kept in registers for the thread's V consecutive channels (c0 = group * V). Block (tx, ty): tx
+// channel groups of one row side by side (a warp reads contiguous memory), ty rows; grid (group tiles, row
+// blocks); each step of a thread's row-stride loop loads kEvalRowsInFlight rows, then converts and stores them.
+template <typename T, int V>
+__global__ void eval_normalize_kernel(const T* __restrict__ x, const float* __restrict__ gamma,
+                                      const float* __restrict__ beta, const float* __restrict__ mean,
+                                      const float* __restrict__ var, float eps, int64_t rows, int64_t channels,
+                                      T* __restrict__ y) {
+  const int64_t c0 = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) * V;
+  if (c0 >= channels) return;
+  float scale[V], shift[V];
+#pragma unroll
+  for (int k = 0; k < V; ++k) {
+    scale[k] = gamma[c0 + k] * (1.0f / sqrtf(var[c0 + k] + eps));
+    shift[k] = beta[c0 + k] - mean[c0 + k] * scale[k];
+  }
+  const int64_t stride = int64_t(gridDim.y) * blockDim.y;
+  for (int64_t first = blockIdx.y * int64_t(blockDim.y) + threadIdx.y; first < rows;
+       first += kEvalRowsInFlight * stride) {
+    float v[kEvalRowsInFlight][V];
+#pragma unroll
+    for (int u = 0; u < kEvalRowsInFlight; ++u)
+      if (first + u * stride < rows) load_floats<T, V>(x + (first + u * stride) * channels + c0, v[u]);
+#pragma unroll
+    for (int u = 0; u < kEvalRowsInFlight; ++u) {
+      if (first + u * stride >= rows) continue;
+#pragma unroll
+      for (int k = 0; k < V; ++k) v[u][k] = fmaf(v[u][k], scale[k], shift[k]);
+      store_floats<T, V>(y + (first + u * stride) * channels + c0, v[u]);
+    }
+  }
+}
+
+template <typename T, int V>
+cudaError_t launch_eval_normalize(const T* x, const float* gamma, const float* beta, const float* mean,
+                                  const float* var, float eps, int64_t rows, int64_t channels, T* y,
+                                  cudaStream_t stream) {
+  const int64_t groups = channels / V;
+  const unsigned tx = static_cast<unsigned>(groups < 32 ? groups : 32), ty = kThreads / tx;
+  const int64_t group_tiles = (groups + tx - 1) / tx;
+  const int64_t needed = (rows + int64_t(ty) * kEvalRowsInFlight - 1) / (int64_t(ty) * kEvalRowsInFlight);
+  const int64_t cap = kMaxBlocks / group_tiles > 1 ? kMaxBlocks / group_tiles : 1;
+  const dim3 grid(static_cast<unsigned>(group_tiles), static_cast<unsigned>(needed < cap ? needed : cap));
+  eval_normalize_kernel<T, V><<<grid, dim3(tx, ty), 0, stream>>>(x, gamma, beta, mean, var, eps, rows, channels, y);
+  return cudaGetLastError();
 }
 
 unsigned channel_blocks(int64_t channels) { return static_cast<unsigned>((channels + kThreads - 1) / kThreads); }
@@ -165,16 +211,17 @@ cudaError_t batchnorm_forward_train(const T* x, const float* gamma, const float*
   return cudaGetLastError();
 }
 
+// One launch; the per-channel factors live in registers.
 template <typename T>
 cudaError_t batchnorm_forward_eval(const T* x, const float* gamma, const float* beta, const float* running_mean,
                                    const float* running_var, float eps, int64_t rows, int64_t channels, T* y,
-                                   float* invstd, cudaStream_t stream) {
-  const int64_t n = rows * channels;
-  if (n == 0) return cudaSuccess;
-  eval_invstd_kernel<<<channel_blocks(channels), kThreads, 0, stream>>>(running_var, eps, channels, invstd);
-  if (const cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
-  normalize_kernel<<<grid_for(n), kThreads, 0, stream>>>(x, running_mean, invstd, gamma, beta, n, channels, y);
-  return cudaGetLastError();
+                                   cudaStream_t stream) {
+  if (rows == 0 || channels == 0) return cudaSuccess;
+  constexpr int kWide = kVectorWidth<T>;
+  if (channels % kWide == 0 && vector_aligned({x, y}))
+    return launch_eval_normalize<T, kWide>(x, gamma, beta, running_mean, running_var, eps, rows, channels, y,
+                                           stream);
+  return launch_eval_normalize<T, 1>(x, gamma, beta, running_mean, running_var, eps, rows, channels, y, stream);
 }
 
 template <typename T>
@@ -208,11 +255,10 @@ template cudaError_t batchnorm_forward_train<__nv_bfloat16>(const __nv_bfloat16*
                                                             float*, float, float, int64_t, int64_t, __nv_bfloat16*,
                                                             float*, float*, double*, cudaStream_t);
 template cudaError_t batchnorm_forward_eval<float>(const float*, const float*, const float*, const float*,
-                                                   const float*, float, int64_t, int64_t, float*, float*,
-                                                   cudaStream_t);
+                                                   const float*, float, int64_t, int64_t, float*, cudaStream_t);
 template cudaError_t batchnorm_forward_eval<__nv_bfloat16>(const __nv_bfloat16*, const float*, const float*,
                                                            const float*, const float*, float, int64_t, int64_t,
-                                                           __nv_bfloat16*, float*, cudaStream_t);
+                                                           __nv_bfloat16*, cudaStream_t);
 template cudaError_t batchnorm_backward<float>(const float*, const float*, const float*, const float*, const float*,
                                                int64_t, int64_t, float*, float*, float*, double*, cudaStream_t);
 template cudaError_t batchnorm_backward<__nv_bfloat16>(const __nv_bfloat16*, const __nv_bfloat16*, const float*,

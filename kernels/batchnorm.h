@@ -26,11 +26,11 @@ cudaError_t batchnorm_forward_train(const T* x, const float* gamma, const float*
                                     float* running_var, float momentum, float eps, int64_t rows, int64_t channels,
                                     T* y, float* save_mean, float* save_invstd, double* scratch,
                                     cudaStream_t stream);
-// y = gamma (x - running_mean) / sqrt(running_var + eps) + beta; `invstd` is float scratch [C].
+// y = gamma (x - running_mean) / sqrt(running_var + eps) + beta.
 template <typename T>
 cudaError_t batchnorm_forward_eval(const T* x, const float* gamma, const float* beta, const float* running_mean,
                                    const float* running_var, float eps, int64_t rows, int64_t channels, T* y,
-                                   float* invstd, cudaStream_t stream);
+                                   cudaStream_t stream);
 // dbeta = sum dy, dgamma = sum dy xhat, dx = gamma invstd (dy - dbeta/rows - xhat dgamma/rows) with
 // xhat = (x - save_mean) save_invstd.
 template <typename T>

@@ -1,5 +1,9 @@
 // Whole-tensor reductions over n contiguous elements of T (float or bf16): the sum of squares in fp64
-// (fixed order: per-block partial sums, then one block sums them) and the count of non-finite elements.
+// and the flag for non-finite elements, one launch each.
+//
+// The sum's order is fixed by n and x's 16-byte alignment (per-block partial sums, then the last block to
+// finish sums them in block order), so reruns are bit-identical. Launches of one op must not overlap (they
+// share a device-side count of finished blocks), which the single stream of tensor/cuda guarantees.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -8,8 +12,9 @@
 
 namespace dsmil::kernels {
 
-// Size of the fp64 `partial` scratch sum_squares needs, in elements.
-constexpr int kSumSquaresBlocks = 1024;
+// The most blocks either reduction launches: the size of the fp64 `partial` scratch sum_squares needs, in
+// elements. 512 blocks of 256 stay resident together on an H100 (132 SMs x 4), so there is no tail wave.
+constexpr int kSumSquaresBlocks = 512;
 
 // *result (device memory) = sum of x[i]^2.
 template <typename T>

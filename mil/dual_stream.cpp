@@ -183,17 +183,23 @@ Variable mean_attention_entropy(const Variable& a) {
 
 }  // namespace
 
-Variable mil_loss(const MilOutput& out, const Tensor& target, const float class_weight[2], const LossConfig& config) {
+Variable mil_loss(const MilOutput& out, const Tensor& target, const float class_weight[2], const LossConfig& config,
+                  const StepShare& share) {
   const int64_t bags = target.numel();
   const Device device = out.y.value().device();
   Tensor weight = Tensor::empty({bags});
-  for (int64_t b = 0; b < bags; ++b) weight.f32()[b] = class_weight[target.i32()[b]];
+  double weight_sum = 0;
+  for (int64_t b = 0; b < bags; ++b) weight_sum += weight.f32()[b] = class_weight[target.i32()[b]];
+  // focal_loss divides by this batch's weight sum; the step's share rescales that to the whole step's.
+  const float weight_share = share.weight_sum > 0 ? static_cast<float>(weight_sum / share.weight_sum) : 1.0f;
+  const float bag_share = share.bags > 0 ? static_cast<float>(bags) / static_cast<float>(share.bags) : 1.0f;
   const Tensor t = target.to(device), w = weight.to(device);
   const Variable l1 = fn::focal_loss(out.y1, t, w, config.label_smoothing, config.focal_gamma);
   const Variable l2 = fn::focal_loss(out.y2, t, w, config.label_smoothing, config.focal_gamma);
-  const Variable loss = fn::add(fn::scale(l1, config.stream_weight), fn::scale(l2, 1.0f - config.stream_weight));
+  const Variable loss = fn::add(fn::scale(l1, config.stream_weight * weight_share),
+                                fn::scale(l2, (1.0f - config.stream_weight) * weight_share));
   if (config.entropy_weight <= 0.0f) return loss;
-  return fn::add(loss, fn::scale(mean_attention_entropy(out.attention_weights), -config.entropy_weight));
+  return fn::add(loss, fn::scale(mean_attention_entropy(out.attention_weights), -config.entropy_weight * bag_share));
 }
 
 }  // namespace dsmil::mil

@@ -85,6 +85,13 @@ struct LossConfig {
 };
 // class_weight[2]: alpha per class (1, 1 for `none`). target[B] I32 on the CPU. With entropy_weight
 // beta > 0, beta times the bags' mean attention entropy is subtracted (a reward for spread attention).
-Variable mil_loss(const MilOutput& out, const Tensor& target, const float class_weight[2], const LossConfig& config);
+// In data-parallel training `share` names the whole step (its class-weight sum and bag count): the loss
+// then divides by those, so that the ranks' losses, and their gradients, add up to the whole step's.
+struct StepShare {
+  double weight_sum = 0;  // 0: this batch is the whole step
+  int64_t bags = 0;
+};
+Variable mil_loss(const MilOutput& out, const Tensor& target, const float class_weight[2], const LossConfig& config,
+                  const StepShare& share = {});
 
 }  // namespace dsmil::mil

@@ -3,6 +3,8 @@
 
 #include <cmath>
 
+#include "nn/sync_batchnorm.h"
+
 namespace dsmil::nn {
 
 namespace {
@@ -38,12 +40,23 @@ BatchNorm3d::BatchNorm3d(int64_t channels)
 }
 
 Variable BatchNorm3d::forward(const Variable& x) {
+  if (training() && statistics_ranks)
+    return synchronised_batchnorm(x, gamma, beta, running_mean, running_var, momentum, eps, {}, *statistics_ranks);
   return fn::batchnorm(x, gamma, beta, running_mean, running_var, training(), momentum, eps);
 }
 
 Variable BatchNorm3d::forward_relu(const Variable& x, const Variable& residual, const Tensor& sample_factor) {
+  if (training() && statistics_ranks)
+    return synchronised_batchnorm(x, gamma, beta, running_mean, running_var, momentum, eps,
+                                  ReluBranch{residual, sample_factor}, *statistics_ranks);
   return fn::batchnorm_relu(x, gamma, beta, running_mean, running_var, training(), momentum, eps, residual,
                             sample_factor);
+}
+
+void synchronise_batchnorm(Module& model, dist::Communicator* ranks) {
+  model.visit([ranks](Module& m) {
+    if (auto* bn = dynamic_cast<BatchNorm3d*>(&m)) bn->statistics_ranks = ranks;
+  });
 }
 
 Linear::Linear(int64_t in, int64_t out, InitEngine& engine, bool with_bias) {

@@ -3,6 +3,7 @@
 
 #include <random>
 
+#include "dist/communicator.h"
 #include "nn/module.h"
 #include "tensor/functions.h"
 
@@ -32,7 +33,13 @@ class BatchNorm3d : public Module {
   Variable gamma, beta;
   Tensor running_mean, running_var;
   float momentum = 0.1f, eps = 1e-5f;
+  // Set: training statistics are those of the batch over these ranks (synchronised batch norm,
+  // nn/sync_batchnorm.h); null: of this process's batch.
+  dist::Communicator* statistics_ranks = nullptr;
 };
+
+// Sets statistics_ranks of every BatchNorm3d under `model`.
+void synchronise_batchnorm(Module& model, dist::Communicator* ranks);
 
 // y[M, out] = x[M, in] W[out, in]^T + b; PyTorch's default init U(-1/sqrt(in), 1/sqrt(in)).
 class Linear : public Module {

@@ -34,6 +34,11 @@ void Module::set_training(bool training) {
   for (const Child& c : children_) c.module->set_training(training);
 }
 
+void Module::visit(const std::function<void(Module&)>& f) {
+  f(*this);
+  for (const Child& c : children_) c.module->visit(f);
+}
+
 void Module::to(Device device) {
   for (NamedParameter& p : parameters()) *p.variable = Variable(p.variable->value().to(device), true);
   for (NamedBuffer& b : buffers()) *b.tensor = b.tensor->to(device);

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -22,14 +23,26 @@ struct NamedBuffer {
 };
 
 // Counter-based randomness of one forward pass: every random op takes the next `count` counters, so
-// a step's masks follow from (seed, step) alone.
+// a step's masks follow from (seed, step) alone. In data-parallel training a rank holds bags
+// [first_bag, first_bag + local_bags) of the step's global_bags: take() then hands it its bags' share
+// of the counters the whole step would take and advances past all of them, so that every rank draws
+// what one process holding the whole batch draws. global_bags = 0: this process holds the whole step.
 struct StepRandom {
   uint64_t seed = 0;
   uint64_t next = 0;
+  int64_t first_bag = 0, local_bags = 0, global_bags = 0;
   uint64_t take(uint64_t count) {
     const uint64_t first = next;
-    next += count;
-    return first;
+    if (global_bags == 0) {
+      next += count;
+      return first;
+    }
+    if (local_bags <= 0 || count % static_cast<uint64_t>(local_bags) != 0)
+      throw Error("StepRandom::take: " + std::to_string(count) + " counters do not split over " +
+                  std::to_string(local_bags) + " bags");
+    const uint64_t per_bag = count / static_cast<uint64_t>(local_bags);
+    next += per_bag * static_cast<uint64_t>(global_bags);
+    return first + per_bag * static_cast<uint64_t>(first_bag);
   }
 };
 
@@ -43,6 +56,8 @@ class Module {
   std::vector<NamedParameter> parameters();
   std::vector<NamedBuffer> buffers();
   void set_training(bool training);
+  // Calls f on this module and every module under it, parents first.
+  void visit(const std::function<void(Module&)>& f);
   bool training() const { return training_; }
   // Moves every parameter and buffer to `device` (gradients are dropped).
   void to(Device device);

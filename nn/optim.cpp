@@ -1,4 +1,5 @@
-// AdamW, EMA, gradient clipping and the learning-rate schedule.
+// AdamW and the EMA over all their tensors at once (multi-tensor ops), gradient clipping and the
+// learning-rate schedule.
 #include "nn/optim.h"
 
 #include <cmath>
@@ -12,17 +13,28 @@ AdamW::AdamW(std::vector<NamedParameter> params, const AdamWConfig& config) : pa
     m_.push_back(Tensor::zeros(value.shape(), DType::F32, value.device()));
     v_.push_back(Tensor::zeros(value.shape(), DType::F32, value.device()));
   }
+  for (size_t i = 0; i < params_.size(); ++i) {
+    tensors_.params.push_back(&params_[i].variable->value());
+    tensors_.m.push_back(&m_[i]);
+    tensors_.v.push_back(&v_[i]);
+    tensors_.decayed.push_back(params_[i].weight_decay);
+  }
+  grad_norm_ = Tensor::zeros({1}, DType::F32, params_.empty() ? Device::CPU : params_.front().variable->value().device());
 }
 
 void AdamW::step(float lr) {
   ++step_;
-  for (size_t i = 0; i < params_.size(); ++i) {
-    Variable& p = *params_[i].variable;
-    if (!p.has_grad()) continue;
-    const AdamWHyper h{lr, config_.beta1, config_.beta2, config_.eps,
-                       params_[i].weight_decay ? config_.weight_decay : 0.0f, step_};
-    ops::adamw_step(p.value(), p.grad(), m_[i], v_[i], h);
-  }
+  std::vector<Tensor> grads;
+  for (const NamedParameter& p : params_) grads.push_back(p.variable->has_grad() ? p.variable->grad() : Tensor());
+  const AdamWHyper h{lr, config_.beta1, config_.beta2, config_.eps, config_.weight_decay, step_};
+  ops::multi_tensor_adamw(tensors_, grads, h, config_.max_grad_norm, grad_norm_);
+  grad_norm_written_ = config_.max_grad_norm > 0.0f && !params_.empty();
+}
+
+float AdamW::last_grad_norm() const {
+  if (!grad_norm_written_)
+    throw Error("AdamW::last_grad_norm: no gradient norm was computed (max_grad_norm is 0, no parameters, or no step yet)");
+  return grad_norm_.item();
 }
 
 void AdamW::zero_grad() {
@@ -47,6 +59,7 @@ Ema::Ema(Module& model, float decay) : decay_(decay) {
     names_.push_back(b.name);
     values_.push_back(b.tensor->clone());
   }
+  for (Tensor& v : values_) tensors_.ema.push_back(&v);
 }
 
 float Ema::effective_decay() const {
@@ -54,10 +67,10 @@ float Ema::effective_decay() const {
 }
 
 void Ema::update(Module& model) {
-  const float d = effective_decay();
-  size_t i = 0;
-  for (const NamedParameter& p : model.parameters()) ops::ema_update(values_[i++], p.variable->value(), d);
-  for (const NamedBuffer& b : model.buffers()) ops::ema_update(values_[i++], *b.tensor, d);
+  tensors_.values.clear();
+  for (const NamedParameter& p : model.parameters()) tensors_.values.push_back(&p.variable->value());
+  for (const NamedBuffer& b : model.buffers()) tensors_.values.push_back(b.tensor);
+  ops::multi_tensor_ema(tensors_, effective_decay());
   ++updates_;
 }
 

@@ -11,17 +11,26 @@ namespace dsmil::nn {
 
 struct AdamWConfig {
   float lr = 3e-4f, beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f, weight_decay = 1e-4f;
+  // > 0: step() first scales the gradients to this global L2 norm at most (clip_grad_norm's rule); 0: no clip.
+  float max_grad_norm = 0.0f;
 };
 
-// AdamW with two groups: weights (decayed) and biases / batch-norm parameters (not decayed).
+// AdamW with two groups: weights (decayed) and biases / batch-norm parameters (not decayed). Every
+// parameter is updated by one multi-tensor op (a few launches on CUDA, no host synchronisation).
+// Not copyable: the op's lists point at the moment tensors.
 class AdamW {
  public:
   AdamW(std::vector<NamedParameter> params, const AdamWConfig& config);
-  // One update with learning rate `lr` from the accumulated gradients; parameters without a
-  // gradient are left alone. Gradients are not cleared (zero_grad does).
+  AdamW(const AdamW&) = delete;
+  AdamW& operator=(const AdamW&) = delete;
+  // One update with learning rate `lr` from the accumulated gradients, clipped to config.max_grad_norm;
+  // parameters without a gradient are left alone. Gradients are not cleared (zero_grad does).
   void step(float lr);
   void zero_grad();
   int64_t steps() const { return step_; }
+  // The global gradient norm before clipping of the last step (NaN or infinite: a non-finite gradient).
+  // Kept on the device: reading it synchronises. Throws unless max_grad_norm > 0 and a step ran.
+  float last_grad_norm() const;
   // Moment tensors, named "m.<param>" / "v.<param>", for checkpoints.
   std::vector<NamedBuffer> state();
   void set_steps(int64_t steps) { step_ = steps; }
@@ -29,15 +38,21 @@ class AdamW {
  private:
   std::vector<NamedParameter> params_;
   std::vector<Tensor> m_, v_;
+  AdamWTensors tensors_;  // params_, m_, v_ as the multi-tensor op takes them
+  Tensor grad_norm_;      // F32 [1] on the parameters' device
   AdamWConfig config_;
   int64_t step_ = 0;
+  bool grad_norm_written_ = false;
 };
 
 // theta_ema <- d theta_ema + (1 - d) theta with d_eff = min(d, (1 + k) / (10 + k)), k = updates so far;
 // over parameters and batch-norm buffers alike.
+// Not copyable: the op's list points at the averaged tensors.
 class Ema {
  public:
   Ema(Module& model, float decay);
+  Ema(const Ema&) = delete;
+  Ema& operator=(const Ema&) = delete;
   void update(Module& model);
   // Writes the averaged values into `target` (a model of the same architecture).
   void copy_to(Module& target) const;
@@ -49,6 +64,7 @@ class Ema {
  private:
   std::vector<std::string> names_;
   std::vector<Tensor> values_;
+  EmaTensors tensors_;  // values_ and the model's tensors of the last update
   float decay_;
   int64_t updates_ = 0;
 };

@@ -127,11 +127,15 @@ fi
 echo "== Nsight Compute on the kernels below 60% of the copy bandwidth (why: bound, occupancy)"
 if command -v ncu > /dev/null && [ -x "$carry/dsmil" ] && [ "${DSMIL_SKIP_PROFILE:-0}" != 1 ]; then
   : > "$logs/kernel_ncu.log"
-  for kernel in ${DSMIL_NCU_KERNELS:-batchnorm_statistics batchnorm_backward batchnorm_relu_forward_train batchnorm_relu_backward relu drop_path maxpool3d_forward maxpool3d_backward}; do
-    echo "#### $kernel bf16" >> "$logs/kernel_ncu.log"
+  # NAME or NAME:DTYPE (bf16 when none is given).
+  for entry in ${DSMIL_NCU_KERNELS:-batchnorm_statistics batchnorm_backward batchnorm_relu_backward maxpool3d_backward sum_squares sum_squares:f32 all_finite:f32 batchnorm_forward_eval convert_bf16_to_f32 multi_tensor_adamw:f32}; do
+    kernel=${entry%%:*}
+    dtype=bf16
+    [ "$entry" != "$kernel" ] && dtype=${entry#*:}
+    echo "#### $kernel $dtype" >> "$logs/kernel_ncu.log"
     timeout 120 ncu --clock-control none --section SpeedOfLight --section Occupancy --section MemoryWorkloadAnalysis \
-      "$carry/dsmil" bench --kernel "$kernel" --dtype bf16 --variant fast --reps 1 --warmup 0 >> "$logs/kernel_ncu.log" 2>&1 \
-      || echo "#### ncu failed for $kernel" >> "$logs/kernel_ncu.log"
+      "$carry/dsmil" bench --kernel "$kernel" --dtype "$dtype" --variant fast --reps 1 --warmup 0 >> "$logs/kernel_ncu.log" 2>&1 \
+      || echo "#### ncu failed for $kernel $dtype" >> "$logs/kernel_ncu.log"
   done
   record "ncu of the slow kernels" "ran (kernel_ncu.log)"
 fi

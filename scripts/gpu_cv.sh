@@ -11,12 +11,7 @@ carry=${DSMIL_CARRY:-$repo_root/build-cuda-carry}
 source scripts/gpu_env.sh
 config=$1 folds=$2
 shift 2
-cohort=cohort/brats_like_285
-if [ ! -f "$cohort/truth.csv" ]; then
-  start=$(date +%s)
-  "$carry/dsmil" cohort --out "$cohort" --seed 1 --threads "$(nproc)" > /dev/null
-  echo "cohort: 285 cases written in $(( $(date +%s) - start )) s"
-fi
+source scripts/gpu_cohort.sh
 start=$(date +%s)
 status=0
 "$carry/dsmil" cv --config "$config" --data "$cohort" --set data.cache=cohort/cache --set "run.threads=$(nproc)" \

@@ -1,6 +1,7 @@
 // The autograd tape: graph recording, gradient accumulation and the reverse topological walk.
 #include "tensor/autograd.h"
 
+#include <unordered_map>
 #include <unordered_set>
 
 #include "tensor/ops.h"
@@ -14,6 +15,7 @@ struct Variable::Impl {
   bool requires_grad = false;
   std::vector<Variable> inputs;
   BackwardFn backward;
+  std::function<void()> grad_ready;  // leaves only: see on_grad_ready
 };
 
 namespace {
@@ -74,6 +76,11 @@ void Variable::accumulate_grad(const Tensor& g) const {
   ops::axpy_(impl_->grad, 1.0f, as_f32(g));
 }
 
+void Variable::on_grad_ready(std::function<void()> hook) const {
+  if (!impl_ || impl_->backward) throw Error("on_grad_ready: only a leaf (a parameter) takes a gradient hook");
+  impl_->grad_ready = std::move(hook);
+}
+
 Variable Variable::from_op(Tensor value, std::vector<Variable> inputs, BackwardFn backward) {
   Variable out(std::move(value), false);
   if (!grad_mode) return out;
@@ -106,6 +113,11 @@ void Variable::backward(const Tensor& seed) {
       stack.pop_back();
     }
   }
+  // Uses of each hooked leaf by the nodes to run: its hook fires after the last of them.
+  std::unordered_map<Impl*, int> pending_uses;
+  for (const std::shared_ptr<Impl>& node : order)
+    for (const Variable& input : node->inputs)
+      if (input.impl_ && !input.impl_->backward && input.impl_->grad_ready) ++pending_uses[input.impl_.get()];
   accumulate_grad(seed.defined() ? seed : Tensor::full(value().shape(), 1.0f, value().device()));
   for (auto it = order.rbegin(); it != order.rend(); ++it) {
     Impl* node = it->get();
@@ -113,6 +125,10 @@ void Variable::backward(const Tensor& seed) {
     // gradients, as mixed precision wants).
     if (node->grad.defined())
       node->backward(node->grad.dtype() == node->value.dtype() ? node->grad : node->grad.to_dtype(node->value.dtype()));
+    for (const Variable& input : node->inputs) {
+      const auto pending = pending_uses.find(input.impl_.get());
+      if (pending != pending_uses.end() && --pending->second == 0) input.impl_->grad_ready();
+    }
     // Free the graph as we go: intermediate gradients and saved tensors are no longer needed.
     node->backward = nullptr;
     node->inputs.clear();

@@ -33,6 +33,10 @@ class Variable {
   void zero_grad() const;  // forget the gradient (the next accumulation starts fresh)
   void accumulate_grad(const Tensor& g) const;  // a handle: const means the handle, not the node
 
+  // A leaf's hook, called by backward() as soon as the pass has given the leaf every gradient it will
+  // give it (data-parallel training starts summing a gradient bucket there). Replaces an earlier hook.
+  void on_grad_ready(std::function<void()> hook) const;
+
   // Runs the backward pass from this variable and frees the graph behind it. The seed is the gradient
   // of the objective with respect to this value: 1 when omitted (then the value must be a scalar).
   void backward(const Tensor& seed = Tensor());

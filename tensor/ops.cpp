@@ -31,7 +31,20 @@ Device common_device(const char* op, std::initializer_list<const Tensor*> tensor
   return device;
 }
 
+void check_list_length(const char* op, const char* name, size_t length, size_t expected) {
+  if (length != expected) throw ShapeError(fmt::format("{}: {} lists {} tensors, expected {}", op, name, length, expected));
+}
+
 }  // namespace
+
+void AdamWTensors::check_lengths(const char* op, size_t grads) const {
+  check_list_length(op, "m", m.size(), params.size());
+  check_list_length(op, "v", v.size(), params.size());
+  check_list_length(op, "decayed", decayed.size(), params.size());
+  check_list_length(op, "grads", grads, params.size());
+}
+
+void EmaTensors::check_lengths(const char* op) const { check_list_length(op, "values", values.size(), ema.size()); }
 
 #ifdef DSMIL_WITH_CUDA
 #define DSMIL_DISPATCH(device, op, ...) \
@@ -173,6 +186,11 @@ BatchNormTrainOut batchnorm_forward_train(const Tensor& x, const Tensor& gamma, 
   DSMIL_DISPATCH(device, batchnorm_forward_train, x, gamma, beta, running_mean, running_var, momentum, eps);
 }
 
+BatchNormTrainOut batchnorm_statistics(const Tensor& x, Tensor& running_mean, Tensor& running_var, float momentum, float eps) {
+  const Device device = common_device("batchnorm_statistics", {&x, &running_mean, &running_var});
+  DSMIL_DISPATCH(device, batchnorm_statistics, x, running_mean, running_var, momentum, eps);
+}
+
 Tensor batchnorm_forward_eval(const Tensor& x, const Tensor& gamma, const Tensor& beta, const Tensor& running_mean, const Tensor& running_var, float eps) {
   const Device device = common_device("batchnorm_forward_eval", {&x, &gamma, &beta, &running_mean, &running_var});
   DSMIL_DISPATCH(device, batchnorm_forward_eval, x, gamma, beta, running_mean, running_var, eps);
@@ -281,6 +299,20 @@ void adamw_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const A
 void ema_update(Tensor& ema, const Tensor& value, float decay) {
   const Device device = common_device("ema_update", {&ema, &value});
   DSMIL_DISPATCH(device, ema_update, ema, value, decay);
+}
+
+// The lists' tensors are checked against the first one's device by the backends.
+void multi_tensor_adamw(AdamWTensors& tensors, const std::vector<Tensor>& grads, const AdamWHyper& h,
+                        float max_grad_norm, Tensor& grad_norm) {
+  if (tensors.params.empty()) return;
+  const Device device = common_device("multi_tensor_adamw", {tensors.params.front(), &grad_norm});
+  DSMIL_DISPATCH(device, multi_tensor_adamw, tensors, grads, h, max_grad_norm, grad_norm);
+}
+
+void multi_tensor_ema(EmaTensors& tensors, float decay) {
+  if (tensors.ema.empty()) return;
+  const Device device = tensors.ema.front()->device();
+  DSMIL_DISPATCH(device, multi_tensor_ema, tensors, decay);
 }
 
 }  // namespace ops

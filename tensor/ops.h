@@ -13,6 +13,8 @@
 
 #include <array>
 #include <cstdint>
+#include <memory>
+#include <vector>
 
 #include "tensor/tensor.h"
 
@@ -39,6 +41,28 @@ struct Pool3dGeometry {
 struct AdamWHyper {
   float lr = 1e-3f, beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f, weight_decay = 0.0f;
   int64_t step = 1;  // 1-based step count, for bias correction
+};
+
+// The CUDA backend's device tables of a multi-tensor op (tensor/cuda/optimizer.cpp): built on the first call,
+// rebuilt only when a tensor of the list got other storage.
+struct MultiTensorTable;
+
+// What nn::AdamW updates in one multi-tensor step: per parameter its value and moments m, v (F32, one shape)
+// and whether it is weight-decayed. The gradients come with each step: they are new tensors every step.
+struct AdamWTensors {
+  std::vector<Tensor*> params, m, v;
+  std::vector<bool> decayed;
+  std::shared_ptr<MultiTensorTable> device_table;
+  // Throws ShapeError unless m, v, decayed and a list of `grads` gradients have one entry per parameter.
+  void check_lengths(const char* op, size_t grads) const;
+};
+
+// What nn::Ema averages in one multi-tensor update: ema[i] from values[i] (F32, same shapes).
+struct EmaTensors {
+  std::vector<Tensor*> ema;
+  std::vector<const Tensor*> values;
+  std::shared_ptr<MultiTensorTable> device_table;
+  void check_lengths(const char* op) const;  // one value per ema, else ShapeError
 };
 
 // Results of ops with several outputs.

@@ -131,10 +131,19 @@ KernelBench fill_bench() {
 
 // The conversions run through Tensor::to_dtype, which only the CUDA backend has: their references are
 // computed here (round to nearest even, or the bf16 values themselves).
+#ifdef DSMIL_WITH_CUDA
+std::string conversion_launch(const Shape& s, DType) {
+  return grid_stride_launch(shape_numel(s) / 8 + 1) + ", 8 elements (16 bytes of bf16) per thread step";
+}
+#endif
+
 KernelBench to_bf16_bench() {
   KernelBench b = elementwise_bench("convert_f32_to_bf16", "convert_fill.cu", "read x (F32); write y (BF16)", 0);
   b.launchers = {"convert_f32_to_bf16"};
   b.dtypes = {DType::F32};
+#ifdef DSMIL_WITH_CUDA
+  b.launch_fast = conversion_launch;
+#endif
   b.model_shape = [](const ModelShapes& m) { return m.input; };
   b.bytes = [](const Shape& s, DType) { return 6 * shape_numel(s); };
   b.draw = uniform_inputs(1, -1.0f, 1.0f);
@@ -152,6 +161,9 @@ KernelBench to_f32_bench() {
   KernelBench b = elementwise_bench("convert_bf16_to_f32", "convert_fill.cu", "read x (BF16); write y (F32)", 0);
   b.launchers = {"convert_bf16_to_f32"};
   b.dtypes = {DType::BF16};
+#ifdef DSMIL_WITH_CUDA
+  b.launch_fast = conversion_launch;
+#endif
   b.model_shape = [](const ModelShapes& m) { return m.largest_weight; };
   b.bytes = [](const Shape& s, DType) { return 6 * shape_numel(s); };
   b.draw = uniform_inputs(1, -1.0f, 1.0f);

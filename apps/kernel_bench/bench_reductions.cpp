@@ -84,7 +84,7 @@ KernelBench sum_squares_bench() {
   };
   b.launch_fast = [](const Shape& s, DType) {
     const int64_t blocks = std::min<int64_t>(grid_stride_blocks(shape_numel(s)), kernels::kSumSquaresBlocks);
-    return fmt::format("{} x 256 + 1 x 1024", blocks);
+    return fmt::format("{} x 256, one launch (the last block to finish sums the fp64 partials)", blocks);
   };
   b.launch_plain = [](const Shape& s, DType) {
     constexpr int threads = kernels::plain::kSumSquaresPlainThreads;
@@ -111,7 +111,10 @@ KernelBench all_finite_bench() {
                        cuda::op_context("all_finite", {{"x", &in[0]}}));
     });
   };
-  b.launch_fast = [](const Shape& s, DType) { return "memset + " + grid_stride_launch(shape_numel(s)); };
+  b.launch_fast = [](const Shape& s, DType) {
+    const int64_t blocks = std::min<int64_t>(grid_stride_blocks(shape_numel(s)), kernels::kSumSquaresBlocks);
+    return fmt::format("{} x 256, one launch (the last block to finish writes the flag)", blocks);
+  };
 #endif
   return b;
 }

@@ -49,6 +49,7 @@ std::vector<NamedField> config_fields(RunConfig& c) {
       {"train.tau_start", &c.tau_start},
       {"train.tau_end", &c.tau_end},
       {"train.augment", &c.augment},
+      {"train.sync_batchnorm", &c.sync_batchnorm},
       {"train.threshold", &c.threshold},
       {"cv.folds", &c.folds},
       {"cv.inner_val", &c.inner_val},
@@ -79,6 +80,14 @@ mil::ModelConfig RunConfig::model_config() const {
 mil::LossConfig RunConfig::loss_config() const {
   return {static_cast<float>(label_smoothing), static_cast<float>(focal_gamma), static_cast<float>(stream_weight),
           static_cast<float>(entropy_weight)};
+}
+
+nn::AdamWConfig RunConfig::optimizer_config() const {
+  nn::AdamWConfig c;
+  c.lr = static_cast<float>(lr);
+  c.weight_decay = static_cast<float>(weight_decay);
+  c.max_grad_norm = static_cast<float>(clip_grad);
+  return c;
 }
 
 namespace {

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "mil/dual_stream.h"
+#include "nn/optim.h"
 
 namespace dsmil::app {
 
@@ -54,6 +55,7 @@ struct RunConfig {
   double ema_decay = 0.999;                  // 0 = no EMA model
   double tau_start = 1.0, tau_end = 0.1;     // soft pooling temperature, annealed geometrically
   bool augment = true;
+  bool sync_batchnorm = false;                // data-parallel runs: batch-norm statistics over every rank's bags
   std::string threshold = "youden";          // 0.5 | youden | max_f1
 
   // protocol
@@ -73,6 +75,7 @@ struct RunConfig {
 
   mil::ModelConfig model_config() const;
   mil::LossConfig loss_config() const;
+  nn::AdamWConfig optimizer_config() const;  // the global-norm clip (clip_grad) included
 };
 
 using ConfigField = std::variant<int*, int64_t*, double*, bool*, std::string*>;

@@ -42,8 +42,10 @@ std::vector<int> parse_fold_list(const std::string& text) {
 
 namespace {
 
-std::string timestamp() {
-  const std::time_t now = std::time(nullptr);
+// The run directory's time stamp: rank 0's clock, so that every rank of a data-parallel job names one directory.
+std::string run_timestamp(dist::Communicator* ranks) {
+  std::time_t now = std::time(nullptr);
+  if (ranks) now = static_cast<std::time_t>(ranks->sum({ranks->rank() == 0 ? static_cast<double>(now) : 0.0})[0]);
   char text[32];
   std::strftime(text, sizeof text, "%Y%m%d_%H%M%S", std::localtime(&now));
   return text;
@@ -55,8 +57,9 @@ fs::path repeat_dir(const fs::path& run_dir, int repeats, int repeat) {
 }
 
 
-// Discovers and preprocesses the cohort (through the cache) and lists the skipped cases in the run directory.
-data::PreprocessedCohort prepare_cohort(const RunConfig& config, const fs::path& run_dir) {
+// Discovers and preprocesses the cohort (through the cache) and, when `writer`, lists the skipped cases in
+// the run directory.
+data::PreprocessedCohort prepare_cohort(const RunConfig& config, const fs::path& run_dir, bool writer) {
   const data::BadCasePolicy policy = data::parse_bad_case_policy(config.on_bad_case);
   const data::Discovery found = data::discover_dataset(config.data_root, policy);
   data::PreprocessOptions prep;
@@ -70,7 +73,7 @@ data::PreprocessedCohort prepare_cohort(const RunConfig& config, const fs::path&
   progress.finish();
   std::vector<data::SkippedCase> skipped = found.skipped;
   skipped.insert(skipped.end(), cohort.skipped.begin(), cohort.skipped.end());
-  {
+  if (writer) {
     std::ofstream out(run_dir / "skipped_cases.txt");
     for (const data::SkippedCase& s : skipped) {
       out << s.message() << "\n";
@@ -82,10 +85,10 @@ data::PreprocessedCohort prepare_cohort(const RunConfig& config, const fs::path&
   return cohort;
 }
 
-// The seeded splits of every repeat, written to its splits.json (kept as it is when resuming: scheduled
-// folds resume the run side by side and must not rewrite a file under each other).
+// The seeded splits of every repeat, written to its splits.json by the `writer` (kept as it is when resuming:
+// scheduled folds resume the run side by side and must not rewrite a file under each other).
 std::vector<data::Splits> make_repeat_splits(const RunConfig& config, const std::vector<data::CaseVolume>& cases,
-                                             const fs::path& run_dir, bool resuming) {
+                                             const fs::path& run_dir, bool resuming, bool writer) {
   std::vector<int> labels;
   std::vector<std::string> groups, ids;
   for (const data::CaseVolume& c : cases) {
@@ -99,6 +102,7 @@ std::vector<data::Splits> make_repeat_splits(const RunConfig& config, const std:
                                            static_cast<uint64_t>(config.seed) + static_cast<uint64_t>(repeat)};
     repeat_splits.push_back(data::make_splits(labels, groups, split_options));
     const fs::path base = repeat_dir(run_dir, config.repeats, repeat);
+    if (!writer) continue;
     fs::create_directories(base);
     if (!resuming || !fs::exists(base / "splits.json")) data::write_splits_json(base / "splits.json", repeat_splits.back(), ids);
   }
@@ -108,7 +112,7 @@ std::vector<data::Splits> make_repeat_splits(const RunConfig& config, const std:
 // Trains `folds` of every repeat in this process, one after another.
 void train_here(const RunConfig& config, const std::vector<data::CaseVolume>& cases, Device device,
                 const std::vector<data::Splits>& repeat_splits, const std::vector<int>& folds, const fs::path& run_dir,
-                bool resuming) {
+                bool resuming, dist::Communicator* ranks) {
   GatherTarget gather;
 #ifdef DSMIL_WITH_CUDA
   std::unique_ptr<data::DeviceCohort> resident;
@@ -118,7 +122,7 @@ void train_here(const RunConfig& config, const std::vector<data::CaseVolume>& ca
     std::fprintf(stderr, "cohort resident on the GPU: %.2f GiB\n", resident->bytes() / 1073741824.0);
   }
 #endif
-  Trainer trainer(config, cases, device, gather);
+  Trainer trainer(config, cases, device, gather, ranks);
   for (int repeat = 0; repeat < config.repeats; ++repeat)
     for (const int fold : folds) {
       const data::Fold& f = repeat_splits[repeat].folds[fold];
@@ -149,27 +153,38 @@ CvResult run_cv(const RunConfig& config, const CvOptions& options) {
 
   CvResult result;
   const bool resuming = !options.resume_dir.empty();
-  result.run_dir = resuming ? options.resume_dir : options.runs_root / fmt::format("{}_{}", config.name, timestamp());
+  dist::Communicator* ranks = options.ranks;
+  const bool writer = !ranks || ranks->rank() == 0;
+  if (ranks && options.train_folds)
+    throw Error("a data-parallel rank trains its folds itself: --gpus and --workers do not combine with it");
+  result.run_dir = resuming ? options.resume_dir : options.runs_root / fmt::format("{}_{}", config.name, run_timestamp(ranks));
   if (resuming) {
     const fs::path saved = result.run_dir / "config.toml";
     if (!fs::exists(saved) || report::read_text_file(saved) != config_to_toml(config))
       throw Error(fmt::format("--resume {}: its config.toml is missing or differs from this run's config",
                               result.run_dir.string()));
-  } else {
+  } else if (writer) {
     fs::create_directories(result.run_dir);
     std::ofstream(result.run_dir / "config.toml") << config_to_toml(config);
   }
-  std::fprintf(stderr, "run directory: %s (device %s)\n", result.run_dir.string().c_str(), device_name(device));
+  if (writer)
+    std::fprintf(stderr, "run directory: %s (device %s%s)\n", result.run_dir.string().c_str(), device_name(device),
+                 ranks ? fmt::format(", {} data-parallel ranks", ranks->world_size()).c_str() : "");
 
-  data::PreprocessedCohort cohort = prepare_cohort(config, result.run_dir);
-  const std::vector<data::Splits> repeat_splits = make_repeat_splits(config, cohort.cases, result.run_dir, resuming);
+  // Rank 0 fills the preprocessing cache before the other ranks read it.
+  if (ranks && !writer) ranks->sum({0.0});
+  data::PreprocessedCohort cohort = prepare_cohort(config, result.run_dir, writer);
+  if (ranks && writer) ranks->sum({0.0});
+  const std::vector<data::Splits> repeat_splits =
+      make_repeat_splits(config, cohort.cases, result.run_dir, resuming, writer);
   const auto t0 = std::chrono::steady_clock::now();
   if (options.train_folds) {
     cohort = {};  // the fold processes map the cohort from the cache this call has filled
     options.train_folds(result.run_dir, folds);
   } else {
-    train_here(config, cohort.cases, device, repeat_splits, folds, result.run_dir, resuming);
+    train_here(config, cohort.cases, device, repeat_splits, folds, result.run_dir, resuming, ranks);
   }
+  if (!writer) return result;
   std::fprintf(stderr, "training done in %.1f s\n",
                std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   if (options.audit) {

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "apps/train/config.h"
+#include "dist/communicator.h"
 
 namespace dsmil::app {
 
@@ -20,6 +21,9 @@ struct CvOptions {
   // run directory, config.toml, splits.json and the preprocessing cache, calls this with the run directory
   // and the folds to train (every fold when `folds` is empty), then audits.
   std::function<void(const std::filesystem::path& run_dir, const std::vector<int>& folds)> train_folds;
+  // Set: this process is one rank of a data-parallel job (apps/train/trainer.h). Rank 0 names the run
+  // directory and writes every file; the others train their share of each step beside it.
+  dist::Communicator* ranks = nullptr;
 };
 
 struct CvResult {

@@ -1,5 +1,5 @@
 // Schedules cross-validation folds over child processes: a queue of fold indices, a set of slots (GPUs or
-// workers), one `dsmil cv --resume RUN_DIR --folds K` child per busy slot, fork/execve/waitpid.
+// workers), one `dsmil cv --resume RUN_DIR --folds K` child per busy slot (apps/train/child_process.h).
 #include "apps/train/fold_scheduler.h"
 
 #include <fcntl.h>
@@ -19,9 +19,8 @@
 
 #include <fmt/format.h>
 
+#include "apps/train/child_process.h"
 #include "tensor/error.h"
-
-extern char** environ;
 
 namespace dsmil::app {
 
@@ -57,34 +56,6 @@ std::vector<FoldSlot> worker_slots(int workers) {
 
 namespace {
 
-// The parent's environment with `overrides` ("NAME=value") replacing any entries of the same names.
-std::vector<std::string> child_environment(const std::vector<std::string>& overrides) {
-  std::vector<std::string> env;
-  for (char** entry = environ; *entry; ++entry) {
-    const std::string text = *entry;
-    const bool replaced = std::any_of(overrides.begin(), overrides.end(), [&](const std::string& o) {
-      const size_t name_end = o.find('=') + 1;
-      return text.compare(0, name_end, o, 0, name_end) == 0;
-    });
-    if (!replaced) env.push_back(text);
-  }
-  env.insert(env.end(), overrides.begin(), overrides.end());
-  return env;
-}
-
-std::vector<char*> c_strings(std::vector<std::string>& strings) {
-  std::vector<char*> pointers;
-  for (std::string& s : strings) pointers.push_back(s.data());
-  pointers.push_back(nullptr);
-  return pointers;
-}
-
-std::string describe_status(int status) {
-  if (WIFEXITED(status)) return fmt::format("exit status {}", WEXITSTATUS(status));
-  if (WIFSIGNALED(status)) return fmt::format("killed by signal {}", WTERMSIG(status));
-  return fmt::format("wait status {}", status);
-}
-
 // OMP_NUM_THREADS of each child: with run.threads = 0 ("all cores") the cores are shared among the slots;
 // an explicit run.threads is part of the config (the results depend on it) and is kept.
 int child_omp_threads(int run_threads, size_t slots) {
@@ -113,26 +84,12 @@ pid_t start_fold(const ChildFoldRuns& runs, int fold, const FoldSlot& slot, int 
   std::vector<std::string> overrides;
   if (!slot.cuda_visible_devices.empty()) overrides.push_back("CUDA_VISIBLE_DEVICES=" + slot.cuda_visible_devices);
   if (omp_threads > 0) overrides.push_back(fmt::format("OMP_NUM_THREADS={}", omp_threads));
-  std::vector<std::string> env = child_environment(overrides);
-  std::vector<char*> argv = c_strings(args), envp = c_strings(env);
-
   const int log_fd = open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
   if (log_fd < 0) throw Error(fmt::format("{}: cannot open the fold's log: {}", log.string(), std::strerror(errno)));
   const std::string header = fmt::format("=== fold {} on {}{} ===\n", fold, slot.name,
                                          omp_threads > 0 ? fmt::format(", OMP_NUM_THREADS={}", omp_threads) : "");
   if (write(log_fd, header.data(), header.size()) < 0) std::fprintf(stderr, "note: %s: cannot write\n", log.c_str());
-  const pid_t pid = fork();
-  if (pid == 0) {  // only async-signal-safe calls from here: the parent may run OpenMP threads
-    dup2(log_fd, STDOUT_FILENO);
-    dup2(log_fd, STDERR_FILENO);
-    execve(argv[0], argv.data(), envp.data());
-    static const char failed[] = "dsmil: error: cannot execute the dsmil binary for this fold\n";
-    [[maybe_unused]] const ssize_t ignored = write(STDERR_FILENO, failed, sizeof failed - 1);
-    _exit(127);
-  }
-  const int fork_errno = errno;
-  close(log_fd);
-  if (pid < 0) throw Error(fmt::format("fold {}: cannot start a process: {}", fold, std::strerror(fork_errno)));
+  const pid_t pid = start_child(std::move(args), overrides, log_fd);
   std::fprintf(stderr, "fold %d: started on %s (log %s)\n", fold, slot.name.c_str(), log.c_str());
   return pid;
 }
@@ -163,11 +120,7 @@ void run_folds_in_children(const ChildFoldRuns& runs) {
     }
     if (running.empty()) break;
     int status = 0;
-    const pid_t pid = waitpid(-1, &status, 0);
-    if (pid < 0) {
-      if (errno == EINTR) continue;
-      throw Error(fmt::format("waiting for the fold processes: {}", std::strerror(errno)));
-    }
+    const pid_t pid = wait_for_child(status, "the fold processes");
     const auto it = running.find(pid);
     if (it == running.end()) continue;
     const RunningFold done = it->second;

@@ -20,6 +20,7 @@
 #include "apps/train/batches.h"
 #include "data/rng.h"
 #include "nn/checkpoint.h"
+#include "nn/data_parallel.h"
 #include "nn/optim.h"
 #ifdef DSMIL_WITH_CUDA
 #include "tensor/cuda/runtime.h"
@@ -163,11 +164,13 @@ namespace {
 class FoldRun {
  public:
   FoldRun(const RunConfig& config, const std::vector<data::CaseVolume>& cohort, Device device,
-          const GatherTarget& gather, const FoldPlan& plan, const fs::path& dir)
+          const GatherTarget& gather, dist::Communicator* ranks, const FoldPlan& plan, const fs::path& dir)
       : c_(config),
         cohort_(cohort),
         device_(device),
         gather_(gather),
+        ranks_(ranks),
+        writer_(!ranks || ranks->rank() == 0),
         plan_(plan),
         dir_(dir),
         model_(config.model_config(), stream_seed(kInit, 0, 0)),
@@ -176,8 +179,12 @@ class FoldRun {
     ema_model_.to(device);
     ema_model_.set_training(false);
     optimizer_ = std::make_unique<nn::AdamW>(
-        model_.parameters(), nn::AdamWConfig{static_cast<float>(c_.lr), 0.9f, 0.999f, 1e-8f, static_cast<float>(c_.weight_decay)});
+        model_.parameters(), c_.optimizer_config());
     if (c_.ema_decay > 0) ema_ = std::make_unique<nn::Ema>(model_, static_cast<float>(c_.ema_decay));
+    if (ranks_) {
+      reducer_ = std::make_unique<nn::GradientReducer>(model_.parameters(), *ranks_);
+      if (c_.sync_batchnorm) nn::synchronise_batchnorm(model_, ranks_);
+    }
     int counts[2] = {0, 0};
     for (int i : plan.train) ++counts[cohort[i].label];
     for (int k = 0; k < 2; ++k)
@@ -191,53 +198,59 @@ class FoldRun {
     fs::create_directories(dir_);
     int start_epoch = 0;
     if (resume && fs::exists(dir_ / "last.ckpt")) start_epoch = restore_last();
-    else std::ofstream(dir_ / "metrics.jsonl", std::ios::trunc);
-    const std::vector<int>& selection_set = c_.select_on_test ? plan_.test : plan_.val;
+    else if (writer_) std::ofstream(dir_ / "metrics.jsonl", std::ios::trunc);
     std::signal(SIGINT, on_interrupt);
     for (int epoch = start_epoch; epoch < c_.epochs; ++epoch) {
       const auto t0 = std::chrono::steady_clock::now();
       json record = train_epoch(epoch);
-      const double train_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      const std::vector<CasePrediction> val = predict(model_, selection_set, tau_at(epoch));
-      record["val"] = metrics_of(val);
-      std::optional<std::vector<CasePrediction>> val_ema;
-      if (ema_) {
-        ema_->copy_to(ema_model_);
-        val_ema = predict(ema_model_, selection_set, tau_at(epoch));
-        record["val_ema"] = metrics_of(*val_ema);
-      }
-      record["attention"] = attention_diagnostics(val);
-      record["throughput_bags_per_s"] = plan_.train.size() / std::max(train_seconds, 1e-9);
-      record["epoch_time_s"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      track_best(epoch, record);
-      std::ofstream(dir_ / "metrics.jsonl", std::ios::app) << record.dump() << "\n";
-      save_last(epoch + 1);
-      if (c_.plot_every > 0 && (epoch + 1) % c_.plot_every == 0)
-        report::write_training_plots(dir_, fmt::format("repeat {} fold {} (epoch {})", plan_.repeat, plan_.fold, epoch + 1),
-                                     best_overall().epoch);
-      progress_.line(fmt::format(
-          "[r{} f{}] epoch {:>3}/{} loss {:.4f} | val loss {:.4f} auc {:.3f} bacc {:.3f} | {} {:.3f} (best {} @{}) | "
-          "{:.1f} bags/s",
-          plan_.repeat, plan_.fold, epoch + 1, c_.epochs, record["train"]["loss"].get<double>(),
-          record["val"]["loss"].is_null() ? NAN : record["val"]["loss"].get<double>(),
-          record["val"]["auc"].is_null() ? NAN : record["val"]["auc"].get<double>(),
-          record["val"]["balanced_accuracy"].is_null() ? NAN : record["val"]["balanced_accuracy"].get<double>(),
-          c_.monitor, best_overall().value, best_is_ema() ? "ema" : "raw", best_overall().epoch,
-          record["throughput_bags_per_s"].get<double>()));
+      bool stop = writer_ && validate_and_save(epoch, record, t0);
+      // Rank 0 alone validates: its decision is every rank's (each must leave the step loop together).
+      if (ranks_) stop = ranks_->sum({stop ? 1.0 : 0.0})[0] > 0;
+      epochs_run_ = epoch + 1;
       if (interrupted) throw Error(fmt::format("interrupted: resume with --resume ({} holds epoch {})",
                                                (dir_ / "last.ckpt").string(), epoch + 1));
-      const bool last_epoch = epoch + 1 == c_.epochs;
-      if (!last_epoch && epoch + 1 >= c_.min_epochs && epoch + 1 - best_overall().epoch >= c_.patience) {
-        stopped_early_ = true;
-        epochs_run_ = epoch + 1;
-        break;
-      }
-      epochs_run_ = epoch + 1;
+      if (stop) break;
     }
-    finish();
+    if (writer_) finish();
   }
 
  private:
+  // Validates the epoch's raw and EMA models, tracks the best, appends the record to metrics.jsonl and
+  // saves last.ckpt; returns whether early stopping ends the fold here.
+  bool validate_and_save(int epoch, json& record, std::chrono::steady_clock::time_point t0) {
+    const double train_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const std::vector<int>& selection_set = c_.select_on_test ? plan_.test : plan_.val;
+    const std::vector<CasePrediction> val = predict(model_, selection_set, tau_at(epoch));
+    record["val"] = metrics_of(val);
+    std::optional<std::vector<CasePrediction>> val_ema;
+    if (ema_) {
+      ema_->copy_to(ema_model_);
+      val_ema = predict(ema_model_, selection_set, tau_at(epoch));
+      record["val_ema"] = metrics_of(*val_ema);
+    }
+    record["attention"] = attention_diagnostics(val);
+    record["throughput_bags_per_s"] = plan_.train.size() / std::max(train_seconds, 1e-9);
+    record["epoch_time_s"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    track_best(epoch, record);
+    std::ofstream(dir_ / "metrics.jsonl", std::ios::app) << record.dump() << "\n";
+    save_last(epoch + 1);
+    if (c_.plot_every > 0 && (epoch + 1) % c_.plot_every == 0)
+      report::write_training_plots(dir_, fmt::format("repeat {} fold {} (epoch {})", plan_.repeat, plan_.fold, epoch + 1),
+                                   best_overall().epoch);
+    progress_.line(fmt::format(
+        "[r{} f{}] epoch {:>3}/{} loss {:.4f} | val loss {:.4f} auc {:.3f} bacc {:.3f} | {} {:.3f} (best {} @{}) | "
+        "{:.1f} bags/s",
+        plan_.repeat, plan_.fold, epoch + 1, c_.epochs, record["train"]["loss"].get<double>(),
+        record["val"]["loss"].is_null() ? NAN : record["val"]["loss"].get<double>(),
+        record["val"]["auc"].is_null() ? NAN : record["val"]["auc"].get<double>(),
+        record["val"]["balanced_accuracy"].is_null() ? NAN : record["val"]["balanced_accuracy"].get<double>(),
+        c_.monitor, best_overall().value, best_is_ema() ? "ema" : "raw", best_overall().epoch,
+        record["throughput_bags_per_s"].get<double>()));
+    const bool last_epoch = epoch + 1 == c_.epochs;
+    stopped_early_ = !last_epoch && epoch + 1 >= c_.min_epochs && epoch + 1 - best_overall().epoch >= c_.patience;
+    return stopped_early_;
+  }
+
   uint64_t stream_seed(uint64_t purpose, uint64_t a, uint64_t b) const {
     return data::derive_seed(static_cast<uint64_t>(c_.seed),
                              {static_cast<uint64_t>(plan_.repeat), static_cast<uint64_t>(plan_.fold), purpose, a, b});
@@ -266,44 +279,83 @@ class FoldRun {
     double loss_sum = 0.0, batch_seconds = 0.0;
     float lr = 0.0f;
     const auto t0 = std::chrono::steady_clock::now();
+    const int world = ranks_ ? ranks_->world_size() : 1, rank = ranks_ ? ranks_->rank() : 0;
+    int64_t left_out_bags = 0;
+    std::optional<float> first_grad_norm;
     for (int64_t step = 0; step < steps_per_epoch_; ++step) {
-      std::vector<int> cases;
-      std::vector<uint64_t> seeds;
+      std::vector<int> step_cases;
+      std::vector<uint64_t> step_seeds;
       for (int64_t j = step * c_.bags_per_step; j < std::min<int64_t>((step + 1) * c_.bags_per_step, order.size()); ++j) {
-        cases.push_back(plan_.train[order[j]]);
-        seeds.push_back(stream_seed(kTrainBag, epoch, j));
+        step_cases.push_back(plan_.train[order[j]]);
+        step_seeds.push_back(stream_seed(kTrainBag, epoch, j));
       }
+      const int64_t step_bags = static_cast<int64_t>(step_cases.size());
+      // Every rank needs a bag: a final step with fewer bags than ranks is left out, by every rank alike.
+      if (step_bags < world) {
+        left_out_bags += step_bags;
+        continue;
+      }
+      // This rank's contiguous share of the step's bags.
+      const int64_t first = rank * step_bags / world, end = (rank + 1) * step_bags / world;
+      const std::vector<int> cases(step_cases.begin() + first, step_cases.begin() + end);
+      const std::vector<uint64_t> seeds(step_seeds.begin() + first, step_seeds.begin() + end);
       const auto batch_start = std::chrono::steady_clock::now();
       const Batch batch = make_batch(cohort_, cases, seeds, train_spec(), gather_);
       batch_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - batch_start).count();
       nn::StepRandom random{stream_seed(kStepMasks, epoch, step), 0};
+      mil::StepShare share;
+      if (ranks_) {
+        random.first_bag = first;
+        random.local_bags = end - first;
+        random.global_bags = step_bags;
+        for (int i : step_cases) share.weight_sum += class_weight_[cohort_[i].label];
+        share.bags = step_bags;
+      }
       const mil::MilOutput out = model_.forward(Variable(batch.x.to(device_)), batch.mask, tau, random);
-      Variable loss = mil::mil_loss(out, batch.target, class_weight_, c_.loss_config());
-      const float loss_value = loss.value().item();
-      if (!std::isfinite(loss_value))
-        throw Error(fmt::format("fold {} epoch {} step {}: the loss is {} (diverged)", plan_.fold, epoch + 1, step, loss_value));
+      Variable loss = mil::mil_loss(out, batch.target, class_weight_, c_.loss_config(), share);
       loss.backward();
-      if (c_.clip_grad > 0) nn::clip_grad_norm(model_.parameters(), static_cast<float>(c_.clip_grad));
+      if (reducer_) reducer_->finish();
       lr = nn::warmup_cosine_lr(static_cast<float>(c_.lr), epoch * steps_per_epoch_ + step, warmup, total_steps);
       optimizer_->step(lr);
+      // The first step's global gradient norm (one read an epoch): one process and the ranks of a
+      // data-parallel job must agree on it at the same weights.
+      if (!first_grad_norm && c_.clip_grad > 0) first_grad_norm = optimizer_->last_grad_norm();
       optimizer_->zero_grad();
       if (ema_) ema_->update(model_);
+      // The host reads the step once it is queued whole: the loss and every bag's logits (summed over ranks:
+      // each rank fills its own bags' places). A diverged step ends the fold before its update is saved.
+      std::vector<double> step_values(1 + 2 * step_bags, 0.0);
+      step_values[0] = loss.value().item();
       const std::vector<float> y = out.y.value().to_vector();
-      for (size_t b = 0; b < cases.size(); ++b) {
-        seen_labels.push_back(cohort_[cases[b]].label);
-        seen_p.push_back(softmax_hgg(y[2 * b], y[2 * b + 1]));
+      for (size_t v = 0; v < y.size(); ++v) step_values[1 + 2 * first + v] = y[v];
+      if (ranks_) step_values = ranks_->sum(step_values);
+      const double loss_value = step_values[0];
+      if (!std::isfinite(loss_value))
+        throw Error(fmt::format("fold {} epoch {} step {}: the loss is {} (diverged)", plan_.fold, epoch + 1, step, loss_value));
+      for (int64_t b = 0; b < step_bags; ++b) {
+        seen_labels.push_back(cohort_[step_cases[b]].label);
+        seen_p.push_back(softmax_hgg(static_cast<float>(step_values[1 + 2 * b]), static_cast<float>(step_values[2 + 2 * b])));
       }
-      loss_sum += loss_value * cases.size();
+      loss_sum += loss_value * step_bags;
+      if (!writer_) continue;
       const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       progress_.step(fmt::format("[r{} f{}] epoch {}/{} step {}/{} loss {:.4f} lr {:.2e} | {:.1f} bags/s | ETA epoch {:.0f}s",
                                  plan_.repeat, plan_.fold, epoch + 1, c_.epochs, step + 1, steps_per_epoch_, loss_value, lr,
                                  seen_p.size() / elapsed, elapsed / (step + 1) * (steps_per_epoch_ - step - 1)));
     }
-    return {{"epoch", epoch + 1},
-            {"lr", lr},
-            {"tau", tau},
-            {"batch_assembly_s", batch_seconds},
-            {"train", report::split_record_json(seen_labels, seen_p, loss_sum / std::max<size_t>(seen_p.size(), 1))}};
+    json record = {{"epoch", epoch + 1},
+                   {"lr", lr},
+                   {"tau", tau},
+                   {"batch_assembly_s", batch_seconds},
+                   {"train", report::split_record_json(seen_labels, seen_p, loss_sum / std::max<size_t>(seen_p.size(), 1))}};
+    if (first_grad_norm) record["grad_norm_first_step"] = *first_grad_norm;
+    if (ranks_)
+      record["data_parallel"] = {{"ranks", world},
+                                 {"sync_batchnorm", c_.sync_batchnorm},
+                                 {"left_out_bags", left_out_bags},
+                                 {"gradient_buckets", reducer_->bucket_count()},
+                                 {"buckets_started_in_backward", reducer_->started_during_backward()}};
+    return record;
   }
 
   std::vector<CasePrediction> predict(mil::DualStreamMIL& model, const std::vector<int>& cases, float tau) {
@@ -429,13 +481,14 @@ class FoldRun {
     best_raw_ = candidate(meta["best_raw"]);
     best_ema_ = candidate(meta["best_ema"]);
     const int done = meta["epoch"].get<int>();
+    epochs_run_ = done;
+    if (!writer_) return done;
     // Keep exactly the epochs the checkpoint holds: a killed run may have logged one more.
     std::vector<std::string> lines;
     std::ifstream in(dir_ / "metrics.jsonl");
     for (std::string line; std::getline(in, line) && static_cast<int>(lines.size()) < done;) lines.push_back(line);
     std::ofstream out(dir_ / "metrics.jsonl", std::ios::trunc);
     for (const std::string& line : lines) out << line << "\n";
-    epochs_run_ = done;
     progress_.line(fmt::format("[r{} f{}] resumed after epoch {}", plan_.repeat, plan_.fold, done));
     return done;
   }
@@ -501,11 +554,14 @@ class FoldRun {
   const std::vector<data::CaseVolume>& cohort_;
   Device device_;
   GatherTarget gather_;
+  dist::Communicator* ranks_;
+  bool writer_;  // rank 0 (or the only process): validates and writes the fold's files
   FoldPlan plan_;
   fs::path dir_;
   mil::DualStreamMIL model_, ema_model_;
   std::unique_ptr<nn::AdamW> optimizer_;
   std::unique_ptr<nn::Ema> ema_;
+  std::unique_ptr<nn::GradientReducer> reducer_;  // data-parallel runs only
   float class_weight_[2] = {1.0f, 1.0f};
   int64_t steps_per_epoch_ = 0;
   Candidate best_raw_, best_ema_;
@@ -517,12 +573,12 @@ class FoldRun {
 }  // namespace
 
 Trainer::Trainer(const RunConfig& config, const std::vector<data::CaseVolume>& cohort, Device device,
-                 const GatherTarget& gather)
-    : config_(config), cohort_(cohort), device_(device), gather_(gather) {}
+                 const GatherTarget& gather, dist::Communicator* ranks)
+    : config_(config), cohort_(cohort), device_(device), gather_(gather), ranks_(ranks) {}
 
 void Trainer::run_fold(const FoldPlan& plan, const fs::path& dir, bool resume) {
   if (resume && fs::exists(dir / "fold.json")) return;
-  FoldRun(config_, cohort_, device_, gather_, plan, dir).run(resume);
+  FoldRun(config_, cohort_, device_, gather_, ranks_, plan, dir).run(resume);
 }
 
 }  // namespace dsmil::app

@@ -12,6 +12,7 @@
 #include "apps/train/batches.h"
 #include "apps/train/config.h"
 #include "data/preprocess.h"
+#include "dist/communicator.h"
 
 namespace dsmil::app {
 
@@ -64,8 +65,11 @@ std::vector<CasePrediction> predict_cases(mil::DualStreamMIL& model, const std::
 class Trainer {
  public:
   // `gather`: where bags are assembled (a resident cohort holds the same cases as `cohort`).
+  // `ranks`: the data-parallel job this process is one rank of (null: it trains alone). Each step's bags
+  // are split over the ranks and their gradients summed (nn/data_parallel.h); rank 0 alone validates,
+  // decides when to stop and writes the fold's files.
   Trainer(const RunConfig& config, const std::vector<data::CaseVolume>& cohort, Device device,
-          const GatherTarget& gather = {});
+          const GatherTarget& gather = {}, dist::Communicator* ranks = nullptr);
   // Trains and evaluates the fold into `dir` (created); with `resume`, continues from dir/last.ckpt
   // when present and returns at once when the fold is already complete (fold.json exists).
   void run_fold(const FoldPlan& plan, const std::filesystem::path& dir, bool resume);
@@ -75,6 +79,7 @@ class Trainer {
   const std::vector<data::CaseVolume>& cohort_;
   Device device_;
   GatherTarget gather_;
+  dist::Communicator* ranks_;
 };
 
 }  // namespace dsmil::app

@@ -14,10 +14,11 @@ struct Rows {
   int64_t m, c;
 };
 
-Rows rows_of(const char* op, const Tensor& x, const Tensor& gamma) {
+Rows rows_of(const char* op, const Tensor& x, const Tensor& per_channel) {
   const int64_t c = x.size(-1);
-  if (gamma.numel() != c)
-    throw ShapeError(fmt::format("{}: {} channels in x {} but gamma {}", op, c, x.describe(), gamma.describe()));
+  if (per_channel.numel() != c)
+    throw ShapeError(fmt::format("{}: {} channels in x {} but {} per-channel values", op, c, x.describe(),
+                                 per_channel.describe()));
   return {x.numel() / c, c};
 }
 
@@ -51,10 +52,10 @@ Tensor affine_per_channel(const Tensor& x, const Rows& rc, const std::vector<flo
 
 }  // namespace
 
-BatchNormTrainOut batchnorm_forward_train(const Tensor& x, const Tensor& gamma, const Tensor& beta,
-                                          Tensor& running_mean, Tensor& running_var, float momentum, float eps) {
-  const Rows rc = rows_of("batchnorm_forward_train", x, gamma);
-  if (rc.m < 2) throw ShapeError("batchnorm_forward_train: needs at least 2 values per channel, got " + x.describe());
+BatchNormTrainOut batchnorm_statistics(const Tensor& x, Tensor& running_mean, Tensor& running_var, float momentum,
+                                       float eps) {
+  const Rows rc = rows_of("batchnorm_statistics", x, running_mean);
+  if (rc.m < 2) throw ShapeError("batchnorm_statistics: needs at least 2 values per channel, got " + x.describe());
   const float* xp = x.f32();
   const std::vector<double> sum = channel_sums(rc, [&](int64_t i, int64_t ch) { return xp[i * rc.c + ch]; });
   std::vector<double> mean(rc.c);
@@ -64,17 +65,25 @@ BatchNormTrainOut batchnorm_forward_train(const Tensor& x, const Tensor& gamma, 
     return d * d;
   });
   BatchNormTrainOut out{Tensor(), Tensor::empty({rc.c}), Tensor::empty({rc.c})};
-  std::vector<float> a(rc.c), b(rc.c);
   for (int64_t ch = 0; ch < rc.c; ++ch) {
-    const double var = sq[ch] / rc.m;
-    const double invstd = 1.0 / std::sqrt(var + eps);
     out.save_mean.f32()[ch] = static_cast<float>(mean[ch]);
-    out.save_invstd.f32()[ch] = static_cast<float>(invstd);
-    a[ch] = static_cast<float>(gamma.f32()[ch] * invstd);
-    b[ch] = static_cast<float>(beta.f32()[ch] - mean[ch] * gamma.f32()[ch] * invstd);
+    out.save_invstd.f32()[ch] = static_cast<float>(1.0 / std::sqrt(sq[ch] / rc.m + eps));
     running_mean.f32()[ch] = (1.0f - momentum) * running_mean.f32()[ch] + momentum * static_cast<float>(mean[ch]);
     running_var.f32()[ch] =
         (1.0f - momentum) * running_var.f32()[ch] + momentum * static_cast<float>(sq[ch] / (rc.m - 1));
+  }
+  return out;
+}
+
+BatchNormTrainOut batchnorm_forward_train(const Tensor& x, const Tensor& gamma, const Tensor& beta,
+                                          Tensor& running_mean, Tensor& running_var, float momentum, float eps) {
+  const Rows rc = rows_of("batchnorm_forward_train", x, gamma);
+  BatchNormTrainOut out = batchnorm_statistics(x, running_mean, running_var, momentum, eps);
+  std::vector<float> a(rc.c), b(rc.c);
+  for (int64_t ch = 0; ch < rc.c; ++ch) {
+    const double mean = out.save_mean.f32()[ch], invstd = out.save_invstd.f32()[ch];
+    a[ch] = static_cast<float>(gamma.f32()[ch] * invstd);
+    b[ch] = static_cast<float>(beta.f32()[ch] - mean * gamma.f32()[ch] * invstd);
   }
   out.y = affine_per_channel(x, rc, a, b);
   return out;

@@ -15,18 +15,24 @@ int64_t channels_of(const char* op, const Tensor& x) {
   return x.size(-1);
 }
 
+// Checks x and the running statistics of a training forward; returns the rows per channel.
+int64_t check_training_rows(const char* op, const Tensor& x, const Tensor& running_mean, const Tensor& running_var) {
+  const int64_t c = channels_of(op, x);
+  check_f32_vector(op, running_mean, c, "running_mean");
+  check_f32_vector(op, running_var, c, "running_var");
+  const int64_t rows = x.numel() / c;
+  if (rows < 2) throw ShapeError(fmt::format("{}: needs at least 2 values per channel, got {}", op, x.describe()));
+  return rows;
+}
+
 }  // namespace
 
 BatchNormTrainOut batchnorm_forward_train(const Tensor& x, const Tensor& gamma, const Tensor& beta,
                                           Tensor& running_mean, Tensor& running_var, float momentum, float eps) {
   const char* op = "batchnorm_forward_train";
-  const int64_t c = channels_of(op, x);
+  const int64_t rows = check_training_rows(op, x, running_mean, running_var), c = x.size(-1);
   check_f32_vector(op, gamma, c, "gamma");
   check_f32_vector(op, beta, c, "beta");
-  check_f32_vector(op, running_mean, c, "running_mean");
-  check_f32_vector(op, running_var, c, "running_var");
-  const int64_t rows = x.numel() / c;
-  if (rows < 2) throw ShapeError(fmt::format("{}: needs at least 2 values per channel, got {}", op, x.describe()));
   BatchNormTrainOut out{empty_device(x.shape(), x.dtype()), empty_device({c}, DType::F32),
                         empty_device({c}, DType::F32)};
   DeviceBuffer scratch(kernels::batchnorm_scratch_size(rows, c) * sizeof(double));
@@ -41,6 +47,22 @@ BatchNormTrainOut batchnorm_forward_train(const Tensor& x, const Tensor& gamma, 
   return out;
 }
 
+BatchNormTrainOut batchnorm_statistics(const Tensor& x, Tensor& running_mean, Tensor& running_var, float momentum,
+                                       float eps) {
+  const char* op = "batchnorm_statistics";
+  const int64_t rows = check_training_rows(op, x, running_mean, running_var), c = x.size(-1);
+  BatchNormTrainOut out{Tensor(), empty_device({c}, DType::F32), empty_device({c}, DType::F32)};
+  DeviceBuffer scratch(kernels::batchnorm_scratch_size(rows, c) * sizeof(double));
+  with_float_type(op, x, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    DSMIL_CUDA_CHECK(kernels::batchnorm_statistics(ptr<T>(x), running_mean.f32(), running_var.f32(), momentum, eps,
+                                                   rows, c, out.save_mean.f32(), out.save_invstd.f32(),
+                                                   scratch.as<double>(), stream()),
+                     op_context(op, {{"x", &x}, {"running_mean", &running_mean}}));
+  });
+  return out;
+}
+
 Tensor batchnorm_forward_eval(const Tensor& x, const Tensor& gamma, const Tensor& beta, const Tensor& running_mean,
                               const Tensor& running_var, float eps) {
   const char* op = "batchnorm_forward_eval";
@@ -50,12 +72,10 @@ Tensor batchnorm_forward_eval(const Tensor& x, const Tensor& gamma, const Tensor
   check_f32_vector(op, running_mean, c, "running_mean");
   check_f32_vector(op, running_var, c, "running_var");
   Tensor y = empty_device(x.shape(), x.dtype());
-  DeviceBuffer invstd(c * sizeof(float));
   with_float_type(op, x, [&](auto tag) {
     using T = typename decltype(tag)::type;
     DSMIL_CUDA_CHECK(kernels::batchnorm_forward_eval(ptr<T>(x), gamma.f32(), beta.f32(), running_mean.f32(),
-                                                     running_var.f32(), eps, x.numel() / c, c, ptr<T>(y),
-                                                     invstd.as<float>(), stream()),
+                                                     running_var.f32(), eps, x.numel() / c, c, ptr<T>(y), stream()),
                      op_context(op, {{"x", &x}, {"gamma", &gamma}}));
   });
   return y;

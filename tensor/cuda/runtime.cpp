@@ -119,6 +119,8 @@ void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device
     return fmt::format("copy of {} bytes {} -> {}", bytes, device_name(src_device), device_name(dst_device));
   };
   DSMIL_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, s), context());
+  // A device-to-device copy is ordered on the stream like every op: the host need not wait for it.
+  if (dst_device == Device::CUDA && src_device == Device::CUDA) return;
   DSMIL_CUDA_CHECK(cudaStreamSynchronize(s), context());
 }
 

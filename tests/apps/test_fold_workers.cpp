@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -139,4 +140,21 @@ TEST_CASE("bad --workers and --gpus values: one error line, non-zero exit, no ru
     CHECK(explained);
     CHECK(fs::is_empty(out));
   }
+}
+
+TEST_CASE("cv --nproc 2 of a CPU run: both ranks start, refuse, and the launcher names each failed rank") {
+  const fs::path out = scratch("nproc"), log = scratch("logs") / "nproc.txt";
+  const auto start = std::chrono::steady_clock::now();
+  CHECK(run_dsmil(cv_args({"--nproc", "2", "--device", "cpu", "--out", out.string()}), log) != 0);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const std::string message = text_of(log);
+  INFO(message);
+  CHECK(message.find("data-parallel job: 2 ranks started") != std::string::npos);
+  // The first rank to refuse ends the job: the other may be stopped before it says why.
+  CHECK(message.find(" of 2: data-parallel training runs on GPUs") != std::string::npos);
+  CHECK(message.find("rank 0 failed") != std::string::npos);
+  CHECK(message.find("rank 1 failed") != std::string::npos);
+  CHECK(seconds < 60.0);  // a rank left waiting for the others would hang: the launcher stops them
+  CHECK(fs::is_empty(out));
+  CHECK(run_dsmil(cv_args({"--nproc", "0", "--out", out.string()}), log) != 0);
 }

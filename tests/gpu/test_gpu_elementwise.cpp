@@ -114,6 +114,48 @@ TEST_CASE("gpu sum_squares and all_finite") {
   }
 }
 
+TEST_CASE("gpu sum_squares, all_finite and conversions on pack tails and views at odd offsets") {
+  if (skip_without_gpu()) return;
+  // Counts with a tail after the 16-byte packs (4 f32, 8 bf16), one beyond the reductions' 512 x 256 x 16
+  // elements (the grid cap); views 0 elements into their storage (16-byte loads) or 1 (element by element).
+  for (const int64_t count : {int64_t{9}, int64_t{4099}, int64_t{2100005}})
+    for (const int64_t offset : {int64_t{0}, int64_t{1}})
+      for (Precision p : {Precision::F32, Precision::BF16}) {
+        const std::string where =
+            " n=" + std::to_string(count) + " offset " + std::to_string(offset) + " [" + precision_name(p) + "]";
+        const Twin base = random_twin({offset + count}, storage_dtype(p), -2.0f, 2.0f);
+        const Tensor device = base.device.narrow0(offset, offset + count);
+        const Tensor host = base.host.narrow0(offset, offset + count);
+        const float got = ops::sum_squares(device);
+        check_close("sum_squares view" + where, Tensor::full({1}, got), Tensor::full({1}, cpu::sum_squares(host)),
+                    kTolF32);
+        CHECK(ops::sum_squares(device) == got);  // fixed summation order: bit-identical rerun
+        CHECK(ops::all_finite(device));
+
+        std::vector<float> values = host.to_vector();
+        if (p == Precision::F32) {
+          for (float& v : values) v = bf16_round(v);
+          check_equal("convert f32 -> bf16 view" + where, device.to_dtype(DType::BF16),
+                      Tensor::from_vector({count}, values));
+        } else {
+          check_equal("convert bf16 -> f32 view" + where, device.to_dtype(DType::F32),
+                      Tensor::from_vector({count}, values));
+        }
+      }
+  // A non-finite value first in the view or in its tail is found; one just before the view is not.
+  const int64_t count = 4099;
+  for (const int64_t offset : {int64_t{0}, int64_t{1}})
+    for (DType dtype : {DType::F32, DType::BF16})
+      for (const int64_t at : {offset - 1, offset, offset + count - 1}) {
+        if (at < 0) continue;
+        Tensor host = test::random_tensor({offset + count});
+        host.f32()[at] = NAN;
+        const Tensor device = twin_of(host, dtype).device.narrow0(offset, offset + count);
+        CHECK_MESSAGE(ops::all_finite(device) == (at < offset),
+                      "all_finite " << dtype_name(dtype) << " offset " << offset << ", NaN at " << at);
+      }
+}
+
 TEST_CASE("gpu matmul in f32, TF32 and bf16 with every transpose: bias add and its gradient") {
   if (skip_without_gpu()) return;
   const int64_t m = 67, k = 515, n = 129;  // head-like: 64 instances x 512 features, odd on purpose

@@ -94,6 +94,35 @@ TEST_CASE("gpu batch norm train / eval / backward match the CPU in f32 and bf16"
     }
 }
 
+TEST_CASE("gpu batch norm eval: channels off the 16-byte packs, misaligned views, several rows per thread") {
+  if (skip_without_gpu()) return;
+  // C = 6 is element by element in f32 and bf16, C = 12 takes 16-byte packs in f32 only (bf16 packs are 8
+  // channels); [2, 180000, 6] gives each thread more than one step of its two-row loop; a view one element
+  // into its storage is misaligned whatever C is, one 8 elements in is aligned again.
+  struct EvalCase {
+    Shape shape;
+    int64_t offset;
+  };
+  const std::vector<EvalCase> cases = {{{3, 5, 7, 6}, 0}, {{2, 3, 5, 12}, 0}, {{2, 180000, 6}, 0},
+                                       {{3, 111, 64}, 1}, {{3, 111, 64}, 8}};
+  const float eps = 1e-5f;
+  for (const EvalCase& ec : cases)
+    for (Precision p : {Precision::F32, Precision::BF16}) {
+      const int64_t c = ec.shape.back(), n = shape_numel(ec.shape);
+      const std::string where = " " + shape_str(ec.shape) + " offset " + std::to_string(ec.offset);
+      const Twin base = random_twin({ec.offset + n}, storage_dtype(p), -1.0f, 5.0f);
+      const Tensor x_device = base.device.narrow0(ec.offset, ec.offset + n).view(ec.shape);
+      const Tensor x_host = base.host.narrow0(ec.offset, ec.offset + n).view(ec.shape);
+      const Twin gamma = random_twin({c}, DType::F32, 0.5f, 1.5f), beta = random_twin({c}, DType::F32);
+      const Twin mean = random_twin({c}, DType::F32), var = random_twin({c}, DType::F32, 0.5f, 2.0f);
+      check_runs("batchnorm eval" + where, run_poisoned([&] {
+                   return ops::batchnorm_forward_eval(x_device, gamma.device, beta.device, mean.device, var.device,
+                                                      eps);
+                 }),
+                 cpu::batchnorm_forward_eval(x_host, gamma.host, beta.host, mean.host, var.host, eps), p);
+    }
+}
+
 TEST_CASE("gpu max pooling: values, argmax and the gathered backward equal the CPU's bit for bit") {
   if (skip_without_gpu()) return;
   struct PoolCase {
