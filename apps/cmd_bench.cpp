@@ -95,8 +95,9 @@ void run_bench(const BenchArgs& a) {
 #endif
     const auto t0 = std::chrono::steady_clock::now();
     nn::StepRandom random{static_cast<uint64_t>(step), 0};
+    const mil::LossTargets targets = mil::loss_targets(target, class_weight, device);
     const mil::MilOutput out = model.forward(Variable(inputs[step % a.input_sets]), mask, 1.0f, random);
-    Variable loss = mil::mil_loss(out, target, class_weight, config.loss_config());
+    Variable loss = mil::mil_loss(out, targets, config.loss_config());
     loss.backward();
     optimizer.step(static_cast<float>(config.lr));
     optimizer.zero_grad();

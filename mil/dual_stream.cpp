@@ -82,35 +82,42 @@ Tensor selection_from_indices(const Tensor& idx, int64_t n) {
 }
 }  // namespace
 
-MilOutput DualStreamHead::forward(const Variable& h_in, const Tensor& mask_in, float tau, nn::StepRandom& random) {
+Tensor DualStreamHead::instance_mask(const Tensor& mask, nn::StepRandom& random) const {
+  if (!training() || config_.instance_dropout <= 0.0f) return mask;
+  return drop_instances(mask, config_.instance_dropout, random.seed, random.take(mask.numel()));
+}
+
+const Tensor& DualStreamHead::margin_weights(Device device) {
+  if (!margin_weights_.defined() || margin_weights_.device() != device)
+    margin_weights_ = Tensor::from_vector({1, 2}, {-1.0f, 1.0f}).to(device);
+  return margin_weights_;
+}
+
+MilOutput DualStreamHead::forward(const Variable& h_in, const Tensor& mask_in, const Tensor& mask, float tau,
+                                  nn::StepRandom& random) {
   const int64_t bags = mask_in.size(0), n = mask_in.size(1), features = h_in.shape()[1];
-  const Device device = h_in.value().device();
   MilOutput out;
   out.embeddings = h_in.value();
-  out.mask = training() && config_.instance_dropout > 0.0f
-                 ? drop_instances(mask_in, config_.instance_dropout, random.seed, random.take(bags * n))
-                 : mask_in;
-  const Tensor mask = out.mask.to(device);
+  out.mask = mask_in;
   const Variable h = training() ? fn::dropout(h_in, config_.feature_dropout, random.seed, random.take(h_in.value().numel()))
                                 : h_in;
 
   // Stream 1: instance classifier and pooling by the margin z_i = c_i1 - c_i0.
   const Variable c = instance_classifier_.forward(h);
   const Variable c_bags = fn::view(c, {bags, n, 2});
-  const Variable margin_weights(Tensor::from_vector({1, 2}, {-1.0f, 1.0f}).to(device), false);
-  const Variable z = fn::view(fn::linear(c, margin_weights, Variable()), {bags, n});
-  out.margins = z.value().to(Device::CPU);
+  const Variable z = fn::view(fn::linear(c, Variable(margin_weights(h_in.value().device()), false), Variable()), {bags, n});
+  out.margins = z.value();
   // Stream-1 pooling; `pool` applies the same instance weighting to any per-instance tensor [B, n, F].
   std::function<Variable(const Variable&)> pool;
   if (config_.pooling == Pooling::Soft) {
     const Variable s = fn::masked_softmax(z, mask, tau, nullptr);
     pool = [s](const Variable& per_instance) { return fn::bag_weighted_sum(s, per_instance); };
-    out.selection = s.value().to(Device::CPU);
+    out.selection = s.value();
   } else {
     const int k = config_.pooling == Pooling::Max ? 1 : static_cast<int>(std::min<int64_t>(config_.topk, n));
     const Tensor idx = ops::topk_indices(z.value(), mask, k);
     pool = [idx](const Variable& per_instance) { return fn::gather_mean(per_instance, idx); };
-    out.selection = selection_from_indices(idx.to(Device::CPU), n);
+    if (!training()) out.selection = selection_from_indices(idx.to(Device::CPU), n);
   }
   out.y1 = pool(c_bags);
 
@@ -129,8 +136,8 @@ MilOutput DualStreamHead::forward(const Variable& h_in, const Tensor& mask_in, f
   out.y2 = bag_classifier_.forward(fn::bag_weighted_sum(a, v));
   out.y = fn::scale(fn::add(out.y1, out.y2), 0.5f);
   out.attention_weights = a;
-  out.attention = a.value().to(Device::CPU);
-  out.attention_stats = stats.to(Device::CPU);
+  out.attention = a.value();
+  out.attention_stats = stats;
   return out;
 }
 
@@ -152,7 +159,11 @@ MilOutput DualStreamMIL::forward(const Variable& x, const Tensor& mask, float ta
   if (x.shape().size() != 5 || x.shape()[0] != mask.numel())
     throw ShapeError(fmt::format("DualStreamMIL: x {} must hold B*n = {} slabs [S, H, W, C]", shape_str(x.shape()),
                                  mask.numel()));
-  return head_.forward(encoder_.forward(x, random), mask, tau, random);
+  // The head's mask goes to the device before the encoder is queued: its upload then waits for almost
+  // nothing, where after the encoder it would wait for the whole forward pass.
+  const Tensor head_mask = head_.instance_mask(mask, random);
+  const Tensor device_mask = head_mask.to(x.value().device());
+  return head_.forward(encoder_.forward(x, random), head_mask, device_mask, tau, random);
 }
 
 namespace {
@@ -183,23 +194,32 @@ Variable mean_attention_entropy(const Variable& a) {
 
 }  // namespace
 
-Variable mil_loss(const MilOutput& out, const Tensor& target, const float class_weight[2], const LossConfig& config,
-                  const StepShare& share) {
+LossTargets loss_targets(const Tensor& target, const float class_weight[2], Device device) {
   const int64_t bags = target.numel();
-  const Device device = out.y.value().device();
   Tensor weight = Tensor::empty({bags});
-  double weight_sum = 0;
-  for (int64_t b = 0; b < bags; ++b) weight_sum += weight.f32()[b] = class_weight[target.i32()[b]];
+  LossTargets out;
+  for (int64_t b = 0; b < bags; ++b) out.weight_sum += weight.f32()[b] = class_weight[target.i32()[b]];
+  out.target = target.to(device);
+  out.weight = weight.to(device);
+  return out;
+}
+
+Variable mil_loss(const MilOutput& out, const LossTargets& targets, const LossConfig& config, const StepShare& share) {
   // focal_loss divides by this batch's weight sum; the step's share rescales that to the whole step's.
-  const float weight_share = share.weight_sum > 0 ? static_cast<float>(weight_sum / share.weight_sum) : 1.0f;
+  const float weight_share = share.weight_sum > 0 ? static_cast<float>(targets.weight_sum / share.weight_sum) : 1.0f;
+  const int64_t bags = targets.target.numel();
   const float bag_share = share.bags > 0 ? static_cast<float>(bags) / static_cast<float>(share.bags) : 1.0f;
-  const Tensor t = target.to(device), w = weight.to(device);
-  const Variable l1 = fn::focal_loss(out.y1, t, w, config.label_smoothing, config.focal_gamma);
-  const Variable l2 = fn::focal_loss(out.y2, t, w, config.label_smoothing, config.focal_gamma);
+  const Variable l1 = fn::focal_loss(out.y1, targets.target, targets.weight, config.label_smoothing, config.focal_gamma);
+  const Variable l2 = fn::focal_loss(out.y2, targets.target, targets.weight, config.label_smoothing, config.focal_gamma);
   const Variable loss = fn::add(fn::scale(l1, config.stream_weight * weight_share),
                                 fn::scale(l2, (1.0f - config.stream_weight) * weight_share));
   if (config.entropy_weight <= 0.0f) return loss;
   return fn::add(loss, fn::scale(mean_attention_entropy(out.attention_weights), -config.entropy_weight * bag_share));
+}
+
+Variable mil_loss(const MilOutput& out, const Tensor& target, const float class_weight[2], const LossConfig& config,
+                  const StepShare& share) {
+  return mil_loss(out, loss_targets(target, class_weight, out.y.value().device()), config, share);
 }
 
 }  // namespace dsmil::mil

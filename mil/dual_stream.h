@@ -33,27 +33,39 @@ struct ModelConfig {
   HeadConfig head;
 };
 
-// Everything one forward pass gives: logits and what the diagnostics and reports need.
+// Everything one forward pass gives: logits and what the diagnostics and reports need. The diagnostics
+// stay on the model's device (read them with to_vector()): copying them to the host in the forward pass
+// would make the host wait for the GPU in the middle of every training step.
 struct MilOutput {
   Variable y1, y2, y;  // stream-1, stream-2 and bag logits [B, 2]
-  Tensor embeddings;   // h [B*n, F] from the encoder (on the model's device)
-  Variable attention_weights;  // a [B, n] on the model's device, differentiable
-  Tensor attention;    // a [B, n] (CPU)
-  Tensor attention_stats;  // [B, 3]: entropy, top-1 weight, effective number of instances (CPU)
-  Tensor margins;      // z_i = c_i1 - c_i0 [B, n] (CPU)
-  Tensor selection;    // stream-1 weight of each instance [B, n]: 1/K on the selected (max/top-k), s_i (soft) (CPU)
+  Tensor embeddings;   // h [B*n, F] from the encoder
+  Variable attention_weights;  // a [B, n], differentiable
+  Tensor attention;    // a [B, n]
+  Tensor attention_stats;  // [B, 3]: entropy, top-1 weight, effective number of instances
+  Tensor margins;      // z_i = c_i1 - c_i0 [B, n]
+  // Stream-1 weight of each instance [B, n]: 1/K on the selected (max/top-k), s_i (soft). Undefined for
+  // max/top-k pooling in training, where drawing it would need the selected indices on the host.
+  Tensor selection;
   Tensor mask;         // the mask actually used (after instance dropout) [B, n] I32 (CPU)
 };
 
 class DualStreamHead : public nn::Module {
  public:
   DualStreamHead(int64_t features, const HeadConfig& config, nn::InitEngine& engine);
-  // h[B*n, F], mask[B, n] (I32, on the CPU); tau = soft-pooling temperature.
-  MilOutput forward(const Variable& h, const Tensor& mask, float tau, nn::StepRandom& random);
+  // The mask the head works with: mask[B, n] (I32, CPU) with instance dropout applied in training, drawn
+  // on the host from the step's counters.
+  Tensor instance_mask(const Tensor& mask, nn::StepRandom& random) const;
+  // h[B*n, F]; mask[B, n] as instance_mask gave it and its copy on h's device; tau = soft-pooling temperature.
+  MilOutput forward(const Variable& h, const Tensor& mask, const Tensor& device_mask, float tau, nn::StepRandom& random);
   const HeadConfig& config() const { return config_; }
 
  private:
+  // [[-1], [1]] as a [1, 2] weight on the device: z = c1 - c0 as one matrix product (kept, not uploaded
+  // each step).
+  const Tensor& margin_weights(Device device);
+
   HeadConfig config_;
+  Tensor margin_weights_;
   nn::Linear instance_classifier_, value_, bag_classifier_;
   std::unique_ptr<nn::Linear> query1_, query2_;          // dsmil attention
   std::unique_ptr<nn::Linear> gate_v_, gate_u_, gate_w_;  // gated attention
@@ -91,6 +103,16 @@ struct StepShare {
   double weight_sum = 0;  // 0: this batch is the whole step
   int64_t bags = 0;
 };
+// A batch's targets [B] (I32) and class weights [B] (F32) on the device. Made before the forward pass: an
+// upload after it would make the host wait for the whole forward pass first.
+struct LossTargets {
+  Tensor target, weight;
+  double weight_sum = 0;  // of this batch
+};
+// target[B] I32 on the CPU.
+LossTargets loss_targets(const Tensor& target, const float class_weight[2], Device device);
+Variable mil_loss(const MilOutput& out, const LossTargets& targets, const LossConfig& config, const StepShare& share = {});
+// The same with the targets uploaded here.
 Variable mil_loss(const MilOutput& out, const Tensor& target, const float class_weight[2], const LossConfig& config,
                   const StepShare& share = {});
 

@@ -173,9 +173,10 @@ Variable focal_loss(const Variable& logits, const Tensor& target, const Tensor& 
   if (per_sample) *per_sample = out.per_sample;
   Tensor grad = out.grad;
   return Variable::from_op(out.loss, {logits}, [logits, grad](const Tensor& g) {
-    // g is the [1] gradient of the final objective with respect to this loss.
-    const float factor = g.item();
-    logits.accumulate_grad(factor == 1.0f ? grad : ops::scale(grad, factor));
+    // g is the [1] gradient of the final objective with respect to this loss. Reading it on the host would
+    // make the host wait for the whole forward pass at the start of the backward pass; g times grad is
+    // formed on g's device instead, as the outer product of g (one bag, one instance) with grad as one row.
+    logits.accumulate_grad(ops::bag_outer(g.view({1, 1}), grad.view({1, grad.numel()})).view(grad.shape()));
   });
 }
 

@@ -311,8 +311,9 @@ class FoldRun {
         for (int i : step_cases) share.weight_sum += class_weight_[cohort_[i].label];
         share.bags = step_bags;
       }
+      const mil::LossTargets targets = mil::loss_targets(batch.target, class_weight_, device_);
       const mil::MilOutput out = model_.forward(Variable(batch.x.to(device_)), batch.mask, tau, random);
-      Variable loss = mil::mil_loss(out, batch.target, class_weight_, c_.loss_config(), share);
+      Variable loss = mil::mil_loss(out, targets, c_.loss_config(), share);
       loss.backward();
       if (reducer_) reducer_->finish();
       lr = nn::warmup_cosine_lr(static_cast<float>(c_.lr), epoch * steps_per_epoch_ + step, warmup, total_steps);

@@ -69,27 +69,31 @@ TEST_CASE("whole model: d loss / d (input, every kind of parameter) matches fini
       return (up - down) / (2 * step);
     };
     // The loss is piecewise smooth (ReLU and max pooling switch; a top-k or max selection that changes
-    // makes it jump). A probe whose estimates at h, h/2 and h/4 disagree has such a point inside its
-    // step, where no derivative exists: the next element is taken instead.
+    // makes it jump). A probe whose estimates at h, h/2 and h/4 disagree by more than their rounding
+    // noise has such a point inside its step, where no derivative exists: the next element is taken
+    // instead. Noise: the loss is an fp32 value, so each difference quotient at step s carries up to
+    // 2^-24 |L| / s; three estimates at s >= h/4 spread by at most 4 2^-24 |L| / (h/4) from it.
+    const double noise = 4.0 * std::ldexp(std::fabs(loss_value(model, x, mask, target, lc)), -24) / (h / 4);
     int skipped = 0;
-    auto probe = [&](Tensor& value, const Tensor& grad, int64_t first) {
+    auto probe = [&](Tensor& value, const Tensor& grad, int64_t first) -> bool {
       for (int64_t j = 0; j < std::min<int64_t>(16, value.numel()); ++j) {
         const int64_t i = (first + j) % value.numel();
         const double coarse = difference(value, i, h), fine = difference(value, i, h / 2),
                      finest = difference(value, i, h / 4);
         const double spread = std::max({coarse, fine, finest}) - std::min({coarse, fine, finest});
-        if (spread > 1e-3 * std::max(1.0, std::fabs(fine))) {
+        if (spread > 1e-3 * std::max(1.0, std::fabs(fine)) + noise) {
           ++skipped;
           continue;
         }
         numeric.push_back(fine);
         analytic.push_back(grad.f32()[i]);
-        return;
+        return true;
       }
+      return false;
     };
     Tensor x_probe = x;  // loss_value reads x: perturb it in place
-    for (int64_t i : {int64_t{5}, x.numel() / 3, x.numel() - 7}) probe(x_probe, input.grad(), i);
-    int with_grad = 0;
+    for (int64_t i : {int64_t{5}, x.numel() / 3, x.numel() - 7}) CHECK(probe(x_probe, input.grad(), i));
+    int with_grad = 0, unprobed = 0, unprobed_tiny = 0;
     for (const auto& p : model.parameters()) {
       if (!p.variable->has_grad()) {
         std::printf("[model %s] no gradient reached %s\n", name.c_str(), p.name.c_str());
@@ -97,12 +101,15 @@ TEST_CASE("whole model: d loss / d (input, every kind of parameter) matches fini
       }
       ++with_grad;
       const int64_t count = p.variable->value().numel();
-      probe(p.variable->value(), p.variable->grad(), count / 2);
+      if (probe(p.variable->value(), p.variable->grad(), count / 2)) continue;
+      ++(count < 16 ? unprobed_tiny : unprobed);
     }
     CHECK(with_grad == static_cast<int>(model.parameters().size()));
-    std::printf("[model %s] %zu probes, %d skipped at a switch\n", name.c_str(), numeric.size(), skipped);
-    // Every parameter tensor and the input probed, but for at most 2 whose every candidate sat at a switch.
-    CHECK(numeric.size() + 2 >= model.parameters().size() + 3);
+    std::printf("[model %s] %zu probes, %d skipped at a switch; unprobed: %d tensors of 16+ values, %d smaller\n",
+                name.c_str(), numeric.size(), skipped, unprobed, unprobed_tiny);
+    // Every parameter tensor probed, but for at most 2 of 16 or more values whose 16 candidates all sat at a
+    // switch; a tensor of 1-4 values (a bias) has no other element to move to when its few sit at one.
+    CHECK(unprobed <= 2);
     CHECK(max_rel_error("model " + name, analytic, numeric, 2e-2) <= 2e-2);
   }
 }
