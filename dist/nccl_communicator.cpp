@@ -70,14 +70,15 @@ int NcclCommunicator::rank() const { return state_->ranks.rank; }
 int NcclCommunicator::world_size() const { return state_->ranks.world_size; }
 
 void NcclCommunicator::sum_in_background(Tensor& t) {
-  const std::string context = fmt::format("gradient sum of {}", t.describe());
+  // Formatted only when a call fails: this runs for every bucket of every step.
+  const auto context = [&] { return fmt::format("gradient sum of {}", t.describe()); };
   if (t.device() != Device::CUDA || t.dtype() != DType::F32)
     throw Error(fmt::format("NcclCommunicator::sum_in_background: CUDA F32 tensors only, got {}", t.describe()));
-  DSMIL_CUDA_CHECK(cudaEventRecord(state_->compute_done, cuda::stream()), context);
-  DSMIL_CUDA_CHECK(cudaStreamWaitEvent(state_->gradient_stream, state_->compute_done), context);
+  DSMIL_CUDA_CHECK(cudaEventRecord(state_->compute_done, cuda::stream()), context());
+  DSMIL_CUDA_CHECK(cudaStreamWaitEvent(state_->gradient_stream, state_->compute_done), context());
   DSMIL_NCCL_CHECK(ncclAllReduce(t.f32(), t.f32(), static_cast<size_t>(t.numel()), ncclFloat32, ncclSum,
                                  state_->gradients, state_->gradient_stream),
-                   context);
+                   context());
 }
 
 void NcclCommunicator::wait_for_sums() {
@@ -93,14 +94,14 @@ namespace {
 template <typename Collective>
 std::vector<double> small_collective(const char* what, const std::vector<double>& values, size_t receive_count,
                                      Collective collective) {
-  const std::string context = fmt::format("{} of {} values", what, values.size());
+  const auto context = [&] { return fmt::format("{} of {} values", what, values.size()); };
   cuda::DeviceBuffer send(values.size() * sizeof(double)), receive(receive_count * sizeof(double));
   const cudaStream_t s = cuda::stream();
-  DSMIL_CUDA_CHECK(cudaMemcpyAsync(send.data(), values.data(), send.bytes(), cudaMemcpyHostToDevice, s), context);
-  DSMIL_NCCL_CHECK(collective(send.as<double>(), receive.as<double>(), s), context);
+  DSMIL_CUDA_CHECK(cudaMemcpyAsync(send.data(), values.data(), send.bytes(), cudaMemcpyHostToDevice, s), context());
+  DSMIL_NCCL_CHECK(collective(send.as<double>(), receive.as<double>(), s), context());
   std::vector<double> out(receive_count);
-  DSMIL_CUDA_CHECK(cudaMemcpyAsync(out.data(), receive.data(), receive.bytes(), cudaMemcpyDeviceToHost, s), context);
-  DSMIL_CUDA_CHECK(cudaStreamSynchronize(s), context);
+  DSMIL_CUDA_CHECK(cudaMemcpyAsync(out.data(), receive.data(), receive.bytes(), cudaMemcpyDeviceToHost, s), context());
+  DSMIL_CUDA_CHECK(cudaStreamSynchronize(s), context());
   return out;
 }
 
