@@ -60,10 +60,48 @@ RunConfig bench_config(const BenchArgs& a) {
   return config;
 }
 
+// Device memory of the CUDA pool over the benchmark, in GiB (all zero on the CPU): the peak of the timed steps
+// alone (the figure PyTorch's twin reports: max_memory_allocated after reset_peak_memory_stats following its
+// warm-up), the peak with the warm-up (cuDNN's algorithm searches borrow up to 1 GiB there), the memory held
+// between steps, and the memory in use once the last timed step's forward pass and loss are queued.
+class DeviceMemory {
+ public:
+  explicit DeviceMemory(Device device) : on_gpu_(device == Device::CUDA) {}
+  double peak_gib = 0, peak_with_warmup_gib = 0, between_steps_gib = 0, after_forward_gib = 0;
+
+  void start_timed_steps() {
+    if (!on_gpu_) return;
+#ifdef DSMIL_WITH_CUDA
+    warmup_peak_ = cuda::pool_usage().peak_used;
+    cuda::reset_pool_peak();
+#endif
+  }
+  void after_forward() {
+    if (!on_gpu_) return;
+#ifdef DSMIL_WITH_CUDA
+    after_forward_gib = gib(cuda::pool_usage().used);
+#endif
+  }
+  void finish() {
+    if (!on_gpu_) return;
+#ifdef DSMIL_WITH_CUDA
+    const cuda::PoolUsage usage = cuda::pool_usage();
+    peak_gib = gib(usage.peak_used);
+    peak_with_warmup_gib = gib(std::max(usage.peak_used, warmup_peak_));
+    between_steps_gib = gib(usage.used);
+#endif
+  }
+
+ private:
+  static double gib(uint64_t bytes) { return bytes / double(uint64_t{1} << 30); }
+  bool on_gpu_;
+  uint64_t warmup_peak_ = 0;
+};
+
 void run_bench(const BenchArgs& a) {
   const RunConfig config = bench_config(a);
   const Device device = resolve_device(a.device);
-  math_mode().allow_tf32 = !config.strict_fp32;
+  math_mode() = config.math();
   if (config.precision == "bf16" && device == Device::CPU) throw Error("dsmil bench: bf16 needs the CUDA backend");
 
   mil::DualStreamMIL model(config.model_config(), 1);
@@ -87,8 +125,10 @@ void run_bench(const BenchArgs& a) {
   const Tensor mask = Tensor::from_ints({a.bags, a.instances}, std::vector<int32_t>(a.bags * a.instances, 1));
 
   std::vector<double> step_ms, losses;
+  DeviceMemory memory(device);
   for (int step = 0; step < a.warmup + a.steps; ++step) {
     synchronize(device);
+    if (step == a.warmup) memory.start_timed_steps();
     const bool profiled = a.profile && step == a.warmup + a.steps - 1;
 #ifdef DSMIL_WITH_CUDA
     if (profiled) cuda::profiler_start();
@@ -98,6 +138,7 @@ void run_bench(const BenchArgs& a) {
     const mil::LossTargets targets = mil::loss_targets(target, class_weight, device);
     const mil::MilOutput out = model.forward(Variable(inputs[step % a.input_sets]), mask, 1.0f, random);
     Variable loss = mil::mil_loss(out, targets, config.loss_config());
+    memory.after_forward();
     loss.backward();
     optimizer.step(static_cast<float>(config.lr));
     optimizer.zero_grad();
@@ -116,13 +157,10 @@ void run_bench(const BenchArgs& a) {
   std::vector<double> sorted = step_ms;
   std::sort(sorted.begin(), sorted.end());
   const double median = sorted[sorted.size() / 2], best = sorted.front();
-  double peak_gib = 0.0;
+  memory.finish();
   std::string versions = "cpu";
 #ifdef DSMIL_WITH_CUDA
-  if (device == Device::CUDA) {
-    peak_gib = cuda::pool_usage().peak_used / double(1 << 30);
-    versions = cuda::backend_versions();
-  }
+  if (device == Device::CUDA) versions = cuda::backend_versions();
 #endif
   auto mean_of = [&](size_t first, size_t count) {
     double s = 0;
@@ -137,13 +175,24 @@ void run_bench(const BenchArgs& a) {
               config.precision.c_str(), config.precision == "bf16" ? " mixed" : config.strict_fp32 ? " strict" : " (TF32 allowed)");
   std::printf("train step: median %.2f ms, best %.2f ms over %d steps (%d warm-up); %.1f bags/s\n", median, best,
               a.steps, a.warmup, a.bags * 1000.0 / median);
-  std::printf("peak device memory (pool): %.2f GiB\n", peak_gib);
+  if (device == Device::CUDA)
+    std::printf("device memory (pool, GiB): peak %.2f in the timed steps (%.2f with the warm-up's algorithm searches); "
+                "%.2f held between steps (weights, optimizer and EMA state, inputs), %.2f after a forward pass "
+                "(+ what the backward pass keeps)\n",
+                memory.peak_gib, memory.peak_with_warmup_gib, memory.between_steps_gib, memory.after_forward_gib);
+#ifdef DSMIL_WITH_CUDA
+  if (device == Device::CUDA)
+    for (const std::string& line : cuda::conv_fold_measurements()) std::printf("space-to-depth fold, %s\n", line.c_str());
+#endif
   std::printf("loss: mean of first %zu steps %.4f -> mean of last %zu steps %.4f (%s)\n", window, loss_first, window,
               loss_last, loss_last < loss_first ? "falls" : "does NOT fall");
   if (!a.json_out.empty()) {
     const nlohmann::json j = {{"device", versions},       {"depth", a.depth},       {"width", a.width},
                               {"input", x_shape},         {"median_ms", median},    {"best_ms", best},
-                              {"step_ms", step_ms},       {"peak_gib", peak_gib},   {"losses", losses},
+                              {"step_ms", step_ms},       {"peak_gib", memory.peak_gib},   {"losses", losses},
+                              {"peak_with_warmup_gib", memory.peak_with_warmup_gib},
+                              {"between_steps_gib", memory.between_steps_gib},
+                              {"after_forward_gib", memory.after_forward_gib},
                               {"precision", config.precision},      {"strict_fp32", config.strict_fp32}};
     std::ofstream(a.json_out) << j.dump(1) << "\n";
   }

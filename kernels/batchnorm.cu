@@ -1,5 +1,5 @@
 // Batch normalisation over x[rows, C] (rows = N*D*H*W, channels-last): per-channel sums in fp64 over row
-// chunks (one 32-channel x 8-row tile per chunk), summed in chunk order; then elementwise normalisation.
+// chunks (one 32-channel x 8-row tile per chunk), totalled by one warp per channel; then elementwise normalisation.
 #include <cuda_bf16.h>
 
 #include "kernels/batchnorm.h"
@@ -62,24 +62,33 @@ __global__ void partial_sums_kernel(const T* __restrict__ a, const T* __restrict
   }
 }
 
-__device__ void sum_chunks(const double* scratch, int64_t chunks, int64_t channels, int64_t c, double& first,
-                           double& second) {
+// The per-channel totals of the two moments over the chunks, for finalize kernels run by one warp per
+// channel: lane-strided sums, then warp_sum's fixed butterfly (every lane gets the totals; the order depends
+// only on the chunk count). One thread per channel summing 256 chunks in a row took ~57 us a launch on the
+// H100 (Nsight Compute, notes/PERF.md): the loads of a thread wait on each other.
+__device__ void chunk_totals(const double* scratch, int64_t chunks, int64_t channels, int64_t c, int lane,
+                             double& first, double& second) {
   first = 0.0;
   second = 0.0;
-  for (int64_t k = 0; k < chunks; ++k) {
+  for (int64_t k = lane; k < chunks; k += 32) {
     first += scratch[(k * 2) * channels + c];
     second += scratch[(k * 2 + 1) * channels + c];
   }
+  first = warp_sum(first);
+  second = warp_sum(second);
 }
 
+// Blocks of kThreads threads, one warp per channel.
 __global__ void finalize_train_kernel(const double* __restrict__ scratch, int64_t chunks, int64_t rows,
                                       int64_t channels, float momentum, float eps, float* __restrict__ running_mean,
                                       float* __restrict__ running_var, float* __restrict__ save_mean,
                                       float* __restrict__ save_invstd) {
-  const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (c >= channels) return;
+  const int64_t c = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / 32;
+  const int lane = threadIdx.x & 31;
+  if (c >= channels) return;  // c is the same across a warp: whole warps leave
   double sum, sum_sq;
-  sum_chunks(scratch, chunks, channels, c, sum, sum_sq);
+  chunk_totals(scratch, chunks, channels, c, lane, sum, sum_sq);
+  if (lane != 0) return;
   const double mean = sum / rows;
   const double var = fmax(sum_sq / rows - mean * mean, 0.0);
   const double unbiased = rows > 1 ? var * rows / (rows - 1) : var;
@@ -91,10 +100,12 @@ __global__ void finalize_train_kernel(const double* __restrict__ scratch, int64_
 
 __global__ void finalize_backward_kernel(const double* __restrict__ scratch, int64_t chunks, int64_t channels,
                                          float* __restrict__ dgamma, float* __restrict__ dbeta) {
-  const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  const int64_t c = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / 32;
+  const int lane = threadIdx.x & 31;
   if (c >= channels) return;
   double sum_dy, sum_dy_xhat;
-  sum_chunks(scratch, chunks, channels, c, sum_dy, sum_dy_xhat);
+  chunk_totals(scratch, chunks, channels, c, lane, sum_dy, sum_dy_xhat);
+  if (lane != 0) return;
   dbeta[c] = static_cast<float>(sum_dy);
   dgamma[c] = static_cast<float>(sum_dy_xhat);
 }
@@ -173,7 +184,8 @@ cudaError_t launch_eval_normalize(const T* x, const float* gamma, const float* b
   return cudaGetLastError();
 }
 
-unsigned channel_blocks(int64_t channels) { return static_cast<unsigned>((channels + kThreads - 1) / kThreads); }
+// Blocks for one warp per channel.
+unsigned channel_warp_blocks(int64_t channels) { return static_cast<unsigned>((channels * 32 + kThreads - 1) / kThreads); }
 
 }  // namespace
 
@@ -190,7 +202,7 @@ cudaError_t batchnorm_statistics(const T* x, float* running_mean, float* running
   partial_sums_kernel<Moments::Forward, T><<<grid, dim3(32, kRowLanes), 0, stream>>>(
       x, nullptr, nullptr, nullptr, rows, channels, chunk_rows, scratch);
   if (const cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
-  finalize_train_kernel<<<channel_blocks(channels), kThreads, 0, stream>>>(
+  finalize_train_kernel<<<channel_warp_blocks(channels), kThreads, 0, stream>>>(
       scratch, chunks, rows, channels, momentum, eps, running_mean, running_var, save_mean, save_invstd);
   return cudaGetLastError();
 }
@@ -235,7 +247,7 @@ cudaError_t batchnorm_backward(const T* dy, const T* x, const float* gamma, cons
   partial_sums_kernel<Moments::Backward, T><<<grid, dim3(32, kRowLanes), 0, stream>>>(
       dy, x, save_mean, save_invstd, rows, channels, chunk_rows, scratch);
   if (const cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
-  finalize_backward_kernel<<<channel_blocks(channels), kThreads, 0, stream>>>(scratch, chunks, channels, dgamma, dbeta);
+  finalize_backward_kernel<<<channel_warp_blocks(channels), kThreads, 0, stream>>>(scratch, chunks, channels, dgamma, dbeta);
   if (const cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
   const int64_t n = rows * channels;
   if (n == 0) return cudaSuccess;

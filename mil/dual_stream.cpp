@@ -68,18 +68,6 @@ Tensor drop_instances(const Tensor& mask, float p, uint64_t seed, uint64_t count
   return out;
 }
 
-// Stream-1 weight per instance for the reports: 1/K on the selected indices.
-Tensor selection_from_indices(const Tensor& idx, int64_t n) {
-  const int64_t bags = idx.size(0), k = idx.size(1);
-  Tensor sel = Tensor::zeros({bags, n});
-  for (int64_t b = 0; b < bags; ++b) {
-    int valid = 0;
-    for (int64_t j = 0; j < k; ++j) valid += idx.i32()[b * k + j] >= 0;
-    for (int64_t j = 0; j < k; ++j)
-      if (idx.i32()[b * k + j] >= 0) sel.f32()[b * n + idx.i32()[b * k + j]] = 1.0f / valid;
-  }
-  return sel;
-}
 }  // namespace
 
 Tensor DualStreamHead::instance_mask(const Tensor& mask, nn::StepRandom& random) const {
@@ -117,7 +105,8 @@ MilOutput DualStreamHead::forward(const Variable& h_in, const Tensor& mask_in, c
     const int k = config_.pooling == Pooling::Max ? 1 : static_cast<int>(std::min<int64_t>(config_.topk, n));
     const Tensor idx = ops::topk_indices(z.value(), mask, k);
     pool = [idx](const Variable& per_instance) { return fn::gather_mean(per_instance, idx); };
-    if (!training()) out.selection = selection_from_indices(idx.to(Device::CPU), n);
+    // 1/K on the selected instances: the gradient of the pooled mean of a constant 1, on the device.
+    out.selection = ops::gather_mean_backward(Tensor::full({bags, 1}, 1.0f, z.value().device()), idx, n).view({bags, n});
   }
   out.y1 = pool(c_bags);
 

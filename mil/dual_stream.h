@@ -43,8 +43,7 @@ struct MilOutput {
   Tensor attention;    // a [B, n]
   Tensor attention_stats;  // [B, 3]: entropy, top-1 weight, effective number of instances
   Tensor margins;      // z_i = c_i1 - c_i0 [B, n]
-  // Stream-1 weight of each instance [B, n]: 1/K on the selected (max/top-k), s_i (soft). Undefined for
-  // max/top-k pooling in training, where drawing it would need the selected indices on the host.
+  // Stream-1 weight of each instance [B, n]: 1/K on the selected (max/top-k), s_i (soft).
   Tensor selection;
   Tensor mask;         // the mask actually used (after instance dropout) [B, n] I32 (CPU)
 };

@@ -125,7 +125,8 @@ if [ -x "$carry/dsmil" ] && [ "${DSMIL_SKIP_KERNEL_BENCH:-0}" != 1 ]; then
 fi
 
 echo "== Nsight Compute on the kernels below 60% of the copy bandwidth (why: bound, occupancy)"
-if command -v ncu > /dev/null && [ -x "$carry/dsmil" ] && [ "${DSMIL_SKIP_PROFILE:-0}" != 1 ]; then
+if command -v ncu > /dev/null && [ -x "$carry/dsmil" ] && [ "${DSMIL_SKIP_PROFILE:-0}" != 1 ] &&
+   [ "${DSMIL_SKIP_KERNEL_NCU:-0}" != 1 ]; then
   : > "$logs/kernel_ncu.log"
   # NAME or NAME:DTYPE (bf16 when none is given).
   for entry in ${DSMIL_NCU_KERNELS:-batchnorm_statistics batchnorm_backward batchnorm_relu_backward maxpool3d_backward sum_squares sum_squares:f32 all_finite:f32 batchnorm_forward_eval convert_bf16_to_f32 multi_tensor_adamw:f32}; do

@@ -86,6 +86,27 @@ Shape pool3d_output_shape(const Shape& x, const Pool3dGeometry& g) {
   return y;
 }
 
+Shape space_to_depth_shape(const char* op, const Shape& x, const SpaceToDepthGeometry& g) {
+  if (x.size() != 5) throw ShapeError(fmt::format("{}: x must be NDHWC, got {}", op, shape_str(x)));
+  if (g.block_h < 1 || g.block_w < 1 || g.pad_h < 0 || g.pad_w < 0 || g.folded_h < 0 || g.folded_w < 0 ||
+      g.folded_c < g.block_h * g.block_w * x[4])
+    throw ShapeError(fmt::format("{}: x {} does not fold into blocks {}x{} pad ({},{}) as [{},{},{}]", op, shape_str(x),
+                                 g.block_h, g.block_w, g.pad_h, g.pad_w, g.folded_h, g.folded_w, g.folded_c));
+  return {x[0], x[1], g.folded_h, g.folded_w, g.folded_c};
+}
+
+Conv3dFold conv3d_fold(const Shape& x, const Shape& w, const Conv3dGeometry& g, int64_t folded_c) {
+  const Shape y = conv3d_output_shape(x, w, g);
+  const int64_t block_h = g.stride[1], block_w = g.stride[2];
+  const int64_t taps_h = (w[2] + block_h - 1) / block_h, taps_w = (w[3] + block_w - 1) / block_w;
+  Conv3dFold f;
+  f.x_fold = {block_h, block_w, g.pad[1], g.pad[2], y[2] + taps_h - 1, y[3] + taps_w - 1, folded_c};
+  f.w_fold = {block_h, block_w, 0, 0, taps_h, taps_w, folded_c};
+  f.geometry = {{g.kernel[0], static_cast<int>(taps_h), static_cast<int>(taps_w)}, {g.stride[0], 1, 1}, {g.pad[0], 0, 0}};
+  space_to_depth_shape("conv3d_fold", x, f.x_fold);
+  return f;
+}
+
 Tensor add(const Tensor& a, const Tensor& b) {
   const Device device = common_device("add", {&a, &b});
   DSMIL_DISPATCH(device, add, a, b);
@@ -214,6 +235,16 @@ Tensor batchnorm_relu_forward_eval(const Tensor& x, const Tensor& gamma, const T
 BatchNormReluGrads batchnorm_relu_backward(const Tensor& dy, const Tensor& y, const Tensor& x, const Tensor& gamma, const Tensor& save_mean, const Tensor& save_invstd, const Tensor& sample_factor, bool residual_grad) {
   const Device device = common_device("batchnorm_relu_backward", {&dy, &y, &x, &gamma, &save_mean, &save_invstd, &sample_factor});
   DSMIL_DISPATCH(device, batchnorm_relu_backward, dy, y, x, gamma, save_mean, save_invstd, sample_factor, residual_grad);
+}
+
+Tensor space_to_depth(const Tensor& x, const SpaceToDepthGeometry& g) {
+  const Device device = common_device("space_to_depth", {&x});
+  DSMIL_DISPATCH(device, space_to_depth, x, g);
+}
+
+Tensor depth_to_space(const Tensor& xs, const SpaceToDepthGeometry& g, const Shape& x_shape) {
+  const Device device = common_device("depth_to_space", {&xs});
+  DSMIL_DISPATCH(device, depth_to_space, xs, g, x_shape);
 }
 
 MaxPoolOut maxpool3d_forward(const Tensor& x, const Pool3dGeometry& g) {

@@ -21,9 +21,16 @@
 namespace dsmil {
 
 // Process-wide numerics switches of the CUDA backend (the CPU backend is always plain fp32).
+// How the CUDA backend runs a strided convolution with few input channels (the stem): on the input as it
+// is, or as the stride-1 convolution of its space-to-depth fold (tensor/cuda/conv3d.cpp). `measured` times
+// both once per shape and keeps the faster; in deterministic mode it folds without timing. The GPU
+// tests force each way.
+enum class ConvFolding { measured, always, never };
+
 struct MathMode {
   bool allow_tf32 = true;      // TF32 tensor cores for fp32 convolutions and GEMMs
   bool deterministic = false;  // deterministic algorithms and fixed reduction orders
+  ConvFolding conv_space_to_depth = ConvFolding::measured;
 };
 MathMode& math_mode();
 
@@ -31,6 +38,21 @@ struct Conv3dGeometry {
   std::array<int, 3> kernel{1, 1, 1};  // (T, R, S) = depth, height, width
   std::array<int, 3> stride{1, 1, 1};
   std::array<int, 3> pad{0, 0, 0};
+};
+// Space-to-depth over H and W of x[N, D, H, W, C] into xs[N, D, folded_h, folded_w, folded_c]:
+// xs[n, d, g, j, (bh * block_w + bw) * C + c] = x[n, d, block_h g + bh - pad_h, block_w j + bw - pad_w, c],
+// zero outside x and in the channels from block_h block_w C up to folded_c. A convolution with stride
+// (s, block_h, block_w) and padding (p, pad_h, pad_w) is the stride-(s, 1, 1) convolution of this fold of x
+// with the filter folded likewise (pad 0): the CUDA backend runs the stem that way (tensor/cuda/conv3d.cpp).
+struct SpaceToDepthGeometry {
+  int64_t block_h = 1, block_w = 1, pad_h = 0, pad_w = 0;
+  int64_t folded_h = 0, folded_w = 0, folded_c = 0;
+};
+// The space-to-depth form of a convolution with stride (s, s_h, s_w): conv3d_forward(space_to_depth(x, x_fold),
+// space_to_depth(w, w_fold), geometry) is conv3d_forward(x, w, g); dx and dw come back through depth_to_space.
+struct Conv3dFold {
+  SpaceToDepthGeometry x_fold, w_fold;
+  Conv3dGeometry geometry;
 };
 struct Pool3dGeometry {
   std::array<int, 3> kernel{1, 1, 1};
@@ -95,6 +117,13 @@ namespace ops {
 // Output shapes: y[N, D', H', W', K] with D' = (D + 2 pd - T) / sd + 1 (likewise H', W').
 Shape conv3d_output_shape(const Shape& x, const Shape& w, const Conv3dGeometry& g);
 Shape pool3d_output_shape(const Shape& x, const Pool3dGeometry& g);
+// xs[N, D, folded_h, folded_w, folded_c] of space_to_depth; throws ShapeError (naming `op`) when x is not
+// 5-D or the geometry cannot hold x's blocks (block sizes < 1, padding < 0, folded_c < block_h block_w C).
+Shape space_to_depth_shape(const char* op, const Shape& x, const SpaceToDepthGeometry& g);
+// The fold of a convolution of x[N, D, H, W, C] with w[K, T, R, S, C]: s_h x s_w blocks of x become
+// `folded_c` (>= s_h s_w C) channels, the R x S filter ceil(R / s_h) x ceil(S / s_w) taps over them (taps
+// past R, S zero), stride (s, 1, 1), padding (p, 0, 0) (x's H / W padding is in its fold).
+Conv3dFold conv3d_fold(const Shape& x, const Shape& w, const Conv3dGeometry& g, int64_t folded_c);
 
 #include "tensor/op_declarations.inc"
 }  // namespace ops

@@ -1,6 +1,7 @@
 // Bench entries of the encoder's normalisation and pooling kernels at the encoder's activation shapes
 // x[N, D, H, W, C]: batch-norm statistics, training and eval forward, backward; max pooling (the stem's
-// window) forward and backward; global average pooling and its backward.
+// window) forward and backward; global average pooling and its backward; the space-to-depth fold the CUDA
+// backend runs the stem convolution on (tensor/cuda/conv3d.cpp) and its adjoint, at the model's input.
 #include <fmt/format.h>
 
 #include "apps/kernel_bench/bench_entry.h"
@@ -46,7 +47,8 @@ Problem batchnorm_inputs(const Shape& s, DType dtype, uint64_t seed) {
 #ifdef DSMIL_WITH_CUDA
 std::string statistics_launch(const Shape& s) {
   const int64_t c = channels(s), chunks = kernels::batchnorm_scratch_size(rows(s), c) / (2 * c);
-  return fmt::format("sums ({}, {}) x (32, 8) + finalize {} x 256", (c + 31) / 32, chunks, (c + 255) / 256);
+  return fmt::format("sums ({}, {}) x (32, 8) + finalize {} x 256 (a warp per channel)", (c + 31) / 32, chunks,
+                     (32 * c + 255) / 256);
 }
 #endif
 
@@ -242,6 +244,64 @@ KernelBench global_avg_pool_backward_bench() {
   return b;
 }
 
+// The stem's fold (DESIGN section 3: kernel (3, 7, 7), stride (1, 2, 2), padding (1, 3, 3)) of an input
+// x[N, D, H, W, C]: 2x2 blocks, the 7-tap filter in 4 taps, channels rounded up to 8 (16 bytes of bf16, as
+// the convolution aligns them; the same in both dtypes so that the CPU twin folds alike).
+SpaceToDepthGeometry stem_fold(const Shape& x) {
+  const int64_t out_h = (x[2] + 6 - 7) / 2 + 1, out_w = (x[3] + 6 - 7) / 2 + 1;
+  return {2, 2, 3, 3, out_h + 3, out_w + 3, (4 * x[4] + 7) / 8 * 8};
+}
+
+KernelBench fold_bench(const char* name, const char* bytes_meaning) {
+  return described_bench(name, "space_to_depth.cu", "x[N,D,H,W,C] (unfolded)", bytes_meaning, 5,
+                         {DType::F32, DType::BF16}, [](const ModelShapes& m) { return m.input; }, {2, 3, 9, 10, 3});
+}
+
+int64_t fold_bytes(const Shape& s, DType d) {
+  return element_bytes(d) * (shape_numel(s) + shape_numel(ops::space_to_depth_shape("space_to_depth", s, stem_fold(s))));
+}
+
+KernelBench space_to_depth_bench() {
+  KernelBench b = fold_bench("space_to_depth", "read x; write xs");
+  b.launchers = {"space_to_depth"};
+  b.bytes = fold_bytes;
+  b.draw = [](const Shape& s, DType dtype, uint64_t seed) {
+    Problem p;
+    p.add(uniform_tensor(s, -1.0f, 1.0f, stream_seed(seed, 0), dtype), true);
+    return p;
+  };
+  b.run = [](std::vector<Tensor>& in, const Shape& s, DType) {
+    return std::vector<Tensor>{ops::space_to_depth(in[0], stem_fold(s))};
+  };
+#ifdef DSMIL_WITH_CUDA
+  b.launch_fast = [](const Shape& s, DType) {
+    const SpaceToDepthGeometry g = stem_fold(s);
+    return grid_stride_launch(s[0] * s[1] * g.folded_h * g.folded_w) + " (a thread per folded pixel)";
+  };
+#endif
+  return b;
+}
+
+KernelBench depth_to_space_bench() {
+  KernelBench b = fold_bench("depth_to_space", "read xs; write x");
+  b.launchers = {"depth_to_space"};
+  b.bytes = fold_bytes;
+  b.draw = [](const Shape& s, DType dtype, uint64_t seed) {
+    Problem p;
+    p.add(uniform_tensor(ops::space_to_depth_shape("depth_to_space", s, stem_fold(s)), -1.0f, 1.0f,
+                         stream_seed(seed, 0), dtype),
+          true);
+    return p;
+  };
+  b.run = [](std::vector<Tensor>& in, const Shape& s, DType) {
+    return std::vector<Tensor>{ops::depth_to_space(in[0], stem_fold(s), s)};
+  };
+#ifdef DSMIL_WITH_CUDA
+  b.launch_fast = [](const Shape& s, DType) { return grid_stride_launch(shape_numel(s)) + " (a thread per element)"; };
+#endif
+  return b;
+}
+
 }  // namespace
 
 void add_norm_pool_benches(std::vector<KernelBench>& list) {
@@ -253,6 +313,8 @@ void add_norm_pool_benches(std::vector<KernelBench>& list) {
   list.push_back(maxpool_backward_bench());
   list.push_back(global_avg_pool_bench());
   list.push_back(global_avg_pool_backward_bench());
+  list.push_back(space_to_depth_bench());
+  list.push_back(depth_to_space_bench());
 }
 
 }  // namespace dsmil::kernel_bench

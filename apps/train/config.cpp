@@ -60,6 +60,7 @@ std::vector<NamedField> config_fields(RunConfig& c) {
       {"run.precision", &c.precision},
       {"run.strict_fp32", &c.strict_fp32},
       {"run.deterministic", &c.deterministic},
+      {"run.conv_fold", &c.conv_fold},
       {"run.plot_every", &c.plot_every},
       {"run.threads", &c.threads},
   };
@@ -88,6 +89,16 @@ nn::AdamWConfig RunConfig::optimizer_config() const {
   c.weight_decay = static_cast<float>(weight_decay);
   c.max_grad_norm = static_cast<float>(clip_grad);
   return c;
+}
+
+MathMode RunConfig::math() const {
+  MathMode m;
+  m.allow_tf32 = !strict_fp32;
+  m.deterministic = deterministic;
+  m.conv_space_to_depth = conv_fold == "always"  ? ConvFolding::always
+                          : conv_fold == "never" ? ConvFolding::never
+                                                 : ConvFolding::measured;
+  return m;
 }
 
 namespace {
@@ -224,6 +235,7 @@ void validate_config(const RunConfig& c) {
   check_range("cv.repeats", c.repeats, 1, 100);
   check_in<std::string>("run.device", c.device, {"auto", "cpu", "cuda"});
   check_in<std::string>("run.precision", c.precision, {"fp32", "bf16"});
+  check_in<std::string>("run.conv_fold", c.conv_fold, {"measured", "always", "never"});
   check_range("run.plot_every", c.plot_every, 0, 100000);
   check_range("run.threads", c.threads, 0, 1024);
 }

@@ -146,8 +146,7 @@ CvResult run_cv(const RunConfig& config, const CvOptions& options) {
   folds.erase(std::unique(folds.begin(), folds.end()), folds.end());
   if (config.threads > 0) omp_set_num_threads(config.threads);
   const Device device = resolve_device(config.device);
-  math_mode().allow_tf32 = !config.strict_fp32;
-  math_mode().deterministic = config.deterministic;
+  math_mode() = config.math();
   if (config.precision == "bf16" && device == Device::CPU)
     throw Error("run.precision = bf16 needs the CUDA backend; the CPU backend computes in fp32");
 

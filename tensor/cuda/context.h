@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "tensor/tensor.h"
 
@@ -54,5 +55,12 @@ struct PoolUsage {
   uint64_t used = 0, reserved = 0, peak_used = 0;
 };
 PoolUsage pool_usage();
+// One line per convolution whose space-to-depth fold was timed (MathMode::conv_space_to_depth = measured):
+// the pass and shapes, each way's device time and the way kept (tensor/cuda/conv3d.cpp).
+std::vector<std::string> conv_fold_measurements();
+
+// Starts peak_used afresh from the memory in use now (e.g. after a benchmark's warm-up, whose algorithm
+// searches borrow large workspaces).
+void reset_pool_peak();
 
 }  // namespace dsmil::cuda

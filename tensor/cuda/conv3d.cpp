@@ -9,14 +9,17 @@
 // Acceptable: supported, workspace under the bound, and numerics that match the mode: never the
 // fp16 down-conversion math, and only FMA math for f32 when TF32 is off.
 // Input channel counts that leave the channel rows unaligned for tensor cores (the bf16 / RGB-like stem)
-// run on zero-padded copies: see aligned_channels.
+// run on zero-padded copies: see aligned_channels. A strided convolution with few input channels (the
+// stem) may run as the stride-1 convolution of its space-to-depth fold: see FoldedConv.
 #include <algorithm>
 #include <mutex>
+#include <optional>
 #include <unordered_map>
 #include <vector>
 
-#include "tensor/cuda/ops_cuda.h"
 #include "tensor/cuda/op_helpers.h"
+#include "tensor/cuda/ops_cuda.h"
+#include "tensor/cuda/space_to_depth.h"
 
 namespace dsmil::cuda {
 
@@ -360,7 +363,7 @@ class ChannelPaddedCopy {
 
 // Runs one pass, on channel-padded copies of x and w where aligned_channels asks for them. The algorithm
 // cache sees the padded shapes.
-void run_convolution(const ConvProblem& p) {
+void run_on_aligned_channels(const ConvProblem& p) {
   const int64_t channels = p.x_shape[4];
   const int64_t padded_channels = aligned_channels(channels, p.dtype);
   if (padded_channels == channels) {
@@ -377,6 +380,139 @@ void run_convolution(const ConvProblem& p) {
                          context});
   if (p.pass == ConvPass::BackwardData) x.copy_channels_to(p.x);
   if (p.pass == ConvPass::BackwardFilter) w.copy_channels_to(p.w);
+}
+
+// A strided convolution with few input channels may run as the stride-1 convolution of its space-to-depth
+// fold (ops::conv3d_fold, tensor/ops.h). Why: for the stem (C = 4, 3x7x7, stride (1,2,2)) cuDNN 9.19 picks a
+// slow "indexed" implicit GEMM on the input as it is, 4.60 ms of an 18.0 ms bf16 step on the H100 (Nsight
+// Compute, notes/PERF.md); the fold gives it a 16-channel stride-1 problem (3x4x4 taps over 16 channels:
+// 768 multiply-adds per output where the stem has 588).
+struct FoldedConv {
+  Conv3dFold fold;
+  Shape xs_shape, ws_shape;
+};
+
+// Folding pays only for few input channels (it multiplies them by s_h * s_w) and filters at least as large
+// as the stride.
+constexpr int64_t kMaxFoldedChannels = 64;
+
+// The channel count of the fold: s_h * s_w * C, aligned for tensor cores; 0 when the fold does not apply.
+int64_t folded_channels(const ConvProblem& p) {
+  const Conv3dGeometry& g = p.geometry;
+  const int64_t block_h = g.stride[1], block_w = g.stride[2], c = p.x_shape[4];
+  if (block_h * block_w == 1 || p.w_shape[2] < block_h || p.w_shape[3] < block_w ||
+      block_h * block_w * c > kMaxFoldedChannels)
+    return 0;
+  return aligned_channels(block_h * block_w * c, p.dtype);
+}
+
+// The fold with `folded_c` >= folded_channels(p) channels (the ones past s_h * s_w * C are zero).
+FoldedConv space_to_depth_fold(const ConvProblem& p, int64_t folded_c) {
+  FoldedConv f;
+  f.fold = ops::conv3d_fold(p.x_shape, p.w_shape, p.geometry, folded_c);
+  f.xs_shape = ops::space_to_depth_shape(pass_op_name(p.pass), p.x_shape, f.fold.x_fold);
+  f.ws_shape = ops::space_to_depth_shape(pass_op_name(p.pass), p.w_shape, f.fold.w_fold);
+  return f;
+}
+
+// Folds the pass's inputs, runs the folded convolution and unfolds its output (dx or dw; y needs none).
+void run_folded(const ConvProblem& p, const FoldedConv& f) {
+  const std::string context = fmt::format("{} (as the space-to-depth fold x{} w{})", p.context, shape_str(f.xs_shape),
+                                          shape_str(f.ws_shape));
+  const size_t element = dtype_size(p.dtype);
+  DeviceBuffer xs(static_cast<size_t>(shape_numel(f.xs_shape)) * element);
+  DeviceBuffer ws(static_cast<size_t>(shape_numel(f.ws_shape)) * element);
+  if (p.pass != ConvPass::BackwardData)
+    refold(FoldDirection::fold, p.x, xs.data(), p.x_shape, f.fold.x_fold, p.dtype, context);
+  if (p.pass != ConvPass::BackwardFilter)
+    refold(FoldDirection::fold, p.w, ws.data(), p.w_shape, f.fold.w_fold, p.dtype, context);
+  run_cudnn_convolution({p.pass, p.dtype, f.xs_shape, f.ws_shape, p.y_shape, f.fold.geometry, xs.data(), ws.data(), p.y,
+                         context});
+  if (p.pass == ConvPass::BackwardData)
+    refold(FoldDirection::unfold, xs.data(), p.x, p.x_shape, f.fold.x_fold, p.dtype, context);
+  if (p.pass == ConvPass::BackwardFilter)
+    refold(FoldDirection::unfold, ws.data(), p.w, p.w_shape, f.fold.w_fold, p.dtype, context);
+}
+
+// Device milliseconds of one run of `pass` on the library stream, after one untimed run (which may search
+// cuDNN's algorithms).
+template <typename Pass>
+float timed_ms(Pass&& pass, const std::string& context) {
+  pass();
+  cudaEvent_t start = nullptr, stop = nullptr;
+  DSMIL_CUDA_CHECK(cudaEventCreate(&start), context);
+  DSMIL_CUDA_CHECK(cudaEventCreate(&stop), context);
+  DSMIL_CUDA_CHECK(cudaEventRecord(start, stream()), context);
+  pass();
+  DSMIL_CUDA_CHECK(cudaEventRecord(stop, stream()), context);
+  DSMIL_CUDA_CHECK(cudaEventSynchronize(stop), context);
+  float ms = 0.0f;
+  DSMIL_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop), context);
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  return ms;
+}
+
+// What `measured` chose per problem, with the timings (conv_fold_measurements()).
+struct FoldChoices {
+  std::mutex mutex;
+  std::unordered_map<std::string, int64_t> fastest_channels;  // 0: as it is
+  std::vector<std::string> lines;
+};
+FoldChoices& fold_choices() {
+  static FoldChoices choices;
+  return choices;
+}
+
+// The folded channel counts `measured` tries besides folded_channels(p): cuDNN 9.19 ran the 16-channel fold
+// of the stem with an sm80 "indexed" kernel (1.57 ms for 103 GFLOP on the H200) while the model's 64-channel
+// convolutions run sm90 kernels at ~390 TFLOP/s-equivalent; zero channels up to these counts may buy a
+// faster kernel for their extra multiply-adds.
+constexpr int64_t kWiderFoldChannels[] = {32, 64};
+
+// The way to run `p` (std::nullopt: as it is) under math_mode().conv_space_to_depth. `measured` runs the
+// pass every candidate way on the real buffers once per problem (every pass writes its whole output, so
+// the timing runs leave nothing behind) and keeps the fastest; in deterministic mode it folds at
+// folded_channels(p) without timing.
+std::optional<FoldedConv> chosen_fold(const ConvProblem& p) {
+  const int64_t narrowest = folded_channels(p);
+  if (narrowest == 0) return std::nullopt;
+  switch (math_mode().conv_space_to_depth) {
+    case ConvFolding::always: return space_to_depth_fold(p, narrowest);
+    case ConvFolding::never: return std::nullopt;
+    case ConvFolding::measured: break;
+  }
+  if (math_mode().deterministic) return space_to_depth_fold(p, narrowest);
+  const std::string key = cache_key(p);
+  std::lock_guard<std::mutex> lock(fold_choices().mutex);
+  auto& fastest_channels = fold_choices().fastest_channels;
+  auto it = fastest_channels.find(key);
+  if (it == fastest_channels.end()) {
+    int64_t best_channels = 0;
+    float best_ms = timed_ms([&] { run_on_aligned_channels(p); }, p.context);
+    std::string timings = fmt::format("{}: as it is {:.3f} ms", p.context, best_ms);
+    std::vector<int64_t> candidates{narrowest};
+    for (int64_t wider : kWiderFoldChannels)
+      if (wider > narrowest) candidates.push_back(wider);
+    for (int64_t channels : candidates) {
+      const FoldedConv f = space_to_depth_fold(p, channels);
+      const float ms = timed_ms([&] { run_folded(p, f); }, p.context);
+      timings += fmt::format(", folded to {} channels {:.3f} ms", channels, ms);
+      if (ms < best_ms) best_ms = ms, best_channels = channels;
+    }
+    fold_choices().lines.push_back(timings + (best_channels ? fmt::format(": folded to {}", best_channels)
+                                                           : std::string(": as it is")));
+    it = fastest_channels.emplace(key, best_channels).first;
+  }
+  if (it->second == 0) return std::nullopt;
+  return space_to_depth_fold(p, it->second);
+}
+
+void run_convolution(const ConvProblem& p) {
+  if (const std::optional<FoldedConv> f = chosen_fold(p))
+    run_folded(p, *f);
+  else
+    run_on_aligned_channels(p);
 }
 
 std::string conv_context(ConvPass pass, const Tensor& a, const char* a_name, const Tensor& b, const char* b_name,
@@ -400,6 +536,11 @@ void check_conv_inputs(ConvPass pass, const Tensor& a, const char* a_name, const
 }
 
 }  // namespace
+
+std::vector<std::string> conv_fold_measurements() {
+  std::lock_guard<std::mutex> lock(fold_choices().mutex);
+  return fold_choices().lines;
+}
 
 Tensor conv3d_forward(const Tensor& x, const Tensor& w, const Conv3dGeometry& g) {
   check_conv_inputs(ConvPass::Forward, x, "x", w, "w", w.shape(), "w");

@@ -203,4 +203,9 @@ PoolUsage pool_usage() {
   return usage;
 }
 
+void reset_pool_peak() {
+  uint64_t zero = 0;
+  DSMIL_CUDA_CHECK(cudaMemPoolSetAttribute(runtime().pool, cudaMemPoolAttrUsedMemHigh, &zero), "reset_pool_peak");
+}
+
 }  // namespace dsmil::cuda

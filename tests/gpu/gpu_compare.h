@@ -146,9 +146,10 @@ void guarded(const std::string& what, F&& body) {
 // Sets the math mode for a scope and restores it.
 class MathModeScope {
  public:
-  MathModeScope(bool allow_tf32, bool deterministic) : saved_(math_mode()) {
+  MathModeScope(bool allow_tf32, bool deterministic, ConvFolding folding) : saved_(math_mode()) {
     math_mode().allow_tf32 = allow_tf32;
     math_mode().deterministic = deterministic;
+    math_mode().conv_space_to_depth = folding;
   }
   ~MathModeScope() { math_mode() = saved_; }
   MathModeScope(const MathModeScope&) = delete;
@@ -158,8 +159,8 @@ class MathModeScope {
   MathMode saved_;
 };
 
-inline MathModeScope math_for(Precision p, bool deterministic = false) {
-  return MathModeScope(p == Precision::TF32, deterministic);
+inline MathModeScope math_for(Precision p, bool deterministic = false, ConvFolding folding = ConvFolding::measured) {
+  return MathModeScope(p == Precision::TF32, deterministic, folding);
 }
 
 }  // namespace dsmil::gpu_test

@@ -1,7 +1,8 @@
 // GPU tests of conv3d forward, backward-data and backward-filter (cuDNN) against the CPU backend at the
 // model's shapes (the (kd,7,7) stride-(1,2,2) stem, block convs, 1x1x1 stride-2 projections) in f32, TF32
 // and bf16: the cuDNN 9.10.2-9.15 releases gave wrong bf16 / TF32 3-D convolutions (PERF-NOTES.md). Stems with
-// C = 4 (bf16), 3 and 5 (both dtypes) run on channel-padded copies (tensor/cuda/conv3d.cpp, aligned_channels).
+// C = 4 (bf16), 3 and 5 (both dtypes) run on channel-padded copies (tensor/cuda/conv3d.cpp, aligned_channels);
+// every stem runs both on its input as it is and as its space-to-depth fold (FoldedConv there).
 #include "tests/gpu/gpu_compare.h"
 
 using namespace dsmil;
@@ -13,23 +14,38 @@ struct ConvCase {
   const char* name;
   Shape x, w;
   Conv3dGeometry g;
+  bool stem = false;  // few channels, stride (1,2,2): the space-to-depth fold applies
 };
 
 // Bags of instances at the model's scales, with batch and spatial sizes cut so that the CPU reference
 // stays fast; the channel counts are the model's (width 64).
 const std::vector<ConvCase> kConvCases = {
-    {"stem (3,7,7) s(1,2,2)", {2, 4, 64, 64, 4}, {64, 3, 7, 7, 4}, {{3, 7, 7}, {1, 2, 2}, {1, 3, 3}}},
-    {"stem kd=1 (1,7,7) s(1,2,2)", {2, 2, 48, 48, 4}, {64, 1, 7, 7, 4}, {{1, 7, 7}, {1, 2, 2}, {0, 3, 3}}},
+    {"stem (3,7,7) s(1,2,2)", {2, 4, 64, 64, 4}, {64, 3, 7, 7, 4}, {{3, 7, 7}, {1, 2, 2}, {1, 3, 3}}, true},
+    {"stem kd=1 (1,7,7) s(1,2,2)", {2, 2, 48, 48, 4}, {64, 1, 7, 7, 4}, {{1, 7, 7}, {1, 2, 2}, {0, 3, 3}}, true},
     {"block (3,3,3) 64->64", {2, 4, 16, 16, 64}, {64, 3, 3, 3, 64}, {{3, 3, 3}, {1, 1, 1}, {1, 1, 1}}},
     {"down (3,3,3) s(1,2,2) 64->128", {2, 4, 16, 16, 64}, {128, 3, 3, 3, 64}, {{3, 3, 3}, {1, 2, 2}, {1, 1, 1}}},
     {"projection 1x1x1 s(1,2,2) 64->128", {2, 4, 16, 16, 64}, {128, 1, 1, 1, 64}, {{1, 1, 1}, {1, 2, 2}, {0, 0, 0}}},
     {"projection 1x1x1 s(1,2,2) 256->512", {4, 4, 8, 8, 256}, {512, 1, 1, 1, 256}, {{1, 1, 1}, {1, 2, 2}, {0, 0, 0}}},
     {"deep (3,3,3) s(1,2,2) 256->512", {2, 4, 8, 8, 256}, {512, 3, 3, 3, 256}, {{3, 3, 3}, {1, 2, 2}, {1, 1, 1}}},
-    {"stem C=3 (3,7,7) s(1,2,2)", {2, 4, 32, 32, 3}, {64, 3, 7, 7, 3}, {{3, 7, 7}, {1, 2, 2}, {1, 3, 3}}},
-    {"stem C=5 (3,7,7) s(1,2,2) odd sizes", {2, 3, 27, 29, 5}, {64, 3, 7, 7, 5}, {{3, 7, 7}, {1, 2, 2}, {1, 3, 3}}},
+    {"stem C=3 (3,7,7) s(1,2,2)", {2, 4, 32, 32, 3}, {64, 3, 7, 7, 3}, {{3, 7, 7}, {1, 2, 2}, {1, 3, 3}}, true},
+    {"stem C=5 (3,7,7) s(1,2,2) odd sizes", {2, 3, 27, 29, 5}, {64, 3, 7, 7, 5}, {{3, 7, 7}, {1, 2, 2}, {1, 3, 3}}, true},
 };
 
 std::string label(const ConvCase& c, const char* pass) { return std::string("conv3d ") + pass + " " + c.name; }
+
+std::vector<ConvFolding> foldings_of(const ConvCase& c) {
+  if (c.stem) return {ConvFolding::never, ConvFolding::always};
+  return {ConvFolding::measured};
+}
+
+const char* folding_name(ConvFolding f) {
+  switch (f) {
+    case ConvFolding::always: return " folded";
+    case ConvFolding::never: return " unfolded";
+    case ConvFolding::measured: break;
+  }
+  return "";
+}
 
 }  // namespace
 
@@ -39,26 +55,28 @@ TEST_CASE("gpu conv3d forward, backward data and backward filter at model shapes
     const Shape y_shape = ops::conv3d_output_shape(c.x, c.w, c.g);
     const Tensor x_values = test::random_tensor(c.x), w_values = test::random_tensor(c.w, -0.2f, 0.2f);
     const Tensor dy_values = test::random_tensor(y_shape);
-    for (Precision p : {Precision::F32, Precision::TF32, Precision::BF16}) {
-      const auto mode = math_for(p);
-      const DType dt = storage_dtype(p);
-      const Twin x = twin_of(x_values, dt), w = twin_of(w_values, dt), dy = twin_of(dy_values, dt);
-      const std::string tag = std::string(" [") + precision_name(p) + "]";
-      guarded(label(c, "forward") + tag, [&] {
-        check_runs(label(c, "forward"), run_poisoned([&] { return ops::conv3d_forward(x.device, w.device, c.g); }),
-                   cpu::conv3d_forward(x.host, w.host, c.g), p);
-      });
-      guarded(label(c, "dgrad") + tag, [&] {
-        check_runs(label(c, "dgrad"),
-                   run_poisoned([&] { return ops::conv3d_backward_data(dy.device, w.device, c.x, c.g); }),
-                   cpu::conv3d_backward_data(dy.host, w.host, c.x, c.g), p);
-      });
-      guarded(label(c, "wgrad") + tag, [&] {
-        check_runs(label(c, "wgrad"),
-                   run_poisoned([&] { return ops::conv3d_backward_filter(x.device, dy.device, c.w, c.g); }),
-                   cpu::conv3d_backward_filter(x.host, dy.host, c.w, c.g), p);
-      });
-    }
+    for (ConvFolding folding : foldings_of(c))
+      for (Precision p : {Precision::F32, Precision::TF32, Precision::BF16}) {
+        const auto mode = math_for(p, /*deterministic=*/false, folding);
+        const DType dt = storage_dtype(p);
+        const Twin x = twin_of(x_values, dt), w = twin_of(w_values, dt), dy = twin_of(dy_values, dt);
+        const std::string how = folding_name(folding), tag = std::string(" [") + precision_name(p) + "]";
+        guarded(label(c, "forward") + how + tag, [&] {
+          check_runs(label(c, "forward") + how,
+                     run_poisoned([&] { return ops::conv3d_forward(x.device, w.device, c.g); }),
+                     cpu::conv3d_forward(x.host, w.host, c.g), p);
+        });
+        guarded(label(c, "dgrad") + how + tag, [&] {
+          check_runs(label(c, "dgrad") + how,
+                     run_poisoned([&] { return ops::conv3d_backward_data(dy.device, w.device, c.x, c.g); }),
+                     cpu::conv3d_backward_data(dy.host, w.host, c.x, c.g), p);
+        });
+        guarded(label(c, "wgrad") + how + tag, [&] {
+          check_runs(label(c, "wgrad") + how,
+                     run_poisoned([&] { return ops::conv3d_backward_filter(x.device, dy.device, c.w, c.g); }),
+                     cpu::conv3d_backward_filter(x.host, dy.host, c.w, c.g), p);
+        });
+      }
   }
 }
 

@@ -139,6 +139,36 @@ TEST_CASE("masked instances change nothing in evaluation: the mask after instanc
   }
 }
 
+TEST_CASE("the head reports each instance's stream-1 weight in training and evaluation, for every pooling") {
+  const Tensor mask = Tensor::from_ints({2, 3}, {1, 0, 1, 1, 1, 1});
+  const Tensor x = random_tensor({6, 3, 12, 12, 4});
+  for (auto pooling : {mil::Pooling::Max, mil::Pooling::TopK, mil::Pooling::Soft})
+    for (bool training : {true, false}) {
+      CAPTURE(static_cast<int>(pooling));
+      CAPTURE(training);
+      mil::DualStreamMIL model(tiny_config(pooling, mil::Attention::Gated), 3);
+      model.set_training(training);
+      nn::StepRandom random{5, 0};
+      const mil::MilOutput out = model.forward(Variable(x), mask, 1.0f, random);
+      REQUIRE(out.selection.defined());
+      REQUIRE(out.selection.shape() == Shape{2, 3});
+      const std::vector<float> weights = out.selection.to_vector(), margins = out.margins.to_vector();
+      CHECK(weights[1] == 0.0f);  // masked
+      const int k = pooling == mil::Pooling::Max ? 1 : 2;
+      for (int b = 0; b < 2; ++b) {
+        const float total = weights[b * 3] + weights[b * 3 + 1] + weights[b * 3 + 2];
+        CHECK(total == doctest::Approx(1.0f).epsilon(1e-5));
+        if (pooling == mil::Pooling::Soft) continue;
+        const int valid = b == 0 ? 2 : 3, chosen = std::min(k, valid);
+        int best = -1;
+        for (int i = 0; i < 3; ++i)
+          if (mask.i32()[b * 3 + i] && (best < 0 || margins[b * 3 + i] > margins[b * 3 + best])) best = i;
+        CHECK(weights[b * 3 + best] == doctest::Approx(1.0f / chosen));
+        CHECK(std::count(weights.begin() + b * 3, weights.begin() + b * 3 + 3, 0.0f) == 3 - chosen);
+      }
+    }
+}
+
 namespace {
 // Toy MIL task: a bag of n slabs of noise is positive when one of its slabs holds a bright square.
 void toy_batch(int64_t bags, int64_t n, std::mt19937_64& engine, Tensor& x, Tensor& target) {

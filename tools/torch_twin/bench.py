@@ -111,9 +111,12 @@ def bench_mode(mode: str, args) -> dict:
 
     loss_fn = torch.compile(forward_loss, mode=args.compile_mode) if compiled else forward_loss
 
+    after_forward = [0]  # memory_allocated() once the last step's forward pass and loss are queued
+
     def step(x, mask, target):
         nonlocal optimizer, optimizer_kind
         loss = loss_fn(x, mask, target)
+        after_forward[0] = torch.cuda.memory_allocated()
         loss.backward()
         if args.clip_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(params, args.clip_grad_norm, foreach=True)
@@ -175,6 +178,8 @@ def bench_mode(mode: str, args) -> dict:
         "peak_alloc_mib": torch.cuda.max_memory_allocated() / 2**20,
         "peak_alloc_with_warmup_mib": max(peak_total, torch.cuda.max_memory_allocated()) / 2**20,
         "peak_reserved_mib": torch.cuda.max_memory_reserved() / 2**20,
+        "between_steps_mib": torch.cuda.memory_allocated() / 2**20,
+        "after_forward_mib": after_forward[0] / 2**20,
         "first_step_s": first_step_s,
         "final_loss": final_loss,
     }
