@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "tensor/tensor.h"
@@ -55,6 +56,10 @@ struct PoolUsage {
   uint64_t used = 0, reserved = 0, peak_used = 0;
 };
 PoolUsage pool_usage();
+// The workspace of the cuDNN algorithm chosen for each convolution run so far (bytes, largest first), with
+// the pass and shapes: the workspace is allocated for the call and returned to the pool after it.
+std::vector<std::pair<size_t, std::string>> conv_algorithm_workspaces();
+
 // One line per convolution whose space-to-depth fold was timed (MathMode::conv_space_to_depth = measured):
 // the pass and shapes, each way's device time and the way kept (tensor/cuda/conv3d.cpp).
 std::vector<std::string> conv_fold_measurements();

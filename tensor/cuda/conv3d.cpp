@@ -244,12 +244,25 @@ size_t workspace_limit(const std::string& context) {
   return std::min(kWorkspaceLimit, free_bytes / 4);
 }
 
+// The algorithm chosen per problem (cache_key), and the problem's description for
+// conv_algorithm_workspaces().
+struct ChosenAlgorithms {
+  std::mutex mutex;
+  std::unordered_map<std::string, ConvAlgorithm> by_key;
+  std::unordered_map<std::string, std::string> context_by_key;
+};
+ChosenAlgorithms& chosen_algorithms() {
+  static ChosenAlgorithms chosen;
+  return chosen;
+}
+
 ConvAlgorithm choose_algorithm(const ConvProblem& p, ConvDescriptors& d) {
-  static std::mutex mutex;
-  static std::unordered_map<std::string, ConvAlgorithm> cache;
+  ChosenAlgorithms& chosen = chosen_algorithms();
+  auto& cache = chosen.by_key;
   const std::string key = cache_key(p);
-  std::lock_guard<std::mutex> lock(mutex);
+  std::lock_guard<std::mutex> lock(chosen.mutex);
   if (const auto it = cache.find(key); it != cache.end()) return it->second;
+  chosen.context_by_key[key] = p.context;
 
   const size_t limit = workspace_limit(p.context);
   d.set_math(requested_math(p.dtype));
@@ -456,7 +469,7 @@ float timed_ms(Pass&& pass, const std::string& context) {
 // What `measured` chose per problem, with the timings (conv_fold_measurements()).
 struct FoldChoices {
   std::mutex mutex;
-  std::unordered_map<std::string, int64_t> fastest_channels;  // 0: as it is
+  std::unordered_map<std::string, bool> folded;  // false: as it is
   std::vector<std::string> lines;
 };
 FoldChoices& fold_choices() {
@@ -464,16 +477,11 @@ FoldChoices& fold_choices() {
   return choices;
 }
 
-// The folded channel counts `measured` tries besides folded_channels(p): cuDNN 9.19 ran the 16-channel fold
-// of the stem with an sm80 "indexed" kernel (1.57 ms for 103 GFLOP on the H200) while the model's 64-channel
-// convolutions run sm90 kernels at ~390 TFLOP/s-equivalent; zero channels up to these counts may buy a
-// faster kernel for their extra multiply-adds.
-constexpr int64_t kWiderFoldChannels[] = {32, 64};
-
 // The way to run `p` (std::nullopt: as it is) under math_mode().conv_space_to_depth. `measured` runs the
-// pass every candidate way on the real buffers once per problem (every pass writes its whole output, so
-// the timing runs leave nothing behind) and keeps the fastest; in deterministic mode it folds at
-// folded_channels(p) without timing.
+// pass both ways on the real buffers once per problem (every pass writes its whole output, so the timing
+// runs leave nothing behind) and keeps the faster; in deterministic mode it folds without timing. Folds
+// widened with zero channels to 32 and 64 were timed too on the H200 and never won (bf16 stem forward: 1.72
+// ms at 16 channels, 1.99 at 32, 2.52 at 64; notes/PERF.md).
 std::optional<FoldedConv> chosen_fold(const ConvProblem& p) {
   const int64_t narrowest = folded_channels(p);
   if (narrowest == 0) return std::nullopt;
@@ -485,27 +493,18 @@ std::optional<FoldedConv> chosen_fold(const ConvProblem& p) {
   if (math_mode().deterministic) return space_to_depth_fold(p, narrowest);
   const std::string key = cache_key(p);
   std::lock_guard<std::mutex> lock(fold_choices().mutex);
-  auto& fastest_channels = fold_choices().fastest_channels;
-  auto it = fastest_channels.find(key);
-  if (it == fastest_channels.end()) {
-    int64_t best_channels = 0;
-    float best_ms = timed_ms([&] { run_on_aligned_channels(p); }, p.context);
-    std::string timings = fmt::format("{}: as it is {:.3f} ms", p.context, best_ms);
-    std::vector<int64_t> candidates{narrowest};
-    for (int64_t wider : kWiderFoldChannels)
-      if (wider > narrowest) candidates.push_back(wider);
-    for (int64_t channels : candidates) {
-      const FoldedConv f = space_to_depth_fold(p, channels);
-      const float ms = timed_ms([&] { run_folded(p, f); }, p.context);
-      timings += fmt::format(", folded to {} channels {:.3f} ms", channels, ms);
-      if (ms < best_ms) best_ms = ms, best_channels = channels;
-    }
-    fold_choices().lines.push_back(timings + (best_channels ? fmt::format(": folded to {}", best_channels)
-                                                           : std::string(": as it is")));
-    it = fastest_channels.emplace(key, best_channels).first;
+  auto it = fold_choices().folded.find(key);
+  if (it == fold_choices().folded.end()) {
+    const float as_is_ms = timed_ms([&] { run_on_aligned_channels(p); }, p.context);
+    const FoldedConv f = space_to_depth_fold(p, narrowest);
+    const float folded_ms = timed_ms([&] { run_folded(p, f); }, p.context);
+    const bool folded_faster = folded_ms < as_is_ms;
+    fold_choices().lines.push_back(fmt::format("{}: as it is {:.3f} ms, folded to {} channels {:.3f} ms: {}", p.context,
+                                               as_is_ms, narrowest, folded_ms, folded_faster ? "folded" : "as it is"));
+    it = fold_choices().folded.emplace(key, folded_faster).first;
   }
-  if (it->second == 0) return std::nullopt;
-  return space_to_depth_fold(p, it->second);
+  if (!it->second) return std::nullopt;
+  return space_to_depth_fold(p, narrowest);
 }
 
 void run_convolution(const ConvProblem& p) {
@@ -536,6 +535,16 @@ void check_conv_inputs(ConvPass pass, const Tensor& a, const char* a_name, const
 }
 
 }  // namespace
+
+std::vector<std::pair<size_t, std::string>> conv_algorithm_workspaces() {
+  ChosenAlgorithms& chosen = chosen_algorithms();
+  std::lock_guard<std::mutex> lock(chosen.mutex);
+  std::vector<std::pair<size_t, std::string>> out;
+  for (const auto& [key, algorithm] : chosen.by_key)
+    out.emplace_back(algorithm.workspace, fmt::format("{} (algorithm {})", chosen.context_by_key[key], algorithm.algo));
+  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+  return out;
+}
 
 std::vector<std::string> conv_fold_measurements() {
   std::lock_guard<std::mutex> lock(fold_choices().mutex);
