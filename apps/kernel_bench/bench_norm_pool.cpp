@@ -252,11 +252,6 @@ SpaceToDepthGeometry stem_fold(const Shape& x) {
   return {2, 2, 3, 3, out_h + 3, out_w + 3, (4 * x[4] + 7) / 8 * 8};
 }
 
-KernelBench fold_bench(const char* name, const char* bytes_meaning) {
-  return described_bench(name, "space_to_depth.cu", "x[N,D,H,W,C] (unfolded)", bytes_meaning, 5,
-                         {DType::F32, DType::BF16}, [](const ModelShapes& m) { return m.input; }, {2, 3, 9, 10, 3});
-}
-
 #ifdef DSMIL_WITH_CUDA
 // The fold kernels' grid: a thread per written word, the widest of 16, 8, 4, 2 bytes that divides a run of
 // C channels and a folded pixel (kernels/space_to_depth.cu; the bench's tensors are aligned).
@@ -273,10 +268,18 @@ int64_t fold_bytes(const Shape& s, DType d) {
   return element_bytes(d) * (shape_numel(s) + shape_numel(ops::space_to_depth_shape("space_to_depth", s, stem_fold(s))));
 }
 
+// An entry of a fold kernel: its launcher has the entry's name; bytes of x and of the stem's fold.
+KernelBench fold_bench(const char* name, const char* bytes_meaning) {
+  KernelBench b = described_bench(name, "space_to_depth.cu", "x[N,D,H,W,C] (unfolded)", bytes_meaning, 5,
+                                  {DType::F32, DType::BF16}, [](const ModelShapes& m) { return m.input; },
+                                  {2, 3, 9, 10, 3});
+  b.launchers = {name};
+  b.bytes = fold_bytes;
+  return b;
+}
+
 KernelBench space_to_depth_bench() {
   KernelBench b = fold_bench("space_to_depth", "read x; write xs");
-  b.launchers = {"space_to_depth"};
-  b.bytes = fold_bytes;
   b.draw = [](const Shape& s, DType dtype, uint64_t seed) {
     Problem p;
     p.add(uniform_tensor(s, -1.0f, 1.0f, stream_seed(seed, 0), dtype), true);
@@ -295,8 +298,6 @@ KernelBench space_to_depth_bench() {
 
 KernelBench depth_to_space_bench() {
   KernelBench b = fold_bench("depth_to_space", "read xs; write x");
-  b.launchers = {"depth_to_space"};
-  b.bytes = fold_bytes;
   b.draw = [](const Shape& s, DType dtype, uint64_t seed) {
     Problem p;
     p.add(uniform_tensor(ops::space_to_depth_shape("depth_to_space", s, stem_fold(s)), -1.0f, 1.0f,
