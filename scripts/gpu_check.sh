@@ -87,7 +87,7 @@ if [ -x "$carry/test_gpu" ] && command -v compute-sanitizer > /dev/null && [ "${
     grep -m 20 -E "Invalid|ERROR SUMMARY|Address|at 0x|by thread" "$logs/memcheck.log"
   fi
 else
-  record "memcheck (kernels)" "not run: no compute-sanitizer or no test binary"
+  record "memcheck (kernels)" "not run: DSMIL_SKIP_MEMCHECK=1, no compute-sanitizer or no test binary"
 fi
 
 echo "== PyTorch parity"
