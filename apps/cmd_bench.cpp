@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cstdio>
 #include <fstream>
+#include <numeric>
 #include <random>
 
 #include <fmt/format.h>
@@ -32,7 +33,7 @@ struct BenchArgs {
   std::string device = "auto";
   int bags = 2, instances = 32, slab = 4, size = 128, width = 64, depth = 18;
   int steps = 30, warmup = 5, input_sets = 3;
-  bool profile = false;
+  bool profile = false, memory_timeline = false;
   std::string json_out;
   // --kernel mode
   std::string kernel, variant = "both", kernel_dtype = "all", shape;
@@ -98,11 +99,50 @@ class DeviceMemory {
   uint64_t warmup_peak_ = 0;
 };
 
+// Runs `step` once more (untimed) with the pool's peak started afresh, following the device memory through
+// its backward pass node by node (set_backward_observer): where the step's peak is reached, and the nodes
+// after which the most memory is in use. GPU only.
+template <typename Step>
+void print_memory_timeline(Device device, Step&& step) {
+#ifdef DSMIL_WITH_CUDA
+  if (device != Device::CUDA) return;
+  struct Point {
+    std::string node;
+    uint64_t used, peak;
+  };
+  std::vector<Point> points;
+  cuda::reset_pool_peak();
+  set_backward_observer([&](const Tensor& node_value) {
+    const cuda::PoolUsage usage = cuda::pool_usage();
+    points.push_back({node_value.describe(), usage.used, usage.peak_used});
+  });
+  step();
+  set_backward_observer({});
+  const double gib = double(uint64_t{1} << 30);
+  const uint64_t step_peak = cuda::pool_usage().peak_used;
+  std::printf("memory timeline (one more step, GiB): peak %.2f; %zu backward nodes\n", step_peak / gib, points.size());
+  if (points.empty()) return;
+  const auto first_at_peak = std::find_if(points.begin(), points.end(), [&](const Point& p) { return p.peak == points.back().peak; });
+  std::printf("  the backward pass's peak %.2f first reached by node %td, %s (in use after it %.2f)\n",
+              first_at_peak->peak / gib, first_at_peak - points.begin(), first_at_peak->node.c_str(),
+              first_at_peak->used / gib);
+  std::vector<size_t> order(points.size());
+  std::iota(order.begin(), order.end(), size_t{0});
+  std::sort(order.begin(), order.end(), [&](size_t i, size_t j) { return points[i].used > points[j].used; });
+  for (size_t k = 0; k < std::min<size_t>(order.size(), 8); ++k)
+    std::printf("  in use %.2f after node %zu, %s\n", points[order[k]].used / gib, order[k], points[order[k]].node.c_str());
+#else
+  (void)device;
+  (void)step;
+#endif
+}
+
 void run_bench(const BenchArgs& a) {
   const RunConfig config = bench_config(a);
   const Device device = resolve_device(a.device);
   math_mode() = config.math();
   if (config.precision == "bf16" && device == Device::CPU) throw Error("dsmil bench: bf16 needs the CUDA backend");
+  if (a.memory_timeline && device == Device::CPU) throw Error("dsmil bench --memory-timeline: needs the CUDA backend");
 
   mil::DualStreamMIL model(config.model_config(), 1);
   model.to(device);
@@ -124,16 +164,9 @@ void run_bench(const BenchArgs& a) {
   const Tensor target = Tensor::from_ints({a.bags}, labels);
   const Tensor mask = Tensor::from_ints({a.bags, a.instances}, std::vector<int32_t>(a.bags * a.instances, 1));
 
-  std::vector<double> step_ms, losses;
   DeviceMemory memory(device);
-  for (int step = 0; step < a.warmup + a.steps; ++step) {
-    synchronize(device);
-    if (step == a.warmup) memory.start_timed_steps();
-    const bool profiled = a.profile && step == a.warmup + a.steps - 1;
-#ifdef DSMIL_WITH_CUDA
-    if (profiled) cuda::profiler_start();
-#endif
-    const auto t0 = std::chrono::steady_clock::now();
+  // Forward, loss, backward, AdamW, EMA; returns the loss (read after the whole step is queued).
+  const auto train_step = [&](int step) {
     nn::StepRandom random{static_cast<uint64_t>(step), 0};
     const mil::LossTargets targets = mil::loss_targets(target, class_weight, device);
     const mil::MilOutput out = model.forward(Variable(inputs[step % a.input_sets]), mask, 1.0f, random);
@@ -143,7 +176,19 @@ void run_bench(const BenchArgs& a) {
     optimizer.step(static_cast<float>(config.lr));
     optimizer.zero_grad();
     ema.update(model);
-    const float loss_value = loss.value().item();  // synchronises
+    return loss.value().item();  // synchronises
+  };
+
+  std::vector<double> step_ms, losses;
+  for (int step = 0; step < a.warmup + a.steps; ++step) {
+    synchronize(device);
+    if (step == a.warmup) memory.start_timed_steps();
+    const bool profiled = a.profile && step == a.warmup + a.steps - 1;
+#ifdef DSMIL_WITH_CUDA
+    if (profiled) cuda::profiler_start();
+#endif
+    const auto t0 = std::chrono::steady_clock::now();
+    const float loss_value = train_step(step);
     synchronize(device);
 #ifdef DSMIL_WITH_CUDA
     if (profiled) cuda::profiler_stop();
@@ -158,6 +203,7 @@ void run_bench(const BenchArgs& a) {
   std::sort(sorted.begin(), sorted.end());
   const double median = sorted[sorted.size() / 2], best = sorted.front();
   memory.finish();
+  if (a.memory_timeline) print_memory_timeline(device, [&] { train_step(a.warmup + a.steps); });
   std::string versions = "cpu";
 #ifdef DSMIL_WITH_CUDA
   if (device == Device::CUDA) versions = cuda::backend_versions();
@@ -246,6 +292,9 @@ const RegisterCommand bench_command{"bench", 80, [](CLI::App& root) {
   cmd->add_flag("--profile", args->profile,
                 "the last step alone is the capture range of a profiler run with --profile-from-start off "
                 "(ncu: kernels/README.md)");
+  cmd->add_flag("--memory-timeline", args->memory_timeline,
+                "after the timed steps, one more step following the device memory through the backward pass "
+                "node by node: where the peak is reached and what is in use (GPU)");
   cmd->add_option("--kernel", args->kernel,
                   "time one hand-written kernel alone (checked against its CPU twin): NAME, all, or list");
   cmd->add_option("--variant", args->variant, "with --kernel: fast, plain or both (where a plain version exists)")

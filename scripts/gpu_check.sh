@@ -115,6 +115,16 @@ else
   record "benchmark" "not run"
 fi
 
+echo "== device memory through one step's backward pass (dsmil bench --memory-timeline)"
+if [ -x "$carry/dsmil" ] && [ "${DSMIL_SKIP_BENCH:-0}" != 1 ]; then
+  for precision in bf16 fp32; do
+    "$carry/dsmil" bench --bags 2 --instances 32 --slab 4 --size 128 --width 64 --depth 18 --set model.topk=3 \
+        --set run.precision=$precision --steps 3 --warmup 3 --memory-timeline > "$logs/memory_timeline_$precision.log" 2>&1 \
+      && record "memory timeline $precision" "$(grep -A1 '^memory timeline' "$logs/memory_timeline_$precision.log" | tr -s ' ' | tr '\n' ' ')" \
+      || record "memory timeline $precision" "FAIL (memory_timeline_$precision.log)"
+  done
+fi
+
 echo "== kernel bench (every hand-written kernel alone, checked and timed)"
 if [ -x "$carry/dsmil" ] && [ "${DSMIL_SKIP_KERNEL_BENCH:-0}" != 1 ]; then
   if "$carry/dsmil" bench --kernel all --variant both --json-out "$logs/kernels.json" > "$logs/kernel_bench.log" 2>&1; then

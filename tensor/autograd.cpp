@@ -20,6 +20,7 @@ struct Variable::Impl {
 
 namespace {
 thread_local bool grad_mode = true;
+thread_local BackwardNodeObserver backward_observer;
 }  // namespace
 
 bool grad_enabled() { return grad_mode; }
@@ -93,6 +94,8 @@ Variable Variable::from_op(Tensor value, std::vector<Variable> inputs, BackwardF
   return out;
 }
 
+void set_backward_observer(BackwardNodeObserver observer) { backward_observer = std::move(observer); }
+
 void Variable::backward(const Tensor& seed) {
   if (!seed.defined() && value().numel() != 1)
     throw ShapeError("backward() without a seed starts from a scalar, got " + value().describe());
@@ -125,6 +128,7 @@ void Variable::backward(const Tensor& seed) {
     // gradients, as mixed precision wants).
     if (node->grad.defined())
       node->backward(node->grad.dtype() == node->value.dtype() ? node->grad : node->grad.to_dtype(node->value.dtype()));
+    if (backward_observer) backward_observer(node->value);
     for (const Variable& input : node->inputs) {
       const auto pending = pending_uses.find(input.impl_.get());
       if (pending != pending_uses.end() && --pending->second == 0) input.impl_->grad_ready();

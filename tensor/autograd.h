@@ -52,6 +52,13 @@ class Variable {
   std::shared_ptr<Impl> impl_;
 };
 
+// Profiling hook of this thread's backward passes: while set, backward() calls it after each node's
+// closure has run, with the node's value (its shape and dtype say which op made it), before that node's
+// gradient and saved inputs are freed. `dsmil bench --memory-timeline` follows the device memory with it.
+// An empty function turns it off.
+using BackwardNodeObserver = std::function<void(const Tensor& node_value)>;
+void set_backward_observer(BackwardNodeObserver observer);
+
 // Grad mode: off inside a NoGradGuard (evaluation), so nothing is recorded.
 bool grad_enabled();
 class NoGradGuard {

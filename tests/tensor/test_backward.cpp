@@ -110,3 +110,17 @@ TEST_CASE("ops reject bad shapes with a ShapeError naming the op") {
     CHECK(std::string(e.what()).find("add") != std::string::npos);
   }
 }
+
+TEST_CASE("the backward observer sees every node once, after its inputs' users, and can be turned off") {
+  const Variable x(random_tensor({3}), true);
+  const Variable a = fn::tanh(x), b = fn::scale(a, 2.0f), c = fn::mul(b, a);
+  std::vector<const void*> seen;
+  set_backward_observer([&](const Tensor& node_value) { seen.push_back(node_value.raw()); });
+  Variable(c).backward(Tensor::full({3}, 1.0f));
+  set_backward_observer({});
+  CHECK(seen == std::vector<const void*>{c.value().raw(), b.value().raw(), a.value().raw()});
+
+  const Variable d = fn::tanh(x);
+  Variable(d).backward(Tensor::full({3}, 1.0f));
+  CHECK(seen.size() == 3);
+}
