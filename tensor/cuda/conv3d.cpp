@@ -485,18 +485,18 @@ FoldChoices& fold_choices() {
 std::optional<FoldedConv> chosen_fold(const ConvProblem& p) {
   const int64_t narrowest = folded_channels(p);
   if (narrowest == 0) return std::nullopt;
+  const FoldedConv f = space_to_depth_fold(p, narrowest);
   switch (math_mode().conv_space_to_depth) {
-    case ConvFolding::always: return space_to_depth_fold(p, narrowest);
+    case ConvFolding::always: return f;
     case ConvFolding::never: return std::nullopt;
     case ConvFolding::measured: break;
   }
-  if (math_mode().deterministic) return space_to_depth_fold(p, narrowest);
+  if (math_mode().deterministic) return f;
   const std::string key = cache_key(p);
   std::lock_guard<std::mutex> lock(fold_choices().mutex);
   auto it = fold_choices().folded.find(key);
   if (it == fold_choices().folded.end()) {
     const float as_is_ms = timed_ms([&] { run_on_aligned_channels(p); }, p.context);
-    const FoldedConv f = space_to_depth_fold(p, narrowest);
     const float folded_ms = timed_ms([&] { run_folded(p, f); }, p.context);
     const bool folded_faster = folded_ms < as_is_ms;
     fold_choices().lines.push_back(fmt::format("{}: as it is {:.3f} ms, folded to {} channels {:.3f} ms: {}", p.context,
@@ -504,7 +504,7 @@ std::optional<FoldedConv> chosen_fold(const ConvProblem& p) {
     it = fold_choices().folded.emplace(key, folded_faster).first;
   }
   if (!it->second) return std::nullopt;
-  return space_to_depth_fold(p, narrowest);
+  return f;
 }
 
 void run_convolution(const ConvProblem& p) {
@@ -529,7 +529,7 @@ void check_conv_inputs(ConvPass pass, const Tensor& a, const char* a_name, const
   check_ndim(op, a, 5, a_name);
   check_ndim(op, b, 5, b_name);
   check_dtype(op, b, a.dtype(), b_name);
-  if (a.dtype() == DType::I32) throw ShapeError(fmt::format("{}: {} must be f32 or bf16, got {}", op, a_name, a.describe()));
+  check_float(op, a, a_name);
   if (other.size() != 5)
     throw ShapeError(fmt::format("{}: {} must have 5 dimensions, got {}", op, other_name, shape_str(other)));
 }

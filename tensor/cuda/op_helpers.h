@@ -37,6 +37,11 @@ inline void check_on_device(const char* op, const Tensor& t, const char* name) {
     throw ShapeError(fmt::format("{}: {} must be a CUDA tensor, got {}", op, name, t.defined() ? t.describe() : "undefined"));
 }
 
+// An f32 or bf16 tensor (the element types the float kernels take).
+inline void check_float(const char* op, const Tensor& t, const char* name) {
+  if (t.dtype() == DType::I32) throw ShapeError(fmt::format("{}: {} must be f32 or bf16, got {}", op, name, t.describe()));
+}
+
 // F32 tensor of numel n on the device (per-channel parameters, statistics, weights of samples).
 inline void check_f32_vector(const char* op, const Tensor& t, int64_t n, const char* name) {
   check_on_device(op, t, name);

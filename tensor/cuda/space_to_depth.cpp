@@ -8,15 +8,6 @@
 
 namespace dsmil::cuda {
 
-namespace {
-
-void check_float(const char* op, const Tensor& t, const char* name) {
-  check_on_device(op, t, name);
-  if (t.dtype() == DType::I32) throw ShapeError(fmt::format("{}: {} must be f32 or bf16, got {}", op, name, t.describe()));
-}
-
-}  // namespace
-
 void refold(FoldDirection direction, const void* from, void* to, const Shape& x_shape, const SpaceToDepthGeometry& g,
             DType dtype, const std::string& context) {
   const kernels::SpaceToDepth fold{{x_shape[0], x_shape[1], x_shape[2], x_shape[3], x_shape[4]},
@@ -34,6 +25,7 @@ void refold(FoldDirection direction, const void* from, void* to, const Shape& x_
 }
 
 Tensor space_to_depth(const Tensor& x, const SpaceToDepthGeometry& g) {
+  check_on_device("space_to_depth", x, "x");
   check_float("space_to_depth", x, "x");
   Tensor xs = empty_device(ops::space_to_depth_shape("space_to_depth", x.shape(), g), x.dtype());
   refold(FoldDirection::fold, x.raw(), xs.raw(), x.shape(), g, x.dtype(), op_context("space_to_depth", {{"x", &x}}));
@@ -41,6 +33,7 @@ Tensor space_to_depth(const Tensor& x, const SpaceToDepthGeometry& g) {
 }
 
 Tensor depth_to_space(const Tensor& xs, const SpaceToDepthGeometry& g, const Shape& x_shape) {
+  check_on_device("depth_to_space", xs, "xs");
   check_float("depth_to_space", xs, "xs");
   check_shape("depth_to_space", xs, ops::space_to_depth_shape("depth_to_space", x_shape, g), "xs");
   Tensor x = empty_device(x_shape, xs.dtype());
