@@ -20,13 +20,13 @@
 
 namespace dsmil {
 
-// Process-wide numerics switches of the CUDA backend (the CPU backend is always plain fp32).
 // How the CUDA backend runs a strided convolution with few input channels (the stem): on the input as it
 // is, or as the stride-1 convolution of its space-to-depth fold (tensor/cuda/conv3d.cpp). `measured` times
 // both once per shape and keeps the faster; in deterministic mode it folds without timing. The GPU
 // tests force each way.
 enum class ConvFolding { measured, always, never };
 
+// Process-wide numerics switches of the CUDA backend (the CPU backend is always plain fp32).
 struct MathMode {
   bool allow_tf32 = true;      // TF32 tensor cores for fp32 convolutions and GEMMs
   bool deterministic = false;  // deterministic algorithms and fixed reduction orders
