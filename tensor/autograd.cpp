@@ -133,10 +133,16 @@ void Variable::backward(const Tensor& seed) {
       const auto pending = pending_uses.find(input.impl_.get());
       if (pending != pending_uses.end() && --pending->second == 0) input.impl_->grad_ready();
     }
-    // Free the graph as we go: intermediate gradients and saved tensors are no longer needed.
+    // Free the graph as we go: intermediate gradients and saved tensors are no longer needed, and neither
+    // is the node itself unless someone else holds its Variable. Holding every node until the walk ended
+    // kept every activation's value alive through the whole backward pass (`dsmil bench --memory-timeline`,
+    // notes/PERF.md).
     node->backward = nullptr;
     node->inputs.clear();
-    if (node != impl_.get()) node->grad = Tensor();
+    if (node != impl_.get()) {
+      node->grad = Tensor();
+      it->reset();
+    }
   }
 }
 

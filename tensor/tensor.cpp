@@ -57,6 +57,7 @@ class HostBlockCache {
     const size_t size = block_size(bytes);
     {
       std::lock_guard<std::mutex> lock(mutex_);
+      in_use_ += size;
       auto& free_list = free_[size];
       if (!free_list.empty()) {
         void* p = free_list.back();
@@ -65,20 +66,32 @@ class HostBlockCache {
       }
     }
     void* p = std::aligned_alloc(64, size);
-    if (!p) throw Error(fmt::format("host allocation of {} bytes failed", size));
+    if (!p) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      in_use_ -= size;
+      throw Error(fmt::format("host allocation of {} bytes failed", size));
+    }
     return p;
   }
   void release(void* p, size_t bytes) {
     std::lock_guard<std::mutex> lock(mutex_);
+    in_use_ -= block_size(bytes);
     free_[block_size(bytes)].push_back(p);
+  }
+  size_t in_use() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return in_use_;
   }
 
  private:
   std::mutex mutex_;
+  size_t in_use_ = 0;
   std::unordered_map<size_t, std::vector<void*>> free_;
 };
 
 }  // namespace
+
+size_t host_bytes_in_use() { return HostBlockCache::instance().in_use(); }
 
 [[noreturn]] static void throw_no_cuda(const char* what) {
   throw DeviceError(fmt::format("{}: this build of dsmil3d has no CUDA backend", what));

@@ -25,6 +25,10 @@ using Shape = std::vector<int64_t>;
 std::string shape_str(const Shape& s);
 int64_t shape_numel(const Shape& s);
 
+// Bytes of host tensor storage alive now (whole blocks of the host block cache): the CPU's counterpart of
+// the CUDA pool's bytes in use (cuda::pool_usage().used).
+size_t host_bytes_in_use();
+
 // Raw memory owned by one device. CUDA memory comes from the stream-ordered pool.
 class Storage {
  public:
