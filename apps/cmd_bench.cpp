@@ -227,10 +227,12 @@ void run_bench(const BenchArgs& a) {
                 memory.peak_gib, memory.peak_with_warmup_gib, memory.between_steps_gib, memory.after_forward_gib);
 #ifdef DSMIL_WITH_CUDA
   if (device == Device::CUDA) {
-    for (const std::string& line : cuda::conv_fold_measurements()) std::printf("space-to-depth fold, %s\n", line.c_str());
-    const auto workspaces = cuda::conv_algorithm_workspaces();
-    for (size_t i = 0; i < std::min<size_t>(workspaces.size(), 5); ++i)
-      std::printf("cuDNN workspace %.1f MiB: %s\n", workspaces[i].first / double(1 << 20), workspaces[i].second.c_str());
+    for (const std::string& line : cuda::conv_measured_choices()) std::printf("measured choice, %s\n", line.c_str());
+    const auto choices = cuda::conv_algorithm_choices();
+    for (size_t i = 0; i < choices.size(); ++i)
+      if (i < 5 || choices[i].traded)
+        std::printf("cuDNN workspace %.1f MiB%s: %s\n", choices[i].workspace_bytes / double(1 << 20),
+                    choices[i].traded ? " (traded for time)" : "", choices[i].problem.c_str());
   }
 #endif
   std::printf("loss: mean of first %zu steps %.4f -> mean of last %zu steps %.4f (%s)\n", window, loss_first, window,

@@ -5,20 +5,24 @@
 # median step times and their ratios, and device memory (peak of the timed steps, held between steps, in use
 # after the forward pass). Usage (GPU machine): scripts/gpu_bench.sh CARRY_DIR LOG_DIR [RUNS]
 # DSMIL_BENCH_UNFOLDED=1 adds dsmil rows with the stem convolution on its input as it is (run.conv_fold=never),
-# for the before / after of the space-to-depth fold in one call.
+# DSMIL_BENCH_CUDNN_STEM=1 bf16 rows with the folded stem's forward on cuDNN instead of the implicit GEMM
+# (run.conv16_kernel=cudnn): the before / after of each in one call. DSMIL_BENCH_COMPILE_RUNS: processes of
+# torch.compile (default 1; each compiles anew, about a minute).
 set -u
 carry=$1 logs=$2 runs=${3:-3}
 repo_root=$(cd "$(dirname "$0")/.." && pwd)
 shape=(--bags 2 --instances 32 --slab 4 --size 128 --width 64 --depth 18)
-variants=(measured)
-[ "${DSMIL_BENCH_UNFOLDED:-0}" = 1 ] && variants+=(never)
+# Each variant: file suffix, precisions, extra settings.
+variants=("|fp32 bf16|")
+[ "${DSMIL_BENCH_UNFOLDED:-0}" = 1 ] && variants+=("_unfolded|fp32 bf16|--set run.conv_fold=never")
+[ "${DSMIL_BENCH_CUDNN_STEM:-0}" = 1 ] && variants+=("_cudnn_stem|bf16|--set run.conv16_kernel=cudnn")
 : > "$logs/bench_torch.jsonl"
 for i in $(seq "$runs"); do
-  for precision in fp32 bf16; do
-    for fold in "${variants[@]}"; do
-      suffix=""
-      [ "$fold" = never ] && suffix="_unfolded"
-      "$carry/dsmil" bench "${shape[@]}" --set model.topk=3 --set run.precision=$precision --set run.conv_fold=$fold \
+  for variant in "${variants[@]}"; do
+    IFS='|' read -r suffix precisions settings <<< "$variant"
+    for precision in $precisions; do
+      # shellcheck disable=SC2086  # settings: words on purpose
+      "$carry/dsmil" bench "${shape[@]}" --set model.topk=3 --set run.precision=$precision $settings \
           --steps 20 --warmup 5 --json-out "$logs/bench_dsmil_${precision}${suffix}_$i.json" \
           > "$logs/bench_dsmil_${precision}${suffix}_$i.log" 2>&1 || tail -5 "$logs/bench_dsmil_${precision}${suffix}_$i.log"
     done
@@ -30,8 +34,11 @@ for i in $(seq "$runs"); do
   done
 done
 if [ "${DSMIL_BENCH_COMPILE:-1}" = 1 ]; then
-  timeout 240 python3 "$repo_root/tools/torch_twin/bench.py" --modes compile_bf16_cl "${shape[@]}" --steps 30 --warmup 10 \
-      --json-out "$logs/bench_torch.jsonl" --label run1 > "$logs/bench_torch_compile.log" 2>&1 || tail -5 "$logs/bench_torch_compile.log"
+  for i in $(seq "${DSMIL_BENCH_COMPILE_RUNS:-1}"); do
+    timeout 240 python3 "$repo_root/tools/torch_twin/bench.py" --modes compile_bf16_cl "${shape[@]}" --steps 30 --warmup 10 \
+        --json-out "$logs/bench_torch.jsonl" --label "run$i" > "$logs/bench_torch_compile_$i.log" 2>&1 \
+      || tail -5 "$logs/bench_torch_compile_$i.log"
+  done
 fi
 python3 - "$logs" <<'PY'
 import glob, json, os, statistics, sys
@@ -39,7 +46,8 @@ logs = sys.argv[1]
 rows = {}
 for f in sorted(glob.glob(f"{logs}/bench_dsmil_*.json")):
     j = json.load(open(f))
-    name = f"dsmil {j['precision']}" + (" unfolded" if "_unfolded_" in os.path.basename(f) else "")
+    variant = os.path.basename(f)[len(f"bench_dsmil_{j['precision']}"):].rsplit("_", 1)[0]
+    name = f"dsmil {j['precision']}" + variant.replace("_", " ")
     rows.setdefault(name, []).append((j["best_ms"], j["median_ms"], j["peak_gib"], j.get("between_steps_gib", 0),
                                       j.get("after_forward_gib", 0)))
 for line in open(f"{logs}/bench_torch.jsonl"):
@@ -55,7 +63,8 @@ for name, vals in rows.items():
     summary[name] = (best, med, peak)
     print(f"{name:26s} {len(vals):4d} {best:9.2f} {med:18.2f} {peak:9.2f} {vals[0][3]:9.2f} {vals[0][4]:14.2f}")
 pairs = [("dsmil fp32", "torch eager_fp32"), ("dsmil bf16", "torch eager_bf16_cl"), ("dsmil bf16", "torch compile_bf16_cl"),
-         ("dsmil bf16", "dsmil bf16 unfolded"), ("dsmil fp32", "dsmil fp32 unfolded")]
+         ("dsmil bf16", "dsmil bf16 unfolded"), ("dsmil fp32", "dsmil fp32 unfolded"),
+         ("dsmil bf16", "dsmil bf16 cudnn stem")]
 for ours, theirs in pairs:
     if ours in summary and theirs in summary:
         (ob, om, op), (tb, tm, tp) = summary[ours], summary[theirs]

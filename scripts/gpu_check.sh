@@ -154,7 +154,7 @@ fi
 echo "== one training step under Nsight Compute (kernel durations; the step's wall time from the benchmark)"
 if command -v ncu > /dev/null && [ -x "$carry/dsmil" ] && [ "${DSMIL_SKIP_PROFILE:-0}" != 1 ]; then
   for precision in fp32 bf16; do
-    step_ms=$(grep -h "^train step: median" "$logs"/bench_dsmil_${precision}_*.log 2>/dev/null | awk '{print $4}' | sort -g | head -1)
+    step_ms=$(grep -h "^train step: median" "$logs"/bench_dsmil_${precision}_[0-9]*.log 2>/dev/null | awk '{print $4}' | sort -g | head -1)
     if timeout 300 ncu --clock-control none --profile-from-start off --metrics gpu__time_duration.sum --csv \
          --print-units base --print-kernel-base function "$carry/dsmil" bench --bags 2 --instances 32 --slab 4 \
          --size 128 --width 64 --depth 18 --set model.topk=3 --set run.precision=$precision --steps 3 --warmup 3 \

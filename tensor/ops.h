@@ -26,11 +26,17 @@ namespace dsmil {
 // tests force each way.
 enum class ConvFolding { measured, always, never };
 
+// Which implementation runs a bf16 stride-1 convolution forward with 16 input channels (the stem's fold):
+// cuDNN or the hand-written implicit GEMM (kernels/conv16_forward.cu). `measured` times both once per shape
+// and keeps the faster; deterministic mode takes cuDNN's deterministic algorithm. The GPU tests force each.
+enum class ConvKernel { measured, cudnn, implicit_gemm };
+
 // Process-wide numerics switches of the CUDA backend (the CPU backend is always plain fp32).
 struct MathMode {
   bool allow_tf32 = true;      // TF32 tensor cores for fp32 convolutions and GEMMs
   bool deterministic = false;  // deterministic algorithms and fixed reduction orders
   ConvFolding conv_space_to_depth = ConvFolding::measured;
+  ConvKernel conv16_forward = ConvKernel::measured;
 };
 MathMode& math_mode();
 

@@ -61,6 +61,7 @@ std::vector<NamedField> config_fields(RunConfig& c) {
       {"run.strict_fp32", &c.strict_fp32},
       {"run.deterministic", &c.deterministic},
       {"run.conv_fold", &c.conv_fold},
+      {"run.conv16_kernel", &c.conv16_kernel},
       {"run.plot_every", &c.plot_every},
       {"run.threads", &c.threads},
   };
@@ -98,6 +99,9 @@ MathMode RunConfig::math() const {
   m.conv_space_to_depth = conv_fold == "always"  ? ConvFolding::always
                           : conv_fold == "never" ? ConvFolding::never
                                                  : ConvFolding::measured;
+  m.conv16_forward = conv16_kernel == "cudnn"           ? ConvKernel::cudnn
+                     : conv16_kernel == "implicit_gemm" ? ConvKernel::implicit_gemm
+                                                        : ConvKernel::measured;
   return m;
 }
 
@@ -236,6 +240,7 @@ void validate_config(const RunConfig& c) {
   check_in<std::string>("run.device", c.device, {"auto", "cpu", "cuda"});
   check_in<std::string>("run.precision", c.precision, {"fp32", "bf16"});
   check_in<std::string>("run.conv_fold", c.conv_fold, {"measured", "always", "never"});
+  check_in<std::string>("run.conv16_kernel", c.conv16_kernel, {"measured", "cudnn", "implicit_gemm"});
   check_range("run.plot_every", c.plot_every, 0, 100000);
   check_range("run.threads", c.threads, 0, 1024);
 }

@@ -71,13 +71,14 @@ struct RunConfig {
   bool strict_fp32 = false;
   bool deterministic = false;
   std::string conv_fold = "measured";  // measured | always | never: the stem's space-to-depth lowering (GPU)
+  std::string conv16_kernel = "measured";  // measured | cudnn | implicit_gemm: the folded stem's forward (GPU, bf16)
   int plot_every = 0;           // 0: plots only at the end
   int threads = 0;              // CPU threads; 0 = all cores
 
   mil::ModelConfig model_config() const;
   mil::LossConfig loss_config() const;
   nn::AdamWConfig optimizer_config() const;  // the global-norm clip (clip_grad) included
-  MathMode math() const;                      // strict_fp32, deterministic and conv_fold as the backend's MathMode
+  MathMode math() const;  // strict_fp32, deterministic, conv_fold and conv16_kernel as the backend's MathMode
 };
 
 using ConfigField = std::variant<int*, int64_t*, double*, bool*, std::string*>;

@@ -56,13 +56,23 @@ struct PoolUsage {
   uint64_t used = 0, reserved = 0, peak_used = 0;
 };
 PoolUsage pool_usage();
-// The workspace of the cuDNN algorithm chosen for each convolution run so far (bytes, largest first), with
-// the pass and shapes: the workspace is allocated for the call and returned to the pool after it.
-std::vector<std::pair<size_t, std::string>> conv_algorithm_workspaces();
+// The cuDNN algorithm chosen for each convolution run so far, largest workspace first: the workspace is
+// allocated for the call and returned to the pool after it. `problem`: the pass and shapes, the algorithm and
+// its measured time; `traded`: a slower algorithm (by at most 3%) was kept for its smaller workspace, and
+// `problem` names the fastest.
+struct ConvAlgorithmChoice {
+  size_t workspace_bytes;
+  std::string problem;
+  bool traded;
+};
+std::vector<ConvAlgorithmChoice> conv_algorithm_choices();
 
-// One line per convolution whose space-to-depth fold was timed (MathMode::conv_space_to_depth = measured):
-// the pass and shapes, each way's device time and the way kept (tensor/cuda/conv3d.cpp).
-std::vector<std::string> conv_fold_measurements();
+// One line per measured choice of a convolution's way (tensor/cuda/conv3d.cpp): on its input as it is or
+// as its space-to-depth fold (MathMode::conv_space_to_depth), on cuDNN or the implicit GEMM
+// (MathMode::conv16_forward); the pass and shapes, each way's device time and the way kept.
+std::vector<std::string> conv_measured_choices();
+// Convolutions run on the implicit GEMM so far (the GPU tests check that forcing it took it).
+int64_t conv16_forward_launches();
 
 // Starts peak_used afresh from the memory in use now (e.g. after a benchmark's warm-up, whose algorithm
 // searches borrow large workspaces).

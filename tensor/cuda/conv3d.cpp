@@ -7,16 +7,24 @@
 // - math_mode().deterministic: the first acceptable algorithm of cuDNN's heuristic list (the same on every
 //   run with the same device and cuDNN) among those cuDNN marks deterministic.
 // Acceptable: supported, workspace under the bound, and numerics that match the mode: never the
-// fp16 down-conversion math, and only FMA math for f32 when TF32 is off.
+// fp16 down-conversion math, and only FMA math for f32 when TF32 is off. Among the measured ones, the
+// smallest workspace within kWorkspaceTimeSlack of the fastest time wins: a cuDNN workspace is transient
+// memory at the moment of the pass, and the stem's fastest fp32 algorithms borrowed ~330 MiB each in the
+// backward pass, where the step's memory peaks (notes/PERF.md).
 // Input channel counts that leave the channel rows unaligned for tensor cores (the bf16 / RGB-like stem)
 // run on zero-padded copies: see aligned_channels. A strided convolution with few input channels (the
-// stem) may run as the stride-1 convolution of its space-to-depth fold: see FoldedConv.
+// stem) may run as the stride-1 convolution of its space-to-depth fold: see FoldedConv. A bf16 forward with
+// 16 input channels (that fold) may run on the hand-written implicit GEMM instead of cuDNN: see run_kernel.
 #include <algorithm>
+#include <array>
+#include <atomic>
+#include <cstdint>
 #include <mutex>
 #include <optional>
 #include <unordered_map>
 #include <vector>
 
+#include "kernels/conv16_forward.h"
 #include "tensor/cuda/op_helpers.h"
 #include "tensor/cuda/ops_cuda.h"
 #include "tensor/cuda/space_to_depth.h"
@@ -27,6 +35,9 @@ namespace {
 
 // Workspace bound for one convolution: 1 GiB, or a quarter of the free device memory if less.
 constexpr size_t kWorkspaceLimit = size_t{1} << 30;
+// How much slower than the fastest measured algorithm one with a smaller workspace may be: 3%, about the
+// spread of cudnnFind's single timings between runs.
+constexpr float kWorkspaceTimeSlack = 0.03f;
 
 enum class ConvPass { Forward, BackwardData, BackwardFilter };
 
@@ -56,15 +67,19 @@ struct ConvAlgorithm {
   int algo = 0;
   cudnnMathType_t math = CUDNN_DEFAULT_MATH;
   size_t workspace = 0;
+  std::string why;     // the measured time, and the fastest algorithm when this one is not it
+  bool traded = false;  // slower than the fastest, kept for its smaller workspace
 };
 
-// A row of cuDNN's per-pass perf structs (they share these fields).
+// A row of cuDNN's per-pass perf structs (they share these fields). time_ms: cudnnFind's measurement
+// (the heuristic list's estimate, unused, in deterministic mode).
 struct Candidate {
   int algo;
   cudnnStatus_t status;
   size_t memory;
   cudnnDeterminism_t determinism;
   cudnnMathType_t math;
+  float time_ms;
 };
 
 template <typename Perf>
@@ -72,7 +87,7 @@ std::vector<Candidate> to_candidates(const Perf* perf, int count) {
   std::vector<Candidate> out;
   for (int i = 0; i < count; ++i)
     out.push_back({static_cast<int>(perf[i].algo), perf[i].status, perf[i].memory, perf[i].determinism,
-                   perf[i].mathType});
+                   perf[i].mathType, perf[i].time});
   return out;
 }
 
@@ -245,7 +260,7 @@ size_t workspace_limit(const std::string& context) {
 }
 
 // The algorithm chosen per problem (cache_key), and the problem's description for
-// conv_algorithm_workspaces().
+// conv_algorithm_choices().
 struct ChosenAlgorithms {
   std::mutex mutex;
   std::unordered_map<std::string, ConvAlgorithm> by_key;
@@ -253,6 +268,38 @@ struct ChosenAlgorithms {
 };
 ChosenAlgorithms& chosen_algorithms() {
   static ChosenAlgorithms chosen;
+  return chosen;
+}
+
+// Deterministic mode: the first acceptable candidate of the heuristic list. Measured: the acceptable one of
+// smallest workspace among those within kWorkspaceTimeSlack of the fastest (cuDNN lists them fastest first).
+std::optional<ConvAlgorithm> pick_candidate(const ConvProblem& p, ConvDescriptors& d,
+                                            const std::vector<Candidate>& candidates, size_t limit) {
+  std::optional<ConvAlgorithm> fastest, chosen;
+  float fastest_ms = 0.0f, chosen_ms = 0.0f;
+  for (const Candidate& c : candidates) {
+    if (!acceptable(c, p.dtype, limit)) continue;
+    d.set_math(c.math);
+    const size_t bytes = workspace_size(p, d, c.algo);
+    if (bytes > limit) continue;
+    const ConvAlgorithm algorithm{c.algo, c.math, bytes, "", false};
+    if (math_mode().deterministic) return algorithm;
+    if (!fastest) {
+      fastest = chosen = algorithm;
+      fastest_ms = chosen_ms = c.time_ms;
+      continue;
+    }
+    if (c.time_ms <= fastest_ms * (1.0f + kWorkspaceTimeSlack) && bytes < chosen->workspace) {
+      chosen = algorithm;
+      chosen_ms = c.time_ms;
+    }
+  }
+  if (!chosen) return std::nullopt;
+  chosen->why = fmt::format("{:.3f} ms", chosen_ms);
+  chosen->traded = chosen->algo != fastest->algo || chosen->math != fastest->math;
+  if (chosen->traded)
+    chosen->why += fmt::format("; fastest: algorithm {}, {:.3f} ms, {:.1f} MiB", fastest->algo, fastest_ms,
+                               static_cast<double>(fastest->workspace) / (1 << 20));
   return chosen;
 }
 
@@ -273,13 +320,8 @@ ConvAlgorithm choose_algorithm(const ConvProblem& p, ConvDescriptors& d) {
     DeviceBuffer search_workspace(limit);
     candidates = measure_candidates(p, d, search_workspace.data(), limit);
   }
-  for (const Candidate& c : candidates) {
-    if (!acceptable(c, p.dtype, limit)) continue;
-    d.set_math(c.math);
-    const size_t bytes = workspace_size(p, d, c.algo);
-    if (bytes > limit) continue;
-    return cache[key] = ConvAlgorithm{c.algo, c.math, bytes};
-  }
+  if (const std::optional<ConvAlgorithm> algorithm = pick_candidate(p, d, candidates, limit))
+    return cache[key] = *algorithm;
   std::string tried;
   for (const Candidate& c : candidates)
     tried += fmt::format(" [algo {} status {} math {} det {} workspace {}]", c.algo, cudnnGetErrorString(c.status),
@@ -316,6 +358,123 @@ void run_cudnn_convolution(const ConvProblem& p) {
                         p.context);
       break;
   }
+}
+
+// Device milliseconds of one run of `pass` on the library stream, after one untimed run (which may search
+// cuDNN's algorithms).
+template <typename Pass>
+float timed_ms(Pass&& pass, const std::string& context) {
+  pass();
+  cudaEvent_t start = nullptr, stop = nullptr;
+  DSMIL_CUDA_CHECK(cudaEventCreate(&start), context);
+  DSMIL_CUDA_CHECK(cudaEventCreate(&stop), context);
+  DSMIL_CUDA_CHECK(cudaEventRecord(start, stream()), context);
+  pass();
+  DSMIL_CUDA_CHECK(cudaEventRecord(stop, stream()), context);
+  DSMIL_CUDA_CHECK(cudaEventSynchronize(stop), context);
+  float ms = 0.0f;
+  DSMIL_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop), context);
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  return ms;
+}
+
+// A choice between two ways of running a problem, made once per problem (cache_key) by timing both on the
+// real buffers (every pass writes its whole output, so the timing runs leave nothing behind); the lines
+// say what was timed and kept (conv_measured_choices()).
+class MeasuredChoices {
+ public:
+  MeasuredChoices(const char* first_name, const char* second_name) : first_name_(first_name), second_name_(second_name) {}
+
+  // True when `second` ran faster than `first` for this problem.
+  template <typename First, typename Second>
+  bool second_is_faster(const ConvProblem& p, First&& first, Second&& second) {
+    const std::string key = cache_key(p);
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = second_faster_.find(key);
+    if (it == second_faster_.end()) {
+      const float first_ms = timed_ms(first, p.context), second_ms = timed_ms(second, p.context);
+      const bool faster = second_ms < first_ms;
+      lines_.push_back(fmt::format("{}: {} {:.3f} ms, {} {:.3f} ms: {}", p.context, first_name_, first_ms, second_name_,
+                                   second_ms, faster ? second_name_ : first_name_));
+      it = second_faster_.emplace(key, faster).first;
+    }
+    return it->second;
+  }
+
+  std::vector<std::string> lines() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return lines_;
+  }
+
+ private:
+  const char* first_name_;
+  const char* second_name_;
+  std::mutex mutex_;
+  std::unordered_map<std::string, bool> second_faster_;
+  std::vector<std::string> lines_;
+};
+
+MeasuredChoices& fold_choices() {
+  static MeasuredChoices choices("as it is", "folded");
+  return choices;
+}
+
+MeasuredChoices& conv16_choices() {
+  static MeasuredChoices choices("cuDNN", "the implicit GEMM");
+  return choices;
+}
+
+// The hand-written implicit GEMM's description of `p`, when it takes it: a bf16 stride-1 forward with 16
+// input channels, K a multiple of 64, 16-byte aligned x and y (kernels/conv16_forward.cu). Why it exists:
+// for the stem's fold ([64,4,67,67,16], 3x4x4, 64 filters) cuDNN 9.19's choice is an sm80 "indexed"
+// implicit GEMM at ~65 TFLOP/s on the H200 where the model's 64-channel convolutions run at ~390 (notes/PERF.md).
+std::optional<kernels::Conv16Forward> conv16_problem(const ConvProblem& p) {
+  const Conv3dGeometry& g = p.geometry;
+  if (p.pass != ConvPass::Forward || p.dtype != DType::BF16 || p.x_shape[4] != kernels::kConv16Channels ||
+      g.stride != std::array<int, 3>{1, 1, 1} || reinterpret_cast<uintptr_t>(p.x) % 16 != 0 ||
+      reinterpret_cast<uintptr_t>(p.y) % 16 != 0)
+    return std::nullopt;
+  kernels::Conv16Forward k;
+  k.x = {p.x_shape[0], p.x_shape[1], p.x_shape[2], p.x_shape[3], p.x_shape[4]};
+  k.k = p.w_shape[0];
+  for (int axis = 0; axis < 3; ++axis) {
+    k.taps[axis] = static_cast<int>(p.w_shape[1 + axis]);
+    k.pad[axis] = g.pad[axis];
+    k.out[axis] = p.y_shape[1 + axis];
+  }
+  if (!kernels::conv16_forward_supported(k)) return std::nullopt;
+  return k;
+}
+
+std::atomic<int64_t> conv16_launches{0};
+
+void run_conv16(const ConvProblem& p, const kernels::Conv16Forward& k) {
+  ++conv16_launches;
+  DSMIL_CUDA_CHECK(kernels::conv16_forward(static_cast<const __nv_bfloat16*>(p.x), static_cast<const __nv_bfloat16*>(p.w),
+                                           static_cast<__nv_bfloat16*>(p.y), k, stream()),
+                   p.context + " (the implicit GEMM, kernels/conv16_forward.cu)");
+}
+
+// Runs a pass whose channels are aligned: on the implicit GEMM where it applies and math_mode().conv16_forward
+// picks it, else on cuDNN.
+void run_kernel(const ConvProblem& p) {
+  const std::optional<kernels::Conv16Forward> k = conv16_problem(p);
+  bool implicit_gemm = false;
+  if (k) {
+    switch (math_mode().conv16_forward) {
+      case ConvKernel::cudnn: break;
+      case ConvKernel::implicit_gemm: implicit_gemm = true; break;
+      case ConvKernel::measured:
+        implicit_gemm = !math_mode().deterministic &&
+                        conv16_choices().second_is_faster(p, [&] { run_cudnn_convolution(p); }, [&] { run_conv16(p, *k); });
+        break;
+    }
+  }
+  if (implicit_gemm)
+    run_conv16(p, *k);
+  else
+    run_cudnn_convolution(p);
 }
 
 // cuDNN's channels-last tensor-core kernels need 16-byte channel rows in x, w, dx and dw: C a multiple of
@@ -380,7 +539,7 @@ void run_on_aligned_channels(const ConvProblem& p) {
   const int64_t channels = p.x_shape[4];
   const int64_t padded_channels = aligned_channels(channels, p.dtype);
   if (padded_channels == channels) {
-    run_cudnn_convolution(p);
+    run_kernel(p);
     return;
   }
   const std::string context = fmt::format("{} (on copies padded from {} to {} channels)", p.context, channels,
@@ -389,8 +548,7 @@ void run_on_aligned_channels(const ConvProblem& p) {
   ChannelPaddedCopy w(p.w_shape, padded_channels, p.dtype, context);
   if (p.pass != ConvPass::BackwardData) x.fill_from(p.x);
   if (p.pass != ConvPass::BackwardFilter) w.fill_from(p.w);
-  run_cudnn_convolution({p.pass, p.dtype, x.shape(), w.shape(), p.y_shape, p.geometry, x.data(), w.data(), p.y,
-                         context});
+  run_kernel({p.pass, p.dtype, x.shape(), w.shape(), p.y_shape, p.geometry, x.data(), w.data(), p.y, context});
   if (p.pass == ConvPass::BackwardData) x.copy_channels_to(p.x);
   if (p.pass == ConvPass::BackwardFilter) w.copy_channels_to(p.w);
 }
@@ -439,47 +597,15 @@ void run_folded(const ConvProblem& p, const FoldedConv& f) {
     refold(FoldDirection::fold, p.x, xs.data(), p.x_shape, f.fold.x_fold, p.dtype, context);
   if (p.pass != ConvPass::BackwardFilter)
     refold(FoldDirection::fold, p.w, ws.data(), p.w_shape, f.fold.w_fold, p.dtype, context);
-  run_cudnn_convolution({p.pass, p.dtype, f.xs_shape, f.ws_shape, p.y_shape, f.fold.geometry, xs.data(), ws.data(), p.y,
-                         context});
+  run_kernel({p.pass, p.dtype, f.xs_shape, f.ws_shape, p.y_shape, f.fold.geometry, xs.data(), ws.data(), p.y, context});
   if (p.pass == ConvPass::BackwardData)
     refold(FoldDirection::unfold, xs.data(), p.x, p.x_shape, f.fold.x_fold, p.dtype, context);
   if (p.pass == ConvPass::BackwardFilter)
     refold(FoldDirection::unfold, ws.data(), p.w, p.w_shape, f.fold.w_fold, p.dtype, context);
 }
 
-// Device milliseconds of one run of `pass` on the library stream, after one untimed run (which may search
-// cuDNN's algorithms).
-template <typename Pass>
-float timed_ms(Pass&& pass, const std::string& context) {
-  pass();
-  cudaEvent_t start = nullptr, stop = nullptr;
-  DSMIL_CUDA_CHECK(cudaEventCreate(&start), context);
-  DSMIL_CUDA_CHECK(cudaEventCreate(&stop), context);
-  DSMIL_CUDA_CHECK(cudaEventRecord(start, stream()), context);
-  pass();
-  DSMIL_CUDA_CHECK(cudaEventRecord(stop, stream()), context);
-  DSMIL_CUDA_CHECK(cudaEventSynchronize(stop), context);
-  float ms = 0.0f;
-  DSMIL_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop), context);
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
-  return ms;
-}
-
-// What `measured` chose per problem, with the timings (conv_fold_measurements()).
-struct FoldChoices {
-  std::mutex mutex;
-  std::unordered_map<std::string, bool> folded;  // false: as it is
-  std::vector<std::string> lines;
-};
-FoldChoices& fold_choices() {
-  static FoldChoices choices;
-  return choices;
-}
-
-// The way to run `p` (std::nullopt: as it is) under math_mode().conv_space_to_depth. `measured` runs the
-// pass both ways on the real buffers once per problem (every pass writes its whole output, so the timing
-// runs leave nothing behind) and keeps the faster; in deterministic mode it folds without timing. Folds
+// The way to run `p` (std::nullopt: as it is) under math_mode().conv_space_to_depth. `measured` times the
+// pass both ways once per problem and keeps the faster; in deterministic mode it folds without timing. Folds
 // widened with zero channels to 32 and 64 were timed too on the H200 and never won (bf16 stem forward: 1.72
 // ms at 16 channels, 1.99 at 32, 2.52 at 64; notes/PERF.md).
 std::optional<FoldedConv> chosen_fold(const ConvProblem& p) {
@@ -492,18 +618,8 @@ std::optional<FoldedConv> chosen_fold(const ConvProblem& p) {
     case ConvFolding::measured: break;
   }
   if (math_mode().deterministic) return f;
-  const std::string key = cache_key(p);
-  std::lock_guard<std::mutex> lock(fold_choices().mutex);
-  auto it = fold_choices().folded.find(key);
-  if (it == fold_choices().folded.end()) {
-    const float as_is_ms = timed_ms([&] { run_on_aligned_channels(p); }, p.context);
-    const float folded_ms = timed_ms([&] { run_folded(p, f); }, p.context);
-    const bool folded_faster = folded_ms < as_is_ms;
-    fold_choices().lines.push_back(fmt::format("{}: as it is {:.3f} ms, folded to {} channels {:.3f} ms: {}", p.context,
-                                               as_is_ms, narrowest, folded_ms, folded_faster ? "folded" : "as it is"));
-    it = fold_choices().folded.emplace(key, folded_faster).first;
-  }
-  if (!it->second) return std::nullopt;
+  if (!fold_choices().second_is_faster(p, [&] { run_on_aligned_channels(p); }, [&] { run_folded(p, f); }))
+    return std::nullopt;
   return f;
 }
 
@@ -536,19 +652,25 @@ void check_conv_inputs(ConvPass pass, const Tensor& a, const char* a_name, const
 
 }  // namespace
 
-std::vector<std::pair<size_t, std::string>> conv_algorithm_workspaces() {
+std::vector<ConvAlgorithmChoice> conv_algorithm_choices() {
   ChosenAlgorithms& chosen = chosen_algorithms();
   std::lock_guard<std::mutex> lock(chosen.mutex);
-  std::vector<std::pair<size_t, std::string>> out;
+  std::vector<ConvAlgorithmChoice> out;
   for (const auto& [key, algorithm] : chosen.by_key)
-    out.emplace_back(algorithm.workspace, fmt::format("{} (algorithm {})", chosen.context_by_key[key], algorithm.algo));
-  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+    out.push_back({algorithm.workspace,
+                   fmt::format("{} (algorithm {}{}{})", chosen.context_by_key[key], algorithm.algo,
+                               algorithm.why.empty() ? "" : ", ", algorithm.why),
+                   algorithm.traded});
+  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.workspace_bytes > b.workspace_bytes; });
   return out;
 }
 
-std::vector<std::string> conv_fold_measurements() {
-  std::lock_guard<std::mutex> lock(fold_choices().mutex);
-  return fold_choices().lines;
+int64_t conv16_forward_launches() { return conv16_launches.load(); }
+
+std::vector<std::string> conv_measured_choices() {
+  std::vector<std::string> lines = fold_choices().lines();
+  for (std::string& line : conv16_choices().lines()) lines.push_back(std::move(line));
+  return lines;
 }
 
 Tensor conv3d_forward(const Tensor& x, const Tensor& w, const Conv3dGeometry& g) {

@@ -146,10 +146,11 @@ void guarded(const std::string& what, F&& body) {
 // Sets the math mode for a scope and restores it.
 class MathModeScope {
  public:
-  MathModeScope(bool allow_tf32, bool deterministic, ConvFolding folding) : saved_(math_mode()) {
+  MathModeScope(bool allow_tf32, bool deterministic, ConvFolding folding, ConvKernel conv16) : saved_(math_mode()) {
     math_mode().allow_tf32 = allow_tf32;
     math_mode().deterministic = deterministic;
     math_mode().conv_space_to_depth = folding;
+    math_mode().conv16_forward = conv16;
   }
   ~MathModeScope() { math_mode() = saved_; }
   MathModeScope(const MathModeScope&) = delete;
@@ -159,8 +160,9 @@ class MathModeScope {
   MathMode saved_;
 };
 
-inline MathModeScope math_for(Precision p, bool deterministic = false, ConvFolding folding = ConvFolding::measured) {
-  return MathModeScope(p == Precision::TF32, deterministic, folding);
+inline MathModeScope math_for(Precision p, bool deterministic = false, ConvFolding folding = ConvFolding::measured,
+                              ConvKernel conv16 = ConvKernel::measured) {
+  return MathModeScope(p == Precision::TF32, deterministic, folding, conv16);
 }
 
 }  // namespace dsmil::gpu_test

@@ -2,7 +2,9 @@
 // model's shapes (the (kd,7,7) stride-(1,2,2) stem, block convs, 1x1x1 stride-2 projections) in f32, TF32
 // and bf16: the cuDNN 9.10.2-9.15 releases gave wrong bf16 / TF32 3-D convolutions (PERF-NOTES.md). Stems with
 // C = 4 (bf16), 3 and 5 (both dtypes) run on channel-padded copies (tensor/cuda/conv3d.cpp, aligned_channels);
-// every stem runs both on its input as it is and as its space-to-depth fold (FoldedConv there).
+// every stem runs both on its input as it is and as its space-to-depth fold (FoldedConv there), the bf16
+// fold both on cuDNN and on the hand-written implicit GEMM (kernels/conv16_forward.cu), which the 16-channel
+// cases also run directly.
 #include "tests/gpu/gpu_compare.h"
 
 using namespace dsmil;
@@ -17,6 +19,13 @@ struct ConvCase {
   bool stem = false;  // few channels, stride (1,2,2): the space-to-depth fold applies
 };
 
+// One way of running a case: the fold and the kernel of a 16-channel bf16 forward.
+struct ConvWay {
+  ConvFolding folding;
+  ConvKernel conv16;
+  const char* name;
+};
+
 // Bags of instances at the model's scales, with batch and spatial sizes cut so that the CPU reference
 // stays fast; the channel counts are the model's (width 64).
 const std::vector<ConvCase> kConvCases = {
@@ -29,22 +38,22 @@ const std::vector<ConvCase> kConvCases = {
     {"deep (3,3,3) s(1,2,2) 256->512", {2, 4, 8, 8, 256}, {512, 3, 3, 3, 256}, {{3, 3, 3}, {1, 2, 2}, {1, 1, 1}}},
     {"stem C=3 (3,7,7) s(1,2,2)", {2, 4, 32, 32, 3}, {64, 3, 7, 7, 3}, {{3, 7, 7}, {1, 2, 2}, {1, 3, 3}}, true},
     {"stem C=5 (3,7,7) s(1,2,2) odd sizes", {2, 3, 27, 29, 5}, {64, 3, 7, 7, 5}, {{3, 7, 7}, {1, 2, 2}, {1, 3, 3}}, true},
+    // The implicit GEMM's own edges: partial tiles in H and W, two 64-filter slices, padding on every axis.
+    {"16 channels (3,4,4) 16->128 pad (1,1,2) odd sizes", {2, 3, 9, 70, 16}, {128, 3, 4, 4, 16}, {{3, 4, 4}, {1, 1, 1}, {1, 1, 2}}},
+    {"16 channels (1,3,3) 16->64 pad (0,1,1)", {3, 2, 5, 17, 16}, {64, 1, 3, 3, 16}, {{1, 3, 3}, {1, 1, 1}, {0, 1, 1}}},
 };
 
 std::string label(const ConvCase& c, const char* pass) { return std::string("conv3d ") + pass + " " + c.name; }
 
-std::vector<ConvFolding> foldings_of(const ConvCase& c) {
-  if (c.stem) return {ConvFolding::never, ConvFolding::always};
-  return {ConvFolding::measured};
-}
-
-const char* folding_name(ConvFolding f) {
-  switch (f) {
-    case ConvFolding::always: return " folded";
-    case ConvFolding::never: return " unfolded";
-    case ConvFolding::measured: break;
-  }
-  return "";
+std::vector<ConvWay> ways_of(const ConvCase& c) {
+  if (c.stem)
+    return {{ConvFolding::never, ConvKernel::cudnn, " unfolded"},
+            {ConvFolding::always, ConvKernel::cudnn, " folded"},
+            {ConvFolding::always, ConvKernel::implicit_gemm, " folded, implicit GEMM where it applies"}};
+  if (c.x[4] == 16)
+    return {{ConvFolding::measured, ConvKernel::cudnn, " cuDNN"},
+            {ConvFolding::measured, ConvKernel::implicit_gemm, " implicit GEMM where it applies"}};
+  return {{ConvFolding::measured, ConvKernel::measured, ""}};
 }
 
 }  // namespace
@@ -55,16 +64,21 @@ TEST_CASE("gpu conv3d forward, backward data and backward filter at model shapes
     const Shape y_shape = ops::conv3d_output_shape(c.x, c.w, c.g);
     const Tensor x_values = test::random_tensor(c.x), w_values = test::random_tensor(c.w, -0.2f, 0.2f);
     const Tensor dy_values = test::random_tensor(y_shape);
-    for (ConvFolding folding : foldings_of(c))
+    for (const ConvWay& way : ways_of(c))
       for (Precision p : {Precision::F32, Precision::TF32, Precision::BF16}) {
-        const auto mode = math_for(p, /*deterministic=*/false, folding);
+        const auto mode = math_for(p, /*deterministic=*/false, way.folding, way.conv16);
         const DType dt = storage_dtype(p);
         const Twin x = twin_of(x_values, dt), w = twin_of(w_values, dt), dy = twin_of(dy_values, dt);
-        const std::string how = folding_name(folding), tag = std::string(" [") + precision_name(p) + "]";
+        const std::string how = way.name, tag = std::string(" [") + precision_name(p) + "]";
         guarded(label(c, "forward") + how + tag, [&] {
+          const int64_t launches = cuda::conv16_forward_launches();
           check_runs(label(c, "forward") + how,
                      run_poisoned([&] { return ops::conv3d_forward(x.device, w.device, c.g); }),
                      cpu::conv3d_forward(x.host, w.host, c.g), p);
+          // Forced, the implicit GEMM must have run wherever it applies: bf16 with 16 channels, the stem's as its fold.
+          const int64_t channels = c.stem ? (c.x[4] * 4 + 7) / 8 * 8 : c.x[4];
+          if (way.conv16 == ConvKernel::implicit_gemm && p == Precision::BF16 && channels == 16)
+            CHECK(cuda::conv16_forward_launches() > launches);
         });
         guarded(label(c, "dgrad") + how + tag, [&] {
           check_runs(label(c, "dgrad") + how,
