@@ -21,6 +21,7 @@ const std::vector<KernelBench>& all_benches() {
     add_reduction_benches(list);
     add_optimizer_benches(list);
     add_data_path_benches(list);
+    add_convolution_benches(list);
     return list;
   }();
   return benches;

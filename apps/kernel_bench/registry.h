@@ -89,5 +89,6 @@ void add_elementwise_benches(std::vector<KernelBench>& list);
 void add_reduction_benches(std::vector<KernelBench>& list);
 void add_optimizer_benches(std::vector<KernelBench>& list);
 void add_data_path_benches(std::vector<KernelBench>& list);
+void add_convolution_benches(std::vector<KernelBench>& list);
 
 }  // namespace dsmil::kernel_bench

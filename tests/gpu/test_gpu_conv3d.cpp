@@ -94,6 +94,22 @@ TEST_CASE("gpu conv3d forward, backward data and backward filter at model shapes
   }
 }
 
+TEST_CASE("gpu implicit GEMM: blocks that loop over several tiles, the same filter slice reused") {
+  if (skip_without_gpu()) return;
+  // 80 x 8 planes of one 8x16 tile each: 640 tiles, several per block on any GPU of up to 320 SMs (the
+  // grid has one block per SM), with the reuse of the input window and the staging area between tiles.
+  const ConvCase c{"16 channels (1,2,2) 16->64, 640 tiles", {80, 8, 9, 17, 16}, {64, 1, 2, 2, 16},
+                   {{1, 2, 2}, {1, 1, 1}, {0, 0, 0}}};
+  const auto mode = math_for(Precision::BF16, /*deterministic=*/false, ConvFolding::measured, ConvKernel::implicit_gemm);
+  const Twin x = random_twin(c.x, DType::BF16), w = random_twin(c.w, DType::BF16, -0.2f, 0.2f);
+  guarded(label(c, "forward") + " [bf16]", [&] {
+    const int64_t launches = cuda::conv16_forward_launches();
+    check_runs(label(c, "forward"), run_poisoned([&] { return ops::conv3d_forward(x.device, w.device, c.g); }),
+               cpu::conv3d_forward(x.host, w.host, c.g), Precision::BF16);
+    CHECK(cuda::conv16_forward_launches() > launches);
+  });
+}
+
 TEST_CASE("gpu conv3d in deterministic mode: deterministic algorithms, bit-identical reruns") {
   if (skip_without_gpu()) return;
   for (const ConvCase& c : {kConvCases[0], kConvCases[3], kConvCases[4], kConvCases[7]}) {
