@@ -67,8 +67,9 @@ struct ConvAlgorithm {
   int algo = 0;
   cudnnMathType_t math = CUDNN_DEFAULT_MATH;
   size_t workspace = 0;
-  std::string why;     // the measured time, and the fastest algorithm when this one is not it
-  bool traded = false;  // slower than the fastest, kept for its smaller workspace
+  std::string problem;  // the pass and shapes it was chosen for (the context of its first call)
+  std::string why;      // the measured time, and the fastest algorithm when this one is not it
+  bool traded = false;   // slower than the fastest, kept for its smaller workspace
 };
 
 // A row of cuDNN's per-pass perf structs (they share these fields). time_ms: cudnnFind's measurement
@@ -259,12 +260,10 @@ size_t workspace_limit(const std::string& context) {
   return std::min(kWorkspaceLimit, free_bytes / 4);
 }
 
-// The algorithm chosen per problem (cache_key), and the problem's description for
-// conv_algorithm_choices().
+// The algorithm chosen per problem (cache_key); conv_algorithm_choices() lists them.
 struct ChosenAlgorithms {
   std::mutex mutex;
   std::unordered_map<std::string, ConvAlgorithm> by_key;
-  std::unordered_map<std::string, std::string> context_by_key;
 };
 ChosenAlgorithms& chosen_algorithms() {
   static ChosenAlgorithms chosen;
@@ -282,7 +281,7 @@ std::optional<ConvAlgorithm> pick_candidate(const ConvProblem& p, ConvDescriptor
     d.set_math(c.math);
     const size_t bytes = workspace_size(p, d, c.algo);
     if (bytes > limit) continue;
-    const ConvAlgorithm algorithm{c.algo, c.math, bytes, "", false};
+    const ConvAlgorithm algorithm{c.algo, c.math, bytes, p.context, "", false};
     if (math_mode().deterministic) return algorithm;
     if (!fastest) {
       fastest = chosen = algorithm;
@@ -303,13 +302,13 @@ std::optional<ConvAlgorithm> pick_candidate(const ConvProblem& p, ConvDescriptor
   return chosen;
 }
 
-ConvAlgorithm choose_algorithm(const ConvProblem& p, ConvDescriptors& d) {
+// A reference into the cache: its entries are never removed, and an unordered_map's elements stay put.
+const ConvAlgorithm& choose_algorithm(const ConvProblem& p, ConvDescriptors& d) {
   ChosenAlgorithms& chosen = chosen_algorithms();
   auto& cache = chosen.by_key;
   const std::string key = cache_key(p);
   std::lock_guard<std::mutex> lock(chosen.mutex);
   if (const auto it = cache.find(key); it != cache.end()) return it->second;
-  chosen.context_by_key[key] = p.context;
 
   const size_t limit = workspace_limit(p.context);
   d.set_math(requested_math(p.dtype));
@@ -333,7 +332,7 @@ ConvAlgorithm choose_algorithm(const ConvProblem& p, ConvDescriptors& d) {
 
 void run_cudnn_convolution(const ConvProblem& p) {
   ConvDescriptors d(p);
-  const ConvAlgorithm chosen = choose_algorithm(p, d);
+  const ConvAlgorithm& chosen = choose_algorithm(p, d);
   d.set_math(chosen.math);
   DeviceBuffer workspace(chosen.workspace);
   cudnnHandle_t h = cudnn_handle();
@@ -656,11 +655,13 @@ std::vector<ConvAlgorithmChoice> conv_algorithm_choices() {
   ChosenAlgorithms& chosen = chosen_algorithms();
   std::lock_guard<std::mutex> lock(chosen.mutex);
   std::vector<ConvAlgorithmChoice> out;
-  for (const auto& [key, algorithm] : chosen.by_key)
+  for (const auto& entry : chosen.by_key) {
+    const ConvAlgorithm& algorithm = entry.second;
     out.push_back({algorithm.workspace,
-                   fmt::format("{} (algorithm {}{}{})", chosen.context_by_key[key], algorithm.algo,
+                   fmt::format("{} (algorithm {}{}{})", algorithm.problem, algorithm.algo,
                                algorithm.why.empty() ? "" : ", ", algorithm.why),
                    algorithm.traded});
+  }
   std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.workspace_bytes > b.workspace_bytes; });
   return out;
 }
