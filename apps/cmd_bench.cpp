@@ -51,13 +51,14 @@ void synchronize(Device device) {
 }
 
 // The config that --config and --set give, with the shape flags' depth, width and slab, validated.
-RunConfig bench_config(const BenchArgs& a) {
+RunConfig bench_config(const BenchArgs& a, Device device) {
   RunConfig config = load_config(find_config_file(a.config));
   for (const std::string& o : a.overrides) apply_override(config, o);
   config.depth = a.depth;
   config.width = a.width;
   config.slab_depth = a.slab;
   validate_config(config);
+  resolve_precision(config, device);
   return config;
 }
 
@@ -138,10 +139,9 @@ void print_memory_timeline(Device device, Step&& step) {
 }
 
 void run_bench(const BenchArgs& a) {
-  const RunConfig config = bench_config(a);
   const Device device = resolve_device(a.device);
+  const RunConfig config = bench_config(a, device);
   math_mode() = config.math();
-  if (config.precision == "bf16" && device == Device::CPU) throw Error("dsmil bench: bf16 needs the CUDA backend");
   if (a.memory_timeline && device == Device::CPU) throw Error("dsmil bench --memory-timeline: needs the CUDA backend");
 
   mil::DualStreamMIL model(config.model_config(), 1);
@@ -253,7 +253,7 @@ void run_bench(const BenchArgs& a) {
 
 // The kernel benchmarks at the shapes of the model that --config, --set and the shape flags describe.
 void run_kernel_bench_command(const BenchArgs& a) {
-  const RunConfig config = bench_config(a);
+  const RunConfig config = bench_config(a, resolve_device(a.device));
   const mil::ModelConfig model = config.model_config();
   kernel_bench::Options options;
   options.kernel = a.kernel;

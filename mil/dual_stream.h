@@ -78,6 +78,7 @@ class DualStreamMIL : public nn::Module {
   const ModelConfig& config() const { return config_; }
   void to(Device device);
   Device device() const { return device_; }
+  nn::ResNet3D& encoder() { return encoder_; }
 
  private:
   ModelConfig config_;

@@ -27,13 +27,16 @@ void AdamW::step(float lr) {
   std::vector<Tensor> grads;
   for (const NamedParameter& p : params_) grads.push_back(p.variable->has_grad() ? p.variable->grad() : Tensor());
   const AdamWHyper h{lr, config_.beta1, config_.beta2, config_.eps, config_.weight_decay, step_};
-  ops::multi_tensor_adamw(tensors_, grads, h, config_.max_grad_norm, grad_norm_);
-  grad_norm_written_ = config_.max_grad_norm > 0.0f && !params_.empty();
+  // An infinite bound measures the norm without ever clipping: the norm is a training-health figure
+  // whether or not clipping is on.
+  const float bound = config_.max_grad_norm > 0.0f ? config_.max_grad_norm : INFINITY;
+  ops::multi_tensor_adamw(tensors_, grads, h, bound, grad_norm_);
+  grad_norm_written_ = !params_.empty();
 }
 
 float AdamW::last_grad_norm() const {
   if (!grad_norm_written_)
-    throw Error("AdamW::last_grad_norm: no gradient norm was computed (max_grad_norm is 0, no parameters, or no step yet)");
+    throw Error("AdamW::last_grad_norm: no gradient norm was computed (no parameters, or no step yet)");
   return grad_norm_.item();
 }
 

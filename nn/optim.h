@@ -28,8 +28,9 @@ class AdamW {
   void step(float lr);
   void zero_grad();
   int64_t steps() const { return step_; }
-  // The global gradient norm before clipping of the last step (NaN or infinite: a non-finite gradient).
-  // Kept on the device: reading it synchronises. Throws unless max_grad_norm > 0 and a step ran.
+  // The global gradient norm before clipping of the last step (NaN or infinite: a non-finite gradient),
+  // measured whether or not clipping is on. Kept on the device: reading it synchronises. Throws before
+  // the first step.
   float last_grad_norm() const;
   // Moment tensors, named "m.<param>" / "v.<param>", for checkpoints.
   std::vector<NamedBuffer> state();

@@ -27,12 +27,14 @@ Tensor drop_path_factors(int64_t samples, float p, uint64_t seed, uint64_t offse
 }
 }  // namespace
 
-BasicBlock::BasicBlock(int64_t in, int64_t out, int stride_hw, int kd, float drop_path, InitEngine& engine)
+BasicBlock::BasicBlock(int64_t in, int64_t out, int stride_hw, int kd, float drop_path, bool zero_init_residual,
+                       InitEngine& engine)
     : conv1_(in, out, block_conv(kd, stride_hw), engine),
       conv2_(out, out, block_conv(kd, 1), engine),
       bn1_(out),
       bn2_(out),
       drop_path_(drop_path) {
+  if (zero_init_residual) bn2_.gamma.value().copy_from(Tensor::zeros({out}));
   register_module("conv1", conv1_);
   register_module("bn1", bn1_);
   register_module("conv2", conv2_);
@@ -74,7 +76,8 @@ ResNet3D::ResNet3D(const ResNetConfig& config, InitEngine& engine)
     const int64_t out = static_cast<int64_t>(config.width) << stage;
     for (int b = 0; b < stages[stage]; ++b, ++index) {
       const float p = total > 1 ? config.drop_path * index / (total - 1) : config.drop_path;
-      blocks_.push_back(std::make_unique<BasicBlock>(in, out, stage > 0 && b == 0 ? 2 : 1, kd, p, engine));
+      blocks_.push_back(std::make_unique<BasicBlock>(in, out, stage > 0 && b == 0 ? 2 : 1, kd, p,
+                                                     config.zero_init_residual, engine));
       register_module(fmt::format("layer{}.{}", stage + 1, b), *blocks_.back());
       in = out;
     }
@@ -86,6 +89,7 @@ Variable ResNet3D::forward(const Variable& x, StepRandom& random) {
   Variable h = stem_bn_.forward_relu(stem_conv_.forward(input));
   h = fn::maxpool3d(h, Pool3dGeometry{{1, 3, 3}, {1, 2, 2}, {0, 1, 1}});
   for (auto& block : blocks_) h = block->forward(h, random);
+  last_stage_output_ = record_last_stage_ ? h.value() : Tensor();
   return fn::global_avg_pool(h);
 }
 

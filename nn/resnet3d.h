@@ -17,11 +17,15 @@ struct ResNetConfig {
   float drop_path = 0.0f;  // stochastic depth of the last block; linear from 0 over the blocks
   bool bf16 = false;       // mixed precision: bf16 activations and conv weights, fp32 master weights,
                            // statistics and pooled embedding (CUDA only)
+  // Each block's last batch-norm scale starts at 0, so every residual branch starts as the identity
+  // (Goyal et al. 2017, torchvision's zero_init_residual).
+  bool zero_init_residual = false;
 };
 
 class BasicBlock : public Module {
  public:
-  BasicBlock(int64_t in, int64_t out, int stride_hw, int kd, float drop_path, InitEngine& engine);
+  BasicBlock(int64_t in, int64_t out, int stride_hw, int kd, float drop_path, bool zero_init_residual,
+             InitEngine& engine);
   Variable forward(const Variable& x, StepRandom& random);
 
  private:
@@ -38,9 +42,15 @@ class ResNet3D : public Module {
   Variable forward(const Variable& x, StepRandom& random);
   int64_t embedding_size() const { return 8 * config_.width; }
   const ResNetConfig& config() const { return config_; }
+  // While set, forward keeps a handle on the last stage's output [N, S', h, w, 8w] (after its ReLU) for
+  // training-health figures; off by default so that the activation is not held past its backward pass.
+  void set_record_last_stage(bool record) { record_last_stage_ = record; }
+  const Tensor& last_stage_output() const { return last_stage_output_; }
 
  private:
   ResNetConfig config_;
+  bool record_last_stage_ = false;
+  Tensor last_stage_output_;
   Conv3d stem_conv_;
   BatchNorm3d stem_bn_;
   std::vector<std::unique_ptr<BasicBlock>> blocks_;

@@ -21,6 +21,7 @@ std::vector<NamedField> config_fields(RunConfig& c) {
       {"model.width", &c.width},
       {"model.slab_depth", &c.slab_depth},
       {"model.drop_path", &c.drop_path},
+      {"model.zero_init_residual", &c.zero_init_residual},
       {"model.pooling", &c.pooling},
       {"model.topk", &c.topk},
       {"model.attention", &c.attention},
@@ -35,6 +36,7 @@ std::vector<NamedField> config_fields(RunConfig& c) {
       {"train.epochs", &c.epochs},
       {"train.min_epochs", &c.min_epochs},
       {"train.patience", &c.patience},
+      {"train.selection_train_auc", &c.selection_train_auc},
       {"train.monitor", &c.monitor},
       {"train.bags_per_step", &c.bags_per_step},
       {"train.instances", &c.instances},
@@ -69,7 +71,7 @@ std::vector<NamedField> config_fields(RunConfig& c) {
 
 mil::ModelConfig RunConfig::model_config() const {
   mil::ModelConfig m;
-  m.encoder = {depth, width, slab_depth, 4, static_cast<float>(drop_path), precision == "bf16"};
+  m.encoder = {depth, width, slab_depth, 4, static_cast<float>(drop_path), precision == "bf16", zero_init_residual};
   m.head.pooling = mil::parse_pooling(pooling);
   m.head.topk = topk;
   m.head.attention = mil::parse_attention(attention);
@@ -201,6 +203,12 @@ void apply_override(RunConfig& config, const std::string& assignment) {
   assign(f, *parsed.get("v"));
 }
 
+void resolve_precision(RunConfig& config, Device device) {
+  if (config.precision == "auto") config.precision = device == Device::CUDA ? "bf16" : "fp32";
+  if (config.precision == "bf16" && device == Device::CPU)
+    throw Error("run.precision = bf16 needs the CUDA backend; the CPU backend computes in fp32");
+}
+
 void validate_config(const RunConfig& c) {
   check_in<int>("model.depth", c.depth, {10, 18, 34});
   check_range("model.width", c.width, 1, 1024);
@@ -220,6 +228,7 @@ void validate_config(const RunConfig& c) {
   check_range("train.epochs", c.epochs, 1, 100000);
   check_range("train.min_epochs", c.min_epochs, 0, c.epochs);
   check_range("train.patience", c.patience, 1, 100000);
+  check_range("train.selection_train_auc", c.selection_train_auc, 0, 1);
   check_in<std::string>("train.monitor", c.monitor, {"auc", "balanced_accuracy", "min_class_recall", "loss"});
   check_range("train.bags_per_step", c.bags_per_step, 1, 4096);
   check_range("train.instances", c.instances, 1, 4096);
@@ -238,7 +247,7 @@ void validate_config(const RunConfig& c) {
   check_range("cv.inner_val", c.inner_val, c.select_on_test ? 0 : 0.01, 0.5);
   check_range("cv.repeats", c.repeats, 1, 100);
   check_in<std::string>("run.device", c.device, {"auto", "cpu", "cuda"});
-  check_in<std::string>("run.precision", c.precision, {"fp32", "bf16"});
+  check_in<std::string>("run.precision", c.precision, {"auto", "fp32", "bf16"});
   check_in<std::string>("run.conv_fold", c.conv_fold, {"measured", "always", "never"});
   check_in<std::string>("run.conv16_kernel", c.conv16_kernel, {"measured", "cudnn", "implicit_gemm"});
   check_range("run.plot_every", c.plot_every, 0, 100000);

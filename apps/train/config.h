@@ -27,6 +27,7 @@ struct RunConfig {
   // model (DESIGN section 3)
   int depth = 18, width = 64, slab_depth = 3;
   double drop_path = 0.1;
+  bool zero_init_residual = false;       // each residual branch's last BN scale starts at 0
   std::string pooling = "topk";
   int topk = 4;
   std::string attention = "gated";
@@ -43,13 +44,15 @@ struct RunConfig {
 
   // training (DESIGN section 5)
   int epochs = 40, min_epochs = 10, patience = 10;
+  // Model selection and early stopping start at the first epoch whose training AUC reaches this (0: at once).
+  double selection_train_auc = 0.75;
   std::string monitor = "min_class_recall";  // auc | balanced_accuracy | min_class_recall | loss
   int bags_per_step = 2;
   int instances = 16;                        // n per training bag
   int eval_instances = 16;                   // n per evaluation bag (fixed sampler)
   std::string instance_sampling = "stratified";
   std::string case_sampling = "weighted";
-  double lr = 3e-4, weight_decay = 1e-4;
+  double lr = 1e-4, weight_decay = 1e-4;
   double warmup_epochs = 2.0;
   double clip_grad = 1.0;                    // global-norm clip; 0 = off
   double ema_decay = 0.999;                  // 0 = no EMA model
@@ -67,7 +70,7 @@ struct RunConfig {
 
   // runtime
   std::string device = "auto";  // auto | cpu | cuda
-  std::string precision = "fp32";  // fp32 | bf16
+  std::string precision = "auto";  // auto (bf16 on a GPU, fp32 on the CPU) | fp32 | bf16
   bool strict_fp32 = false;
   bool deterministic = false;
   std::string conv_fold = "measured";  // measured | always | never: the stem's space-to-depth lowering (GPU)
@@ -96,6 +99,9 @@ RunConfig load_config(const std::filesystem::path& file);
 RunConfig parse_config(const std::string& text, const std::string& origin);
 // Applies "section.key=value" (value in TOML syntax; bare words are strings).
 void apply_override(RunConfig& config, const std::string& assignment);
+// Makes run.precision concrete for a run on `device`: `auto` is bf16 on a GPU, fp32 on the CPU; bf16 on the
+// CPU is an error (its backend computes in fp32).
+void resolve_precision(RunConfig& config, Device device);
 // Checks ranges and enumerations; throws dsmil::Error naming the key.
 void validate_config(const RunConfig& config);
 std::string config_to_toml(const RunConfig& config);

@@ -56,9 +56,8 @@ fs::path repeat_dir(const fs::path& run_dir, int repeats, int repeat) {
   return repeats > 1 ? run_dir / fmt::format("repeat_{}", repeat) : run_dir;
 }
 
+}  // namespace
 
-// Discovers and preprocesses the cohort (through the cache) and, when `writer`, lists the skipped cases in
-// the run directory.
 data::PreprocessedCohort prepare_cohort(const RunConfig& config, const fs::path& run_dir, bool writer) {
   const data::BadCasePolicy policy = data::parse_bad_case_policy(config.on_bad_case);
   const data::Discovery found = data::discover_dataset(config.data_root, policy);
@@ -74,7 +73,8 @@ data::PreprocessedCohort prepare_cohort(const RunConfig& config, const fs::path&
   std::vector<data::SkippedCase> skipped = found.skipped;
   skipped.insert(skipped.end(), cohort.skipped.begin(), cohort.skipped.end());
   if (writer) {
-    std::ofstream out(run_dir / "skipped_cases.txt");
+    std::ofstream out;
+    if (!run_dir.empty()) out.open(run_dir / "skipped_cases.txt");
     for (const data::SkippedCase& s : skipped) {
       out << s.message() << "\n";
       std::fprintf(stderr, "skipped: %s\n", s.message().c_str());
@@ -85,22 +85,29 @@ data::PreprocessedCohort prepare_cohort(const RunConfig& config, const fs::path&
   return cohort;
 }
 
+data::Splits cohort_splits(const RunConfig& config, const std::vector<data::CaseVolume>& cases, int repeat) {
+  std::vector<int> labels;
+  std::vector<std::string> groups;
+  for (const data::CaseVolume& c : cases) {
+    labels.push_back(c.label);
+    groups.push_back(c.patient_id.empty() ? c.case_id : c.patient_id);
+  }
+  const data::SplitOptions split_options{config.folds, config.select_on_test ? 0.0 : config.inner_val,
+                                         static_cast<uint64_t>(config.seed) + static_cast<uint64_t>(repeat)};
+  return data::make_splits(labels, groups, split_options);
+}
+
+namespace {
+
 // The seeded splits of every repeat, written to its splits.json by the `writer` (kept as it is when resuming:
 // scheduled folds resume the run side by side and must not rewrite a file under each other).
 std::vector<data::Splits> make_repeat_splits(const RunConfig& config, const std::vector<data::CaseVolume>& cases,
                                              const fs::path& run_dir, bool resuming, bool writer) {
-  std::vector<int> labels;
-  std::vector<std::string> groups, ids;
-  for (const data::CaseVolume& c : cases) {
-    labels.push_back(c.label);
-    groups.push_back(c.patient_id.empty() ? c.case_id : c.patient_id);
-    ids.push_back(c.case_id);
-  }
+  std::vector<std::string> ids;
+  for (const data::CaseVolume& c : cases) ids.push_back(c.case_id);
   std::vector<data::Splits> repeat_splits;
   for (int repeat = 0; repeat < config.repeats; ++repeat) {
-    const data::SplitOptions split_options{config.folds, config.select_on_test ? 0.0 : config.inner_val,
-                                           static_cast<uint64_t>(config.seed) + static_cast<uint64_t>(repeat)};
-    repeat_splits.push_back(data::make_splits(labels, groups, split_options));
+    repeat_splits.push_back(cohort_splits(config, cases, repeat));
     const fs::path base = repeat_dir(run_dir, config.repeats, repeat);
     if (!writer) continue;
     fs::create_directories(base);
@@ -133,8 +140,11 @@ void train_here(const RunConfig& config, const std::vector<data::CaseVolume>& ca
 
 }  // namespace
 
-CvResult run_cv(const RunConfig& config, const CvOptions& options) {
-  validate_config(config);
+CvResult run_cv(const RunConfig& requested, const CvOptions& options) {
+  validate_config(requested);
+  RunConfig config = requested;
+  const Device device = resolve_device(config.device);
+  resolve_precision(config, device);
   if (config.data_root.empty()) throw Error("no data: give --data ROOT (a BraTS folder or a manifest CSV)");
   std::vector<int> folds = options.folds;
   for (const int fold : folds)
@@ -145,10 +155,7 @@ CvResult run_cv(const RunConfig& config, const CvOptions& options) {
   std::sort(folds.begin(), folds.end());
   folds.erase(std::unique(folds.begin(), folds.end()), folds.end());
   if (config.threads > 0) omp_set_num_threads(config.threads);
-  const Device device = resolve_device(config.device);
   math_mode() = config.math();
-  if (config.precision == "bf16" && device == Device::CPU)
-    throw Error("run.precision = bf16 needs the CUDA backend; the CPU backend computes in fp32");
 
   CvResult result;
   const bool resuming = !options.resume_dir.empty();

@@ -8,6 +8,8 @@
 #include <vector>
 
 #include "apps/train/config.h"
+#include "data/preprocess.h"
+#include "data/splits.h"
 #include "dist/communicator.h"
 
 namespace dsmil::app {
@@ -31,7 +33,15 @@ struct CvResult {
   bool consistent = true;
 };
 
+// The run's config.toml holds `config` with run.precision made concrete for the device (resolve_precision).
 CvResult run_cv(const RunConfig& config, const CvOptions& options);
+
+// The dataset of `config`, discovered and preprocessed through its cache; skipped cases are printed and, by
+// the `writer`, listed in run_dir/skipped_cases.txt (run_dir empty: not listed).
+data::PreprocessedCohort prepare_cohort(const RunConfig& config, const std::filesystem::path& run_dir, bool writer);
+
+// The seeded outer folds and inner validation splits of repeat `repeat` over `cases` (grouped by patient).
+data::Splits cohort_splits(const RunConfig& config, const std::vector<data::CaseVolume>& cases, int repeat);
 
 // "0,2,3" -> {0, 2, 3}
 std::vector<int> parse_fold_list(const std::string& text);

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <csignal>
@@ -18,6 +19,7 @@
 #include "apps/report/plots.h"
 #include "apps/report/run_dir.h"
 #include "apps/train/batches.h"
+#include "apps/train/health.h"
 #include "data/rng.h"
 #include "nn/checkpoint.h"
 #include "nn/data_parallel.h"
@@ -51,6 +53,21 @@ namespace {
 enum Stream : uint64_t { kCaseOrder = 1, kTrainBag = 2, kStepMasks = 3, kInit = 4 };
 
 double softmax_hgg(float y0, float y1) { return 1.0 / (1.0 + std::exp(static_cast<double>(y0) - y1)); }
+
+double number_or_nan(const json& value) { return value.is_number() ? value.get<double>() : NAN; }
+
+// The spread of the bags' logit margins y1 - y0 = log(p / (1 - p)).
+double logit_spread(const std::vector<CasePrediction>& preds) {
+  std::vector<double> margins;
+  for (const CasePrediction& q : preds) {
+    const double p = std::clamp(q.p_hgg, 1e-12, 1.0 - 1e-12);
+    margins.push_back(std::log(p / (1.0 - p)));
+  }
+  return spread(margins);
+}
+
+// A flat-training warning is repeated at most this often (epochs) while it holds.
+constexpr int kWarningEvery = 5;
 
 // The monitor's value in a validation record (NaN when undefined), as fold.json states it.
 double monitor_value(const std::string& monitor, const json& metrics) {
@@ -90,6 +107,25 @@ struct Progress {
 
 }  // namespace
 
+BagSpec training_bag_spec(const RunConfig& config, const data::GridShape& grid) {
+  BagSpec spec{config.instances, config.slab_depth, data::parse_instance_sampling(config.instance_sampling),
+               config.augment, {}};
+  // Augmentation shifts scale with the grid: up to 1/16 of the width (8 voxels at 128).
+  spec.augment_params.max_shift = std::max(1, grid.width / 16);
+  return spec;
+}
+
+std::array<float, 2> class_weights(const RunConfig& config, const std::vector<data::CaseVolume>& cohort,
+                                   const std::vector<int>& train) {
+  int counts[2] = {0, 0};
+  for (int i : train) ++counts[cohort[i].label];
+  std::array<float, 2> weights{1.0f, 1.0f};
+  for (int k = 0; k < 2; ++k)
+    if (config.class_weights == "balanced" && counts[k] > 0)
+      weights[k] = static_cast<float>(train.size()) / (2.0f * counts[k]);
+  return weights;
+}
+
 float soft_pooling_tau(const RunConfig& config, int epoch) {
   if (config.epochs <= 1) return static_cast<float>(config.tau_start);
   return static_cast<float>(config.tau_start *
@@ -101,6 +137,9 @@ TrainedModel load_trained_model(const fs::path& checkpoint, Device device) {
   const json meta = json::parse(ckpt.metadata);
   TrainedModel trained{parse_config(meta.at("config").get<std::string>(), checkpoint.string() + " (its config)"),
                        meta.at("epoch").get<int>(), nullptr};
+  // A model trained in bf16 keeps fp32 master weights: on the CPU it runs in fp32.
+  if (device == Device::CPU && trained.config.precision == "bf16") trained.config.precision = "fp32";
+  resolve_precision(trained.config, device);
   trained.model = std::make_unique<mil::DualStreamMIL>(trained.config.model_config(), 0);
   nn::restore_parameters(ckpt, "model.", trained.model->parameters());
   nn::restore_state(ckpt, "model.", trained.model->buffers());
@@ -185,12 +224,8 @@ class FoldRun {
       reducer_ = std::make_unique<nn::GradientReducer>(model_.parameters(), *ranks_);
       if (c_.sync_batchnorm) nn::synchronise_batchnorm(model_, ranks_);
     }
-    int counts[2] = {0, 0};
-    for (int i : plan.train) ++counts[cohort[i].label];
-    for (int k = 0; k < 2; ++k)
-      class_weight_[k] = c_.class_weights == "balanced" && counts[k] > 0
-                             ? static_cast<float>(plan.train.size()) / (2.0f * counts[k])
-                             : 1.0f;
+    const std::array<float, 2> weights = class_weights(c_, cohort, plan.train);
+    std::copy(weights.begin(), weights.end(), class_weight_);
     steps_per_epoch_ = (static_cast<int64_t>(plan.train.size()) + c_.bags_per_step - 1) / c_.bags_per_step;
   }
 
@@ -229,6 +264,18 @@ class FoldRun {
       record["val_ema"] = metrics_of(*val_ema);
     }
     record["attention"] = attention_diagnostics(val);
+    record["health"]["val_logit_spread"] = logit_spread(val);
+    const double train_auc = record["train"]["auc"].is_null() ? NAN : record["train"]["auc"].get<double>();
+    const std::string warning = flat_training_warning(epoch + 1, c_.warmup_epochs, train_auc, c_.lr, record["health"]);
+    if (!warning.empty()) record["health"]["warning"] = warning;
+    // Selection and early stopping start once the model learns: before that, the validation peaks of a
+    // model at chance are noise (one case of a 34-case split moves a recall by 0.03 to 0.2), and the epochs
+    // before no longer compete. A model that never learns is selected over all its epochs and runs them all.
+    if (learning_since_ == 0 && !(train_auc < c_.selection_train_auc)) {
+      learning_since_ = epoch + 1;
+      best_raw_ = best_ema_ = Candidate{};
+    }
+    record["selection_open"] = learning_since_ > 0;
     record["throughput_bags_per_s"] = plan_.train.size() / std::max(train_seconds, 1e-9);
     record["epoch_time_s"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     track_best(epoch, record);
@@ -237,17 +284,22 @@ class FoldRun {
     if (c_.plot_every > 0 && (epoch + 1) % c_.plot_every == 0)
       report::write_training_plots(dir_, fmt::format("repeat {} fold {} (epoch {})", plan_.repeat, plan_.fold, epoch + 1),
                                    best_overall().epoch);
+    const json& health = record["health"];
     progress_.line(fmt::format(
-        "[r{} f{}] epoch {:>3}/{} loss {:.4f} | val loss {:.4f} auc {:.3f} bacc {:.3f} | {} {:.3f} (best {} @{}) | "
-        "{:.1f} bags/s",
-        plan_.repeat, plan_.fold, epoch + 1, c_.epochs, record["train"]["loss"].get<double>(),
-        record["val"]["loss"].is_null() ? NAN : record["val"]["loss"].get<double>(),
-        record["val"]["auc"].is_null() ? NAN : record["val"]["auc"].get<double>(),
-        record["val"]["balanced_accuracy"].is_null() ? NAN : record["val"]["balanced_accuracy"].get<double>(),
-        c_.monitor, best_overall().value, best_is_ema() ? "ema" : "raw", best_overall().epoch,
-        record["throughput_bags_per_s"].get<double>()));
+        "[r{} f{}] epoch {:>3}/{} loss {:.4f} auc {:.3f} | val loss {:.4f} auc {:.3f} bacc {:.3f} | {} {:.3f} (best {} @{}) | "
+        "gnorm {:.2f} upd {:.1e} spread {:.2f} | {:.1f} bags/s",
+        plan_.repeat, plan_.fold, epoch + 1, c_.epochs, record["train"]["loss"].get<double>(), train_auc,
+        number_or_nan(record["val"]["loss"]), number_or_nan(record["val"]["auc"]),
+        number_or_nan(record["val"]["balanced_accuracy"]), c_.monitor, best_overall().value,
+        best_is_ema() ? "ema" : "raw", best_overall().epoch, number_or_nan(health.value("grad_norm", json())["mean"]),
+        encoder_update_ratio(health), health.value("logit_spread", NAN), record["throughput_bags_per_s"].get<double>()));
+    if (!warning.empty() && (last_warning_epoch_ == 0 || epoch + 1 - last_warning_epoch_ >= kWarningEvery)) {
+      progress_.line(fmt::format("[r{} f{}] warning: {}", plan_.repeat, plan_.fold, warning));
+      last_warning_epoch_ = epoch + 1;
+    }
     const bool last_epoch = epoch + 1 == c_.epochs;
-    stopped_early_ = !last_epoch && epoch + 1 >= c_.min_epochs && epoch + 1 - best_overall().epoch >= c_.patience;
+    stopped_early_ = learning_since_ > 0 && !last_epoch && epoch + 1 >= c_.min_epochs &&
+                     epoch + 1 - best_overall().epoch >= c_.patience;
     return stopped_early_;
   }
 
@@ -258,12 +310,7 @@ class FoldRun {
 
   float tau_at(int epoch) const { return soft_pooling_tau(c_, epoch); }
 
-  // Augmentation shifts scale with the grid: up to 1/16 of the width (8 voxels at 128).
-  BagSpec train_spec() const {
-    BagSpec spec{c_.instances, c_.slab_depth, data::parse_instance_sampling(c_.instance_sampling), c_.augment, {}};
-    spec.augment_params.max_shift = std::max(1, cohort_.front().grid.width / 16);
-    return spec;
-  }
+  BagSpec train_spec() const { return training_bag_spec(c_, cohort_.front().grid); }
 
   json train_epoch(int epoch) {
     model_.set_training(true);
@@ -282,6 +329,10 @@ class FoldRun {
     const int world = ranks_ ? ranks_->world_size() : 1, rank = ranks_ ? ranks_->rank() : 0;
     int64_t left_out_bags = 0;
     std::optional<float> first_grad_norm;
+    EpochHealth health(c_.clip_grad);
+    // The update ratios and the last stage are read on one step, mid-epoch (only the final step can be
+    // left out in data-parallel runs; the first runs at the lowest learning rate of a warm-up).
+    const int64_t diagnostic_step = steps_per_epoch_ / 2;
     for (int64_t step = 0; step < steps_per_epoch_; ++step) {
       std::vector<int> step_cases;
       std::vector<uint64_t> step_seeds;
@@ -311,18 +362,29 @@ class FoldRun {
         for (int i : step_cases) share.weight_sum += class_weight_[cohort_[i].label];
         share.bags = step_bags;
       }
+      const bool diagnose = writer_ && step == diagnostic_step;
       const mil::LossTargets targets = mil::loss_targets(batch.target, class_weight_, device_);
+      model_.encoder().set_record_last_stage(diagnose);
       const mil::MilOutput out = model_.forward(Variable(batch.x.to(device_)), batch.mask, tau, random);
+      const Tensor last_stage = model_.encoder().last_stage_output();
       Variable loss = mil::mil_loss(out, targets, c_.loss_config(), share);
       loss.backward();
       if (reducer_) reducer_->finish();
       lr = nn::warmup_cosine_lr(static_cast<float>(c_.lr), epoch * steps_per_epoch_ + step, warmup, total_steps);
+      if (diagnose) health.weights_before_step(model_.parameters());
       optimizer_->step(lr);
-      // The first step's global gradient norm (one read an epoch): one process and the ranks of a
-      // data-parallel job must agree on it at the same weights.
-      if (!first_grad_norm && c_.clip_grad > 0) first_grad_norm = optimizer_->last_grad_norm();
+      if (diagnose) {
+        health.weights_after_step(model_.parameters());
+        health.last_stage(last_stage);
+      }
       optimizer_->zero_grad();
       if (ema_) ema_->update(model_);
+      // The global gradient norm before clipping, read once the step is queued whole; the first step's goes
+      // in the record alone too: one process and the ranks of a data-parallel job must agree on it at the
+      // same weights.
+      const float grad_norm = optimizer_->last_grad_norm();
+      if (!first_grad_norm) first_grad_norm = grad_norm;
+      health.add_step(grad_norm);
       // The host reads the step once it is queued whole: the loss and every bag's logits (summed over ranks:
       // each rank fills its own bags' places). A diverged step ends the fold before its update is saved.
       std::vector<double> step_values(1 + 2 * step_bags, 0.0);
@@ -336,6 +398,7 @@ class FoldRun {
       for (int64_t b = 0; b < step_bags; ++b) {
         seen_labels.push_back(cohort_[step_cases[b]].label);
         seen_p.push_back(softmax_hgg(static_cast<float>(step_values[1 + 2 * b]), static_cast<float>(step_values[2 + 2 * b])));
+        health.add_bag_margin(step_values[2 + 2 * b] - step_values[1 + 2 * b]);
       }
       loss_sum += loss_value * step_bags;
       if (!writer_) continue;
@@ -350,6 +413,7 @@ class FoldRun {
                    {"batch_assembly_s", batch_seconds},
                    {"train", report::split_record_json(seen_labels, seen_p, loss_sum / std::max<size_t>(seen_p.size(), 1))}};
     if (first_grad_norm) record["grad_norm_first_step"] = *first_grad_norm;
+    record["health"] = health.record();
     if (ranks_)
       record["data_parallel"] = {{"ranks", world},
                                  {"sync_batchnorm", c_.sync_batchnorm},
@@ -452,6 +516,7 @@ class FoldRun {
     auto number = [](double v) { return std::isfinite(v) ? json(v) : json(nullptr); };
     meta["best_raw"] = {number(best_raw_.value), number(best_raw_.auc), best_raw_.epoch};
     meta["best_ema"] = {number(best_ema_.value), number(best_ema_.auc), best_ema_.epoch};
+    meta["learning_since"] = learning_since_;
     ckpt.metadata = meta.dump();
     nn::add_parameters(ckpt, "model.", model_.parameters());
     nn::add_state(ckpt, "model.", model_.buffers());
@@ -481,6 +546,7 @@ class FoldRun {
     };
     best_raw_ = candidate(meta["best_raw"]);
     best_ema_ = candidate(meta["best_ema"]);
+    learning_since_ = meta.value("learning_since", 0);
     const int done = meta["epoch"].get<int>();
     epochs_run_ = done;
     if (!writer_) return done;
@@ -568,6 +634,8 @@ class FoldRun {
   Candidate best_raw_, best_ema_;
   bool stopped_early_ = false;
   int epochs_run_ = 0;
+  int last_warning_epoch_ = 0;
+  int learning_since_ = 0;  // the first epoch whose training AUC reached train.selection_train_auc (0: none yet)
   Progress progress_;
 };
 

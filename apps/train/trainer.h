@@ -4,6 +4,7 @@
 // fold's output files (apps/report/FORMAT.md).
 #pragma once
 
+#include <array>
 #include <filesystem>
 #include <memory>
 #include <string>
@@ -44,6 +45,14 @@ struct TrainedModel {
   std::unique_ptr<mil::DualStreamMIL> model;
 };
 TrainedModel load_trained_model(const std::filesystem::path& checkpoint, Device device);
+
+// How training bags are drawn: config.instances slabs by config.instance_sampling, augmented when
+// config.augment, shifts up to 1/16 of the grid's width.
+BagSpec training_bag_spec(const RunConfig& config, const data::GridShape& grid);
+
+// The loss's class weights alpha[label] for a training set: N / (2 N_c) under `balanced`, else 1.
+std::array<float, 2> class_weights(const RunConfig& config, const std::vector<data::CaseVolume>& cohort,
+                                   const std::vector<int>& train);
 
 // The soft-pooling temperature of epoch `epoch` (0-based): tau_start annealed geometrically to tau_end.
 float soft_pooling_tau(const RunConfig& config, int epoch);

@@ -86,10 +86,9 @@ TEST_CASE("multi-tensor AdamW equals clip_grad_norm + adamw_step per tensor, ski
         reference.params[i].accumulate_grad(g.clone());
       }
       optimizer.step(lr);
-      if (max_norm > 0.0f) {
-        const float norm = nn::clip_grad_norm(reference.parameters(), max_norm);
-        CHECK(optimizer.last_grad_norm() == norm);
-      }
+      // Measured with or without clipping; clip_grad_norm with an infinite bound only measures.
+      const float norm = nn::clip_grad_norm(reference.parameters(), max_norm > 0.0f ? max_norm : INFINITY);
+      CHECK(optimizer.last_grad_norm() == norm);
       per_tensor.step(reference, config, lr, t);
       optimizer.zero_grad();
       for (Variable& p : reference.params) p.zero_grad();
@@ -134,6 +133,10 @@ TEST_CASE("multi-tensor AdamW: the norm stays readable, a non-finite gradient sh
   RandomModule model;
   nn::AdamW unclipped(model.parameters(), nn::AdamWConfig{});
   CHECK_THROWS_AS(unclipped.last_grad_norm(), Error);
+  model.params[0].accumulate_grad(random_tensor(kShapes[0]));
+  unclipped.step(1e-3f);
+  CHECK(unclipped.last_grad_norm() == doctest::Approx(std::sqrt(ops::sum_squares(model.params[0].grad()))));
+  unclipped.zero_grad();
 
   nn::AdamWConfig clip;
   clip.max_grad_norm = 1.0f;

@@ -1,0 +1,156 @@
+// Training-health figures and the flat-training warning.
+#include "apps/train/health.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include <fmt/format.h>
+
+namespace dsmil::app {
+
+namespace {
+
+using json = nlohmann::json;
+
+// The warning's thresholds. A model stuck at chance gives every validation bag nearly one output: an eval-mode
+// logit spread of 0.00-0.02 at lr 3e-4 on the 285-case cohort, against 0.1 at 1e-4 before it learned and
+// 0.7-1.0 after (notes/RESULTS-CV.md); training bags spread more (dropout and augmentation). The update
+// ratios seen there were 1e-4 to 1e-3 per step at both rates: 1e-2 is far outside them.
+constexpr double kFlatAuc = 0.6;
+constexpr int kEpochsAfterWarmup = 3;
+constexpr double kConstantValLogitSpread = 0.05;
+constexpr double kLargeUpdateRatio = 1e-2;
+constexpr double kSmallUpdateRatio = 1e-5;
+constexpr double kMostlyClipped = 0.5;
+constexpr double kDeadLastStage = 0.9;
+
+double norm_of(const std::vector<float>& v) {
+  double s = 0.0;
+  for (float x : v) s += static_cast<double>(x) * x;
+  return std::sqrt(s);
+}
+
+std::map<std::string, std::vector<float>> weights_by_group(const std::vector<nn::NamedParameter>& params) {
+  std::map<std::string, std::vector<float>> groups;
+  for (const nn::NamedParameter& p : params) {
+    const std::vector<float> values = p.variable->value().to_vector();
+    std::vector<float>& group = groups[parameter_group(p.name)];
+    group.insert(group.end(), values.begin(), values.end());
+  }
+  return groups;
+}
+
+double median(std::vector<double> v) {
+  if (v.empty()) return NAN;
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+}  // namespace
+
+std::string parameter_group(const std::string& name) {
+  const size_t dot = name.find('.');
+  const std::string first = name.substr(0, dot);
+  if (first != "encoder" || dot == std::string::npos) return first;
+  const size_t next = name.find('.', dot + 1);
+  return name.substr(dot + 1, next == std::string::npos ? std::string::npos : next - dot - 1);
+}
+
+double encoder_update_ratio(const json& health) {
+  std::vector<double> ratios;
+  if (health.contains("update_ratio"))
+    for (const auto& [group, ratio] : health["update_ratio"].items())
+      if (group != "head" && ratio.is_number()) ratios.push_back(ratio.get<double>());
+  return median(ratios);
+}
+
+double spread(const std::vector<double>& values) {
+  if (values.size() < 2) return 0.0;
+  const double mean = std::accumulate(values.begin(), values.end(), 0.0) / values.size();
+  double s = 0.0;
+  for (double v : values) s += (v - mean) * (v - mean);
+  return std::sqrt(s / (values.size() - 1));
+}
+
+void EpochHealth::weights_before_step(const std::vector<nn::NamedParameter>& params) {
+  before_ = weights_by_group(params);
+}
+
+void EpochHealth::weights_after_step(const std::vector<nn::NamedParameter>& params) {
+  for (const auto& [group, after] : weights_by_group(params)) {
+    const std::vector<float>& before = before_.at(group);
+    double change = 0.0;
+    for (size_t i = 0; i < after.size(); ++i) change += std::pow(static_cast<double>(after[i]) - before[i], 2.0);
+    const double scale = norm_of(before);
+    update_ratio_[group] = scale > 0.0 ? std::sqrt(change) / scale : NAN;
+  }
+  before_.clear();
+}
+
+void EpochHealth::last_stage(const Tensor& activation) {
+  const std::vector<float> values = activation.to_vector();
+  const auto zeros = std::count(values.begin(), values.end(), 0.0f);
+  relu_zero_fraction_ = values.empty() ? NAN : static_cast<double>(zeros) / values.size();
+}
+
+json EpochHealth::record() const {
+  json out = json::object();
+  if (!grad_norms_.empty()) {
+    const double mean = std::accumulate(grad_norms_.begin(), grad_norms_.end(), 0.0) / grad_norms_.size();
+    const auto clipped = clip_bound_ > 0.0 ? std::count_if(grad_norms_.begin(), grad_norms_.end(),
+                                                           [&](double g) { return g > clip_bound_; })
+                                           : 0;
+    out["grad_norm"] = {{"mean", mean},
+                        {"median", median(grad_norms_)},
+                        {"max", *std::max_element(grad_norms_.begin(), grad_norms_.end())},
+                        {"clipped_fraction", static_cast<double>(clipped) / grad_norms_.size()}};
+  }
+  if (!margins_.empty()) out["logit_spread"] = spread(margins_);
+  if (!update_ratio_.empty()) {
+    out["update_ratio"] = json::object();
+    for (const auto& [group, ratio] : update_ratio_) out["update_ratio"][group] = ratio;
+  }
+  if (relu_zero_fraction_ >= 0.0) out["relu_zero_fraction"] = relu_zero_fraction_;
+  return out;
+}
+
+std::string flat_training_warning(int epoch, double warmup_epochs, double train_auc, double lr, const json& health) {
+  if (epoch < static_cast<int>(std::ceil(warmup_epochs)) + kEpochsAfterWarmup) return "";
+  if (!(train_auc < kFlatAuc)) return "";  // NaN (one class seen) warns of nothing
+  std::vector<std::string> seen;
+  if (health.contains("val_logit_spread") && health["val_logit_spread"].get<double>() < kConstantValLogitSpread)
+    seen.push_back(fmt::format("the validation bags' logits barely differ (spread {:.3f}): the model gives every bag "
+                               "nearly the same output, a collapse that a learning rate above the usable range "
+                               "causes (try a lower train.lr)",
+                               health["val_logit_spread"].get<double>()));
+  if (const double typical = encoder_update_ratio(health); !std::isnan(typical)) {
+    if (typical > kLargeUpdateRatio)
+      seen.push_back(fmt::format("each step moves the encoder's weights by {:.1e} of their size (median over its stages; "
+                                 "above {:.0e} the steps are too large for batch-normalised convolutions): try "
+                                 "train.lr = {:.1e}",
+                                 typical, kLargeUpdateRatio, lr / 3.0));
+    else if (typical < kSmallUpdateRatio)
+      seen.push_back(fmt::format("each step moves the encoder's weights by only {:.1e} of their size: the learning rate "
+                                 "({:.1e} now) or the clipping bound is too small",
+                                 typical, lr));
+  }
+  if (health.contains("grad_norm") && health["grad_norm"]["clipped_fraction"].get<double>() > kMostlyClipped)
+    seen.push_back(fmt::format("the gradient was clipped in {:.0f}% of the steps (median norm {:.2f})",
+                               100.0 * health["grad_norm"]["clipped_fraction"].get<double>(),
+                               health["grad_norm"]["median"].get<double>()));
+  if (health.contains("relu_zero_fraction") && health["relu_zero_fraction"].get<double>() > kDeadLastStage)
+    seen.push_back(fmt::format("{:.0f}% of the encoder's last-stage ReLU outputs are zero (dead units)",
+                               100.0 * health["relu_zero_fraction"].get<double>()));
+  std::string text = fmt::format("training AUC {:.3f} at epoch {} is still near chance {} epochs after warm-up. ",
+                                 train_auc, epoch, epoch - static_cast<int>(std::ceil(warmup_epochs)));
+  if (seen.empty()) {
+    text += "The health figures show nothing abnormal (metrics.jsonl, \"health\")";
+  } else {
+    text += "What the epoch shows: ";
+    for (size_t i = 0; i < seen.size(); ++i) text += (i ? "; " : "") + seen[i];
+  }
+  return text + ". `dsmil lr-find` measures the usable learning rates of this config.";
+}
+
+}  // namespace dsmil::app

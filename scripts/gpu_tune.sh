@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# On the GPU machine: training runs of config variants on folds of one cohort, side by side on the GPU, for
+# tuning. Nothing here reads a test prediction: the summary (scripts/tune_summary.py) reads metrics.jsonl
+# (training and inner-validation curves) only.
+# Usage: scripts/gpu_tune.sh VARIANTS_FILE [PARALLEL] [DEADLINE_S]
+#   VARIANTS_FILE: one run a line, `name folds config [dsmil cv arguments]`, e.g.
+#     lr1e-4 0,1 recommended-v2 --set train.lr=1e-4
+#   Runs start in file order, PARALLEL at a time (default 4); those still running at DEADLINE_S seconds
+#   (default 540) are stopped, so that the summary is printed inside one device call.
+# Environment: COHORT_SEED (default 1), TUNE_EPOCHS (default: the config's) sets train.epochs and
+# train.min_epochs alike (whole curves, no early stopping). Writes runs-tune/ and, under $OUT,
+# tune_runs.tar.gz (every metrics.jsonl, fold.json and log).
+set -uo pipefail
+repo_root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$repo_root"
+carry=${DSMIL_CARRY:-$repo_root/build-cuda-carry}
+source scripts/gpu_env.sh
+variants=$1 parallel=${2:-4} deadline=${3:-540}
+start=$(date +%s)
+source scripts/gpu_cohort.sh
+"$carry/dsmil" preprocess --data "$cohort" --cache cohort/cache --threads "$(nproc)" | tail -1
+threads=$(( $(nproc) / parallel )); (( threads > 0 )) || threads=1
+epochs=()
+[ -n "${TUNE_EPOCHS:-}" ] && epochs=(--set "train.epochs=$TUNE_EPOCHS" --set "train.min_epochs=$TUNE_EPOCHS")
+mkdir -p runs-tune
+
+run_one() {
+  local name=$1 fold=$2 config=$3
+  shift 3
+  local t0=$(date +%s)
+  timeout $(( deadline - (t0 - start) )) "$carry/dsmil" cv --config "$config" --data "$cohort" --set data.cache=cohort/cache \
+    --set "run.threads=$threads" --folds "$fold" --no-audit --out "runs-tune/${name}_f$fold" "${epochs[@]}" "$@" \
+    > "runs-tune/${name}_f$fold.log" 2>&1
+  echo "run $name fold $fold: exit $?, $(( $(date +%s) - t0 )) s"
+}
+
+while read -r name folds config args; do
+  [[ -z "$name" || "$name" == \#* ]] && continue
+  for fold in ${folds//,/ }; do
+    while (( $(jobs -rp | wc -l) >= parallel )); do wait -n; done
+    (( $(date +%s) - start < deadline - 30 )) || { echo "run $name fold $fold: not started (deadline)"; continue; }
+    # shellcheck disable=SC2086  # the variant's arguments are words
+    run_one "$name" "$fold" "$config" $args &
+  done
+done < "$variants"
+wait
+echo "all runs done in $(( $(date +%s) - start )) s"
+python3 scripts/tune_summary.py runs-tune
+if [ -n "${OUT:-}" ]; then
+  find runs-tune \( -name metrics.jsonl -o -name fold.json -o -name '*.log' -o -name config.toml \) -print0 |
+    tar czf "$OUT/tune_runs.tar.gz" --null -T -
+fi
