@@ -6,6 +6,7 @@
 #include <cctype>
 #include <cmath>
 #include <fstream>
+#include <iterator>
 #include <map>
 
 #include <fmt/format.h>
@@ -51,27 +52,6 @@ std::string trim(std::string_view text) {
   return std::string(text.substr(begin, end - begin));
 }
 
-// One CSV record: commas separate fields, double quotes protect commas and "" is a quote.
-std::vector<std::string> split_csv_line(std::string_view line) {
-  std::vector<std::string> fields(1);
-  bool quoted = false;
-  for (size_t i = 0; i < line.size(); ++i) {
-    const char c = line[i];
-    if (quoted && c == '"' && i + 1 < line.size() && line[i + 1] == '"') {
-      fields.back() += '"';
-      ++i;
-    } else if (c == '"') {
-      quoted = !quoted;
-    } else if (c == ',' && !quoted) {
-      fields.emplace_back();
-    } else {
-      fields.back() += c;
-    }
-  }
-  for (auto& f : fields) f = trim(f);
-  return fields;
-}
-
 struct CsvTable {
   std::vector<std::string> header;  // lower-cased
   std::vector<std::vector<std::string>> rows;
@@ -81,22 +61,77 @@ struct CsvTable {
   }
 };
 
-CsvTable read_csv(const fs::path& path) {
-  std::ifstream in(path);
-  if (!in) throw FormatError(fmt::format("{}: cannot open", path.string()));
-  CsvTable table;
-  std::string line;
-  while (std::getline(in, line)) {
-    if (trim(line).empty()) continue;
-    auto fields = split_csv_line(line);
-    if (table.header.empty()) {
-      for (auto& f : fields) table.header.push_back(lower(f));
-    } else {
-      fields.resize(std::max(fields.size(), table.header.size()));
-      table.rows.push_back(std::move(fields));
+// Splits CSV text into records the way pandas does: records end at \n, \r\n or \r; a field that opens
+// with a double quote runs to the closing one ("" is a quote) and keeps commas, line breaks and spaces;
+// a quote inside an unquoted field is a character; blank lines are skipped. Unquoted fields are trimmed.
+class CsvParser {
+ public:
+  std::vector<std::vector<std::string>> parse(const fs::path& path, std::string_view text) {
+    for (size_t i = 0; i < text.size(); ++i) {
+      const char c = text[i];
+      if (in_quotes_ && c == '"' && i + 1 < text.size() && text[i + 1] == '"') {
+        field_ += '"';
+        ++i;
+      } else if (in_quotes_ && c == '"') {
+        in_quotes_ = false;
+      } else if (in_quotes_) {
+        field_ += c;
+      } else if (c == '"' && !quoted_ && trim(field_).empty()) {
+        field_.clear();
+        quoted_ = in_quotes_ = true;
+        quote_at_ = i;
+      } else if (c == ',') {
+        end_field();
+      } else if (c == '\n' || c == '\r') {
+        i += c == '\r' && i + 1 < text.size() && text[i + 1] == '\n' ? 1 : 0;
+        end_record();
+      } else {
+        field_ += c;
+      }
     }
+    if (in_quotes_) {
+      throw FormatError(fmt::format("{}: the quoted field opened on line {} is never closed", path.string(),
+                                    1 + std::count(text.begin(), text.begin() + quote_at_, '\n')));
+    }
+    end_record();
+    return std::move(records_);
   }
-  if (table.header.empty()) throw FormatError(fmt::format("{}: empty CSV file", path.string()));
+
+ private:
+  void end_field() {
+    record_.push_back(quoted_ ? std::move(field_) : trim(field_));
+    field_.clear();
+    quoted_ = false;
+  }
+  void end_record() {
+    const bool blank = record_.empty() && !quoted_ && trim(field_).empty();
+    end_field();
+    if (!blank) records_.push_back(std::move(record_));
+    record_.clear();
+  }
+
+  std::vector<std::vector<std::string>> records_;
+  std::vector<std::string> record_;
+  std::string field_;
+  bool quoted_ = false;     // the field being read opened with a quote
+  bool in_quotes_ = false;  // between its quotes
+  size_t quote_at_ = 0;
+};
+
+CsvTable read_csv(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw FormatError(fmt::format("{}: cannot open", path.string()));
+  const std::string content{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+  std::string_view text = content;
+  if (text.starts_with("\xEF\xBB\xBF")) text.remove_prefix(3);  // a UTF-8 byte-order mark, as spreadsheets write
+  auto records = CsvParser().parse(path, text);
+  if (records.empty()) throw FormatError(fmt::format("{}: empty CSV file", path.string()));
+  CsvTable table;
+  for (const auto& f : records.front()) table.header.push_back(lower(f));
+  for (size_t r = 1; r < records.size(); ++r) {
+    records[r].resize(std::max(records[r].size(), table.header.size()));
+    table.rows.push_back(std::move(records[r]));
+  }
   return table;
 }
 
@@ -265,6 +300,25 @@ Discovery discover_brats2020(const fs::path& root, BadCasePolicy policy) {
 
 }  // namespace
 
+FormatError no_usable_case(std::string_view source, const std::vector<SkippedCase>& skipped) {
+  return FormatError(fmt::format("{}: no usable case: {} found, all left out (first: {})", source, skipped.size(),
+                                 skipped.front().message()));
+}
+
+namespace {
+
+// A discovery that found no usable case is refused: a dataset without cases is a mistake (a wrong
+// folder, an empty manifest) that would otherwise surface far from its cause.
+Discovery require_cases(Discovery found, const fs::path& source) {
+  if (!found.cases.empty()) return found;
+  if (found.skipped.empty()) {
+    throw FormatError(fmt::format("{}: no case found in this {} dataset", source.string(), layout_name(found.layout)));
+  }
+  throw no_usable_case(source.string(), found.skipped);
+}
+
+}  // namespace
+
 Discovery read_manifest(const fs::path& csv, BadCasePolicy policy) {
   Discovery found;
   found.layout = DatasetLayout::manifest;
@@ -320,14 +374,16 @@ Discovery read_manifest(const fs::path& csv, BadCasePolicy policy) {
     found.cases.push_back(std::move(files));
   }
   drop_duplicate_ids(found.cases, sink);
-  return found;
+  return require_cases(std::move(found), csv);
 }
 
 Discovery discover_dataset(const fs::path& root, BadCasePolicy policy) {
   if (fs::is_regular_file(root) && lower(root.extension().string()) == ".csv") return read_manifest(root, policy);
   if (!fs::is_directory(root)) throw FormatError(fmt::format("{}: no such dataset folder or manifest", root.string()));
-  if (fs::is_directory(root / "HGG") || fs::is_directory(root / "LGG")) return discover_brats2018(root, policy);
-  if (fs::is_regular_file(root / "name_mapping.csv")) return discover_brats2020(root, policy);
+  if (fs::is_directory(root / "HGG") || fs::is_directory(root / "LGG")) {
+    return require_cases(discover_brats2018(root, policy), root);
+  }
+  if (fs::is_regular_file(root / "name_mapping.csv")) return require_cases(discover_brats2020(root, policy), root);
   throw FormatError(fmt::format(
       "{}: unknown dataset layout (expected HGG/ and LGG/ folders, a name_mapping.csv, or a manifest .csv file)",
       root.string()));

@@ -61,11 +61,19 @@ struct Discovery {
 // name_mapping.csv (BraTS 2020), or a manifest .csv file. Checks what can be checked without
 // reading images: missing modality files, duplicate case ids, labels other than HGG/LGG. Under
 // BadCasePolicy::fail the first bad case throws CaseError; under skip it is listed in `skipped`.
+// A dataset left without a case (none found, or all skipped) throws FormatError.
 Discovery discover_dataset(const std::filesystem::path& root, BadCasePolicy policy);
 
 // A manifest CSV with a header row: case_id,label,flair,t1,t1ce,t2 and optional seg, patient_id
 // columns (any order). Labels HGG/LGG (any case) or 1/0; relative paths are relative to the CSV.
+// Read as pandas reads it: a UTF-8 byte-order mark, CRLF line ends and quoted fields (holding commas,
+// "" for a quote, line breaks) are fine; unquoted fields are also trimmed of spaces. A manifest
+// without a usable case throws FormatError.
 Discovery read_manifest(const std::filesystem::path& csv, BadCasePolicy policy);
+
+// The error for a set of cases of which none is usable: how many were found and why the first was
+// left out. `source` names the set (a dataset, a step); `skipped` is not empty.
+FormatError no_usable_case(std::string_view source, const std::vector<SkippedCase>& skipped);
 
 // One case's images, all checked to be 3-D, finite, of one shape, voxel size and orientation.
 struct CaseImages {

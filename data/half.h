@@ -47,6 +47,9 @@ constexpr float half_to_float(uint16_t h) {
   return std::bit_cast<float>(sign | (e << 23) | ((mantissa & 0x3FFu) << 13));
 }
 
+// False for +-inf and NaN (all exponent bits set).
+constexpr bool half_is_finite(uint16_t h) { return (h & 0x7C00u) != 0x7C00u; }
+
 // All 65536 half values as floats, for fast bulk decoding.
 const std::array<float, 65536>& half_to_float_table();
 

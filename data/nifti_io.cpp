@@ -1,9 +1,11 @@
-// Reads 3-D NIfTI images (header by nifticlib, voxel block by znzlib with our own checks) into
-// float32 arrays [nz][ny][nx], and writes NIfTI-1 images from typed arrays of the same layout.
+// Reads 3-D NIfTI images (header and voxel block through znzlib with our own checks, the header
+// interpreted by nifticlib) into float32 arrays [nz][ny][nx], and writes NIfTI-1 images from typed
+// arrays of the same layout.
 #include "data/nifti_io.h"
 
 #include <nifti2_io.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <memory>
@@ -28,9 +30,6 @@ void quiet_nifticlib() {
 
 bool has_gz_extension(const std::filesystem::path& path) { return path.extension() == ".gz"; }
 
-struct FreeDeleter {
-  void operator()(void* p) const { std::free(p); }
-};
 struct NimDeleter {
   void operator()(nifti_image* nim) const { nifti_image_free(nim); }
 };
@@ -42,6 +41,29 @@ struct ZnzCloser {
 };
 using ZnzHandle = std::unique_ptr<znzptr, ZnzCloser>;
 
+// A header as stored: either version, either byte order.
+union RawHeader {
+  nifti_1_header n1;
+  nifti_2_header n2;
+};
+
+// Reads the header at the start of `file` and returns its NIfTI version. nifticlib's nifti_read_header
+// would do it but prints to stderr on a short NIfTI-2 header, and the reader reports every failure itself.
+int read_raw_header(const std::filesystem::path& path, znzFile file, RawHeader* header) {
+  auto* bytes = reinterpret_cast<char*>(header);
+  const size_t got = znzread(bytes, 1, sizeof(nifti_1_header), file);
+  int32_t sizeof_hdr = 0;
+  if (got == sizeof(nifti_1_header)) std::memcpy(&sizeof_hdr, bytes, sizeof sizeof_hdr);
+  const int32_t swapped = static_cast<int32_t>(__builtin_bswap32(static_cast<uint32_t>(sizeof_hdr)));
+  if (sizeof_hdr == sizeof(nifti_1_header) || swapped == sizeof(nifti_1_header)) return 1;
+  const size_t rest = sizeof(nifti_2_header) - sizeof(nifti_1_header);
+  if ((sizeof_hdr == sizeof(nifti_2_header) || swapped == sizeof(nifti_2_header)) &&
+      znzread(bytes + got, 1, rest, file) == rest) {
+    return 2;
+  }
+  throw NiftiError(path, "not a NIfTI file (header unreadable, too short or of unknown size)");
+}
+
 // The header fields the checks need, in native byte order, for either NIfTI version.
 struct HeaderFacts {
   int version = 1;
@@ -52,11 +74,11 @@ struct HeaderFacts {
   std::string magic;
 };
 
-HeaderFacts native_facts(void* raw_header, int version) {
+HeaderFacts native_facts(const RawHeader& raw, int version) {
   HeaderFacts facts;
   facts.version = version;
   if (version == 1) {
-    nifti_1_header h = *static_cast<nifti_1_header*>(raw_header);
+    nifti_1_header h = raw.n1;
     if (h.sizeof_hdr != 348) nifti_swap_as_nifti1(&h);
     for (int i = 0; i < 8; ++i) facts.dim[i] = h.dim[i];
     facts.datatype = h.datatype;
@@ -64,7 +86,7 @@ HeaderFacts native_facts(void* raw_header, int version) {
     facts.header_bytes = 348;
     facts.magic.assign(h.magic, strnlen(h.magic, 4));
   } else {
-    nifti_2_header h = *static_cast<nifti_2_header*>(raw_header);
+    nifti_2_header h = raw.n2;
     if (h.sizeof_hdr != 540) nifti_swap_as_nifti2(&h);
     for (int i = 0; i < 8; ++i) facts.dim[i] = h.dim[i];
     facts.datatype = h.datatype;
@@ -85,10 +107,10 @@ std::string dims_text(const HeaderFacts& f) {
 int64_t check_header(const std::filesystem::path& path, const HeaderFacts& f, int64_t file_bytes,
                      bool gz, int bytes_per_voxel) {
   auto fail = [&](std::string reason) { throw NiftiError(path, std::move(reason)); };
-  if (f.magic != "n+1" && f.magic != "n+2") {
+  if (f.magic != fmt::format("n+{}", f.version)) {  // nifticlib refuses a magic of the other version, loudly
     fail(f.magic == "ni1" || f.magic == "ni2"
              ? "two-file NIfTI (.hdr/.img) is not supported; convert to a single .nii[.gz] file"
-             : "not a NIfTI-1/2 single file (bad magic)");
+             : fmt::format("not a NIfTI-{} single file (bad magic)", f.version));
   }
   if (f.dim[0] < 1 || f.dim[0] > 7) fail(fmt::format("damaged header: dim[0] = {} (must be 1..7)", f.dim[0]));
   for (int64_t i = 1; i <= f.dim[0]; ++i) {
@@ -125,32 +147,19 @@ int64_t check_header(const std::filesystem::path& path, const HeaderFacts& f, in
   return voxels;
 }
 
-template <class T>
-void convert_block(const uint8_t* raw, int64_t n, double slope, double inter, float* out) {
+template <class T, class Out>
+void convert_block(const uint8_t* raw, int64_t n, double slope, double inter, Out* out) {
   T value;
   for (int64_t i = 0; i < n; ++i) {
     std::memcpy(&value, raw + i * sizeof(T), sizeof(T));
-    out[i] = static_cast<float>(slope * static_cast<double>(value) + inter);
+    out[i] = static_cast<Out>(slope * static_cast<double>(value) + inter);
   }
 }
 
-template <class T>
-int64_t first_non_finite(const uint8_t* raw, int64_t n, int64_t* count) {
-  int64_t first = -1;
-  *count = 0;
-  T value;
-  for (int64_t i = 0; i < n; ++i) {
-    std::memcpy(&value, raw + i * sizeof(T), sizeof(T));
-    if (!std::isfinite(value)) {
-      if (first < 0) first = i;
-      ++*count;
-    }
-  }
-  return first;
-}
-
-void convert_to_float(const std::filesystem::path& path, int datatype, const uint8_t* raw, int64_t n,
-                      double slope, double inter, float* out) {
+// out[i] = slope * stored value i + inter, for n values of a scalar datatype in native byte order.
+template <class Out>
+void convert_values(const std::filesystem::path& path, int datatype, const uint8_t* raw, int64_t n, double slope,
+                    double inter, Out* out) {
   switch (datatype) {
     case DT_UINT8: return convert_block<uint8_t>(raw, n, slope, inter, out);
     case DT_INT8: return convert_block<int8_t>(raw, n, slope, inter, out);
@@ -168,18 +177,27 @@ void convert_to_float(const std::filesystem::path& path, int datatype, const uin
   }
 }
 
-void check_finite(const std::filesystem::path& path, int datatype, const uint8_t* raw,
-                  const int64_t dims[3]) {
-  const int64_t n = dims[0] * dims[1] * dims[2];
-  int64_t count = 0;
-  int64_t first = -1;
-  if (datatype == DT_FLOAT32) first = first_non_finite<float>(raw, n, &count);
-  if (datatype == DT_FLOAT64) first = first_non_finite<double>(raw, n, &count);
-  if (first >= 0) {
-    throw NiftiError(path, fmt::format("non-finite values (NaN/inf) in {} voxels, first at (x,y,z) = ({},{},{})",
-                                       count, first % dims[0], first / dims[0] % dims[1],
-                                       first / (dims[0] * dims[1])));
+// Refuses non-finite values among those the program uses: NaN/inf as stored (nifticlib would have
+// zeroed them), and finite stored values that scl_slope/scl_inter or float32 carry out of range.
+void check_finite(const std::filesystem::path& path, int datatype, int bytes_per_voxel, const uint8_t* raw,
+                  const Image3D& image, double slope, double inter) {
+  auto non_finite = [](float v) { return !std::isfinite(v); };
+  const auto& values = image.values;
+  const auto bad = std::find_if(values.begin(), values.end(), non_finite);
+  if (bad == values.end()) return;
+  const int64_t first = bad - values.begin();
+  const int64_t count = std::count_if(bad, values.end(), non_finite);
+  const auto& dims = image.dims;
+  const std::string where = fmt::format("first at (x,y,z) = ({},{},{})", first % dims[0], first / dims[0] % dims[1],
+                                        first / (dims[0] * dims[1]));
+  double stored = 0.0;
+  convert_values(path, datatype, raw + first * bytes_per_voxel, 1, 1.0, 0.0, &stored);
+  if (!std::isfinite(stored)) {
+    throw NiftiError(path, fmt::format("non-finite values (NaN/inf) in {} voxels, {}", count, where));
   }
+  throw NiftiError(path, fmt::format("non-finite values (NaN/inf) in {} voxels after scaling to float32, {}: stored "
+                                     "value {:.6g} x scl_slope {:.6g} + scl_inter {:.6g}",
+                                     count, where, stored, slope, inter));
 }
 
 Affine to_affine(const nifti_dmat44& m) {
@@ -187,6 +205,33 @@ Affine to_affine(const nifti_dmat44& m) {
   for (int r = 0; r < 4; ++r)
     for (int c = 0; c < 4; ++c) a[r][c] = m.m[r][c];
   return a;
+}
+
+// The image's dims, voxel size and voxel-to-world map, without values. A non-finite voxel size or
+// map is refused: NaN would pass every later comparison (NaN > tolerance is false).
+Image3D image_geometry(const std::filesystem::path& path, const HeaderFacts& facts, const nifti_image& nim) {
+  Image3D image;
+  image.dims = {facts.dim[1], facts.dim[2], facts.dim[3]};
+  image.spacing = {std::abs(nim.dx), std::abs(nim.dy), std::abs(nim.dz)};
+  if (nim.sform_code > 0) {
+    image.voxel_to_world = to_affine(nim.sto_xyz);
+  } else if (nim.qform_code > 0) {
+    image.voxel_to_world = to_affine(nim.qto_xyz);
+  } else {
+    image.voxel_to_world = {{{image.spacing[0], 0, 0, 0}, {0, image.spacing[1], 0, 0},
+                             {0, 0, image.spacing[2], 0}, {0, 0, 0, 1}}};
+  }
+  for (double d : image.spacing) {
+    if (!std::isfinite(d)) throw NiftiError(path, "damaged header: non-finite voxel size (pixdim)");
+  }
+  for (int r = 0; r < 3; ++r) {
+    const auto& row = image.voxel_to_world[r];
+    if (!std::all_of(row.begin(), row.end(), [](double x) { return std::isfinite(x); })) {
+      throw NiftiError(path, fmt::format("damaged header: non-finite {} (voxel-to-world row {} is {}, {}, {}, {})",
+                                         nim.sform_code > 0 ? "sform" : "qform", r, row[0], row[1], row[2], row[3]));
+    }
+  }
+  return image;
 }
 
 bool is_scalar_datatype(int datatype) {
@@ -208,12 +253,11 @@ Image3D read_nifti(const std::filesystem::path& path) {
   if (ec) throw NiftiError(path, fmt::format("cannot open: {}", ec.message()));
   const bool gz = has_gz_extension(path);
 
-  int version = 0;
-  std::unique_ptr<void, FreeDeleter> raw_header{nifti_read_header(path.c_str(), &version, 0)};
-  if (!raw_header || (version != 1 && version != 2)) {
-    throw NiftiError(path, "not a NIfTI file (header unreadable, too short or of unknown size)");
-  }
-  const HeaderFacts facts = native_facts(raw_header.get(), version);
+  ZnzHandle file{znzopen(path.c_str(), "rb", gz ? 1 : 0)};
+  if (!file) throw NiftiError(path, "cannot open for reading");
+  RawHeader raw_header;
+  const int version = read_raw_header(path, file.get(), &raw_header);
+  const HeaderFacts facts = native_facts(raw_header, version);
   int bytes_per_voxel = 0;
   int swap_size = 0;
   if (is_scalar_datatype(facts.datatype)) nifti_datatype_sizes(facts.datatype, &bytes_per_voxel, &swap_size);
@@ -221,12 +265,11 @@ Image3D read_nifti(const std::filesystem::path& path) {
 
   // The header is sane: let nifticlib interpret it (byte order, qform/sform, scaling).
   std::unique_ptr<nifti_image, NimDeleter> nim{
-      version == 1 ? nifti_convert_n1hdr2nim(*static_cast<nifti_1_header*>(raw_header.get()), path.c_str())
-                   : nifti_convert_n2hdr2nim(*static_cast<nifti_2_header*>(raw_header.get()), path.c_str())};
+      version == 1 ? nifti_convert_n1hdr2nim(raw_header.n1, path.c_str())
+                   : nifti_convert_n2hdr2nim(raw_header.n2, path.c_str())};
   if (!nim) throw NiftiError(path, "damaged header (rejected by nifticlib)");
+  Image3D image = image_geometry(path, facts, *nim);
 
-  ZnzHandle file{znzopen(path.c_str(), "rb", gz ? 1 : 0)};
-  if (!file) throw NiftiError(path, "cannot open for reading");
   if (znzseek(file.get(), static_cast<znz_off_t>(facts.vox_offset), SEEK_SET) < 0) {  // gzseek returns the offset
     throw NiftiError(path, fmt::format("truncated: cannot seek to the voxel data at offset {}", facts.vox_offset));
   }
@@ -240,9 +283,6 @@ Image3D read_nifti(const std::filesystem::path& path) {
     nifti_swap_Nbytes(voxels, swap_size, raw.data());
   }
 
-  Image3D image;
-  image.dims = {facts.dim[1], facts.dim[2], facts.dim[3]};
-  check_finite(path, facts.datatype, raw.data(), image.dims.data());
   double slope = nim->scl_slope;
   double inter = nim->scl_inter;
   if (!std::isfinite(slope) || !std::isfinite(inter)) {
@@ -253,16 +293,8 @@ Image3D read_nifti(const std::filesystem::path& path) {
     inter = 0.0;
   }
   image.values.resize(static_cast<size_t>(voxels));
-  convert_to_float(path, facts.datatype, raw.data(), voxels, slope, inter, image.values.data());
-  image.spacing = {std::abs(nim->dx), std::abs(nim->dy), std::abs(nim->dz)};
-  if (nim->sform_code > 0) {
-    image.voxel_to_world = to_affine(nim->sto_xyz);
-  } else if (nim->qform_code > 0) {
-    image.voxel_to_world = to_affine(nim->qto_xyz);
-  } else {
-    image.voxel_to_world = {{{image.spacing[0], 0, 0, 0}, {0, image.spacing[1], 0, 0},
-                             {0, 0, image.spacing[2], 0}, {0, 0, 0, 1}}};
-  }
+  convert_values(path, facts.datatype, raw.data(), voxels, slope, inter, image.values.data());
+  check_finite(path, facts.datatype, bytes_per_voxel, raw.data(), image, slope, inter);
   return image;
 }
 

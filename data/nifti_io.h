@@ -46,8 +46,10 @@ inline constexpr int64_t kMaxImageBytes = int64_t{2} << 30;
 
 // Reads a NIfTI-1 or NIfTI-2 single-file image (.nii / .nii.gz, either byte order, any scalar
 // datatype). Refuses: crafted or damaged headers (bad dim[0], dims < 1, a data size beyond the
-// file or kMaxImageBytes), non-3-D images (4-D with more than one volume, 2-D), non-scalar types,
-// truncated data, and NaN/inf voxels (found in the raw block, before any conversion).
+// file or kMaxImageBytes, a non-finite voxel size or qform/sform), non-3-D images (4-D with more
+// than one volume, 2-D), non-scalar types, truncated data, and non-finite values: NaN/inf as
+// stored, or after scl_slope/scl_inter and the conversion to float32 (a finite int16 times
+// scl_slope 1e36 is inf). Every refusal is a NiftiError.
 Image3D read_nifti(const std::filesystem::path& path);
 
 struct NiftiWriteOptions {

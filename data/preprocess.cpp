@@ -1,6 +1,7 @@
 // Preprocessing of one case: brain mask (nonzero in any modality) -> crop to its box -> z-score per
 // modality over the mask -> trilinear resampling to [4][D][H][W] (mask and seg: nearest neighbour);
-// and the cache of such cases as files of [header][float16 image][uint8 mask][uint8 seg], mmapped.
+// and the cache of such cases as files of [header][float16 image][uint8 mask][uint8 seg], mmapped and
+// checked against their checksum once per process.
 #include "data/preprocess.h"
 
 #include <fcntl.h>
@@ -14,9 +15,12 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <mutex>
 #include <optional>
+#include <set>
 
 #include <fmt/format.h>
+#include <zlib.h>
 
 #include "data/half.h"
 #include "data/parallel.h"
@@ -43,12 +47,13 @@ void CaseVolume::copy_image(std::span<float> out) const {
 namespace {
 
 constexpr char kEntryMagic[8] = {'D', 'S', 'M', 'I', 'L', 'P', 'C', '1'};
-constexpr uint32_t kEntryVersion = 1;
+constexpr uint32_t kEntryVersion = 2;  // 2: the checksum
 constexpr uint32_t kValueTypeFloat16 = 1;
 constexpr size_t kEntryHeaderBytes = 256;
 constexpr size_t kAlignment = 64;
 
-// The fixed header of a cache entry (native little-endian; the cache is a local artefact).
+// The fixed header of a cache entry (native little-endian; the cache is a local artefact). New fields
+// go at the end: readers elsewhere parse the leading ones.
 struct EntryHeader {
   char magic[8];
   uint32_t version;
@@ -61,6 +66,7 @@ struct EntryHeader {
   int64_t box_begin[3], box_end[3], source_dims[3];
   float modality_mean[kModalities], modality_std[kModalities];
   uint64_t image_offset, mask_offset, seg_offset, total_bytes;
+  uint32_t checksum;  // zlib crc32 of the header bytes before this field, then of [header_bytes, total_bytes)
 };
 static_assert(sizeof(EntryHeader) <= kEntryHeaderBytes);
 
@@ -139,7 +145,27 @@ AxisTaps axis_taps(int out, int64_t begin, int64_t n) {
 
 namespace {
 
-// The cache entry bytes of a preprocessed case (header key left 0: the cache fills it in).
+// Refuses a case whose float16 image holds inf/NaN. A z-score's size is bounded by the square root of
+// the mask's voxel count, but its float32 arithmetic overflows for values near float32's limit.
+void check_float16_finite(const CaseFiles& files, const uint16_t* image, const GridShape& grid,
+                          const std::array<float, kModalities>& mean, const std::array<float, kModalities>& stddev) {
+  const int64_t voxels = grid.voxels();
+  auto non_finite = [](uint16_t h) { return !half_is_finite(h); };
+  for (int m = 0; m < kModalities; ++m) {
+    const uint16_t* channel = image + m * voxels;
+    const uint16_t* bad = std::find_if(channel, channel + voxels, non_finite);
+    if (bad == channel + voxels) continue;
+    const int64_t first = bad - channel;
+    throw CaseError({files.case_id, files.modalities[m],
+                     fmt::format("non-finite values (NaN/inf) in {} voxels after z-scoring and conversion to float16, "
+                                 "first at grid (d,h,w) = ({},{},{}); the modality's mean over the brain is {:.6g}, "
+                                 "its standard deviation {:.6g}",
+                                 std::count_if(bad, channel + voxels, non_finite), first / (grid.height * grid.width),
+                                 first / grid.width % grid.height, first % grid.width, mean[m], stddev[m])});
+  }
+}
+
+// The cache entry bytes of a preprocessed case (key and checksum left 0: the cache fills them in).
 std::shared_ptr<std::vector<uint8_t>> build_entry(const CaseFiles& files, const CaseImages& images,
                                                   const PreprocessParams& params) {
   const auto& dims = images.modalities[0].dims;
@@ -233,6 +259,8 @@ std::shared_ptr<std::vector<uint8_t>> build_entry(const CaseFiles& files, const 
     }
   }
 
+  check_float16_finite(files, out_image, grid, mean, stddev);
+
   EntryHeader h{};
   std::memcpy(h.magic, kEntryMagic, sizeof h.magic);
   h.version = kEntryVersion;
@@ -312,43 +340,99 @@ std::string file_safe(std::string_view id) {
   return out;
 }
 
+// A file by device, inode, size and modification and change times (ns): a file rewritten or replaced
+// is another.
+using FileIdentity = std::array<int64_t, 5>;
+
+struct MappedFile {
+  std::shared_ptr<const void> data;  // null when the file could not be mapped
+  size_t size = 0;
+  FileIdentity identity{};
+};
+
 // A read-only memory mapping of a whole file.
-std::shared_ptr<const void> map_file(const fs::path& path, size_t* size) {
+MappedFile map_file(const fs::path& path) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return nullptr;
+  if (fd < 0) return {};
   struct stat st{};
   void* address = MAP_FAILED;
   if (::fstat(fd, &st) == 0 && st.st_size > 0) {
     address = ::mmap(nullptr, static_cast<size_t>(st.st_size), PROT_READ, MAP_SHARED, fd, 0);
   }
   ::close(fd);
-  if (address == MAP_FAILED) return nullptr;
-  *size = static_cast<size_t>(st.st_size);
-  const size_t length = *size;
-  return std::shared_ptr<const void>(address, [length](const void* p) { ::munmap(const_cast<void*>(p), length); });
+  if (address == MAP_FAILED) return {};
+  MappedFile file;
+  file.size = static_cast<size_t>(st.st_size);
+  const size_t length = file.size;
+  file.data = std::shared_ptr<const void>(address, [length](const void* p) { ::munmap(const_cast<void*>(p), length); });
+  file.identity = {static_cast<int64_t>(st.st_dev), static_cast<int64_t>(st.st_ino), st.st_size,
+                   st.st_mtim.tv_sec * 1'000'000'000 + st.st_mtim.tv_nsec,
+                   st.st_ctim.tv_sec * 1'000'000'000 + st.st_ctim.tv_nsec};
+  return file;
 }
 
-// The entry at `path` when it is complete and was built from exactly these inputs and params.
-std::optional<CaseVolume> try_map_entry(const fs::path& path, const CaseFiles& files, const PreprocessParams& params,
-                                        const std::array<uint64_t, 2>& key) {
-  size_t size = 0;
-  auto mapping = map_file(path, &size);
-  if (!mapping || size < kEntryHeaderBytes) return std::nullopt;
-  const auto* bytes = static_cast<const uint8_t*>(mapping.get());
-  EntryHeader h;
-  std::memcpy(&h, bytes, sizeof h);
+// The checksum an entry's header records (EntryHeader::checksum).
+uint32_t entry_checksum(const uint8_t* bytes, size_t total_bytes) {
+  const uLong header = crc32_z(0L, bytes, offsetof(EntryHeader, checksum));
+  return static_cast<uint32_t>(crc32_z(header, bytes + kEntryHeaderBytes, total_bytes - kEntryHeaderBytes));
+}
+
+// Whether a mapped entry's bytes match its checksum. Each file (by identity) is hashed at most once per
+// process: hashing reads every byte (~20 MB for a 128^3 entry), mapping the entry again reads none.
+bool checksum_matches(const MappedFile& file, uint32_t checksum) {
+  static std::mutex mutex;
+  static std::set<FileIdentity> intact;
+  {
+    std::lock_guard lock(mutex);
+    if (intact.count(file.identity)) return true;
+  }
+  if (entry_checksum(static_cast<const uint8_t*>(file.data.get()), file.size) != checksum) return false;
+  std::lock_guard lock(mutex);
+  intact.insert(file.identity);
+  return true;
+}
+
+// What is wrong with an entry of `size` bytes whose header is `h`, for these inputs and params; empty
+// when nothing is.
+std::string header_damage(const EntryHeader& h, size_t size, const CaseFiles& files, const PreprocessParams& params,
+                          const std::array<uint64_t, 2>& key) {
+  if (std::memcmp(h.magic, kEntryMagic, sizeof h.magic) != 0 || h.version != kEntryVersion ||
+      h.header_bytes != kEntryHeaderBytes) {
+    return "not a cache entry of this version";
+  }
   const GridShape grid{h.depth, h.height, h.width};
-  const bool valid = std::memcmp(h.magic, kEntryMagic, sizeof h.magic) == 0 && h.version == kEntryVersion &&
-                     h.header_bytes == kEntryHeaderBytes && h.key[0] == key[0] && h.key[1] == key[1] &&
-                     grid == params.grid && h.channels == kModalities && h.value_type == kValueTypeFloat16 &&
-                     h.has_seg == (files.seg.empty() ? 0u : 1u);
-  if (!valid) return std::nullopt;
+  if (h.key[0] != key[0] || h.key[1] != key[1] || grid != params.grid || h.channels != kModalities ||
+      h.value_type != kValueTypeFloat16 || h.has_seg != (files.seg.empty() ? 0u : 1u)) {
+    return "its header does not match the case's inputs and parameters";
+  }
   const EntryLayout layout(grid, h.has_seg != 0);
   if (h.total_bytes != size || layout.total_bytes != size || h.image_offset != layout.image_offset ||
       h.mask_offset != layout.mask_offset || h.seg_offset != layout.seg_offset) {
+    return fmt::format("{} bytes where its grid needs {}", size, layout.total_bytes);
+  }
+  return {};
+}
+
+// The entry at `path` when it is intact and was built from exactly these inputs and params. Otherwise
+// nothing, and `damage` says what is wrong with the file there (it stays empty when there is none).
+std::optional<CaseVolume> try_map_entry(const fs::path& path, const CaseFiles& files, const PreprocessParams& params,
+                                        const std::array<uint64_t, 2>& key, std::string* damage) {
+  const MappedFile file = map_file(path);
+  if (!file.data) {
+    if (fs::exists(path)) *damage = "unreadable or empty";
     return std::nullopt;
   }
-  return view_entry(files, bytes, std::move(mapping));
+  if (file.size < kEntryHeaderBytes) {
+    *damage = fmt::format("{} bytes, shorter than its header", file.size);
+    return std::nullopt;
+  }
+  const auto* bytes = static_cast<const uint8_t*>(file.data.get());
+  EntryHeader h;
+  std::memcpy(&h, bytes, sizeof h);
+  *damage = header_damage(h, file.size, files, params, key);
+  if (damage->empty() && !checksum_matches(file, h.checksum)) *damage = "checksum mismatch";
+  if (!damage->empty()) return std::nullopt;
+  return view_entry(files, bytes, file.data);
 }
 
 fs::path entry_path_for_key(const fs::path& cache_dir, const CaseFiles& files, const std::array<uint64_t, 2>& key) {
@@ -381,6 +465,49 @@ void write_entry_atomically(const fs::path& path, std::span<const uint8_t> bytes
   }
 }
 
+// Fills in what the cache adds to built entry bytes: the key the entry is filed under, then the checksum.
+void seal_entry(std::vector<uint8_t>& entry, const std::array<uint64_t, 2>& key) {
+  std::memcpy(entry.data() + offsetof(EntryHeader, key), key.data(), sizeof(EntryHeader::key));
+  const uint32_t checksum = entry_checksum(entry.data(), entry.size());
+  std::memcpy(entry.data() + offsetof(EntryHeader, checksum), &checksum, sizeof checksum);
+}
+
+// The case's images, to (re)build its entry; when they cannot be read for a damaged entry, the error
+// names the entry, its damage and the reason.
+CaseImages read_source(const CaseFiles& files, const fs::path& entry, const std::string& damage) {
+  if (damage.empty()) return read_case_images(files);
+  try {
+    return read_case_images(files);
+  } catch (const CaseError& e) {
+    throw CaseError({files.case_id, entry, fmt::format("cache entry damaged ({}) and cannot be rebuilt: {}: {}", damage,
+                                                       e.detail().file.string(), e.detail().reason)});
+  }
+}
+
+// One case through the cache: its intact entry mapped, or the entry (re)built from the source and
+// `*built` set; a damaged entry that is replaced is reported to options.warnings.
+CaseVolume cached_case(const CaseFiles& files, const PreprocessOptions& options, bool* built) {
+  const auto key = cache_key(files, options.params);
+  const fs::path path = entry_path_for_key(options.cache_dir, files, key);
+  std::string damage;
+  if (auto cached = try_map_entry(path, files, options.params, key, &damage)) return std::move(*cached);
+  const auto entry = build_entry(files, read_source(files, path, damage), options.params);
+  seal_entry(*entry, key);
+  write_entry_atomically(path, *entry);
+  std::string written_damage;
+  auto mapped = try_map_entry(path, files, options.params, key, &written_damage);
+  if (!mapped) {
+    throw FormatError(
+        fmt::format("{}: cache entry unreadable right after writing ({})", path.string(), written_damage));
+  }
+  if (!damage.empty()) {
+    fmt::print(options.warnings, "warning: case {}: cache entry {} was damaged ({}); rebuilt from its source\n",
+               files.case_id, path.string(), damage);
+  }
+  *built = true;
+  return std::move(*mapped);
+}
+
 }  // namespace
 
 fs::path cache_entry_path(const fs::path& cache_dir, const CaseFiles& files, const PreprocessParams& params) {
@@ -394,32 +521,20 @@ PreprocessedCohort preprocess_cohort(std::span<const CaseFiles> cases, const Pre
     fs::create_directories(options.cache_dir, ec);
     if (ec) throw FormatError(fmt::format("{}: cannot create cache folder: {}", options.cache_dir.string(), ec.message()));
   }
+  if (cases.empty()) throw FormatError("preprocess: no case given");
   const size_t n = cases.size();
   std::vector<std::optional<CaseVolume>> results(n);
   std::vector<std::optional<SkippedCase>> failures(n);
   std::atomic<int> hits{0}, builds{0};
   auto process = [&](size_t i) {
-    const CaseFiles& files = cases[i];
+    bool built = true;
     if (options.cache_dir.empty()) {
-      results[i] = preprocess_case(files, options.params);
-      ++builds;
-      return;
+      results[i] = preprocess_case(cases[i], options.params);
+    } else {
+      built = false;
+      results[i] = cached_case(cases[i], options, &built);
     }
-    const auto key = cache_key(files, options.params);
-    const fs::path path = entry_path_for_key(options.cache_dir, files, key);
-    if (auto cached = try_map_entry(path, files, options.params, key)) {
-      results[i] = std::move(*cached);
-      ++hits;
-      return;
-    }
-    const auto entry = build_entry(files, read_case_images(files), options.params);
-    static_assert(offsetof(EntryHeader, key) + sizeof(EntryHeader::key) <= kEntryHeaderBytes);
-    std::memcpy(entry->data() + offsetof(EntryHeader, key), key.data(), sizeof(EntryHeader::key));
-    write_entry_atomically(path, *entry);
-    auto mapped = try_map_entry(path, files, options.params, key);
-    if (!mapped) throw FormatError(fmt::format("{}: cache entry unreadable right after writing", path.string()));
-    results[i] = std::move(*mapped);
-    ++builds;
+    ++(built ? builds : hits);
   };
   parallel_for(n, options.threads, [&](size_t i) {
     try {
@@ -441,6 +556,7 @@ PreprocessedCohort preprocess_cohort(std::span<const CaseFiles> cases, const Pre
       cohort.cases.push_back(std::move(*results[i]));
     }
   }
+  if (cohort.cases.empty()) throw no_usable_case("preprocess", cohort.skipped);
   cohort.cache_hits = hits;
   cohort.cache_builds = builds;
   cohort.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

@@ -4,6 +4,7 @@
 
 #include <array>
 #include <cstdint>
+#include <cstdio>
 #include <filesystem>
 #include <memory>
 #include <span>
@@ -40,8 +41,9 @@ struct SourceBox {
 
 // One preprocessed case. Arrays are row-major over [D][H][W] (D axial, H = source y, W = source x).
 // `image` holds IEEE float16 values (see half.h): per-modality z-scores over the brain mask, 0
-// outside it, channel order FLAIR, T1, T1ce, T2. The arrays live in `storage` (a memory-mapped cache
-// entry or a heap buffer); copies of a CaseVolume share it.
+// outside it, channel order FLAIR, T1, T1ce, T2; all finite (a case whose z-scores overflow float16
+// is refused with a CaseError). The arrays live in `storage` (a memory-mapped cache entry or a heap
+// buffer); copies of a CaseVolume share it.
 struct CaseVolume {
   std::string case_id;
   std::string patient_id;
@@ -62,7 +64,8 @@ struct CaseVolume {
   void copy_image(std::span<float> out) const;
 };
 
-// Preprocesses a case that has been read and checked (read_case_images); result on the heap.
+// Preprocesses a case that has been read and checked (read_case_images); result on the heap. Throws
+// CaseError when a z-score is not finite in float16.
 CaseVolume preprocess_images(const CaseFiles& files, const CaseImages& images, const PreprocessParams& params);
 
 // Reads, checks and preprocesses one case without a cache (e.g. `dsmil predict`); throws CaseError.
@@ -74,6 +77,7 @@ struct PreprocessOptions {
   BadCasePolicy on_bad_case = BadCasePolicy::fail;
   int threads = 2;
   ProgressReporter* progress = nullptr;  // optional
+  std::FILE* warnings = stderr;           // where a rebuilt damaged cache entry is reported (not null)
 };
 
 struct PreprocessedCohort {
@@ -86,9 +90,13 @@ struct PreprocessedCohort {
 
 // Preprocesses every case (in parallel), through the cache when cache_dir is set. A cache entry
 // is keyed by the case's input paths, sizes and modification times and by the parameters; it is
-// written to a temporary file and renamed, so an interrupted write is never used; an entry that is
-// missing, damaged or keyed differently is rebuilt, only for that case. Under BadCasePolicy::fail
-// the first bad case (in input order) throws its CaseError after the workers stop.
+// written to a temporary file and renamed, so an interrupted write is never used. It carries a
+// checksum of its header and arrays, verified the first time this process maps the file. An entry
+// that is missing is built; one that is damaged (short, a header that does not match, a checksum
+// mismatch) is rebuilt from the case's source with a line on options.warnings, or, when the source
+// cannot be read, the case fails with a CaseError naming the entry. Under BadCasePolicy::fail the
+// first bad case (in input order) throws its CaseError after the workers stop. No case given, or
+// none left under BadCasePolicy::skip, throws FormatError.
 PreprocessedCohort preprocess_cohort(std::span<const CaseFiles> cases, const PreprocessOptions& options);
 
 // The cache entry file a case would use (for tests and diagnostics).

@@ -111,6 +111,70 @@ TEST_CASE("cases: manifest with patients and relative paths and a bad label") {
   CHECK(discover_dataset(dir / "manifest.csv", BadCasePolicy::skip).layout == DatasetLayout::manifest);
 }
 
+TEST_CASE("cases: a manifest with a byte-order mark, CRLF line ends and quoted fields reads as in pandas") {
+  TempDir dir;
+  const CaseFiles a = write_case_folder(dir / "imgs/a, \"first\"", "a", kLabelHGG, kDims, 1);
+  const CaseFiles b = write_case_folder(dir / "imgs/b", "b", kLabelLGG, kDims, 2);
+  auto quoted = [&](const fs::path& p) {
+    std::string text = fs::relative(p, dir.path()).string();
+    for (size_t at = text.find('"'); at != std::string::npos; at = text.find('"', at + 2)) text.insert(at, "\"");
+    return "\"" + text + "\"";
+  };
+  // what a spreadsheet's "CSV UTF-8" export writes; a quoted line break stays in its field, as in pandas
+  std::string csv = "\xEF\xBB\xBF\"case_id\",label,flair,t1,t1ce,t2,patient_id\r\n";
+  csv += "\"a,1\",\"HGG\"";
+  for (const auto& p : a.modalities) csv += "," + quoted(p);
+  csv += ",\"P\r\n1\"\r\n\r\n";
+  csv += "b1,LGG";
+  for (const auto& p : b.modalities) csv += "," + quoted(p);
+  csv += ",\"\"";  // the last record without a line end
+  write_bytes(dir / "manifest.csv", {csv.begin(), csv.end()});
+  const Discovery found = read_manifest(dir / "manifest.csv", BadCasePolicy::fail);
+  REQUIRE(found.cases.size() == 2);
+  CHECK(found.cases[0].case_id == "a,1");
+  CHECK(found.cases[0].label == kLabelHGG);
+  CHECK(found.cases[0].patient_id == "P\r\n1");
+  CHECK(found.cases[0].modalities[2] == a.modalities[2]);
+  CHECK(found.cases[1].case_id == "b1");
+  CHECK(found.cases[1].patient_id == "b1");  // an empty quoted field is empty
+  CHECK(found.cases[1].modalities[3] == b.modalities[3]);
+
+  std::ofstream(dir / "open.csv") << "case_id,label,flair,t1,t1ce,t2\n\"a,HGG,f,t1,t1ce,t2\n";  // pandas: EOF inside string
+  CHECK_THROWS_WITH_AS(read_manifest(dir / "open.csv", BadCasePolicy::skip),
+                       doctest::Contains("open.csv: the quoted field opened on line 2 is never closed"), FormatError);
+}
+
+TEST_CASE("cases: a dataset without a usable case is one clear error") {
+  TempDir dir;
+  auto error_of = [](const fs::path& root, BadCasePolicy policy) {
+    try {
+      discover_dataset(root, policy);
+    } catch (const CaseError& e) {
+      return std::string("CaseError: ") + e.what();
+    } catch (const FormatError& e) {
+      return std::string(e.what());
+    }
+    return std::string("(no error)");
+  };
+  fs::create_directories(dir / "brats18/HGG");
+  fs::create_directories(dir / "brats18/LGG");
+  CHECK(error_of(dir / "brats18", BadCasePolicy::fail) ==
+        (dir / "brats18").string() + ": no case found in this BraTS 2018/2019 (HGG/LGG folders) dataset");
+  fs::create_directories(dir / "brats20");
+  std::ofstream(dir / "brats20/name_mapping.csv") << "Grade,BraTS_2020_subject_ID\nHGG,BraTS20_Training_001\n";
+  CHECK(contains(error_of(dir / "brats20", BadCasePolicy::skip), ": no case found in this BraTS 2020"));
+  std::ofstream(dir / "empty.csv") << "case_id,label,flair,t1,t1ce,t2\n\n";
+  CHECK(contains(error_of(dir / "empty.csv", BadCasePolicy::skip),
+                 "empty.csv: no case found in this manifest CSV dataset"));
+
+  const CaseFiles bad = write_case_folder(dir / "brats18/LGG/bad", "bad", kLabelLGG, kDims, 2);
+  fs::remove(bad.modalities[1]);
+  CHECK(error_of(dir / "brats18", BadCasePolicy::skip) ==
+        (dir / "brats18").string() + ": no usable case: 1 found, all left out (first: case bad: " +
+            (dir / "brats18/LGG/bad").string() + ": missing modality t1 (no *_t1.nii[.gz] file))");
+  CHECK(contains(error_of(dir / "brats18", BadCasePolicy::fail), "CaseError: case bad: "));
+}
+
 TEST_CASE("cases: BraTS 2020 layout takes grades from name_mapping.csv") {
   TempDir dir;
   write_case_folder(dir / "BraTS20_Training_001", "BraTS20_Training_001", kLabelHGG, kDims, 1);
@@ -167,6 +231,14 @@ TEST_CASE("cases: per-case checks name the case and the file and the reason") {
     f.modalities[0] = dir / "x/x_flair_float.nii";
     write_nifti<float>(f.modalities[0], kDims, values);
     CHECK(contains(case_error_of(f), "case x: " + f.modalities[0].string() + ": non-finite values"));
+  }
+  SUBCASE("values that overflow float32 after scaling") {
+    CaseFiles f = write_case_folder(dir / "x", "x", kLabelHGG, kDims, 1);
+    NiftiWriteOptions options;
+    options.scl_slope = 1e36;  // a stored 1000 means 1e39, beyond float32
+    write_nifti<int16_t>(f.modalities[2], kDims, std::vector<int16_t>(20 * 18 * 16, 1000), options);
+    CHECK(contains(case_error_of(f), "case x: " + f.modalities[2].string() + ": non-finite values (NaN/inf) in 5760 "
+                                     "voxels after scaling to float32"));
   }
   SUBCASE("truncated file") {
     CaseFiles f = write_case_folder(dir / "x", "x", kLabelHGG, kDims, 1);

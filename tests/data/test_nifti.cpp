@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <cmath>
+#include <cstddef>
 #include <cstdlib>
 #include <cstring>
 #include <new>
@@ -153,6 +154,31 @@ TEST_CASE("nifti: NaN and inf are found in the raw block (nifticlib would zero t
   CHECK(error_of(dir / "inf.nii").find("non-finite") != std::string::npos);
 }
 
+TEST_CASE("nifti: values that become non-finite when scaled to float32 are refused") {
+  TempDir dir;
+  std::vector<int16_t> stored(5 * 4 * 3, 100);  // 100 x 1e36 = 1e38 still fits float32
+  stored[3 + 5 * 2] = 1000;                      // (x,y,z) = (3,2,0)
+  stored[40] = -1000;
+  NiftiWriteOptions scaled;
+  scaled.scl_slope = 1e36;
+  for (const std::string ext : {".nii", ".nii.gz"}) {
+    write_nifti<int16_t>(dir / ("slope" + ext), {5, 4, 3}, stored, scaled);
+    const std::string message = error_of(dir / ("slope" + ext));
+    CAPTURE(message);
+    CHECK(message.find("non-finite values (NaN/inf) in 2 voxels after scaling to float32, first at (x,y,z) = "
+                       "(3,2,0): stored value 1000 x scl_slope 1e+36 + scl_inter 0") != std::string::npos);
+  }
+  NiftiWriteOptions times_1e37;
+  times_1e37.scl_slope = 1e37;
+  write_nifti<double>(dir / "double.nii", {2, 2, 2}, std::vector<double>(8, 100.0), times_1e37);
+  CHECK(error_of(dir / "double.nii").find("in 8 voxels after scaling to float32") != std::string::npos);
+  std::vector<double> wide(8, 1.0);
+  wide[6] = 1e39;  // finite as stored, beyond float32
+  write_nifti<double>(dir / "wide.nii", {2, 2, 2}, wide);
+  CHECK(error_of(dir / "wide.nii").find("in 1 voxels after scaling to float32, first at (x,y,z) = (0,1,1): stored "
+                                        "value 1e+39 x scl_slope 1 + scl_inter 0") != std::string::npos);
+}
+
 TEST_CASE("nifti: truncated files are refused compressed or not") {
   TempDir dir;
   std::mt19937_64 rng(13);
@@ -241,6 +267,14 @@ TEST_CASE("nifti: crafted headers are refused before anything large is allocated
   for (auto& c : noise) c = static_cast<char>(rng());
   write_bytes(dir / "noise.nii", noise);
   refused_small(dir / "noise.nii", "not a NIfTI");
+}
+
+TEST_CASE("nifti: a non-finite sform is refused (NaN would pass every geometry comparison)") {
+  TempDir dir;
+  write_nifti<int16_t>(dir / "sform.nii", {2, 2, 2}, std::vector<int16_t>(8, 1));
+  patch<float>(dir / "sform.nii", offsetof(nifti_1_header, srow_y) + 4, std::numeric_limits<float>::quiet_NaN());
+  CHECK(error_of(dir / "sform.nii") ==
+        (dir / "sform.nii").string() + ": damaged header: non-finite sform (voxel-to-world row 1 is 0, nan, 0, 0.5)");
 }
 
 TEST_CASE("nifti: two-file and analyze headers are named as unsupported") {

@@ -1,9 +1,13 @@
 // Preprocessing against independent references (z-score over the mask, crop, trilinear resampling
-// of linear fields, nearest-neighbour seg) and the cache rules (hit, rebuild on change, damaged entry).
+// of linear fields, nearest-neighbour seg), z-scores that overflow float16, and the cache rules (hit,
+// rebuild on change, a damaged entry rebuilt with a warning or refused when its source is unreadable).
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <cstdio>
 #include <functional>
+
+#include <fmt/format.h>
 
 #include "data/half.h"
 #include "data/preprocess.h"
@@ -164,6 +168,32 @@ PreprocessOptions cache_options(const TempDir& dir, GridShape grid) {
   return options;
 }
 
+// Replaces a cache entry by a copy with one bit changed at `offset`, as a copy from elsewhere would
+// arrive: a new file, which this process has not checked yet.
+void damage_entry(const fs::path& entry, size_t offset) {
+  auto bytes = read_bytes(entry);
+  bytes.at(offset) ^= 0x10;
+  write_bytes(entry.string() + ".damaged", bytes);
+  fs::rename(entry.string() + ".damaged", entry);
+}
+
+// Preprocesses under BadCasePolicy::skip, expecting one case to be left out, and returns why.
+SkippedCase the_skipped_case(const std::vector<CaseFiles>& cases, PreprocessOptions options) {
+  options.on_bad_case = BadCasePolicy::skip;
+  const PreprocessedCohort cohort = preprocess_cohort(cases, options);
+  CHECK(cohort.cases.size() == cases.size() - 1);
+  REQUIRE(cohort.skipped.size() == 1);
+  return cohort.skipped[0];
+}
+
+// What has been written to `file`.
+std::string text_of(std::FILE* file) {
+  std::string text(static_cast<size_t>(std::ftell(file)), '\0');
+  std::rewind(file);
+  text.resize(std::fread(text.data(), 1, text.size(), file));
+  return text;
+}
+
 }  // namespace
 
 TEST_CASE("preprocess cache: second run maps every entry and a changed parameter rebuilds") {
@@ -216,7 +246,9 @@ TEST_CASE("preprocess cache: a changed input rebuilds only that case") {
 TEST_CASE("preprocess cache: a half-written or damaged entry is never used") {
   TempDir dir;
   const auto cases = write_cases(dir, 3);
-  const auto options = cache_options(dir, {8, 12, 10});
+  auto options = cache_options(dir, {8, 12, 10});
+  std::FILE* warnings = std::tmpfile();
+  options.warnings = warnings;
   // copied out: the test damages the entry file in place, under the first run's mapping
   const auto first_bits = image_bits(preprocess_cohort(cases, options).cases[0]);
   const fs::path entry = cache_entry_path(options.cache_dir, cases[0], options.params);
@@ -234,6 +266,97 @@ TEST_CASE("preprocess cache: a half-written or damaged entry is never used") {
   damaged[0] = 'X';  // wrong magic
   write_bytes(entry, damaged);
   CHECK(preprocess_cohort(cases, options).cache_builds == 1);
+  const std::string warned = text_of(warnings);
+  std::fclose(warnings);
+  CHECK(warned == fmt::format("warning: case case0: cache entry {0} was damaged (4928 bytes where its grid needs "
+                              "9856); rebuilt from its source\nwarning: case case0: cache entry {0} was damaged (not "
+                              "a cache entry of this version); rebuilt from its source\n",
+                              entry.string()));
+}
+
+
+TEST_CASE("preprocess cache: an entry whose arrays or header changed is rebuilt with a warning") {
+  TempDir dir;
+  const auto cases = write_cases(dir, 3);
+  auto options = cache_options(dir, {8, 12, 10});
+  const auto first_bits = image_bits(preprocess_cohort(cases, options).cases[1]);
+  const fs::path entry = cache_entry_path(options.cache_dir, cases[1], options.params);
+  // 960 grid voxels: header 256 bytes, image 4 x 960 float16, then the mask and the seg, 64-byte aligned
+  const size_t voxels = 960, mask_offset = 256 + 8 * voxels, seg_offset = mask_offset + voxels;
+  const std::pair<std::string, size_t> places[] = {
+      {"image", 256 + 1000}, {"mask", mask_offset + 500}, {"seg", seg_offset + voxels - 1}, {"brain box", 64}};
+  for (const auto& [what, offset] : places) {
+    CAPTURE(what);
+    damage_entry(entry, offset);
+    std::FILE* warnings = std::tmpfile();
+    options.warnings = warnings;
+    const PreprocessedCohort second = preprocess_cohort(cases, options);
+    const std::string warned = text_of(warnings);
+    std::fclose(warnings);
+    CHECK(second.cache_builds == 1);
+    CHECK(second.cache_hits == 2);
+    CHECK(image_bits(second.cases[1]) == first_bits);
+    CHECK(warned == fmt::format("warning: case case1: cache entry {} was damaged (checksum mismatch); rebuilt from "
+                                "its source\n", entry.string()));
+  }
+}
+
+TEST_CASE("preprocess cache: a damaged entry whose source is unreadable or gone is refused") {
+  TempDir dir;
+  auto cases = write_cases(dir, 2);
+  auto options = cache_options(dir, {8, 12, 10});
+  preprocess_cohort(cases, options);
+  const fs::path entry = cache_entry_path(options.cache_dir, cases[0], options.params);
+  damage_entry(entry, 300);
+  // the source unreadable but of the same size and time, so that the entry is still the one it keys
+  const fs::path flair = cases[0].modalities[0];
+  const auto written = fs::last_write_time(flair);
+  write_bytes(flair, std::vector<char>(fs::file_size(flair), 'z'));
+  fs::last_write_time(flair, written);
+  REQUIRE(cache_entry_path(options.cache_dir, cases[0], options.params) == entry);
+  try {
+    preprocess_cohort(cases, options);
+    FAIL("expected a CaseError");
+  } catch (const CaseError& e) {
+    CHECK(e.detail().case_id == "case0");
+    CHECK(e.detail().file == entry);
+    CHECK(e.detail().reason == fmt::format("cache entry damaged (checksum mismatch) and cannot be rebuilt: {}: not a "
+                                           "NIfTI file (header unreadable, too short or of unknown size)",
+                                           flair.string()));
+  }
+  fs::remove(flair);  // gone: the inputs no longer key this entry, and the case names the missing file
+  const SkippedCase skipped = the_skipped_case(cases, options);
+  CHECK(skipped.file == flair);
+  CHECK(skipped.reason.find("cannot open") != std::string::npos);
+}
+
+TEST_CASE("preprocess: z-scores that are not finite in float16 are refused naming the case and the file") {
+  TempDir dir;
+  auto cases = write_cases(dir, 2);
+  // finite float32 values whose differences overflow it: +3e38 in the brain but -3e38 in a fifth of it
+  const Image3D flair = read_nifti(cases[1].modalities[0]);
+  std::vector<float> extreme(flair.values.size(), 0.0f);
+  for (size_t i = 0; i < extreme.size(); ++i) {
+    if (flair.values[i] != 0.0f) extreme[i] = i % 5 == 0 ? -3e38f : 3e38f;
+  }
+  cases[1].modalities[2] = dir / "data/case1/case1_t1ce_extreme.nii";
+  write_nifti<float>(cases[1].modalities[2], flair.dims, extreme);
+  const SkippedCase skipped = the_skipped_case(cases, cache_options(dir, {8, 12, 10}));
+  CHECK(skipped.case_id == "case1");
+  CHECK(skipped.file == cases[1].modalities[2]);
+  CHECK(skipped.reason.find("after z-scoring and conversion to float16") != std::string::npos);
+}
+
+TEST_CASE("preprocess: no case, or none left, is one clear error") {
+  TempDir dir;
+  auto cases = write_cases(dir, 1);
+  auto options = cache_options(dir, {8, 12, 10});
+  options.on_bad_case = BadCasePolicy::skip;
+  CHECK_THROWS_WITH_AS(preprocess_cohort({}, options), "preprocess: no case given", FormatError);
+  fs::remove(cases[0].modalities[3]);
+  CHECK_THROWS_WITH_AS(preprocess_cohort(cases, options),
+                       doctest::Contains("preprocess: no usable case: 1 found, all left out (first: case case0: "),
+                       FormatError);
 }
 
 TEST_CASE("preprocess: bad cases are skipped with their reason or stop the run") {
@@ -244,13 +367,9 @@ TEST_CASE("preprocess: bad cases are skipped with their reason or stop the run")
   cases[2].modalities[1] = dir / "data/case2/case2_t1_float.nii.gz";
   write_nifti<float>(cases[2].modalities[1], {20, 18, 16}, values);
   auto options = cache_options(dir, {8, 12, 10});
-  options.on_bad_case = BadCasePolicy::skip;
-  const PreprocessedCohort cohort = preprocess_cohort(cases, options);
-  CHECK(cohort.cases.size() == 3);
-  REQUIRE(cohort.skipped.size() == 1);
-  CHECK(cohort.skipped[0].case_id == "case2");
-  CHECK(cohort.skipped[0].message().find("non-finite values") != std::string::npos);
-  options.on_bad_case = BadCasePolicy::fail;
+  const SkippedCase skipped = the_skipped_case(cases, options);
+  CHECK(skipped.case_id == "case2");
+  CHECK(skipped.message().find("non-finite values") != std::string::npos);
   try {
     preprocess_cohort(cases, options);
     FAIL("expected a CaseError");
