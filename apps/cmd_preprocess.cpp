@@ -1,5 +1,9 @@
 // `dsmil preprocess`: finds and checks the cases of a dataset, preprocesses them into the cache,
-// and lists the skipped cases (with reasons) and the timing.
+// and lists the skipped cases (with reasons) and the timing; `--index` lists each case's cache entry.
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <set>
 #include <string>
 
 #include <fmt/format.h>
@@ -17,8 +21,29 @@ struct PreprocessArgs {
   std::string cache = "cache";
   std::string grid = "128,128,128";
   std::string on_bad_case = "fail";
+  std::string index;  // CSV case_id,label,entry of the preprocessed cases ("" = none)
   int threads = 2;
 };
+
+// The index of the cache: one row per preprocessed case (label 1 = HGG, 0 = LGG), with the absolute path of
+// its entry, so that tools outside dsmil (tools/torch_twin/train.py) read the very files a run maps.
+void write_index(const std::string& path, const dsmil::data::Discovery& found,
+                 const dsmil::data::PreprocessedCohort& cohort, const dsmil::data::PreprocessOptions& options) {
+  namespace fs = std::filesystem;
+  std::set<std::string> preprocessed;
+  for (const auto& c : cohort.cases) preprocessed.insert(c.case_id);
+  std::ofstream out(path);
+  out << "case_id,label,entry\n";
+  for (const auto& files : found.cases) {
+    if (!preprocessed.count(files.case_id)) continue;  // skipped as a bad case
+    const fs::path entry = fs::absolute(dsmil::data::cache_entry_path(options.cache_dir, files, options.params));
+    const std::string row = fmt::format("{},{},{}", files.case_id, files.label, entry.lexically_normal().string());
+    if (std::count(row.begin(), row.end(), ',') != 2)
+      throw dsmil::FormatError(fmt::format("--index {}: case {} or its entry path holds a comma", path, files.case_id));
+    out << row << "\n";
+  }
+  if (!out) throw dsmil::FormatError(fmt::format("--index {}: cannot write", path));
+}
 
 void run_preprocess(const PreprocessArgs& args) {
   using namespace dsmil::data;
@@ -48,6 +73,10 @@ void run_preprocess(const PreprocessArgs& args) {
     fmt::print("skipped {} cases:\n", skipped.size());
     for (const auto& s : skipped) fmt::print("  {}\n", s.message());
   }
+  if (!args.index.empty()) {
+    write_index(args.index, found, cohort, options);
+    fmt::print("index of {} cache entries: {}\n", cohort.cases.size(), args.index);
+  }
 }
 
 dsmil::app::RegisterCommand reg{"preprocess", 20, [](CLI::App& root) {
@@ -61,8 +90,10 @@ dsmil::app::RegisterCommand reg{"preprocess", 20, [](CLI::App& root) {
   cmd->add_option("--on-bad-case", args->on_bad_case, "fail: stop at the first bad case; skip: list it and go on")
       ->capture_default_str()->check(CLI::IsMember({"fail", "skip"}));
   cmd->add_option("--threads", args->threads, "Worker threads")->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--index", args->index, "Also write FILE.csv: case_id,label,entry (absolute path of each case's cache entry)");
   cmd->callback([args] {
     if (args->data.empty() && args->manifest.empty()) throw CLI::RequiredError("--data or --manifest");
+    if (!args->index.empty() && args->cache.empty()) throw CLI::ValidationError("--index", "needs a --cache folder");
     run_preprocess(*args);
   });
 }};

@@ -297,21 +297,25 @@ def from_channels_last(x: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------- loss
 
 
-def focal_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, eps: float, gamma: float) -> torch.Tensor:
-    """sum_b w_b l_b / sum_b w_b, l_b = -sum_c q_c (1 - p_c)^gamma log p_c, q_c = (1 - eps)[c = t] + eps / C."""
+def focal_loss_per_sample(logits: torch.Tensor, target: torch.Tensor, eps: float, gamma: float) -> torch.Tensor:
+    """l_b = -sum_c q_c (1 - p_c)^gamma log p_c, q_c = (1 - eps)[c = t] + eps / C, one value per row of logits."""
     logits = logits.to(accumulation_dtype(logits.dtype))
     classes = logits.shape[1]
     log_p = F.log_softmax(logits, dim=1)
     is_target = torch.arange(classes, device=logits.device)[None, :] == target[:, None]
     q = is_target.to(logits.dtype) * (1.0 - eps) + eps / classes
     if gamma == 0.0:
-        per_sample = -(q * log_p).sum(dim=1)
-    else:
-        p = log_p.exp()
-        # 1 - p_c as the sum of the other classes' p (the C++ form, exact as p_c -> 1); 2 classes here.
-        rest = p.flip(1) if classes == 2 else 1.0 - p
-        per_sample = -(q * rest.pow(gamma) * log_p).sum(dim=1)
-    weight = weight.to(logits.dtype)
+        return -(q * log_p).sum(dim=1)
+    p = log_p.exp()
+    # 1 - p_c as the sum of the other classes' p (the C++ form, exact as p_c -> 1); 2 classes here.
+    rest = p.flip(1) if classes == 2 else 1.0 - p
+    return -(q * rest.pow(gamma) * log_p).sum(dim=1)
+
+
+def focal_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, eps: float, gamma: float) -> torch.Tensor:
+    """sum_b w_b l_b / sum_b w_b with l_b of focal_loss_per_sample."""
+    per_sample = focal_loss_per_sample(logits, target, eps, gamma)
+    weight = weight.to(per_sample.dtype)
     return (weight * per_sample).sum() / weight.sum()
 
 
