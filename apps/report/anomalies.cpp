@@ -54,9 +54,13 @@ void no_learning(const FoldEvaluation& f, const std::string& scope, const Anomal
   const Stability& s = *f.stability;
   if (s.train_auc_max < rules.min_train_auc)
     out.push_back({AnomalyKind::no_learning, scope,
-                   fmt::format("the training AUC never reached {:.2f}: at most {:.4f} (epoch {}) over {} epochs{}",
+                   fmt::format("the training AUC never reached {:.2f}: at most {:.4f} (epoch {}) over {} epochs{}{}",
                                rules.min_train_auc, s.train_auc_max, s.train_auc_max_epoch, s.epochs,
-                               f.info.stopped_early ? ", stopped early" : "")});
+                               f.info.stopped_early ? ", stopped early" : "",
+                               s.last_health_warning.empty()
+                                   ? std::string()
+                                   : fmt::format(". Training health at epoch {}: {}", s.last_health_warning_epoch,
+                                                 s.last_health_warning))});
 }
 
 void overfitting(const FoldEvaluation& f, const std::string& scope, const AnomalyRules& rules,
@@ -190,10 +194,13 @@ std::vector<Recommendation> recommendations_for(const std::vector<Anomaly>& anom
         "which temper over-confident outputs.",
         "Inspect the reliability diagram (plots/reliability.svg) before using the scores clinically."}},
       {1, AnomalyKind::no_learning, "Let the model learn before judging it",
-       {"A lower learning rate (`train.lr`), or more warm-up: a from-scratch 3-D ResNet on bags of 2 may only "
-        "start to fit once the cosine schedule has brought the rate down.",
-        "Early stopping must not end a fold before its training AUC rises: raise `train.min_epochs` and "
-        "`train.patience` (the curves in plots/curves_fold_k.svg show where the training AUC takes off).",
+       {"Read the fold's training-health warning (above, and `health` in metrics.jsonl): a validation logit spread "
+        "near 0 is a model that gives every bag one output, which a learning rate above the usable range causes.",
+        "Measure the usable learning rates with `dsmil lr-find` and set `train.lr` at or below its suggestion "
+        "(3e-4 does not train the default model on the synthetic cohort; 1e-4 does).",
+        "Give training the epochs to take off: `train.epochs`; model selection and early stopping wait for the "
+        "training AUC to reach `train.selection_train_auc` (the curves in plots/curves_fold_k.svg show where it "
+        "takes off).",
         "Check the data path on a few cases (`dsmil predict` montages): the grade must be visible in the slabs."}},
       {3, AnomalyKind::overfitting, "Regularise",
        {"Smaller bags (n 32 → 16) with `stratified` instance sampling.",

@@ -108,11 +108,14 @@ std::string fold_section(Printer& p, const FoldEvaluation& f, size_t index, int 
         "  - val loss {:.4f} (epoch 1) → {:.4f} (best epoch {}) → {:.4f} (final, epoch {}); minimum {:.4f} at epoch {}\n"
         "  - val AUC {:.4f} → {:.4f} (best) → {:.4f} (final)\n"
         "  - train/val loss at the final epoch: {:.4f} (train) vs {:.4f} (val), gap {:+.4f}\n"
-        "  - highest training AUC of any epoch: {:.4f} (epoch {})\n",
+        "  - training AUC at the best epoch {:.4f}; highest of any epoch: {:.4f} (epoch {})\n",
         info.chosen_model == "ema" ? "EMA model's" : "raw model's", st.val_loss_first, st.val_loss_best,
         st.best_epoch, st.val_loss_final, st.epochs, st.val_loss_min, st.min_val_loss_epoch, st.val_auc_first,
         st.val_auc_best, st.val_auc_final, st.train_loss_final, st.val_loss_final, st.loss_gap_final,
-        st.train_auc_max, st.train_auc_max_epoch);
+        st.train_auc_best, st.train_auc_max, st.train_auc_max_epoch);
+    if (!st.last_health_warning.empty())
+      s += fmt::format("  - training health, last warning (epoch {}): {}\n", st.last_health_warning_epoch,
+                       st.last_health_warning);
   } else {
     s += "- **Stability:** metrics.jsonl is empty\n";
   }

@@ -30,12 +30,19 @@ Stability stability_of(const std::vector<EpochRecord>& history, const FoldInfo& 
   s.val_auc_final = final.auc;
   s.train_loss_final = history.back().train.loss;
   s.loss_gap_final = s.val_loss_final - s.train_loss_final;
-  s.val_loss_best = s.val_auc_best = kNaN;
+  s.val_loss_best = s.val_auc_best = s.train_auc_best = kNaN;
   if (info.best_epoch >= 1 && info.best_epoch <= s.epochs) {
-    const SplitRecord& best = chosen_val(history[static_cast<size_t>(info.best_epoch - 1)], info);
+    const EpochRecord& best_record = history[static_cast<size_t>(info.best_epoch - 1)];
+    const SplitRecord& best = chosen_val(best_record, info);
     s.val_loss_best = best.loss;
     s.val_auc_best = best.auc;
+    s.train_auc_best = best_record.train.auc;
   }
+  for (const auto& e : history)
+    if (!e.health_warning.empty()) {
+      s.last_health_warning = e.health_warning;
+      s.last_health_warning_epoch = e.epoch;
+    }
   s.val_loss_min = std::numeric_limits<double>::infinity();
   for (const auto& e : history) {
     const double loss = chosen_val(e, info).loss;
@@ -180,6 +187,9 @@ json stability_json(const std::optional<Stability>& s) {
           {"train_loss_final", number_json(s->train_loss_final)},
           {"train_auc_max", number_json(s->train_auc_max)},
           {"train_auc_max_epoch", s->train_auc_max_epoch},
+          {"train_auc_best", number_json(s->train_auc_best)},
+          {"last_health_warning", s->last_health_warning.empty() ? json(nullptr) : json(s->last_health_warning)},
+          {"last_health_warning_epoch", s->last_health_warning_epoch},
           {"loss_gap_final", number_json(s->loss_gap_final)}};
 }
 

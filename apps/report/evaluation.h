@@ -22,6 +22,9 @@ struct Stability {
   double train_loss_final = 0;
   double train_auc_max = 0;   // the highest training AUC of any epoch (NaN when none was logged) …
   int train_auc_max_epoch = 0;  // … and its epoch
+  double train_auc_best = 0;  // the training AUC of the best epoch (NaN when not logged)
+  std::string last_health_warning;  // the last flat-training warning of the fold (empty: none) …
+  int last_health_warning_epoch = 0;  // … and its epoch
   double loss_gap_final = 0;  // val_loss_final − train_loss_final
 };
 

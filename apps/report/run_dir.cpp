@@ -263,6 +263,8 @@ std::vector<EpochRecord> read_metrics_jsonl(const fs::path& path) {
       e.attention = attention_record(object.at("attention"), where + " attention");
     e.throughput_bags_per_s = number_or_nan(object, "throughput_bags_per_s", where);
     e.epoch_time_s = number_or_nan(object, "epoch_time_s", where);
+    if (object.contains("health") && object.at("health").contains("warning"))
+      e.health_warning = text(object.at("health"), "warning", where + " health");
     if (!history.empty() && e.epoch != history.back().epoch + 1)
       throw FormatError(fmt::format("{}: epoch {} follows epoch {}", where, e.epoch, history.back().epoch));
     history.push_back(std::move(e));

@@ -54,6 +54,7 @@ struct EpochRecord {
   SplitRecord train, val;
   std::optional<SplitRecord> val_ema;
   std::optional<AttentionRecord> attention;
+  std::string health_warning;  // "health"/"warning": why training looked flat at this epoch (empty: none)
 };
 
 // fold_k/fold.json.
