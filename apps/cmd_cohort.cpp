@@ -1,5 +1,6 @@
 // `dsmil cohort`: writes the synthetic BraTS-2018-like cohort (DESIGN section 7) and prints the
 // latent grade score's AUC (the task's ceiling); --check-cues also fits the trivial-cue baselines.
+#include <cmath>
 #include <cstdio>
 #include <string>
 
@@ -39,7 +40,11 @@ void run_cohort(const CohortArgs& args) {
   }
   fmt::print("wrote {} cases ({} HGG, {} LGG) of {}x{}x{} to {}\n", truths.size(), hgg, truths.size() - hgg,
              options.dims[0], options.dims[1], options.dims[2], options.out.string());
-  fmt::print("latent grade score AUC (the task's ceiling): {:.4f}  (truth.csv)\n", score_auc(scores, labels));
+  const double ceiling = score_auc(scores, labels);
+  if (std::isnan(ceiling))
+    fmt::print("latent grade score AUC: undefined, the cohort holds one grade only (truth.csv)\n");
+  else
+    fmt::print("latent grade score AUC (the task's ceiling): {:.4f}  (truth.csv)\n", ceiling);
   if (args.check_cues) {
     const CueCheck check = check_trivial_cues(options.out, options.threads);
     fmt::print("trivial cues, 5-fold logistic regression AUC: whole-volume intensity statistics {:.4f}, "

@@ -77,11 +77,15 @@ void save_checkpoint(const std::string& path, const Checkpoint& ckpt) {
   }
   const uint32_t crc = crc_of(w.buffer(), w.buffer().size());
   const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    out.write(w.buffer().data(), static_cast<std::streamsize>(w.buffer().size()));
-    out.write(reinterpret_cast<const char*>(&crc), sizeof crc);
-    if (!out) throw FormatError(fmt::format("checkpoint {}: write failed", tmp));
+  std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+  out.write(w.buffer().data(), static_cast<std::streamsize>(w.buffer().size()));
+  out.write(reinterpret_cast<const char*>(&crc), sizeof crc);
+  out.close();
+  if (!out) {
+    // A full disk: leave neither a partial file nor the space it took.
+    std::error_code ignored;
+    std::filesystem::remove(tmp, ignored);
+    throw FormatError(fmt::format("checkpoint {}: write failed (disk full?); {} is unchanged", tmp, path));
   }
   std::filesystem::rename(tmp, path);
 }

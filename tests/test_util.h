@@ -4,8 +4,11 @@
 
 #include <doctest/doctest.h>
 
+#include <unistd.h>
+
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <functional>
 #include <random>
 #include <string>
@@ -24,6 +27,26 @@ inline uint64_t run_seed() {
     return s;
   }();
   return seed;
+}
+
+// scratch("name"): a folder for this test process's files, under one root in the temp directory that is
+// removed when the process ends (ctest runs each test case in a process of its own), so that test runs
+// leave nothing behind. Forked children that exit normally do not remove it: only the process that made it.
+inline std::filesystem::path scratch(const std::string& name) {
+  struct Root {
+    std::filesystem::path path;
+    pid_t owner;
+    ~Root() {
+      std::error_code ignored;
+      if (::getpid() == owner) std::filesystem::remove_all(path, ignored);
+    }
+  };
+  static const Root root{std::filesystem::temp_directory_path() /
+                             ("dsmil_test_" + std::to_string(::getpid()) + "_" + std::to_string(run_seed())),
+                         ::getpid()};
+  const std::filesystem::path dir = root.path / name;
+  std::filesystem::create_directories(dir);
+  return dir;
 }
 
 inline std::mt19937_64& rng() {

@@ -8,6 +8,7 @@
 #include <fstream>
 #include <map>
 #include <set>
+#include <sstream>
 
 #include <fmt/format.h>
 
@@ -309,6 +310,19 @@ std::string consistency_section(const std::vector<Check>& training, const std::v
   return s;
 }
 
+// The cases a run left out (skipped_cases.txt of each input run directory, written under --on-bad-case skip),
+// one "case: file: reason" line each.
+std::vector<std::string> skipped_cases(const std::vector<fs::path>& inputs) {
+  std::vector<std::string> lines;
+  for (const fs::path& input : inputs) {
+    if (!fs::exists(input / "skipped_cases.txt")) continue;
+    std::istringstream text(read_text_file(input / "skipped_cases.txt"));
+    for (std::string line; std::getline(text, line);)
+      if (!line.empty()) lines.push_back(line);
+  }
+  return lines;
+}
+
 std::string header(const CvEvaluation& cv, const AuditOptions& options, int checks, int failed) {
   std::string inputs;
   for (const auto& in : options.inputs) inputs += fmt::format(" `{}`", in.string());
@@ -334,7 +348,12 @@ std::string header(const CvEvaluation& cv, const AuditOptions& options, int chec
       "split), and separately at 0.5, each labelled. AUC counts ties as half, its 95% CI is DeLong's. ECE uses "
       "10 equal-width bins of p(HGG). Std is the sample std (n−1).\n\n",
       inputs, cv.protocol, cv.folds.size(), cv.n_repeats > 1 ? fmt::format(", {} repeats", cv.n_repeats) : "");
-  return s;
+  const std::vector<std::string> skipped = skipped_cases(options.inputs);
+  if (skipped.empty()) return s + "- **Skipped cases:** none\n\n";
+  s += fmt::format("- **Skipped cases:** {} left out of the dataset (`--on-bad-case skip`), with their reasons:\n",
+                   skipped.size());
+  for (const std::string& line : skipped) s += fmt::format("  - {}\n", line);
+  return s + "\n";
 }
 
 std::string plots_section(const std::vector<fs::path>& plots, const fs::path& out_dir) {
@@ -369,6 +388,7 @@ AuditResult run_audit(const AuditOptions& options) {
   json summary = summary_json(cv, inputs);
   for (auto& fold : summary["folds"]) fold["dir"] = relocatable(fold["dir"].get<std::string>(), options.out_dir);
   summary["anomalies"] = anomalies_json(anomalies);
+  summary["skipped_cases"] = skipped_cases(options.inputs);
 
   Printer printer(summary);
   std::string body = "## 1. Results audit (per-fold summary)\n\n";

@@ -437,9 +437,19 @@ void write_fold_json(const fs::path& path, const FoldInfo& f) {
 }
 
 void write_text_file(const fs::path& path, const std::string& text) {
-  std::ofstream out(path, std::ios::binary);
+  // Written beside and renamed: a run killed mid-write leaves the old file or none, never half of one (a
+  // half fold.json would mark its fold complete).
+  fs::path tmp = path;
+  tmp += ".tmp";
+  std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
   out << text;
-  if (!out) throw Error(fmt::format("{}: cannot write", path.string()));
+  out.close();
+  if (!out) {
+    std::error_code ignored;
+    fs::remove(tmp, ignored);
+    throw Error(fmt::format("{}: cannot write", path.string()));
+  }
+  fs::rename(tmp, path);
 }
 
 std::string read_text_file(const fs::path& path) {

@@ -112,7 +112,8 @@ void write_attention_csv(const std::filesystem::path& path, const std::vector<At
 // fold.json; "repeat" is written when info.repeat >= 0.
 void write_fold_json(const std::filesystem::path& path, const FoldInfo& info);
 
-// Writes `text` to `path` (replacing it); Error when the file cannot be written.
+// Writes `text` to `path` (replacing it) through a temporary file renamed over it, so that a reader or a
+// killed run never sees half a file; Error when the file cannot be written.
 void write_text_file(const std::filesystem::path& path, const std::string& text);
 // The whole file as text; Error when it cannot be read.
 std::string read_text_file(const std::filesystem::path& path);

@@ -16,12 +16,14 @@ Batch make_batch(const std::vector<data::CaseVolume>& cohort, const std::vector<
   const int64_t bags = static_cast<int64_t>(case_indices.size());
   if (bags == 0) throw Error("make_batch: no cases");
   const data::GridShape grid = cohort[case_indices[0]].grid;
-  const int64_t n = spec.instances, s = spec.slab_depth;
+  const int64_t s = spec.slab_depth;
   const int64_t instance_floats = s * grid.height * grid.width * 4;
   Batch batch;
-  std::vector<int32_t> mask(bags * n, 0), target_labels(bags);
+  std::vector<int32_t> target_labels(bags);
   std::vector<data::BagAugmentation> augmentation(bags);
   batch.cases = case_indices;
+  // `all` takes every slab position: the bags are as wide as the batch's longest, shorter ones masked.
+  int64_t n = spec.sampling == data::InstanceSampling::all ? 0 : spec.instances;
   for (int64_t b = 0; b < bags; ++b) {
     const data::CaseVolume& c = cohort[case_indices[b]];
     if (c.grid != grid) throw Error(fmt::format("case {}: grid differs from the rest of the batch", c.case_id));
@@ -29,18 +31,20 @@ Batch make_batch(const std::vector<data::CaseVolume>& cohort, const std::vector<
     const std::vector<int> positions = data::brain_slab_starts(c.slice_has_brain, spec.slab_depth);
     if (positions.empty()) throw Error(fmt::format("case {}: no slab of {} slices holds brain", c.case_id, s));
     std::vector<int> starts = data::sample_instances(positions, spec.instances, spec.sampling, rng);
-    if (static_cast<int64_t>(starts.size()) > n) starts.resize(n);  // `all` yields every position
     if (spec.augment) augmentation[b] = data::draw_augmentation(spec.augment_params, rng());
-    for (size_t i = 0; i < starts.size(); ++i) mask[b * n + i] = 1;
+    n = std::max<int64_t>(n, static_cast<int64_t>(starts.size()));
     target_labels[b] = c.label;
     batch.starts.push_back(std::move(starts));
   }
+  std::vector<int32_t> mask(bags * n, 0);
+  for (int64_t b = 0; b < bags; ++b)
+    for (size_t i = 0; i < batch.starts[b].size(); ++i) mask[b * n + i] = 1;
   batch.mask = Tensor::from_ints({bags, n}, mask);
   batch.target = Tensor::from_ints({bags}, target_labels);
   if (target.resident) {
 #ifdef DSMIL_WITH_CUDA
-    batch.x = data::gather_batch_on_device(*target.resident, case_indices, batch.starts, augmentation,
-                                           spec.instances, spec.slab_depth, target.dtype);
+    batch.x = data::gather_batch_on_device(*target.resident, case_indices, batch.starts, augmentation, n,
+                                           spec.slab_depth, target.dtype);
     return batch;
 #else
     throw Error("make_batch: a resident cohort needs the CUDA backend");

@@ -23,7 +23,7 @@ struct Batch {
 };
 
 struct BagSpec {
-  int instances = 16;
+  int instances = 16;  // n per bag; under `all` sampling every slab position, the bags as wide as the longest
   int slab_depth = 3;
   data::InstanceSampling sampling = data::InstanceSampling::fixed;
   bool augment = false;

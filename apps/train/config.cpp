@@ -2,6 +2,7 @@
 #include "apps/train/config.h"
 
 #include <fstream>
+#include <limits>
 #include <sstream>
 
 #include <fmt/format.h>
@@ -65,6 +66,7 @@ std::vector<NamedField> config_fields(RunConfig& c) {
       {"run.conv_fold", &c.conv_fold},
       {"run.conv16_kernel", &c.conv16_kernel},
       {"run.plot_every", &c.plot_every},
+      {"run.checkpoint_seconds", &c.checkpoint_seconds},
       {"run.threads", &c.threads},
   };
 }
@@ -126,7 +128,11 @@ void assign(NamedField& f, const toml::node& value) {
         } else if constexpr (std::is_same_v<T, double>) {
           if (value.is_number()) return *target = *value.value<double>(), true;
         } else {
-          if (value.is_integer()) return *target = static_cast<T>(*value.value<int64_t>()), true;
+          if (!value.is_integer()) return false;
+          const int64_t v = *value.value<int64_t>();
+          if (v < std::numeric_limits<T>::min() || v > std::numeric_limits<T>::max())
+            throw Error(fmt::format("config key '{}': {} does not fit a {}-bit integer", f.key, v, 8 * sizeof(T)));
+          return *target = static_cast<T>(v), true;
         }
         return false;
       },
@@ -251,6 +257,7 @@ void validate_config(const RunConfig& c) {
   check_in<std::string>("run.conv_fold", c.conv_fold, {"measured", "always", "never"});
   check_in<std::string>("run.conv16_kernel", c.conv16_kernel, {"measured", "cudnn", "implicit_gemm"});
   check_range("run.plot_every", c.plot_every, 0, 100000);
+  check_range("run.checkpoint_seconds", c.checkpoint_seconds, 0, 1e6);
   check_range("run.threads", c.threads, 0, 1024);
 }
 

@@ -76,6 +76,9 @@ struct RunConfig {
   std::string conv_fold = "measured";  // measured | always | never: the stem's space-to-depth lowering (GPU)
   std::string conv16_kernel = "measured";  // measured | cudnn | implicit_gemm: the folded stem's forward (GPU, bf16)
   int plot_every = 0;           // 0: plots only at the end
+  // last.ckpt (the resume point) is written once this many seconds have passed since the last one, and at a
+  // fold's last epoch (0: every epoch). A killed run resumes from it, redoing the epochs after it.
+  double checkpoint_seconds = 30.0;
   int threads = 0;              // CPU threads; 0 = all cores
 
   mil::ModelConfig model_config() const;

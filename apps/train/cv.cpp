@@ -51,6 +51,32 @@ std::string run_timestamp(dist::Communicator* ranks) {
   return text;
 }
 
+// Creates root/stem, or root/stem_2, root/stem_3, ... when that exists: an exclusive create, so that two runs
+// started in the same second never share a directory. Rank 0 of a data-parallel job creates it and tells the
+// other ranks which suffix it took.
+fs::path new_run_directory(const fs::path& root, const std::string& stem, dist::Communicator* ranks) {
+  const bool writer = !ranks || ranks->rank() == 0;
+  int suffix = 1;
+  if (writer) {
+    fs::create_directories(root);
+    while (!fs::create_directory(suffix == 1 ? root / stem : root / fmt::format("{}_{}", stem, suffix))) ++suffix;
+  }
+  if (ranks) suffix = static_cast<int>(ranks->sum({writer ? static_cast<double>(suffix) : 0.0})[0]);
+  return suffix == 1 ? root / stem : root / fmt::format("{}_{}", stem, suffix);
+}
+
+// Both grades, enough of each for a stratified split: otherwise no fold can be trained or judged.
+void check_classes(const std::vector<data::CaseVolume>& cases, int folds) {
+  int count[2] = {0, 0};
+  for (const data::CaseVolume& c : cases) ++count[c.label == data::kLabelHGG];
+  for (int label : {data::kLabelLGG, data::kLabelHGG})
+    if (count[label] < folds)
+      throw Error(fmt::format("the dataset holds {} {} case{} ({} HGG, {} LGG): a {}-fold grading CV needs at least {} of "
+                              "each grade",
+                              count[label], label == data::kLabelHGG ? "HGG" : "LGG", count[label] == 1 ? "" : "s",
+                              count[1], count[0], folds, folds));
+}
+
 // A repeat's folder: the run directory itself unless the CV is repeated.
 fs::path repeat_dir(const fs::path& run_dir, int repeats, int repeat) {
   return repeats > 1 ? run_dir / fmt::format("repeat_{}", repeat) : run_dir;
@@ -163,16 +189,24 @@ CvResult run_cv(const RunConfig& requested, const CvOptions& options) {
   const bool writer = !ranks || ranks->rank() == 0;
   if (ranks && options.train_folds)
     throw Error("a data-parallel rank trains its folds itself: --gpus and --workers do not combine with it");
-  result.run_dir = resuming ? options.resume_dir : options.runs_root / fmt::format("{}_{}", config.name, run_timestamp(ranks));
   if (resuming) {
+    result.run_dir = options.resume_dir;
     const fs::path saved = result.run_dir / "config.toml";
     if (!fs::exists(saved) || report::read_text_file(saved) != config_to_toml(config))
       throw Error(fmt::format("--resume {}: its config.toml is missing or differs from this run's config",
                               result.run_dir.string()));
-  } else if (writer) {
-    fs::create_directories(result.run_dir);
-    std::ofstream(result.run_dir / "config.toml") << config_to_toml(config);
+  } else {
+    result.run_dir = new_run_directory(options.runs_root, fmt::format("{}_{}", config.name, run_timestamp(ranks)), ranks);
+    if (writer) report::write_text_file(result.run_dir / "config.toml", config_to_toml(config));
   }
+  // A new run that fails before its folds start (no data, a bad case, one grade) leaves no directory behind.
+  struct RemovedUnlessStarted {
+    fs::path dir;
+    ~RemovedUnlessStarted() {
+      std::error_code ignored;
+      if (!dir.empty()) fs::remove_all(dir, ignored);
+    }
+  } not_started{!resuming && writer ? result.run_dir : fs::path()};
   if (writer)
     std::fprintf(stderr, "run directory: %s (device %s%s)\n", result.run_dir.string().c_str(), device_name(device),
                  ranks ? fmt::format(", {} data-parallel ranks", ranks->world_size()).c_str() : "");
@@ -181,8 +215,10 @@ CvResult run_cv(const RunConfig& requested, const CvOptions& options) {
   if (ranks && !writer) ranks->sum({0.0});
   data::PreprocessedCohort cohort = prepare_cohort(config, result.run_dir, writer);
   if (ranks && writer) ranks->sum({0.0});
+  check_classes(cohort.cases, config.folds);
   const std::vector<data::Splits> repeat_splits =
       make_repeat_splits(config, cohort.cases, result.run_dir, resuming, writer);
+  not_started.dir.clear();
   const auto t0 = std::chrono::steady_clock::now();
   if (options.train_folds) {
     cohort = {};  // the fold processes map the cohort from the cache this call has filled

@@ -122,7 +122,7 @@ std::string flat_training_warning(int epoch, double warmup_epochs, double train_
   if (health.contains("val_logit_spread") && health["val_logit_spread"].get<double>() < kConstantValLogitSpread)
     seen.push_back(fmt::format("the validation bags' logits barely differ (spread {:.3f}): the model gives every bag "
                                "nearly the same output, a collapse that a learning rate above the usable range "
-                               "causes (try a lower train.lr)",
+                               "can cause (try a lower train.lr)",
                                health["val_logit_spread"].get<double>()));
   if (const double typical = encoder_update_ratio(health); !std::isnan(typical)) {
     if (typical > kLargeUpdateRatio)

@@ -19,6 +19,7 @@
 #include "apps/report/plots.h"
 #include "apps/report/run_dir.h"
 #include "apps/train/batches.h"
+#include "apps/train/fault_points.h"
 #include "apps/train/health.h"
 #include "data/rng.h"
 #include "nn/checkpoint.h"
@@ -69,10 +70,20 @@ double logit_spread(const std::vector<CasePrediction>& preds) {
 // A flat-training warning is repeated at most this often (epochs) while it holds.
 constexpr int kWarningEvery = 5;
 
+// Where last.ckpt keeps the best models' tensors.
+const std::string kBestRaw = "best_raw.", kBestEma = "best_ema.";
+
+double seconds_since(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+}
+
 // The monitor's value in a validation record (NaN when undefined), as fold.json states it.
 double monitor_value(const std::string& monitor, const json& metrics) {
   auto get = [&](const char* key) { return metrics[key].is_null() ? NAN : metrics[key].get<double>(); };
-  if (monitor == "min_class_recall") return std::min(get("recall_lgg"), get("recall_hgg"));
+  if (monitor == "min_class_recall") {
+    const double lgg = get("recall_lgg"), hgg = get("recall_hgg");
+    return std::isnan(lgg) || std::isnan(hgg) ? NAN : std::min(lgg, hgg);
+  }
   return get(monitor.c_str());
 }
 
@@ -234,16 +245,19 @@ class FoldRun {
     int start_epoch = 0;
     if (resume && fs::exists(dir_ / "last.ckpt")) start_epoch = restore_last();
     else if (writer_) std::ofstream(dir_ / "metrics.jsonl", std::ios::trunc);
+    last_save_ = std::chrono::steady_clock::now();
     std::signal(SIGINT, on_interrupt);
-    for (int epoch = start_epoch; epoch < c_.epochs; ++epoch) {
+    // A fold killed after its stopping epoch was saved has stopped: it only finishes.
+    for (int epoch = start_epoch; epoch < c_.epochs && !stopped_early_; ++epoch) {
       const auto t0 = std::chrono::steady_clock::now();
       json record = train_epoch(epoch);
       bool stop = writer_ && validate_and_save(epoch, record, t0);
       // Rank 0 alone validates: its decision is every rank's (each must leave the step loop together).
       if (ranks_) stop = ranks_->sum({stop ? 1.0 : 0.0})[0] > 0;
       epochs_run_ = epoch + 1;
-      if (interrupted) throw Error(fmt::format("interrupted: resume with --resume ({} holds epoch {})",
-                                               (dir_ / "last.ckpt").string(), epoch + 1));
+      if (interrupted)
+        throw Error(fmt::format("interrupted: resume with --resume ({} holds epoch {} of the {} run)",
+                                (dir_ / "last.ckpt").string(), saved_epochs_, epoch + 1));
       if (stop) break;
     }
     if (writer_) finish();
@@ -251,7 +265,7 @@ class FoldRun {
 
  private:
   // Validates the epoch's raw and EMA models, tracks the best, appends the record to metrics.jsonl and
-  // saves last.ckpt; returns whether early stopping ends the fold here.
+  // saves last.ckpt when due; returns whether early stopping ends the fold here.
   bool validate_and_save(int epoch, json& record, std::chrono::steady_clock::time_point t0) {
     const double train_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     const std::vector<int>& selection_set = c_.select_on_test ? plan_.test : plan_.val;
@@ -279,8 +293,11 @@ class FoldRun {
     record["throughput_bags_per_s"] = plan_.train.size() / std::max(train_seconds, 1e-9);
     record["epoch_time_s"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     track_best(epoch, record);
+    const bool last_epoch = epoch + 1 == c_.epochs;
+    stopped_early_ = learning_since_ > 0 && !last_epoch && epoch + 1 >= c_.min_epochs &&
+                     epoch + 1 - best_overall().epoch >= c_.patience;
     std::ofstream(dir_ / "metrics.jsonl", std::ios::app) << record.dump() << "\n";
-    save_last(epoch + 1);
+    if (stopped_early_ || last_epoch || seconds_since(last_save_) >= c_.checkpoint_seconds) save_last(epoch + 1);
     if (c_.plot_every > 0 && (epoch + 1) % c_.plot_every == 0)
       report::write_training_plots(dir_, fmt::format("repeat {} fold {} (epoch {})", plan_.repeat, plan_.fold, epoch + 1),
                                    best_overall().epoch);
@@ -297,9 +314,6 @@ class FoldRun {
       progress_.line(fmt::format("[r{} f{}] warning: {}", plan_.repeat, plan_.fold, warning));
       last_warning_epoch_ = epoch + 1;
     }
-    const bool last_epoch = epoch + 1 == c_.epochs;
-    stopped_early_ = learning_since_ > 0 && !last_epoch && epoch + 1 >= c_.min_epochs &&
-                     epoch + 1 - best_overall().epoch >= c_.patience;
     return stopped_early_;
   }
 
@@ -477,17 +491,20 @@ class FoldRun {
     return {value, monitor_score(c_.monitor, value), val["auc"].is_null() ? -INFINITY : val["auc"].get<double>(), epoch};
   }
 
+  // The best raw and EMA models wait in host memory and reach disk inside last.ckpt: one file commits the
+  // state, so a run killed anywhere resumes to weights, best models and records of one epoch. With no
+  // candidate yet, any epoch is best (a monitor undefined on every epoch still selects a model).
   void track_best(int epoch, const json& record) {
     const Candidate raw = candidate_of(record["val"], epoch + 1);
-    if (best_raw_.beaten_by(raw)) {
+    if (best_raw_.epoch == 0 || best_raw_.beaten_by(raw)) {
       best_raw_ = raw;
-      save_model("best.ckpt", model_, epoch + 1);
+      best_raw_weights_ = snapshot(model_, epoch + 1);
     }
     if (ema_) {
       const Candidate ema = candidate_of(record["val_ema"], epoch + 1);
-      if (best_ema_.beaten_by(ema)) {
+      if (best_ema_.epoch == 0 || best_ema_.beaten_by(ema)) {
         best_ema_ = ema;
-        save_model("best_ema.ckpt", ema_model_, epoch + 1);
+        best_ema_weights_ = snapshot(ema_model_, epoch + 1);
       }
     }
   }
@@ -500,12 +517,13 @@ class FoldRun {
             {"config", config_to_toml(c_)}};
   }
 
-  void save_model(const std::string& name, mil::DualStreamMIL& model, int epoch) const {
+  // A model's weights and statistics at `epoch`, on the host, in the format of best.ckpt.
+  nn::Checkpoint snapshot(mil::DualStreamMIL& model, int epoch) const {
     nn::Checkpoint ckpt;
     ckpt.metadata = metadata(epoch).dump();
     nn::add_parameters(ckpt, "model.", model.parameters());
     nn::add_state(ckpt, "model.", model.buffers());
-    nn::save_checkpoint((dir_ / name).string(), ckpt);
+    return ckpt;
   }
 
   void save_last(int epochs_done) {
@@ -517,12 +535,28 @@ class FoldRun {
     meta["best_raw"] = {number(best_raw_.value), number(best_raw_.auc), best_raw_.epoch};
     meta["best_ema"] = {number(best_ema_.value), number(best_ema_.auc), best_ema_.epoch};
     meta["learning_since"] = learning_since_;
+    meta["stopped_early"] = stopped_early_;
     ckpt.metadata = meta.dump();
     nn::add_parameters(ckpt, "model.", model_.parameters());
     nn::add_state(ckpt, "model.", model_.buffers());
     nn::add_state(ckpt, "optimizer.", optimizer_->state());
     if (ema_) nn::add_state(ckpt, "", ema_->state());
+    for (const auto& [prefix, best] : {std::pair{kBestRaw, &best_raw_weights_}, std::pair{kBestEma, &best_ema_weights_}})
+      for (const nn::CheckpointTensor& t : best->tensors) ckpt.tensors.push_back({prefix + t.name, t.value});
     nn::save_checkpoint((dir_ / "last.ckpt").string(), ckpt);
+    saved_epochs_ = epochs_done;
+    last_save_ = std::chrono::steady_clock::now();
+    fault_point("checkpoint_saved");
+    if (stopped_early_) fault_point("stop_saved");
+  }
+
+  // The tensors of `ckpt` named prefix + name, under their names, with the metadata of `epoch`.
+  nn::Checkpoint best_weights(const nn::Checkpoint& ckpt, const std::string& prefix, int epoch) const {
+    nn::Checkpoint best;
+    best.metadata = metadata(epoch).dump();
+    for (const nn::CheckpointTensor& t : ckpt.tensors)
+      if (t.name.starts_with(prefix)) best.tensors.push_back({t.name.substr(prefix.size()), t.value});
+    return best;
   }
 
   // Returns the number of epochs already done.
@@ -546,9 +580,12 @@ class FoldRun {
     };
     best_raw_ = candidate(meta["best_raw"]);
     best_ema_ = candidate(meta["best_ema"]);
+    best_raw_weights_ = best_weights(ckpt, kBestRaw, best_raw_.epoch);
+    best_ema_weights_ = best_weights(ckpt, kBestEma, best_ema_.epoch);
     learning_since_ = meta.value("learning_since", 0);
+    stopped_early_ = meta.value("stopped_early", false);
     const int done = meta["epoch"].get<int>();
-    epochs_run_ = done;
+    epochs_run_ = saved_epochs_ = done;
     if (!writer_) return done;
     // Keep exactly the epochs the checkpoint holds: a killed run may have logged one more.
     std::vector<std::string> lines;
@@ -565,7 +602,10 @@ class FoldRun {
     const Candidate& best = best_overall();
     const std::string chosen = use_ema ? "ema" : "raw";
     mil::DualStreamMIL& model = use_ema ? ema_model_ : model_;
-    const nn::Checkpoint ckpt = nn::load_checkpoint((dir_ / (use_ema ? "best_ema.ckpt" : "best.ckpt")).string());
+    nn::save_checkpoint((dir_ / "best.ckpt").string(), best_raw_weights_);
+    if (ema_) nn::save_checkpoint((dir_ / "best_ema.ckpt").string(), best_ema_weights_);
+    fault_point("best_saved");
+    const nn::Checkpoint& ckpt = use_ema ? best_ema_weights_ : best_raw_weights_;
     nn::restore_parameters(ckpt, "model.", model.parameters());
     nn::restore_state(ckpt, "model.", model.buffers());
 
@@ -595,6 +635,7 @@ class FoldRun {
         rows.push_back(report::prediction_row(cohort_[q.case_index].case_id, q.label, q.p_hgg, threshold, "val", chosen));
     report::write_predictions_csv(dir_ / "predictions.csv", rows);
     report::write_attention_csv(dir_ / "attention.csv", attention);
+    fault_point("predictions_written");
 
     report::FoldInfo info;
     info.fold = plan_.fold;
@@ -632,6 +673,9 @@ class FoldRun {
   float class_weight_[2] = {1.0f, 1.0f};
   int64_t steps_per_epoch_ = 0;
   Candidate best_raw_, best_ema_;
+  nn::Checkpoint best_raw_weights_, best_ema_weights_;
+  int saved_epochs_ = 0;  // the epochs last.ckpt holds
+  std::chrono::steady_clock::time_point last_save_;
   bool stopped_early_ = false;
   int epochs_run_ = 0;
   int last_warning_epoch_ = 0;

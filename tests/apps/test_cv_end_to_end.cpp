@@ -8,13 +8,18 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <ctime>
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <random>
 #include <thread>
 
 #include <nlohmann/json.hpp>
 
+#include "apps/report/run_dir.h"
 #include "apps/train/cv.h"
+#include "apps/train/fault_points.h"
 #include "data/cohort.h"
 #include "data/nifti_io.h"
 #include "nn/checkpoint.h"
@@ -22,14 +27,9 @@
 
 using namespace dsmil;
 namespace fs = std::filesystem;
+using test::scratch;
 
 namespace {
-
-fs::path scratch(const std::string& name) {
-  const fs::path dir = fs::temp_directory_path() / ("dsmil_e2e_" + std::to_string(test::run_seed())) / name;
-  fs::create_directories(dir);
-  return dir;
-}
 
 // One shared small cohort: 48 cases of 64x64x48 voxels (about 1 s to write).
 const fs::path& cohort() {
@@ -67,9 +67,12 @@ double pair_auc(const std::vector<std::pair<int, double>>& rows) {
   return wins / pairs;
 }
 
-int run_dsmil(const std::vector<std::string>& args, pid_t* started = nullptr) {
+// Runs dsmil with `args`, DSMIL_FAULT set to `fault` when given (apps/train/fault_points.h); returns its exit
+// status, or with `started` its pid at once.
+int run_dsmil(const std::vector<std::string>& args, pid_t* started = nullptr, const std::string& fault = "") {
   const pid_t pid = fork();
   if (pid == 0) {
+    if (!fault.empty()) setenv("DSMIL_FAULT", fault.c_str(), 1);
     std::vector<char*> argv{const_cast<char*>(DSMIL_BINARY)};
     for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
     argv.push_back(nullptr);
@@ -133,7 +136,7 @@ TEST_CASE("a run killed during training and resumed ends with the weights of an 
   const std::string cache = scratch("cache").string();
   const std::vector<std::string> common = {"--config", "tiny", "--data", cohort().string(), "--set", "data.cache=" + cache,
                                            "--set", "train.epochs=5", "--set", "train.min_epochs=5", "--set", "cv.folds=3",
-                                           "--folds", "0", "--set", "run.threads=1"};
+                                           "--folds", "0", "--set", "run.threads=1", "--set", "run.checkpoint_seconds=0"};
   auto with = [&](std::vector<std::string> extra) {
     std::vector<std::string> args{"cv"};
     args.insert(args.end(), common.begin(), common.end());
@@ -169,6 +172,173 @@ TEST_CASE("a run killed during training and resumed ends with the weights of an 
   CHECK(differing == 0);
   CHECK(lines_of(whole_dir / "fold_0" / "predictions.csv") == lines_of(run_dir / "fold_0" / "predictions.csv"));
   CHECK(lines_of(whole_dir / "fold_0" / "metrics.jsonl").size() == lines_of(run_dir / "fold_0" / "metrics.jsonl").size());
+}
+
+namespace {
+
+// What a run's folds end with, file by file: fold.json, predictions, attention and checkpoints as bytes;
+// metrics.jsonl without its timings (they differ from run to run).
+std::map<std::string, std::string> fold_outputs(const fs::path& run_dir) {
+  std::map<std::string, std::string> files;
+  for (const auto& fold : fs::directory_iterator(run_dir)) {
+    if (fold.path().filename().string().rfind("fold_", 0) != 0) continue;
+    const std::string name = fold.path().filename().string();
+    for (const char* file : {"fold.json", "predictions.csv", "attention.csv", "best.ckpt", "best_ema.ckpt", "last.ckpt"})
+      files[name + "/" + file] = fs::exists(fold.path() / file) ? report::read_text_file(fold.path() / file) : "(none)";
+    std::string metrics;
+    for (const std::string& line : lines_of(fold.path() / "metrics.jsonl")) {
+      nlohmann::json record = nlohmann::json::parse(line);
+      for (const char* timing : {"epoch_time_s", "throughput_bags_per_s", "batch_assembly_s"}) record.erase(timing);
+      metrics += record.dump() + "\n";
+    }
+    files[name + "/metrics.jsonl"] = metrics;
+  }
+  return files;
+}
+
+// The fault-injection runs: a tiny two-fold CV that stops early, saving last.ckpt every epoch.
+struct FaultRuns {
+  fs::path out;
+  std::string cache = scratch("cache").string();
+  std::vector<std::string> cv(const std::vector<std::string>& extra) const {
+    std::vector<std::string> args{"cv", "--config", "tiny", "--data", cohort().string(), "--set", "data.cache=" + cache,
+                                  "--set", "cv.folds=3", "--folds", "0,1", "--set", "train.epochs=8", "--set",
+                                  "train.min_epochs=2", "--set", "train.patience=1", "--set", "train.selection_train_auc=0",
+                                  "--set", "run.checkpoint_seconds=0", "--set", "run.threads=1", "--no-audit"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    return args;
+  }
+  fs::path only_run(const fs::path& root) const {
+    std::vector<fs::path> runs;
+    for (const auto& entry : fs::directory_iterator(root)) runs.push_back(entry.path());
+    REQUIRE(runs.size() == 1);
+    return runs.front();
+  }
+};
+
+}  // namespace
+
+TEST_CASE("a fold killed in each window of its end (checkpoint, stopping epoch, best models, predictions) resumes to "
+          "the files of an uninterrupted run") {
+  const FaultRuns runs{scratch("fault_windows")};
+  REQUIRE(run_dsmil(runs.cv({"--out", (runs.out / "whole").string()})) == 0);
+  const fs::path whole = runs.only_run(runs.out / "whole");
+  const auto expected = fold_outputs(whole);
+  bool stopped = false;
+  for (const char* fold : {"fold_0", "fold_1"})
+    stopped |= nlohmann::json::parse(std::ifstream(whole / fold / "fold.json"))["stopped_early"].get<bool>();
+  REQUIRE_MESSAGE(stopped, "no fold stopped early: the stopping window would go untested");
+  for (const std::string fault : {"checkpoint_saved:3", "stop_saved", "best_saved", "predictions_written",
+                                  "predictions_written:2"}) {
+    CAPTURE(fault);
+    const fs::path root = runs.out / ("fault_" + fault.substr(0, fault.find(':')) + fault.substr(fault.find(':') + 1));
+    REQUIRE(run_dsmil(runs.cv({"--out", root.string()}), nullptr, fault) == app::kFaultExitCode);
+    const fs::path run_dir = runs.only_run(root);
+    REQUIRE(run_dsmil(runs.cv({"--resume", run_dir.string()})) == 0);
+    const auto resumed = fold_outputs(run_dir);
+    REQUIRE(resumed.size() == expected.size());
+    for (const auto& [file, bytes] : expected) {
+      CAPTURE(file);
+      CHECK(resumed.at(file) == bytes);
+    }
+  }
+}
+
+TEST_CASE("a CV killed again and again at random moments and resumed each time ends with the files of an "
+          "uninterrupted run") {
+  const FaultRuns runs{scratch("fault_chain")};
+  REQUIRE(run_dsmil(runs.cv({"--out", (runs.out / "whole").string()})) == 0);
+  const auto expected = fold_outputs(runs.only_run(runs.out / "whole"));
+  // Kills come every 0.2 to 0.8 s, up to kMaxKills of them; then the last resume runs to its end.
+  constexpr int kMaxKills = 30;
+  std::uniform_int_distribution<int> pause_ms(200, 800);
+  const fs::path root = runs.out / "killed";
+  pid_t pid = 0;
+  run_dsmil(runs.cv({"--out", root.string()}), &pid);
+  fs::path run_dir;
+  int kills = 0, status = 0;
+  while (true) {
+    if (kills == kMaxKills) {
+      waitpid(pid, &status, 0);
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(pause_ms(test::rng())));
+    if (waitpid(pid, &status, WNOHANG) == pid) break;
+    // Until the run directory holds its config, a resume has nothing to continue: let it get there.
+    if (run_dir.empty() && fs::exists(root))
+      for (const auto& entry : fs::directory_iterator(root)) run_dir = entry.path();
+    if (run_dir.empty() || !fs::exists(run_dir / "config.toml")) continue;
+    kill(pid, SIGKILL);
+    waitpid(pid, nullptr, 0);
+    ++kills;
+    run_dsmil(runs.cv({"--resume", run_dir.string()}), &pid);
+  }
+  REQUIRE(WIFEXITED(status));
+  REQUIRE(WEXITSTATUS(status) == 0);
+  std::printf("[faults] %d kills at random moments, each resumed; comparing %zu files\n", kills, expected.size());
+  CHECK(kills >= 5);
+  const auto resumed = fold_outputs(run_dir);
+  REQUIRE(resumed.size() == expected.size());
+  for (const auto& [file, bytes] : expected) {
+    CAPTURE(file);
+    CHECK(resumed.at(file) == bytes);
+  }
+}
+
+TEST_CASE("runs started in the same second get directories of their own, created exclusively") {
+  const fs::path out = scratch("same_second");
+  const std::string cache = scratch("cache").string();
+  // The names the next seconds would give are taken already: the run must not enter them.
+  char stamp[32];
+  std::vector<fs::path> taken;
+  for (int ahead = 0; ahead < 4; ++ahead) {
+    const std::time_t t = std::time(nullptr) + ahead;
+    std::strftime(stamp, sizeof stamp, "%Y%m%d_%H%M%S", std::localtime(&t));
+    taken.push_back(out / (std::string("tiny_") + stamp));
+    fs::create_directories(taken.back());
+  }
+  const std::vector<std::string> args = {"cv", "--config", "tiny", "--data", cohort().string(), "--set", "data.cache=" + cache,
+                                         "--set", "train.epochs=1", "--set", "train.min_epochs=1", "--set", "cv.folds=3",
+                                         "--folds", "0", "--no-audit", "--out", out.string()};
+  pid_t first = 0, second = 0;
+  run_dsmil(args, &first);
+  run_dsmil(args, &second);
+  int status_first = 0, status_second = 0;
+  waitpid(first, &status_first, 0);
+  waitpid(second, &status_second, 0);
+  CHECK(WEXITSTATUS(status_first) == 0);
+  CHECK(WEXITSTATUS(status_second) == 0);
+  for (const fs::path& dir : taken) CHECK(fs::is_empty(dir));
+  int runs = 0;
+  for (const auto& entry : fs::directory_iterator(out))
+    if (!fs::is_empty(entry.path())) {
+      ++runs;
+      CHECK(entry.path().filename().string().find("_2") != std::string::npos);
+      CHECK(fs::exists(entry.path() / "fold_0" / "fold.json"));
+    }
+  CHECK(runs == 2);
+}
+
+TEST_CASE("a dataset with one grade, or without data, is one clear error and leaves no run directory") {
+  const fs::path out = scratch("one_grade");
+  const fs::path all_hgg = scratch("all_hgg");
+  data::write_small_cohort(all_hgg, 10, 5, {48, 48, 32}, 1.0);
+  app::RunConfig c = app::load_config(app::find_config_file("tiny"));
+  c.data_root = all_hgg.string();
+  c.cache_dir = scratch("cache").string();
+  app::CvOptions options;
+  options.runs_root = out;
+  std::string message = "(no error)";
+  try {
+    app::run_cv(c, options);
+  } catch (const Error& e) {
+    message = e.what();
+  }
+  CAPTURE(message);
+  CHECK(message.find("0 LGG cases") != std::string::npos);
+  CHECK(fs::is_empty(out));
+  CHECK(run_dsmil({"cv", "--config", "tiny", "--data", "/no/such/folder", "--out", out.string()}) != 0);
+  CHECK(fs::is_empty(out));
 }
 
 TEST_CASE("bad arguments and missing inputs: one error line, non-zero exit") {

@@ -17,14 +17,9 @@
 
 using namespace dsmil;
 namespace fs = std::filesystem;
+using test::scratch;
 
 namespace {
-
-fs::path scratch(const std::string& name) {
-  const fs::path dir = fs::temp_directory_path() / ("dsmil_dp_" + std::to_string(test::run_seed())) / name;
-  fs::create_directories(dir);
-  return dir;
-}
 
 // p_hgg of every (case, split) row of the only run's fold_0/predictions.csv under `root`.
 std::map<std::string, double> predictions_under(const fs::path& root) {

@@ -18,14 +18,9 @@
 
 using namespace dsmil;
 namespace fs = std::filesystem;
+using test::scratch;
 
 namespace {
-
-fs::path scratch(const std::string& name) {
-  const fs::path dir = fs::temp_directory_path() / ("dsmil_workers_" + std::to_string(test::run_seed())) / name;
-  fs::create_directories(dir);
-  return dir;
-}
 
 // 24 cases of 64x64x48 voxels, drawn from this run's seed.
 const fs::path& cohort() {

@@ -110,8 +110,7 @@ TEST_CASE("ResNet-3D: embedding shape, block counts and parameter names") {
 }
 
 TEST_CASE("checkpoint: round trip, and clear errors for wrong, damaged, old or mismatched files") {
-  const std::string dir = std::filesystem::temp_directory_path() / ("dsmil_ckpt_" + std::to_string(run_seed()));
-  std::filesystem::create_directories(dir);
+  const std::string dir = scratch("checkpoints");
   TwoParams m;
   nn::Checkpoint ckpt;
   ckpt.metadata = R"({"epoch": 3})";

@@ -161,9 +161,25 @@ TEST_CASE("a healthy CV: cv_summary.json equals an independent recomputation, no
     CHECK_MESSAGE(md.find(section) != std::string::npos, section);
   CHECK(md.find("OPTIMISTIC") == std::string::npos);
   CHECK(md.find("FAIL**") == std::string::npos);
+  CHECK(md.find("**Skipped cases:** none") != std::string::npos);
+  CHECK(s["skipped_cases"] == json::array());
   for (const char* plot : {"roc.svg", "reliability.svg", "curves_fold_0.svg", "attention_fold_4.svg",
                            "attention_slabs_fold_2.svg"})
     CHECK_MESSAGE(fs::exists(run / "plots" / plot), plot);
+}
+
+TEST_CASE("cases the run skipped as bad are listed in AUDIT.md and cv_summary.json with their reasons") {
+  TempDir tmp;
+  auto rng = fresh_rng();
+  const fs::path run = tmp.path / "skipping_20260109_032250";
+  write_run(run, healthy_folds(rng));
+  const std::string reason = "case Brats18_X: Brats18_X_t1ce.nii.gz: non-finite values (NaN/inf) in 12 voxels";
+  std::ofstream(run / "skipped_cases.txt") << reason << "\n";
+  REQUIRE(write_cv_report(run).consistent());
+  CHECK(read_json(run / "cv_summary.json")["skipped_cases"] == json::array({reason}));
+  const std::string md = read_text(run / "AUDIT.md");
+  CHECK(md.find("**Skipped cases:** 1 left out") != std::string::npos);
+  CHECK(md.find(reason) != std::string::npos);
 }
 
 TEST_CASE("seed-like failures fire their rules and healthy folds stay clean") {

@@ -1,0 +1,60 @@
+// Run configuration (apps/train/config.h): overrides are typed and range-checked before they narrow, run.precision
+// `auto` resolves by device, unknown keys are refused by name, and a resolved config reads back unchanged.
+#include <string>
+
+#include "apps/train/config.h"
+#include "tests/test_util.h"
+
+using namespace dsmil;
+
+namespace {
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+}  // namespace
+
+TEST_CASE("integer overrides that do not fit their field are refused, not wrapped") {
+  app::RunConfig c;
+  const std::string wrapped = error_of([&] { app::apply_override(c, "train.epochs=4294967297"); });
+  CAPTURE(wrapped);
+  CHECK(wrapped.find("train.epochs") != std::string::npos);
+  CHECK(wrapped.find("does not fit") != std::string::npos);
+  CHECK(c.epochs == 40);
+  app::apply_override(c, "cv.seed=4294967297");  // a 64-bit field takes it
+  CHECK(c.seed == 4294967297LL);
+  CHECK(error_of([&] { app::apply_override(c, "train.epochs=2.5"); }).find("wrong type") != std::string::npos);
+  CHECK(error_of([&] { app::apply_override(c, "train.no_such_key=1"); }).find("unknown config key 'train.no_such_key'") !=
+        std::string::npos);
+}
+
+TEST_CASE("run.precision auto is bf16 on a GPU and fp32 on the CPU, bf16 on the CPU is refused") {
+  app::RunConfig c;
+  CHECK(c.precision == "auto");
+  app::RunConfig gpu = c, cpu = c;
+  app::resolve_precision(gpu, Device::CUDA);
+  app::resolve_precision(cpu, Device::CPU);
+  CHECK(gpu.precision == "bf16");
+  CHECK(cpu.precision == "fp32");
+  app::RunConfig forced = c;
+  forced.precision = "bf16";
+  CHECK(error_of([&] { app::resolve_precision(forced, Device::CPU); }).find("needs the CUDA backend") != std::string::npos);
+}
+
+TEST_CASE("a resolved config reads back unchanged, the shipped configs validate, and their learning rate is 1e-4") {
+  for (const char* name : {"recommended-v2", "seed-v1", "tiny"}) {
+    CAPTURE(name);
+    const app::RunConfig c = app::load_config(app::find_config_file(name));
+    app::validate_config(c);
+    const app::RunConfig back = app::parse_config(app::config_to_toml(c), "round trip");
+    CHECK(app::config_to_toml(back) == app::config_to_toml(c));
+  }
+  CHECK(app::load_config(app::find_config_file("recommended-v2")).lr == 1e-4);
+  CHECK(app::load_config(app::find_config_file("seed-v1")).lr == 1e-4);
+}
