@@ -1,5 +1,6 @@
 // `dsmil cv` (nested K-fold cross-validation, DESIGN section 5) and `dsmil train` (one fold of it).
 #include <cstdio>
+#include <filesystem>
 #include <memory>
 #include <optional>
 
@@ -19,7 +20,7 @@ namespace dsmil::app {
 namespace {
 
 struct CvArgs {
-  std::string config = "recommended-v2";
+  std::string config;  // empty: recommended-v2, or the run's own config.toml when resuming
   std::string data;
   std::vector<std::string> overrides;
   std::string runs_root = "runs";
@@ -36,11 +37,14 @@ struct CvArgs {
 };
 
 void add_common_options(CLI::App* cmd, CvArgs& a) {
-  cmd->add_option("--config", a.config, "config name (configs/NAME.toml) or file")->capture_default_str();
+  cmd->add_option("--config", a.config, "config name (configs/NAME.toml) or file (default: recommended-v2; with "
+                                        "--resume, the run's own config.toml)");
   cmd->add_option("--data", a.data, "dataset: BraTS folder or manifest CSV (overrides data.root)");
   cmd->add_option("--set", a.overrides, "override a config key: section.key=value (repeatable)");
   cmd->add_option("--out", a.runs_root, "folder for run directories")->capture_default_str();
-  cmd->add_option("--resume", a.resume, "run directory to continue (bit-exact from each fold's last.ckpt)");
+  cmd->add_option("--resume", a.resume,
+                  "run directory to continue from each fold's last.ckpt, with the run's config and data (flags that "
+                  "disagree with them are refused, naming the key)");
   cmd->add_option("--device", a.device, "cpu | cuda | auto");
   cmd->add_flag("--deterministic", a.deterministic, "deterministic algorithms: identical predictions on a rerun");
   cmd->add_flag("--strict-fp32", a.strict_fp32, "no TF32 on the GPU");
@@ -67,7 +71,10 @@ std::unique_ptr<dist::Communicator> join_ranks(const dist::RankInfo& ranks, cons
 }
 
 RunConfig resolve(const CvArgs& a) {
-  RunConfig config = load_config(find_config_file(a.config));
+  const std::string base = !a.config.empty() ? find_config_file(a.config).string()
+                           : !a.resume.empty() ? (std::filesystem::path(a.resume) / "config.toml").string()
+                                               : find_config_file("recommended-v2").string();
+  RunConfig config = load_config(base);
   for (const std::string& o : a.overrides) apply_override(config, o);
   if (!a.data.empty()) config.data_root = a.data;
   if (!a.device.empty()) config.device = a.device;

@@ -261,6 +261,19 @@ void validate_config(const RunConfig& c) {
   check_range("run.threads", c.threads, 0, 1024);
 }
 
+std::vector<std::string> config_differences(const RunConfig& a, const RunConfig& b) {
+  RunConfig left = a, right = b;
+  const std::vector<NamedField> lf = config_fields(left), rf = config_fields(right);
+  auto text = [](const ConfigField& field) {
+    return std::visit([](auto* v) { return fmt::format("{}", *v); }, field);
+  };
+  std::vector<std::string> out;
+  for (size_t i = 0; i < lf.size(); ++i)
+    if (text(lf[i].field) != text(rf[i].field))
+      out.push_back(fmt::format("{}: {} vs {}", lf[i].key, text(lf[i].field), text(rf[i].field)));
+  return out;
+}
+
 std::string config_to_toml(const RunConfig& config) {
   RunConfig copy = config;
   toml::table root;

@@ -108,5 +108,7 @@ void resolve_precision(RunConfig& config, Device device);
 // Checks ranges and enumerations; throws dsmil::Error naming the key.
 void validate_config(const RunConfig& config);
 std::string config_to_toml(const RunConfig& config);
+// "key: A vs B" for every key whose value differs between two configs (empty: the same config).
+std::vector<std::string> config_differences(const RunConfig& a, const RunConfig& b);
 
 }  // namespace dsmil::app

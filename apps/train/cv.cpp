@@ -11,6 +11,7 @@
 #include <thread>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include "apps/report/audit.h"
 #include "apps/report/run_dir.h"
@@ -156,10 +157,12 @@ void train_here(const RunConfig& config, const std::vector<data::CaseVolume>& ca
   }
 #endif
   Trainer trainer(config, cases, device, gather, ranks);
+  const int count = config.repeats * static_cast<int>(folds.size());
+  int position = 0;
   for (int repeat = 0; repeat < config.repeats; ++repeat)
     for (const int fold : folds) {
       const data::Fold& f = repeat_splits[repeat].folds[fold];
-      trainer.run_fold({repeat, fold, f.train, f.inner_val, f.test},
+      trainer.run_fold({repeat, fold, f.train, f.inner_val, f.test, ++position, count},
                        repeat_dir(run_dir, config.repeats, repeat) / fmt::format("fold_{}", fold), resuming);
     }
 }
@@ -192,9 +195,11 @@ CvResult run_cv(const RunConfig& requested, const CvOptions& options) {
   if (resuming) {
     result.run_dir = options.resume_dir;
     const fs::path saved = result.run_dir / "config.toml";
-    if (!fs::exists(saved) || report::read_text_file(saved) != config_to_toml(config))
-      throw Error(fmt::format("--resume {}: its config.toml is missing or differs from this run's config",
-                              result.run_dir.string()));
+    if (!fs::exists(saved)) throw Error(fmt::format("--resume {}: no config.toml there", result.run_dir.string()));
+    const std::vector<std::string> differences = config_differences(load_config(saved), config);
+    if (!differences.empty())
+      throw Error(fmt::format("--resume {}: the run was made with another config (the run's value vs this one's): {}",
+                              result.run_dir.string(), fmt::join(differences, "; ")));
   } else {
     result.run_dir = new_run_directory(options.runs_root, fmt::format("{}_{}", config.name, run_timestamp(ranks)), ranks);
     if (writer) report::write_text_file(result.run_dir / "config.toml", config_to_toml(config));

@@ -77,6 +77,12 @@ double seconds_since(std::chrono::steady_clock::time_point t) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
 }
 
+std::string duration_text(double seconds) {
+  const auto s = static_cast<long>(std::lround(seconds));
+  return s >= 3600 ? fmt::format("{}h{:02}m", s / 3600, s % 3600 / 60)
+                   : s >= 60 ? fmt::format("{}m{:02}s", s / 60, s % 60) : fmt::format("{}s", s);
+}
+
 // The monitor's value in a validation record (NaN when undefined), as fold.json states it.
 double monitor_value(const std::string& monitor, const json& metrics) {
   auto get = [&](const char* key) { return metrics[key].is_null() ? NAN : metrics[key].get<double>(); };
@@ -245,7 +251,8 @@ class FoldRun {
     int start_epoch = 0;
     if (resume && fs::exists(dir_ / "last.ckpt")) start_epoch = restore_last();
     else if (writer_) std::ofstream(dir_ / "metrics.jsonl", std::ios::trunc);
-    last_save_ = std::chrono::steady_clock::now();
+    last_save_ = fold_start_ = std::chrono::steady_clock::now();
+    first_epoch_ = start_epoch;
     std::signal(SIGINT, on_interrupt);
     // A fold killed after its stopping epoch was saved has stopped: it only finishes.
     for (int epoch = start_epoch; epoch < c_.epochs && !stopped_early_; ++epoch) {
@@ -303,18 +310,35 @@ class FoldRun {
                                    best_overall().epoch);
     const json& health = record["health"];
     progress_.line(fmt::format(
-        "[r{} f{}] epoch {:>3}/{} loss {:.4f} auc {:.3f} | val loss {:.4f} auc {:.3f} bacc {:.3f} | {} {:.3f} (best {} @{}) | "
-        "gnorm {:.2f} upd {:.1e} spread {:.2f} | {:.1f} bags/s",
-        plan_.repeat, plan_.fold, epoch + 1, c_.epochs, record["train"]["loss"].get<double>(), train_auc,
+        "{} epoch {:>3}/{} loss {:.4f} auc {:.3f} | val loss {:.4f} auc {:.3f} bacc {:.3f} | {} {:.3f} (best {} @{}) | "
+        "gnorm {:.2f} upd {:.1e} spread {:.2f} | {:.1f} bags/s | {}",
+        tag(), epoch + 1, c_.epochs, record["train"]["loss"].get<double>(), train_auc,
         number_or_nan(record["val"]["loss"]), number_or_nan(record["val"]["auc"]),
         number_or_nan(record["val"]["balanced_accuracy"]), c_.monitor, best_overall().value,
         best_is_ema() ? "ema" : "raw", best_overall().epoch, number_or_nan(health.value("grad_norm", json())["mean"]),
-        encoder_update_ratio(health), health.value("logit_spread", NAN), record["throughput_bags_per_s"].get<double>()));
+        encoder_update_ratio(health), health.value("logit_spread", NAN), record["throughput_bags_per_s"].get<double>(),
+        eta(epoch + 1)));
     if (!warning.empty() && (last_warning_epoch_ == 0 || epoch + 1 - last_warning_epoch_ >= kWarningEvery)) {
-      progress_.line(fmt::format("[r{} f{}] warning: {}", plan_.repeat, plan_.fold, warning));
+      progress_.line(fmt::format("{} warning: {}", tag(), warning));
       last_warning_epoch_ = epoch + 1;
     }
     return stopped_early_;
+  }
+
+  // "[fold_2, 3/5]" ("[repeat_1/fold_2, 8/10]" when repeated): the fold's folder and its place among the folds
+  // this process trains.
+  std::string tag() const {
+    const std::string where = c_.repeats > 1 ? fmt::format("repeat_{}/fold_{}", plan_.repeat, plan_.fold)
+                                             : fmt::format("fold_{}", plan_.fold);
+    return fmt::format("[{}, {}/{}]", where, plan_.position, plan_.count);
+  }
+
+  // Upper bounds from the mean epoch time so far: early stopping can end a fold sooner.
+  std::string eta(int epochs_done) const {
+    const double per_epoch = seconds_since(fold_start_) / std::max(1, epochs_done - first_epoch_);
+    const double fold = per_epoch * (c_.epochs - epochs_done);
+    const double run = fold + per_epoch * c_.epochs * (plan_.count - plan_.position);
+    return fmt::format("ETA fold <= {}, run <= {}", duration_text(fold), duration_text(run));
   }
 
   uint64_t stream_seed(uint64_t purpose, uint64_t a, uint64_t b) const {
@@ -417,8 +441,8 @@ class FoldRun {
       loss_sum += loss_value * step_bags;
       if (!writer_) continue;
       const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      progress_.step(fmt::format("[r{} f{}] epoch {}/{} step {}/{} loss {:.4f} lr {:.2e} | {:.1f} bags/s | ETA epoch {:.0f}s",
-                                 plan_.repeat, plan_.fold, epoch + 1, c_.epochs, step + 1, steps_per_epoch_, loss_value, lr,
+      progress_.step(fmt::format("{} epoch {}/{} step {}/{} loss {:.4f} lr {:.2e} | {:.1f} bags/s | ETA epoch {:.0f}s",
+                                 tag(), epoch + 1, c_.epochs, step + 1, steps_per_epoch_, loss_value, lr,
                                  seen_p.size() / elapsed, elapsed / (step + 1) * (steps_per_epoch_ - step - 1)));
     }
     json record = {{"epoch", epoch + 1},
@@ -593,7 +617,7 @@ class FoldRun {
     for (std::string line; std::getline(in, line) && static_cast<int>(lines.size()) < done;) lines.push_back(line);
     std::ofstream out(dir_ / "metrics.jsonl", std::ios::trunc);
     for (const std::string& line : lines) out << line << "\n";
-    progress_.line(fmt::format("[r{} f{}] resumed after epoch {}", plan_.repeat, plan_.fold, done));
+    progress_.line(fmt::format("{} resumed after epoch {}", tag(), done));
     return done;
   }
 
@@ -653,8 +677,7 @@ class FoldRun {
     info.n_val = static_cast<int>(plan_.val.size());
     info.n_test = static_cast<int>(plan_.test.size());
     report::write_fold_json(dir_ / "fold.json", info);
-    progress_.line(fmt::format("[r{} f{}] done: best epoch {} ({} model), threshold {:.3f} ({}{})", plan_.repeat,
-                               plan_.fold, best.epoch, chosen, threshold, method,
+    progress_.line(fmt::format("{} done: best epoch {} ({} model), threshold {:.3f} ({}{})", tag(), best.epoch, chosen, threshold, method,
                                can_calibrate ? "" : ": the calibration set lacks a class"));
   }
 
@@ -675,7 +698,8 @@ class FoldRun {
   Candidate best_raw_, best_ema_;
   nn::Checkpoint best_raw_weights_, best_ema_weights_;
   int saved_epochs_ = 0;  // the epochs last.ckpt holds
-  std::chrono::steady_clock::time_point last_save_;
+  std::chrono::steady_clock::time_point last_save_, fold_start_;
+  int first_epoch_ = 0;  // the epoch this process started the fold at (after a resume: the saved epochs)
   bool stopped_early_ = false;
   int epochs_run_ = 0;
   int last_warning_epoch_ = 0;

@@ -20,6 +20,8 @@ namespace dsmil::app {
 struct FoldPlan {
   int repeat = 0, fold = 0;
   std::vector<int> train, val, test;  // indices into the cohort; val is empty under select_on_test
+  // This fold's place among the folds this process trains (1-based) and their number, for progress and ETA.
+  int position = 1, count = 1;
 };
 
 // Predictions of one model on a set of cases (fixed instance sampling, no augmentation).

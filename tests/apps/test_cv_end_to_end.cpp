@@ -341,6 +341,31 @@ TEST_CASE("a dataset with one grade, or without data, is one clear error and lea
   CHECK(fs::is_empty(out));
 }
 
+TEST_CASE("--resume RUN_DIR alone continues with the run's config and data; a disagreeing setting is named") {
+  const fs::path out = scratch("resume_alone");
+  const std::string cache = scratch("cache").string();
+  REQUIRE(run_dsmil({"cv", "--config", "tiny", "--data", cohort().string(), "--set", "data.cache=" + cache, "--set",
+                     "train.epochs=1", "--set", "train.min_epochs=1", "--set", "cv.folds=3", "--folds", "0", "--no-audit",
+                     "--out", out.string()}) == 0);
+  const fs::path run_dir = fs::directory_iterator(out)->path();
+  CHECK(run_dsmil({"cv", "--resume", run_dir.string(), "--folds", "1"}) == 0);
+  CHECK(fs::exists(run_dir / "fold_1" / "fold.json"));
+  CHECK(fs::exists(run_dir / "AUDIT.md"));
+
+  app::RunConfig changed = app::load_config(run_dir / "config.toml");
+  changed.lr = 0.5;
+  app::CvOptions options;
+  options.resume_dir = run_dir;
+  std::string message = "(no error)";
+  try {
+    app::run_cv(changed, options);
+  } catch (const Error& e) {
+    message = e.what();
+  }
+  CAPTURE(message);
+  CHECK(message.find("train.lr: 0.003 vs 0.5") != std::string::npos);
+}
+
 TEST_CASE("bad arguments and missing inputs: one error line, non-zero exit") {
   CHECK(run_dsmil({"cv", "--config", "no-such-config"}) != 0);
   CHECK(run_dsmil({"cv", "--config", "tiny", "--data", "/no/such/folder"}) != 0);
