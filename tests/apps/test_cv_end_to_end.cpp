@@ -341,7 +341,7 @@ TEST_CASE("a dataset with one grade, or without data, is one clear error and lea
   CHECK(fs::is_empty(out));
 }
 
-TEST_CASE("--resume RUN_DIR alone continues with the run's config and data; a disagreeing setting is named") {
+TEST_CASE("--resume RUN_DIR alone continues with the run's config and data, and a disagreeing setting is named") {
   const fs::path out = scratch("resume_alone");
   const std::string cache = scratch("cache").string();
   REQUIRE(run_dsmil({"cv", "--config", "tiny", "--data", cohort().string(), "--set", "data.cache=" + cache, "--set",
