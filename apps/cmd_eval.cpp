@@ -53,7 +53,8 @@ void run_eval(const EvalArgs& a) {
   for (size_t i = 0; i < all.size(); ++i) all[i] = static_cast<int>(i);
   const std::vector<CasePrediction> preds = predict_cases(*trained.model, cohort.cases, all, config, device,
                                                          soft_pooling_tau(config, trained.epoch - 1));
-  const FoldThreshold threshold = threshold_beside(a.checkpoint);
+  // A checkpoint without a calibrated threshold (last.ckpt) is judged at 0.5 alone.
+  const double threshold = trained.threshold ? trained.threshold->value : 0.5;
 
   std::vector<int> labels;
   std::vector<double> p;
@@ -61,7 +62,7 @@ void run_eval(const EvalArgs& a) {
   for (const CasePrediction& q : preds) {
     labels.push_back(q.label);
     p.push_back(q.p_hgg);
-    rows.push_back(report::prediction_row(cohort.cases[q.case_index].case_id, q.label, q.p_hgg, threshold.value, "eval",
+    rows.push_back(report::prediction_row(cohort.cases[q.case_index].case_id, q.label, q.p_hgg, threshold, "eval",
                                           a.checkpoint));
   }
   fs::create_directories(a.out);
@@ -76,7 +77,10 @@ void run_eval(const EvalArgs& a) {
   } else {
     std::printf("AUC undefined: the dataset holds one class only\n");
   }
-  print_threshold_metrics(threshold.source.c_str(), report::threshold_metrics(labels, p, threshold.value));
+  if (trained.threshold)
+    print_threshold_metrics(trained.threshold->source.c_str(), report::threshold_metrics(labels, p, threshold));
+  else
+    std::printf("no calibrated threshold in %s (only best.ckpt and best_ema.ckpt carry one)\n", a.checkpoint.c_str());
   print_threshold_metrics("0.5", report::threshold_metrics(labels, p, 0.5));
   std::printf("%s\n", (fs::path(a.out) / "predictions.csv").string().c_str());
 }

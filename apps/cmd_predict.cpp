@@ -1,9 +1,10 @@
 // `dsmil predict`: one patient's four NIfTI files through a trained checkpoint. The case is checked and
-// preprocessed like the training data, every slab position that holds brain forms the bag, and the
-// command prints p(HGG) with the fold's calibrated threshold (fold.json beside the checkpoint, else 0.5)
-// and writes the attention as a NIfTI volume in the input's voxel grid (each axial slice carries the
-// mean attention of the slabs that hold it, inside the brain box; 0 elsewhere) and a PNG montage of the
-// most-attended slabs (FLAIR over T1ce, middle slice of each slab).
+// preprocessed like the training data, its bag is built as in the CV's evaluation and `dsmil eval`
+// (predict_cases: config.eval_instances evenly spaced slabs), so the three give the same p(HGG); the command
+// prints it with the threshold calibrated for that checkpoint (best.ckpt and best_ema.ckpt carry one; with
+// last.ckpt, p(HGG) alone) and writes the attention as a NIfTI volume in the input's voxel grid (each axial
+// slice carries the mean attention of the bag's slabs that hold it, inside the brain box; 0 elsewhere) and a
+// PNG montage of the most-attended slabs (FLAIR over T1ce, middle slice of each slab).
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -45,22 +46,13 @@ void run_predict(const PredictArgs& a) {
   params.grid = data::parse_grid(config.grid);
   const std::vector<data::CaseVolume> cohort{data::preprocess_case(files, params)};
   const data::CaseVolume& volume = cohort.front();
-  const int positions = static_cast<int>(data::brain_slab_starts(volume.slice_has_brain, config.slab_depth).size());
-  const Batch batch = make_batch(cohort, {0}, {0}, {positions, config.slab_depth, data::InstanceSampling::all, false, {}});
-
-  mil::MilOutput out;
-  {
-    NoGradGuard no_grad;
-    nn::StepRandom random;
-    out = trained.model->forward(Variable(batch.x.to(device)), batch.mask, soft_pooling_tau(config, trained.epoch - 1),
-                                 random);
-  }
-  const std::vector<float> y = out.y.value().to_vector(), attention = out.attention.to_vector();
-  const double p_hgg = 1.0 / (1.0 + std::exp(static_cast<double>(y[0]) - y[1]));
-  const FoldThreshold threshold = threshold_beside(a.checkpoint);
+  const CasePrediction prediction =
+      predict_cases(*trained.model, cohort, {0}, config, device, soft_pooling_tau(config, trained.epoch - 1)).front();
+  const double p_hgg = prediction.p_hgg;
+  const std::vector<float>& attention = prediction.attention;
 
   // Per grid slice: mean attention of the slabs holding it.
-  const std::vector<int>& starts = batch.starts.front();
+  const std::vector<int>& starts = prediction.starts;
   const int depth = volume.grid.depth;
   std::vector<double> slice_attention(depth, 0.0), slice_slabs(depth, 0.0);
   for (size_t i = 0; i < starts.size(); ++i)
@@ -106,12 +98,22 @@ void run_predict(const PredictArgs& a) {
   const fs::path montage_path = fs::path(a.out) / (a.case_id + "_montage.png");
   report::write_png_montage(montage_path, slices, static_cast<int>(order.size()));
 
-  std::printf("case %s: p(HGG) = %.4f -> %s at threshold %s\n", a.case_id.c_str(), p_hgg,
-              p_hgg >= threshold.value ? "HGG" : "LGG", threshold.source.c_str());
+  const fs::path table = fs::path(a.out) / "prediction.csv";
+  report::write_text_file(table, fmt::format("case_id,p_hgg,threshold,prediction\n{},{:.9g},{},{}\n", a.case_id, p_hgg,
+                                             trained.threshold ? fmt::format("{:.17g}", trained.threshold->value) : "",
+                                             !trained.threshold                      ? ""
+                                             : p_hgg >= trained.threshold->value ? "HGG"
+                                                                                 : "LGG"));
+  if (trained.threshold)
+    std::printf("case %s: p(HGG) = %.4f -> %s at threshold %s\n", a.case_id.c_str(), p_hgg,
+                p_hgg >= trained.threshold->value ? "HGG" : "LGG", trained.threshold->source.c_str());
+  else
+    std::printf("case %s: p(HGG) = %.4f (no calibrated threshold in %s: only best.ckpt and best_ema.ckpt carry one)\n",
+                a.case_id.c_str(), p_hgg, a.checkpoint.c_str());
   std::printf("bag: %zu slabs of %d slices; most attended slab starts:", starts.size(), config.slab_depth);
   for (size_t i : order) std::printf(" %d (%.3f)", starts[i], attention[i]);
-  std::printf("\nattention map: %s\nmontage (FLAIR over T1ce): %s\n", map_path.string().c_str(),
-              montage_path.string().c_str());
+  std::printf("\nattention map: %s\nmontage (FLAIR over T1ce): %s\ntable: %s\n", map_path.string().c_str(),
+              montage_path.string().c_str(), table.string().c_str());
 }
 
 const RegisterCommand predict_command{"predict", 55, [](CLI::App& root) {

@@ -153,7 +153,14 @@ TrainedModel load_trained_model(const fs::path& checkpoint, Device device) {
   const nn::Checkpoint ckpt = nn::load_checkpoint(checkpoint.string());
   const json meta = json::parse(ckpt.metadata);
   TrainedModel trained{parse_config(meta.at("config").get<std::string>(), checkpoint.string() + " (its config)"),
-                       meta.at("epoch").get<int>(), nullptr};
+                       meta.at("epoch").get<int>(), std::nullopt, nullptr};
+  if (meta.contains("threshold")) {
+    const json& bags = meta.at("threshold_bags");
+    trained.threshold = CheckpointThreshold{
+        meta.at("threshold").get<double>(), meta.at("threshold_method").get<std::string>(),
+        fmt::format("{:.4f} ({} on the inner validation split, bags of {} fixed slabs)", meta.at("threshold").get<double>(),
+                    meta.at("threshold_method").get<std::string>(), bags.at("instances").get<int>())};
+  }
   // A model trained in bf16 keeps fp32 master weights: on the CPU it runs in fp32.
   if (device == Device::CPU && trained.config.precision == "bf16") trained.config.precision = "fp32";
   resolve_precision(trained.config, device);
@@ -163,14 +170,6 @@ TrainedModel load_trained_model(const fs::path& checkpoint, Device device) {
   trained.model->to(device);
   trained.model->set_training(false);
   return trained;
-}
-
-FoldThreshold threshold_beside(const fs::path& checkpoint) {
-  const fs::path fold_json = checkpoint.parent_path() / "fold.json";
-  if (!fs::exists(fold_json)) return {0.5, "0.5 (no fold.json beside the checkpoint)"};
-  const json fold = json::parse(std::ifstream(fold_json));
-  const double value = fold.at("threshold").get<double>();
-  return {value, fmt::format("{:.4f} ({} of {})", value, fold.at("threshold_method").get<std::string>(), fold_json.string())};
 }
 
 std::vector<CasePrediction> predict_cases(mil::DualStreamMIL& model, const std::vector<data::CaseVolume>& cohort,
@@ -621,29 +620,60 @@ class FoldRun {
     return done;
   }
 
+  // One best model restored and calibrated: its predictions of the calibration set (the inner validation
+  // split; the test fold under select_on_test) and the threshold they give.
+  struct Calibrated {
+    std::vector<CasePrediction> predictions;
+    std::string method;
+    double threshold = 0.5;
+    bool both_classes = false;  // false: the calibration set lacks a class, and the threshold is 0.5
+  };
+  Calibrated calibrate(mil::DualStreamMIL& model, const nn::Checkpoint& weights, const Candidate& best) {
+    nn::restore_parameters(weights, "model.", model.parameters());
+    nn::restore_state(weights, "model.", model.buffers());
+    // The best epoch's model evaluated again exactly as in its epoch: the val rows reproduce its record.
+    Calibrated out;
+    out.predictions = predict(model, c_.select_on_test ? plan_.test : plan_.val, tau_at(best.epoch - 1));
+    std::vector<int> labels;
+    std::vector<double> p;
+    for (const CasePrediction& q : out.predictions) labels.push_back(q.label), p.push_back(q.p_hgg);
+    out.both_classes = report::has_both_classes(labels);
+    out.method = out.both_classes ? c_.threshold : "0.5";
+    out.threshold = report::choose_threshold(labels, p, report::parse_threshold_method(out.method));
+    return out;
+  }
+
+  // best.ckpt / best_ema.ckpt: the weights with the threshold calibrated for them and the bags it was
+  // calibrated on, which `eval` and `predict` apply.
+  void save_best(const std::string& name, nn::Checkpoint weights, const Calibrated& calibrated) const {
+    json meta = json::parse(weights.metadata);
+    meta["threshold"] = calibrated.threshold;
+    meta["threshold_method"] = calibrated.method;
+    meta["threshold_bags"] = {{"sampling", "fixed"}, {"instances", c_.eval_instances}, {"slab_depth", c_.slab_depth}};
+    weights.metadata = meta.dump();
+    nn::save_checkpoint((dir_ / name).string(), weights);
+  }
+
   void finish() {
     const bool use_ema = best_is_ema();
     const Candidate& best = best_overall();
     const std::string chosen = use_ema ? "ema" : "raw";
-    mil::DualStreamMIL& model = use_ema ? ema_model_ : model_;
-    nn::save_checkpoint((dir_ / "best.ckpt").string(), best_raw_weights_);
-    if (ema_) nn::save_checkpoint((dir_ / "best_ema.ckpt").string(), best_ema_weights_);
+    // Each saved model gets its own threshold; the chosen one is calibrated last, so that it stays in place.
+    Calibrated raw, ema;
+    if (ema_ && !use_ema) ema = calibrate(ema_model_, best_ema_weights_, best_ema_);
+    raw = calibrate(model_, best_raw_weights_, best_raw_);
+    if (ema_ && use_ema) ema = calibrate(ema_model_, best_ema_weights_, best_ema_);
+    save_best("best.ckpt", best_raw_weights_, raw);
+    if (ema_) save_best("best_ema.ckpt", best_ema_weights_, ema);
     fault_point("best_saved");
-    const nn::Checkpoint& ckpt = use_ema ? best_ema_weights_ : best_raw_weights_;
-    nn::restore_parameters(ckpt, "model.", model.parameters());
-    nn::restore_state(ckpt, "model.", model.buffers());
-
-    // The best epoch's model evaluated again exactly as in its epoch: the val rows reproduce its record.
-    const float tau = tau_at(best.epoch - 1);
-    const std::vector<int>& calibration_set = c_.select_on_test ? plan_.test : plan_.val;
-    const std::vector<CasePrediction> calibration = predict(model, calibration_set, tau);
-    std::vector<int> labels;
-    std::vector<double> p;
-    for (const CasePrediction& q : calibration) labels.push_back(q.label), p.push_back(q.p_hgg);
-    const bool can_calibrate = report::has_both_classes(labels);
-    const std::string method = can_calibrate ? c_.threshold : "0.5";
-    const double threshold = report::choose_threshold(labels, p, report::parse_threshold_method(method));
-    const std::vector<CasePrediction> test = c_.select_on_test ? calibration : predict(model, plan_.test, tau);
+    mil::DualStreamMIL& model = use_ema ? ema_model_ : model_;
+    const Calibrated& calibrated = use_ema ? ema : raw;
+    const std::vector<CasePrediction>& calibration = calibrated.predictions;
+    const std::string& method = calibrated.method;
+    const double threshold = calibrated.threshold;
+    const bool can_calibrate = calibrated.both_classes;
+    const std::vector<CasePrediction> test =
+        c_.select_on_test ? calibration : predict(model, plan_.test, tau_at(best.epoch - 1));
 
     std::vector<report::PredictionRow> rows;
     std::vector<report::AttentionRow> attention;

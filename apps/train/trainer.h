@@ -7,6 +7,7 @@
 #include <array>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -39,11 +40,20 @@ struct CasePrediction {
 
 Device resolve_device(const std::string& name);
 
-// A fold's saved model (best.ckpt, best_ema.ckpt): its resolved config, the epoch it was saved at, and
-// the model on `device` in evaluation mode.
+// The threshold calibrated for a saved model: best.ckpt and best_ema.ckpt each carry their own (chosen on the
+// inner validation split with bags of config.eval_instances fixed slabs); last.ckpt carries none.
+struct CheckpointThreshold {
+  double value = 0.5;
+  std::string method;  // 0.5 | youden | max_f1
+  std::string source;  // a line saying what the value is and where it came from
+};
+
+// A fold's saved model (best.ckpt, best_ema.ckpt, last.ckpt): its resolved config, the epoch it was saved at,
+// its calibrated threshold when it has one, and the model on `device` in evaluation mode.
 struct TrainedModel {
   RunConfig config;
   int epoch = 0;
+  std::optional<CheckpointThreshold> threshold;
   std::unique_ptr<mil::DualStreamMIL> model;
 };
 TrainedModel load_trained_model(const std::filesystem::path& checkpoint, Device device);
@@ -58,14 +68,6 @@ std::array<float, 2> class_weights(const RunConfig& config, const std::vector<da
 
 // The soft-pooling temperature of epoch `epoch` (0-based): tau_start annealed geometrically to tau_end.
 float soft_pooling_tau(const RunConfig& config, int epoch);
-
-// The calibrated threshold of the fold a checkpoint belongs to (fold.json beside it), else 0.5; with a
-// line saying where it came from.
-struct FoldThreshold {
-  double value = 0.5;
-  std::string source;
-};
-FoldThreshold threshold_beside(const std::filesystem::path& checkpoint);
 
 // The model (put in evaluation mode for the call) on bags of `cases` drawn with `fixed` sampling of
 // config.eval_instances slabs, config.bags_per_step bags at a time.

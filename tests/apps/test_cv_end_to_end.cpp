@@ -13,6 +13,7 @@
 #include <fstream>
 #include <map>
 #include <random>
+#include <sstream>
 #include <thread>
 
 #include <nlohmann/json.hpp>
@@ -404,6 +405,25 @@ TEST_CASE("predict and eval with a fold's checkpoint: probability, attention map
   REQUIRE(run_dsmil({"eval", "--checkpoint", (run_dir / "fold_0" / "best.ckpt").string(), "--data", cohort().string(),
                      "--cache", cache, "--out", (out / "eval").string()}) == 0);
   CHECK(lines_of(out / "eval" / "predictions.csv").size() == 48 + 1);
+  // predict and eval build the case's bag alike and apply the threshold stored with the checkpoint.
+  auto cells = [](const std::string& line) {
+    std::vector<std::string> out;
+    std::stringstream in(line);
+    for (std::string cell; std::getline(in, cell, ',');) out.push_back(cell);
+    return out;
+  };
+  const std::vector<std::string> predicted = cells(lines_of(out / "pred" / "prediction.csv").at(1));
+  for (const std::string& row : lines_of(out / "eval" / "predictions.csv"))
+    if (row.rfind(id + ",", 0) == 0) {
+      CHECK(std::stod(cells(row)[2]) == doctest::Approx(std::stod(predicted[1])).epsilon(1e-6));
+      CHECK(std::stod(cells(row)[4]) == std::stod(predicted[2]));
+    }
+  CHECK_FALSE(predicted[2].empty());
+  REQUIRE(run_dsmil({"predict", "--checkpoint", (run_dir / "fold_0" / "last.ckpt").string(), "--flair", file("flair"),
+                     "--t1", file("t1"), "--t1ce", file("t1ce"), "--t2", file("t2"), "--out", (out / "last").string(),
+                     "--case-id", id}) == 0);
+  const std::vector<std::string> unthresholded = cells(lines_of(out / "last" / "prediction.csv").at(1));
+  CHECK((unthresholded.size() < 3 || unthresholded[2].empty()));  // p(HGG) alone: last.ckpt has no threshold
   CHECK(run_dsmil({"predict", "--checkpoint", (run_dir / "fold_0" / "best.ckpt").string(), "--flair", "/no/such.nii",
                    "--t1", file("t1"), "--t1ce", file("t1ce"), "--t2", file("t2"), "--out", (out / "bad").string()}) != 0);
 }
