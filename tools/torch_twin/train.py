@@ -103,6 +103,7 @@ NO_EFFECT_KEYS: Dict[str, Tuple[type, str]] = {
     "run.conv_fold": (str, "a dsmil convolution lowering (the same convolution)"),
     "run.conv16_kernel": (str, "a dsmil convolution kernel choice (the same convolution)"),
     "run.plot_every": (int, "dsmil's plots; see plot_curves.py"),
+    "run.checkpoint_seconds": (float, "how often dsmil saves its resume point; the twin does not resume"),
 }
 # Enumerations and ranges of apps/train/config.cpp validate_config, for the keys the twin follows.
 CHOICES: Dict[str, Tuple] = {
