@@ -1,10 +1,8 @@
 // Applies the stated anomaly rules to each fold's test metrics (at both thresholds), training history
-// and attention diagnostics, and to the spread over folds; maps the kinds found to recommendations.
+// and attention diagnostics, and to the spread over folds.
 #include "apps/report/anomalies.h"
 
-#include <algorithm>
 #include <cmath>
-#include <set>
 
 #include <fmt/format.h>
 
@@ -174,53 +172,17 @@ std::string rules_text(const AnomalyRules& r) {
       r.max_ece, r.max_fold_std);
 }
 
-std::vector<Recommendation> recommendations_for(const std::vector<Anomaly>& anomalies) {
-  static const std::vector<Recommendation> catalogue{
-      {1, AnomalyKind::optimistic_protocol, "Measure without test-set selection",
-       {"Rerun with the nested protocol (default; drop `--select-on-test`): the inner validation split chooses "
-        "checkpoint and threshold, the outer fold is predicted once."}},
-      {1, AnomalyKind::class_collapse, "Fix the class collapse",
-       {"Balance the classes once: the `weighted` sampler or `balanced` class weights (α_c = N / (2 N_c)). Both "
-        "together correct twice and push p(HGG) below 0.5 for most cases, the collapse toward LGG.",
-        "Focal loss with γ = 2 and label smoothing ε = 0.2 (configs/recommended-v2).",
-        "Early stopping and checkpoint choice on `min_class_recall` instead of `auc`.",
-        "Threshold calibration (`youden` or `max_f1`) on the inner validation predictions."}},
-      {2, AnomalyKind::high_auc_low_f1, "Calibrate the decision threshold",
-       {"The ranking is good but the cut is not: choose the threshold with `youden` or `max_f1` on the inner "
-        "validation split and report threshold metrics at that one stated threshold.",
-        "Monitor `balanced_accuracy` or `min_class_recall` so that the chosen epoch separates both classes."}},
-      {2, AnomalyKind::miscalibration, "Do not read p(HGG) as a probability",
-       {"Calibrate the threshold on the inner validation split; consider label smoothing ε = 0.2 and focal γ = 2, "
-        "which temper over-confident outputs.",
-        "Inspect the reliability diagram (plots/reliability.svg) before using the scores clinically."}},
-      {1, AnomalyKind::no_learning, "Let the model learn before judging it",
-       {"Read the fold's training-health warning (above, and `health` in metrics.jsonl): a validation logit spread "
-        "near 0 is a model that gives every bag one output, which a learning rate above the usable range causes.",
-        "Measure the usable learning rates with `dsmil lr-find` and set `train.lr` at or below its suggestion "
-        "(3e-4 does not train the default model on the synthetic cohort; 1e-4 does).",
-        "Give training the epochs to take off: `train.epochs`; model selection and early stopping wait for the "
-        "training AUC to reach `train.selection_train_auc` (the curves in plots/curves_fold_k.svg show where it "
-        "takes off).",
-        "Check the data path on a few cases (`dsmil predict` montages): the grade must be visible in the slabs."}},
-      {3, AnomalyKind::overfitting, "Regularise",
-       {"Smaller bags (n 32 → 16) with `stratified` instance sampling.",
-        "Dropout 0.6, stochastic depth (drop_path 0.1), instance dropout.",
-        "`topk` pooling instead of `max`; stop earlier (patience) on the inner validation monitor."}},
-      {4, AnomalyKind::attention_collapse, "Keep attention spread over instances",
-       {"`gated` attention and `topk` pooling instead of `max` with annealed `soft` selection.",
-        "Instance dropout; the attention-entropy regulariser (β > 0) for collapse experiments.",
-        "Check the attention plots (plots/attention_fold_k.svg) for the epoch where top-1 weight jumps."}},
-      {5, AnomalyKind::fold_spread, "Measure and reduce the spread",
-       {"Repeated CV (`--repeats R`) to see the spread between seeds next to the spread between folds.",
-        "Deterministic or `stratified` bag sampling; folds grouped by patient where a manifest gives patient_id."}},
-  };
-  std::set<AnomalyKind> found;
-  for (const auto& a : anomalies) found.insert(a.kind);
-  std::vector<Recommendation> out;
-  for (const auto& r : catalogue)
-    if (found.contains(r.kind)) out.push_back(r);
-  std::stable_sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.priority < b.priority; });
-  return out;
+std::map<AnomalyKind, std::set<std::string>> scopes_by_kind(const std::vector<Anomaly>& anomalies) {
+  std::map<AnomalyKind, std::set<std::string>> scopes;
+  for (const auto& a : anomalies) scopes[a.kind].insert(a.scope);
+  return scopes;
+}
+
+nlohmann::json anomaly_folds_json(const std::vector<Anomaly>& anomalies) {
+  nlohmann::json counts = nlohmann::json::object();
+  for (const auto& [kind, scopes] : scopes_by_kind(anomalies))
+    if (!scopes.contains("CV")) counts[std::string(anomaly_name(kind))] = scopes.size();
+  return counts;
 }
 
 }  // namespace dsmil::report

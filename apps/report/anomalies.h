@@ -1,7 +1,9 @@
 // Anomaly rules over a CV evaluation (class collapse, high AUC with low F1, no learning, overfitting, attention
-// collapse, miscalibration, fold spread, optimistic protocol) and the recommendations mapped from them.
+// collapse, miscalibration, fold spread, optimistic protocol); recommendations.h maps them to advice.
 #pragma once
 
+#include <map>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -52,14 +54,10 @@ nlohmann::json anomalies_json(const std::vector<Anomaly>& anomalies);
 // The rules as markdown bullet lines, with their limits.
 std::string rules_text(const AnomalyRules& rules);
 
-// Recommendations mapped from the kinds of anomaly found, most urgent first; each names the settings
-// of DESIGN section 5 (configs/recommended-v2) that address it.
-struct Recommendation {
-  int priority = 0;
-  AnomalyKind kind;
-  std::string title;
-  std::vector<std::string> actions;
-};
-std::vector<Recommendation> recommendations_for(const std::vector<Anomaly>& anomalies);
+// The folds each rule fired in, by kind; rules over the whole CV have the scope "CV".
+std::map<AnomalyKind, std::set<std::string>> scopes_by_kind(const std::vector<Anomaly>& anomalies);
+
+// cv_summary.json's "anomaly_folds": {rule: number of folds it fired in}, for the rules judged per fold.
+nlohmann::json anomaly_folds_json(const std::vector<Anomaly>& anomalies);
 
 }  // namespace dsmil::report

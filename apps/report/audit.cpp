@@ -7,13 +7,13 @@
 #include <cmath>
 #include <fstream>
 #include <map>
-#include <set>
 #include <sstream>
 
 #include <fmt/format.h>
 
 #include "apps/report/evaluation.h"
 #include "apps/report/plots.h"
+#include "apps/report/recommendations.h"
 #include "apps/report/run_dir.h"
 #include "tensor/error.h"
 
@@ -64,6 +64,87 @@ std::string class_line(Printer& p, const std::string& block, const std::string& 
   return fmt::format("LGG {}/{} correct ({}), HGG {}/{} correct ({})", p.count(block + "/confusion/0/0"),
                      p.count(prefix + "/n_lgg"), p.pct(block + "/specificity"), p.count(block + "/confusion/1/1"),
                      p.count(prefix + "/n_hgg"), p.pct(block + "/sensitivity"));
+}
+
+// Chance is AUC 0.5; the model is told apart from it only when its whole 95% interval lies on one side.
+bool above_chance(const AucInterval& auc) { return auc.lo > 0.5; }
+
+std::string chance_words(const AucInterval& auc) {
+  if (above_chance(auc)) return "**distinguishable from chance**: the whole interval lies above 0.5";
+  if (auc.hi < 0.5)
+    return "**worse than chance**: the whole interval lies below 0.5, so the scores rank the grades the wrong way "
+           "round";
+  return "**not distinguishable from chance**: the interval includes 0.5";
+}
+
+// One repeat's pooled out-of-fold AUC, its distance from chance and the class recalls at the calibrated
+// thresholds; the first one says what AUC means.
+std::string pooled_verdict(Printer& p, const CvEvaluation& cv, size_t j) {
+  const std::string at = fmt::format("/pooled/{}", j), block = at + "/at_threshold/calibrated";
+  const std::string subject =
+      (cv.n_repeats > 1 ? fmt::format("In repeat {}, the", cv.pooled[j].repeat) : std::string("The")) +
+      (j == 0 ? " AUC (the probability that the model scores a random HGG case above a random LGG case; 0.5 is "
+                "guessing)"
+              : " AUC");
+  return fmt::format(
+      "{} of the out-of-fold predictions, pooled over all {} test cases ({} HGG, {} LGG), is {} (95% confidence "
+      "interval {}–{}): {}. At the calibrated thresholds (each fold's own) the model classifies {} of HGG cases "
+      "correctly ({} of {}: the sensitivity, or HGG recall) and {} of LGG cases ({} of {}: the specificity, or LGG "
+      "recall). ",
+      subject, p.count(at + "/n"), p.count(at + "/n_hgg"), p.count(at + "/n_lgg"), p.num(at + "/auc"),
+      p.num(at + "/auc_ci95/0"), p.num(at + "/auc_ci95/1"), chance_words(cv.pooled[j].auc),
+      p.pct(block + "/sensitivity"), p.count(block + "/confusion/1/1"), p.count(at + "/n_hgg"),
+      p.pct(block + "/specificity"), p.count(block + "/confusion/0/0"), p.count(at + "/n_lgg"));
+}
+
+std::string anomaly_verdict(Printer& p, const std::vector<Anomaly>& anomalies) {
+  if (anomalies.empty()) return "No anomaly rule fired (section 3). ";
+  std::string found;
+  for (const auto& [kind, where] : scopes_by_kind(anomalies)) {
+    const std::string name(anomaly_name(kind));
+    found += found.empty() ? "" : "; ";
+    found += where.contains("CV") ? name + " (over the whole CV)"
+                                  : fmt::format("{} in {} of {} folds", name, p.count("/anomaly_folds/" + name),
+                                                p.count("/n_folds"));
+  }
+  return "Anomalies found (section 3): " + found + ". ";
+}
+
+// The class the calibrated thresholds serve worst (over repeats), as the cases of it they miss.
+std::string worst_misses(Printer& p, const CvEvaluation& cv) {
+  size_t worst_repeat = 0;
+  bool worst_hgg = true;
+  double worst_recall = 1.0;
+  for (size_t j = 0; j < cv.pooled.size(); ++j)
+    for (const bool hgg : {true, false}) {
+      const ThresholdMetrics& m = cv.pooled[j].at_calibrated;
+      const double recall = hgg ? m.sensitivity : m.specificity;
+      if (recall < worst_recall) worst_repeat = j, worst_hgg = hgg, worst_recall = recall;
+    }
+  if (worst_recall == 1.0) return ", and at its calibrated thresholds it classifies every test case correctly";
+  const std::string at = fmt::format("/pooled/{}", worst_repeat);
+  return fmt::format(", but at its calibrated thresholds it misses {} of the {} {} cases{}",
+                     p.count(at + (worst_hgg ? "/at_threshold/calibrated/confusion/1/0"
+                                             : "/at_threshold/calibrated/confusion/0/1")),
+                     p.count(at + (worst_hgg ? "/n_hgg" : "/n_lgg")), worst_hgg ? "HGG" : "LGG",
+                     cv.n_repeats > 1 ? fmt::format(" in repeat {}", cv.pooled[worst_repeat].repeat) : "");
+}
+
+std::string bottom_line(Printer& p, const CvEvaluation& cv) {
+  size_t above = 0;
+  for (const auto& pooled : cv.pooled) above += above_chance(pooled.auc);
+  if (above == 0) return "**Bottom line: this model does not separate the grades better than chance.**";
+  if (above < cv.pooled.size())
+    return "**Bottom line: the model separates the grades better than chance in some repeats and not in others, so "
+           "the result depends on the seed.**";
+  return "**Bottom line: the model separates the grades better than chance" + worst_misses(p, cv) + ".**";
+}
+
+// The paragraph AUDIT.md opens with: what a reader needs before any table.
+std::string verdict(Printer& p, const CvEvaluation& cv, const std::vector<Anomaly>& anomalies) {
+  std::string s = "**Verdict.** ";
+  for (size_t j = 0; j < cv.pooled.size(); ++j) s += pooled_verdict(p, cv, j);
+  return s + anomaly_verdict(p, anomalies) + bottom_line(p, cv);
 }
 
 std::string fold_section(Printer& p, const FoldEvaluation& f, size_t index, int n_repeats,
@@ -199,31 +280,41 @@ std::string cv_section(Printer& p, const CvEvaluation& cv) {
   return s + "\n";
 }
 
-std::string anomaly_section(const CvEvaluation& cv, const std::vector<Anomaly>& anomalies, const AnomalyRules& rules) {
+std::string anomaly_section(Printer& p, const std::vector<Anomaly>& anomalies, const AnomalyRules& rules) {
   std::string s = "## 3. Anomalies\n\nRules (limits stated; applied to every fold):\n\n" + rules_text(rules) + "\n";
   if (anomalies.empty()) return s + "**No anomaly found.**\n\n";
-  std::map<AnomalyKind, std::set<std::string>> scopes;
-  for (const auto& a : anomalies) scopes[a.kind].insert(a.scope);
   s += "**Found:**\n\n";
-  for (const auto& [kind, where] : scopes) {
+  for (const auto& [kind, where] : scopes_by_kind(anomalies)) {
+    const std::string name(anomaly_name(kind));
+    if (where.contains("CV")) {
+      s += fmt::format("- **{}** in the CV\n", name);
+      continue;
+    }
     std::string list;
     for (const auto& w : where) list += (list.empty() ? "" : ", ") + w;
-    s += fmt::format("- **{}** in {}{}\n", anomaly_name(kind),
-                     where.contains("CV") ? "the CV" : fmt::format("{}/{} folds: ", where.size(), cv.folds.size()),
-                     where.contains("CV") ? "" : list);
+    s += fmt::format("- **{}** in {}/{} folds: {}\n", name, p.count("/anomaly_folds/" + name), p.count("/n_folds"),
+                     list);
   }
   s += "\n| Where | Rule | Finding |\n|---|---|---|\n";
   for (const auto& a : anomalies) s += fmt::format("| {} | {} | {} |\n", a.scope, anomaly_name(a.kind), a.message);
   return s + "\n";
 }
 
-std::string recommendation_section(const std::vector<Anomaly>& anomalies) {
+std::string recommendation_section(const std::vector<Anomaly>& anomalies, const RunSettings& settings) {
   std::string s = "## 4. Recommendations\n\n";
-  const auto recommendations = recommendations_for(anomalies);
+  const auto recommendations = recommendations_for(anomalies, settings);
   if (recommendations.empty()) return s + "No anomaly to act on.\n\n";
-  for (const auto& r : recommendations) {
-    s += fmt::format("### Priority {}: {} (because of: {})\n\n", r.priority, r.title, anomaly_name(r.kind));
-    for (size_t i = 0; i < r.actions.size(); ++i) s += fmt::format("{}. {}\n", i + 1, r.actions[i]);
+  s += settings.config_read
+           ? fmt::format("From the anomalies above and the run's resolved config ({}): advice that the config already "
+                         "follows is left out, and a setting to change is named with its current value.\n\n",
+                         settings.source)
+           : fmt::format("The run's config is unknown ({}), so this advice cannot take its settings into account; "
+                         "it knows only what fold.json states: the monitor and the threshold method.\n\n",
+                         settings.source);
+  for (size_t i = 0; i < recommendations.size(); ++i) {
+    const Recommendation& r = recommendations[i];
+    s += fmt::format("### {}. {} (because of: {})\n\n", i + 1, r.title, anomaly_name(r.kind));
+    for (size_t k = 0; k < r.actions.size(); ++k) s += fmt::format("{}. {}\n", k + 1, r.actions[k]);
     s += "\n";
   }
   return s;
@@ -276,7 +367,8 @@ std::string consistency_section(const std::vector<Check>& training, const std::v
       "## 5. Consistency\n\n"
       "The fold files are read again and every number is recomputed from the predictions: confusion matrices "
       "by counting rows at each row's threshold column, AUC and its DeLong interval over all HGG–LGG pairs, "
-      "rates from the counts, CV spreads from the recomputed fold values. A number passes when it agrees with "
+      "rates from the counts, CV spreads from the recomputed fold values, the number of folds each anomaly rule "
+      "fired in by counting the findings that cv_summary.json lists. A number passes when it agrees with "
       "its recomputation within half a unit of its last printed digit (AUDIT.md), 1e-9 (cv_summary.json) or "
       "1e-6 (files written by the training loop). Losses and attention diagnostics are copied from "
       "metrics.jsonl and cannot be recomputed from predictions; metrics.jsonl's rates are checked against its "
@@ -323,15 +415,13 @@ std::vector<std::string> skipped_cases(const std::vector<fs::path>& inputs) {
   return lines;
 }
 
-std::string header(const CvEvaluation& cv, const AuditOptions& options, int checks, int failed) {
+// The title, the verdict, the consistency line right after it (a reader must know at once whether the
+// verdict's numbers can be trusted), then the run's identification.
+std::string header(const CvEvaluation& cv, const AuditOptions& options, const std::string& verdict, int checks,
+                   int failed) {
   std::string inputs;
   for (const auto& in : options.inputs) inputs += fmt::format(" `{}`", in.string());
-  std::string s = "# dsmil3d cross-validation audit\n\n";
-  if (cv.optimistic())
-    s += fmt::format("> ⚠️ **OPTIMISTIC RESULTS — protocol `{}`.** Checkpoints and thresholds were selected on the "
-                     "test folds (the seed's protocol). Every test metric below is biased upwards; rerun with the "
-                     "nested protocol for an unbiased estimate.\n\n",
-                     cv.protocol);
+  std::string s = "# dsmil3d cross-validation audit\n\n" + verdict + "\n\n";
   if (failed > 0)
     s += fmt::format("> ❌ **CONSISTENCY FAILURE: {} of {} reported numbers disagree with their recomputation "
                      "from the predictions — see section 5. Do not use these numbers.**\n\n",
@@ -340,6 +430,11 @@ std::string header(const CvEvaluation& cv, const AuditOptions& options, int chec
     s += fmt::format("> ✅ Consistency: all {} reported numbers agree with their recomputation from the "
                      "predictions (section 5).\n\n",
                      checks);
+  if (cv.optimistic())
+    s += fmt::format("> ⚠️ **OPTIMISTIC RESULTS — protocol `{}`.** Checkpoints and thresholds were selected on the "
+                     "test folds (the seed's protocol). Every test metric below is biased upwards; rerun with the "
+                     "nested protocol for an unbiased estimate.\n\n",
+                     cv.protocol);
   s += fmt::format(
       "- **Inputs:**{}\n- **Protocol:** `{}`; {} fold(s){}\n"
       "- **Conventions:** HGG is the positive class (label 1); a case is predicted HGG when p(HGG) ≥ threshold. "
@@ -356,14 +451,16 @@ std::string header(const CvEvaluation& cv, const AuditOptions& options, int chec
   return s + "\n";
 }
 
-std::string plots_section(const std::vector<fs::path>& plots, const fs::path& out_dir) {
+// Each plot shown in place (relative paths: the run directory stays movable), under a caption saying what
+// it shows.
+std::string plots_section(const std::vector<Plot>& plots, const fs::path& out_dir) {
   if (plots.empty()) return "";
   std::string s = "## 6. Plots\n\n";
-  for (const auto& p : plots) {
-    const std::string rel = fs::relative(p, out_dir).generic_string();
-    s += fmt::format("- [{}]({})\n", rel, rel);
+  for (const auto& plot : plots) {
+    const std::string rel = fs::relative(plot.path, out_dir).generic_string();
+    s += fmt::format("### {}\n\n![{}]({})\n\n", plot.caption, rel, rel);
   }
-  return s + "\n";
+  return s;
 }
 
 // A fold directory as cv_summary.json records it: relative to the output folder when inside it (the run
@@ -388,14 +485,16 @@ AuditResult run_audit(const AuditOptions& options) {
   json summary = summary_json(cv, inputs);
   for (auto& fold : summary["folds"]) fold["dir"] = relocatable(fold["dir"].get<std::string>(), options.out_dir);
   summary["anomalies"] = anomalies_json(anomalies);
+  summary["anomaly_folds"] = anomaly_folds_json(anomalies);
   summary["skipped_cases"] = skipped_cases(options.inputs);
 
   Printer printer(summary);
+  const std::string verdict_text = verdict(printer, cv, anomalies);
   std::string body = "## 1. Results audit (per-fold summary)\n\n";
   for (size_t i = 0; i < cv.folds.size(); ++i) body += fold_section(printer, cv.folds[i], i, cv.n_repeats, anomalies);
   body += cv_section(printer, cv);
-  body += anomaly_section(cv, anomalies, options.rules);
-  body += recommendation_section(anomalies);
+  body += anomaly_section(printer, anomalies, options.rules);
+  body += recommendation_section(anomalies, read_run_settings(options.inputs, run));
 
   fs::create_directories(options.out_dir);
   AuditResult result;
@@ -405,9 +504,10 @@ AuditResult run_audit(const AuditOptions& options) {
   write_text_file(result.cv_summary_json, summary.dump(2) + "\n");
 
   const RunData fresh = load_runs(options.inputs);
-  const RecomputedValues truth = recompute_values(fresh);
   std::ifstream written_in(result.cv_summary_json);
   const json written = json::parse(written_in);
+  RecomputedValues truth = recompute_values(fresh);
+  truth.merge(recount_anomaly_folds(written));
   const std::vector<Check> training = check_training_files(fresh);
   const std::vector<Check> printed = check_printed(printer.printed(), truth);
   const std::vector<Check> in_summary = check_summary_json(written, truth);
@@ -421,9 +521,9 @@ AuditResult run_audit(const AuditOptions& options) {
                                             value_text(c.recomputed)));
     }
 
-  const std::vector<fs::path> plots = options.write_plots ? write_cv_plots(run, cv, options.out_dir / "plots")
-                                                          : std::vector<fs::path>{};
-  write_text_file(result.audit_md, header(cv, options, result.checks, result.failed_checks) + body +
+  const std::vector<Plot> plots = options.write_plots ? write_cv_plots(run, cv, options.out_dir / "plots")
+                                                      : std::vector<Plot>{};
+  write_text_file(result.audit_md, header(cv, options, verdict_text, result.checks, result.failed_checks) + body +
                                   consistency_section(training, printed, in_summary) +
                                   plots_section(plots, options.out_dir));
   summary["consistency"] = {{"checks", result.checks}, {"failed", result.failed_checks}, {"failures", result.failures}};

@@ -1,5 +1,6 @@
 // The audit of a cross-validation: reads the fold files of one or more runs, writes cv_summary.json,
-// AUDIT.md (per-fold summary, CV summary, anomalies, recommendations, consistency) and plots/.
+// AUDIT.md (verdict, per-fold summary, CV summary, anomalies, recommendations from the anomalies and the
+// run's config.toml, consistency, plots) and plots/.
 #pragma once
 
 #include <filesystem>

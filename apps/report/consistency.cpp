@@ -5,6 +5,7 @@
 #include <cmath>
 #include <functional>
 #include <limits>
+#include <set>
 
 #include <fmt/format.h>
 
@@ -118,16 +119,6 @@ void put_spreads(RecomputedValues& out, const std::string& prefix, const std::ve
   }
 }
 
-double monitor_of(const SplitRecord& r, const std::string& monitor) {
-  if (monitor == "auc") return r.auc;
-  if (monitor == "loss") return r.loss;
-  if (monitor == "balanced_accuracy") return r.balanced_accuracy;
-  if (monitor == "accuracy") return r.accuracy;
-  if (monitor == "f1") return r.f1;
-  if (monitor == "min_class_recall") return std::min(r.recall_lgg, r.recall_hgg);
-  return kNaN;
-}
-
 bool best_epoch_logged(const FoldData& f) {
   return f.info.best_epoch >= 1 && f.info.best_epoch <= static_cast<int>(f.history.size());
 }
@@ -146,13 +137,13 @@ void check_fold_files(const FoldData& f, const std::string& scope, std::vector<C
                            static_cast<double>(f.history.size()), 0));
   out.push_back(make_check(group, scope, "fold.json best_epoch is a logged epoch", info.best_epoch,
                            best_epoch_logged(f) ? info.best_epoch : kNaN, 0));
-  if (best_epoch_logged(f))
+  if (best_epoch_logged(f)) {
+    const SplitRecord& best = chosen_val(f.history[static_cast<size_t>(info.best_epoch - 1)], info);
     out.push_back(make_check(group, scope,
                              fmt::format("fold.json monitor_value = metrics.jsonl epoch {} {} {}", info.best_epoch,
                                          info.chosen_model == "ema" ? "val_ema" : "val", info.monitor),
-                             info.monitor_value,
-                             monitor_of(chosen_val(f.history[static_cast<size_t>(info.best_epoch - 1)], info), info.monitor),
-                             kTrainingTolerance));
+                             info.monitor_value, monitor_value(best, info.monitor), kTrainingTolerance));
+  }
 
   const Scores calibration = scores(rows_of(f, calibration_split(info)));
   const ThresholdMethod method = parse_threshold_method(info.threshold_method);
@@ -252,12 +243,13 @@ RecomputedValues recompute_values(const RunData& fresh) {
     out[prefix + "/epochs_run"] = static_cast<double>(f.history.size());
     out[prefix + "/monitor_value"] =
         best_epoch_logged(f)
-            ? monitor_of(chosen_val(f.history[static_cast<size_t>(f.info.best_epoch - 1)], f.info), f.info.monitor)
+            ? monitor_value(chosen_val(f.history[static_cast<size_t>(f.info.best_epoch - 1)], f.info), f.info.monitor)
             : kNaN;
     fold_rows.push_back(put_metrics(out, prefix, test, threshold));
     fold_rows_of_repeat[f.info.repeat].push_back(fold_rows.back());
     thresholds.push_back(threshold);
   }
+  out["/n_folds"] = static_cast<double>(fresh.folds.size());
   if (fold_rows.empty()) return out;
   put_spreads(out, "/summary", fold_rows);
   put_spread(out, "/summary/threshold", thresholds);
@@ -284,6 +276,15 @@ RecomputedValues recompute_values(const RunData& fresh) {
     put_spreads(out, "/repeat_spread/pooled", pooled_rows);
     put_spreads(out, "/repeat_spread/fold_mean", fold_mean_rows);
   }
+  return out;
+}
+
+RecomputedValues recount_anomaly_folds(const json& written) {
+  std::map<std::string, std::set<std::string>> folds_of_rule;
+  for (const auto& a : written.at("anomalies"))
+    if (a.at("scope") != "CV") folds_of_rule[a.at("rule").get<std::string>()].insert(a.at("scope").get<std::string>());
+  RecomputedValues out;
+  for (const auto& [rule, folds] : folds_of_rule) out["/anomaly_folds/" + rule] = static_cast<double>(folds.size());
   return out;
 }
 

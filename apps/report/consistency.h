@@ -40,11 +40,15 @@ struct PrintedNumber {
 
 // Values of the cv_summary.json pointers that the predictions determine (per-fold test metrics at both
 // thresholds, AUC intervals, counts, the thresholds, summary spreads, pooled and per-repeat metrics),
-// plus monitor_value and epochs_run recomputed from metrics.jsonl. Recomputed from `fresh`, which the
+// plus monitor_value and epochs_run recomputed from metrics.jsonl, and the number of folds. Recomputed from `fresh`, which the
 // caller reads from disk again, by direct counting and the pairwise AUC/DeLong reference; the fold order
 // is that of RunData (repeat, fold).
 using RecomputedValues = std::map<std::string, double>;
 RecomputedValues recompute_values(const RunData& fresh);
+
+// The number of folds each rule fired in ("/anomaly_folds/<rule>"), counted from a cv_summary.json's
+// "anomalies" list as read back from disk: the counts the report prints must match the findings it lists.
+RecomputedValues recount_anomaly_folds(const nlohmann::json& written);
 
 // Each printed number against its recomputation (within half a unit of its last printed digit).
 std::vector<Check> check_printed(const std::vector<PrintedNumber>& printed, const RecomputedValues& truth);

@@ -9,6 +9,7 @@
 #include <fstream>
 #include <limits>
 #include <map>
+#include <optional>
 
 #include <fmt/format.h>
 #include <png.h>
@@ -99,6 +100,36 @@ std::vector<double> column(const std::vector<EpochRecord>& history, Pick pick) {
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
+// A chart over the epochs with the best epoch marked; the y range is `fixed`, or the data's when there is none.
+std::string epoch_chart(const std::string& title, const std::string& y_label, std::vector<Series> series,
+                        double best_epoch, std::optional<Range> fixed) {
+  const Range range = fixed ? *fixed : axis_range(0, 0, series, false);
+  if (best_epoch > 0) series.push_back({"best epoch", {best_epoch, best_epoch}, {range.lo, range.hi}, true});
+  ChartSpec spec{title, "epoch", y_label};
+  spec.y_min = range.lo;
+  spec.y_max = range.hi;
+  return svg_line_chart(spec, series);
+}
+
+// The metric that chose the best epoch and stopped training, in the chosen model's validation record.
+std::string monitor_chart(const FoldData& fold, const std::string& title) {
+  const FoldInfo& info = fold.info;
+  const std::string name = fmt::format("val {}{}", info.monitor, info.chosen_model == "ema" ? " (EMA)" : "");
+  const Series monitor{name, epochs_of(fold.history), column(fold.history, [&](const EpochRecord& e) {
+                         return monitor_value(chosen_val(e, info), info.monitor);
+                       })};
+  return epoch_chart(title + ": monitored metric (model selection, early stopping)", info.monitor, {monitor},
+                     info.best_epoch, info.monitor == "loss" ? std::nullopt : std::optional<Range>(Range{0.0, 1.0}));
+}
+
+std::string learning_rate_chart(const FoldData& fold, const std::string& title) {
+  const Series lr{"learning rate", epochs_of(fold.history), column(fold.history, [](const auto& e) { return e.lr; })};
+  const double top = *std::max_element(lr.y.begin(), lr.y.end());
+  return epoch_chart(title + ": learning rate", "learning rate", {lr}, fold.info.best_epoch,
+                     top > 0 ? std::optional<Range>(Range{0.0, 1.1 * top}) : std::nullopt);
+}
+
+// Loss, AUC, the monitored metric (when fold.json names it) and the learning rate over the epochs.
 std::string curves_svg(const FoldData& fold, const std::string& title) {
   const auto& h = fold.history;
   const auto x = epochs_of(h);
@@ -115,18 +146,12 @@ std::string curves_svg(const FoldData& fold, const std::string& title) {
     auc.push_back({"val AUC (EMA)", x, column(h, [&](const auto& e) { return ema_of(e, &SplitRecord::auc); }), true});
   }
   const double best = fold.info.best_epoch;
-  const Range loss_range = axis_range(0, 0, loss, false), auc_range{0.0, 1.0};
-  if (best > 0) {
-    loss.push_back({"best epoch", {best, best}, {loss_range.lo, loss_range.hi}, true});
-    auc.push_back({"best epoch", {best, best}, {auc_range.lo, auc_range.hi}, true});
-  }
-  ChartSpec loss_spec{title + ": loss", "epoch", "loss"};
-  loss_spec.y_min = loss_range.lo;
-  loss_spec.y_max = loss_range.hi;
-  ChartSpec auc_spec{title + ": AUC", "epoch", "AUC"};
-  auc_spec.y_min = auc_range.lo;
-  auc_spec.y_max = auc_range.hi;
-  return stack({svg_line_chart(loss_spec, loss), svg_line_chart(auc_spec, auc)}, loss_spec.width, loss_spec.height);
+  std::vector<std::string> charts{epoch_chart(title + ": loss", "loss", loss, best, std::nullopt),
+                                  epoch_chart(title + ": AUC", "AUC", auc, best, Range{0.0, 1.0})};
+  if (!fold.info.monitor.empty()) charts.push_back(monitor_chart(fold, title));
+  charts.push_back(learning_rate_chart(fold, title));
+  const ChartSpec size;
+  return stack(charts, size.width, size.height);
 }
 
 std::string attention_svg(const FoldData& fold, const std::string& title) {
@@ -193,7 +218,7 @@ std::string roc_svg(const RunData& run, const CvEvaluation& cv) {
   for (const auto& fold : run.folds) {
     const LabelledScores test = scores_of_split(fold.predictions, "test");
     if (!has_both_classes(test.labels)) continue;
-    Series s{fold_label(fold.info, cv.n_repeats)};
+    Series s{fmt::format("{} (AUC {:.3f})", fold_label(fold.info, cv.n_repeats), auc(test.labels, test.p_hgg))};
     for (const auto& point : roc_curve(test.labels, test.p_hgg)) s.x.push_back(point.fpr), s.y.push_back(point.tpr);
     series.push_back(std::move(s));
   }
@@ -215,11 +240,15 @@ std::string reliability_svg(const RunData& run, const CvEvaluation& cv) {
     Series s{cv.n_repeats > 1 ? fmt::format("pooled r{} (ECE {:.3f})", repeat, ece(scores.first, scores.second))
                               : fmt::format("pooled (ECE {:.3f})", ece(scores.first, scores.second))};
     for (const auto& bin : reliability_bins(scores.first, scores.second))
-      if (bin.count > 0) s.x.push_back(bin.mean_p_hgg), s.y.push_back(bin.frac_hgg);
+      if (bin.count > 0) {
+        s.x.push_back(bin.mean_p_hgg);
+        s.y.push_back(bin.frac_hgg);
+        s.point_labels.push_back(fmt::format("n={}", bin.count));
+      }
     series.push_back(std::move(s));
   }
-  ChartSpec spec{"Reliability (10 equal-width bins, pooled test predictions)", "mean p(HGG) in bin", "HGG fraction",
-                 0, 1, 0, 1, true, 640, 460};
+  ChartSpec spec{"Reliability of the pooled test predictions (10 bins, n = cases)", "mean p(HGG) in bin",
+                 "HGG fraction", 0, 1, 0, 1, true, 640, 460};
   return svg_line_chart(spec, series);
 }
 
@@ -286,6 +315,10 @@ std::string svg_line_chart(const ChartSpec& spec, const std::vector<Series>& ser
       s += fmt::format("<path d=\"{}\" fill=\"none\" stroke=\"{}\" stroke-width=\"2\"{}/>\n", path, colour,
                        ser.dashed ? " stroke-dasharray=\"6 4\"" : "");
     }
+    for (size_t k = 0; k < ser.point_labels.size() && k < ser.x.size(); ++k)
+      if (std::isfinite(ser.x[k]) && std::isfinite(ser.y[k]))
+        s += fmt::format("<text x=\"{:.1f}\" y=\"{:.1f}\" font-size=\"10\" fill=\"{}\">{}</text>\n", px(ser.x[k]) + 5,
+                         py(ser.y[k]) - 5, colour, escape(ser.point_labels[k]));
     const double ly = kMarginTop + 8 + 18.0 * static_cast<double>(i);
     const double lx = kMarginLeft + plot_w + 12;
     if (ser.markers_only)
@@ -317,23 +350,29 @@ std::vector<fs::path> write_training_plots(const fs::path& fold_dir, const std::
   return written;
 }
 
-std::vector<fs::path> write_cv_plots(const RunData& run, const CvEvaluation& cv, const fs::path& plots_dir) {
+std::vector<Plot> write_cv_plots(const RunData& run, const CvEvaluation& cv, const fs::path& plots_dir) {
   fs::create_directories(plots_dir);
-  std::vector<fs::path> written;
-  const auto put = [&](const std::string& name, const std::string& svg) {
-    written.push_back(plots_dir / name);
-    write_text_file(written.back(), svg);
+  std::vector<Plot> written;
+  const auto put = [&](const std::string& name, const std::string& svg, std::string caption) {
+    written.push_back({plots_dir / name, std::move(caption)});
+    write_text_file(written.back().path, svg);
   };
+  put("roc.svg", roc_svg(run, cv), "ROC curves of the test folds (each fold's AUC in the legend) and pooled");
+  put("reliability.svg", reliability_svg(run, cv),
+      "Reliability: predicted p(HGG) against the observed share of HGG, pooled test predictions in 10 bins "
+      "(each point labelled with its number of cases)");
   for (const auto& fold : run.folds) {
     const std::string tag = fold_file_tag(fold.info, cv.n_repeats);
     const std::string title = fold_label(fold.info, cv.n_repeats);
-    if (!fold.history.empty()) put("curves_" + tag + ".svg", curves_svg(fold, title));
+    if (!fold.history.empty())
+      put("curves_" + tag + ".svg", curves_svg(fold, title),
+          title + ": loss, AUC, monitored metric and learning rate per epoch");
     if (std::any_of(fold.history.begin(), fold.history.end(), [](const auto& e) { return e.attention.has_value(); }))
-      put("attention_" + tag + ".svg", attention_svg(fold, title));
-    if (!fold.attention.empty()) put("attention_slabs_" + tag + ".svg", attention_slabs_svg(fold, title));
+      put("attention_" + tag + ".svg", attention_svg(fold, title), title + ": attention diagnostics per epoch");
+    if (!fold.attention.empty())
+      put("attention_slabs_" + tag + ".svg", attention_slabs_svg(fold, title),
+          title + ": attention over the slabs of validation cases");
   }
-  put("roc.svg", roc_svg(run, cv));
-  put("reliability.svg", reliability_svg(run, cv));
   return written;
 }
 

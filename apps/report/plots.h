@@ -19,6 +19,7 @@ struct Series {
   std::vector<double> x, y;
   bool dashed = false;
   bool markers_only = false;
+  std::vector<std::string> point_labels;  // optional text beside each point (e.g. a bin's number of cases)
 };
 
 struct ChartSpec {
@@ -31,13 +32,18 @@ struct ChartSpec {
 // A self-contained SVG document (axes, ticks, grid, legend); colours cycle over a fixed palette.
 std::string svg_line_chart(const ChartSpec& spec, const std::vector<Series>& series);
 
-// Writes the CV's plots into `plots_dir` (created) and returns their paths:
-// curves_<fold>.svg (train/val loss and val AUC per epoch), roc.svg (each fold's test ROC and the pooled
-// ROC of each repeat), reliability.svg (pooled, 10 bins), attention_<fold>.svg (top-1 weight, effective
-// instances and normalised entropy per epoch; when logged) and attention_slabs_<fold>.svg (attention over
-// slab positions for up to 6 cases of attention.csv; when present). <fold> is `fold_k` or `r<r>_fold_k`.
-std::vector<std::filesystem::path> write_cv_plots(const RunData& run, const CvEvaluation& cv,
-                                                  const std::filesystem::path& plots_dir);
+struct Plot {
+  std::filesystem::path path;
+  std::string caption;  // what the plot shows, in a sentence for AUDIT.md
+};
+
+// Writes the CV's plots into `plots_dir` (created) and returns them:
+// curves_<fold>.svg (train/val loss, AUC, the monitored metric and the learning rate per epoch), roc.svg
+// (each fold's test ROC and the pooled ROC of each repeat, with their AUCs), reliability.svg (pooled, 10
+// bins, each labelled with its number of cases), attention_<fold>.svg (top-1 weight, effective instances
+// and normalised entropy per epoch; when logged) and attention_slabs_<fold>.svg (attention over slab
+// positions for up to 6 cases of attention.csv; when present). <fold> is `fold_k` or `r<r>_fold_k`.
+std::vector<Plot> write_cv_plots(const RunData& run, const CvEvaluation& cv, const std::filesystem::path& plots_dir);
 
 // The plots of a fold still training, from its metrics.jsonl so far (`--plot-every N`): curves.svg and,
 // when attention is logged, attention.svg in fold_dir/plots (replaced each time), the best epoch so far

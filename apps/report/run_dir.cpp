@@ -464,6 +464,16 @@ const SplitRecord& chosen_val(const EpochRecord& epoch, const FoldInfo& info) {
   return info.chosen_model == "ema" && epoch.val_ema ? *epoch.val_ema : epoch.val;
 }
 
+double monitor_value(const SplitRecord& r, const std::string& monitor) {
+  if (monitor == "auc") return r.auc;
+  if (monitor == "loss") return r.loss;
+  if (monitor == "balanced_accuracy") return r.balanced_accuracy;
+  if (monitor == "accuracy") return r.accuracy;
+  if (monitor == "f1") return r.f1;
+  if (monitor == "min_class_recall") return std::min(r.recall_lgg, r.recall_hgg);
+  return kNaN;
+}
+
 LabelledScores scores_of_split(const std::vector<PredictionRow>& rows, const std::string& split) {
   LabelledScores s;
   for (const auto& r : rows) {

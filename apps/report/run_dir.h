@@ -121,6 +121,9 @@ std::string read_text_file(const std::filesystem::path& path);
 // The validation record of the chosen model: val_ema when chosen_model is "ema" (and it was written).
 const SplitRecord& chosen_val(const EpochRecord& epoch, const FoldInfo& info);
 
+// The value of a fold.json monitor (FORMAT.md) in a split record; NaN for a monitor it does not know.
+double monitor_value(const SplitRecord& record, const std::string& monitor);
+
 // Rows of one split ("test" or "val"), and their labels and probabilities side by side.
 struct LabelledScores {
   std::vector<int> labels;

@@ -3,6 +3,7 @@
 // each other unless a test tampers with them.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -78,6 +79,7 @@ struct FoldSpec {
   double threshold = 0.5;
   std::string chosen_model = "ema";
   std::string protocol = "nested";
+  std::string monitor = "auc";  // or "min_class_recall"
   int best_epoch = 1;
   std::vector<EpochSpec> epochs;
 };
@@ -117,11 +119,13 @@ inline void write_fold(const fs::path& fold_dir, const FoldSpec& f) {
     metrics << line.dump() << "\n";
   }
 
+  const double min_class_recall = std::min(double(cal_counts.tn) / double(cal_counts.tn + cal_counts.fp),
+                                           double(cal_counts.tp) / double(cal_counts.tp + cal_counts.fn));
   json fold{{"fold", f.fold},
             {"best_epoch", f.best_epoch},
             {"chosen_model", f.chosen_model},
-            {"monitor", "auc"},
-            {"monitor_value", cal_auc},
+            {"monitor", f.monitor},
+            {"monitor_value", f.monitor == "auc" ? cal_auc : min_class_recall},
             {"threshold_method", f.threshold_method},
             {"threshold", f.threshold},
             {"stopped_early", false},

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <fstream>
+#include <map>
 #include <random>
 #include <set>
 #include <sstream>
@@ -95,6 +96,89 @@ bool any_failure_mentions(const AuditResult& r, const std::string& text) {
                      [&](const std::string& f) { return f.find(text) != std::string::npos; });
 }
 
+// Five folds, four of them sick the seed's ways (fold 0 and fold 4 healthy).
+std::vector<FoldSpec> seedlike_folds(std::mt19937& rng) {
+  std::vector<FoldSpec> folds;
+  for (int k = 0; k < 5; ++k) folds.push_back(fixture::healthy_fold(rng, k));
+
+  // Fold 1, like the seed's fold 4: a perfect ranking but every HGG score below 0.5.
+  std::uniform_real_distribution<double> low_hgg(0.3, 0.45), lgg(0.02, 0.2);
+  for (size_t i = 0; i < folds[1].test_p.size(); ++i)
+    folds[1].test_p[i] = folds[1].test_labels[i] == 1 ? low_hgg(rng) : lgg(rng);
+  // Fold 2: the validation loss bottoms out at epoch 4 and climbs while the training loss keeps falling.
+  for (int e = 0; e < 10; ++e) {
+    auto& s = folds[2].epochs[static_cast<size_t>(e)];
+    s.train_loss = 0.6 - 0.04 * e;
+    s.val_loss = e < 4 ? 0.7 - 0.075 * e : 0.475 + 0.03 * (e - 3);
+  }
+  // Fold 3: attention concentrated on one instance in the last epochs, and training bags never ranked
+  // better than 0.62 (the 2026-11-25 H100 runs' failure: the model had not begun to learn).
+  for (size_t e = 5; e < 10; ++e) folds[3].epochs[e].top1 = 0.95, folds[3].epochs[e].neff = 1.1;
+  for (size_t e = 0; e < 10; ++e) folds[3].epochs[e].train_auc = 0.5 + 0.012 * static_cast<double>(e);
+  return folds;
+}
+
+// The paragraph after the title: AUDIT.md's verdict.
+std::string first_paragraph(const std::string& md) {
+  const size_t start = md.find("\n\n") + 2;
+  return md.substr(start, md.find("\n\n", start) - start);
+}
+
+// Writes and audits a run and returns its AUDIT.md, having checked that every number agrees with its
+// recomputation and that the document opens with the verdict, the consistency line right after it.
+std::string audited_md(const fs::path& run, const std::vector<FoldSpec>& folds) {
+  write_run(run, folds);
+  const AuditResult result = write_cv_report(run);
+  for (const auto& f : result.failures) MESSAGE(f);
+  CHECK(result.consistent());
+  const std::string md = read_text(run / "AUDIT.md");
+  const std::string verdict = first_paragraph(md);
+  CHECK(verdict.rfind("**Verdict.** ", 0) == 0);
+  CHECK(md.substr(md.find(verdict) + verdict.size()).rfind("\n\n> ✅ Consistency: all", 0) == 0);
+  return md;
+}
+
+// The numbers of the recommendation headings ("### 3. Regularise …"), in document order; -1 for a heading
+// that does not start with one.
+std::vector<int> recommendation_numbers(const std::string& md) {
+  const size_t begin = md.find("\n## 4. Recommendations"), end = md.find("\n## 5. ");
+  std::vector<int> numbers;
+  std::istringstream section(md.substr(begin, end - begin));
+  for (std::string line; std::getline(section, line);) {
+    if (line.rfind("### ", 0) != 0) continue;
+    const size_t dot = line.find(". ");
+    const std::string digits = line.substr(4, dot == std::string::npos ? 0 : dot - 4);
+    const bool numeric = !digits.empty() && std::all_of(digits.begin(), digits.end(), ::isdigit);
+    numbers.push_back(numeric ? std::stoi(digits) : -1);
+  }
+  return numbers;
+}
+
+// A resolved config.toml as the training loop writes it, reduced to the keys the advice depends on; every
+// one of them set the way configs/recommended-v2 sets it, unless `changes` ("key = value" lines of a
+// [section]) replaces it.
+std::string config_toml(const std::map<std::string, std::string>& changes = {}) {
+  const std::vector<std::pair<std::string, std::vector<std::pair<std::string, std::string>>>> sections{
+      {"model",
+       {{"drop_path", "0.1"}, {"pooling", "\"topk\""}, {"attention", "\"gated\""}, {"feature_dropout", "0.6"},
+        {"instance_dropout", "0.1"}}},
+      {"loss", {{"label_smoothing", "0.2"}, {"focal_gamma", "2.0"}, {"class_weights", "\"balanced\""},
+                {"entropy_weight", "0.0"}}},
+      {"train", {{"epochs", "40"}, {"patience", "10"}, {"selection_train_auc", "0.75"},
+                 {"monitor", "\"min_class_recall\""}, {"instances", "16"}, {"instance_sampling", "\"stratified\""},
+                 {"case_sampling", "\"weighted\""}, {"lr", "1e-4"}, {"threshold", "\"0.5\""}}},
+      {"cv", {{"inner_val", "0.15"}, {"repeats", "1"}}}};
+  std::string text;
+  for (const auto& [section, keys] : sections) {
+    text += "[" + section + "]\n";
+    for (const auto& [key, value] : keys) {
+      const auto changed = changes.find(section + "." + key);
+      text += key + " = " + (changed == changes.end() ? value : changed->second) + "\n";
+    }
+  }
+  return text;
+}
+
 }  // namespace
 
 TEST_CASE("a healthy CV: cv_summary.json equals an independent recomputation, no anomaly, all checks pass") {
@@ -159,6 +243,8 @@ TEST_CASE("a healthy CV: cv_summary.json equals an independent recomputation, no
                               "## 4. Recommendations", "## 5. Consistency", "No anomaly found", "HGG 9/9 correct (100.0%)",
                               "LGG 5/5 correct (100.0%)", "Consistency: all"})
     CHECK_MESSAGE(md.find(section) != std::string::npos, section);
+  CHECK(first_paragraph(md).find("better than chance, and at its calibrated thresholds it classifies every test case "
+                                 "correctly.") != std::string::npos);
   CHECK(md.find("OPTIMISTIC") == std::string::npos);
   CHECK(md.find("FAIL**") == std::string::npos);
   CHECK(md.find("**Skipped cases:** none") != std::string::npos);
@@ -185,23 +271,7 @@ TEST_CASE("cases the run skipped as bad are listed in AUDIT.md and cv_summary.js
 TEST_CASE("seed-like failures fire their rules and healthy folds stay clean") {
   TempDir tmp;
   auto rng = fresh_rng();
-  std::vector<FoldSpec> folds;
-  for (int k = 0; k < 5; ++k) folds.push_back(fixture::healthy_fold(rng, k));
-
-  // Fold 1, like the seed's fold 4: a perfect ranking but every HGG score below 0.5.
-  std::uniform_real_distribution<double> low_hgg(0.3, 0.45), lgg(0.02, 0.2);
-  for (size_t i = 0; i < folds[1].test_p.size(); ++i)
-    folds[1].test_p[i] = folds[1].test_labels[i] == 1 ? low_hgg(rng) : lgg(rng);
-  // Fold 2: the validation loss bottoms out at epoch 4 and climbs while the training loss keeps falling.
-  for (int e = 0; e < 10; ++e) {
-    auto& s = folds[2].epochs[static_cast<size_t>(e)];
-    s.train_loss = 0.6 - 0.04 * e;
-    s.val_loss = e < 4 ? 0.7 - 0.075 * e : 0.475 + 0.03 * (e - 3);
-  }
-  // Fold 3: attention concentrated on one instance in the last epochs, and training bags never ranked
-  // better than 0.62 (the 2026-11-25 H100 runs' failure: the model had not begun to learn).
-  for (size_t e = 5; e < 10; ++e) folds[3].epochs[e].top1 = 0.95, folds[3].epochs[e].neff = 1.1;
-  for (size_t e = 0; e < 10; ++e) folds[3].epochs[e].train_auc = 0.5 + 0.012 * static_cast<double>(e);
+  const std::vector<FoldSpec> folds = seedlike_folds(rng);
 
   const fs::path run = tmp.path / "seedlike";
   write_run(run, folds);
@@ -241,10 +311,10 @@ TEST_CASE("seed-like failures fire their rules and healthy folds stay clean") {
   const std::string md = read_text(run / "AUDIT.md");
   CHECK(md.find("HGG 0/9 correct (0.0%)") != std::string::npos);
   CHECK(md.find("all 14 predictions are LGG") != std::string::npos);
-  CHECK(md.find("Priority 1: Fix the class collapse") != std::string::npos);
-  CHECK(md.find("Priority 2: Calibrate the decision threshold") != std::string::npos);
-  CHECK(md.find("Priority 3: Regularise") != std::string::npos);
-  CHECK(md.find("Priority 4: Keep attention spread") != std::string::npos);
+  CHECK(md.find("### 1. Fix the class collapse") != std::string::npos);
+  CHECK(md.find("### 3. Fix the decision threshold") != std::string::npos);
+  CHECK(md.find("### 5. Regularise") != std::string::npos);
+  CHECK(md.find("### 6. Keep attention spread") != std::string::npos);
   CHECK(md.find("class collapse** in 1/5 folds: fold 1") != std::string::npos);
 }
 
@@ -406,7 +476,11 @@ TEST_CASE("repeats give pooled metrics per repeat and their spread: fold directo
   CHECK(s["repeat_spread"]["pooled"]["auc"]["std"].get<double>() == doctest::Approx(sample_std_of(pooled_auc)));
   CHECK(s["folds"][3]["repeat"] == 1);
   CHECK(fs::exists(run / "plots" / "curves_r1_fold_2.svg"));
-  CHECK(read_text(run / "AUDIT.md").find("Spread between 2 repeats") != std::string::npos);
+  const std::string md = read_text(run / "AUDIT.md");
+  CHECK(md.find("Spread between 2 repeats") != std::string::npos);
+  const std::string verdict = first_paragraph(md);
+  CHECK(verdict.find("In repeat 0, the AUC") != std::string::npos);
+  CHECK(verdict.find("In repeat 1, the AUC") != std::string::npos);
 
   // Folds trained apart: two in one run, one in another, audited together into a third folder.
   const fs::path run_a = tmp.path / "part_a", run_b = tmp.path / "part_b", merged = tmp.path / "merged";
@@ -528,4 +602,136 @@ TEST_CASE("files written with the format's writers read back equal and pass the 
   const AuditResult result = write_cv_report(tmp.path / "run");
   for (const auto& f : result.failures) INFO(f);
   CHECK(result.consistent());
+}
+
+TEST_CASE("AUDIT.md opens with its verdict: a run at chance is not distinguishable from chance") {
+  TempDir tmp;
+  auto rng = fresh_rng();
+  std::vector<FoldSpec> folds;
+  for (int k = 0; k < 5; ++k) {
+    FoldSpec f = fixture::healthy_fold(rng, k);
+    // Every HGG score has an LGG twin: the AUC is 0.5 in each fold and pooled.
+    f.test_labels.clear();
+    f.test_p.clear();
+    for (double p : {0.2, 0.35, 0.5, 0.65, 0.8}) {
+      f.test_labels.insert(f.test_labels.end(), {0, 1});
+      f.test_p.insert(f.test_p.end(), {p, p});
+    }
+    folds.push_back(f);
+  }
+  const std::string md = audited_md(tmp.path / "chance", folds);
+  const std::string verdict = first_paragraph(md);
+  INFO(verdict);
+  CHECK(verdict.find("pooled over all 50 test cases (25 HGG, 25 LGG), is 0.5000 (95% confidence interval") !=
+        std::string::npos);
+  CHECK(verdict.find("**not distinguishable from chance**: the interval includes 0.5") != std::string::npos);
+  CHECK(verdict.find("60.0% of HGG cases correctly (15 of 25") != std::string::npos);
+  CHECK(verdict.find("40.0% of LGG cases (10 of 25") != std::string::npos);
+  // Scores of 0.2 … 0.8 for a class mix of one half: ECE 0.18 in every fold.
+  CHECK(verdict.find("miscalibration in 5 of 5 folds") != std::string::npos);
+  CHECK(verdict.find("Bottom line: this model does not separate the grades better than chance.") != std::string::npos);
+  // The verdict's fold count is one of the numbers the consistency section checks.
+  CHECK(md.find("|  | /anomaly_folds/miscalibration | 5 | 5 | PASS |") != std::string::npos);
+}
+
+TEST_CASE("AUDIT.md opens with its verdict: a run that learned is distinguishable from chance, with its recalls") {
+  TempDir tmp;
+  auto rng = fresh_rng();
+  auto folds = healthy_folds(rng);
+  REQUIRE(folds[0].threshold == 0.5);
+  // Two of fold 0's five LGG cases scored above its threshold: still ranked below every HGG case.
+  for (size_t i = 0, moved = 0; moved < 2; ++i)
+    if (folds[0].test_labels[i] == 0) folds[0].test_p[i] = 0.6, ++moved;
+  const std::string verdict = first_paragraph(audited_md(tmp.path / "learned", folds));
+  INFO(verdict);
+  CHECK(verdict.find("pooled over all 70 test cases (45 HGG, 25 LGG), is 1.0000 (95% confidence interval "
+                     "1.0000–1.0000): **distinguishable from chance**: the whole interval lies above 0.5") !=
+        std::string::npos);
+  CHECK(verdict.find("100.0% of HGG cases correctly (45 of 45") != std::string::npos);
+  CHECK(verdict.find("92.0% of LGG cases (23 of 25") != std::string::npos);
+  CHECK(verdict.find("Bottom line: the model separates the grades better than chance, but at its calibrated "
+                     "thresholds it misses 2 of the 25 LGG cases.") != std::string::npos);
+}
+
+TEST_CASE("recommendations follow the run's config.toml and are numbered 1, 2, 3, …") {
+  TempDir tmp;
+  auto rng = fresh_rng();
+  auto folds = seedlike_folds(rng);
+  for (auto& f : folds) f.monitor = "min_class_recall";
+  const fs::path run = tmp.path / "configured";
+  write_run(run, folds);
+  const auto has = [](const std::string& md, const std::string& text) { return md.find(text) != std::string::npos; };
+  const std::vector<int> one_to_seven{1, 2, 3, 4, 5, 6, 7};  // class collapse … fold spread, one heading each
+
+  SUBCASE("a config that already does what the catalogue advises is not told to do it") {
+    write_text(run / "config.toml", config_toml());
+    REQUIRE(write_cv_report(run).consistent());
+    const std::string md = read_text(run / "AUDIT.md");
+    CHECK(recommendation_numbers(md) == one_to_seven);
+    CHECK(has(md, "From the anomalies above and the run's resolved config"));
+    for (const char* followed : {"Balance the classes", "n 32 → 16", "smaller bags", "on `min_class_recall`",
+                                 "Monitor `balanced_accuracy`", "focal loss with γ = 2", "feature dropout 0.6",
+                                 "stochastic depth", "`gated` attention", "`topk` pooling", "instance dropout 0.1",
+                                 "`stratified`", "Lower the learning rate"})
+      CHECK_MESSAGE(!has(md, followed), followed);
+    CHECK(has(md, "corrects the class balance twice"));
+    CHECK(has(md, "The learning rate is already at or below the 1e-4 that trains the default model (now "
+                  "`train.lr = 0.0001`)"));
+    CHECK(has(md, "a smaller patience (now `train.patience = 10`)"));
+  }
+  SUBCASE("a setting the catalogue advises to change is named with its current value") {
+    write_text(run / "config.toml",
+               config_toml({{"train.instances", "32"}, {"train.lr", "3e-3"}, {"train.case_sampling", "\"shuffle\""},
+                            {"loss.class_weights", "\"none\""}, {"model.feature_dropout", "0.0"}}));
+    REQUIRE(write_cv_report(run).consistent());
+    const std::string md = read_text(run / "AUDIT.md");
+    CHECK(recommendation_numbers(md) == one_to_seven);
+    CHECK(has(md, "smaller bags (`train.instances` 32 → 16)"));
+    CHECK(has(md, "Lower the learning rate (now `train.lr = 0.003`)"));
+    CHECK(has(md, "Balance the classes: the `weighted` sampler (now `train.case_sampling = \"shuffle\"`) or "
+                  "`balanced` class weights (now `loss.class_weights = \"none\"`)"));
+    CHECK(has(md, "feature dropout 0.6 (now `model.feature_dropout = 0`)"));
+  }
+  SUBCASE("an unreadable config.toml counts as unknown, and the advice says why") {
+    write_text(run / "config.toml", "[train]\nlr = [\n");
+    REQUIRE(write_cv_report(run).consistent());
+    const std::string md = read_text(run / "AUDIT.md");
+    CHECK(has(md, "config.toml` could not be read: "));
+    CHECK(has(md, "Balance the classes once"));
+  }
+  SUBCASE("without config.toml the advice says that it cannot know the settings") {
+    REQUIRE(write_cv_report(run).consistent());
+    const std::string md = read_text(run / "AUDIT.md");
+    CHECK(recommendation_numbers(md) == one_to_seven);
+    CHECK(has(md, "The run's config is unknown (there is no config.toml in"));
+    CHECK(has(md, "Balance the classes once"));
+    CHECK_FALSE(has(md, "on `min_class_recall`"));  // fold.json states the monitor
+  }
+}
+
+TEST_CASE("AUDIT.md shows its plots in place, which name each fold's AUC, the bins' counts, the monitor and the lr") {
+  TempDir tmp;
+  auto rng = fresh_rng();
+  const fs::path run = tmp.path / "plotted";
+  write_run(run, healthy_folds(rng));
+  REQUIRE(write_cv_report(run).consistent());
+  const std::string md = read_text(run / "AUDIT.md");
+  size_t plots = 0;
+  for (const auto& entry : fs::directory_iterator(run / "plots")) {
+    const std::string rel = "plots/" + entry.path().filename().string();
+    CHECK_MESSAGE(md.find(fmt::format("![{0}]({0})", rel)) != std::string::npos, rel);
+    ++plots;
+  }
+  CHECK(plots == 2 + 3 * 5);
+
+  const std::string roc = read_text(run / "plots" / "roc.svg");
+  for (int k = 0; k < 5; ++k) CHECK(roc.find(fmt::format(">fold {} (AUC 1.000)<", k)) != std::string::npos);
+  const std::string reliability = read_text(run / "plots" / "reliability.svg");
+  long binned = 0;
+  for (size_t at = reliability.find(">n="); at != std::string::npos; at = reliability.find(">n=", at + 1))
+    binned += std::stol(reliability.substr(at + 3));
+  CHECK(binned == 70);  // every pooled test case in one bin
+  const std::string curves = read_text(run / "plots" / "curves_fold_0.svg");
+  CHECK(curves.find(">val auc (EMA)<") != std::string::npos);
+  CHECK(curves.find("fold 0: learning rate") != std::string::npos);
 }
