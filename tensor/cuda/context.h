@@ -13,6 +13,7 @@
 #include <utility>
 #include <vector>
 
+#include "tensor/cuda_versions.h"
 #include "tensor/tensor.h"
 
 namespace dsmil::cuda {
@@ -40,8 +41,9 @@ class DeviceBuffer {
   size_t bytes_ = 0;
 };
 
-// One line naming the device and the versions actually loaded (driver, CUDA runtime, cuDNN with its file,
-// cuBLAS), for logs and benchmark tables.
+// The device and the versions actually loaded (driver, CUDA runtime, cuDNN with its file, cuBLAS).
+CudaVersions loaded_versions();
+// The same with the device's architecture, SMs and memory in one line, for logs and benchmark tables.
 std::string backend_versions();
 // cudnnGetVersion() of the loaded library (9.19.0 -> 91900).
 size_t cudnn_version();

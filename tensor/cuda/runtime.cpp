@@ -177,19 +177,29 @@ std::string loaded_library_file(const std::string& name) {
 
 size_t cudnn_version() { return cudnnGetVersion(); }
 
-std::string backend_versions() {
-  const cudaDeviceProp& p = device_properties();
-  int driver = 0, runtime_version = 0, cublas = 0;
-  DSMIL_CUDA_CHECK(cudaDriverGetVersion(&driver), "backend_versions");
-  DSMIL_CUDA_CHECK(cudaRuntimeGetVersion(&runtime_version), "backend_versions");
-  DSMIL_CUBLAS_CHECK(cublasGetVersion(cublas_handle(), &cublas), "backend_versions");
+CudaVersions loaded_versions() {
+  int driver = 0, runtime_version = 0, cublas_major = 0, cublas_minor = 0, cublas_patch = 0;
+  DSMIL_CUDA_CHECK(cudaDriverGetVersion(&driver), "loaded_versions");
+  DSMIL_CUDA_CHECK(cudaRuntimeGetVersion(&runtime_version), "loaded_versions");
+  DSMIL_CUBLAS_CHECK(cublasGetProperty(MAJOR_VERSION, &cublas_major), "loaded_versions");
+  DSMIL_CUBLAS_CHECK(cublasGetProperty(MINOR_VERSION, &cublas_minor), "loaded_versions");
+  DSMIL_CUBLAS_CHECK(cublasGetProperty(PATCH_LEVEL, &cublas_patch), "loaded_versions");
   cudnn_handle();  // loads cuDNN, so that its file shows in the process's maps
   const size_t cudnn = cudnn_version();
-  return fmt::format("{} (sm_{}{}, {} SMs, {:.1f} GiB); driver API {}.{}; CUDA runtime {}.{}; cuDNN {}.{}.{} ({}); "
-                     "cuBLAS {}",
-                     p.name, p.major, p.minor, p.multiProcessorCount, p.totalGlobalMem / double(1 << 30),
-                     driver / 1000, driver % 1000 / 10, runtime_version / 1000, runtime_version % 1000 / 10,
-                     cudnn / 10000, cudnn % 10000 / 100, cudnn % 100, loaded_library_file("/libcudnn.so"), cublas);
+  return {device_properties().name,
+          fmt::format("{}.{}", driver / 1000, driver % 1000 / 10),
+          fmt::format("{}.{}", runtime_version / 1000, runtime_version % 1000 / 10),
+          fmt::format("{}.{}.{}", cudnn / 10000, cudnn % 10000 / 100, cudnn % 100),
+          fmt::format("{}.{}.{}", cublas_major, cublas_minor, cublas_patch),
+          loaded_library_file("/libcudnn.so")};
+}
+
+std::string backend_versions() {
+  const cudaDeviceProp& p = device_properties();
+  const CudaVersions v = loaded_versions();
+  return fmt::format("{} (sm_{}{}, {} SMs, {:.1f} GiB); driver API {}; CUDA runtime {}; cuDNN {} ({}); cuBLAS {}",
+                     v.gpu, p.major, p.minor, p.multiProcessorCount, p.totalGlobalMem / double(1 << 30), v.driver,
+                     v.runtime, v.cudnn, v.cudnn_file, v.cublas);
 }
 
 void set_allocation_poison(std::optional<uint8_t> byte) { g_allocation_poison.store(byte ? int{*byte} : -1); }

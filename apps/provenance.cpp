@@ -1,0 +1,90 @@
+#include "apps/provenance.h"
+
+#include <openssl/evp.h>
+
+#include <fstream>
+#include <iterator>
+
+#include <fmt/format.h>
+
+#include "git_revision.h"
+#include "tensor/error.h"
+
+namespace dsmil::app {
+
+namespace {
+
+template <typename T>
+nlohmann::json or_null(const std::optional<T>& value) {
+  return value ? nlohmann::json(*value) : nlohmann::json();
+}
+
+std::vector<std::string> own_command_line() {
+  std::ifstream in("/proc/self/cmdline", std::ios::binary);
+  const std::string text{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+  std::vector<std::string> args;
+  for (size_t start = 0; start < text.size();) {
+    const size_t end = text.find('\0', start);
+    args.push_back(text.substr(start, end - start));
+    if (end == std::string::npos) break;
+    start = end + 1;
+  }
+  return args;
+}
+
+}  // namespace
+
+Provenance current_provenance() {
+  Provenance p;
+  p.version = DSMIL_VERSION;
+  p.commit = DSMIL_GIT_COMMIT;
+  if (DSMIL_GIT_DIRTY >= 0) p.dirty = DSMIL_GIT_DIRTY == 1;
+  p.build_type = DSMIL_BUILD_TYPE;
+  p.compiler = DSMIL_COMPILER;
+#ifdef DSMIL_WITH_CUDA
+  p.cuda_toolkit = DSMIL_CUDA_TOOLKIT;
+#endif
+  p.cuda = loaded_cuda_versions();
+  p.command_line = own_command_line();
+  return p;
+}
+
+nlohmann::json Provenance::to_json() const {
+  nlohmann::json j = {{"version", version},
+                      {"commit", commit},
+                      {"dirty", or_null(dirty)},
+                      {"build_type", build_type},
+                      {"compiler", compiler},
+                      {"cuda_backend", cuda_toolkit.has_value()},
+                      {"cuda_toolkit", or_null(cuda_toolkit)},
+                      {"cuda", nullptr},
+                      {"command_line", command_line},
+                      {"config_sha256", or_null(config_sha256)}};
+  if (cuda)
+    j["cuda"] = {{"gpu", cuda->gpu},     {"driver", cuda->driver}, {"runtime", cuda->runtime},
+                 {"cudnn", cuda->cudnn}, {"cublas", cuda->cublas}, {"cudnn_file", cuda->cudnn_file}};
+  return j;
+}
+
+std::string Provenance::version_text() const {
+  const std::string state = !dirty ? "" : *dirty ? " (with uncommitted changes)" : " (clean)";
+  std::string text =
+      fmt::format("dsmil {}\ncommit: {}{}\nbuild: {}, {}\n", version, commit, state, build_type, compiler);
+  if (!cuda_toolkit) return text + "CUDA backend: not built (CPU only)\nGPU: none\n";
+  text += fmt::format("CUDA backend: built with CUDA {}\n", *cuda_toolkit);
+  if (!cuda) return text + "GPU: no usable CUDA device\n";
+  return text + fmt::format("GPU: {}; driver CUDA {}, runtime {}, cuDNN {} ({}), cuBLAS {}\n", cuda->gpu, cuda->driver,
+                            cuda->runtime, cuda->cudnn, cuda->cudnn_file, cuda->cublas);
+}
+
+std::string sha256_hex(std::string_view text) {
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int length = 0;
+  if (EVP_Digest(text.data(), text.size(), digest, &length, EVP_sha256(), nullptr) != 1)
+    throw Error("SHA-256 failed in OpenSSL's libcrypto");
+  std::string hex;
+  for (unsigned int i = 0; i < length; ++i) hex += fmt::format("{:02x}", digest[i]);
+  return hex;
+}
+
+}  // namespace dsmil::app

@@ -1,0 +1,39 @@
+// Provenance of a result: the build of dsmil that made it, the CUDA device and libraries it ran on and the
+// command that started it, so that a number in a run directory can be traced to what produced it.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "tensor/cuda_versions.h"
+
+namespace dsmil::app {
+
+struct Provenance {
+  std::string version;        // the project VERSION of the top CMakeLists.txt
+  std::string commit;         // git commit of the source tree when built, or "unknown"
+  std::optional<bool> dirty;  // tracked files differed from that commit; unknown without the commit
+  std::string build_type;     // Release, Debug, ...
+  std::string compiler;       // e.g. "GNU 12.2.0"
+  std::optional<std::string> cuda_toolkit;  // the toolkit the CUDA backend was built with; none: a CPU-only build
+  std::optional<CudaVersions> cuda;         // loaded now; none without the backend or without a device
+  std::vector<std::string> command_line;
+  std::optional<std::string> config_sha256;  // the caller's: sha256_hex of the resolved config it ran with
+
+  nlohmann::json to_json() const;
+  // The build and the CUDA device and libraries, one item per line (`dsmil --version`).
+  std::string version_text() const;
+};
+
+// This build, this process's CUDA device and libraries and its command line (from /proc/self/cmdline, so
+// that any part of the program can record it without main handing argv around); no config hash.
+Provenance current_provenance();
+
+// SHA-256 of a text as 64 lowercase hex digits.
+std::string sha256_hex(std::string_view text);
+
+}  // namespace dsmil::app
