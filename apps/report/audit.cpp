@@ -417,6 +417,43 @@ std::vector<std::string> skipped_cases(const std::vector<fs::path>& inputs) {
 
 // The title, the verdict, the consistency line right after it (a reader must know at once whether the
 // verdict's numbers can be trusted), then the run's identification.
+// What made the audited folds: every line of each input run's provenance.jsonl (one per process that worked on
+// the run: its start, resumes, fold processes), in order.
+nlohmann::json provenance_records(const std::vector<fs::path>& inputs) {
+  nlohmann::json records = nlohmann::json::array();
+  for (const fs::path& input : inputs) {
+    if (!fs::exists(input / "provenance.jsonl")) continue;
+    std::istringstream text(read_text_file(input / "provenance.jsonl"));
+    for (std::string line; std::getline(text, line);)
+      if (!line.empty()) records.push_back(nlohmann::json::parse(line));
+  }
+  return records;
+}
+
+// One line per distinct build and device among the records: "dsmil 0.6.0, commit f0f0f58 (with uncommitted
+// changes), Release GNU 12.2.0, on NVIDIA H200 (CUDA runtime ..., cuDNN ...) — 3 processes".
+std::string provenance_lines(const nlohmann::json& records) {
+  if (records.empty()) return "- **Made by:** not recorded (a run of a dsmil older than provenance.jsonl)\n";
+  std::map<std::string, int> builds;
+  std::set<std::string> configs;
+  for (const nlohmann::json& r : records) {
+    const nlohmann::json& cuda = r.value("cuda", nlohmann::json());
+    const std::string device =
+        cuda.is_object() ? fmt::format("on {} (CUDA runtime {}, cuDNN {}, cuBLAS {})", cuda.value("gpu", "?"),
+                                       cuda.value("runtime", "?"), cuda.value("cudnn", "?"), cuda.value("cublas", "?"))
+                         : "on the CPU";
+    const std::string dirty = r["dirty"].is_boolean() && r["dirty"].get<bool>() ? " (with uncommitted changes)" : "";
+    ++builds[fmt::format("dsmil {}, commit {}{}, {} {}, {}", r.value("version", "?"), r.value("commit", "?").substr(0, 12),
+                         dirty, r.value("build_type", "?"), r.value("compiler", "?"), device)];
+    configs.insert(r.value("config_sha256", "?"));
+  }
+  std::string s = "- **Made by** (provenance.jsonl; cv_summary.json has the command lines):\n";
+  for (const auto& [build, processes] : builds)
+    s += fmt::format("  - {}: {} process{}\n", build, processes, processes == 1 ? "" : "es");
+  if (configs.size() > 1) s += fmt::format("  - ⚠️ {} different configs (by SHA-256) worked on these folds\n", configs.size());
+  return s;
+}
+
 std::string header(const CvEvaluation& cv, const AuditOptions& options, const std::string& verdict, int checks,
                    int failed) {
   std::string inputs;
@@ -443,6 +480,7 @@ std::string header(const CvEvaluation& cv, const AuditOptions& options, const st
       "split), and separately at 0.5, each labelled. AUC counts ties as half, its 95% CI is DeLong's. ECE uses "
       "10 equal-width bins of p(HGG). Std is the sample std (n−1).\n\n",
       inputs, cv.protocol, cv.folds.size(), cv.n_repeats > 1 ? fmt::format(", {} repeats", cv.n_repeats) : "");
+  s += provenance_lines(provenance_records(options.inputs));
   const std::vector<std::string> skipped = skipped_cases(options.inputs);
   if (skipped.empty()) return s + "- **Skipped cases:** none\n\n";
   s += fmt::format("- **Skipped cases:** {} left out of the dataset (`--on-bad-case skip`), with their reasons:\n",
@@ -487,6 +525,7 @@ AuditResult run_audit(const AuditOptions& options) {
   summary["anomalies"] = anomalies_json(anomalies);
   summary["anomaly_folds"] = anomaly_folds_json(anomalies);
   summary["skipped_cases"] = skipped_cases(options.inputs);
+  summary["provenance"] = provenance_records(options.inputs);
 
   Printer printer(summary);
   const std::string verdict_text = verdict(printer, cv, anomalies);

@@ -13,6 +13,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include "apps/provenance.h"
 #include "apps/report/audit.h"
 #include "apps/report/run_dir.h"
 #include "apps/train/trainer.h"
@@ -64,6 +65,15 @@ fs::path new_run_directory(const fs::path& root, const std::string& stem, dist::
   }
   if (ranks) suffix = static_cast<int>(ranks->sum({writer ? static_cast<double>(suffix) : 0.0})[0]);
   return suffix == 1 ? root / stem : root / fmt::format("{}_{}", stem, suffix);
+}
+
+// Appends what this process is to run_dir/provenance.jsonl (the build, the device and libraries, the command,
+// the config's hash): the first line is the run's start, each later one a resume or a fold process, possibly
+// of another build or on another machine, which the audit then shows.
+void record_provenance(const fs::path& run_dir, const RunConfig& config) {
+  Provenance provenance = current_provenance();
+  provenance.config_sha256 = sha256_hex(config_to_toml(config));
+  std::ofstream(run_dir / "provenance.jsonl", std::ios::app) << provenance.to_json().dump() << "\n";
 }
 
 // Both grades, enough of each for a stratified split: otherwise no fold can be trained or judged.
@@ -204,6 +214,7 @@ CvResult run_cv(const RunConfig& requested, const CvOptions& options) {
     result.run_dir = new_run_directory(options.runs_root, fmt::format("{}_{}", config.name, run_timestamp(ranks)), ranks);
     if (writer) report::write_text_file(result.run_dir / "config.toml", config_to_toml(config));
   }
+  if (writer) record_provenance(result.run_dir, config);
   // A new run that fails before its folds start (no data, a bad case, one grade) leaves no directory behind.
   struct RemovedUnlessStarted {
     fs::path dir;

@@ -15,6 +15,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "apps/provenance.h"
 #include "apps/report/metrics.h"
 #include "apps/report/plots.h"
 #include "apps/report/run_dir.h"
@@ -537,7 +538,7 @@ class FoldRun {
 
   json metadata(int epoch) const {
     return {{"format", "dsmil3d checkpoint"}, {"epoch", epoch}, {"repeat", plan_.repeat}, {"fold", plan_.fold},
-            {"config", config_to_toml(c_)}};
+            {"config", config_to_toml(c_)}, {"provenance", provenance_}};
   }
 
   // A model's weights and statistics at `epoch`, on the host, in the format of best.ckpt.
@@ -733,6 +734,13 @@ class FoldRun {
   bool stopped_early_ = false;
   int epochs_run_ = 0;
   int last_warning_epoch_ = 0;
+  // What writes the checkpoints: a snapshot of this process's build, device and command (the command-line
+  // and device queries run once, not at every checkpoint).
+  json provenance_ = [this] {
+    Provenance p = current_provenance();
+    p.config_sha256 = sha256_hex(config_to_toml(c_));
+    return p.to_json();
+  }();
   int learning_since_ = 0;  // the first epoch whose training AUC reached train.selection_train_auc (0: none yet)
   Progress progress_;
 };

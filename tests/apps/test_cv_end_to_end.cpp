@@ -18,6 +18,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "apps/provenance.h"
 #include "apps/report/run_dir.h"
 #include "apps/train/cv.h"
 #include "apps/train/fault_points.h"
@@ -121,6 +122,10 @@ TEST_CASE("cv on a small synthetic cohort fits its training folds, and its repor
     }
   }
   CHECK(pooled.size() == 48);
+  // What made the run: this build, and the config it ran with by its SHA-256.
+  const nlohmann::json made_by = nlohmann::json::parse(lines_of(result.run_dir / "provenance.jsonl").front());
+  CHECK(made_by["config_sha256"] == app::sha256_hex(report::read_text_file(result.run_dir / "config.toml")));
+  CHECK(!made_by["version"].get<std::string>().empty());
   const nlohmann::json summary = nlohmann::json::parse(std::ifstream(result.run_dir / "cv_summary.json"));
   const double reported = summary["pooled"][0]["auc"].get<double>();
   const double recomputed = pair_auc(pooled);
@@ -177,15 +182,29 @@ TEST_CASE("a run killed during training and resumed ends with the weights of an 
 
 namespace {
 
-// What a run's folds end with, file by file: fold.json, predictions, attention and checkpoints as bytes;
-// metrics.jsonl without its timings (they differ from run to run).
+// A checkpoint's tensors as bytes and its metadata without the provenance of the process that wrote it (a
+// resumed run's command line differs from an uninterrupted one's).
+std::string checkpoint_content(const fs::path& path) {
+  const nn::Checkpoint ckpt = nn::load_checkpoint(path.string());
+  nlohmann::json meta = nlohmann::json::parse(ckpt.metadata);
+  meta.erase("provenance");
+  std::string content = meta.dump();
+  for (const nn::CheckpointTensor& t : ckpt.tensors)
+    content += t.name + std::string(static_cast<const char*>(t.value.raw()), t.value.bytes());
+  return content;
+}
+
+// What a run's folds end with, file by file: fold.json, predictions and attention as bytes, checkpoints by
+// content; metrics.jsonl without its timings (they differ from run to run).
 std::map<std::string, std::string> fold_outputs(const fs::path& run_dir) {
   std::map<std::string, std::string> files;
   for (const auto& fold : fs::directory_iterator(run_dir)) {
     if (fold.path().filename().string().rfind("fold_", 0) != 0) continue;
     const std::string name = fold.path().filename().string();
-    for (const char* file : {"fold.json", "predictions.csv", "attention.csv", "best.ckpt", "best_ema.ckpt", "last.ckpt"})
+    for (const char* file : {"fold.json", "predictions.csv", "attention.csv"})
       files[name + "/" + file] = fs::exists(fold.path() / file) ? report::read_text_file(fold.path() / file) : "(none)";
+    for (const char* file : {"best.ckpt", "best_ema.ckpt", "last.ckpt"})
+      files[name + "/" + file] = fs::exists(fold.path() / file) ? checkpoint_content(fold.path() / file) : "(none)";
     std::string metrics;
     for (const std::string& line : lines_of(fold.path() / "metrics.jsonl")) {
       nlohmann::json record = nlohmann::json::parse(line);

@@ -254,6 +254,26 @@ TEST_CASE("a healthy CV: cv_summary.json equals an independent recomputation, no
     CHECK_MESSAGE(fs::exists(run / "plots" / plot), plot);
 }
 
+TEST_CASE("what made the run (provenance.jsonl) is in AUDIT.md and cv_summary.json, and two configs are flagged") {
+  TempDir tmp;
+  auto rng = fresh_rng();
+  const fs::path run = tmp.path / "traced_20260109_032250";
+  write_run(run, healthy_folds(rng));
+  const json start = {{"version", "0.6.0"}, {"commit", "0123456789abcdef0123"}, {"dirty", false},
+                      {"build_type", "Release"}, {"compiler", "GNU 12.2.0"}, {"config_sha256", "aa"},
+                      {"cuda", {{"gpu", "NVIDIA H200"}, {"runtime", "13.0"}, {"cudnn", "9.19.0"}, {"cublas", "13.1.0"}}},
+                      {"command_line", {"dsmil", "cv"}}};
+  json resume = start;
+  resume["config_sha256"] = "bb";
+  std::ofstream(run / "provenance.jsonl") << start.dump() << "\n" << resume.dump() << "\n";
+  REQUIRE(write_cv_report(run).consistent());
+  CHECK(read_json(run / "cv_summary.json")["provenance"] == json::array({start, resume}));
+  const std::string md = read_text(run / "AUDIT.md");
+  CHECK(md.find("dsmil 0.6.0, commit 0123456789ab, Release GNU 12.2.0, on NVIDIA H200 (CUDA runtime 13.0, cuDNN 9.19.0, "
+                "cuBLAS 13.1.0): 2 processes") != std::string::npos);
+  CHECK(md.find("2 different configs") != std::string::npos);
+}
+
 TEST_CASE("cases the run skipped as bad are listed in AUDIT.md and cv_summary.json with their reasons") {
   TempDir tmp;
   auto rng = fresh_rng();
