@@ -101,3 +101,13 @@ TEST_CASE("help texts cite nothing outside the clone and list --version") {
     CHECK_FALSE(contains(help, "DESIGN"));
   }
 }
+
+TEST_CASE("a cohort of one grade says its AUC is undefined rather than printing nan") {
+  const std::string out = (test::scratch("one_grade_cohort") / "cohort").string();
+  const test::Finished cohort =
+      run_dsmil({"cohort", "--out", out, "--cases", "4", "--dims", "32,32,24", "--hgg-fraction", "1.0"});
+  CAPTURE(cohort.out);
+  CHECK(cohort.status == 0);
+  CHECK(contains(cohort.out, "latent grade score AUC: undefined, the cohort holds one grade only"));
+  CHECK_FALSE(contains(cohort.out, "nan"));
+}

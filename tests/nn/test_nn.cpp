@@ -1,6 +1,11 @@
 // nn/: AdamW and EMA against hand-computed steps, clipping, the schedule, ResNet shapes and names,
 // checkpoint round trip and every way a checkpoint file can be wrong.
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <cmath>
+#include <csignal>
 #include <filesystem>
 #include <fstream>
 
@@ -107,6 +112,39 @@ TEST_CASE("ResNet-3D: embedding shape, block counts and parameter names") {
   bool has_projection = false;
   for (const auto& p : params) has_projection |= p.name == "layer2.0.downsample.conv.weight";
   CHECK(has_projection);
+}
+
+TEST_CASE("checkpoint: a write that fails (a full disk) leaves the old file and no temporary file behind") {
+  const std::string dir = scratch("full_disk");
+  TwoParams m;
+  nn::Checkpoint ckpt;
+  ckpt.metadata = std::string(1 << 16, ' ');  // larger than the file-size limit below
+  nn::add_parameters(ckpt, "model.", m.parameters());
+  const std::string path = dir + "/last.ckpt";
+  std::ofstream(path) << "the previous checkpoint";
+  // The child writes under a 4 KiB file-size limit, which fails a write the way a full disk does (EFBIG; the
+  // signal that would end the process is ignored).
+  const pid_t pid = fork();
+  if (pid == 0) {
+    signal(SIGXFSZ, SIG_IGN);
+    const rlimit limit{4096, 4096};
+    setrlimit(RLIMIT_FSIZE, &limit);
+    try {
+      nn::save_checkpoint(path, ckpt);
+    } catch (const FormatError&) {
+      _exit(0);
+    }
+    _exit(1);
+  }
+  int status = 0;
+  waitpid(pid, &status, 0);
+  REQUIRE(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 0);  // the failure was reported as the checkpoint's error
+  CHECK_FALSE(std::filesystem::exists(path + ".tmp"));
+  std::ifstream in(path);
+  std::string kept;
+  std::getline(in, kept);
+  CHECK(kept == "the previous checkpoint");
 }
 
 TEST_CASE("checkpoint: round trip, and clear errors for wrong, damaged, old or mismatched files") {
