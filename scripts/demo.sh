@@ -5,7 +5,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p build
-bash scripts/build.sh > build/build.log 2>&1 || { tail -30 build/build.log; exit 1; }
+echo "building dsmil (log: build/build.log)"
+# Only the program the demo runs; its compile lines are the build's progress, the whole log stays in the file.
+if ! bash scripts/build.sh dsmil 2>&1 | tee build/build.log | grep --line-buffered -E '^(\[ *[0-9]+%\]|installing: )'; then
+  tail -30 build/build.log
+  exit 1
+fi
 if nvidia-smi > /dev/null 2>&1; then
   cohort=cohort/brats_like_285; config=recommended-v2; cohort_args=()
 else
