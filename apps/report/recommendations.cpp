@@ -36,13 +36,13 @@ std::string joined(const std::vector<std::string>& parts) {
   return s;
 }
 
-// recommended-v2's loss shaping (focal γ = 2, label smoothing ε = 0.2) where the run lacks it.
+// recommended-v2's loss shaping (focal γ = 2, label smoothing ε = 0.05) where the run lacks it.
 std::vector<std::string> missing_loss_shaping(const RunSettings& s) {
   std::vector<std::string> parts;
   if (!at_least(s.focal_gamma, 2.0))
     parts.push_back(fmt::format("focal loss with γ = 2 ({})", current("loss.focal_gamma", s.focal_gamma)));
-  if (!at_least(s.label_smoothing, 0.2))
-    parts.push_back(fmt::format("label smoothing ε = 0.2 ({})", current("loss.label_smoothing", s.label_smoothing)));
+  if (!at_least(s.label_smoothing, 0.05))
+    parts.push_back(fmt::format("label smoothing ε = 0.05 ({})", current("loss.label_smoothing", s.label_smoothing)));
   return parts;
 }
 
