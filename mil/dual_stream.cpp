@@ -32,6 +32,9 @@ DualStreamHead::DualStreamHead(int64_t features, const HeadConfig& config, nn::I
   register_module("instance_classifier", instance_classifier_);
   register_module("v", value_);
   register_module("bag_classifier", bag_classifier_);
+  if (config.zero_init_classifiers)
+    for (nn::Linear* classifier : {&instance_classifier_, &bag_classifier_})
+      for (Variable* p : {&classifier->weight, &classifier->bias}) p->value().copy_from(Tensor::zeros(p->shape()));
   // The critical query only serves DSMIL's attention; gated attention has its own parameters.
   if (config.attention == Attention::Dsmil) {
     query1_ = std::make_unique<nn::Linear>(features, config.query_size, engine);

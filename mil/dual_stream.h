@@ -26,6 +26,9 @@ struct HeadConfig {
   float feature_dropout = 0.5f;       // dropout on h_i (training)
   float instance_dropout = 0.0f;      // each instance dropped from the bag with this probability
   int query_size = 128;               // q_i (dsmil) or the gated attention's hidden size
+  // Both classifiers (instance and bag) start at 0, so every bag's first logits are 0 whatever the init seed;
+  // the other parameters draw what they draw without it.
+  bool zero_init_classifiers = false;
 };
 
 struct ModelConfig {

@@ -23,6 +23,7 @@ std::vector<NamedField> config_fields(RunConfig& c) {
       {"model.slab_depth", &c.slab_depth},
       {"model.drop_path", &c.drop_path},
       {"model.zero_init_residual", &c.zero_init_residual},
+      {"model.zero_init_classifiers", &c.zero_init_classifiers},
       {"model.pooling", &c.pooling},
       {"model.topk", &c.topk},
       {"model.attention", &c.attention},
@@ -80,6 +81,7 @@ mil::ModelConfig RunConfig::model_config() const {
   m.head.attention_temperature = static_cast<float>(attention_temperature);
   m.head.feature_dropout = static_cast<float>(feature_dropout);
   m.head.instance_dropout = static_cast<float>(instance_dropout);
+  m.head.zero_init_classifiers = zero_init_classifiers;
   return m;
 }
 

@@ -28,6 +28,7 @@ struct RunConfig {
   int depth = 18, width = 64, slab_depth = 3;
   double drop_path = 0.1;
   bool zero_init_residual = false;       // each residual branch's last BN scale starts at 0
+  bool zero_init_classifiers = false;    // the instance and bag classifiers start at 0 (first logits 0)
   std::string pooling = "topk";
   int topk = 4;
   std::string attention = "gated";

@@ -139,6 +139,47 @@ TEST_CASE("masked instances change nothing in evaluation: the mask after instanc
   }
 }
 
+TEST_CASE("zero-initialised classifiers: first logits 0 for any seed, every other parameter as drawn without, "
+          "and the classifiers still get gradients") {
+  for (const uint64_t seed : {run_seed(), run_seed() + 1}) {
+    mil::ModelConfig zeroed_config = tiny_config(mil::Pooling::TopK, mil::Attention::Gated);
+    zeroed_config.head.zero_init_classifiers = true;
+    mil::DualStreamMIL drawn(tiny_config(mil::Pooling::TopK, mil::Attention::Gated), seed);
+    mil::DualStreamMIL zeroed(zeroed_config, seed);
+    const auto drawn_parameters = drawn.parameters();
+    const auto zeroed_parameters = zeroed.parameters();
+    REQUIRE(drawn_parameters.size() == zeroed_parameters.size());
+    int classifier_tensors = 0;
+    for (size_t i = 0; i < drawn_parameters.size(); ++i) {
+      const std::string& name = zeroed_parameters[i].name;
+      const std::vector<float> values = zeroed_parameters[i].variable->value().to_vector();
+      if (name.find("classifier") != std::string::npos) {
+        ++classifier_tensors;
+        CHECK_MESSAGE(std::all_of(values.begin(), values.end(), [](float v) { return v == 0.0f; }), name);
+        const std::vector<float> drawn_values = drawn_parameters[i].variable->value().to_vector();
+        CHECK_MESSAGE(std::any_of(drawn_values.begin(), drawn_values.end(), [](float v) { return v != 0.0f; }), name);
+      } else {
+        CHECK_MESSAGE(values == drawn_parameters[i].variable->value().to_vector(), name);
+      }
+    }
+    CHECK(classifier_tensors == 4);
+
+    const Tensor x = random_tensor({6, 3, 12, 12, 4}, -2.0f, 2.0f);
+    const Tensor mask = Tensor::from_ints({2, 3}, {1, 1, 1, 1, 1, 1});
+    nn::StepRandom random{7, 0};
+    const mil::MilOutput out = zeroed.forward(Variable(x), mask, 0.5f, random);
+    for (const Variable* logits : {&out.y1, &out.y2, &out.y})
+      for (float v : logits->value().to_vector()) CHECK(v == 0.0f);
+    mil::mil_loss(out, Tensor::from_ints({2}, {1, 0}), kBalanced, mil::LossConfig{0.05f, 2.0f, 0.5f, 0.0f}).backward();
+    for (const auto& p : zeroed_parameters) {
+      if (p.name.find("classifier") == std::string::npos || p.name.find("weight") == std::string::npos) continue;
+      REQUIRE(p.variable->has_grad());
+      const std::vector<float> grad = p.variable->grad().to_vector();
+      CHECK_MESSAGE(std::any_of(grad.begin(), grad.end(), [](float g) { return g != 0.0f; }), p.name);
+    }
+  }
+}
+
 TEST_CASE("the head reports each instance's stream-1 weight in training and evaluation, for every pooling") {
   const Tensor mask = Tensor::from_ints({2, 3}, {1, 0, 1, 1, 1, 1});
   const Tensor x = random_tensor({6, 3, 12, 12, 4});

@@ -52,6 +52,7 @@ RECIPE_KEYS: Dict[str, type] = {
     "model.slab_depth": int,
     "model.drop_path": float,
     "model.zero_init_residual": bool,
+    "model.zero_init_classifiers": bool,
     "model.pooling": str,
     "model.topk": int,
     "model.attention": str,
@@ -141,6 +142,7 @@ class Recipe:
     slab_depth: int = 3
     drop_path: float = 0.1
     zero_init_residual: bool = False
+    zero_init_classifiers: bool = False
     pooling: str = "topk"
     topk: int = 4
     attention: str = "gated"
@@ -828,6 +830,8 @@ class FoldRun:
         twin.init_like_cpp(self.model, torch.Generator().manual_seed(init_seed))
         if recipe.zero_init_residual:
             self.zero_init_residual()
+        if recipe.zero_init_classifiers:
+            self.zero_init_classifiers()
         self.model.to(device)
         if device.type == "cuda":
             self.model.to(memory_format=torch.channels_last_3d)
@@ -847,6 +851,13 @@ class FoldRun:
         for stage in range(1, 5):
             for block in getattr(self.model.encoder, f"layer{stage}"):
                 block.bn2.weight.zero_()
+
+    @torch.no_grad()
+    def zero_init_classifiers(self) -> None:
+        """mil/dual_stream.cpp DualStreamHead: both classifiers start at 0, after every parameter drew its init."""
+        for classifier in (self.model.head.instance_classifier, self.model.head.bag_classifier):
+            classifier.weight.zero_()
+            classifier.bias.zero_()
 
     def model_input(self, x: torch.Tensor) -> torch.Tensor:
         x = twin.from_channels_last(x)
