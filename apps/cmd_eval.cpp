@@ -5,7 +5,6 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
-#include <thread>
 
 #include <fmt/format.h>
 
@@ -37,17 +36,8 @@ void run_eval(const EvalArgs& a) {
   const TrainedModel trained = load_trained_model(a.checkpoint, device);
   const RunConfig& config = trained.config;
 
-  const data::BadCasePolicy policy = data::parse_bad_case_policy(a.on_bad_case);
-  const data::Discovery found = data::discover_dataset(a.data, policy);
-  data::PreprocessOptions prep;
-  prep.cache_dir = a.cache.empty() ? config.cache_dir : a.cache;
-  prep.params.grid = data::parse_grid(config.grid);
-  prep.on_bad_case = policy;
-  prep.threads = static_cast<int>(std::thread::hardware_concurrency());
-  const data::PreprocessedCohort cohort = data::preprocess_cohort(found.cases, prep);
-  for (const auto& list : {found.skipped, cohort.skipped})
-    for (const data::SkippedCase& s : list) std::fprintf(stderr, "skipped: %s\n", s.message().c_str());
-  if (cohort.cases.empty()) throw Error("dsmil eval: no case to evaluate");
+  const PreparedDataset cohort = prepare_dataset(a.data, a.cache, config, data::parse_bad_case_policy(a.on_bad_case));
+  for (const data::SkippedCase& s : cohort.skipped) std::fprintf(stderr, "skipped: %s\n", s.message().c_str());
 
   std::vector<int> all(cohort.cases.size());
   for (size_t i = 0; i < all.size(); ++i) all[i] = static_cast<int>(i);

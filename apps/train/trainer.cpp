@@ -10,7 +10,9 @@
 #include <cmath>
 #include <csignal>
 #include <fstream>
+#include <map>
 #include <optional>
+#include <thread>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -22,6 +24,7 @@
 #include "apps/train/batches.h"
 #include "apps/train/fault_points.h"
 #include "apps/train/health.h"
+#include "data/progress.h"
 #include "data/rng.h"
 #include "nn/checkpoint.h"
 #include "nn/data_parallel.h"
@@ -213,6 +216,27 @@ std::vector<CasePrediction> predict_cases(mil::DualStreamMIL& model, const std::
   }
   model.set_training(was_training);
   return preds;
+}
+
+PreparedDataset prepare_dataset(const fs::path& dataset, const fs::path& cache, const RunConfig& config,
+                                data::BadCasePolicy policy) {
+  const data::Discovery found = data::discover_dataset(dataset, policy);
+  data::PreprocessOptions prep;
+  prep.cache_dir = cache.empty() ? fs::path(config.cache_dir) : cache;
+  prep.params.grid = data::parse_grid(config.grid);
+  prep.on_bad_case = policy;
+  prep.threads = static_cast<int>(std::thread::hardware_concurrency());
+  data::ProgressReporter progress("preprocess", static_cast<int64_t>(found.cases.size()));
+  prep.progress = &progress;
+  data::PreprocessedCohort cohort = data::preprocess_cohort(found.cases, prep);
+  progress.finish();
+
+  PreparedDataset prepared{std::move(cohort.cases), {}, found.skipped};
+  prepared.skipped.insert(prepared.skipped.end(), cohort.skipped.begin(), cohort.skipped.end());
+  std::map<std::string, const data::CaseFiles*> files_by_id;
+  for (const data::CaseFiles& files : found.cases) files_by_id.emplace(files.case_id, &files);
+  for (const data::CaseVolume& volume : prepared.cases) prepared.files.push_back(*files_by_id.at(volume.case_id));
+  return prepared;
 }
 
 namespace {

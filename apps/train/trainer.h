@@ -75,6 +75,18 @@ std::vector<CasePrediction> predict_cases(mil::DualStreamMIL& model, const std::
                                           const std::vector<int>& cases, const RunConfig& config, Device device,
                                           float tau, const GatherTarget& gather = {});
 
+// A labelled dataset (any layout `cv` reads) prepared for a trained model, as `eval` and `predict` read it:
+// discovered, checked and preprocessed on the model's grid through `cache` (empty: the config's cache), with
+// a progress line. Under BadCasePolicy::skip the cases that fail a check are left out and listed with their
+// reasons (discovery's first, then preprocessing's); a dataset left without a case throws FormatError.
+struct PreparedDataset {
+  std::vector<data::CaseVolume> cases;
+  std::vector<data::CaseFiles> files;  // the source files of each of `cases`, in the same order
+  std::vector<data::SkippedCase> skipped;
+};
+PreparedDataset prepare_dataset(const std::filesystem::path& dataset, const std::filesystem::path& cache,
+                                const RunConfig& config, data::BadCasePolicy policy);
+
 class Trainer {
  public:
   // `gather`: where bags are assembled (a resident cohort holds the same cases as `cohort`).

@@ -1,8 +1,8 @@
 // End to end on the CPU: `dsmil cv` on a small synthetic cohort fits its training folds, and every number
 // of its cv_summary.json / AUDIT.md follows from its prediction files; a run killed mid-way and resumed ends
-// with the same weights as an uninterrupted one; `predict` maps attention onto the input and `eval`
-// predicts a dataset; folds run apart merge into one audit; bad arguments give one error line and a
-// non-zero exit.
+// with the same weights as an uninterrupted one; `predict` maps attention onto the input, `eval` predicts a
+// dataset and `predict --run` predicts one through the folds' ensemble, skipping a broken case; folds run apart
+// merge into one audit; bad arguments give one error line and a non-zero exit.
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -60,6 +60,14 @@ std::vector<std::string> lines_of(const fs::path& p) {
   return lines;
 }
 
+// The comma-separated cells of a CSV line (the files here quote nothing).
+std::vector<std::string> cells_of(const std::string& line) {
+  std::vector<std::string> cells;
+  std::stringstream in(line);
+  for (std::string cell; std::getline(in, cell, ',');) cells.push_back(cell);
+  return cells;
+}
+
 // AUC by counting pairs, independent of apps/report.
 double pair_auc(const std::vector<std::pair<int, double>>& rows) {
   double wins = 0, pairs = 0;
@@ -115,9 +123,7 @@ TEST_CASE("cv on a small synthetic cohort fits its training folds, and its repor
     const auto rows = lines_of(result.run_dir / ("fold_" + std::to_string(fold)) / "predictions.csv");
     REQUIRE(rows.size() > 1);
     for (size_t i = 1; i < rows.size(); ++i) {
-      std::stringstream in(rows[i]);
-      std::vector<std::string> cells;
-      for (std::string cell; std::getline(in, cell, ',');) cells.push_back(cell);
+      const std::vector<std::string> cells = cells_of(rows[i]);
       if (cells[6] == "test") pooled.emplace_back(std::stoi(cells[1]), std::stod(cells[2]));
     }
   }
@@ -425,26 +431,101 @@ TEST_CASE("predict and eval with a fold's checkpoint: probability, attention map
                      "--cache", cache, "--out", (out / "eval").string()}) == 0);
   CHECK(lines_of(out / "eval" / "predictions.csv").size() == 48 + 1);
   // predict and eval build the case's bag alike and apply the threshold stored with the checkpoint.
-  auto cells = [](const std::string& line) {
-    std::vector<std::string> out;
-    std::stringstream in(line);
-    for (std::string cell; std::getline(in, cell, ',');) out.push_back(cell);
-    return out;
-  };
-  const std::vector<std::string> predicted = cells(lines_of(out / "pred" / "prediction.csv").at(1));
+  const std::vector<std::string> predicted = cells_of(lines_of(out / "pred" / "prediction.csv").at(1));
   for (const std::string& row : lines_of(out / "eval" / "predictions.csv"))
     if (row.rfind(id + ",", 0) == 0) {
-      CHECK(std::stod(cells(row)[2]) == doctest::Approx(std::stod(predicted[1])).epsilon(1e-6));
-      CHECK(std::stod(cells(row)[4]) == std::stod(predicted[2]));
+      CHECK(std::stod(cells_of(row)[2]) == doctest::Approx(std::stod(predicted[1])).epsilon(1e-6));
+      CHECK(std::stod(cells_of(row)[4]) == std::stod(predicted[2]));
     }
   CHECK_FALSE(predicted[2].empty());
   REQUIRE(run_dsmil({"predict", "--checkpoint", (run_dir / "fold_0" / "last.ckpt").string(), "--flair", file("flair"),
                      "--t1", file("t1"), "--t1ce", file("t1ce"), "--t2", file("t2"), "--out", (out / "last").string(),
                      "--case-id", id}) == 0);
-  const std::vector<std::string> unthresholded = cells(lines_of(out / "last" / "prediction.csv").at(1));
+  const std::vector<std::string> unthresholded = cells_of(lines_of(out / "last" / "prediction.csv").at(1));
   CHECK((unthresholded.size() < 3 || unthresholded[2].empty()));  // p(HGG) alone: last.ckpt has no threshold
   CHECK(run_dsmil({"predict", "--checkpoint", (run_dir / "fold_0" / "best.ckpt").string(), "--flair", "/no/such.nii",
                    "--t1", file("t1"), "--t1ce", file("t1ce"), "--t2", file("t2"), "--out", (out / "bad").string()}) != 0);
+}
+
+TEST_CASE("predict --run: every fold's chosen model and their mean at the mean calibrated threshold, and a broken case "
+          "is listed with its reason and skipped") {
+  const fs::path out = scratch("ensemble");
+  const std::string cache = scratch("ensemble_cache").string();
+  REQUIRE(run_dsmil({"cv", "--config", "tiny", "--data", cohort().string(), "--set", "data.cache=" + cache, "--set",
+                     "train.epochs=2", "--set", "train.min_epochs=2", "--set", "cv.folds=3", "--no-audit", "--out",
+                     (out / "runs").string()}) == 0);
+  fs::path run_dir;
+  for (const auto& entry : fs::directory_iterator(out / "runs")) run_dir = entry.path();
+
+  // The cohort again with one case's FLAIR replaced by bytes that are no NIfTI file.
+  const fs::path data = out / "data";
+  fs::copy(cohort(), data, fs::copy_options::recursive);
+  fs::path broken_dir;
+  for (const auto& entry : fs::directory_iterator(data / "LGG")) broken_dir = entry.path();
+  const std::string broken = broken_dir.filename().string();
+  std::ofstream(broken_dir / (broken + "_flair.nii.gz"), std::ios::trunc) << "not a NIfTI file";
+
+  const fs::path table = out / "predictions.csv";
+  REQUIRE(run_dsmil({"predict", "--run", run_dir.string(), "--data", data.string(), "--out", table.string(), "--cache",
+                     cache, "--attention", (out / "attention").string()}) == 0);
+
+  const nlohmann::json side = nlohmann::json::parse(std::ifstream(out / "predictions.ensemble.json"));
+  REQUIRE(side["skipped"].size() == 1);
+  CHECK(side["skipped"][0]["case_id"] == broken);
+  CHECK(side["skipped"][0]["file"].get<std::string>().find("_flair.nii.gz") != std::string::npos);
+  CHECK_FALSE(side["skipped"][0]["reason"].get<std::string>().empty());
+  CHECK(side["n_predicted"] == 48 - 1);
+
+  const std::vector<std::string> lines = lines_of(table);
+  REQUIRE(lines.size() == 48 - 1 + 1);
+  CHECK(cells_of(lines[0]) == std::vector<std::string>{"case_id", "label", "p_fold_0", "p_fold_1", "p_fold_2", "p_ensemble",
+                                                    "threshold", "prediction"});
+  std::map<std::string, std::vector<std::string>> predicted;
+  for (size_t i = 1; i < lines.size(); ++i) predicted[cells_of(lines[i])[0]] = cells_of(lines[i]);
+  CHECK(predicted.count(broken) == 0);
+
+  // Each fold's column is the chosen model's p(HGG): what the fold itself predicted for its test and validation cases.
+  double mean_threshold = 0.0;
+  for (int fold = 0; fold < 3; ++fold) {
+    const fs::path fold_dir = run_dir / ("fold_" + std::to_string(fold));
+    const report::FoldInfo info = report::read_fold_json(fold_dir / "fold.json");
+    mean_threshold += info.threshold / 3.0;
+    CHECK(fs::path(side["folds"][fold]["checkpoint"].get<std::string>()).filename() ==
+          (info.chosen_model == "ema" ? "best_ema.ckpt" : "best.ckpt"));
+    CHECK(side["folds"][fold]["threshold"].get<double>() == info.threshold);
+    int compared = 0;
+    for (const report::PredictionRow& row : report::read_predictions_csv(fold_dir / "predictions.csv")) {
+      if (row.case_id == broken) continue;
+      REQUIRE(predicted.count(row.case_id) == 1);
+      CAPTURE(row.case_id);
+      CHECK(std::stod(predicted[row.case_id][2 + fold]) == doctest::Approx(row.p_hgg).epsilon(1e-6));
+      CHECK(std::stoi(predicted[row.case_id][1]) == row.label);
+      ++compared;
+    }
+    CHECK(compared >= 10);
+  }
+  // The ensemble: the folds' mean, labelled HGG at or above the mean of their calibrated thresholds.
+  CHECK(side["threshold"].get<double>() == doctest::Approx(mean_threshold).epsilon(1e-12));
+  for (const auto& [id, row] : predicted) {
+    CAPTURE(id);
+    const double mean = (std::stod(row[2]) + std::stod(row[3]) + std::stod(row[4])) / 3.0;
+    CHECK(std::stod(row[5]) == doctest::Approx(mean).epsilon(1e-7));
+    CHECK(std::stod(row[6]) == doctest::Approx(mean_threshold).epsilon(1e-12));
+    CHECK(row[7] == (std::stod(row[5]) >= std::stod(row[6]) ? "HGG" : "LGG"));
+  }
+  const std::string some_case = predicted.begin()->first;
+  fs::path some_dir;
+  for (const char* grade : {"HGG", "LGG"})
+    if (fs::exists(data / grade / some_case)) some_dir = data / grade / some_case;
+  const data::Image3D map = data::read_nifti(out / "attention" / (some_case + "_attention.nii.gz"));
+  CHECK(map.dims == data::read_nifti(some_dir / (some_case + "_flair.nii.gz")).dims);
+  CHECK(fs::exists(out / "attention" / (some_case + "_montage.png")));
+  CHECK_FALSE(fs::exists(out / "attention" / (broken + "_attention.nii.gz")));
+
+  // One form or the other: neither, or both, is a usage error.
+  CHECK(run_dsmil({"predict", "--out", table.string()}) == 2);
+  CHECK(run_dsmil({"predict", "--run", run_dir.string(), "--checkpoint", (run_dir / "fold_0" / "best.ckpt").string(),
+                   "--data", data.string(), "--out", table.string()}) == 2);
 }
 
 TEST_CASE("folds run apart merge into one audit, and folds of another config or given twice are refused") {
