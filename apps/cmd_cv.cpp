@@ -1,5 +1,4 @@
 // `dsmil cv` (nested K-fold cross-validation, DESIGN section 5) and `dsmil train` (one fold of it).
-#include <cstdio>
 #include <filesystem>
 #include <memory>
 #include <optional>
@@ -11,6 +10,7 @@
 #include "apps/train/fold_scheduler.h"
 #include "apps/train/rank_launcher.h"
 #include "dist/ranks.h"
+#include "logging/log.h"
 #ifdef DSMIL_WITH_NCCL
 #include "dist/nccl_communicator.h"
 #endif
@@ -33,6 +33,7 @@ struct CvArgs {
   std::optional<std::string> gpus;  // cv only: folds scheduled over these GPUs, one child process each
   std::optional<int> workers;  // cv only: folds scheduled over N child processes on one device
   bool no_audit = false;
+  bool fold_process = false;  // cv only: started by the fold scheduler of another cv (apps/train/fold_scheduler.h)
   int nproc = 1;  // data-parallel ranks on this machine, one per GPU
 };
 
@@ -101,6 +102,7 @@ void run(const CvArgs& a, std::vector<int> folds) {
   options.resume_dir = a.resume;
   options.folds = std::move(folds);
   options.audit = !a.no_audit;
+  options.fold_process = a.fold_process;
   if (a.gpus || a.workers) {
     // --gpus and --workers share every step but the CUDA_VISIBLE_DEVICES of the children.
     const std::vector<FoldSlot> slots = a.gpus ? gpu_slots(*a.gpus) : worker_slots(*a.workers);
@@ -113,7 +115,7 @@ void run(const CvArgs& a, std::vector<int> folds) {
     };
   }
   const CvResult result = run_cv(config, options);
-  if (!result.audit_md.empty()) std::printf("%s\n", result.audit_md.string().c_str());
+  if (!result.audit_md.empty()) logging::result(result.audit_md.string());
   if (!result.consistent) throw Error("the audit's consistency check failed: see the consistency section of AUDIT.md");
 }
 
@@ -133,6 +135,8 @@ const RegisterCommand cv_command{"cv", 40, [](CLI::App& root) {
                   "CUDA_VISIBLE_DEVICES; run.threads = 0 shares the cores among them)")
       ->excludes(gpus);
   cmd->add_flag("--no-audit", args->no_audit, "write no cv_summary.json / AUDIT.md (folds run apart; `dsmil audit` merges them)");
+  // Hidden: the fold scheduler marks its children, whose lines in run.log then name their fold.
+  cmd->add_flag("--fold-process", args->fold_process)->group("");
   cmd->callback([args] { run(*args, args->folds.empty() ? std::vector<int>{} : parse_fold_list(args->folds)); });
 }};
 

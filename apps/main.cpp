@@ -2,7 +2,6 @@
 // a usage error (the convention of POSIX utilities, so that a script can tell a wrong call from a failed
 // one); either error is one line on stderr. Library code only throws.
 #include <algorithm>
-#include <cstdio>
 #include <exception>
 #include <string>
 #include <vector>
@@ -12,6 +11,7 @@
 
 #include "apps/command_registry.h"
 #include "apps/provenance.h"
+#include "logging/log.h"
 #include "tensor/error.h"
 
 namespace dsmil::app {
@@ -97,10 +97,11 @@ int main(int argc, char** argv) {
     root.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     if (e.get_exit_code() == static_cast<int>(CLI::ExitCodes::Success)) return root.exit(e);  // --help, --version
-    std::fprintf(stderr, "%s\n", usage_error(root, e, argc, argv).c_str());
+    dsmil::logging::line(usage_error(root, e, argc, argv));
     return kUsageError;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "dsmil: error: %s\n", e.what());
+    // through the log: the error that ends a run is the last line of its run.log
+    dsmil::logging::line(fmt::format("dsmil: error: {}", e.what()));
     return kRuntimeError;
   }
   return 0;

@@ -485,7 +485,7 @@ CaseImages read_source(const CaseFiles& files, const fs::path& entry, const std:
 }
 
 // One case through the cache: its intact entry mapped, or the entry (re)built from the source and
-// `*built` set; a damaged entry that is replaced is reported to options.warnings.
+// `*built` set; a damaged entry that is replaced is reported to options.warn.
 CaseVolume cached_case(const CaseFiles& files, const PreprocessOptions& options, bool* built) {
   const auto key = cache_key(files, options.params);
   const fs::path path = entry_path_for_key(options.cache_dir, files, key);
@@ -501,8 +501,8 @@ CaseVolume cached_case(const CaseFiles& files, const PreprocessOptions& options,
         fmt::format("{}: cache entry unreadable right after writing ({})", path.string(), written_damage));
   }
   if (!damage.empty()) {
-    fmt::print(options.warnings, "warning: case {}: cache entry {} was damaged ({}); rebuilt from its source\n",
-               files.case_id, path.string(), damage);
+    options.warn(fmt::format("warning: case {}: cache entry {} was damaged ({}); rebuilt from its source",
+                             files.case_id, path.string(), damage));
   }
   *built = true;
   return std::move(*mapped);

@@ -4,14 +4,16 @@
 
 #include <array>
 #include <cstdint>
-#include <cstdio>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "data/cases.h"
+#include "logging/log.h"
 
 namespace dsmil::data {
 
@@ -77,7 +79,8 @@ struct PreprocessOptions {
   BadCasePolicy on_bad_case = BadCasePolicy::fail;
   int threads = 2;
   ProgressReporter* progress = nullptr;  // optional
-  std::FILE* warnings = stderr;           // where a rebuilt damaged cache entry is reported (not null)
+  // Says that a damaged cache entry was rebuilt (called from the worker threads; not empty).
+  std::function<void(std::string_view line)> warn = logging::line;
 };
 
 struct PreprocessedCohort {
@@ -93,7 +96,7 @@ struct PreprocessedCohort {
 // written to a temporary file and renamed, so an interrupted write is never used. It carries a
 // checksum of its header and arrays, verified the first time this process maps the file. An entry
 // that is missing is built; one that is damaged (short, a header that does not match, a checksum
-// mismatch) is rebuilt from the case's source with a line on options.warnings, or, when the source
+// mismatch) is rebuilt from the case's source with a line to options.warn, or, when the source
 // cannot be read, the case fails with a CaseError naming the entry. Under BadCasePolicy::fail the
 // first bad case (in input order) throws its CaseError after the workers stop. No case given, or
 // none left under BadCasePolicy::skip, throws FormatError.

@@ -1,22 +1,22 @@
 // Progress lines for long data jobs: "label  done/total  rate/s  ETA" (see progress.h).
 #include "data/progress.h"
 
-#include <unistd.h>
-
 #include <fmt/format.h>
+
+#include "logging/log.h"
 
 namespace dsmil::data {
 
-ProgressReporter::ProgressReporter(std::string label, int64_t total, std::FILE* out)
+ProgressReporter::ProgressReporter(std::string label, int64_t total)
     : label_(std::move(label)),
       total_(total),
-      out_(out),
-      terminal_(isatty(fileno(out)) != 0),
+      terminal_(logging::stderr_is_terminal()),
       start_(std::chrono::steady_clock::now()),
       last_print_(start_) {}
 
 ProgressReporter::~ProgressReporter() {
-  if (terminal_ && !finished_ && done_ > 0) fmt::print(out_, "\n");
+  std::lock_guard lock(mutex_);
+  if (terminal_ && !finished_ && shown_) logging::line(text_locked(false));
 }
 
 void ProgressReporter::advance(std::string_view note) {
@@ -40,19 +40,21 @@ void ProgressReporter::finish() {
 }
 
 void ProgressReporter::print_locked(bool final_line) {
+  shown_ = true;
+  if (terminal_ && !final_line) {
+    logging::status(text_locked(false));
+  } else {
+    logging::line(text_locked(final_line));
+  }
+}
+
+std::string ProgressReporter::text_locked(bool final_line) const {
   const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
   const double rate = elapsed > 0 ? static_cast<double>(done_) / elapsed : 0.0;
   const double eta = rate > 0 ? static_cast<double>(total_ - done_) / rate : 0.0;
-  std::string line = final_line
-                         ? fmt::format("{}: {}/{} done in {:.1f} s", label_, done_, total_, elapsed)
-                         : fmt::format("{}: {}/{} ({:.1f}/s, ETA {:.0f} s){}{}", label_, done_, total_, rate, eta,
-                                       last_note_.empty() ? "" : "  ", last_note_);
-  if (terminal_) {
-    fmt::print(out_, "\r\033[K{}{}", line, final_line ? "\n" : "");
-  } else {
-    fmt::print(out_, "{}\n", line);
-  }
-  std::fflush(out_);
+  return final_line ? fmt::format("{}: {}/{} done in {:.1f} s", label_, done_, total_, elapsed)
+                    : fmt::format("{}: {}/{} ({:.1f}/s, ETA {:.0f} s){}{}", label_, done_, total_, rate, eta,
+                                  last_note_.empty() ? "" : "  ", last_note_);
 }
 
 }  // namespace dsmil::data

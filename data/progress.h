@@ -1,10 +1,10 @@
 // Progress of long data jobs (cohort writing, preprocessing): on a terminal one line that updates
-// in place; otherwise (a log file, a pipe) plain lines at most every few seconds and at the end.
+// in place (logging::status); otherwise (a file, a pipe) plain lines at most every few seconds. The final
+// line is a line of the log (logging::line) either way.
 #pragma once
 
 #include <chrono>
 #include <cstdint>
-#include <cstdio>
 #include <mutex>
 #include <string>
 #include <string_view>
@@ -13,8 +13,8 @@ namespace dsmil::data {
 
 class ProgressReporter {
  public:
-  ProgressReporter(std::string label, int64_t total, std::FILE* out = stderr);
-  ~ProgressReporter();  // ends an unfinished terminal line (e.g. when the job threw)
+  ProgressReporter(std::string label, int64_t total);
+  ~ProgressReporter();  // an unfinished job's last count (e.g. when it threw) stays, as a line
   ProgressReporter(const ProgressReporter&) = delete;
   ProgressReporter& operator=(const ProgressReporter&) = delete;
   // Thread-safe: one more item done; `note` (e.g. "cached") is shown with the line.
@@ -24,12 +24,13 @@ class ProgressReporter {
 
  private:
   void print_locked(bool final_line);
+  std::string text_locked(bool final_line) const;
 
   std::string label_;
   int64_t total_;
   int64_t done_ = 0;
-  std::FILE* out_;
   bool terminal_;
+  bool shown_ = false;  // a count has been shown
   bool finished_ = false;
   std::string last_note_;
   std::chrono::steady_clock::time_point start_;

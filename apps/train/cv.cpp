@@ -2,6 +2,7 @@
 #include "apps/train/cv.h"
 
 #include <omp.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -24,6 +25,7 @@
 #include "data/preprocess.h"
 #include "data/progress.h"
 #include "data/splits.h"
+#include "logging/log.h"
 
 namespace dsmil::app {
 
@@ -70,10 +72,24 @@ fs::path new_run_directory(const fs::path& root, const std::string& stem, dist::
 // Appends what this process is to run_dir/provenance.jsonl (the build, the device and libraries, the command,
 // the config's hash): the first line is the run's start, each later one a resume or a fold process, possibly
 // of another build or on another machine, which the audit then shows.
-void record_provenance(const fs::path& run_dir, const RunConfig& config) {
-  Provenance provenance = current_provenance();
+void record_provenance(const fs::path& run_dir, const RunConfig& config, Provenance provenance) {
   provenance.config_sha256 = sha256_hex(config_to_toml(config));
   std::ofstream(run_dir / "provenance.jsonl", std::ios::app) << provenance.to_json().dump() << "\n";
+}
+
+// Opens RUN_DIR/run.log for this process (apps/train/cv.h) with a line that says who writes to it from now:
+// the run starting or resuming, or the fold process of `fold_process_folds` (its lines marked "fold K: ").
+void open_run_log(const fs::path& run_dir, const Provenance& process, bool resuming,
+                  const std::vector<int>& fold_process_folds) {
+  const std::string command = fmt::format("{}", fmt::join(process.command_line, " "));
+  if (!fold_process_folds.empty()) {
+    const std::string folds = fmt::format("{}", fmt::join(fold_process_folds, ","));
+    logging::open_run_log(run_dir / "run.log", fmt::format("fold {}: ", folds))
+        .note(fmt::format("fold process {} started: {}", getpid(), command));
+    return;
+  }
+  logging::open_run_log(run_dir / "run.log")
+      .note(fmt::format("run {} by process {}: {}", resuming ? "resumed" : "started", getpid(), command));
 }
 
 // Both grades, enough of each for a stratified split: otherwise no fold can be trained or judged.
@@ -114,11 +130,11 @@ data::PreprocessedCohort prepare_cohort(const RunConfig& config, const fs::path&
     if (!run_dir.empty()) out.open(run_dir / "skipped_cases.txt");
     for (const data::SkippedCase& s : skipped) {
       out << s.message() << "\n";
-      std::fprintf(stderr, "skipped: %s\n", s.message().c_str());
+      logging::line("skipped: " + s.message());
     }
   }
-  std::fprintf(stderr, "%zu cases (%d from the cache, %d preprocessed), %zu skipped\n", cohort.cases.size(),
-               cohort.cache_hits, cohort.cache_builds, skipped.size());
+  logging::line(fmt::format("{} cases ({} from the cache, {} preprocessed), {} skipped", cohort.cases.size(),
+                            cohort.cache_hits, cohort.cache_builds, skipped.size()));
   return cohort;
 }
 
@@ -163,7 +179,7 @@ void train_here(const RunConfig& config, const std::vector<data::CaseVolume>& ca
   if (device == Device::CUDA && config.resident) {
     resident = std::make_unique<data::DeviceCohort>(cases);
     gather = {resident.get(), config.precision == "bf16" ? DType::BF16 : DType::F32};
-    std::fprintf(stderr, "cohort resident on the GPU: %.2f GiB\n", resident->bytes() / 1073741824.0);
+    logging::line(fmt::format("cohort resident on the GPU: {:.2f} GiB", resident->bytes() / 1073741824.0));
   }
 #endif
   Trainer trainer(config, cases, device, gather, ranks);
@@ -202,19 +218,26 @@ CvResult run_cv(const RunConfig& requested, const CvOptions& options) {
   const bool writer = !ranks || ranks->rank() == 0;
   if (ranks && options.train_folds)
     throw Error("a data-parallel rank trains its folds itself: --gpus and --workers do not combine with it");
+  const fs::path saved_config = options.resume_dir / "config.toml";
   if (resuming) {
     result.run_dir = options.resume_dir;
-    const fs::path saved = result.run_dir / "config.toml";
-    if (!fs::exists(saved)) throw Error(fmt::format("--resume {}: no config.toml there", result.run_dir.string()));
-    const std::vector<std::string> differences = config_differences(load_config(saved), config);
+    if (!fs::exists(saved_config))
+      throw Error(fmt::format("--resume {}: no config.toml there", result.run_dir.string()));
+  } else {
+    result.run_dir = new_run_directory(options.runs_root, fmt::format("{}_{}", config.name, run_timestamp(ranks)), ranks);
+  }
+  const Provenance process = writer ? current_provenance() : Provenance{};
+  // Opened first, so that the log holds whatever ends the run, a refused resumption included.
+  if (writer) open_run_log(result.run_dir, process, resuming, options.fold_process ? folds : std::vector<int>{});
+  if (resuming) {
+    const std::vector<std::string> differences = config_differences(load_config(saved_config), config);
     if (!differences.empty())
       throw Error(fmt::format("--resume {}: the run was made with another config (the run's value vs this one's): {}",
                               result.run_dir.string(), fmt::join(differences, "; ")));
-  } else {
-    result.run_dir = new_run_directory(options.runs_root, fmt::format("{}_{}", config.name, run_timestamp(ranks)), ranks);
-    if (writer) report::write_text_file(result.run_dir / "config.toml", config_to_toml(config));
+  } else if (writer) {
+    report::write_text_file(result.run_dir / "config.toml", config_to_toml(config));
   }
-  if (writer) record_provenance(result.run_dir, config);
+  if (writer) record_provenance(result.run_dir, config, process);
   // A new run that fails before its folds start (no data, a bad case, one grade) leaves no directory behind.
   struct RemovedUnlessStarted {
     fs::path dir;
@@ -224,8 +247,8 @@ CvResult run_cv(const RunConfig& requested, const CvOptions& options) {
     }
   } not_started{!resuming && writer ? result.run_dir : fs::path()};
   if (writer)
-    std::fprintf(stderr, "run directory: %s (device %s%s)\n", result.run_dir.string().c_str(), device_name(device),
-                 ranks ? fmt::format(", {} data-parallel ranks", ranks->world_size()).c_str() : "");
+    logging::line(fmt::format("run directory: {} (device {}{})", result.run_dir.string(), device_name(device),
+                              ranks ? fmt::format(", {} data-parallel ranks", ranks->world_size()) : ""));
 
   // Rank 0 fills the preprocessing cache before the other ranks read it.
   if (ranks && !writer) ranks->sum({0.0});
@@ -243,13 +266,13 @@ CvResult run_cv(const RunConfig& requested, const CvOptions& options) {
     train_here(config, cohort.cases, device, repeat_splits, folds, result.run_dir, resuming, ranks);
   }
   if (!writer) return result;
-  std::fprintf(stderr, "training done in %.1f s\n",
-               std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  logging::line(fmt::format("training done in {:.1f} s",
+                            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()));
   if (options.audit) {
     const report::AuditResult audit = report::write_cv_report(result.run_dir);
     result.audit_md = audit.audit_md;
     result.consistent = audit.consistent();
-    for (const std::string& f : audit.failures) std::fprintf(stderr, "consistency FAILED: %s\n", f.c_str());
+    for (const std::string& f : audit.failures) logging::line("consistency FAILED: " + f);
   }
   return result;
 }

@@ -26,6 +26,9 @@ struct CvOptions {
   // Set: this process is one rank of a data-parallel job (apps/train/trainer.h). Rank 0 names the run
   // directory and writes every file; the others train their share of each step beside it.
   dist::Communicator* ranks = nullptr;
+  // Set: this process is a fold process of a scheduled run (apps/train/fold_scheduler.h); its lines in the
+  // run's run.log are marked with its folds.
+  bool fold_process = false;
 };
 
 struct CvResult {
@@ -34,6 +37,9 @@ struct CvResult {
 };
 
 // The run's config.toml holds `config` with run.precision made concrete for the device (resolve_precision).
+// The run's rank-0 process keeps RUN_DIR/run.log open (logging::open_run_log) from when the directory is known
+// until it ends: every line it prints from then on is there, stamped, and each fold's lines are also in its
+// fold.log.
 CvResult run_cv(const RunConfig& config, const CvOptions& options);
 
 // The dataset of `config`, discovered and preprocessed through its cache; skipped cases are printed and, by

@@ -8,6 +8,10 @@
 #include <optional>
 #include <string>
 
+#include <fmt/format.h>
+
+#include "logging/log.h"
+
 namespace dsmil::app {
 
 namespace {
@@ -34,7 +38,7 @@ std::optional<Fault>& requested_fault() {
 void fault_point(const char* name) {
   std::optional<Fault>& fault = requested_fault();
   if (!fault || fault->name != name || ++fault->seen != fault->at) return;
-  std::fprintf(stderr, "DSMIL_FAULT: exiting at %s (%d)\n", name, fault->at);
+  logging::line(fmt::format("DSMIL_FAULT: exiting at {} ({})", name, fault->at));
   std::fflush(nullptr);
   ::_exit(kFaultExitCode);
 }

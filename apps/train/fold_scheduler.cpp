@@ -20,6 +20,7 @@
 #include <fmt/format.h>
 
 #include "apps/train/child_process.h"
+#include "logging/log.h"
 #include "tensor/error.h"
 
 namespace dsmil::app {
@@ -62,8 +63,8 @@ int child_omp_threads(int run_threads, size_t slots) {
   if (run_threads > 0) {
     const unsigned cores = std::thread::hardware_concurrency();
     if (static_cast<size_t>(run_threads) * slots > cores)
-      std::fprintf(stderr, "note: %zu children of run.threads = %d each oversubscribe the %u cores\n", slots,
-                   run_threads, cores);
+      logging::line(fmt::format("note: {} children of run.threads = {} each oversubscribe the {} cores", slots,
+                                run_threads, cores));
     return 0;
   }
   return std::max(1, omp_get_max_threads() / static_cast<int>(slots));  // OMP_NUM_THREADS, else the cores
@@ -80,7 +81,7 @@ pid_t start_fold(const ChildFoldRuns& runs, int fold, const FoldSlot& slot, int 
   const fs::path log = runs.run_dir / fmt::format("fold_{}.log", fold);
   std::vector<std::string> args = {runs.executable.string(), "cv",      "--config",
                                    (runs.run_dir / "config.toml").string(), "--resume", runs.run_dir.string(),
-                                   "--folds", std::to_string(fold), "--no-audit"};
+                                   "--folds", std::to_string(fold), "--no-audit", "--fold-process"};
   std::vector<std::string> overrides;
   if (!slot.cuda_visible_devices.empty()) overrides.push_back("CUDA_VISIBLE_DEVICES=" + slot.cuda_visible_devices);
   if (omp_threads > 0) overrides.push_back(fmt::format("OMP_NUM_THREADS={}", omp_threads));
@@ -88,9 +89,10 @@ pid_t start_fold(const ChildFoldRuns& runs, int fold, const FoldSlot& slot, int 
   if (log_fd < 0) throw Error(fmt::format("{}: cannot open the fold's log: {}", log.string(), std::strerror(errno)));
   const std::string header = fmt::format("=== fold {} on {}{} ===\n", fold, slot.name,
                                          omp_threads > 0 ? fmt::format(", OMP_NUM_THREADS={}", omp_threads) : "");
-  if (write(log_fd, header.data(), header.size()) < 0) std::fprintf(stderr, "note: %s: cannot write\n", log.c_str());
+  if (write(log_fd, header.data(), header.size()) < 0)
+    logging::line(fmt::format("note: {}: cannot write", log.string()));
   const pid_t pid = start_child(std::move(args), overrides, log_fd);
-  std::fprintf(stderr, "fold %d: started on %s (log %s)\n", fold, slot.name.c_str(), log.c_str());
+  logging::line(fmt::format("fold {}: started on {} (log {})", fold, slot.name, log.string()));
   return pid;
 }
 
@@ -129,11 +131,11 @@ void run_folds_in_children(const ChildFoldRuns& runs) {
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - done.started).count();
     const std::string log = (runs.run_dir / fmt::format("fold_{}.log", done.fold)).string();
     if (WIFEXITED(status) && WEXITSTATUS(status) == 0) {
-      std::fprintf(stderr, "fold %d: done on %s in %.1f s\n", done.fold, runs.slots[done.slot].name.c_str(), seconds);
+      logging::line(fmt::format("fold {}: done on {} in {:.1f} s", done.fold, runs.slots[done.slot].name, seconds));
     } else {
       failures.push_back(fmt::format("fold {} failed ({}): see {}", done.fold, describe_status(status), log));
-      std::fprintf(stderr, "fold %d: FAILED on %s (%s): see %s\n", done.fold, runs.slots[done.slot].name.c_str(),
-                   describe_status(status).c_str(), log.c_str());
+      logging::line(fmt::format("fold {}: FAILED on {} ({}): see {}", done.fold, runs.slots[done.slot].name,
+                                describe_status(status), log));
     }
   }
   if (!failures.empty()) {

@@ -26,9 +26,10 @@ struct ChildFoldRuns {
   int run_threads = 0;            // the config's run.threads; 0 (all cores) shares the cores among the slots
 };
 
-// Runs `dsmil cv --config RUN_DIR/config.toml --resume RUN_DIR --folds K --no-audit` for every fold K, its
-// output appended to RUN_DIR/fold_K.log. After a child fails no new fold starts; once the running ones end,
-// throws dsmil::Error naming each failed fold and its log.
+// Runs `dsmil cv --config RUN_DIR/config.toml --resume RUN_DIR --folds K --no-audit --fold-process` for every
+// fold K, its output appended to RUN_DIR/fold_K.log; the child also appends its lines, stamped and marked
+// "fold K: ", to RUN_DIR/run.log, and its fold's to RUN_DIR/fold_K/fold.log. After a child fails no new fold
+// starts; once the running ones end, throws dsmil::Error naming each failed fold and its log.
 void run_folds_in_children(const ChildFoldRuns& runs);
 
 }  // namespace dsmil::app

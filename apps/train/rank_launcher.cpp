@@ -18,6 +18,7 @@
 #include <fmt/format.h>
 
 #include "apps/train/child_process.h"
+#include "logging/log.h"
 #include "tensor/error.h"
 
 namespace dsmil::app {
@@ -62,7 +63,7 @@ void run_local_ranks(int nproc) {
       break;
     }
   }
-  std::fprintf(stderr, "data-parallel job: %zu ranks started (rendezvous %s)\n", running.size(), folder.c_str());
+  logging::line(fmt::format("data-parallel job: {} ranks started (rendezvous {})", running.size(), folder.string()));
   while (!running.empty()) {
     int status = 0;
     const pid_t pid = wait_for_child(status, "the ranks");

@@ -26,6 +26,7 @@
 #include "apps/train/health.h"
 #include "data/progress.h"
 #include "data/rng.h"
+#include "logging/log.h"
 #include "nn/checkpoint.h"
 #include "nn/data_parallel.h"
 #include "nn/optim.h"
@@ -114,17 +115,6 @@ struct Candidate {
 
 volatile std::sig_atomic_t interrupted = 0;
 void on_interrupt(int) { interrupted = 1; }
-
-struct Progress {
-  bool terminal = isatty(STDERR_FILENO);
-  void step(const std::string& text) const {
-    if (terminal) std::fprintf(stderr, "\r%-110s", text.c_str());
-  }
-  void line(const std::string& text) const {
-    if (terminal) std::fprintf(stderr, "\r%-110s\r", "");
-    std::fprintf(stderr, "%s\n", text.c_str());
-  }
-};
 
 }  // namespace
 
@@ -272,6 +262,13 @@ class FoldRun {
 
   void run(bool resume) {
     fs::create_directories(dir_);
+    // The fold's lines (its epochs, warnings, resumption and end) while it trains, beside the run's log.
+    std::optional<logging::LogFile> fold_log;
+    if (writer_) {
+      const bool continued = fs::exists(dir_ / "fold.log");
+      fold_log.emplace(dir_ / "fold.log");
+      fold_log->note(fmt::format("{} {} in process {}", tag(), continued ? "resumed" : "started", getpid()));
+    }
     int start_epoch = 0;
     if (resume && fs::exists(dir_ / "last.ckpt")) start_epoch = restore_last();
     else if (writer_) std::ofstream(dir_ / "metrics.jsonl", std::ios::trunc);
@@ -333,7 +330,7 @@ class FoldRun {
       report::write_training_plots(dir_, fmt::format("repeat {} fold {} (epoch {})", plan_.repeat, plan_.fold, epoch + 1),
                                    best_overall().epoch);
     const json& health = record["health"];
-    progress_.line(fmt::format(
+    logging::line(fmt::format(
         "{} epoch {:>3}/{} loss {:.4f} auc {:.3f} | val loss {:.4f} auc {:.3f} bacc {:.3f} | {} {:.3f} (best {} @{}) | "
         "gnorm {:.2f} upd {:.1e} spread {:.2f} | {:.1f} bags/s | {}",
         tag(), epoch + 1, c_.epochs, record["train"]["loss"].get<double>(), train_auc,
@@ -343,7 +340,7 @@ class FoldRun {
         encoder_update_ratio(health), health.value("logit_spread", NAN), record["throughput_bags_per_s"].get<double>(),
         eta(epoch + 1)));
     if (!warning.empty() && (last_warning_epoch_ == 0 || epoch + 1 - last_warning_epoch_ >= kWarningEvery)) {
-      progress_.line(fmt::format("{} warning: {}", tag(), warning));
+      logging::line(fmt::format("{} warning: {}", tag(), warning));
       last_warning_epoch_ = epoch + 1;
     }
     return stopped_early_;
@@ -465,9 +462,9 @@ class FoldRun {
       loss_sum += loss_value * step_bags;
       if (!writer_) continue;
       const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      progress_.step(fmt::format("{} epoch {}/{} step {}/{} loss {:.4f} lr {:.2e} | {:.1f} bags/s | ETA epoch {:.0f}s",
-                                 tag(), epoch + 1, c_.epochs, step + 1, steps_per_epoch_, loss_value, lr,
-                                 seen_p.size() / elapsed, elapsed / (step + 1) * (steps_per_epoch_ - step - 1)));
+      logging::status(fmt::format("{} epoch {}/{} step {}/{} loss {:.4f} lr {:.2e} | {:.1f} bags/s | ETA epoch {:.0f}s",
+                                  tag(), epoch + 1, c_.epochs, step + 1, steps_per_epoch_, loss_value, lr,
+                                  seen_p.size() / elapsed, elapsed / (step + 1) * (steps_per_epoch_ - step - 1)));
     }
     json record = {{"epoch", epoch + 1},
                    {"lr", lr},
@@ -641,7 +638,7 @@ class FoldRun {
     for (std::string line; std::getline(in, line) && static_cast<int>(lines.size()) < done;) lines.push_back(line);
     std::ofstream out(dir_ / "metrics.jsonl", std::ios::trunc);
     for (const std::string& line : lines) out << line << "\n";
-    progress_.line(fmt::format("{} resumed after epoch {}", tag(), done));
+    logging::line(fmt::format("{} resumed after epoch {}", tag(), done));
     return done;
   }
 
@@ -732,8 +729,8 @@ class FoldRun {
     info.n_val = static_cast<int>(plan_.val.size());
     info.n_test = static_cast<int>(plan_.test.size());
     report::write_fold_json(dir_ / "fold.json", info);
-    progress_.line(fmt::format("{} done: best epoch {} ({} model), threshold {:.3f} ({}{})", tag(), best.epoch, chosen, threshold, method,
-                               can_calibrate ? "" : ": the calibration set lacks a class"));
+    logging::line(fmt::format("{} done: best epoch {} ({} model), threshold {:.3f} ({}{})", tag(), best.epoch, chosen,
+                              threshold, method, can_calibrate ? "" : ": the calibration set lacks a class"));
   }
 
   const RunConfig& c_;
@@ -766,7 +763,6 @@ class FoldRun {
     return p.to_json();
   }();
   int learning_since_ = 0;  // the first epoch whose training AUC reached train.selection_train_auc (0: none yet)
-  Progress progress_;
 };
 
 }  // namespace

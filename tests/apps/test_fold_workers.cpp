@@ -13,7 +13,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "data/cohort.h"
+#include "tests/apps/small_runs.h"
 #include "tests/test_util.h"
 
 using namespace dsmil;
@@ -21,16 +21,6 @@ namespace fs = std::filesystem;
 using test::scratch;
 
 namespace {
-
-// 24 cases of 64x64x48 voxels, drawn from this run's seed.
-const fs::path& cohort() {
-  static const fs::path root = [] {
-    const fs::path dir = scratch("cohort");
-    data::write_small_cohort(dir, 24, test::run_seed());
-    return dir;
-  }();
-  return root;
-}
 
 std::string text_of(const fs::path& p) {
   std::ifstream in(p);
@@ -59,18 +49,11 @@ int run_dsmil(const std::vector<std::string>& args, const fs::path& stderr_file)
 // `dsmil cv` of three one-epoch folds with one thread per process (the thread count changes the float
 // summation order, so the sequential run and the children must use the same).
 std::vector<std::string> cv_args(std::vector<std::string> extra) {
-  std::vector<std::string> args = {"cv",    "--config",         "tiny",  "--data",     cohort().string(),
+  std::vector<std::string> args = {"cv", "--config", "tiny", "--data", test::small_cohort().string(),
                                    "--set", "data.cache=" + scratch("cache").string(), "--set", "train.epochs=1",
                                    "--set", "train.min_epochs=1", "--set", "cv.folds=3", "--set", "run.threads=1"};
   args.insert(args.end(), extra.begin(), extra.end());
   return args;
-}
-
-fs::path only_run_dir(const fs::path& runs_root) {
-  std::vector<fs::path> dirs;
-  for (const auto& entry : fs::directory_iterator(runs_root)) dirs.push_back(entry.path());
-  REQUIRE(dirs.size() == 1);
-  return dirs.front();
 }
 
 }  // namespace
@@ -79,7 +62,7 @@ TEST_CASE("cv --workers 2 predicts as a sequential cv, audits consistently, and 
   const fs::path out = scratch("runs"), log = scratch("logs");
   REQUIRE(run_dsmil(cv_args({"--out", (out / "sequential").string()}), log / "sequential.txt") == 0);
   REQUIRE(run_dsmil(cv_args({"--workers", "2", "--out", (out / "workers").string()}), log / "workers.txt") == 0);
-  const fs::path sequential = only_run_dir(out / "sequential"), workers = only_run_dir(out / "workers");
+  const fs::path sequential = test::only_run_dir(out / "sequential"), workers = test::only_run_dir(out / "workers");
 
   auto same_predictions = [&](const fs::path& run) {
     for (int fold = 0; fold < 3; ++fold) {

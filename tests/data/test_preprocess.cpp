@@ -248,7 +248,7 @@ TEST_CASE("preprocess cache: a half-written or damaged entry is never used") {
   const auto cases = write_cases(dir, 3);
   auto options = cache_options(dir, {8, 12, 10});
   std::FILE* warnings = std::tmpfile();
-  options.warnings = warnings;
+  options.warn = [warnings](std::string_view line) { fmt::print(warnings, "{}\n", line); };
   // copied out: the test damages the entry file in place, under the first run's mapping
   const auto first_bits = image_bits(preprocess_cohort(cases, options).cases[0]);
   const fs::path entry = cache_entry_path(options.cache_dir, cases[0], options.params);
@@ -289,7 +289,7 @@ TEST_CASE("preprocess cache: an entry whose arrays or header changed is rebuilt 
     CAPTURE(what);
     damage_entry(entry, offset);
     std::FILE* warnings = std::tmpfile();
-    options.warnings = warnings;
+    options.warn = [warnings](std::string_view line) { fmt::print(warnings, "{}\n", line); };
     const PreprocessedCohort second = preprocess_cohort(cases, options);
     const std::string warned = text_of(warnings);
     std::fclose(warnings);
