@@ -2,9 +2,9 @@
 // preprocessed like the training data, its bag is built as in the CV's evaluation and `dsmil eval`
 // (predict_cases: config.eval_instances evenly spaced slabs), so the three give the same p(HGG); the command
 // prints it with the threshold calibrated for that checkpoint (best.ckpt and best_ema.ckpt carry one; with
-// last.ckpt, p(HGG) alone) and writes the attention as a NIfTI volume in the input's voxel grid (each axial
-// slice carries the mean attention of the bag's slabs that hold it, inside the brain box; 0 elsewhere) and a
-// PNG montage of the most-attended slabs (FLAIR over T1ce, middle slice of each slab).
+// last.ckpt, p(HGG) alone) and writes the attention as a NIfTI volume on the input's own voxel grid and axis
+// order (each axial slice carries the mean attention of the bag's slabs that hold it, inside the brain box; 0
+// elsewhere) and a PNG montage of the most-attended slabs (FLAIR over T1ce, middle slice of each slab).
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -20,6 +20,7 @@
 #include "apps/train/trainer.h"
 #include "data/cases.h"
 #include "data/nifti_io.h"
+#include "data/orientation.h"
 
 namespace dsmil::app {
 namespace {
@@ -44,7 +45,7 @@ void run_predict(const PredictArgs& a) {
   for (int m = 0; m < data::kModalities; ++m) files.modalities[m] = a.modalities[m];
   data::PreprocessParams params;
   params.grid = data::parse_grid(config.grid);
-  const std::vector<data::CaseVolume> cohort{data::preprocess_case(files, params)};
+  const std::vector<data::CaseVolume> cohort{data::preprocess_case(files, params, stderr)};
   const data::CaseVolume& volume = cohort.front();
   const CasePrediction prediction =
       predict_cases(*trained.model, cohort, {0}, config, device, soft_pooling_tau(config, trained.epoch - 1)).front();
@@ -62,8 +63,11 @@ void run_predict(const PredictArgs& a) {
     }
   for (int z = 0; z < depth; ++z) slice_attention[z] = slice_slabs[z] > 0 ? slice_attention[z] / slice_slabs[z] : 0.0;
 
-  // Back to the input's voxel grid: the grid's axial axis spans the brain box's z range.
+  // Back to the input's voxel grid: the grid's axial axis spans the brain box's z range in canonical order, which
+  // the FLAIR's own axis order then takes onto its stored grid, written with its voxel-to-world map.
   const data::Image3D reference = data::read_nifti(a.modalities[0]);
+  const data::AxisReorder stored_order = data::canonical_reorder(reference);
+  const std::array<int64_t, 3> dims = stored_order.canonical_dims(reference.dims);
   const data::SourceBox& box = volume.source_box;
   std::vector<float> map(reference.voxel_count(), 0.0f);
   const int64_t box_depth = box.end[2] - box.begin[2];
@@ -71,14 +75,15 @@ void run_predict(const PredictArgs& a) {
     const int d = static_cast<int>(std::min<int64_t>((z - box.begin[2]) * depth / box_depth, depth - 1));
     for (int64_t yv = box.begin[1]; yv < box.end[1]; ++yv)
       for (int64_t xv = box.begin[0]; xv < box.end[0]; ++xv)
-        map[(z * reference.dims[1] + yv) * reference.dims[0] + xv] = static_cast<float>(slice_attention[d]);
+        map[(z * dims[1] + yv) * dims[0] + xv] = static_cast<float>(slice_attention[d]);
   }
   fs::create_directories(a.out);
   const fs::path map_path = fs::path(a.out) / (a.case_id + "_attention.nii.gz");
   data::NiftiWriteOptions options;
   options.spacing = reference.spacing;
   options.voxel_to_world = reference.voxel_to_world;
-  data::write_nifti<float>(map_path, reference.dims, map, options);
+  data::write_nifti<float>(map_path, reference.dims, data::reorder_to_stored(map, reference.dims, stored_order),
+                           options);
 
   // Montage: the most-attended slabs, FLAIR (top row) and T1ce (bottom row) at each slab's middle slice.
   std::vector<size_t> order(starts.size());

@@ -215,7 +215,7 @@ TEST_CASE("preprocess cache: second run maps every entry and a changed parameter
           std::vector<uint8_t>(first.cases[i].seg.begin(), first.cases[i].seg.end()));
   }
   // without a cache, and with one thread, the same bits
-  const CaseVolume direct = preprocess_case(cases[2], options.params);
+  const CaseVolume direct = preprocess_case(cases[2], options.params, stderr);
   CHECK(image_bits(direct) == image_bits(second.cases[2]));
   auto single = options;
   single.threads = 1;
