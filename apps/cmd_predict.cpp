@@ -4,8 +4,8 @@
 // preprocessed like the training data, its bag is built as in the CV's evaluation and `dsmil eval`
 // (predict_cases: config.eval_instances evenly spaced slabs), so the three give the same p(HGG); the command
 // prints it with the threshold calibrated for that checkpoint (best.ckpt and best_ema.ckpt carry one; with
-// last.ckpt, p(HGG) alone) and writes the attention as a NIfTI volume in the input's voxel grid and a PNG
-// montage of the most-attended slabs.
+// last.ckpt, p(HGG) alone) and writes the attention as a NIfTI volume on the input's own voxel grid and axis
+// order and a PNG montage of the most-attended slabs.
 //
 // A dataset through a CV run's ensemble (--run and --data): every fold's model as the CV chose it (fold.json's
 // chosen_model), each fold's p(HGG) and their mean, labelled at the mean of the folds' calibrated thresholds;
@@ -27,6 +27,7 @@
 #include "apps/train/trainer.h"
 #include "data/cases.h"
 #include "data/nifti_io.h"
+#include "data/orientation.h"
 #include "data/progress.h"
 
 namespace dsmil::app {
@@ -65,8 +66,11 @@ AttentionFiles write_attention_files(const data::CaseVolume& volume, const fs::p
     }
   for (int z = 0; z < depth; ++z) slice_attention[z] = slice_slabs[z] > 0 ? slice_attention[z] / slice_slabs[z] : 0.0;
 
-  // Back to the input's voxel grid: the grid's axial axis spans the brain box's z range.
+  // Back to the input's voxel grid: the grid's axial axis spans the brain box's z range in canonical order, which
+  // the reference's own axis order then takes onto its stored grid, written with its voxel-to-world map.
   const data::Image3D reference = data::read_nifti(reference_path);
+  const data::AxisReorder stored_order = data::canonical_reorder(reference);
+  const std::array<int64_t, 3> dims = stored_order.canonical_dims(reference.dims);
   const data::SourceBox& box = volume.source_box;
   std::vector<float> map(reference.voxel_count(), 0.0f);
   const int64_t box_depth = box.end[2] - box.begin[2];
@@ -74,14 +78,15 @@ AttentionFiles write_attention_files(const data::CaseVolume& volume, const fs::p
     const int d = static_cast<int>(std::min<int64_t>((z - box.begin[2]) * depth / box_depth, depth - 1));
     for (int64_t yv = box.begin[1]; yv < box.end[1]; ++yv)
       for (int64_t xv = box.begin[0]; xv < box.end[0]; ++xv)
-        map[(z * reference.dims[1] + yv) * reference.dims[0] + xv] = static_cast<float>(slice_attention[d]);
+        map[(z * dims[1] + yv) * dims[0] + xv] = static_cast<float>(slice_attention[d]);
   }
   fs::create_directories(out_dir);
   AttentionFiles files{out_dir / (name + "_attention.nii.gz"), out_dir / (name + "_montage.png"), {}};
   data::NiftiWriteOptions options;
   options.spacing = reference.spacing;
   options.voxel_to_world = reference.voxel_to_world;
-  data::write_nifti<float>(files.map, reference.dims, map, options);
+  data::write_nifti<float>(files.map, reference.dims, data::reorder_to_stored(map, reference.dims, stored_order),
+                           options);
 
   std::vector<size_t>& order = files.most_attended;
   order.resize(starts.size());

@@ -1,5 +1,6 @@
 // Discovery of BraTS-style datasets and manifests (lists of CaseFiles), and reading one case's
-// four modality volumes + optional seg with the cross-file checks (shape, voxel size, orientation).
+// four modality volumes + optional seg in the canonical voxel order, with the cross-file checks (shape, voxel
+// size, orientation, origin).
 #include "data/cases.h"
 
 #include <algorithm>
@@ -10,6 +11,8 @@
 #include <map>
 
 #include <fmt/format.h>
+
+#include "data/orientation.h"
 
 namespace dsmil::data {
 
@@ -395,59 +398,105 @@ std::string shape_text(const Image3D& image) {
   return fmt::format("{}x{}x{}", image.dims[0], image.dims[1], image.dims[2]);
 }
 
-// Why `image` does not line up with the reference image, or nothing when it does.
-std::optional<std::string> geometry_mismatch(const Image3D& image, const Image3D& reference,
+// One file of a case in canonical order, with how its stored axes were reordered.
+struct CanonicalImage {
+  Image3D image;
+  AxisReorder stored_order;
+};
+
+// Why `file` does not lie on the grid of `reference` (both in canonical order), or nothing when it does.
+// `reference_name` names the reference's role and file.
+std::optional<std::string> geometry_mismatch(const CanonicalImage& file, const CanonicalImage& reference,
                                              std::string_view reference_name) {
-  if (image.dims != reference.dims) {
-    return fmt::format("mismatched shape: {} but {} is {}", shape_text(image), reference_name, shape_text(reference));
+  const Image3D& image = file.image;
+  const Image3D& other = reference.image;
+  if (image.dims != other.dims) {
+    return fmt::format("mismatched shape: {} but {} is {}", shape_text(image), reference_name, shape_text(other));
   }
   for (int a = 0; a < 3; ++a) {
-    if (std::abs(image.spacing[a] - reference.spacing[a]) > 1e-3) {
+    if (std::abs(image.spacing[a] - other.spacing[a]) > 1e-3) {
       return fmt::format("mismatched voxel size: {:.4g}x{:.4g}x{:.4g} mm but {} has {:.4g}x{:.4g}x{:.4g} mm",
-                         image.spacing[0], image.spacing[1], image.spacing[2], reference_name,
-                         reference.spacing[0], reference.spacing[1], reference.spacing[2]);
+                         image.spacing[0], image.spacing[1], image.spacing[2], reference_name, other.spacing[0],
+                         other.spacing[1], other.spacing[2]);
     }
+  }
+  if (image.oriented != other.oriented) {
+    return fmt::format("mismatched orientation: {} but {} {}",
+                       image.oriented ? "has an sform/qform" : "has no sform/qform", reference_name,
+                       other.oriented ? "has one" : "has none");
   }
   for (int r = 0; r < 3; ++r) {
     for (int c = 0; c < 4; ++c) {
       const double tolerance = c == 3 ? 1e-2 : 1e-4;  // mm for the origin, unit-free for directions
-      if (std::abs(image.voxel_to_world[r][c] - reference.voxel_to_world[r][c]) > tolerance) {
-        return fmt::format("mismatched orientation/origin: affine row {} is ({:.4g}, {:.4g}, {:.4g}, {:.4g}) but {}'s "
-                           "is ({:.4g}, {:.4g}, {:.4g}, {:.4g})",
-                           r, image.voxel_to_world[r][0], image.voxel_to_world[r][1], image.voxel_to_world[r][2],
-                           image.voxel_to_world[r][3], reference_name, reference.voxel_to_world[r][0],
-                           reference.voxel_to_world[r][1], reference.voxel_to_world[r][2],
-                           reference.voxel_to_world[r][3]);
+      const auto& row = image.voxel_to_world[r];
+      const auto& other_row = other.voxel_to_world[r];
+      if (std::abs(row[c] - other_row[c]) > tolerance) {
+        return fmt::format("mismatched orientation/origin: stored as {}, in {} order its affine row {} is ({:.4g}, "
+                           "{:.4g}, {:.4g}, {:.4g}) but {} (stored as {}) has ({:.4g}, {:.4g}, {:.4g}, {:.4g})",
+                           file.stored_order.stored_axes(), kCanonicalAxes, r, row[0], row[1], row[2], row[3],
+                           reference_name, reference.stored_order.stored_axes(), other_row[0], other_row[1],
+                           other_row[2], other_row[3]);
       }
     }
   }
   return std::nullopt;
 }
 
-Image3D read_case_file(const CaseFiles& files, const fs::path& path) {
+// Reads one file of a case and brings it to the canonical order; an oblique file beyond kMaxObliqueDegrees
+// is refused (see there why).
+CanonicalImage read_case_file(const CaseFiles& files, const fs::path& path) {
+  Image3D stored;
   try {
-    return read_nifti(path);
+    stored = read_nifti(path);
   } catch (const NiftiError& e) {
     throw CaseError({files.case_id, path, e.reason()});
   }
+  const AxisReorder order = canonical_reorder(stored);
+  if (order.oblique_degrees > kMaxObliqueDegrees) {
+    throw CaseError({files.case_id, path,
+                     fmt::format("oblique voxel axes: {:.1f}° off the world axes (nearest axis order {}), beyond "
+                                 "the {}° up to which an oblique image is read in its nearest axis order; resample "
+                                 "it to an axis-aligned grid first",
+                                 order.oblique_degrees, order.stored_axes(), kMaxObliqueDegrees)});
+  }
+  return {reorder_to_canonical(stored, order), order};
+}
+
+// The warning for a case whose FLAIR is oblique (within kMaxObliqueDegrees) or has no orientation; none for an
+// axis-aligned one.
+std::optional<std::string> orientation_warning(const CaseFiles& files, const CanonicalImage& flair) {
+  const std::string where = fmt::format("case {}: {}", files.case_id, files.modalities[0].string());
+  if (!flair.image.oriented) {
+    return fmt::format("{}: no sform or qform: orientation unknown, voxels used in their stored order as {}", where,
+                       kCanonicalAxes);
+  }
+  if (flair.stored_order.oblique_degrees <= kAlignedDegrees) return std::nullopt;
+  return fmt::format("{}: oblique voxel axes, {:.1f}° off the world axes: read in their nearest axis order ({}, "
+                     "brought to {}) without resampling, so the model sees the head tilted by that angle",
+                     where, flair.stored_order.oblique_degrees, flair.stored_order.stored_axes(), kCanonicalAxes);
 }
 
 }  // namespace
 
 CaseImages read_case_images(const CaseFiles& files) {
   CaseImages images;
-  for (int m = 0; m < kModalities; ++m) {
-    images.modalities[m] = read_case_file(files, files.modalities[m]);
-    if (m == 0) continue;
-    if (auto mismatch = geometry_mismatch(images.modalities[m], images.modalities[0], kModalityNames[0])) {
+  const CanonicalImage flair = read_case_file(files, files.modalities[0]);
+  const std::string flair_name = fmt::format("{} {}", kModalityNames[0], files.modalities[0].string());
+  if (auto warning = orientation_warning(files, flair)) images.warnings.push_back(*warning);
+  images.modalities[0] = flair.image;
+  for (int m = 1; m < kModalities; ++m) {
+    CanonicalImage image = read_case_file(files, files.modalities[m]);
+    if (auto mismatch = geometry_mismatch(image, flair, flair_name)) {
       throw CaseError({files.case_id, files.modalities[m], *mismatch});
     }
+    images.modalities[m] = std::move(image.image);
   }
   if (!files.seg.empty()) {
-    images.seg = read_case_file(files, files.seg);
-    if (auto mismatch = geometry_mismatch(*images.seg, images.modalities[0], kModalityNames[0])) {
+    CanonicalImage seg = read_case_file(files, files.seg);
+    if (auto mismatch = geometry_mismatch(seg, flair, flair_name)) {
       throw CaseError({files.case_id, files.seg, *mismatch});
     }
+    images.seg = std::move(seg.image);
     for (float v : images.seg->values) {
       if (v < 0.0f || v > 255.0f || v != std::floor(v)) {
         throw CaseError({files.case_id, files.seg,

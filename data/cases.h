@@ -75,15 +75,22 @@ Discovery read_manifest(const std::filesystem::path& csv, BadCasePolicy policy);
 // left out. `source` names the set (a dataset, a step); `skipped` is not empty.
 FormatError no_usable_case(std::string_view source, const std::vector<SkippedCase>& skipped);
 
-// One case's images, all checked to be 3-D, finite, of one shape, voxel size and orientation.
+// One case's images in the canonical voxel order (data/orientation.h), all checked to be 3-D, finite, and on
+// one grid: the same shape, voxel size, orientation and origin once in that order.
 struct CaseImages {
   std::array<Image3D, kModalities> modalities;
   std::optional<Image3D> seg;
+  // What the reader did that the user should know, one line each naming the case and the file: an oblique
+  // series read in its nearest axis order, a file without orientation used as stored.
+  std::vector<std::string> warnings;
 };
 
-// Reads and checks a case; every failure is a CaseError naming the case, the file and the reason
-// (unreadable, truncated, wrong dimensionality, mismatched shape/voxel size/orientation,
-// non-finite values, empty brain mask, segmentation labels that are not small integers).
+// Reads and checks a case, each file brought to the canonical voxel order by permuting and reversing its axes
+// as its sform/qform says (files of one case may be stored in different axis orders of one grid). Every failure
+// is a CaseError naming the case, the file and the reason (unreadable, truncated, wrong dimensionality, a header
+// whose sform and qform disagree, voxel axes more than kMaxObliqueDegrees off the world axes, a shape, voxel
+// size, orientation or origin unlike the FLAIR's (naming both files), non-finite values, empty brain mask,
+// segmentation labels that are not small integers).
 CaseImages read_case_images(const CaseFiles& files);
 
 }  // namespace dsmil::data

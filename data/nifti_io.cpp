@@ -2,6 +2,7 @@
 // interpreted by nifticlib) into float32 arrays [nz][ny][nx], and writes NIfTI-1 images from typed
 // arrays of the same layout.
 #include "data/nifti_io.h"
+#include "data/orientation.h"
 
 #include <nifti2_io.h>
 
@@ -220,6 +221,7 @@ Image3D image_geometry(const std::filesystem::path& path, const HeaderFacts& fac
   } else {
     image.voxel_to_world = {{{image.spacing[0], 0, 0, 0}, {0, image.spacing[1], 0, 0},
                              {0, 0, image.spacing[2], 0}, {0, 0, 0, 1}}};
+    image.oriented = false;
   }
   for (double d : image.spacing) {
     if (!std::isfinite(d)) throw NiftiError(path, "damaged header: non-finite voxel size (pixdim)");
@@ -229,6 +231,21 @@ Image3D image_geometry(const std::filesystem::path& path, const HeaderFacts& fac
     if (!std::all_of(row.begin(), row.end(), [](double x) { return std::isfinite(x); })) {
       throw NiftiError(path, fmt::format("damaged header: non-finite {} (voxel-to-world row {} is {}, {}, {}, {})",
                                          nim.sform_code > 0 ? "sform" : "qform", r, row[0], row[1], row[2], row[3]));
+    }
+  }
+  if (image.oriented && axis_letters(image.voxel_to_world).empty()) {
+    throw NiftiError(path, fmt::format("damaged header: singular {} (the voxel axes have no world direction)",
+                                       nim.sform_code > 0 ? "sform" : "qform"));
+  }
+  // Tools disagree on which of the two to use (nibabel takes the sform, ITK may take the qform), so a file whose
+  // two maps order the voxel axes differently has no one voxel order.
+  if (nim.sform_code > 0 && nim.qform_code > 0) {
+    const std::string sform_axes = axis_letters(to_affine(nim.sto_xyz));
+    const std::string qform_axes = axis_letters(to_affine(nim.qto_xyz));
+    if (sform_axes != qform_axes) {
+      throw NiftiError(path, fmt::format("inconsistent header: the sform orders the voxel axes {} but the qform {}; "
+                                         "tools disagree on which to use, so rewrite the file with one orientation",
+                                         sform_axes, qform_axes.empty() ? "(singular)" : qform_axes));
     }
   }
   return image;

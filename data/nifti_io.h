@@ -16,11 +16,13 @@ namespace dsmil::data {
 
 using Affine = std::array<std::array<double, 4>, 4>;  // voxel (i,j,k,1) -> world (x,y,z,1), mm
 
-// A 3-D scalar image in the file's voxel order: x fastest, then y, then z (z is axial for BraTS).
+// A 3-D scalar image: x fastest, then y, then z. read_nifti gives the file's voxel order; data/orientation.h
+// brings it to the canonical one (z axial), which read_case_images does for every case.
 struct Image3D {
   std::array<int64_t, 3> dims{};     // nx, ny, nz
   std::array<double, 3> spacing{};   // voxel size in mm (|pixdim[1..3]|)
   Affine voxel_to_world{};           // sform if set, else qform, else diag(spacing)
+  bool oriented = true;              // false: the header sets neither sform nor qform (orientation unknown)
   std::vector<float> values;         // nx*ny*nz values, scl_slope/scl_inter applied
 
   int64_t voxel_count() const { return dims[0] * dims[1] * dims[2]; }
@@ -46,7 +48,8 @@ inline constexpr int64_t kMaxImageBytes = int64_t{2} << 30;
 
 // Reads a NIfTI-1 or NIfTI-2 single-file image (.nii / .nii.gz, either byte order, any scalar
 // datatype). Refuses: crafted or damaged headers (bad dim[0], dims < 1, a data size beyond the
-// file or kMaxImageBytes, a non-finite voxel size or qform/sform), non-3-D images (4-D with more
+// file or kMaxImageBytes, a non-finite or singular voxel size or qform/sform, a qform and an sform that
+// order the voxel axes differently), non-3-D images (4-D with more
 // than one volume, 2-D), non-scalar types, truncated data, and non-finite values: NaN/inf as
 // stored, or after scl_slope/scl_inter and the conversion to float32 (a finite int16 times
 // scl_slope 1e36 is inf). Every refusal is a NiftiError.

@@ -47,7 +47,9 @@ void CaseVolume::copy_image(std::span<float> out) const {
 namespace {
 
 constexpr char kEntryMagic[8] = {'D', 'S', 'M', 'I', 'L', 'P', 'C', '1'};
-constexpr uint32_t kEntryVersion = 2;  // 2: the checksum
+// 2: the checksum; 3: the voxels in canonical order whatever the files' axis order (entries of version 2 were
+// built in the files' stored order, wrong for files not stored as LPS)
+constexpr uint32_t kEntryVersion = 3;
 constexpr uint32_t kValueTypeFloat16 = 1;
 constexpr size_t kEntryHeaderBytes = 256;
 constexpr size_t kAlignment = 64;
@@ -298,8 +300,19 @@ CaseVolume preprocess_images(const CaseFiles& files, const CaseImages& images, c
   return view_entry(files, bytes, std::move(buffer));
 }
 
-CaseVolume preprocess_case(const CaseFiles& files, const PreprocessParams& params) {
-  return preprocess_images(files, read_case_images(files), params);
+namespace {
+
+void report_warnings(const std::function<void(std::string_view line)>& warn, const CaseImages& images) {
+  for (const std::string& line : images.warnings) warn(fmt::format("warning: {}", line));
+}
+
+}  // namespace
+
+CaseVolume preprocess_case(const CaseFiles& files, const PreprocessParams& params,
+                           const std::function<void(std::string_view line)>& warn) {
+  const CaseImages images = read_case_images(files);
+  report_warnings(warn, images);
+  return preprocess_images(files, images, params);
 }
 
 namespace {
@@ -491,7 +504,9 @@ CaseVolume cached_case(const CaseFiles& files, const PreprocessOptions& options,
   const fs::path path = entry_path_for_key(options.cache_dir, files, key);
   std::string damage;
   if (auto cached = try_map_entry(path, files, options.params, key, &damage)) return std::move(*cached);
-  const auto entry = build_entry(files, read_source(files, path, damage), options.params);
+  const CaseImages images = read_source(files, path, damage);
+  report_warnings(options.warn, images);
+  const auto entry = build_entry(files, images, options.params);
   seal_entry(*entry, key);
   write_entry_atomically(path, *entry);
   std::string written_damage;
@@ -529,7 +544,7 @@ PreprocessedCohort preprocess_cohort(std::span<const CaseFiles> cases, const Pre
   auto process = [&](size_t i) {
     bool built = true;
     if (options.cache_dir.empty()) {
-      results[i] = preprocess_case(cases[i], options.params);
+      results[i] = preprocess_case(cases[i], options.params, options.warn);
     } else {
       built = false;
       results[i] = cached_case(cases[i], options, &built);

@@ -33,15 +33,17 @@ struct PreprocessParams {
   GridShape grid;
 };
 
-// Where the grid came from in the source image: the brain box [begin, end) in source voxel
-// coordinates (x, y, z), and the source dims; maps grid positions back (e.g. attention maps).
+// Where the grid came from in the source image: the brain box [begin, end) in the source's voxel
+// coordinates (x, y, z) in canonical order (data/orientation.h), and the source dims in that order; maps grid
+// positions back (e.g. attention maps: canonical_reorder of the file then takes them onto its own grid).
 struct SourceBox {
   std::array<int64_t, 3> begin{};
   std::array<int64_t, 3> end{};
   std::array<int64_t, 3> source_dims{};
 };
 
-// One preprocessed case. Arrays are row-major over [D][H][W] (D axial, H = source y, W = source x).
+// One preprocessed case. Arrays are row-major over [D][H][W] (D axial, H = source y, W = source x, in canonical
+// LPS order whatever the files' axis order).
 // `image` holds IEEE float16 values (see half.h): per-modality z-scores over the brain mask, 0
 // outside it, channel order FLAIR, T1, T1ce, T2; all finite (a case whose z-scores overflow float16
 // is refused with a CaseError). The arrays live in `storage` (a memory-mapped cache entry or a heap
@@ -70,8 +72,10 @@ struct CaseVolume {
 // CaseError when a z-score is not finite in float16.
 CaseVolume preprocess_images(const CaseFiles& files, const CaseImages& images, const PreprocessParams& params);
 
-// Reads, checks and preprocesses one case without a cache (e.g. `dsmil predict`); throws CaseError.
-CaseVolume preprocess_case(const CaseFiles& files, const PreprocessParams& params);
+// Reads, checks and preprocesses one case without a cache (e.g. `dsmil predict`); throws CaseError. The reader's
+// warnings (CaseImages::warnings) go to `warn`, one line each.
+CaseVolume preprocess_case(const CaseFiles& files, const PreprocessParams& params,
+                           const std::function<void(std::string_view line)>& warn = logging::line);
 
 struct PreprocessOptions {
   std::filesystem::path cache_dir;  // empty: no cache, every case is kept on the heap
@@ -79,7 +83,8 @@ struct PreprocessOptions {
   BadCasePolicy on_bad_case = BadCasePolicy::fail;
   int threads = 2;
   ProgressReporter* progress = nullptr;  // optional
-  // Says that a damaged cache entry was rebuilt (called from the worker threads; not empty).
+  // Says that a damaged cache entry was rebuilt, and the reader's warnings of a case read from its files (called
+  // from the worker threads; not empty).
   std::function<void(std::string_view line)> warn = logging::line;
 };
 

@@ -1,8 +1,9 @@
 // End to end on the CPU: the CPU demo's `dsmil cv` generalises to its test folds, and every number
 // of its cv_summary.json / AUDIT.md follows from its prediction files; a run killed mid-way and resumed ends
 // with the same weights as an uninterrupted one; `predict` maps attention onto the input, `eval` predicts a
-// dataset and `predict --run` predicts one through the folds' ensemble, skipping a broken case; folds run apart
-// merge into one audit; bad arguments give one error line and a non-zero exit.
+// dataset and `predict --run` predicts one through the folds' ensemble, skipping a broken case; one case stored in
+// three axis orders gives one p(HGG); folds run apart merge into one audit; bad arguments give one error line and a
+// non-zero exit.
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -25,6 +26,7 @@
 #include "data/cohort.h"
 #include "data/nifti_io.h"
 #include "nn/checkpoint.h"
+#include "tests/data/test_helpers.h"
 #include "tests/test_util.h"
 
 using namespace dsmil;
@@ -407,14 +409,28 @@ TEST_CASE("bad arguments and missing inputs: one error line, non-zero exit") {
   CHECK(run_dsmil({"frobnicate"}) != 0);
 }
 
+namespace {
+
+// The run directory of fold 0 of a 2-epoch `dsmil cv` on the shared cohort, trained once per test process.
+const fs::path& two_epoch_run() {
+  static const fs::path run_dir = [] {
+    const fs::path runs = scratch("two_epoch_runs");
+    REQUIRE(run_dsmil({"cv", "--config", "tiny", "--data", cohort().string(), "--set",
+                       "data.cache=" + scratch("cache").string(), "--set", "train.epochs=2", "--set",
+                       "train.min_epochs=2", "--set", "cv.folds=3", "--folds", "0", "--out", runs.string()}) == 0);
+    fs::path found;
+    for (const auto& entry : fs::directory_iterator(runs)) found = entry.path();
+    return found;
+  }();
+  return run_dir;
+}
+
+}  // namespace
+
 TEST_CASE("predict and eval with a fold's checkpoint: probability, attention map on the input's grid, montage, predictions") {
   const fs::path out = scratch("predict");
   const std::string cache = scratch("cache").string();
-  REQUIRE(run_dsmil({"cv", "--config", "tiny", "--data", cohort().string(), "--set", "data.cache=" + cache, "--set",
-                     "train.epochs=2", "--set", "train.min_epochs=2", "--set", "cv.folds=3", "--folds", "0", "--out",
-                     (out / "runs").string()}) == 0);
-  fs::path run_dir;
-  for (const auto& entry : fs::directory_iterator(out / "runs")) run_dir = entry.path();
+  const fs::path run_dir = two_epoch_run();
   fs::path case_dir;
   for (const auto& entry : fs::directory_iterator(cohort() / "HGG")) case_dir = entry.path();
   const std::string id = case_dir.filename().string();
@@ -533,6 +549,47 @@ TEST_CASE("predict --run: every fold's chosen model and their mean at the mean c
   CHECK(run_dsmil({"predict", "--out", table.string()}) == 2);
   CHECK(run_dsmil({"predict", "--run", run_dir.string(), "--checkpoint", (run_dir / "fold_0" / "best.ckpt").string(),
                    "--data", data.string(), "--out", table.string()}) == 2);
+}
+
+TEST_CASE("predict: one case stored as LPS, SRA and RAS gives one p(HGG) and its attention map on each input's grid") {
+  const fs::path out = scratch("predict_orders");
+  fs::path case_dir;
+  for (const auto& entry : fs::directory_iterator(cohort() / "LGG")) case_dir = entry.path();
+  const std::string id = case_dir.filename().string();
+  data::CaseFiles lps;
+  lps.case_id = id;
+  for (int m = 0; m < data::kModalities; ++m) {
+    lps.modalities[m] = case_dir / (id + "_" + std::string(data::kModalityNames[m]) + ".nii.gz");
+  }
+  const fs::path checkpoint = two_epoch_run() / "fold_0" / "best.ckpt";
+  std::map<std::string, double> p_hgg;
+  std::map<std::string, data::Image3D> maps;
+  for (const std::string order : {"LPS", "SRA", "RAS"}) {
+    const data::CaseFiles files = order == "LPS" ? lps : data::test::write_case_stored_as(lps, out / order, order);
+    REQUIRE(run_dsmil({"predict", "--checkpoint", checkpoint.string(), "--flair", files.modalities[0].string(),
+                       "--t1", files.modalities[1].string(), "--t1ce", files.modalities[2].string(), "--t2",
+                       files.modalities[3].string(), "--out", (out / ("pred_" + order)).string(), "--case-id",
+                       id}) == 0);
+    p_hgg[order] = std::stod(cells_of(lines_of(out / ("pred_" + order) / "prediction.csv").at(1)).at(1));
+    maps[order] = data::read_nifti(out / ("pred_" + order) / (id + "_attention.nii.gz"));
+    const data::Image3D input = data::read_nifti(files.modalities[0]);
+    CHECK(maps[order].dims == input.dims);
+    for (int r = 0; r < 3; ++r)
+      for (int c = 0; c < 4; ++c) {
+        CHECK(maps[order].voxel_to_world[r][c] == doctest::Approx(input.voxel_to_world[r][c]));
+      }
+  }
+  std::printf("[orientation] p(HGG) of case %s stored as LPS %.9f, SRA %.9f, RAS %.9f\n", id.c_str(), p_hgg["LPS"],
+              p_hgg["SRA"], p_hgg["RAS"]);
+  CHECK(std::abs(p_hgg["SRA"] - p_hgg["LPS"]) <= 1e-5);
+  CHECK(std::abs(p_hgg["RAS"] - p_hgg["LPS"]) <= 1e-5);
+  // each map is the LPS input's map carried voxel by voxel onto that input's own axis order
+  const auto& lps_map = maps["LPS"];
+  CHECK(std::any_of(lps_map.values.begin(), lps_map.values.end(), [](float v) { return v > 0.0f; }));
+  for (const std::string order : {"SRA", "RAS"}) {
+    CAPTURE(order);
+    CHECK(maps[order].values == data::test::stored_as(lps_map, order).values);
+  }
 }
 
 TEST_CASE("folds run apart merge into one audit, and folds of another config or given twice are refused") {

@@ -16,18 +16,6 @@ namespace {
 
 constexpr std::array<int64_t, 3> kDims{20, 18, 16};
 
-std::string case_error_of(const CaseFiles& files) {
-  try {
-    read_case_images(files);
-  } catch (const CaseError& e) {
-    CHECK(e.detail().case_id == files.case_id);
-    return e.what();
-  }
-  return "(no error)";
-}
-
-bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
-
 }  // namespace
 
 TEST_CASE("cases: BraTS 2018 layout is discovered with labels and seg in a stable order") {
@@ -201,7 +189,8 @@ TEST_CASE("cases: per-case checks name the case and the file and the reason") {
     CaseFiles f = write_case_folder(dir / "x", "x", kLabelHGG, kDims, 1);
     write_nifti<int16_t>(f.modalities[2], {20, 18, 15}, random_brain({20, 18, 15}, rng));
     const std::string message = case_error_of(f);
-    CHECK(contains(message, "case x: " + f.modalities[2].string() + ": mismatched shape: 20x18x15 but flair is 20x18x16"));
+    CHECK(contains(message, "case x: " + f.modalities[2].string() + ": mismatched shape: 20x18x15 but flair " +
+                            f.modalities[0].string() + " is 20x18x16"));
   }
   SUBCASE("mismatched voxel size") {
     CaseFiles f = write_case_folder(dir / "x", "x", kLabelHGG, kDims, 1);

@@ -277,6 +277,28 @@ TEST_CASE("nifti: a non-finite sform is refused (NaN would pass every geometry c
         (dir / "sform.nii").string() + ": damaged header: non-finite sform (voxel-to-world row 1 is 0, nan, 0, 0.5)");
 }
 
+TEST_CASE("nifti: an sform and a qform that order the voxel axes differently, or a singular sform, are refused") {
+  TempDir dir;
+  std::mt19937_64 rng(12);
+  std::vector<int16_t> values(3 * 4 * 5);
+  for (auto& v : values) v = static_cast<int16_t>(1 + rng() % 500);
+  write_nifti<int16_t>(dir / "both.nii", {3, 4, 5}, values);  // qform = sform = LPS
+  CHECK(read_nifti(dir / "both.nii").values.size() == values.size());
+  patch<float>(dir / "both.nii", offsetof(nifti_1_header, srow_x), 1.0f);  // sform's x axis now toward Right
+  CHECK(error_of(dir / "both.nii") == (dir / "both.nii").string() +
+                                          ": inconsistent header: the sform orders the voxel axes RPS but the qform "
+                                          "LPS; tools disagree on which to use, so rewrite the file with one "
+                                          "orientation");
+  write_nifti<int16_t>(dir / "singular.nii", {3, 4, 5}, values);
+  for (size_t row : {offsetof(nifti_1_header, srow_x), offsetof(nifti_1_header, srow_y),
+                     offsetof(nifti_1_header, srow_z)}) {
+    patch<float>(dir / "singular.nii", row + 2 * sizeof(float), 0.0f);  // no z column
+  }
+  CHECK(error_of(dir / "singular.nii") == (dir / "singular.nii").string() +
+                                              ": damaged header: singular sform (the voxel axes have no world "
+                                              "direction)");
+}
+
 TEST_CASE("nifti: two-file and analyze headers are named as unsupported") {
   TempDir dir;
   const std::vector<int16_t> values(8, 1);
