@@ -118,16 +118,14 @@ TEST_CASE("the CPU demo's cv generalises (pooled out-of-fold AUC >= 0.75), and i
 
   std::vector<std::pair<int, double>> pooled;
   for (int fold = 0; fold < 3; ++fold) {
-    // Learning on the training fold: the mean training loss of the last three epochs well below the first
-    // epoch's (one epoch is a handful of steps, so single epochs are noisy).
+    // Learning on the training fold: some epoch's training AUC reaches 0.70 (the audit's "no learning" rule).
     const auto history = lines_of(result.run_dir / ("fold_" + std::to_string(fold)) / "metrics.jsonl");
     REQUIRE(history.size() >= 6);
-    auto train_loss = [&](size_t epoch) { return nlohmann::json::parse(history[epoch])["train"]["loss"].get<double>(); };
-    const double first = train_loss(0);
-    const double last = (train_loss(history.size() - 1) + train_loss(history.size() - 2) + train_loss(history.size() - 3)) / 3;
-    std::printf("[e2e] fold %d training loss %.4f -> %.4f (last three epochs) over %zu epochs\n", fold, first, last,
-                history.size());
-    CHECK(last < 0.8 * first);
+    double best_train_auc = 0.0;
+    for (const std::string& record : history)
+      best_train_auc = std::max(best_train_auc, nlohmann::json::parse(record)["train"]["auc"].get<double>());
+    std::printf("[e2e] fold %d: highest training AUC %.3f over %zu epochs\n", fold, best_train_auc, history.size());
+    CHECK(best_train_auc >= 0.70);
     const auto rows = lines_of(result.run_dir / ("fold_" + std::to_string(fold)) / "predictions.csv");
     REQUIRE(rows.size() > 1);
     for (size_t i = 1; i < rows.size(); ++i) {
@@ -398,7 +396,7 @@ TEST_CASE("--resume RUN_DIR alone continues with the run's config and data, and 
     message = e.what();
   }
   CAPTURE(message);
-  CHECK(message.find("train.lr: 0.003 vs 0.5") != std::string::npos);
+  CHECK(message.find("train.lr: 0.001 vs 0.5") != std::string::npos);
 }
 
 TEST_CASE("bad arguments and missing inputs: one error line, non-zero exit") {
