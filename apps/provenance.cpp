@@ -4,6 +4,7 @@
 
 #include <fstream>
 #include <iterator>
+#include <memory>
 
 #include <fmt/format.h>
 
@@ -77,14 +78,54 @@ std::string Provenance::version_text() const {
                             cuda->runtime, cuda->cudnn, cuda->cudnn_file, cuda->cublas);
 }
 
+namespace {
+
+// A SHA-256 digest fed piece by piece through OpenSSL's EVP interface.
+class Sha256 {
+ public:
+  Sha256() : context_(EVP_MD_CTX_new(), EVP_MD_CTX_free) {
+    if (!context_ || EVP_DigestInit_ex(context_.get(), EVP_sha256(), nullptr) != 1)
+      throw Error("SHA-256: OpenSSL's libcrypto could not start a digest");
+  }
+  void update(const void* bytes, size_t size) {
+    if (EVP_DigestUpdate(context_.get(), bytes, size) != 1) throw Error("SHA-256 failed in OpenSSL's libcrypto");
+  }
+  std::string hex() {
+    unsigned char digest[EVP_MAX_MD_SIZE];
+    unsigned int length = 0;
+    if (EVP_DigestFinal_ex(context_.get(), digest, &length) != 1) throw Error("SHA-256 failed in OpenSSL's libcrypto");
+    std::string text;
+    for (unsigned int i = 0; i < length; ++i) text += fmt::format("{:02x}", digest[i]);
+    return text;
+  }
+
+ private:
+  std::unique_ptr<EVP_MD_CTX, void (*)(EVP_MD_CTX*)> context_;
+};
+
+}  // namespace
+
 std::string sha256_hex(std::string_view text) {
-  unsigned char digest[EVP_MAX_MD_SIZE];
-  unsigned int length = 0;
-  if (EVP_Digest(text.data(), text.size(), digest, &length, EVP_sha256(), nullptr) != 1)
-    throw Error("SHA-256 failed in OpenSSL's libcrypto");
-  std::string hex;
-  for (unsigned int i = 0; i < length; ++i) hex += fmt::format("{:02x}", digest[i]);
-  return hex;
+  return sha256_hex({std::span(reinterpret_cast<const uint8_t*>(text.data()), text.size())});
+}
+
+std::string sha256_hex(std::initializer_list<std::span<const uint8_t>> parts) {
+  Sha256 digest;
+  for (const std::span<const uint8_t> part : parts) digest.update(part.data(), part.size());
+  return digest.hex();
+}
+
+std::string sha256_file_hex(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Error(fmt::format("{}: cannot open to hash it", path.string()));
+  Sha256 digest;
+  std::vector<char> chunk(1 << 20);
+  while (in) {
+    in.read(chunk.data(), static_cast<std::streamsize>(chunk.size()));
+    digest.update(chunk.data(), static_cast<size_t>(in.gcount()));
+  }
+  if (in.bad()) throw Error(fmt::format("{}: read error while hashing it", path.string()));
+  return digest.hex();
 }
 
 }  // namespace dsmil::app

@@ -2,7 +2,11 @@
 // command that started it, so that a number in a run directory can be traced to what produced it.
 #pragma once
 
+#include <cstdint>
+#include <filesystem>
+#include <initializer_list>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -35,5 +39,10 @@ Provenance current_provenance();
 
 // SHA-256 of a text as 64 lowercase hex digits.
 std::string sha256_hex(std::string_view text);
+// SHA-256 of byte ranges taken one after the other (the digest of their concatenation, without making it).
+std::string sha256_hex(std::initializer_list<std::span<const uint8_t>> parts);
+// SHA-256 of a file's bytes as stored (a .nii.gz: the compressed bytes, what `sha256sum` prints); Error
+// naming the file when it cannot be read.
+std::string sha256_file_hex(const std::filesystem::path& path);
 
 }  // namespace dsmil::app

@@ -17,6 +17,7 @@
 #include "apps/provenance.h"
 #include "apps/report/audit.h"
 #include "apps/report/run_dir.h"
+#include "apps/train/inputs.h"
 #include "apps/train/trainer.h"
 #ifdef DSMIL_WITH_CUDA
 #include "data/device_cohort.h"
@@ -104,12 +105,11 @@ void check_classes(const std::vector<data::CaseVolume>& cases, int folds) {
                               count[1], count[0], folds, folds));
 }
 
-// A repeat's folder: the run directory itself unless the CV is repeated.
+}  // namespace
+
 fs::path repeat_dir(const fs::path& run_dir, int repeats, int repeat) {
   return repeats > 1 ? run_dir / fmt::format("repeat_{}", repeat) : run_dir;
 }
-
-}  // namespace
 
 data::PreprocessedCohort prepare_cohort(const RunConfig& config, const fs::path& run_dir, bool writer) {
   const data::BadCasePolicy policy = data::parse_bad_case_policy(config.on_bad_case);
@@ -135,6 +135,14 @@ data::PreprocessedCohort prepare_cohort(const RunConfig& config, const fs::path&
   }
   logging::line(fmt::format("{} cases ({} from the cache, {} preprocessed), {} skipped", cohort.cases.size(),
                             cohort.cache_hits, cohort.cache_builds, skipped.size()));
+  // Written once per run: the fold processes of a scheduled or resumed run find it there and hash nothing.
+  if (writer && !run_dir.empty() && !fs::exists(run_dir / "inputs.json")) {
+    const auto start = std::chrono::steady_clock::now();
+    report::write_text_file(run_dir / "inputs.json",
+                            inputs_json(config, found.cases, cohort.cases, skipped, prep.threads).dump(1) + "\n");
+    logging::line(fmt::format("inputs.json: {} cases' files and arrays hashed in {:.2f} s", cohort.cases.size(),
+                              std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count()));
+  }
   return cohort;
 }
 
@@ -224,7 +232,8 @@ CvResult run_cv(const RunConfig& requested, const CvOptions& options) {
     if (!fs::exists(saved_config))
       throw Error(fmt::format("--resume {}: no config.toml there", result.run_dir.string()));
   } else {
-    result.run_dir = new_run_directory(options.runs_root, fmt::format("{}_{}", config.name, run_timestamp(ranks)), ranks);
+    const std::string prefix = options.run_prefix.empty() ? config.name : options.run_prefix;
+    result.run_dir = new_run_directory(options.runs_root, fmt::format("{}_{}", prefix, run_timestamp(ranks)), ranks);
   }
   const Provenance process = writer ? current_provenance() : Provenance{};
   // Opened first, so that the log holds whatever ends the run, a refused resumption included.

@@ -16,6 +16,7 @@ namespace dsmil::app {
 
 struct CvOptions {
   std::filesystem::path runs_root = "runs";
+  std::string run_prefix;            // the run directory is runs_root/<run_prefix>_<YYYYMMDD_HHMMSS>; empty: the config's name
   std::filesystem::path resume_dir;  // continue this run directory instead of starting a new one
   std::vector<int> folds;            // empty: all folds
   bool audit = true;                 // write cv_summary.json and AUDIT.md at the end
@@ -43,11 +44,15 @@ struct CvResult {
 CvResult run_cv(const RunConfig& config, const CvOptions& options);
 
 // The dataset of `config`, discovered and preprocessed through its cache; skipped cases are printed and, by
-// the `writer`, listed in run_dir/skipped_cases.txt (run_dir empty: not listed).
+// the `writer`, listed in run_dir/skipped_cases.txt, and every case's inputs hashed into run_dir/inputs.json
+// unless it is there already (run_dir empty: neither).
 data::PreprocessedCohort prepare_cohort(const RunConfig& config, const std::filesystem::path& run_dir, bool writer);
 
 // The seeded outer folds and inner validation splits of repeat `repeat` over `cases` (grouped by patient).
 data::Splits cohort_splits(const RunConfig& config, const std::vector<data::CaseVolume>& cases, int repeat);
+
+// A repeat's folder: the run directory itself unless the CV is repeated (repeats > 1: run_dir/repeat_<r>).
+std::filesystem::path repeat_dir(const std::filesystem::path& run_dir, int repeats, int repeat);
 
 // "0,2,3" -> {0, 2, 3}
 std::vector<int> parse_fold_list(const std::string& text);

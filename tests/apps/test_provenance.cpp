@@ -1,5 +1,5 @@
 // CPU tests of apps/provenance.h: the record's fields with the commit of the checkout this test was built
-// from, SHA-256 against the FIPS 180-2 examples, and the build's git lookup (apps/git_revision.cmake) on a
+// from, SHA-256 against the FIPS 180-2 examples (of a text, of pieces, of a file), and the build's git lookup (apps/git_revision.cmake) on a
 // scratch repository.
 #include <doctest/doctest.h>
 
@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "apps/provenance.h"
+#include "tensor/error.h"
 #include "tests/apps/subprocess.h"
 
 using namespace dsmil;
@@ -61,6 +62,20 @@ TEST_CASE("sha256_hex gives the digests of the FIPS 180-2 examples") {
         "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1");
   CHECK(app::sha256_hex(std::string(1000000, 'a')) ==
         "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0");
+}
+
+TEST_CASE("sha256 of byte ranges is the digest of their concatenation, and of a file its bytes' digest") {
+  const std::string a = "abcdbcdecdefdefgefghfghighij", b = "hijkijkljklmklmnlmnomnopnopq";
+  const auto bytes = [](const std::string& text) {
+    return std::span(reinterpret_cast<const uint8_t*>(text.data()), text.size());
+  };
+  CHECK(app::sha256_hex({bytes(a), bytes(b)}) == "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1");
+  // Larger than one read chunk (1 MiB), so that the file is hashed in several pieces.
+  const fs::path file = test::scratch("hashed") / "a_million_and_more";
+  const std::string text(3u << 20, 'a');
+  std::ofstream(file, std::ios::binary) << text;
+  CHECK(app::sha256_file_hex(file) == app::sha256_hex(text));
+  CHECK_THROWS_AS(app::sha256_file_hex(test::scratch("hashed") / "absent"), Error);
 }
 
 TEST_CASE("the build's git lookup follows commits and edits, and rewrites its header only when it changes") {
