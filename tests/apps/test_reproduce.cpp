@@ -59,8 +59,8 @@ TEST_CASE("inputs.json lists every case with the SHA-256 of its files and of its
   const data::Discovery found = data::discover_dataset(run.cohort, data::BadCasePolicy::fail);
   REQUIRE(inputs["cases"].size() == found.cases.size());
   CHECK(inputs["splits"]["seed"].get<int64_t>() == app::load_config(run.run_dir / "config.toml").seed);
-  CHECK(inputs["preprocess"]["grid"] == nlohmann::json({24, 48, 48}));
-  const data::PreprocessParams params{data::parse_grid("24,48,48")};
+  const data::PreprocessParams params{data::parse_grid(app::load_config(run.run_dir / "config.toml").grid)};
+  CHECK(inputs["preprocess"]["grid"] == nlohmann::json({params.grid.depth, params.grid.height, params.grid.width}));
   for (size_t i = 0; i < found.cases.size(); ++i) {
     const data::CaseFiles& files = found.cases[i];
     const nlohmann::json& record = inputs["cases"][i];
