@@ -2,7 +2,7 @@
 # The main job: builds dsmil, writes the synthetic BraTS-like cohort and cross-validates on it, then
 # prints where AUDIT.md is. On a GPU machine: the full 285-case cohort at the default config; on a
 # CPU-only machine: 600 small cases with a plainer tumour signal (--difficulty 0.45) and configs/tiny, a 3-fold
-# CV of about 4 minutes on 2 cores.
+# CV.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p build

@@ -46,7 +46,7 @@ const fs::path& cohort() {
 }
 
 // The CPU demo's CV (scripts/demo.sh without a GPU): configs/tiny on 600 cases of 64x64x40 voxels at difficulty
-// 0.45, seed 1. About 4 minutes on 2 cores.
+// 0.45, seed 1.
 app::RunConfig demo_config(const fs::path& cache) {
   data::CohortOptions cohort_options;
   cohort_options.out = scratch("demo_cohort");
