@@ -123,7 +123,8 @@ const RegisterCommand cv_command{"cv", 40, [](CLI::App& root) {
   auto args = std::make_shared<CvArgs>();
   CLI::App* cmd = root.add_subcommand("cv", "cross-validate on a dataset; prints the path of AUDIT.md");
   add_common_options(cmd, *args);
-  cmd->add_option("--folds", args->folds, "run only these folds (e.g. 0,2); the audit covers the folds present");
+  cmd->add_option("--folds", args->folds, "run only these folds (e.g. 0,2); the audit covers the folds present")
+      ->check(fold_list_validator());
   cmd->add_option("--repeats", args->repeats, "repeated CV with R seeds");
   cmd->add_flag("--select-on-test", args->select_on_test, "the seed's optimistic protocol: select and calibrate on the test fold");
   CLI::Option* gpus = cmd->add_option(

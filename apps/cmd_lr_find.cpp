@@ -1,7 +1,6 @@
 // `dsmil lr-find`: the learning-rate range test on the training cases of one fold (its outer training set
 // less its inner validation split: no validation or test case is seen), with the config's recipe. Writes
-// lr_find.csv and lr_find.svg and prints the suggested learning rate.
-#include <cstdio>
+// lr_find.csv and lr_find.svg and prints the suggested learning rate; lr_find.log beside them keeps what it printed.
 #include <filesystem>
 
 #include <fmt/format.h>
@@ -10,6 +9,7 @@
 #include "apps/train/cv.h"
 #include "apps/train/lr_find.h"
 #include "apps/train/trainer.h"
+#include "logging/log.h"
 
 namespace dsmil::app {
 namespace {
@@ -33,19 +33,22 @@ void run_lr_find(const LrFindArgs& a) {
   const Device device = resolve_device(config.device);
   resolve_precision(config, device);
   math_mode() = config.math();
+  std::filesystem::create_directories(a.out);
+  logging::open_run_log(std::filesystem::path(a.out) / "lr_find.log");
 
   const data::PreprocessedCohort cohort = prepare_cohort(config, {}, false);
   const data::Splits splits = cohort_splits(config, cohort.cases, 0);
   const data::Fold& fold = splits.folds[a.fold];
-  std::fprintf(stderr, "lr-find: %s, fold %d's %zu training cases, %s on %s, %d steps from %.1e to %.1e\n",
-               config.name.c_str(), a.fold, fold.train.size(), config.precision.c_str(), device_name(device),
-               a.options.steps, a.options.lr_min, a.options.lr_max);
+  logging::line(fmt::format("lr-find: {}, fold {}'s {} training cases, {} on {}, {} steps from {:.1e} to {:.1e}",
+                            config.name, a.fold, fold.train.size(), config.precision, device_name(device),
+                            a.options.steps, a.options.lr_min, a.options.lr_max));
   const LrFindResult result = lr_find(config, cohort.cases, fold.train, device, a.options);
   const std::filesystem::path svg = write_lr_find(result, a.out);
-  std::printf("%zu steps%s; the smoothed loss is lowest at lr %.2e and rises above it\n", result.points.size(),
-              result.diverged ? " (stopped: the loss diverged)" : "", result.suggested_lr);
-  std::printf("suggested train.lr <= %.1e (the peak of the warm-up + cosine schedule); plot %s\n", result.suggested_lr,
-              svg.string().c_str());
+  logging::result(fmt::format("{} steps{}; the smoothed loss is lowest at lr {:.2e} and rises above it",
+                              result.points.size(), result.diverged ? " (stopped: the loss diverged)" : "",
+                              result.suggested_lr));
+  logging::result(fmt::format("suggested train.lr <= {:.1e} (the peak of the warm-up + cosine schedule); plot {}",
+                              result.suggested_lr, svg.string()));
 }
 
 const RegisterCommand lr_find_command{"lr-find", 45, [](CLI::App& root) {

@@ -24,7 +24,8 @@ const RegisterCommand reproduce_command{"reproduce", 45, [](CLI::App& root) {
   cmd->add_option("RUN_DIR", args->run_dir, "the run directory (holds config.toml, splits.json, inputs.json)")
       ->required()
       ->check(CLI::ExistingDirectory);
-  cmd->add_option("--folds", args->folds, "only these folds (e.g. 0,2); default: every fold the run holds");
+  cmd->add_option("--folds", args->folds, "only these folds (e.g. 0,2); default: every fold the run holds")
+      ->check(fold_list_validator());
   cmd->add_option("--out", args->out, "folder of the new run directory reproduce_<timestamp> (default: RUN_DIR)");
   cmd->callback([args] {
     ReproduceOptions options;

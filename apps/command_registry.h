@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "apps/train/cv.h"
+
 namespace dsmil::app {
 
 struct CommandSpec {
@@ -16,6 +18,20 @@ struct CommandSpec {
 };
 
 std::vector<CommandSpec>& command_registry();
+
+// Checks a --folds value ("0,2,3") while the command line is parsed, so that a bad one is a usage error.
+inline CLI::Validator fold_list_validator() {
+  return CLI::Validator(
+      [](std::string& text) -> std::string {
+        try {
+          parse_fold_list(text);
+        } catch (const std::exception& e) {
+          return e.what();
+        }
+        return {};
+      },
+      "FOLDS");
+}
 
 struct RegisterCommand {
   RegisterCommand(std::string name, int order, std::function<void(CLI::App& root)> add) {

@@ -36,11 +36,16 @@ std::vector<int> parse_fold_list(const std::string& text) {
   std::vector<int> folds;
   std::stringstream in(text);
   for (std::string item; std::getline(in, item, ',');) {
+    size_t used = 0;
+    int fold = -1;
     try {
-      folds.push_back(std::stoi(item));
+      fold = std::stoi(item, &used);
     } catch (const std::exception&) {
-      throw Error(fmt::format("--folds '{}': expected numbers like 0,2,3", text));
+      used = 0;
     }
+    if (used == 0 || used != item.size() || fold < 0)
+      throw Error(fmt::format("--folds '{}': expected fold numbers like 0,2,3", text));
+    folds.push_back(fold);
   }
   return folds;
 }

@@ -1,8 +1,6 @@
 // The learning-rate range test.
 #include "apps/train/lr_find.h"
 
-#include <unistd.h>
-
 #include <algorithm>
 #include <cmath>
 #include <fstream>
@@ -12,6 +10,7 @@
 #include "apps/report/plots.h"
 #include "apps/train/trainer.h"
 #include "data/rng.h"
+#include "logging/log.h"
 #include "nn/optim.h"
 
 namespace dsmil::app {
@@ -46,7 +45,6 @@ LrFindResult lr_find(const RunConfig& config, const std::vector<data::CaseVolume
   std::vector<int> order;
   size_t next = 0;
   double average = 0.0, best = INFINITY;
-  const bool terminal = isatty(STDERR_FILENO);
   for (int step = 0; step < options.steps; ++step) {
     const double lr = options.lr_min * std::pow(options.lr_max / options.lr_min, step / double(options.steps - 1));
     std::vector<int> cases;
@@ -73,16 +71,14 @@ LrFindResult lr_find(const RunConfig& config, const std::vector<data::CaseVolume
     average = options.smoothing * average + (1.0 - options.smoothing) * value;
     const double smoothed = average / (1.0 - std::pow(options.smoothing, step + 1));
     result.points.push_back({lr, value, smoothed});
-    if (terminal)
-      std::fprintf(stderr, "\rlr-find step %d/%d lr %.2e loss %.4f smoothed %.4f   ", step + 1, options.steps, lr, value,
-                   smoothed);
+    logging::status(fmt::format("lr-find step {}/{} lr {:.2e} loss {:.4f} smoothed {:.4f}", step + 1, options.steps,
+                                lr, value, smoothed));
     if (!std::isfinite(value) || (step >= kWarmSteps && smoothed > options.divergence * best)) {
       result.diverged = true;
       break;
     }
     if (step >= kWarmSteps) best = std::min(best, smoothed);
   }
-  if (terminal) std::fprintf(stderr, "\n");
   suggest_lr(result);
   return result;
 }

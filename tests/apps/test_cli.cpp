@@ -45,6 +45,9 @@ TEST_CASE("usage errors exit with status 2 and one line on stderr naming the pro
       {{"tran"}, "dsmil: unknown subcommand 'tran' (did you mean train?)"},
       {{"tarin", "--fold", "1"}, "dsmil: unknown subcommand 'tarin' (did you mean train?)"},
       {{"xyzzy"}, "dsmil: unknown subcommand 'xyzzy' (the subcommands: cohort, preprocess, train, cv,"},
+      {{"cv", "--config", "tiny", "--data", ".", "--folds", "1a"}, "--folds '1a': expected fold numbers"},
+      {{"reproduce", ".", "--folds", "abc"}, "--folds 'abc': expected fold numbers"},
+      {{"reproduce", ".", "--folds", "0,-1"}, "--folds '0,-1': expected fold numbers"},
   };
   for (const Case& c : cases) {
     const test::Finished run = run_dsmil(c.args);

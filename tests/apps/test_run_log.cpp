@@ -1,7 +1,8 @@
 // The run's logs, from the dsmil binary on the CPU: RUN_DIR/run.log holds every line the process printed (stdout
 // and stderr) after a parseable UTC time stamp, the stamps never going back; RUN_DIR/fold_K/fold.log holds its
 // fold's lines; a killed run resumed appends to both and says so; the error that ends a run is its log's last
-// line; under `cv --workers` the fold processes add their lines, marked with their fold, to the same run.log.
+// line; under `cv --workers` the fold processes add their lines, marked with their fold, to the same run.log;
+// `lr-find` keeps its lines in lr_find.log beside its plot.
 #include <stdlib.h>
 
 #include <ctime>
@@ -189,4 +190,20 @@ TEST_CASE("cv --workers 2: run.log holds the scheduler's lines and each fold pro
     CHECK(texts_containing(fold_log, tag + " epoch ").size() == 2);
     CHECK(texts_containing(fold_log, tag + " done: best epoch").size() == 1);
   }
+}
+
+TEST_CASE("lr-find keeps what it printed in lr_find.log, stamped") {
+  const std::time_t started = std::time(nullptr);
+  const fs::path out = scratch("lr_find");
+  const test::Finished run = test::run_program(
+      {DSMIL_BINARY, "lr-find", "--config", "tiny", "--data", test::small_cohort().string(), "--set",
+       "data.cache=" + scratch("cache").string(), "--set", "run.threads=1", "--steps", "6", "--out", out.string()});
+  INFO("stderr:\n" << run.err);
+  REQUIRE(run.status == 0);
+  const std::vector<LogLine> log = parse_log(out / "lr_find.log");
+  check_stamps(log, started);
+  check_printed_lines_logged(run, log);
+  CHECK(texts_containing(log, "lr-find: tiny, fold 0's").size() == 1);
+  CHECK(texts_containing(log, "suggested train.lr <=").size() == 1);
+  CHECK(texts_containing(log, "lr-find step").empty());  // the in-place progress stays on the terminal
 }
