@@ -1,7 +1,8 @@
-// Training and evaluation of one fold (DESIGN section 5): the epoch loop with AdamW, warm-up + cosine
-// schedule, EMA, early stopping on the monitor over both the raw and the EMA model, checkpoints with
-// bit-exact resume at epoch boundaries, threshold calibration on the inner validation split, and the
-// fold's output files (apps/report/FORMAT.md).
+// Training and evaluation of one fold: the epoch loop (its parts: learner.h the steps with AdamW, the warm-up +
+// cosine schedule and EMA; model_selection.h early stopping on the monitor over the raw and the EMA model;
+// fold_checkpoints.h checkpoints with bit-exact resume at epoch boundaries; fold_records.h the epoch records and
+// progress), threshold calibration on the inner validation split, and the fold's output files
+// (apps/report/FORMAT.md).
 #pragma once
 
 #include <array>
