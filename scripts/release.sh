@@ -22,7 +22,7 @@ while (($#)); do
 done
 cd "$(dirname "$0")/.."
 if [ -z "$build" ]; then
-  if ((cpu)); then build=build-release-cpu; else build=build-release; fi
+  if ((cpu)); then build="build-release-cpu"; else build="build-release"; fi
 fi
 
 {
@@ -32,6 +32,8 @@ fi
   cmake --build "$build" -j"$(nproc)" --target dsmil
   (cd "$build" && cpack -G TGZ)
 } >&2
+# CPack's staging copy of the tree, as large as the unpacked archive (1.4 GB for the CUDA build)
+rm -rf "$build/_CPack_Packages"
 
 # The name CMake chose, from the build's own CPack settings (it has "-cpu" exactly when the backend is left out).
 name=$(sed -n 's/^set(CPACK_PACKAGE_FILE_NAME "\(.*\)")$/\1/p' "$build/CPackConfig.cmake")
