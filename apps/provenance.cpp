@@ -45,7 +45,9 @@ Provenance current_provenance() {
 #ifdef DSMIL_WITH_CUDA
   p.cuda_toolkit = DSMIL_CUDA_TOOLKIT;
 #endif
+  p.cuda_headers = built_cuda_versions();
   p.cuda = loaded_cuda_versions();
+  p.cuda_libraries = loaded_cuda_libraries();
   p.command_line = own_command_line();
   return p;
 }
@@ -58,9 +60,11 @@ nlohmann::json Provenance::to_json() const {
                       {"compiler", compiler},
                       {"cuda_backend", cuda_toolkit.has_value()},
                       {"cuda_toolkit", or_null(cuda_toolkit)},
+                      {"cuda_headers", nullptr},
                       {"cuda", nullptr},
                       {"command_line", command_line},
                       {"config_sha256", or_null(config_sha256)}};
+  if (cuda_headers) j["cuda_headers"] = {{"cudnn", cuda_headers->cudnn}, {"cublas", cuda_headers->cublas}};
   if (cuda)
     j["cuda"] = {{"gpu", cuda->gpu},     {"driver", cuda->driver}, {"runtime", cuda->runtime},
                  {"cudnn", cuda->cudnn}, {"cublas", cuda->cublas}, {"cudnn_file", cuda->cudnn_file}};
@@ -72,10 +76,13 @@ std::string Provenance::version_text() const {
   std::string text =
       fmt::format("dsmil {}\ncommit: {}{}\nbuild: {}, {}\n", version, commit, state, build_type, compiler);
   if (!cuda_toolkit) return text + "CUDA backend: not built (CPU only)\nGPU: none\n";
-  text += fmt::format("CUDA backend: built with CUDA {}\n", *cuda_toolkit);
+  text += fmt::format("CUDA backend: built with CUDA {}, cuDNN {}, cuBLAS {}\n", *cuda_toolkit, cuda_headers->cudnn,
+                      cuda_headers->cublas);
+  text += fmt::format("CUDA libraries loaded: runtime {} ({}), cuDNN {} ({}), cuBLAS {} ({})\n", cuda_libraries->runtime,
+                      cuda_libraries->runtime_file, cuda_libraries->cudnn, cuda_libraries->cudnn_file,
+                      cuda_libraries->cublas, cuda_libraries->cublas_file);
   if (!cuda) return text + "GPU: no usable CUDA device\n";
-  return text + fmt::format("GPU: {}; driver CUDA {}, runtime {}, cuDNN {} ({}), cuBLAS {}\n", cuda->gpu, cuda->driver,
-                            cuda->runtime, cuda->cudnn, cuda->cudnn_file, cuda->cublas);
+  return text + fmt::format("GPU: {}; driver CUDA {}\n", cuda->gpu, cuda->driver);
 }
 
 namespace {

@@ -24,12 +24,16 @@ struct Provenance {
   std::string build_type;     // Release, Debug, ...
   std::string compiler;       // e.g. "GNU 12.2.0"
   std::optional<std::string> cuda_toolkit;  // the toolkit the CUDA backend was built with; none: a CPU-only build
+  std::optional<CudaHeaderVersions> cuda_headers;  // the cuDNN and cuBLAS it was compiled against; none: CPU-only
   std::optional<CudaVersions> cuda;         // loaded now; none without the backend or without a device
+  // The libraries loaded now, with or without a device; none: CPU-only. Shown by version_text, not recorded: a run
+  // uses them only on a device, and `cuda` then names them.
+  std::optional<CudaLibraries> cuda_libraries;
   std::vector<std::string> command_line;
   std::optional<std::string> config_sha256;  // the caller's: sha256_hex of the resolved config it ran with
 
   nlohmann::json to_json() const;
-  // The build and the CUDA device and libraries, one item per line (`dsmil --version`).
+  // The build, the CUDA libraries loaded and the device, one item per line (`dsmil --version`).
   std::string version_text() const;
 };
 

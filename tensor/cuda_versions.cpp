@@ -15,4 +15,20 @@ std::optional<CudaVersions> loaded_cuda_versions() {
   return std::nullopt;
 }
 
+std::optional<CudaHeaderVersions> built_cuda_versions() {
+#ifdef DSMIL_WITH_CUDA
+  return cuda::header_versions();
+#else
+  return std::nullopt;
+#endif
+}
+
+std::optional<CudaLibraries> loaded_cuda_libraries() {
+#ifdef DSMIL_WITH_CUDA
+  return cuda::loaded_libraries();
+#else
+  return std::nullopt;
+#endif
+}
+
 }  // namespace dsmil

@@ -4,8 +4,11 @@
 #include <fstream>
 #include <limits>
 #include <sstream>
+#include <system_error>
+#include <vector>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <toml++/toml.h>
 
 namespace dsmil::app {
@@ -168,11 +171,19 @@ void check_range(const std::string& key, double value, double lo, double hi) {
 
 std::filesystem::path find_config_file(const std::string& name) {
   namespace fs = std::filesystem;
-  for (const fs::path& candidate :
-       {fs::path(name), fs::path(name + ".toml"), fs::path("configs") / (name + ".toml"),
-        fs::path(DSMIL_SOURCE_DIR) / "configs" / (fs::path(name).filename().string() + ".toml")})
+  const std::string file_name = fs::path(name).filename().string() + ".toml";
+  std::vector<fs::path> candidates = {fs::path(name), fs::path(name + ".toml"), fs::path("configs") / (name + ".toml")};
+  // An installed dsmil (a release archive unpacked anywhere) finds its configs from its own path, whatever the
+  // working directory; a binary of a build tree has none there and takes those of its source tree.
+  std::error_code no_executable;
+  if (const fs::path executable = fs::read_symlink("/proc/self/exe", no_executable); !no_executable)
+    candidates.push_back((executable.parent_path() / DSMIL_INSTALLED_CONFIG_DIR / file_name).lexically_normal());
+  candidates.push_back(fs::path(DSMIL_SOURCE_DIR) / "configs" / file_name);
+  for (const fs::path& candidate : candidates)
     if (fs::is_regular_file(candidate)) return candidate;
-  throw Error(fmt::format("config '{0}' not found (looked for {0}, {0}.toml, configs/{0}.toml)", name));
+  std::vector<std::string> looked;
+  for (const fs::path& candidate : candidates) looked.push_back(candidate.string());
+  throw Error(fmt::format("config '{}' not found (looked for {})", name, fmt::join(looked, ", ")));
 }
 
 RunConfig load_config(const std::filesystem::path& file) {

@@ -95,7 +95,9 @@ struct NamedField {
 };
 std::vector<NamedField> config_fields(RunConfig& config);
 
-// Resolves a config name ("tiny", "configs/tiny", a path) to a file.
+// Resolves a config name ("tiny", "configs/tiny", a path) to a file: as given, with ".toml", in ./configs/, then
+// among the configs shipped with this binary: share/dsmil/configs/ beside the bin/ it was installed in (a release
+// archive), else the configs/ of the source tree it was built from. The error lists every path tried.
 std::filesystem::path find_config_file(const std::string& name_or_path);
 // Reads a config file over the defaults; unknown keys and wrong types are errors naming the key.
 RunConfig load_config(const std::filesystem::path& file);

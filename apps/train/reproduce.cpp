@@ -120,7 +120,8 @@ std::string number(double value) { return std::isnan(value) ? "n/a" : fmt::forma
 
 std::vector<std::string> build_differences(const nlohmann::json& recorded, const nlohmann::json& current) {
   std::vector<std::string> differences;
-  for (const char* key : {"version", "commit", "dirty", "build_type", "compiler", "cuda_backend", "cuda_toolkit", "cuda"}) {
+  for (const char* key :
+       {"version", "commit", "dirty", "build_type", "compiler", "cuda_backend", "cuda_toolkit", "cuda_headers", "cuda"}) {
     const nlohmann::json then = recorded.value(key, nlohmann::json());
     const nlohmann::json now = current.value(key, nlohmann::json());
     if (then != now) differences.push_back(fmt::format("{}: run {}, this binary {}", key, then.dump(), now.dump()));

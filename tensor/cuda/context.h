@@ -43,6 +43,10 @@ class DeviceBuffer {
 
 // The device and the versions actually loaded (driver, CUDA runtime, cuDNN with its file, cuBLAS).
 CudaVersions loaded_versions();
+// The libraries alone, with their files; needs no device.
+CudaLibraries loaded_libraries();
+// The versions of the cuDNN and cuBLAS headers this backend was compiled with.
+CudaHeaderVersions header_versions();
 // The same with the device's architecture, SMs and memory in one line, for logs and benchmark tables.
 std::string backend_versions();
 // cudnnGetVersion() of the loaded library (9.19.0 -> 91900).

@@ -177,21 +177,33 @@ std::string loaded_library_file(const std::string& name) {
 
 size_t cudnn_version() { return cudnnGetVersion(); }
 
-CudaVersions loaded_versions() {
-  int driver = 0, runtime_version = 0, cublas_major = 0, cublas_minor = 0, cublas_patch = 0;
-  DSMIL_CUDA_CHECK(cudaDriverGetVersion(&driver), "loaded_versions");
-  DSMIL_CUDA_CHECK(cudaRuntimeGetVersion(&runtime_version), "loaded_versions");
-  DSMIL_CUBLAS_CHECK(cublasGetProperty(MAJOR_VERSION, &cublas_major), "loaded_versions");
-  DSMIL_CUBLAS_CHECK(cublasGetProperty(MINOR_VERSION, &cublas_minor), "loaded_versions");
-  DSMIL_CUBLAS_CHECK(cublasGetProperty(PATCH_LEVEL, &cublas_patch), "loaded_versions");
-  cudnn_handle();  // loads cuDNN, so that its file shows in the process's maps
+CudaLibraries loaded_libraries() {
+  int runtime_version = 0, cublas_major = 0, cublas_minor = 0, cublas_patch = 0;
+  DSMIL_CUDA_CHECK(cudaRuntimeGetVersion(&runtime_version), "loaded_libraries");
+  DSMIL_CUBLAS_CHECK(cublasGetProperty(MAJOR_VERSION, &cublas_major), "loaded_libraries");
+  DSMIL_CUBLAS_CHECK(cublasGetProperty(MINOR_VERSION, &cublas_minor), "loaded_libraries");
+  DSMIL_CUBLAS_CHECK(cublasGetProperty(PATCH_LEVEL, &cublas_patch), "loaded_libraries");
   const size_t cudnn = cudnn_version();
-  return {device_properties().name,
-          fmt::format("{}.{}", driver / 1000, driver % 1000 / 10),
-          fmt::format("{}.{}", runtime_version / 1000, runtime_version % 1000 / 10),
+  return {fmt::format("{}.{}", runtime_version / 1000, runtime_version % 1000 / 10),
           fmt::format("{}.{}.{}", cudnn / 10000, cudnn % 10000 / 100, cudnn % 100),
           fmt::format("{}.{}.{}", cublas_major, cublas_minor, cublas_patch),
-          loaded_library_file("/libcudnn.so")};
+          loaded_library_file("/libcudart.so"),
+          loaded_library_file("/libcudnn.so"),
+          loaded_library_file("/libcublas.so")};
+}
+
+CudaHeaderVersions header_versions() {
+  return {fmt::format("{}.{}.{}", CUDNN_MAJOR, CUDNN_MINOR, CUDNN_PATCHLEVEL),
+          fmt::format("{}.{}.{}", CUBLAS_VER_MAJOR, CUBLAS_VER_MINOR, CUBLAS_VER_PATCH)};
+}
+
+CudaVersions loaded_versions() {
+  int driver = 0;
+  DSMIL_CUDA_CHECK(cudaDriverGetVersion(&driver), "loaded_versions");
+  cudnn_handle();  // loads cuDNN, so that its file shows in the process's maps
+  const CudaLibraries libraries = loaded_libraries();
+  return {device_properties().name, fmt::format("{}.{}", driver / 1000, driver % 1000 / 10), libraries.runtime,
+          libraries.cudnn, libraries.cublas, libraries.cudnn_file};
 }
 
 std::string backend_versions() {

@@ -69,19 +69,29 @@ TEST_CASE("usage errors exit with status 2 and one line on stderr naming the pro
   CHECK(running.err.rfind("dsmil: error: ", 0) == 0);
 }
 
-TEST_CASE("dsmil --version prints the version, the commit, the build and the CUDA backend and device") {
+TEST_CASE("dsmil --version prints the version, the commit, the build, the CUDA backend, its libraries and device") {
   const test::Finished run = run_dsmil({"--version"});
   CAPTURE(run.out);
   CAPTURE(run.err);
   CHECK(run.status == 0);
   CHECK(run.err.empty());
   const std::vector<std::string> lines = lines_of(run.out);
+#ifdef DSMIL_WITH_CUDA
+  // The libraries load without a device, so their line is there on a machine without a GPU too.
+  REQUIRE(lines.size() == 6);
+  CHECK(lines[3].rfind("CUDA backend: built with CUDA ", 0) == 0);
+  CHECK(contains(lines[3], ", cuDNN "));
+  CHECK(lines[4].rfind("CUDA libraries loaded: runtime ", 0) == 0);
+  CHECK(contains(lines[4], "/libcudnn.so"));
+  CHECK(contains(lines[4], "/libcublas.so"));
+#else
   REQUIRE(lines.size() == 5);
+  CHECK(lines[3] == "CUDA backend: not built (CPU only)");
+#endif
   CHECK(lines[0] == "dsmil " DSMIL_VERSION);
   CHECK(lines[1].rfind("commit: ", 0) == 0);
   CHECK(lines[2].rfind("build: ", 0) == 0);
-  CHECK(lines[3].rfind("CUDA backend: ", 0) == 0);
-  CHECK(lines[4].rfind("GPU: ", 0) == 0);
+  CHECK(lines.back().rfind("GPU: ", 0) == 0);
   if (const auto head = test::git_head(DSMIL_SOURCE_DIR)) CHECK(lines[1].rfind("commit: " + *head, 0) == 0);
 }
 

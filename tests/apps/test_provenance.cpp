@@ -27,7 +27,7 @@ TEST_CASE("provenance records the build, this process and the commit of the chec
   const nlohmann::json j = provenance.to_json();
   CAPTURE(j.dump(2));
   for (const char* key : {"version", "commit", "dirty", "build_type", "compiler", "cuda_backend", "cuda_toolkit",
-                          "cuda", "command_line", "config_sha256"})
+                          "cuda_headers", "cuda", "command_line", "config_sha256"})
     CHECK(j.contains(key));
   CHECK(j["version"] == DSMIL_VERSION);
   CHECK_FALSE(j["build_type"].get<std::string>().empty());
@@ -35,12 +35,14 @@ TEST_CASE("provenance records the build, this process and the commit of the chec
 #ifdef DSMIL_WITH_CUDA
   CHECK(j["cuda_backend"] == true);
   CHECK(j["cuda_toolkit"].is_string());
+  for (const char* key : {"cudnn", "cublas"}) CHECK_FALSE(j["cuda_headers"][key].get<std::string>().empty());
   if (j["cuda"].is_object())
     for (const char* key : {"gpu", "driver", "runtime", "cudnn", "cublas", "cudnn_file"})
       CHECK_FALSE(j["cuda"][key].get<std::string>().empty());
 #else
   CHECK(j["cuda_backend"] == false);
   CHECK(j["cuda_toolkit"].is_null());
+  CHECK(j["cuda_headers"].is_null());
   CHECK(j["cuda"].is_null());
 #endif
   REQUIRE_FALSE(j["command_line"].empty());
