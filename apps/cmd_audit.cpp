@@ -11,7 +11,7 @@
 
 #include "apps/command_registry.h"
 #include "apps/report/audit.h"
-#include "tensor/error.h"
+#include "base/error.h"
 
 namespace {
 

@@ -19,10 +19,7 @@
 #include "apps/train/config.h"
 #include "apps/train/trainer.h"
 #include "nn/optim.h"
-#ifdef DSMIL_WITH_CUDA
-#include "tensor/cuda/context.h"
-#include "tensor/cuda/runtime.h"
-#endif
+#include "tensor/device.h"
 
 namespace dsmil::app {
 namespace {
@@ -41,14 +38,6 @@ struct BenchArgs {
   uint64_t seed = 0;
   bool seed_given = false;
 };
-
-void synchronize(Device device) {
-#ifdef DSMIL_WITH_CUDA
-  if (device == Device::CUDA) cuda::synchronize();
-#else
-  (void)device;
-#endif
-}
 
 // The config that --config and --set give, with the shape flags' depth, width and slab, validated.
 RunConfig bench_config(const BenchArgs& a, Device device) {
@@ -73,25 +62,18 @@ class DeviceMemory {
 
   void start_timed_steps() {
     if (!on_gpu_) return;
-#ifdef DSMIL_WITH_CUDA
-    warmup_peak_ = cuda::pool_usage().peak_used;
-    cuda::reset_pool_peak();
-#endif
+    warmup_peak_ = device::memory_usage().peak_used;
+    device::reset_memory_peak();
   }
   void after_forward() {
-    if (!on_gpu_) return;
-#ifdef DSMIL_WITH_CUDA
-    after_forward_gib = gib(cuda::pool_usage().used);
-#endif
+    if (on_gpu_) after_forward_gib = gib(device::memory_usage().used);
   }
   void finish() {
     if (!on_gpu_) return;
-#ifdef DSMIL_WITH_CUDA
-    const cuda::PoolUsage usage = cuda::pool_usage();
+    const device::MemoryUsage usage = device::memory_usage();
     peak_gib = gib(usage.peak_used);
     peak_with_warmup_gib = gib(std::max(usage.peak_used, warmup_peak_));
     between_steps_gib = gib(usage.used);
-#endif
   }
 
  private:
@@ -105,22 +87,21 @@ class DeviceMemory {
 // after which the most memory is in use. GPU only.
 template <typename Step>
 void print_memory_timeline(Device device, Step&& step) {
-#ifdef DSMIL_WITH_CUDA
   if (device != Device::CUDA) return;
   struct Point {
     std::string node;
     uint64_t used, peak;
   };
   std::vector<Point> points;
-  cuda::reset_pool_peak();
+  device::reset_memory_peak();
   set_backward_observer([&](const Tensor& node_value) {
-    const cuda::PoolUsage usage = cuda::pool_usage();
+    const device::MemoryUsage usage = device::memory_usage();
     points.push_back({node_value.describe(), usage.used, usage.peak_used});
   });
   step();
   set_backward_observer({});
   const double gib = double(uint64_t{1} << 30);
-  const uint64_t step_peak = cuda::pool_usage().peak_used;
+  const uint64_t step_peak = device::memory_usage().peak_used;
   std::printf("memory timeline (one more step, GiB): peak %.2f; %zu backward nodes\n", step_peak / gib, points.size());
   if (points.empty()) return;
   const auto first_at_peak = std::find_if(points.begin(), points.end(), [&](const Point& p) { return p.peak == points.back().peak; });
@@ -132,10 +113,6 @@ void print_memory_timeline(Device device, Step&& step) {
   std::sort(order.begin(), order.end(), [&](size_t i, size_t j) { return points[i].used > points[j].used; });
   for (size_t k = 0; k < std::min<size_t>(order.size(), 8); ++k)
     std::printf("  in use %.2f after node %zu, %s\n", points[order[k]].used / gib, order[k], points[order[k]].node.c_str());
-#else
-  (void)device;
-  (void)step;
-#endif
 }
 
 void run_bench(const BenchArgs& a) {
@@ -181,20 +158,14 @@ void run_bench(const BenchArgs& a) {
 
   std::vector<double> step_ms, losses;
   for (int step = 0; step < a.warmup + a.steps; ++step) {
-    synchronize(device);
+    device::synchronize(device);
     if (step == a.warmup) memory.start_timed_steps();
     const bool profiled = a.profile && step == a.warmup + a.steps - 1;
-#ifdef DSMIL_WITH_CUDA
-    if (profiled) cuda::profiler_start();
-#endif
+    if (profiled) device::profiler_start();
     const auto t0 = std::chrono::steady_clock::now();
     const float loss_value = train_step(step);
-    synchronize(device);
-#ifdef DSMIL_WITH_CUDA
-    if (profiled) cuda::profiler_stop();
-#else
-    (void)profiled;
-#endif
+    device::synchronize(device);
+    if (profiled) device::profiler_stop();
     const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     losses.push_back(loss_value);
     if (step >= a.warmup) step_ms.push_back(ms);
@@ -203,10 +174,7 @@ void run_bench(const BenchArgs& a) {
   std::sort(sorted.begin(), sorted.end());
   const double median = sorted[sorted.size() / 2], best = sorted.front();
   memory.finish();
-  std::string versions = "cpu";
-#ifdef DSMIL_WITH_CUDA
-  if (device == Device::CUDA) versions = cuda::backend_versions();
-#endif
+  const std::string versions = device == Device::CUDA ? device::backend_versions() : "cpu";
   auto mean_of = [&](size_t first, size_t count) {
     double s = 0;
     for (size_t i = first; i < first + count; ++i) s += losses[i];
@@ -225,16 +193,14 @@ void run_bench(const BenchArgs& a) {
                 "%.2f held between steps (weights, optimizer and EMA state, inputs), %.2f after a forward pass "
                 "(+ what the backward pass keeps)\n",
                 memory.peak_gib, memory.peak_with_warmup_gib, memory.between_steps_gib, memory.after_forward_gib);
-#ifdef DSMIL_WITH_CUDA
   if (device == Device::CUDA) {
-    for (const std::string& line : cuda::conv_measured_choices()) std::printf("measured choice, %s\n", line.c_str());
-    const auto choices = cuda::conv_algorithm_choices();
+    for (const std::string& line : device::convolution_measurements()) std::printf("measured choice, %s\n", line.c_str());
+    const std::vector<device::ConvolutionChoice> choices = device::convolution_choices();
     for (size_t i = 0; i < choices.size(); ++i)
       if (i < 5 || choices[i].traded)
         std::printf("cuDNN workspace %.1f MiB%s: %s\n", choices[i].workspace_bytes / double(1 << 20),
                     choices[i].traded ? " (traded for time)" : "", choices[i].problem.c_str());
   }
-#endif
   std::printf("loss: mean of first %zu steps %.4f -> mean of last %zu steps %.4f (%s)\n", window, loss_first, window,
               loss_last, loss_last < loss_first ? "falls" : "does NOT fall");
   if (!a.json_out.empty()) {

@@ -8,7 +8,7 @@
 #include "apps/command_registry.h"
 #include "apps/train/cv.h"
 #include "apps/train/reproduce.h"
-#include "tensor/error.h"
+#include "base/error.h"
 
 namespace dsmil::app {
 namespace {

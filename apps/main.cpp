@@ -12,7 +12,7 @@
 #include "apps/command_registry.h"
 #include "apps/provenance.h"
 #include "logging/log.h"
-#include "tensor/error.h"
+#include "base/error.h"
 
 namespace dsmil::app {
 std::vector<CommandSpec>& command_registry() {

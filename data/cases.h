@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "data/nifti_io.h"
-#include "tensor/error.h"
+#include "base/error.h"
 
 namespace dsmil::data {
 

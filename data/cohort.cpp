@@ -21,7 +21,7 @@
 #include "data/progress.h"
 #include "data/rng.h"
 #include "data/splits.h"
-#include "tensor/error.h"
+#include "base/error.h"
 
 namespace dsmil::data {
 

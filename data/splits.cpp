@@ -13,7 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "data/rng.h"
-#include "tensor/error.h"
+#include "base/error.h"
 
 namespace dsmil::data {
 

@@ -3,7 +3,7 @@
 #include <cuda_bf16.h>
 
 #include "kernels/common.cuh"
-#include "kernels/counter_rng.h"
+#include "base/counter_rng.h"
 #include "kernels/random_mask.h"
 
 namespace dsmil::kernels {

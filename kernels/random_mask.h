@@ -1,4 +1,4 @@
-// Counter-based dropout masks (kernels/counter_rng.h), identical to the CPU backend's bit for bit:
+// Counter-based dropout masks (base/counter_rng.h), identical to the CPU backend's bit for bit:
 // dropout keeps x[i] when uniform(seed, offset + i) >= p; drop_path keeps sample n of x[N, ...] when
 // uniform(seed, offset + n) >= p. Kept values are scaled by 1 / (1 - p), p in [0, 1). x, y: float or bf16.
 #pragma once

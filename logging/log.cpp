@@ -19,7 +19,7 @@
 #include <spdlog/sinks/dist_sink.h>
 #include <spdlog/sinks/stdout_sinks.h>
 
-#include "tensor/error.h"
+#include "base/error.h"
 
 namespace dsmil::logging {
 

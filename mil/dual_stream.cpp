@@ -6,7 +6,7 @@
 
 #include <fmt/format.h>
 
-#include "kernels/counter_rng.h"
+#include "base/counter_rng.h"
 
 namespace dsmil::mil {
 

@@ -3,6 +3,7 @@
 # GPU tests carry the label `gpu` and are run on a GPU machine by scripts/gpu_check.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash scripts/check_layers.sh
 bash scripts/build.sh
 cd build
 gpu_tests=$(ctest -N -L gpu | sed -n 's/^Total Tests: //p')

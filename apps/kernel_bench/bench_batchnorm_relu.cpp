@@ -4,7 +4,7 @@
 #include <fmt/format.h>
 
 #include "apps/kernel_bench/bench_entry.h"
-#include "kernels/counter_rng.h"
+#include "base/counter_rng.h"
 #include "tensor/ops.h"
 
 namespace dsmil::kernel_bench {

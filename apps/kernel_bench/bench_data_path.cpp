@@ -11,7 +11,7 @@
 #include "apps/kernel_bench/registry.h"
 #include "data/half.h"
 #include "data/sampling.h"
-#include "kernels/counter_rng.h"
+#include "base/counter_rng.h"
 #ifdef DSMIL_WITH_CUDA
 #include "data/device_cohort.h"
 #endif

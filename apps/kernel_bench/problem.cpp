@@ -1,4 +1,4 @@
-// Seeded random inputs (kernels/counter_rng.h, so a seed gives the same tensors on any machine and
+// Seeded random inputs (base/counter_rng.h, so a seed gives the same tensors on any machine and
 // thread count), bf16 rounding, the per-dtype tolerances and the output comparison of the kernel bench.
 #include "apps/kernel_bench/problem.h"
 
@@ -7,7 +7,7 @@
 #include <algorithm>
 #include <cstring>
 
-#include "kernels/counter_rng.h"
+#include "base/counter_rng.h"
 
 namespace dsmil::kernel_bench {
 

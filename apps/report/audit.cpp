@@ -15,7 +15,7 @@
 #include "apps/report/plots.h"
 #include "apps/report/recommendations.h"
 #include "apps/report/run_dir.h"
-#include "tensor/error.h"
+#include "base/error.h"
 
 namespace dsmil::report {
 namespace fs = std::filesystem;

@@ -14,7 +14,7 @@
 #include "apps/report/consistency.h"
 #include "apps/report/evaluation.h"
 #include "apps/report/run_dir.h"
-#include "tensor/error.h"
+#include "base/error.h"
 
 namespace dsmil::report {
 namespace fs = std::filesystem;

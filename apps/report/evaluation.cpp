@@ -9,7 +9,7 @@
 
 #include <fmt/format.h>
 
-#include "tensor/error.h"
+#include "base/error.h"
 
 namespace dsmil::report {
 using nlohmann::json;

@@ -11,7 +11,7 @@
 
 #include <fmt/format.h>
 
-#include "tensor/error.h"
+#include "base/error.h"
 
 extern char** environ;
 

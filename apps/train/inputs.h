@@ -13,7 +13,7 @@
 #include "apps/train/config.h"
 #include "data/cases.h"
 #include "data/preprocess.h"
-#include "tensor/error.h"
+#include "base/error.h"
 
 namespace dsmil::app {
 

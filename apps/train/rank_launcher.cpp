@@ -19,7 +19,7 @@
 
 #include "apps/train/child_process.h"
 #include "logging/log.h"
-#include "tensor/error.h"
+#include "base/error.h"
 
 namespace dsmil::app {
 

@@ -29,9 +29,7 @@
 #include "data/progress.h"
 #include "logging/log.h"
 #include "nn/checkpoint.h"
-#ifdef DSMIL_WITH_CUDA
-#include "tensor/cuda/runtime.h"
-#endif
+#include "tensor/device.h"
 
 namespace dsmil::app {
 
@@ -39,11 +37,7 @@ namespace fs = std::filesystem;
 using json = nlohmann::json;
 
 Device resolve_device(const std::string& name) {
-#ifdef DSMIL_WITH_CUDA
-  const bool cuda = dsmil::cuda::device_available();
-#else
-  const bool cuda = false;
-#endif
+  const bool cuda = device::cuda_available();
   if (name == "cpu") return Device::CPU;
   if (name == "cuda") {
     if (!cuda) throw Error("--device cuda: no CUDA device (or this build has no CUDA backend)");

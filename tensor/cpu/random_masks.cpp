@@ -1,8 +1,8 @@
-// CPU dropout and drop-path with the counter-based generator of kernels/counter_rng.h: element i (or
+// CPU dropout and drop-path with the counter-based generator of base/counter_rng.h: element i (or
 // sample n) keeps when uniform(seed, offset + i) >= p; kept values are scaled by 1 / (1 - p).
 #include <fmt/format.h>
 
-#include "kernels/counter_rng.h"
+#include "base/counter_rng.h"
 #include "tensor/cpu/common.h"
 
 namespace dsmil::cpu {

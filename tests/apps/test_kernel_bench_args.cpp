@@ -17,9 +17,7 @@
 #include <string>
 
 #include "apps/kernel_bench/kernel_bench.h"
-#ifdef DSMIL_WITH_CUDA
-#include "tensor/cuda/runtime.h"
-#endif
+#include "tensor/device.h"
 
 using namespace dsmil;
 using namespace dsmil::kernel_bench;
@@ -239,12 +237,10 @@ TEST_CASE("dsmil bench --kernel: list, an unknown name and a machine without a G
   CHECK(bad_shape.status != 0);
   CHECK(bad_shape.output.find("takes 2 sizes") != std::string::npos);
 
-#ifdef DSMIL_WITH_CUDA
-  if (cuda::device_available()) {
+  if (device::cuda_available()) {
     MESSAGE("a CUDA device is present: the no-GPU message is not tested here");
     return;
   }
-#endif
   const CommandResult no_gpu = run_dsmil("bench --kernel relu");
   CHECK(no_gpu.status != 0);
   CHECK(no_gpu.output.find("CUDA") != std::string::npos);

@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "apps/provenance.h"
-#include "tensor/error.h"
+#include "base/error.h"
 #include "tests/apps/subprocess.h"
 
 using namespace dsmil;

@@ -7,7 +7,7 @@
 #include <set>
 
 #include "data/splits.h"
-#include "tensor/error.h"
+#include "base/error.h"
 #include "test_helpers.h"
 
 namespace dsmil::data::test {

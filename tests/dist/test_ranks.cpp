@@ -8,7 +8,7 @@
 #include <string>
 
 #include "dist/ranks.h"
-#include "tensor/error.h"
+#include "base/error.h"
 
 using namespace dsmil;
 namespace fs = std::filesystem;

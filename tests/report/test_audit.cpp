@@ -15,7 +15,7 @@
 #include "apps/report/metrics.h"
 #include "apps/report/run_dir.h"
 #include "run_fixture.h"
-#include "tensor/error.h"
+#include "base/error.h"
 
 using namespace dsmil::report;
 using fixture::FoldSpec;

@@ -8,7 +8,7 @@
 #include "apps/report/audit.h"
 #include "apps/report/compare.h"
 #include "run_fixture.h"
-#include "tensor/error.h"
+#include "base/error.h"
 
 using namespace dsmil::report;
 namespace fs = std::filesystem;

@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "apps/report/metrics.h"
-#include "tensor/error.h"
+#include "base/error.h"
 
 using namespace dsmil::report;
 

@@ -12,7 +12,7 @@
 #include <png.h>
 
 #include "apps/report/plots.h"
-#include "tensor/error.h"
+#include "base/error.h"
 
 using namespace dsmil::report;
 namespace fs = std::filesystem;

@@ -2,7 +2,7 @@
 #include <algorithm>
 #include <numeric>
 
-#include "kernels/counter_rng.h"
+#include "base/counter_rng.h"
 #include "tensor/ops.h"
 #include "tests/test_util.h"
 
