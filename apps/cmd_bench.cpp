@@ -104,7 +104,8 @@ void print_memory_timeline(Device device, Step&& step) {
   const uint64_t step_peak = device::memory_usage().peak_used;
   std::printf("memory timeline (one more step, GiB): peak %.2f; %zu backward nodes\n", step_peak / gib, points.size());
   if (points.empty()) return;
-  const auto first_at_peak = std::find_if(points.begin(), points.end(), [&](const Point& p) { return p.peak == points.back().peak; });
+  const auto first_at_peak =
+      std::find_if(points.begin(), points.end(), [&](const Point& p) { return p.peak == points.back().peak; });
   std::printf("  the backward pass's peak %.2f first reached by node %td, %s (in use after it %.2f)\n",
               first_at_peak->peak / gib, first_at_peak - points.begin(), first_at_peak->node.c_str(),
               first_at_peak->used / gib);
@@ -112,7 +113,8 @@ void print_memory_timeline(Device device, Step&& step) {
   std::iota(order.begin(), order.end(), size_t{0});
   std::sort(order.begin(), order.end(), [&](size_t i, size_t j) { return points[i].used > points[j].used; });
   for (size_t k = 0; k < std::min<size_t>(order.size(), 8); ++k)
-    std::printf("  in use %.2f after node %zu, %s\n", points[order[k]].used / gib, order[k], points[order[k]].node.c_str());
+    std::printf("  in use %.2f after node %zu, %s\n", points[order[k]].used / gib, order[k],
+                points[order[k]].node.c_str());
 }
 
 void run_bench(const BenchArgs& a) {
@@ -185,16 +187,21 @@ void run_bench(const BenchArgs& a) {
   std::printf("device: %s\n", versions.c_str());
   std::printf("model: ResNet%d-3D width %d, %s pooling, %s attention; input %s (bags x slabs, S, H, W, C), %s%s\n",
               a.depth, a.width, config.pooling.c_str(), config.attention.c_str(), shape_str(x_shape).c_str(),
-              config.precision.c_str(), config.precision == "bf16" ? " mixed" : config.strict_fp32 ? " strict" : " (TF32 allowed)");
+              config.precision.c_str(),
+              config.precision == "bf16" ? " mixed"
+              : config.strict_fp32       ? " strict"
+                                         : " (TF32 allowed)");
   std::printf("train step: median %.2f ms, best %.2f ms over %d steps (%d warm-up); %.1f bags/s\n", median, best,
               a.steps, a.warmup, a.bags * 1000.0 / median);
   if (device == Device::CUDA)
-    std::printf("device memory (pool, GiB): peak %.2f in the timed steps (%.2f with the warm-up's algorithm searches); "
-                "%.2f held between steps (weights, optimizer and EMA state, inputs), %.2f after a forward pass "
-                "(+ what the backward pass keeps)\n",
-                memory.peak_gib, memory.peak_with_warmup_gib, memory.between_steps_gib, memory.after_forward_gib);
+    std::printf(
+        "device memory (pool, GiB): peak %.2f in the timed steps (%.2f with the warm-up's algorithm searches); "
+        "%.2f held between steps (weights, optimizer and EMA state, inputs), %.2f after a forward pass "
+        "(+ what the backward pass keeps)\n",
+        memory.peak_gib, memory.peak_with_warmup_gib, memory.between_steps_gib, memory.after_forward_gib);
   if (device == Device::CUDA) {
-    for (const std::string& line : device::convolution_measurements()) std::printf("measured choice, %s\n", line.c_str());
+    for (const std::string& line : device::convolution_measurements())
+      std::printf("measured choice, %s\n", line.c_str());
     const std::vector<device::ConvolutionChoice> choices = device::convolution_choices();
     for (size_t i = 0; i < choices.size(); ++i)
       if (i < 5 || choices[i].traded)
@@ -204,13 +211,20 @@ void run_bench(const BenchArgs& a) {
   std::printf("loss: mean of first %zu steps %.4f -> mean of last %zu steps %.4f (%s)\n", window, loss_first, window,
               loss_last, loss_last < loss_first ? "falls" : "does NOT fall");
   if (!a.json_out.empty()) {
-    const nlohmann::json j = {{"device", versions},       {"depth", a.depth},       {"width", a.width},
-                              {"input", x_shape},         {"median_ms", median},    {"best_ms", best},
-                              {"step_ms", step_ms},       {"peak_gib", memory.peak_gib},   {"losses", losses},
+    const nlohmann::json j = {{"device", versions},
+                              {"depth", a.depth},
+                              {"width", a.width},
+                              {"input", x_shape},
+                              {"median_ms", median},
+                              {"best_ms", best},
+                              {"step_ms", step_ms},
+                              {"peak_gib", memory.peak_gib},
+                              {"losses", losses},
                               {"peak_with_warmup_gib", memory.peak_with_warmup_gib},
                               {"between_steps_gib", memory.between_steps_gib},
                               {"after_forward_gib", memory.after_forward_gib},
-                              {"precision", config.precision},      {"strict_fp32", config.strict_fp32}};
+                              {"precision", config.precision},
+                              {"strict_fp32", config.strict_fp32}};
     std::ofstream(a.json_out) << j.dump(1) << "\n";
   }
   // Last, so that the figures above are the timed steps' alone.
@@ -241,49 +255,60 @@ void run_kernel_bench_command(const BenchArgs& a) {
   if (failed > 0) throw Error(fmt::format("dsmil bench --kernel: {} check(s) against the CPU twin failed", failed));
 }
 
-const RegisterCommand bench_command{"bench", 80, [](CLI::App& root) {
-  auto args = std::make_shared<BenchArgs>();
-  CLI::App* cmd = root.add_subcommand("bench", "time the training step on random bags (by default 2 bags x 32 slabs of "
-                                               "4x4x128x128, ResNet18-3D width 64), or with --kernel each "
-                                               "hand-written kernel alone");
-  cmd->add_option("--config", args->config, "config for the head, loss and optimizer")->capture_default_str();
-  cmd->add_option("--set", args->overrides, "override a config key: section.key=value (repeatable)");
-  cmd->add_option("--device", args->device, "cpu | cuda | auto")->capture_default_str();
-  cmd->add_option("--bags", args->bags, "bags per step")->capture_default_str()->check(CLI::PositiveNumber);
-  cmd->add_option("--instances", args->instances, "slabs per bag")->capture_default_str()->check(CLI::PositiveNumber);
-  cmd->add_option("--slab", args->slab, "slices per slab (S)")->capture_default_str()->check(CLI::PositiveNumber);
-  cmd->add_option("--size", args->size, "slab height and width")->capture_default_str()->check(CLI::PositiveNumber);
-  cmd->add_option("--width", args->width, "ResNet width w")->capture_default_str()->check(CLI::PositiveNumber);
-  cmd->add_option("--depth", args->depth, "ResNet depth: 10, 18 or 34")->capture_default_str();
-  cmd->add_option("--steps", args->steps, "timed steps")->capture_default_str()->check(CLI::PositiveNumber);
-  cmd->add_option("--warmup", args->warmup, "untimed steps (kernel calls with --kernel) first")->capture_default_str()->check(CLI::NonNegativeNumber);
-  cmd->add_option("--input-sets", args->input_sets, "random input sets rotated over the steps")->capture_default_str()->check(CLI::PositiveNumber);
-  cmd->add_option("--json-out", args->json_out, "also write the numbers as JSON");
-  cmd->add_flag("--profile", args->profile,
-                "the last step alone is the capture range of a profiler run with --profile-from-start off "
-                "(ncu: kernels/README.md)");
-  cmd->add_flag("--memory-timeline", args->memory_timeline,
-                "after the timed steps, one more step following the device memory through the backward pass "
-                "node by node: where the peak is reached and what is in use (GPU)");
-  cmd->add_option("--kernel", args->kernel,
-                  "time one hand-written kernel alone (checked against its CPU twin): NAME, all, or list");
-  cmd->add_option("--variant", args->variant, "with --kernel: fast, plain or both (where a plain version exists)")
-      ->capture_default_str();
-  cmd->add_option("--dtype", args->kernel_dtype, "with --kernel: f32, bf16 or all (of those the kernel takes)")
-      ->capture_default_str();
-  cmd->add_option("--shape", args->shape, "with --kernel NAME: sizes, e.g. 64,4,64,64,64 (--kernel list says what they mean); "
-                                          "default: the model's shape for that kernel");
-  cmd->add_option("--reps", args->reps, "with --kernel: timed repetitions per kernel")->capture_default_str()
-      ->check(CLI::PositiveNumber);
-  CLI::Option* seed = cmd->add_option("--seed", args->seed, "with --kernel: seed of the random inputs (default: fresh, printed)");
-  cmd->callback([args, seed] {
-    args->seed_given = seed->count() > 0;
-    if (args->kernel.empty())
-      run_bench(*args);
-    else
-      run_kernel_bench_command(*args);
-  });
-}};
+const RegisterCommand bench_command{
+    "bench", 80, [](CLI::App& root) {
+      auto args = std::make_shared<BenchArgs>();
+      CLI::App* cmd = root.add_subcommand("bench",
+                                          "time the training step on random bags (by default 2 bags x 32 slabs of "
+                                          "4x4x128x128, ResNet18-3D width 64), or with --kernel each "
+                                          "hand-written kernel alone");
+      cmd->add_option("--config", args->config, "config for the head, loss and optimizer")->capture_default_str();
+      cmd->add_option("--set", args->overrides, "override a config key: section.key=value (repeatable)");
+      cmd->add_option("--device", args->device, "cpu | cuda | auto")->capture_default_str();
+      cmd->add_option("--bags", args->bags, "bags per step")->capture_default_str()->check(CLI::PositiveNumber);
+      cmd->add_option("--instances", args->instances, "slabs per bag")
+          ->capture_default_str()
+          ->check(CLI::PositiveNumber);
+      cmd->add_option("--slab", args->slab, "slices per slab (S)")->capture_default_str()->check(CLI::PositiveNumber);
+      cmd->add_option("--size", args->size, "slab height and width")->capture_default_str()->check(CLI::PositiveNumber);
+      cmd->add_option("--width", args->width, "ResNet width w")->capture_default_str()->check(CLI::PositiveNumber);
+      cmd->add_option("--depth", args->depth, "ResNet depth: 10, 18 or 34")->capture_default_str();
+      cmd->add_option("--steps", args->steps, "timed steps")->capture_default_str()->check(CLI::PositiveNumber);
+      cmd->add_option("--warmup", args->warmup, "untimed steps (kernel calls with --kernel) first")
+          ->capture_default_str()
+          ->check(CLI::NonNegativeNumber);
+      cmd->add_option("--input-sets", args->input_sets, "random input sets rotated over the steps")
+          ->capture_default_str()
+          ->check(CLI::PositiveNumber);
+      cmd->add_option("--json-out", args->json_out, "also write the numbers as JSON");
+      cmd->add_flag("--profile", args->profile,
+                    "the last step alone is the capture range of a profiler run with --profile-from-start off "
+                    "(ncu: kernels/README.md)");
+      cmd->add_flag("--memory-timeline", args->memory_timeline,
+                    "after the timed steps, one more step following the device memory through the backward pass "
+                    "node by node: where the peak is reached and what is in use (GPU)");
+      cmd->add_option("--kernel", args->kernel,
+                      "time one hand-written kernel alone (checked against its CPU twin): NAME, all, or list");
+      cmd->add_option("--variant", args->variant, "with --kernel: fast, plain or both (where a plain version exists)")
+          ->capture_default_str();
+      cmd->add_option("--dtype", args->kernel_dtype, "with --kernel: f32, bf16 or all (of those the kernel takes)")
+          ->capture_default_str();
+      cmd->add_option("--shape", args->shape,
+                      "with --kernel NAME: sizes, e.g. 64,4,64,64,64 (--kernel list says what they mean); "
+                      "default: the model's shape for that kernel");
+      cmd->add_option("--reps", args->reps, "with --kernel: timed repetitions per kernel")
+          ->capture_default_str()
+          ->check(CLI::PositiveNumber);
+      CLI::Option* seed =
+          cmd->add_option("--seed", args->seed, "with --kernel: seed of the random inputs (default: fresh, printed)");
+      cmd->callback([args, seed] {
+        args->seed_given = seed->count() > 0;
+        if (args->kernel.empty())
+          run_bench(*args);
+        else
+          run_kernel_bench_command(*args);
+      });
+    }};
 
 }  // namespace
 }  // namespace dsmil::app

@@ -47,32 +47,44 @@ void run_cohort(const CohortArgs& args) {
     fmt::print("latent grade score AUC (the task's ceiling): {:.4f}  (truth.csv)\n", ceiling);
   if (args.check_cues) {
     const CueCheck check = check_trivial_cues(options.out, options.threads);
-    fmt::print("trivial cues, 5-fold logistic regression AUC: whole-volume intensity statistics {:.4f}, "
-               "file sizes {:.4f}; tumour present in {:.0f}% of cases (latent {:.4f})\n",
-               check.intensity_stats_auc, check.file_size_auc, 100 * check.tumour_present_fraction, check.latent_auc);
+    fmt::print(
+        "trivial cues, 5-fold logistic regression AUC: whole-volume intensity statistics {:.4f}, "
+        "file sizes {:.4f}; tumour present in {:.0f}% of cases (latent {:.4f})\n",
+        check.intensity_stats_auc, check.file_size_auc, 100 * check.tumour_present_fraction, check.latent_auc);
   }
 }
 
-dsmil::app::RegisterCommand reg{"cohort", 10, [](CLI::App& root) {
-  auto args = std::make_shared<CohortArgs>();
-  auto* cmd = root.add_subcommand("cohort", "Write a synthetic BraTS-2018-like cohort (NIfTI, truth.csv)");
-  cmd->add_option("--out", args->options.out, "Dataset folder to write (HGG/, LGG/, truth.csv)")->required();
-  cmd->add_option("--cases", args->options.cases, "Number of cases")->capture_default_str()->check(CLI::PositiveNumber);
-  cmd->add_option("--hgg-fraction", args->options.hgg_fraction, "Share of HGG cases")
-      ->capture_default_str()->check(CLI::Range(0.0, 1.0));
-  cmd->add_option("--seed", args->options.seed, "Seed; the same seed writes byte-identical files")->capture_default_str();
-  cmd->add_option("--anatomy", args->options.anatomy, "Skull-stripped T1 NIfTI to build every brain on")
-      ->check(CLI::ExistingFile);
-  cmd->add_option("--difficulty", args->options.difficulty, "Overlap of the grades and noise (1 = default, >1 harder)")
-      ->capture_default_str()->check(CLI::PositiveNumber);
-  cmd->add_option("--dims", args->dims, "Volume size x,y,z in 1 mm voxels")->capture_default_str();
-  cmd->add_option("--threads", args->options.threads, "Worker threads")->capture_default_str()->check(CLI::PositiveNumber);
-  cmd->add_option("--gzip-level", args->options.gzip_level, "gzip level of the .nii.gz files (1..9)")
-      ->capture_default_str()->check(CLI::Range(1, 9));
-  cmd->add_flag("--no-gzip", args->no_gzip, "Write .nii instead of .nii.gz");
-  cmd->add_flag("--check-cues", args->check_cues,
-                "Also fit logistic regressions on whole-volume statistics and file sizes (should be far below the latent AUC)");
-  cmd->callback([args] { run_cohort(*args); });
-}};
+dsmil::app::RegisterCommand reg{
+    "cohort", 10, [](CLI::App& root) {
+      auto args = std::make_shared<CohortArgs>();
+      auto* cmd = root.add_subcommand("cohort", "Write a synthetic BraTS-2018-like cohort (NIfTI, truth.csv)");
+      cmd->add_option("--out", args->options.out, "Dataset folder to write (HGG/, LGG/, truth.csv)")->required();
+      cmd->add_option("--cases", args->options.cases, "Number of cases")
+          ->capture_default_str()
+          ->check(CLI::PositiveNumber);
+      cmd->add_option("--hgg-fraction", args->options.hgg_fraction, "Share of HGG cases")
+          ->capture_default_str()
+          ->check(CLI::Range(0.0, 1.0));
+      cmd->add_option("--seed", args->options.seed, "Seed; the same seed writes byte-identical files")
+          ->capture_default_str();
+      cmd->add_option("--anatomy", args->options.anatomy, "Skull-stripped T1 NIfTI to build every brain on")
+          ->check(CLI::ExistingFile);
+      cmd->add_option("--difficulty", args->options.difficulty,
+                      "Overlap of the grades and noise (1 = default, >1 harder)")
+          ->capture_default_str()
+          ->check(CLI::PositiveNumber);
+      cmd->add_option("--dims", args->dims, "Volume size x,y,z in 1 mm voxels")->capture_default_str();
+      cmd->add_option("--threads", args->options.threads, "Worker threads")
+          ->capture_default_str()
+          ->check(CLI::PositiveNumber);
+      cmd->add_option("--gzip-level", args->options.gzip_level, "gzip level of the .nii.gz files (1..9)")
+          ->capture_default_str()
+          ->check(CLI::Range(1, 9));
+      cmd->add_flag("--no-gzip", args->no_gzip, "Write .nii instead of .nii.gz");
+      cmd->add_flag("--check-cues", args->check_cues,
+                    "Also fit logistic regressions on whole-volume statistics and file sizes (should be far below the "
+                    "latent AUC)");
+      cmd->callback([args] { run_cohort(*args); });
+    }};
 
 }  // namespace

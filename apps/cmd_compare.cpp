@@ -25,8 +25,12 @@ void run(const CompareArgs& args) {
 const dsmil::app::RegisterCommand register_compare("compare", 70, [](CLI::App& root) {
   auto args = std::make_shared<CompareArgs>();
   CLI::App* sub = root.add_subcommand("compare", "Before/after table of two CV runs (A = before, B = after)");
-  sub->add_option("run_a", args->run_a, "Run directory (or cv_summary.json) before")->required()->check(CLI::ExistingPath);
-  sub->add_option("run_b", args->run_b, "Run directory (or cv_summary.json) after")->required()->check(CLI::ExistingPath);
+  sub->add_option("run_a", args->run_a, "Run directory (or cv_summary.json) before")
+      ->required()
+      ->check(CLI::ExistingPath);
+  sub->add_option("run_b", args->run_b, "Run directory (or cv_summary.json) after")
+      ->required()
+      ->check(CLI::ExistingPath);
   sub->add_option("--out", args->out, "Also write the table to this markdown file");
   sub->callback([args] { run(*args); });
 });

@@ -31,15 +31,16 @@ struct CvArgs {
   int plot_every = -1;
   bool select_on_test = false, deterministic = false, strict_fp32 = false;
   std::optional<std::string> gpus;  // cv only: folds scheduled over these GPUs, one child process each
-  std::optional<int> workers;  // cv only: folds scheduled over N child processes on one device
+  std::optional<int> workers;       // cv only: folds scheduled over N child processes on one device
   bool no_audit = false;
   bool fold_process = false;  // cv only: started by the fold scheduler of another cv (apps/train/fold_scheduler.h)
-  int nproc = 1;  // data-parallel ranks on this machine, one per GPU
+  int nproc = 1;              // data-parallel ranks on this machine, one per GPU
 };
 
 void add_common_options(CLI::App* cmd, CvArgs& a) {
-  cmd->add_option("--config", a.config, "config name (configs/NAME.toml) or file (default: recommended-v2; with "
-                                        "--resume, the run's own config.toml)");
+  cmd->add_option("--config", a.config,
+                  "config name (configs/NAME.toml) or file (default: recommended-v2; with "
+                  "--resume, the run's own config.toml)");
   cmd->add_option("--data", a.data, "dataset: BraTS folder or manifest CSV (overrides data.root)");
   cmd->add_option("--set", a.overrides, "override a config key: section.key=value (repeatable)");
   cmd->add_option("--out", a.runs_root, "folder for run directories")->capture_default_str();
@@ -65,14 +66,15 @@ std::unique_ptr<dist::Communicator> join_ranks(const dist::RankInfo& ranks, cons
 #ifdef DSMIL_WITH_NCCL
   return std::make_unique<dist::NcclCommunicator>(ranks);
 #else
-  throw Error(fmt::format("{} set {} ranks, but this build has no NCCL (data-parallel training needs the CUDA "
-                          "backend built with NCCL)",
-                          ranks.launcher, ranks.world_size));
+  throw Error(
+      fmt::format("{} set {} ranks, but this build has no NCCL (data-parallel training needs the CUDA "
+                  "backend built with NCCL)",
+                  ranks.launcher, ranks.world_size));
 #endif
 }
 
 RunConfig resolve(const CvArgs& a) {
-  const std::string base = !a.config.empty() ? find_config_file(a.config).string()
+  const std::string base = !a.config.empty()   ? find_config_file(a.config).string()
                            : !a.resume.empty() ? (std::filesystem::path(a.resume) / "config.toml").string()
                                                : find_config_file("recommended-v2").string();
   RunConfig config = load_config(base);
@@ -107,10 +109,11 @@ void run(const CvArgs& a, std::vector<int> folds) {
     // --gpus and --workers share every step but the CUDA_VISIBLE_DEVICES of the children.
     const std::vector<FoldSlot> slots = a.gpus ? gpu_slots(*a.gpus) : worker_slots(*a.workers);
     if (a.gpus && resolve_device(config.device) == Device::CPU)
-      throw Error(fmt::format("--gpus {}: this run is on the CPU (run.device = {}); --workers N runs folds side by side there",
-                              *a.gpus, config.device));
+      throw Error(
+          fmt::format("--gpus {}: this run is on the CPU (run.device = {}); --workers N runs folds side by side there",
+                      *a.gpus, config.device));
     options.train_folds = [slots, threads = config.threads](const std::filesystem::path& run_dir,
-                                                             const std::vector<int>& fold_list) {
+                                                            const std::vector<int>& fold_list) {
       run_folds_in_children({.run_dir = run_dir, .folds = fold_list, .slots = slots, .run_threads = threads});
     };
   }
@@ -119,36 +122,40 @@ void run(const CvArgs& a, std::vector<int> folds) {
   if (!result.consistent) throw Error("the audit's consistency check failed: see the consistency section of AUDIT.md");
 }
 
-const RegisterCommand cv_command{"cv", 40, [](CLI::App& root) {
-  auto args = std::make_shared<CvArgs>();
-  CLI::App* cmd = root.add_subcommand("cv", "cross-validate on a dataset; prints the path of AUDIT.md");
-  add_common_options(cmd, *args);
-  cmd->add_option("--folds", args->folds, "run only these folds (e.g. 0,2); the audit covers the folds present")
-      ->check(fold_list_validator());
-  cmd->add_option("--repeats", args->repeats, "repeated CV with R seeds");
-  cmd->add_flag("--select-on-test", args->select_on_test, "the seed's optimistic protocol: select and calibrate on the test fold");
-  CLI::Option* gpus = cmd->add_option(
-      "--gpus", args->gpus,
-      "run folds side by side, one child process per GPU (e.g. 0,1,2,3; CUDA_VISIBLE_DEVICES of each), the next "
-      "fold starting on the first GPU free; logs in RUN_DIR/fold_K.log");
-  cmd->add_option("--workers", args->workers,
-                  "run folds side by side in N child processes on one device (the --gpus scheduler without "
-                  "CUDA_VISIBLE_DEVICES; run.threads = 0 shares the cores among them)")
-      ->excludes(gpus);
-  cmd->add_flag("--no-audit", args->no_audit, "write no cv_summary.json / AUDIT.md (folds run apart; `dsmil audit` merges them)");
-  // Hidden: the fold scheduler marks its children, whose lines in run.log then name their fold.
-  cmd->add_flag("--fold-process", args->fold_process)->group("");
-  cmd->callback([args] { run(*args, args->folds.empty() ? std::vector<int>{} : parse_fold_list(args->folds)); });
-}};
+const RegisterCommand cv_command{
+    "cv", 40, [](CLI::App& root) {
+      auto args = std::make_shared<CvArgs>();
+      CLI::App* cmd = root.add_subcommand("cv", "cross-validate on a dataset; prints the path of AUDIT.md");
+      add_common_options(cmd, *args);
+      cmd->add_option("--folds", args->folds, "run only these folds (e.g. 0,2); the audit covers the folds present")
+          ->check(fold_list_validator());
+      cmd->add_option("--repeats", args->repeats, "repeated CV with R seeds");
+      cmd->add_flag("--select-on-test", args->select_on_test,
+                    "the seed's optimistic protocol: select and calibrate on the test fold");
+      CLI::Option* gpus = cmd->add_option(
+          "--gpus", args->gpus,
+          "run folds side by side, one child process per GPU (e.g. 0,1,2,3; CUDA_VISIBLE_DEVICES of each), the next "
+          "fold starting on the first GPU free; logs in RUN_DIR/fold_K.log");
+      cmd->add_option("--workers", args->workers,
+                      "run folds side by side in N child processes on one device (the --gpus scheduler without "
+                      "CUDA_VISIBLE_DEVICES; run.threads = 0 shares the cores among them)")
+          ->excludes(gpus);
+      cmd->add_flag("--no-audit", args->no_audit,
+                    "write no cv_summary.json / AUDIT.md (folds run apart; `dsmil audit` merges them)");
+      // Hidden: the fold scheduler marks its children, whose lines in run.log then name their fold.
+      cmd->add_flag("--fold-process", args->fold_process)->group("");
+      cmd->callback([args] { run(*args, args->folds.empty() ? std::vector<int>{} : parse_fold_list(args->folds)); });
+    }};
 
 const RegisterCommand train_command{"train", 30, [](CLI::App& root) {
-  auto args = std::make_shared<CvArgs>();
-  auto fold = std::make_shared<int>(0);
-  CLI::App* cmd = root.add_subcommand("train", "train and evaluate one fold of the cross-validation split");
-  add_common_options(cmd, *args);
-  cmd->add_option("--fold", *fold, "which fold to train")->capture_default_str();
-  cmd->callback([args, fold] { run(*args, {*fold}); });
-}};
+                                      auto args = std::make_shared<CvArgs>();
+                                      auto fold = std::make_shared<int>(0);
+                                      CLI::App* cmd = root.add_subcommand(
+                                          "train", "train and evaluate one fold of the cross-validation split");
+                                      add_common_options(cmd, *args);
+                                      cmd->add_option("--fold", *fold, "which fold to train")->capture_default_str();
+                                      cmd->callback([args, fold] { run(*args, {*fold}); });
+                                    }};
 
 }  // namespace
 }  // namespace dsmil::app

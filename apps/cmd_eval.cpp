@@ -25,10 +25,11 @@ struct EvalArgs {
 
 void print_threshold_metrics(const char* label, const report::ThresholdMetrics& m) {
   const report::Confusion& c = m.confusion;
-  std::printf("at threshold %s: HGG %ld/%ld correct, LGG %ld/%ld correct; accuracy %.4f, balanced accuracy %.4f, "
-              "F1 (HGG) %.4f, macro F1 %.4f; [[tn, fp], [fn, tp]] = [[%ld, %ld], [%ld, %ld]]\n",
-              label, c.tp, c.n_hgg(), c.tn, c.n_lgg(), m.accuracy, m.balanced_accuracy, m.f1, m.macro_f1,
-              c.tn, c.fp, c.fn, c.tp);
+  std::printf(
+      "at threshold %s: HGG %ld/%ld correct, LGG %ld/%ld correct; accuracy %.4f, balanced accuracy %.4f, "
+      "F1 (HGG) %.4f, macro F1 %.4f; [[tn, fp], [fn, tp]] = [[%ld, %ld], [%ld, %ld]]\n",
+      label, c.tp, c.n_hgg(), c.tn, c.n_lgg(), m.accuracy, m.balanced_accuracy, m.f1, m.macro_f1, c.tn, c.fp, c.fn,
+      c.tp);
 }
 
 void run_eval(const EvalArgs& a) {
@@ -41,8 +42,8 @@ void run_eval(const EvalArgs& a) {
 
   std::vector<int> all(cohort.cases.size());
   for (size_t i = 0; i < all.size(); ++i) all[i] = static_cast<int>(i);
-  const std::vector<CasePrediction> preds = predict_cases(*trained.model, cohort.cases, all, config, device,
-                                                         soft_pooling_tau(config, trained.epoch - 1));
+  const std::vector<CasePrediction> preds =
+      predict_cases(*trained.model, cohort.cases, all, config, device, soft_pooling_tau(config, trained.epoch - 1));
   // A checkpoint without a calibrated threshold (last.ckpt) is judged at 0.5 alone.
   const double threshold = trained.threshold ? trained.threshold->value : 0.5;
 
@@ -52,8 +53,8 @@ void run_eval(const EvalArgs& a) {
   for (const CasePrediction& q : preds) {
     labels.push_back(q.label);
     p.push_back(q.p_hgg);
-    rows.push_back(report::prediction_row(cohort.cases[q.case_index].case_id, q.label, q.p_hgg, threshold, "eval",
-                                          a.checkpoint));
+    rows.push_back(
+        report::prediction_row(cohort.cases[q.case_index].case_id, q.label, q.p_hgg, threshold, "eval", a.checkpoint));
   }
   fs::create_directories(a.out);
   report::write_predictions_csv(fs::path(a.out) / "predictions.csv", rows);
@@ -62,8 +63,8 @@ void run_eval(const EvalArgs& a) {
               static_cast<long>(std::count(labels.begin(), labels.end(), 1)), a.checkpoint.c_str(), trained.epoch);
   if (report::has_both_classes(labels)) {
     const report::AucInterval auc = report::auc_delong(labels, p);
-    std::printf("AUC %.4f (95%% CI %.4f-%.4f); Brier %.4f; ECE %.4f\n", auc.auc, auc.lo, auc.hi, report::brier(labels, p),
-                report::ece(labels, p));
+    std::printf("AUC %.4f (95%% CI %.4f-%.4f); Brier %.4f; ECE %.4f\n", auc.auc, auc.lo, auc.hi,
+                report::brier(labels, p), report::ece(labels, p));
   } else {
     std::printf("AUC undefined: the dataset holds one class only\n");
   }
@@ -75,17 +76,21 @@ void run_eval(const EvalArgs& a) {
   std::printf("%s\n", (fs::path(a.out) / "predictions.csv").string().c_str());
 }
 
-const RegisterCommand eval_command{"eval", 50, [](CLI::App& root) {
-  auto a = std::make_shared<EvalArgs>();
-  CLI::App* cmd = root.add_subcommand("eval", "a checkpoint on a labelled dataset: predictions.csv, AUC with CI, confusion matrix");
-  cmd->add_option("--checkpoint", a->checkpoint, "best.ckpt or best_ema.ckpt of a fold")->required()->check(CLI::ExistingFile);
-  cmd->add_option("--data", a->data, "dataset: BraTS folder or manifest CSV")->required();
-  cmd->add_option("--cache", a->cache, "preprocessing cache (default: the checkpoint config's)");
-  cmd->add_option("--out", a->out, "output folder")->capture_default_str();
-  cmd->add_option("--device", a->device, "cpu | cuda | auto")->capture_default_str();
-  cmd->add_option("--on-bad-case", a->on_bad_case, "fail | skip")->capture_default_str();
-  cmd->callback([a] { run_eval(*a); });
-}};
+const RegisterCommand eval_command{
+    "eval", 50, [](CLI::App& root) {
+      auto a = std::make_shared<EvalArgs>();
+      CLI::App* cmd = root.add_subcommand(
+          "eval", "a checkpoint on a labelled dataset: predictions.csv, AUC with CI, confusion matrix");
+      cmd->add_option("--checkpoint", a->checkpoint, "best.ckpt or best_ema.ckpt of a fold")
+          ->required()
+          ->check(CLI::ExistingFile);
+      cmd->add_option("--data", a->data, "dataset: BraTS folder or manifest CSV")->required();
+      cmd->add_option("--cache", a->cache, "preprocessing cache (default: the checkpoint config's)");
+      cmd->add_option("--out", a->out, "output folder")->capture_default_str();
+      cmd->add_option("--device", a->device, "cpu | cuda | auto")->capture_default_str();
+      cmd->add_option("--on-bad-case", a->on_bad_case, "fail | skip")->capture_default_str();
+      cmd->callback([a] { run_eval(*a); });
+    }};
 
 }  // namespace
 }  // namespace dsmil::app

@@ -181,24 +181,28 @@ void run_export(const ExportArgs& a) {
   int64_t values = 0;
   for (const ExportedTensor& t : tensors) values += t.value.numel();
   std::printf("%s: %zu tensors (%lld values) of %s (epoch %d), conv weights as [out, in, kD, kH, kW]\n",
-              out.string().c_str(), tensors.size(), static_cast<long long>(values), a.checkpoint.c_str(), trained.epoch);
+              out.string().c_str(), tensors.size(), static_cast<long long>(values), a.checkpoint.c_str(),
+              trained.epoch);
   if (trained.threshold)
     std::printf("threshold: %s\n", trained.threshold->source.c_str());
   else
     std::printf("no calibrated threshold in %s (only best.ckpt and best_ema.ckpt carry one)\n", a.checkpoint.c_str());
 }
 
-const RegisterCommand export_command{"export", 57, [](CLI::App& root) {
-  auto a = std::make_shared<ExportArgs>();
-  CLI::App* cmd =
-      root.add_subcommand("export", "a checkpoint's model as a safetensors file for PyTorch (tools/torch_twin)");
-  cmd->add_option("checkpoint", a->checkpoint, "best.ckpt, best_ema.ckpt or last.ckpt of a fold")
-      ->required()
-      ->check(CLI::ExistingFile);
-  cmd->add_option("--format", a->format, "file format: safetensors")->required()->check(CLI::IsMember({"safetensors"}));
-  cmd->add_option("--out", a->out, "output file (default: the checkpoint's path with .safetensors)");
-  cmd->callback([a] { run_export(*a); });
-}};
+const RegisterCommand export_command{
+    "export", 57, [](CLI::App& root) {
+      auto a = std::make_shared<ExportArgs>();
+      CLI::App* cmd =
+          root.add_subcommand("export", "a checkpoint's model as a safetensors file for PyTorch (tools/torch_twin)");
+      cmd->add_option("checkpoint", a->checkpoint, "best.ckpt, best_ema.ckpt or last.ckpt of a fold")
+          ->required()
+          ->check(CLI::ExistingFile);
+      cmd->add_option("--format", a->format, "file format: safetensors")
+          ->required()
+          ->check(CLI::IsMember({"safetensors"}));
+      cmd->add_option("--out", a->out, "output file (default: the checkpoint's path with .safetensors)");
+      cmd->callback([a] { run_export(*a); });
+    }};
 
 }  // namespace
 }  // namespace dsmil::app

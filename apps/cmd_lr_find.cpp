@@ -51,21 +51,25 @@ void run_lr_find(const LrFindArgs& a) {
                               result.suggested_lr, svg.string()));
 }
 
-const RegisterCommand lr_find_command{"lr-find", 45, [](CLI::App& root) {
-  auto a = std::make_shared<LrFindArgs>();
-  CLI::App* cmd = root.add_subcommand("lr-find", "learning-rate range test: loss against a growing learning rate, "
-                                                 "plotted, with a suggested train.lr");
-  cmd->add_option("--config", a->config, "config name (configs/NAME.toml) or file")->capture_default_str();
-  cmd->add_option("--data", a->data, "dataset: BraTS folder or manifest CSV (overrides data.root)");
-  cmd->add_option("--set", a->overrides, "override a config key: section.key=value (repeatable)");
-  cmd->add_option("--device", a->device, "cpu | cuda | auto");
-  cmd->add_option("--fold", a->fold, "whose training cases to use")->capture_default_str();
-  cmd->add_option("--steps", a->options.steps, "number of steps")->capture_default_str()->check(CLI::Range(2, 1000000));
-  cmd->add_option("--lr-min", a->options.lr_min, "first learning rate")->capture_default_str();
-  cmd->add_option("--lr-max", a->options.lr_max, "last learning rate")->capture_default_str();
-  cmd->add_option("--out", a->out, "folder for lr_find.csv and lr_find.svg")->capture_default_str();
-  cmd->callback([a] { run_lr_find(*a); });
-}};
+const RegisterCommand lr_find_command{
+    "lr-find", 45, [](CLI::App& root) {
+      auto a = std::make_shared<LrFindArgs>();
+      CLI::App* cmd = root.add_subcommand("lr-find",
+                                          "learning-rate range test: loss against a growing learning rate, "
+                                          "plotted, with a suggested train.lr");
+      cmd->add_option("--config", a->config, "config name (configs/NAME.toml) or file")->capture_default_str();
+      cmd->add_option("--data", a->data, "dataset: BraTS folder or manifest CSV (overrides data.root)");
+      cmd->add_option("--set", a->overrides, "override a config key: section.key=value (repeatable)");
+      cmd->add_option("--device", a->device, "cpu | cuda | auto");
+      cmd->add_option("--fold", a->fold, "whose training cases to use")->capture_default_str();
+      cmd->add_option("--steps", a->options.steps, "number of steps")
+          ->capture_default_str()
+          ->check(CLI::Range(2, 1000000));
+      cmd->add_option("--lr-min", a->options.lr_min, "first learning rate")->capture_default_str();
+      cmd->add_option("--lr-max", a->options.lr_max, "last learning rate")->capture_default_str();
+      cmd->add_option("--out", a->out, "folder for lr_find.csv and lr_find.svg")->capture_default_str();
+      cmd->callback([a] { run_lr_find(*a); });
+    }};
 
 }  // namespace
 }  // namespace dsmil::app

@@ -135,26 +135,28 @@ void run_parity_dump(const ParityArgs& a) {
               a.pooling.c_str(), a.attention.c_str(), loss.value().item(), a.precision.c_str());
 }
 
-const RegisterCommand parity_command{"parity-dump", 90, [](CLI::App& root) {
-  auto a = std::make_shared<ParityArgs>();
-  CLI::App* cmd = root.add_subcommand("parity-dump", "write one forward/backward as .npy files for the PyTorch twin (tools/torch_twin)");
-  cmd->add_option("--out", a->out, "bundle folder")->required();
-  cmd->add_option("--device", a->device, "cpu | cuda | auto")->capture_default_str();
-  cmd->add_option("--precision", a->precision, "fp32 (strict) | tf32 | bf16 (mixed)")->capture_default_str();
-  cmd->add_option("--pooling", a->pooling, "max | topk | soft")->capture_default_str();
-  cmd->add_option("--attention", a->attention, "dsmil | gated")->capture_default_str();
-  cmd->add_option("--depth", a->depth, "ResNet depth")->capture_default_str();
-  cmd->add_option("--width", a->width, "ResNet width")->capture_default_str();
-  cmd->add_option("--slab", a->slab, "slices per slab")->capture_default_str();
-  cmd->add_option("--size", a->size, "slab height and width")->capture_default_str();
-  cmd->add_option("--bags", a->bags, "bags")->capture_default_str();
-  cmd->add_option("--instances", a->instances, "instances per bag")->capture_default_str();
-  cmd->add_option("--topk", a->topk, "K of top-k pooling")->capture_default_str();
-  cmd->add_option("--tau", a->tau, "soft pooling temperature")->capture_default_str();
-  cmd->add_option("--attention-temperature", a->attention_temperature, "T_att")->capture_default_str();
-  cmd->add_option("--seed", a->seed, "0 = a fresh random seed");
-  cmd->callback([a] { run_parity_dump(*a); });
-}};
+const RegisterCommand parity_command{
+    "parity-dump", 90, [](CLI::App& root) {
+      auto a = std::make_shared<ParityArgs>();
+      CLI::App* cmd = root.add_subcommand(
+          "parity-dump", "write one forward/backward as .npy files for the PyTorch twin (tools/torch_twin)");
+      cmd->add_option("--out", a->out, "bundle folder")->required();
+      cmd->add_option("--device", a->device, "cpu | cuda | auto")->capture_default_str();
+      cmd->add_option("--precision", a->precision, "fp32 (strict) | tf32 | bf16 (mixed)")->capture_default_str();
+      cmd->add_option("--pooling", a->pooling, "max | topk | soft")->capture_default_str();
+      cmd->add_option("--attention", a->attention, "dsmil | gated")->capture_default_str();
+      cmd->add_option("--depth", a->depth, "ResNet depth")->capture_default_str();
+      cmd->add_option("--width", a->width, "ResNet width")->capture_default_str();
+      cmd->add_option("--slab", a->slab, "slices per slab")->capture_default_str();
+      cmd->add_option("--size", a->size, "slab height and width")->capture_default_str();
+      cmd->add_option("--bags", a->bags, "bags")->capture_default_str();
+      cmd->add_option("--instances", a->instances, "instances per bag")->capture_default_str();
+      cmd->add_option("--topk", a->topk, "K of top-k pooling")->capture_default_str();
+      cmd->add_option("--tau", a->tau, "soft pooling temperature")->capture_default_str();
+      cmd->add_option("--attention-temperature", a->attention_temperature, "T_att")->capture_default_str();
+      cmd->add_option("--seed", a->seed, "0 = a fresh random seed");
+      cmd->callback([a] { run_parity_dump(*a); });
+    }};
 
 }  // namespace
 }  // namespace dsmil::app

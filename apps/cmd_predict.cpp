@@ -123,9 +123,9 @@ void run_predict_case(const PredictArgs& a) {
   const CasePrediction prediction =
       predict_cases(*trained.model, cohort, {0}, config, device, soft_pooling_tau(config, trained.epoch - 1)).front();
   const double p_hgg = prediction.p_hgg;
-  const AttentionFiles attention = write_attention_files(cohort.front(), a.modalities[0], prediction.starts,
-                                                         prediction.attention, config.slab_depth, a.montage_slabs,
-                                                         a.out, a.case_id);
+  const AttentionFiles attention =
+      write_attention_files(cohort.front(), a.modalities[0], prediction.starts, prediction.attention, config.slab_depth,
+                            a.montage_slabs, a.out, a.case_id);
 
   const fs::path table = fs::path(a.out) / "prediction.csv";
   report::write_text_file(table, fmt::format("case_id,p_hgg,threshold,prediction\n{},{:.9g},{},{}\n", a.case_id, p_hgg,
@@ -161,12 +161,14 @@ struct EnsembleMember {
 
 // The chosen model's calibrated threshold: the checkpoint's own, which must be the one fold.json states (a
 // difference means the fold's files come from different trainings).
-CheckpointThreshold member_threshold(const TrainedModel& trained, const report::FoldData& fold, const fs::path& checkpoint) {
+CheckpointThreshold member_threshold(const TrainedModel& trained, const report::FoldData& fold,
+                                     const fs::path& checkpoint) {
   if (!trained.threshold)
     throw FormatError(fmt::format("dsmil predict: {} carries no calibrated threshold", checkpoint.string()));
   if (std::abs(trained.threshold->value - fold.info.threshold) > 1e-12)
-    throw FormatError(fmt::format("dsmil predict: {} carries threshold {:.17g} but {} states {:.17g}", checkpoint.string(),
-                                  trained.threshold->value, (fold.dir / "fold.json").string(), fold.info.threshold));
+    throw FormatError(fmt::format("dsmil predict: {} carries threshold {:.17g} but {} states {:.17g}",
+                                  checkpoint.string(), trained.threshold->value, (fold.dir / "fold.json").string(),
+                                  fold.info.threshold));
   return *trained.threshold;
 }
 
@@ -226,7 +228,8 @@ void run_predict_ensemble(const PredictArgs& a) {
   // calibrated on its fold's inner validation split; the ensemble has no split of its own to calibrate on (every
   // case of the run's cohort trained some member), so it keeps the members' calibrations rather than 0.5.
   double threshold = 0.0;
-  for (const EnsembleMember& member : members) threshold += member.threshold.value / static_cast<double>(members.size());
+  for (const EnsembleMember& member : members)
+    threshold += member.threshold.value / static_cast<double>(members.size());
   const std::string rule = fmt::format(
       "HGG when p_ensemble >= {:.4f}, the mean of the {} folds' calibrated thresholds (equivalently: when the folds' "
       "p(HGG) lie above their own thresholds on average); p_ensemble is the mean of the folds' p(HGG)",
@@ -258,8 +261,10 @@ void run_predict_ensemble(const PredictArgs& a) {
             {"folds", json::array()},
             {"skipped", json::array()}};
   for (const EnsembleMember& member : members)
-    side["folds"].push_back({{"column", member.column}, {"checkpoint", fs::absolute(member.checkpoint).string()},
-                             {"threshold", member.threshold.value}, {"threshold_method", member.threshold.method}});
+    side["folds"].push_back({{"column", member.column},
+                             {"checkpoint", fs::absolute(member.checkpoint).string()},
+                             {"threshold", member.threshold.value},
+                             {"threshold_method", member.threshold.method}});
   for (const data::SkippedCase& s : dataset.skipped)
     side["skipped"].push_back({{"case_id", s.case_id}, {"file", s.file.string()}, {"reason", s.reason}});
   const fs::path side_path = fs::path(table).replace_extension(".ensemble.json");
@@ -279,7 +284,8 @@ void run_predict_ensemble(const PredictArgs& a) {
     for (size_t c = 0; c < dataset.cases.size(); ++c) {
       const data::CaseVolume& volume = dataset.cases[c];
       write_attention_files(volume, dataset.files[c].modalities[0], members.front().predictions[c].starts,
-                            mean_attention(members, c), config.slab_depth, a.montage_slabs, a.attention, volume.case_id);
+                            mean_attention(members, c), config.slab_depth, a.montage_slabs, a.attention,
+                            volume.case_id);
       maps.advance(volume.case_id);
     }
     maps.finish();
@@ -290,38 +296,48 @@ void run_predict_ensemble(const PredictArgs& a) {
               side_path.string().c_str());
 }
 
-const RegisterCommand predict_command{"predict", 55, [](CLI::App& root) {
-  auto a = std::make_shared<PredictArgs>();
-  CLI::App* cmd = root.add_subcommand(
-      "predict", "p(HGG) of one patient through a checkpoint (--checkpoint), or of a dataset through a CV run's folds (--run)");
-  CLI::Option* checkpoint = cmd->add_option("--checkpoint", a->checkpoint, "one case: best.ckpt or best_ema.ckpt of a fold")
-                                ->check(CLI::ExistingFile);
-  CLI::Option* run = cmd->add_option("--run", a->run, "a dataset: the CV run whose folds' chosen models form the ensemble")
-                         ->check(CLI::ExistingDirectory)
-                         ->excludes(checkpoint);
-  for (int m = 0; m < data::kModalities; ++m) {
-    const std::string name(data::kModalityNames[m]);
-    CLI::Option* modality = cmd->add_option("--" + name, a->modalities[m], "one case: its " + name + " NIfTI")
-                                ->check(CLI::ExistingFile)
-                                ->needs(checkpoint);
-    checkpoint->needs(modality);
-  }
-  run->needs(cmd->add_option("--data", a->data, "with --run: the dataset, a BraTS folder or manifest CSV")->needs(run));
-  cmd->add_option("--cache", a->cache, "with --run: preprocessing cache (default: the run config's)")->needs(run);
-  cmd->add_option("--attention", a->attention, "with --run: folder for each case's attention map and montage")->needs(run);
-  cmd->add_option("--out", a->out, "output folder (--checkpoint) or CSV file (--run)")->required();
-  cmd->add_option("--case-id", a->case_id, "one case: name used for the output files")->capture_default_str()->needs(checkpoint);
-  cmd->add_option("--device", a->device, "cpu | cuda | auto")->capture_default_str();
-  cmd->add_option("--montage-slabs", a->montage_slabs, "slabs in each montage")->capture_default_str()->check(CLI::PositiveNumber);
-  cmd->callback([a] {
-    if (a->checkpoint.empty() && a->run.empty())
-      throw CLI::ValidationError("--checkpoint or --run", "one of them is required");
-    if (a->run.empty())
-      run_predict_case(*a);
-    else
-      run_predict_ensemble(*a);
-  });
-}};
+const RegisterCommand predict_command{
+    "predict", 55, [](CLI::App& root) {
+      auto a = std::make_shared<PredictArgs>();
+      CLI::App* cmd = root.add_subcommand("predict",
+                                          "p(HGG) of one patient through a checkpoint (--checkpoint), or of a dataset "
+                                          "through a CV run's folds (--run)");
+      CLI::Option* checkpoint =
+          cmd->add_option("--checkpoint", a->checkpoint, "one case: best.ckpt or best_ema.ckpt of a fold")
+              ->check(CLI::ExistingFile);
+      CLI::Option* run =
+          cmd->add_option("--run", a->run, "a dataset: the CV run whose folds' chosen models form the ensemble")
+              ->check(CLI::ExistingDirectory)
+              ->excludes(checkpoint);
+      for (int m = 0; m < data::kModalities; ++m) {
+        const std::string name(data::kModalityNames[m]);
+        CLI::Option* modality = cmd->add_option("--" + name, a->modalities[m], "one case: its " + name + " NIfTI")
+                                    ->check(CLI::ExistingFile)
+                                    ->needs(checkpoint);
+        checkpoint->needs(modality);
+      }
+      run->needs(
+          cmd->add_option("--data", a->data, "with --run: the dataset, a BraTS folder or manifest CSV")->needs(run));
+      cmd->add_option("--cache", a->cache, "with --run: preprocessing cache (default: the run config's)")->needs(run);
+      cmd->add_option("--attention", a->attention, "with --run: folder for each case's attention map and montage")
+          ->needs(run);
+      cmd->add_option("--out", a->out, "output folder (--checkpoint) or CSV file (--run)")->required();
+      cmd->add_option("--case-id", a->case_id, "one case: name used for the output files")
+          ->capture_default_str()
+          ->needs(checkpoint);
+      cmd->add_option("--device", a->device, "cpu | cuda | auto")->capture_default_str();
+      cmd->add_option("--montage-slabs", a->montage_slabs, "slabs in each montage")
+          ->capture_default_str()
+          ->check(CLI::PositiveNumber);
+      cmd->callback([a] {
+        if (a->checkpoint.empty() && a->run.empty())
+          throw CLI::ValidationError("--checkpoint or --run", "one of them is required");
+        if (a->run.empty())
+          run_predict_case(*a);
+        else
+          run_predict_ensemble(*a);
+      });
+    }};
 
 }  // namespace
 }  // namespace dsmil::app

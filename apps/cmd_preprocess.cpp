@@ -54,7 +54,8 @@ void run_preprocess(const PreprocessArgs& args) {
   options.on_bad_case = policy;
   options.threads = args.threads;
 
-  const Discovery found = args.manifest.empty() ? discover_dataset(args.data, policy) : read_manifest(args.manifest, policy);
+  const Discovery found =
+      args.manifest.empty() ? discover_dataset(args.data, policy) : read_manifest(args.manifest, policy);
   int hgg = 0;
   for (const auto& c : found.cases) hgg += c.label == kLabelHGG;
   fmt::print("{}: {} cases ({} HGG, {} LGG), layout {}\n", args.manifest.empty() ? args.data : args.manifest,
@@ -66,9 +67,9 @@ void run_preprocess(const PreprocessArgs& args) {
 
   std::vector<SkippedCase> skipped = found.skipped;
   skipped.insert(skipped.end(), cohort.skipped.begin(), cohort.skipped.end());
-  fmt::print("preprocessed {} cases to {}x{}x{} (float16) in {}: {} from cache, {} built, {:.1f} s\n", cohort.cases.size(),
-             options.params.grid.depth, options.params.grid.height, options.params.grid.width, args.cache,
-             cohort.cache_hits, cohort.cache_builds, cohort.seconds);
+  fmt::print("preprocessed {} cases to {}x{}x{} (float16) in {}: {} from cache, {} built, {:.1f} s\n",
+             cohort.cases.size(), options.params.grid.depth, options.params.grid.height, options.params.grid.width,
+             args.cache, cohort.cache_hits, cohort.cache_builds, cohort.seconds);
   if (!skipped.empty()) {
     fmt::print("skipped {} cases:\n", skipped.size());
     for (const auto& s : skipped) fmt::print("  {}\n", s.message());
@@ -79,23 +80,29 @@ void run_preprocess(const PreprocessArgs& args) {
   }
 }
 
-dsmil::app::RegisterCommand reg{"preprocess", 20, [](CLI::App& root) {
-  auto args = std::make_shared<PreprocessArgs>();
-  auto* cmd = root.add_subcommand("preprocess", "Check and preprocess a dataset into the cache");
-  auto* data = cmd->add_option("--data", args->data, "Dataset root (BraTS 2018/2019/2020 layout) or a manifest .csv");
-  auto* manifest = cmd->add_option("--manifest", args->manifest, "Manifest CSV: case_id,label,flair,t1,t1ce,t2[,seg][,patient_id]");
-  data->excludes(manifest);
-  cmd->add_option("--cache", args->cache, "Cache folder")->capture_default_str();
-  cmd->add_option("--grid", args->grid, "Grid D,H,W (D axial)")->capture_default_str();
-  cmd->add_option("--on-bad-case", args->on_bad_case, "fail: stop at the first bad case; skip: list it and go on")
-      ->capture_default_str()->check(CLI::IsMember({"fail", "skip"}));
-  cmd->add_option("--threads", args->threads, "Worker threads")->capture_default_str()->check(CLI::PositiveNumber);
-  cmd->add_option("--index", args->index, "Also write FILE.csv: case_id,label,entry (absolute path of each case's cache entry)");
-  cmd->callback([args] {
-    if (args->data.empty() && args->manifest.empty()) throw CLI::RequiredError("--data or --manifest");
-    if (!args->index.empty() && args->cache.empty()) throw CLI::ValidationError("--index", "needs a --cache folder");
-    run_preprocess(*args);
-  });
-}};
+dsmil::app::RegisterCommand reg{
+    "preprocess", 20, [](CLI::App& root) {
+      auto args = std::make_shared<PreprocessArgs>();
+      auto* cmd = root.add_subcommand("preprocess", "Check and preprocess a dataset into the cache");
+      auto* data =
+          cmd->add_option("--data", args->data, "Dataset root (BraTS 2018/2019/2020 layout) or a manifest .csv");
+      auto* manifest = cmd->add_option("--manifest", args->manifest,
+                                       "Manifest CSV: case_id,label,flair,t1,t1ce,t2[,seg][,patient_id]");
+      data->excludes(manifest);
+      cmd->add_option("--cache", args->cache, "Cache folder")->capture_default_str();
+      cmd->add_option("--grid", args->grid, "Grid D,H,W (D axial)")->capture_default_str();
+      cmd->add_option("--on-bad-case", args->on_bad_case, "fail: stop at the first bad case; skip: list it and go on")
+          ->capture_default_str()
+          ->check(CLI::IsMember({"fail", "skip"}));
+      cmd->add_option("--threads", args->threads, "Worker threads")->capture_default_str()->check(CLI::PositiveNumber);
+      cmd->add_option("--index", args->index,
+                      "Also write FILE.csv: case_id,label,entry (absolute path of each case's cache entry)");
+      cmd->callback([args] {
+        if (args->data.empty() && args->manifest.empty()) throw CLI::RequiredError("--data or --manifest");
+        if (!args->index.empty() && args->cache.empty())
+          throw CLI::ValidationError("--index", "needs a --cache folder");
+        run_preprocess(*args);
+      });
+    }};
 
 }  // namespace

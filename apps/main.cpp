@@ -90,8 +90,7 @@ int main(int argc, char** argv) {
       },
       "print the version, the commit and build it was made from, the CUDA device and libraries, and exit");
   auto& registry = dsmil::app::command_registry();
-  std::sort(registry.begin(), registry.end(),
-            [](const auto& a, const auto& b) { return a.order < b.order; });
+  std::sort(registry.begin(), registry.end(), [](const auto& a, const auto& b) { return a.order < b.order; });
   for (auto& spec : registry) spec.add(root);
   try {
     root.parse(argc, argv);

@@ -78,9 +78,9 @@ std::string Provenance::version_text() const {
   if (!cuda_toolkit) return text + "CUDA backend: not built (CPU only)\nGPU: none\n";
   text += fmt::format("CUDA backend: built with CUDA {}, cuDNN {}, cuBLAS {}\n", *cuda_toolkit, cuda_headers->cudnn,
                       cuda_headers->cublas);
-  text += fmt::format("CUDA libraries loaded: runtime {} ({}), cuDNN {} ({}), cuBLAS {} ({})\n", cuda_libraries->runtime,
-                      cuda_libraries->runtime_file, cuda_libraries->cudnn, cuda_libraries->cudnn_file,
-                      cuda_libraries->cublas, cuda_libraries->cublas_file);
+  text += fmt::format("CUDA libraries loaded: runtime {} ({}), cuDNN {} ({}), cuBLAS {} ({})\n",
+                      cuda_libraries->runtime, cuda_libraries->runtime_file, cuda_libraries->cudnn,
+                      cuda_libraries->cudnn_file, cuda_libraries->cublas, cuda_libraries->cublas_file);
   if (!cuda) return text + "GPU: no usable CUDA device\n";
   return text + fmt::format("GPU: {}; driver CUDA {}\n", cuda->gpu, cuda->driver);
 }

@@ -18,14 +18,14 @@
 namespace dsmil::app {
 
 struct Provenance {
-  std::string version;        // the project VERSION of the top CMakeLists.txt
-  std::string commit;         // git commit of the source tree when built, or "unknown"
-  std::optional<bool> dirty;  // tracked files differed from that commit; unknown without the commit
-  std::string build_type;     // Release, Debug, ...
-  std::string compiler;       // e.g. "GNU 12.2.0"
+  std::string version;                      // the project VERSION of the top CMakeLists.txt
+  std::string commit;                       // git commit of the source tree when built, or "unknown"
+  std::optional<bool> dirty;                // tracked files differed from that commit; unknown without the commit
+  std::string build_type;                   // Release, Debug, ...
+  std::string compiler;                     // e.g. "GNU 12.2.0"
   std::optional<std::string> cuda_toolkit;  // the toolkit the CUDA backend was built with; none: a CPU-only build
   std::optional<CudaHeaderVersions> cuda_headers;  // the cuDNN and cuBLAS it was compiled against; none: CPU-only
-  std::optional<CudaVersions> cuda;         // loaded now; none without the backend or without a device
+  std::optional<CudaVersions> cuda;                // loaded now; none without the backend or without a device
   // The libraries loaded now, with or without a device; none: CPU-only. Shown by version_text, not recorded: a run
   // uses them only on a device, and `cuda` then names them.
   std::optional<CudaLibraries> cuda_libraries;

@@ -18,9 +18,7 @@ namespace dsmil::data {
 
 namespace fs = std::filesystem;
 
-std::string SkippedCase::message() const {
-  return fmt::format("case {}: {}: {}", case_id, file.string(), reason);
-}
+std::string SkippedCase::message() const { return fmt::format("case {}: {}: {}", case_id, file.string(), reason); }
 
 CaseError::CaseError(SkippedCase detail) : FormatError(detail.message()), detail_(std::move(detail)) {}
 
@@ -32,9 +30,12 @@ BadCasePolicy parse_bad_case_policy(std::string_view text) {
 
 std::string_view layout_name(DatasetLayout layout) {
   switch (layout) {
-    case DatasetLayout::brats2018: return "BraTS 2018/2019 (HGG/LGG folders)";
-    case DatasetLayout::brats2020: return "BraTS 2020 (name_mapping.csv)";
-    case DatasetLayout::manifest: return "manifest CSV";
+    case DatasetLayout::brats2018:
+      return "BraTS 2018/2019 (HGG/LGG folders)";
+    case DatasetLayout::brats2020:
+      return "BraTS 2020 (name_mapping.csv)";
+    case DatasetLayout::manifest:
+      return "manifest CSV";
   }
   return "unknown";
 }
@@ -192,9 +193,9 @@ std::optional<SkippedCase> scan_case_folder(const fs::path& folder, CaseFiles& f
   }
   for (int m = 0; m < kModalities; ++m) {
     if (files.modalities[m].empty()) {
-      return SkippedCase{files.case_id, folder,
-                         fmt::format("missing modality {} (no *_{}.nii[.gz] file)", kModalityNames[m],
-                                     kModalityNames[m])};
+      return SkippedCase{
+          files.case_id, folder,
+          fmt::format("missing modality {} (no *_{}.nii[.gz] file)", kModalityNames[m], kModalityNames[m])};
     }
   }
   if (seg_candidates.size() > 1) {
@@ -226,8 +227,8 @@ void drop_duplicate_ids(std::vector<CaseFiles>& cases, BadCaseSink& sink) {
     std::string list;
     for (size_t i : places) list += fmt::format("{}{}", list.empty() ? "" : ", ", cases[i].modalities[0].string());
     for (size_t i : places) drop[i] = true;
-    sink.report({id, cases[places[1]].modalities[0],
-                 fmt::format("duplicate case id: {} entries ({})", places.size(), list)});
+    sink.report(
+        {id, cases[places[1]].modalities[0], fmt::format("duplicate case id: {} entries ({})", places.size(), list)});
   }
   size_t kept = 0;
   for (size_t i = 0; i < cases.size(); ++i) {
@@ -338,7 +339,9 @@ Discovery read_manifest(const fs::path& csv, BadCasePolicy policy) {
   const int seg_col = table.column("seg");
   const int patient_col = table.column("patient_id");
   const fs::path base = csv.parent_path();
-  auto resolve = [&](const std::string& p) { return p.empty() ? fs::path{} : fs::path(p).is_absolute() ? fs::path(p) : base / p; };
+  auto resolve = [&](const std::string& p) {
+    return p.empty() ? fs::path{} : fs::path(p).is_absolute() ? fs::path(p) : base / p;
+  };
 
   for (const auto& row : table.rows) {
     CaseFiles files;
@@ -431,11 +434,11 @@ std::optional<std::string> geometry_mismatch(const CanonicalImage& file, const C
       const auto& row = image.voxel_to_world[r];
       const auto& other_row = other.voxel_to_world[r];
       if (std::abs(row[c] - other_row[c]) > tolerance) {
-        return fmt::format("mismatched orientation/origin: stored as {}, in {} order its affine row {} is ({:.4g}, "
-                           "{:.4g}, {:.4g}, {:.4g}) but {} (stored as {}) has ({:.4g}, {:.4g}, {:.4g}, {:.4g})",
-                           file.stored_order.stored_axes(), kCanonicalAxes, r, row[0], row[1], row[2], row[3],
-                           reference_name, reference.stored_order.stored_axes(), other_row[0], other_row[1],
-                           other_row[2], other_row[3]);
+        return fmt::format(
+            "mismatched orientation/origin: stored as {}, in {} order its affine row {} is ({:.4g}, "
+            "{:.4g}, {:.4g}, {:.4g}) but {} (stored as {}) has ({:.4g}, {:.4g}, {:.4g}, {:.4g})",
+            file.stored_order.stored_axes(), kCanonicalAxes, r, row[0], row[1], row[2], row[3], reference_name,
+            reference.stored_order.stored_axes(), other_row[0], other_row[1], other_row[2], other_row[3]);
       }
     }
   }
@@ -471,9 +474,10 @@ std::optional<std::string> orientation_warning(const CaseFiles& files, const Can
                        kCanonicalAxes);
   }
   if (flair.stored_order.oblique_degrees <= kAlignedDegrees) return std::nullopt;
-  return fmt::format("{}: oblique voxel axes, {:.1f}° off the world axes: read in their nearest axis order ({}, "
-                     "brought to {}) without resampling, so the model sees the head tilted by that angle",
-                     where, flair.stored_order.oblique_degrees, flair.stored_order.stored_axes(), kCanonicalAxes);
+  return fmt::format(
+      "{}: oblique voxel axes, {:.1f}° off the world axes: read in their nearest axis order ({}, "
+      "brought to {}) without resampling, so the model sees the head tilted by that angle",
+      where, flair.stored_order.oblique_degrees, flair.stored_order.stored_axes(), kCanonicalAxes);
 }
 
 }  // namespace
@@ -499,8 +503,8 @@ CaseImages read_case_images(const CaseFiles& files) {
     images.seg = std::move(seg.image);
     for (float v : images.seg->values) {
       if (v < 0.0f || v > 255.0f || v != std::floor(v)) {
-        throw CaseError({files.case_id, files.seg,
-                         fmt::format("segmentation value {} is not an integer label in 0..255", v)});
+        throw CaseError(
+            {files.case_id, files.seg, fmt::format("segmentation value {} is not an integer label in 0..255", v)});
       }
     }
   }

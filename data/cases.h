@@ -21,10 +21,10 @@ inline constexpr int kLabelHGG = 1;
 
 struct CaseFiles {
   std::string case_id;
-  std::string patient_id;  // the case id when the source names no patient
-  int label = -1;          // kLabelHGG or kLabelLGG
+  std::string patient_id;                                     // the case id when the source names no patient
+  int label = -1;                                             // kLabelHGG or kLabelLGG
   std::array<std::filesystem::path, kModalities> modalities;  // FLAIR, T1, T1ce, T2
-  std::filesystem::path seg;  // empty when the case has no segmentation
+  std::filesystem::path seg;                                  // empty when the case has no segmentation
 };
 
 enum class BadCasePolicy { fail, skip };

@@ -31,8 +31,18 @@ namespace {
 
 // Voxel classes of the phantom; tumour classes override tissue inside the lesion.
 enum Tissue : uint8_t {
-  kBackground = 0, kCSF, kGrey, kWhite, kDeepGrey, kChoroid, kVessel,
-  kOedema, kNonEnhancing, kNecrosis, kEnhancing, kTissueCount
+  kBackground = 0,
+  kCSF,
+  kGrey,
+  kWhite,
+  kDeepGrey,
+  kChoroid,
+  kVessel,
+  kOedema,
+  kNonEnhancing,
+  kNecrosis,
+  kEnhancing,
+  kTissueCount
 };
 
 // Mean intensity of each class relative to white matter, per modality (FLAIR, T1, T1ce, T2); the
@@ -123,12 +133,11 @@ std::vector<uint8_t> analytic_brain(const Volume& v, Rng& rng) {
   std::vector<std::pair<Ellipsoid, Tissue>> structures;  // later entries win
   for (int side : {-1, 1}) {
     const double vx = cx + side * 0.10 * ax, vy = cy + 0.02 * ay, vz = cz + 0.12 * az;
-    structures.push_back({{cx + side * 0.22 * ax, cy - 0.02 * ay, cz - 0.02 * az, 0.16 * ax, 0.20 * ay, 0.16 * az},
-                          kDeepGrey});
-    structures.push_back({{vx, vy, vz, 0.07 * ax * ventricle_scale, 0.32 * ay, 0.15 * az * std::sqrt(ventricle_scale)},
-                          kCSF});
-    structures.push_back({{vx, vy - 0.18 * ay, vz, 0.035 * ax * ventricle_scale, 0.05 * ay, 0.05 * az},
-                          kChoroid});
+    structures.push_back(
+        {{cx + side * 0.22 * ax, cy - 0.02 * ay, cz - 0.02 * az, 0.16 * ax, 0.20 * ay, 0.16 * az}, kDeepGrey});
+    structures.push_back(
+        {{vx, vy, vz, 0.07 * ax * ventricle_scale, 0.32 * ay, 0.15 * az * std::sqrt(ventricle_scale)}, kCSF});
+    structures.push_back({{vx, vy - 0.18 * ay, vz, 0.035 * ax * ventricle_scale, 0.05 * ay, 0.05 * az}, kChoroid});
   }
 
   std::vector<uint8_t> tissue(v.voxels(), kBackground);
@@ -182,7 +191,8 @@ AnatomyTemplate load_anatomy(const fs::path& path) {
           a.box_end[k] = std::max(a.box_end[k], p[k] + 1);
         }
       }
-  if (brain.size() < 1000) throw FormatError(fmt::format("{}: --anatomy needs a skull-stripped T1 (too few brain voxels)", path.string()));
+  if (brain.size() < 1000)
+    throw FormatError(fmt::format("{}: --anatomy needs a skull-stripped T1 (too few brain voxels)", path.string()));
   std::sort(brain.begin(), brain.end());
   a.csf_below = brain[brain.size() * 18 / 100];
   a.grey_below = brain[brain.size() * 55 / 100];
@@ -259,11 +269,11 @@ void add_vessels(const Volume& v, std::vector<uint8_t>& tissue, double size_fact
 // plus nuisance variation that does not depend on the grade.
 struct TumourPhenotype {
   double centre[3];
-  double outer_radius;      // oedema boundary, voxels
-  double core_fraction;     // core radius / outer radius: larger for LGG (less oedema)
-  double rim_fraction;      // enhancing rim thickness / core radius
-  double necrosis_fraction; // necrotic radius / core radius: large for HGG, ~0 for LGG
-  double enhancement;       // 0..1: share of the rim that enhances and how strongly
+  double outer_radius;       // oedema boundary, voxels
+  double core_fraction;      // core radius / outer radius: larger for LGG (less oedema)
+  double rim_fraction;       // enhancing rim thickness / core radius
+  double necrosis_fraction;  // necrotic radius / core radius: large for HGG, ~0 for LGG
+  double enhancement;        // 0..1: share of the rim that enhances and how strongly
   std::array<std::array<double, 4>, 3> core_shape, oedema_shape, patches;  // direction x,y,z + phase
   std::array<double, 3> core_amplitude, oedema_amplitude;
 };
@@ -346,7 +356,8 @@ void render_tumour(const Volume& v, const TumourPhenotype& t, std::vector<uint8_
         if (r > reach) continue;
         const double d[3] = {p[0] / (r + 1e-9), p[1] / (r + 1e-9), p[2] / (r + 1e-9)};
         if (r > t.outer_radius * lobe_modulation(t.oedema_shape, t.oedema_amplitude, d)) continue;
-        const double q = r / (core_radius * lobe_modulation(t.core_shape, t.core_amplitude, d));  // 0 centre, 1 core edge
+        const double q =
+            r / (core_radius * lobe_modulation(t.core_shape, t.core_amplitude, d));  // 0 centre, 1 core edge
         if (q > 1.0) {
           if (tissue[i] == kCSF) continue;  // oedema spares CSF spaces
           tissue[i] = kOedema;
@@ -418,9 +429,10 @@ CohortCaseTruth write_case(const CohortOptions& options, const CaseJob& job, con
 
   Rng scanner_rng = make_rng(options.seed, {3, static_cast<uint64_t>(job.index)});
   const double noise_level = uniform(scanner_rng, 0.02, 0.05) * std::sqrt(options.difficulty);
-  const float enhancing_t1ce = static_cast<float>(
-      kRelativeIntensity[kNonEnhancing][2] +
-      (kRelativeIntensity[kEnhancing][2] - kRelativeIntensity[kNonEnhancing][2]) * (0.55 + 0.45 * phenotype.enhancement));
+  const float enhancing_t1ce =
+      static_cast<float>(kRelativeIntensity[kNonEnhancing][2] +
+                         (kRelativeIntensity[kEnhancing][2] - kRelativeIntensity[kNonEnhancing][2]) *
+                             (0.55 + 0.45 * phenotype.enhancement));
   std::vector<int16_t> image(v.voxels());
   for (int m = 0; m < kModalities; ++m) {
     const float gain = static_cast<float>(kBaseWhiteLevel[m] * std::exp(0.25 * standard_normal(scanner_rng)));
@@ -445,7 +457,8 @@ CohortCaseTruth write_case(const CohortOptions& options, const CaseJob& job, con
           image[i] = static_cast<int16_t>(std::clamp(std::lround(value), 1l, 32767l));  // brain stays nonzero
         }
       }
-    write_nifti<int16_t>(folder / (id + "_" + std::string(kModalityNames[m]) + ext), options.dims, image, write_options);
+    write_nifti<int16_t>(folder / (id + "_" + std::string(kModalityNames[m]) + ext), options.dims, image,
+                         write_options);
   }
   write_nifti<uint8_t>(folder / (id + "_seg" + ext), options.dims, seg, write_options);
 

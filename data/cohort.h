@@ -14,27 +14,27 @@ namespace dsmil::data {
 class ProgressReporter;
 
 struct CohortOptions {
-  std::filesystem::path out;                 // dataset root (created)
+  std::filesystem::path out;  // dataset root (created)
   int cases = 285;
-  double hgg_fraction = 210.0 / 285.0;       // HGG count = round(cases * hgg_fraction)
+  double hgg_fraction = 210.0 / 285.0;  // HGG count = round(cases * hgg_fraction)
   uint64_t seed = 1;
   std::array<int64_t, 3> dims{240, 240, 155};  // x, y, z (z axial), 1 mm voxels
-  double difficulty = 1.0;                   // > 1: more overlap of the grades and more noise
-  std::filesystem::path anatomy;             // optional skull-stripped T1 to build every brain on
+  double difficulty = 1.0;                     // > 1: more overlap of the grades and more noise
+  std::filesystem::path anatomy;               // optional skull-stripped T1 to build every brain on
   int threads = 2;
-  bool gzip = true;                          // .nii.gz (deterministic, no timestamp) or .nii
+  bool gzip = true;  // .nii.gz (deterministic, no timestamp) or .nii
   int gzip_level = 1;
-  ProgressReporter* progress = nullptr;      // optional
+  ProgressReporter* progress = nullptr;  // optional
 };
 
 // What the generator knows about a case (written to truth.csv).
 struct CohortCaseTruth {
   std::string case_id;
-  int label = 0;               // 1 = HGG
-  double grade_score = 0.0;    // latent grade; the images are a function of it plus nuisance
-  double whole_tumour_ml = 0;  // seg > 0
-  double core_ml = 0;          // seg 1 or 4
-  double enhancing_ml = 0;     // seg 4
+  int label = 0;                     // 1 = HGG
+  double grade_score = 0.0;          // latent grade; the images are a function of it plus nuisance
+  double whole_tumour_ml = 0;        // seg > 0
+  double core_ml = 0;                // seg 1 or 4
+  double enhancing_ml = 0;           // seg 4
   double tumour_slice_fraction = 0;  // axial slices with tumour / slices with brain
 };
 

@@ -24,8 +24,8 @@ double gib(size_t bytes) { return static_cast<double>(bytes) / (size_t{1} << 30)
 
 void check_case(const CaseVolume& c, const GridShape& grid) {
   if (c.grid != grid)
-    throw ShapeError(fmt::format("DeviceCohort: case {} has grid {}x{}x{}, the cohort {}x{}x{}", c.case_id, c.grid.depth,
-                                 c.grid.height, c.grid.width, grid.depth, grid.height, grid.width));
+    throw ShapeError(fmt::format("DeviceCohort: case {} has grid {}x{}x{}, the cohort {}x{}x{}", c.case_id,
+                                 c.grid.depth, c.grid.height, c.grid.width, grid.depth, grid.height, grid.width));
   const auto voxels = static_cast<size_t>(grid.voxels());
   if (c.image.size() != kModalities * voxels || c.brain_mask.size() != voxels)
     throw ShapeError(fmt::format("DeviceCohort: case {} holds {} image and {} mask values, its grid needs {} and {}",
@@ -88,8 +88,9 @@ Tensor gather_batch_on_device(const DeviceCohort& cohort, std::span<const int> c
   const size_t bags = case_indices.size();
   const GridShape& grid = cohort.grid();
   if (starts.size() != bags || augmentations.size() != bags)
-    throw ShapeError(fmt::format("gather_batch_on_device: {} cases, {} start lists and {} augmentations (one each per bag)",
-                                 bags, starts.size(), augmentations.size()));
+    throw ShapeError(
+        fmt::format("gather_batch_on_device: {} cases, {} start lists and {} augmentations (one each per bag)", bags,
+                    starts.size(), augmentations.size()));
   if (instances_per_bag < 1 || slab_depth < 1 || slab_depth > grid.depth)
     throw ShapeError(fmt::format("gather_batch_on_device: {} instances per bag of {} slices from depth {}",
                                  instances_per_bag, slab_depth, grid.depth));
@@ -102,8 +103,8 @@ Tensor gather_batch_on_device(const DeviceCohort& cohort, std::span<const int> c
   for (size_t b = 0; b < bags; ++b) {
     const int index = case_indices[b];
     if (index < 0 || index >= cohort.size())
-      throw ShapeError(fmt::format("gather_batch_on_device: bag {} names case {} of a cohort of {}", b, index,
-                                   cohort.size()));
+      throw ShapeError(
+          fmt::format("gather_batch_on_device: bag {} names case {} of a cohort of {}", b, index, cohort.size()));
     if (starts[b].size() > n)
       throw ShapeError(fmt::format("gather_batch_on_device: bag {} (case {}) has {} slabs, more than {} instances", b,
                                    cohort.case_id(index), starts[b].size(), n));
@@ -146,8 +147,8 @@ Tensor gather_batch_on_device(const DeviceCohort& cohort, std::span<const int> c
   DSMIL_CUDA_CHECK(cudaMemcpyAsync(device_jobs, jobs.data(), job_bytes, cudaMemcpyHostToDevice, stream), context());
   DSMIL_CUDA_CHECK(cudaMemcpyAsync(device_starts, row_starts.data(), start_bytes, cudaMemcpyHostToDevice, stream),
                    context());
-  const kernels::GatherGeometry geometry{static_cast<int64_t>(bags), instances_per_bag, grid.depth, grid.height,
-                                         grid.width, slab_depth};
+  const kernels::GatherGeometry geometry{
+      static_cast<int64_t>(bags), instances_per_bag, grid.depth, grid.height, grid.width, slab_depth};
   if (out == DType::F32)
     DSMIL_CUDA_CHECK(kernels::gather_bags(device_jobs, device_starts, geometry, x.data<float>(), stream), context());
   else

@@ -17,9 +17,7 @@
 namespace dsmil::data {
 
 NiftiError::NiftiError(std::filesystem::path path, std::string reason)
-    : FormatError(fmt::format("{}: {}", path.string(), reason)),
-      path_(std::move(path)),
-      reason_(std::move(reason)) {}
+    : FormatError(fmt::format("{}: {}", path.string(), reason)), path_(std::move(path)), reason_(std::move(reason)) {}
 
 namespace {
 
@@ -105,8 +103,8 @@ std::string dims_text(const HeaderFacts& f) {
 }
 
 // Checks a header against the file before anything is allocated; returns the voxel count.
-int64_t check_header(const std::filesystem::path& path, const HeaderFacts& f, int64_t file_bytes,
-                     bool gz, int bytes_per_voxel) {
+int64_t check_header(const std::filesystem::path& path, const HeaderFacts& f, int64_t file_bytes, bool gz,
+                     int bytes_per_voxel) {
   auto fail = [&](std::string reason) { throw NiftiError(path, std::move(reason)); };
   if (f.magic != fmt::format("n+{}", f.version)) {  // nifticlib refuses a magic of the other version, loudly
     fail(f.magic == "ni1" || f.magic == "ni2"
@@ -122,22 +120,21 @@ int64_t check_header(const std::filesystem::path& path, const HeaderFacts& f, in
   bool extra_dims = false;
   for (int64_t i = 4; i <= f.dim[0]; ++i) extra_dims = extra_dims || f.dim[i] > 1;
   if (f.dim[0] < 3 || extra_dims) {
-    fail(fmt::format("wrong dimensionality: {}-D image of size {} (a 3-D volume is required)",
-                     f.dim[0], dims_text(f)));
+    fail(fmt::format("wrong dimensionality: {}-D image of size {} (a 3-D volume is required)", f.dim[0], dims_text(f)));
   }
   if (bytes_per_voxel == 0) fail(fmt::format("unsupported datatype code {} (scalar types only)", f.datatype));
   // each dim <= 2^24, so the first product cannot overflow and bounds the second
   const int64_t slice_voxels = f.dim[1] * f.dim[2];
   if (slice_voxels > kMaxImageBytes || slice_voxels * f.dim[3] > kMaxImageBytes / bytes_per_voxel) {
-    fail(fmt::format("header claims {} voxels of {} bytes, beyond the {} byte limit for one image",
-                     dims_text(f), bytes_per_voxel, kMaxImageBytes));
+    fail(fmt::format("header claims {} voxels of {} bytes, beyond the {} byte limit for one image", dims_text(f),
+                     bytes_per_voxel, kMaxImageBytes));
   }
   const int64_t voxels = slice_voxels * f.dim[3];
   const int64_t data_bytes = voxels * bytes_per_voxel;
   if (f.vox_offset < f.header_bytes) fail(fmt::format("damaged header: vox_offset = {}", f.vox_offset));
   if (!gz && f.vox_offset + data_bytes > file_bytes) {
-    fail(fmt::format("truncated: header claims {} data bytes at offset {}, the file has {} bytes",
-                     data_bytes, f.vox_offset, file_bytes));
+    fail(fmt::format("truncated: header claims {} data bytes at offset {}, the file has {} bytes", data_bytes,
+                     f.vox_offset, file_bytes));
   }
   // deflate cannot compress better than about 1032:1, so a gzip file of file_bytes holds at most that
   constexpr int64_t kMaxDeflateRatio = 1032;
@@ -162,19 +159,29 @@ template <class Out>
 void convert_values(const std::filesystem::path& path, int datatype, const uint8_t* raw, int64_t n, double slope,
                     double inter, Out* out) {
   switch (datatype) {
-    case DT_UINT8: return convert_block<uint8_t>(raw, n, slope, inter, out);
-    case DT_INT8: return convert_block<int8_t>(raw, n, slope, inter, out);
-    case DT_INT16: return convert_block<int16_t>(raw, n, slope, inter, out);
-    case DT_UINT16: return convert_block<uint16_t>(raw, n, slope, inter, out);
-    case DT_INT32: return convert_block<int32_t>(raw, n, slope, inter, out);
-    case DT_UINT32: return convert_block<uint32_t>(raw, n, slope, inter, out);
-    case DT_INT64: return convert_block<int64_t>(raw, n, slope, inter, out);
-    case DT_UINT64: return convert_block<uint64_t>(raw, n, slope, inter, out);
-    case DT_FLOAT32: return convert_block<float>(raw, n, slope, inter, out);
-    case DT_FLOAT64: return convert_block<double>(raw, n, slope, inter, out);
+    case DT_UINT8:
+      return convert_block<uint8_t>(raw, n, slope, inter, out);
+    case DT_INT8:
+      return convert_block<int8_t>(raw, n, slope, inter, out);
+    case DT_INT16:
+      return convert_block<int16_t>(raw, n, slope, inter, out);
+    case DT_UINT16:
+      return convert_block<uint16_t>(raw, n, slope, inter, out);
+    case DT_INT32:
+      return convert_block<int32_t>(raw, n, slope, inter, out);
+    case DT_UINT32:
+      return convert_block<uint32_t>(raw, n, slope, inter, out);
+    case DT_INT64:
+      return convert_block<int64_t>(raw, n, slope, inter, out);
+    case DT_UINT64:
+      return convert_block<uint64_t>(raw, n, slope, inter, out);
+    case DT_FLOAT32:
+      return convert_block<float>(raw, n, slope, inter, out);
+    case DT_FLOAT64:
+      return convert_block<double>(raw, n, slope, inter, out);
     default:
-      throw NiftiError(path, fmt::format("unsupported datatype {} (scalar types only)",
-                                         nifti_datatype_string(datatype)));
+      throw NiftiError(path,
+                       fmt::format("unsupported datatype {} (scalar types only)", nifti_datatype_string(datatype)));
   }
 }
 
@@ -219,8 +226,8 @@ Image3D image_geometry(const std::filesystem::path& path, const HeaderFacts& fac
   } else if (nim.qform_code > 0) {
     image.voxel_to_world = to_affine(nim.qto_xyz);
   } else {
-    image.voxel_to_world = {{{image.spacing[0], 0, 0, 0}, {0, image.spacing[1], 0, 0},
-                             {0, 0, image.spacing[2], 0}, {0, 0, 0, 1}}};
+    image.voxel_to_world = {
+        {{image.spacing[0], 0, 0, 0}, {0, image.spacing[1], 0, 0}, {0, 0, image.spacing[2], 0}, {0, 0, 0, 1}}};
     image.oriented = false;
   }
   for (double d : image.spacing) {
@@ -253,8 +260,16 @@ Image3D image_geometry(const std::filesystem::path& path, const HeaderFacts& fac
 
 bool is_scalar_datatype(int datatype) {
   switch (datatype) {
-    case DT_UINT8: case DT_INT8: case DT_INT16: case DT_UINT16: case DT_INT32:
-    case DT_UINT32: case DT_INT64: case DT_UINT64: case DT_FLOAT32: case DT_FLOAT64:
+    case DT_UINT8:
+    case DT_INT8:
+    case DT_INT16:
+    case DT_UINT16:
+    case DT_INT32:
+    case DT_UINT32:
+    case DT_INT64:
+    case DT_UINT64:
+    case DT_FLOAT32:
+    case DT_FLOAT64:
       return true;
     default:
       return false;
@@ -281,9 +296,8 @@ Image3D read_nifti(const std::filesystem::path& path) {
   const int64_t voxels = check_header(path, facts, file_bytes, gz, bytes_per_voxel);
 
   // The header is sane: let nifticlib interpret it (byte order, qform/sform, scaling).
-  std::unique_ptr<nifti_image, NimDeleter> nim{
-      version == 1 ? nifti_convert_n1hdr2nim(raw_header.n1, path.c_str())
-                   : nifti_convert_n2hdr2nim(raw_header.n2, path.c_str())};
+  std::unique_ptr<nifti_image, NimDeleter> nim{version == 1 ? nifti_convert_n1hdr2nim(raw_header.n1, path.c_str())
+                                                            : nifti_convert_n2hdr2nim(raw_header.n2, path.c_str())};
   if (!nim) throw NiftiError(path, "damaged header (rejected by nifticlib)");
   Image3D image = image_geometry(path, facts, *nim);
 
@@ -353,8 +367,8 @@ nifti_1_header make_header(std::array<int64_t, 3> dims, int datatype, const Nift
   nim->qto_xyz = m;
   nim->sto_xyz = m;
   // the voxel size written to pixdim is the affine's column lengths, so both always agree
-  nifti_dmat44_to_quatern(m, &nim->quatern_b, &nim->quatern_c, &nim->quatern_d, &nim->qoffset_x,
-                          &nim->qoffset_y, &nim->qoffset_z, &nim->dx, &nim->dy, &nim->dz, &nim->qfac);
+  nifti_dmat44_to_quatern(m, &nim->quatern_b, &nim->quatern_c, &nim->quatern_d, &nim->qoffset_x, &nim->qoffset_y,
+                          &nim->qoffset_z, &nim->dx, &nim->dy, &nim->dz, &nim->qfac);
   nim->pixdim[1] = nim->dx;
   nim->pixdim[2] = nim->dy;
   nim->pixdim[3] = nim->dz;
@@ -373,8 +387,8 @@ void write_nifti(const std::filesystem::path& path, std::array<int64_t, 3> dims,
                  const NiftiWriteOptions& options) {
   quiet_nifticlib();
   if (static_cast<int64_t>(values.size()) != dims[0] * dims[1] * dims[2]) {
-    throw ShapeError(fmt::format("write_nifti {}: {} values for dims {}x{}x{}", path.string(), values.size(),
-                                 dims[0], dims[1], dims[2]));
+    throw ShapeError(fmt::format("write_nifti {}: {} values for dims {}x{}x{}", path.string(), values.size(), dims[0],
+                                 dims[1], dims[2]));
   }
   const nifti_1_header header = make_header(dims, nifti_datatype_of<T>(), options);
   const bool gz = has_gz_extension(path);
@@ -391,15 +405,15 @@ void write_nifti(const std::filesystem::path& path, std::array<int64_t, 3> dims,
   if (!ok) throw FormatError(fmt::format("{}: write failed (disk full?)", path.string()));
 }
 
-template void write_nifti<uint8_t>(const std::filesystem::path&, std::array<int64_t, 3>,
-                                   std::span<const uint8_t>, const NiftiWriteOptions&);
-template void write_nifti<int16_t>(const std::filesystem::path&, std::array<int64_t, 3>,
-                                   std::span<const int16_t>, const NiftiWriteOptions&);
-template void write_nifti<int32_t>(const std::filesystem::path&, std::array<int64_t, 3>,
-                                   std::span<const int32_t>, const NiftiWriteOptions&);
-template void write_nifti<float>(const std::filesystem::path&, std::array<int64_t, 3>,
-                                 std::span<const float>, const NiftiWriteOptions&);
-template void write_nifti<double>(const std::filesystem::path&, std::array<int64_t, 3>,
-                                  std::span<const double>, const NiftiWriteOptions&);
+template void write_nifti<uint8_t>(const std::filesystem::path&, std::array<int64_t, 3>, std::span<const uint8_t>,
+                                   const NiftiWriteOptions&);
+template void write_nifti<int16_t>(const std::filesystem::path&, std::array<int64_t, 3>, std::span<const int16_t>,
+                                   const NiftiWriteOptions&);
+template void write_nifti<int32_t>(const std::filesystem::path&, std::array<int64_t, 3>, std::span<const int32_t>,
+                                   const NiftiWriteOptions&);
+template void write_nifti<float>(const std::filesystem::path&, std::array<int64_t, 3>, std::span<const float>,
+                                 const NiftiWriteOptions&);
+template void write_nifti<double>(const std::filesystem::path&, std::array<int64_t, 3>, std::span<const double>,
+                                  const NiftiWriteOptions&);
 
 }  // namespace dsmil::data

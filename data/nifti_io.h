@@ -19,11 +19,11 @@ using Affine = std::array<std::array<double, 4>, 4>;  // voxel (i,j,k,1) -> worl
 // A 3-D scalar image: x fastest, then y, then z. read_nifti gives the file's voxel order; data/orientation.h
 // brings it to the canonical one (z axial), which read_case_images does for every case.
 struct Image3D {
-  std::array<int64_t, 3> dims{};     // nx, ny, nz
-  std::array<double, 3> spacing{};   // voxel size in mm (|pixdim[1..3]|)
-  Affine voxel_to_world{};           // sform if set, else qform, else diag(spacing)
-  bool oriented = true;              // false: the header sets neither sform nor qform (orientation unknown)
-  std::vector<float> values;         // nx*ny*nz values, scl_slope/scl_inter applied
+  std::array<int64_t, 3> dims{};    // nx, ny, nz
+  std::array<double, 3> spacing{};  // voxel size in mm (|pixdim[1..3]|)
+  Affine voxel_to_world{};          // sform if set, else qform, else diag(spacing)
+  bool oriented = true;             // false: the header sets neither sform nor qform (orientation unknown)
+  std::vector<float> values;        // nx*ny*nz values, scl_slope/scl_inter applied
 
   int64_t voxel_count() const { return dims[0] * dims[1] * dims[2]; }
   float at(int64_t x, int64_t y, int64_t z) const { return values[(z * dims[1] + y) * dims[0] + x]; }
@@ -57,9 +57,9 @@ Image3D read_nifti(const std::filesystem::path& path);
 
 struct NiftiWriteOptions {
   std::array<double, 3> spacing{1.0, 1.0, 1.0};  // mm
-  double scl_slope = 1.0;  // readers map a stored value v to scl_slope * v + scl_inter
+  double scl_slope = 1.0;                        // readers map a stored value v to scl_slope * v + scl_inter
   double scl_inter = 0.0;
-  int gzip_level = 6;      // for .nii.gz (1 = fastest); output has no timestamp: same data, same bytes
+  int gzip_level = 6;  // for .nii.gz (1 = fastest); output has no timestamp: same data, same bytes
   // qform = sform written to the file; unset: standard_affine(dims, spacing). Set it to the
   // source's voxel_to_world to write a map aligned with an input image (rotation + scaling only).
   std::optional<Affine> voxel_to_world;
@@ -72,7 +72,7 @@ Affine standard_affine(std::array<int64_t, 3> dims, std::array<double, 3> spacin
 // Writes a NIfTI-1 single file; the extension (.nii or .nii.gz) picks compression. T is one of
 // uint8_t, int16_t, int32_t, float, double. values.size() must equal nx*ny*nz.
 template <class T>
-void write_nifti(const std::filesystem::path& path, std::array<int64_t, 3> dims,
-                 std::span<const T> values, const NiftiWriteOptions& options = {});
+void write_nifti(const std::filesystem::path& path, std::array<int64_t, 3> dims, std::span<const T> values,
+                 const NiftiWriteOptions& options = {});
 
 }  // namespace dsmil::data

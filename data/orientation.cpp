@@ -109,8 +109,7 @@ Image3D reorder_to_canonical(const Image3D& stored, const AxisReorder& reorder) 
   canonical.dims = reorder.canonical_dims(stored.dims);
   canonical.oriented = stored.oriented;
   canonical.values.resize(stored.values.size());
-  for_each_voxel_pair(stored.dims, reorder,
-                      [&](int64_t c, int64_t s) { canonical.values[c] = stored.values[s]; });
+  for_each_voxel_pair(stored.dims, reorder, [&](int64_t c, int64_t s) { canonical.values[c] = stored.values[s]; });
   // canonical voxel index c is stored index t = Q c + q; its world position stays stored.voxel_to_world * t
   const Affine& m = stored.voxel_to_world;
   canonical.voxel_to_world = m;

@@ -38,7 +38,8 @@ GridShape parse_grid(std::string_view text) {
 
 void CaseVolume::copy_image(std::span<float> out) const {
   if (out.size() != image.size()) {
-    throw ShapeError(fmt::format("copy_image {}: buffer of {} floats for {} values", case_id, out.size(), image.size()));
+    throw ShapeError(
+        fmt::format("copy_image {}: buffer of {} floats for {} values", case_id, out.size(), image.size()));
   }
   const auto& table = half_to_float_table();
   for (size_t i = 0; i < image.size(); ++i) out[i] = table[image[i]];
@@ -245,10 +246,9 @@ std::shared_ptr<std::vector<uint8_t>> build_entry(const CaseFiles& files, const 
             index(tx.lower[w], ty.lower[h], tz.upper[d]), index(tx.upper[w], ty.lower[h], tz.upper[d]),
             index(tx.lower[w], ty.upper[h], tz.upper[d]), index(tx.upper[w], ty.upper[h], tz.upper[d])};
         const float wx = tx.upper_weight[w], wy = ty.upper_weight[h], wz = tz.upper_weight[d];
-        const float weight[8] = {(1 - wx) * (1 - wy) * (1 - wz), wx * (1 - wy) * (1 - wz),
-                                 (1 - wx) * wy * (1 - wz),       wx * wy * (1 - wz),
-                                 (1 - wx) * (1 - wy) * wz,       wx * (1 - wy) * wz,
-                                 (1 - wx) * wy * wz,             wx * wy * wz};
+        const float weight[8] = {
+            (1 - wx) * (1 - wy) * (1 - wz), wx * (1 - wy) * (1 - wz), (1 - wx) * wy * (1 - wz), wx * wy * (1 - wz),
+            (1 - wx) * (1 - wy) * wz,       wx * (1 - wy) * wz,       (1 - wx) * wy * wz,       wx * wy * wz};
         for (int m = 0; m < kModalities; ++m) {
           const auto& v = images.modalities[m].values;
           float value = 0.0f;  // z-scores of the corners, 0 for corners outside the brain
@@ -367,7 +367,7 @@ struct MappedFile {
 MappedFile map_file(const fs::path& path) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return {};
-  struct stat st{};
+  struct stat st {};
   void* address = MAP_FAILED;
   if (::fstat(fd, &st) == 0 && st.st_size > 0) {
     address = ::mmap(nullptr, static_cast<size_t>(st.st_size), PROT_READ, MAP_SHARED, fd, 0);
@@ -492,8 +492,9 @@ CaseImages read_source(const CaseFiles& files, const fs::path& entry, const std:
   try {
     return read_case_images(files);
   } catch (const CaseError& e) {
-    throw CaseError({files.case_id, entry, fmt::format("cache entry damaged ({}) and cannot be rebuilt: {}: {}", damage,
-                                                       e.detail().file.string(), e.detail().reason)});
+    throw CaseError({files.case_id, entry,
+                     fmt::format("cache entry damaged ({}) and cannot be rebuilt: {}: {}", damage,
+                                 e.detail().file.string(), e.detail().reason)});
   }
 }
 
@@ -534,7 +535,8 @@ PreprocessedCohort preprocess_cohort(std::span<const CaseFiles> cases, const Pre
   if (!options.cache_dir.empty()) {
     std::error_code ec;
     fs::create_directories(options.cache_dir, ec);
-    if (ec) throw FormatError(fmt::format("{}: cannot create cache folder: {}", options.cache_dir.string(), ec.message()));
+    if (ec)
+      throw FormatError(fmt::format("{}: cannot create cache folder: {}", options.cache_dir.string(), ec.message()));
   }
   if (cases.empty()) throw FormatError("preprocess: no case given");
   const size_t n = cases.size();

@@ -53,13 +53,13 @@ struct CaseVolume {
   std::string patient_id;
   int label = -1;  // kLabelHGG = 1, kLabelLGG = 0
   GridShape grid;
-  std::span<const uint16_t> image;       // [4][D][H][W] float16
-  std::span<const uint8_t> brain_mask;   // [D][H][W], 0/1
-  std::span<const uint8_t> seg;          // [D][H][W] BraTS labels 0/1/2/4; empty when the case has none
-  int brain_z_begin = 0;                 // axial slices [begin, end) hold brain
+  std::span<const uint16_t> image;      // [4][D][H][W] float16
+  std::span<const uint8_t> brain_mask;  // [D][H][W], 0/1
+  std::span<const uint8_t> seg;         // [D][H][W] BraTS labels 0/1/2/4; empty when the case has none
+  int brain_z_begin = 0;                // axial slices [begin, end) hold brain
   int brain_z_end = 0;
-  std::vector<uint8_t> slice_has_brain;  // [D], 1 when the slice has mask voxels
-  std::vector<uint8_t> slice_has_tumour; // [D], 1 when the slice has seg > 0 (all 0 without seg)
+  std::vector<uint8_t> slice_has_brain;   // [D], 1 when the slice has mask voxels
+  std::vector<uint8_t> slice_has_tumour;  // [D], 1 when the slice has seg > 0 (all 0 without seg)
   SourceBox source_box;
   std::shared_ptr<const void> storage;
 
@@ -89,10 +89,10 @@ struct PreprocessOptions {
 };
 
 struct PreprocessedCohort {
-  std::vector<CaseVolume> cases;      // in input order, bad cases left out
-  std::vector<SkippedCase> skipped;   // under BadCasePolicy::skip
-  int cache_hits = 0;                 // entries that were valid and mapped
-  int cache_builds = 0;               // entries (re)built: new, changed input/params, or damaged
+  std::vector<CaseVolume> cases;     // in input order, bad cases left out
+  std::vector<SkippedCase> skipped;  // under BadCasePolicy::skip
+  int cache_hits = 0;                // entries that were valid and mapped
+  int cache_builds = 0;              // entries (re)built: new, changed input/params, or damaged
   double seconds = 0.0;
 };
 

@@ -27,9 +27,7 @@ constexpr uint64_t derive_seed(uint64_t seed, std::initializer_list<uint64_t> pa
   return h;
 }
 
-inline Rng make_rng(uint64_t seed, std::initializer_list<uint64_t> path = {}) {
-  return Rng{derive_seed(seed, path)};
-}
+inline Rng make_rng(uint64_t seed, std::initializer_list<uint64_t> path = {}) { return Rng{derive_seed(seed, path)}; }
 
 // Uniform integer in [0, n) without modulo bias (Lemire's multiply-shift with rejection). n > 0.
 inline uint64_t uniform_index(Rng& rng, uint64_t n) {

@@ -43,10 +43,14 @@ InstanceSampling parse_instance_sampling(std::string_view text) {
 
 std::string_view instance_sampling_name(InstanceSampling sampling) {
   switch (sampling) {
-    case InstanceSampling::random: return "random";
-    case InstanceSampling::stratified: return "stratified";
-    case InstanceSampling::fixed: return "fixed";
-    case InstanceSampling::all: return "all";
+    case InstanceSampling::random:
+      return "random";
+    case InstanceSampling::stratified:
+      return "stratified";
+    case InstanceSampling::fixed:
+      return "fixed";
+    case InstanceSampling::all:
+      return "all";
   }
   return "unknown";
 }
@@ -86,7 +90,8 @@ std::vector<int> sample_instances(std::span<const int> positions, int n, Instanc
       }
       break;
     }
-    case InstanceSampling::all: break;
+    case InstanceSampling::all:
+      break;
   }
   std::sort(picked.begin(), picked.end());
   return picked;
@@ -110,7 +115,8 @@ std::vector<int> epoch_case_order(std::span<const int> labels, CaseSampling samp
   // then a uniform case of it. Equal to weights 1/count(class) per case.
   std::vector<int> by_class[2];
   for (int i = 0; i < n; ++i) {
-    if (labels[i] != 0 && labels[i] != 1) throw Error(fmt::format("epoch_case_order: label {} is not 0 or 1", labels[i]));
+    if (labels[i] != 0 && labels[i] != 1)
+      throw Error(fmt::format("epoch_case_order: label {} is not 0 or 1", labels[i]));
     by_class[labels[i]].push_back(i);
   }
   const bool both = !by_class[0].empty() && !by_class[1].empty();
@@ -151,7 +157,8 @@ void gather_bag(const CaseVolume& c, std::span<const int> starts, int slab_depth
   float* dst = out.data();
   for (const int start : starts) {
     if (start < 0 || start + slab_depth > D) {
-      throw ShapeError(fmt::format("gather_bag {}: slab [{}, {}) outside depth {}", c.case_id, start, start + slab_depth, D));
+      throw ShapeError(
+          fmt::format("gather_bag {}: slab [{}, {}) outside depth {}", c.case_id, start, start + slab_depth, D));
     }
     for (int z = start; z < start + slab_depth; ++z) {
       for (int y = 0; y < H; ++y) {
@@ -166,8 +173,8 @@ void gather_bag(const CaseVolume& c, std::span<const int> starts, int slab_depth
           const size_t source = z * slice + static_cast<size_t>(sy) * W + sx;
           const bool brain = c.brain_mask[source] != 0;
           for (int ch = 0; ch < 4; ++ch) {
-            dst[ch] = brain ? table[c.image[ch * voxels + source]] * augmentation.scale[ch] + augmentation.offset[ch]
-                            : 0.0f;
+            dst[ch] =
+                brain ? table[c.image[ch * voxels + source]] * augmentation.scale[ch] + augmentation.offset[ch] : 0.0f;
           }
         }
       }

@@ -46,10 +46,10 @@ std::vector<int> epoch_case_order(std::span<const int> labels, CaseSampling samp
 // Augmentation of a bag (all its instances alike). Defaults are on; `enabled = false` turns all off.
 struct AugmentParams {
   bool enabled = true;
-  double flip_probability = 0.5;      // left-right flip (W axis)
-  int max_shift = 8;                  // in-plane integer shift, uniform in [-max_shift, max_shift] (H and W)
-  double intensity_scale = 0.1;       // per modality: v * U(1 - s, 1 + s) ...
-  double intensity_shift = 0.1;       // ... + U(-t, t), applied inside the brain mask only
+  double flip_probability = 0.5;  // left-right flip (W axis)
+  int max_shift = 8;              // in-plane integer shift, uniform in [-max_shift, max_shift] (H and W)
+  double intensity_scale = 0.1;   // per modality: v * U(1 - s, 1 + s) ...
+  double intensity_shift = 0.1;   // ... + U(-t, t), applied inside the brain mask only
 };
 
 // One bag's drawn augmentation, so that a device implementation can apply exactly what the CPU

@@ -67,13 +67,13 @@ Splits make_splits(std::span<const int> labels, std::span<const std::string> gro
       if (all_groups[g].label == cls) members.push_back(g);
     }
     shuffle(members, rng);
-    std::stable_sort(members.begin(), members.end(), [&](int a, int b) {
-      return all_groups[a].cases.size() > all_groups[b].cases.size();
-    });
+    std::stable_sort(members.begin(), members.end(),
+                     [&](int a, int b) { return all_groups[a].cases.size() > all_groups[b].cases.size(); });
     for (int g : members) {
       int best = 0;
       for (int f = 1; f < K; ++f) {
-        if (std::tie(class_count[f][cls], total_count[f]) < std::tie(class_count[best][cls], total_count[best])) best = f;
+        if (std::tie(class_count[f][cls], total_count[f]) < std::tie(class_count[best][cls], total_count[best]))
+          best = f;
       }
       fold_of_group[g] = best;
       class_count[best][cls] += static_cast<int>(all_groups[g].cases.size());
@@ -154,8 +154,8 @@ Splits read_splits_json(const std::filesystem::path& path, std::span<const std::
     for (const auto& entry : doc.at("splits")) {
       Fold fold;
       std::vector<int> seen(case_ids.size(), 0);
-      for (auto [name, target] : {std::pair{"train", &fold.train}, std::pair{"inner_val", &fold.inner_val},
-                                  std::pair{"test", &fold.test}}) {
+      for (auto [name, target] :
+           {std::pair{"train", &fold.train}, std::pair{"inner_val", &fold.inner_val}, std::pair{"test", &fold.test}}) {
         for (const auto& id : entry.at(name)) {
           const auto it = index_of.find(id.get<std::string>());
           if (it == index_of.end()) {
@@ -176,8 +176,8 @@ Splits read_splits_json(const std::filesystem::path& path, std::span<const std::
       splits.folds.push_back(std::move(fold));
     }
     if (static_cast<int>(splits.folds.size()) != splits.options.folds) {
-      throw FormatError(fmt::format("{}: {} folds listed, header says {}", path.string(), splits.folds.size(),
-                                    splits.options.folds));
+      throw FormatError(
+          fmt::format("{}: {} folds listed, header says {}", path.string(), splits.folds.size(), splits.options.folds));
     }
     return splits;
   } catch (const nlohmann::json::exception& e) {

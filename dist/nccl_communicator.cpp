@@ -15,12 +15,12 @@ namespace dsmil::dist {
 namespace {
 
 // Every NCCL call goes through this: the call and what it was for, as a typed error.
-#define DSMIL_NCCL_CHECK(call, context)                                                                      \
-  do {                                                                                                       \
-    const ncclResult_t dsmil_nccl_result = (call);                                                           \
-    if (dsmil_nccl_result != ncclSuccess)                                                                    \
-      throw DeviceError(fmt::format("{}: {} failed: {} ({})", (context), #call,                              \
-                                    ncclGetErrorString(dsmil_nccl_result), ncclGetLastError(nullptr)));     \
+#define DSMIL_NCCL_CHECK(call, context)                                                                                \
+  do {                                                                                                                 \
+    const ncclResult_t dsmil_nccl_result = (call);                                                                     \
+    if (dsmil_nccl_result != ncclSuccess)                                                                              \
+      throw DeviceError(fmt::format("{}: {} failed: {} ({})", (context), #call, ncclGetErrorString(dsmil_nccl_result), \
+                                    ncclGetLastError(nullptr)));                                                       \
   } while (0)
 
 constexpr std::chrono::seconds kRendezvousTimeout{300};

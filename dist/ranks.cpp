@@ -45,11 +45,11 @@ RankInfo rank_from_environment(const EnvironmentLookup& lookup) {
   for (const LauncherVariables& v : kLaunchers) {
     const char *rank = lookup(v.rank), *world = lookup(v.world_size), *local = lookup(v.local_rank);
     if (!rank || !world) continue;
-    RankInfo info{parse_count(v.rank, rank), parse_count(v.world_size, world), local ? parse_count(v.local_rank, local) : 0,
-                  v.launcher};
+    RankInfo info{parse_count(v.rank, rank), parse_count(v.world_size, world),
+                  local ? parse_count(v.local_rank, local) : 0, v.launcher};
     if (info.world_size < 1 || info.rank >= info.world_size)
-      throw Error(fmt::format("{}={} with {}={}: the rank must lie in [0, world size)", v.rank, info.rank,
-                              v.world_size, info.world_size));
+      throw Error(fmt::format("{}={} with {}={}: the rank must lie in [0, world size)", v.rank, info.rank, v.world_size,
+                              info.world_size));
     return info;
   }
   return RankInfo{};
@@ -58,16 +58,18 @@ RankInfo rank_from_environment(const EnvironmentLookup& lookup) {
 fs::path rendezvous_path(const EnvironmentLookup& lookup) {
   const char* path = lookup("DSMIL_RENDEZVOUS");
   if (!path || !*path)
-    throw Error("data-parallel run: set DSMIL_RENDEZVOUS to a fresh file path on a filesystem every rank sees "
-                "(`dsmil cv --nproc N` sets it itself)");
+    throw Error(
+        "data-parallel run: set DSMIL_RENDEZVOUS to a fresh file path on a filesystem every rank sees "
+        "(`dsmil cv --nproc N` sets it itself)");
   return path;
 }
 
 void publish_rendezvous(const fs::path& path, const std::string& bytes) {
   if (fs::exists(path))
-    throw Error(fmt::format("rendezvous {}: the file exists already (left by an earlier job?); remove it or name a "
-                            "fresh one in DSMIL_RENDEZVOUS",
-                            path.string()));
+    throw Error(
+        fmt::format("rendezvous {}: the file exists already (left by an earlier job?); remove it or name a "
+                    "fresh one in DSMIL_RENDEZVOUS",
+                    path.string()));
   const fs::path partial = path.string() + ".partial";
   {
     std::ofstream out(partial, std::ios::binary | std::ios::trunc);

@@ -26,7 +26,9 @@ RankInfo rank_from_environment(const EnvironmentLookup& lookup = [](const char* 
 
 // DSMIL_RENDEZVOUS: a file path all ranks see, fresh for each job (the --nproc launcher makes one; with
 // mpirun or srun put the job id in it). Throws dsmil::Error when unset.
-std::filesystem::path rendezvous_path(const EnvironmentLookup& lookup = [](const char* name) { return std::getenv(name); });
+std::filesystem::path rendezvous_path(const EnvironmentLookup& lookup = [](const char* name) {
+  return std::getenv(name);
+});
 
 // Rank 0 writes `bytes` to a temporary file beside `path` and renames it into place, so that a reader
 // never sees part of it; it refuses a path that already exists (a stale file would hand out an old id).

@@ -185,7 +185,9 @@ cudaError_t launch_eval_normalize(const T* x, const float* gamma, const float* b
 }
 
 // Blocks for one warp per channel.
-unsigned channel_warp_blocks(int64_t channels) { return static_cast<unsigned>((channels * 32 + kThreads - 1) / kThreads); }
+unsigned channel_warp_blocks(int64_t channels) {
+  return static_cast<unsigned>((channels * 32 + kThreads - 1) / kThreads);
+}
 
 }  // namespace
 
@@ -193,14 +195,14 @@ int64_t batchnorm_scratch_size(int64_t rows, int64_t channels) { return chunk_co
 
 template <typename T>
 cudaError_t batchnorm_statistics(const T* x, float* running_mean, float* running_var, float momentum, float eps,
-                                 int64_t rows, int64_t channels, float* save_mean, float* save_invstd,
-                                 double* scratch, cudaStream_t stream) {
+                                 int64_t rows, int64_t channels, float* save_mean, float* save_invstd, double* scratch,
+                                 cudaStream_t stream) {
   if (channels == 0) return cudaSuccess;
   const int64_t chunks = chunk_count(rows, channels);
   const int64_t chunk_rows = (rows + chunks - 1) / chunks;
   const dim3 grid(static_cast<unsigned>(channel_tiles(channels)), static_cast<unsigned>(chunks));
-  partial_sums_kernel<Moments::Forward, T><<<grid, dim3(32, kRowLanes), 0, stream>>>(
-      x, nullptr, nullptr, nullptr, rows, channels, chunk_rows, scratch);
+  partial_sums_kernel<Moments::Forward, T>
+      <<<grid, dim3(32, kRowLanes), 0, stream>>>(x, nullptr, nullptr, nullptr, rows, channels, chunk_rows, scratch);
   if (const cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
   finalize_train_kernel<<<channel_warp_blocks(channels), kThreads, 0, stream>>>(
       scratch, chunks, rows, channels, momentum, eps, running_mean, running_var, save_mean, save_invstd);
@@ -209,12 +211,11 @@ cudaError_t batchnorm_statistics(const T* x, float* running_mean, float* running
 
 template <typename T>
 cudaError_t batchnorm_forward_train(const T* x, const float* gamma, const float* beta, float* running_mean,
-                                    float* running_var, float momentum, float eps, int64_t rows, int64_t channels,
-                                    T* y, float* save_mean, float* save_invstd, double* scratch,
-                                    cudaStream_t stream) {
+                                    float* running_var, float momentum, float eps, int64_t rows, int64_t channels, T* y,
+                                    float* save_mean, float* save_invstd, double* scratch, cudaStream_t stream) {
   if (channels == 0) return cudaSuccess;
-  if (const cudaError_t e = batchnorm_statistics(x, running_mean, running_var, momentum, eps, rows, channels,
-                                                 save_mean, save_invstd, scratch, stream);
+  if (const cudaError_t e = batchnorm_statistics(x, running_mean, running_var, momentum, eps, rows, channels, save_mean,
+                                                 save_invstd, scratch, stream);
       e != cudaSuccess)
     return e;
   const int64_t n = rows * channels;
@@ -231,8 +232,7 @@ cudaError_t batchnorm_forward_eval(const T* x, const float* gamma, const float* 
   if (rows == 0 || channels == 0) return cudaSuccess;
   constexpr int kWide = kVectorWidth<T>;
   if (channels % kWide == 0 && vector_aligned({x, y}))
-    return launch_eval_normalize<T, kWide>(x, gamma, beta, running_mean, running_var, eps, rows, channels, y,
-                                           stream);
+    return launch_eval_normalize<T, kWide>(x, gamma, beta, running_mean, running_var, eps, rows, channels, y, stream);
   return launch_eval_normalize<T, 1>(x, gamma, beta, running_mean, running_var, eps, rows, channels, y, stream);
 }
 
@@ -244,10 +244,11 @@ cudaError_t batchnorm_backward(const T* dy, const T* x, const float* gamma, cons
   const int64_t chunks = chunk_count(rows, channels);
   const int64_t chunk_rows = (rows + chunks - 1) / chunks;
   const dim3 grid(static_cast<unsigned>(channel_tiles(channels)), static_cast<unsigned>(chunks));
-  partial_sums_kernel<Moments::Backward, T><<<grid, dim3(32, kRowLanes), 0, stream>>>(
-      dy, x, save_mean, save_invstd, rows, channels, chunk_rows, scratch);
+  partial_sums_kernel<Moments::Backward, T>
+      <<<grid, dim3(32, kRowLanes), 0, stream>>>(dy, x, save_mean, save_invstd, rows, channels, chunk_rows, scratch);
   if (const cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
-  finalize_backward_kernel<<<channel_warp_blocks(channels), kThreads, 0, stream>>>(scratch, chunks, channels, dgamma, dbeta);
+  finalize_backward_kernel<<<channel_warp_blocks(channels), kThreads, 0, stream>>>(scratch, chunks, channels, dgamma,
+                                                                                   dbeta);
   if (const cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
   const int64_t n = rows * channels;
   if (n == 0) return cudaSuccess;
@@ -266,15 +267,15 @@ template cudaError_t batchnorm_forward_train<float>(const float*, const float*, 
 template cudaError_t batchnorm_forward_train<__nv_bfloat16>(const __nv_bfloat16*, const float*, const float*, float*,
                                                             float*, float, float, int64_t, int64_t, __nv_bfloat16*,
                                                             float*, float*, double*, cudaStream_t);
-template cudaError_t batchnorm_forward_eval<float>(const float*, const float*, const float*, const float*,
-                                                   const float*, float, int64_t, int64_t, float*, cudaStream_t);
+template cudaError_t batchnorm_forward_eval<float>(const float*, const float*, const float*, const float*, const float*,
+                                                   float, int64_t, int64_t, float*, cudaStream_t);
 template cudaError_t batchnorm_forward_eval<__nv_bfloat16>(const __nv_bfloat16*, const float*, const float*,
                                                            const float*, const float*, float, int64_t, int64_t,
                                                            __nv_bfloat16*, cudaStream_t);
 template cudaError_t batchnorm_backward<float>(const float*, const float*, const float*, const float*, const float*,
                                                int64_t, int64_t, float*, float*, float*, double*, cudaStream_t);
 template cudaError_t batchnorm_backward<__nv_bfloat16>(const __nv_bfloat16*, const __nv_bfloat16*, const float*,
-                                                       const float*, const float*, int64_t, int64_t,
-                                                       __nv_bfloat16*, float*, float*, double*, cudaStream_t);
+                                                       const float*, const float*, int64_t, int64_t, __nv_bfloat16*,
+                                                       float*, float*, double*, cudaStream_t);
 
 }  // namespace dsmil::kernels

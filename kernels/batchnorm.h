@@ -16,16 +16,15 @@ int64_t batchnorm_scratch_size(int64_t rows, int64_t channels);
 // Fused consumers (kernels/batchnorm_relu.cu) apply the normalisation themselves.
 template <typename T>
 cudaError_t batchnorm_statistics(const T* x, float* running_mean, float* running_var, float momentum, float eps,
-                                 int64_t rows, int64_t channels, float* save_mean, float* save_invstd,
-                                 double* scratch, cudaStream_t stream);
+                                 int64_t rows, int64_t channels, float* save_mean, float* save_invstd, double* scratch,
+                                 cudaStream_t stream);
 
 // y = gamma (x - mean) invstd + beta with the batch's biased variance; writes save_mean, save_invstd
 // = 1/sqrt(var + eps) and updates running = (1 - momentum) running + momentum batch (unbiased var).
 template <typename T>
 cudaError_t batchnorm_forward_train(const T* x, const float* gamma, const float* beta, float* running_mean,
-                                    float* running_var, float momentum, float eps, int64_t rows, int64_t channels,
-                                    T* y, float* save_mean, float* save_invstd, double* scratch,
-                                    cudaStream_t stream);
+                                    float* running_var, float momentum, float eps, int64_t rows, int64_t channels, T* y,
+                                    float* save_mean, float* save_invstd, double* scratch, cudaStream_t stream);
 // y = gamma (x - running_mean) / sqrt(running_var + eps) + beta.
 template <typename T>
 cudaError_t batchnorm_forward_eval(const T* x, const float* gamma, const float* beta, const float* running_mean,

@@ -215,10 +215,10 @@ __global__ void backward_finalize_kernel(const double* __restrict__ partial, int
 
 // dx = a (s[n] g - mean_b - (x - mean) w), g read from stored_g when given, else dy [y > 0].
 template <typename T, int V>
-__global__ void backward_data_kernel(const T* __restrict__ dy, const T* __restrict__ y,
-                                     const T* __restrict__ stored_g, const T* __restrict__ x,
-                                     const float* __restrict__ mean, const float* __restrict__ coef,
-                                     SampleFactor factor, int64_t rows, int64_t channels, T* __restrict__ dx) {
+__global__ void backward_data_kernel(const T* __restrict__ dy, const T* __restrict__ y, const T* __restrict__ stored_g,
+                                     const T* __restrict__ x, const float* __restrict__ mean,
+                                     const float* __restrict__ coef, SampleFactor factor, int64_t rows,
+                                     int64_t channels, T* __restrict__ dx) {
   const int64_t c0 = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) * V;
   if (c0 >= channels) return;
   float a[V], mean_b[V], w[V], centre[V];
@@ -272,8 +272,8 @@ cudaError_t batchnorm_relu_forward_train(const T* x, const float* gamma, const f
                                          SampleFactor factor, int64_t rows, int64_t channels, T* y, float* save_mean,
                                          float* save_invstd, double* scratch, cudaStream_t stream) {
   if (channels == 0) return cudaSuccess;
-  if (const cudaError_t e = batchnorm_statistics(x, running_mean, running_var, momentum, eps, rows, channels,
-                                                 save_mean, save_invstd, scratch, stream);
+  if (const cudaError_t e = batchnorm_statistics(x, running_mean, running_var, momentum, eps, rows, channels, save_mean,
+                                                 save_invstd, scratch, stream);
       e != cudaSuccess)
     return e;
   return launch_forward(x, residual, factor, gamma, beta, save_mean, save_invstd, nullptr, 0.0f, rows, channels, y,
@@ -281,10 +281,9 @@ cudaError_t batchnorm_relu_forward_train(const T* x, const float* gamma, const f
 }
 
 template <typename T>
-cudaError_t batchnorm_relu_forward_eval(const T* x, const float* gamma, const float* beta,
-                                        const float* running_mean, const float* running_var, float eps,
-                                        const T* residual, SampleFactor factor, int64_t rows, int64_t channels, T* y,
-                                        cudaStream_t stream) {
+cudaError_t batchnorm_relu_forward_eval(const T* x, const float* gamma, const float* beta, const float* running_mean,
+                                        const float* running_var, float eps, const T* residual, SampleFactor factor,
+                                        int64_t rows, int64_t channels, T* y, cudaStream_t stream) {
   return launch_forward(x, residual, factor, gamma, beta, running_mean, nullptr, running_var, eps, rows, channels, y,
                         stream);
 }
@@ -296,9 +295,9 @@ int64_t batchnorm_relu_backward_scratch_bytes(int64_t rows, int64_t channels) {
 
 template <typename T>
 cudaError_t batchnorm_relu_backward(const T* dy, const T* y, const T* x, const float* gamma, const float* save_mean,
-                                    const float* save_invstd, SampleFactor factor, int64_t rows,
-                                    int64_t channels, T* dx, float* dgamma, float* dbeta, T* d_residual,
-                                    void* scratch, cudaStream_t stream) {
+                                    const float* save_invstd, SampleFactor factor, int64_t rows, int64_t channels,
+                                    T* dx, float* dgamma, float* dbeta, T* d_residual, void* scratch,
+                                    cudaStream_t stream) {
   if (rows == 0 || channels == 0) return cudaSuccess;
   double* partial = static_cast<double*>(scratch);
   float* coef = reinterpret_cast<float*>(partial + chunk_capacity(rows) * 2 * channels);
@@ -320,15 +319,15 @@ cudaError_t batchnorm_relu_backward(const T* dy, const T* y, const T* x, const f
   });
 }
 
-#define DSMIL_INSTANTIATE_BATCHNORM_RELU(T)                                                                        \
-  template cudaError_t batchnorm_relu_forward_train<T>(const T*, const float*, const float*, float*, float*, float, \
-                                                       float, const T*, SampleFactor, int64_t, int64_t, T*, float*, \
-                                                       float*, double*, cudaStream_t);                             \
-  template cudaError_t batchnorm_relu_forward_eval<T>(const T*, const float*, const float*, const float*,           \
+#define DSMIL_INSTANTIATE_BATCHNORM_RELU(T)                                                                          \
+  template cudaError_t batchnorm_relu_forward_train<T>(const T*, const float*, const float*, float*, float*, float,  \
+                                                       float, const T*, SampleFactor, int64_t, int64_t, T*, float*,  \
+                                                       float*, double*, cudaStream_t);                               \
+  template cudaError_t batchnorm_relu_forward_eval<T>(const T*, const float*, const float*, const float*,            \
                                                       const float*, float, const T*, SampleFactor, int64_t, int64_t, \
-                                                      T*, cudaStream_t);                                           \
-  template cudaError_t batchnorm_relu_backward<T>(const T*, const T*, const T*, const float*, const float*,         \
-                                                  const float*, SampleFactor, int64_t, int64_t, T*, float*, float*, \
+                                                      T*, cudaStream_t);                                             \
+  template cudaError_t batchnorm_relu_backward<T>(const T*, const T*, const T*, const float*, const float*,          \
+                                                  const float*, SampleFactor, int64_t, int64_t, T*, float*, float*,  \
                                                   T*, void*, cudaStream_t);
 DSMIL_INSTANTIATE_BATCHNORM_RELU(float)
 DSMIL_INSTANTIATE_BATCHNORM_RELU(__nv_bfloat16)

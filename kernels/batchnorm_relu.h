@@ -25,10 +25,9 @@ cudaError_t batchnorm_relu_forward_train(const T* x, const float* gamma, const f
                                          float* save_invstd, double* scratch, cudaStream_t stream);
 // Evaluation: the same pass with mean = running_mean, invstd = 1 / sqrt(running_var + eps).
 template <typename T>
-cudaError_t batchnorm_relu_forward_eval(const T* x, const float* gamma, const float* beta,
-                                        const float* running_mean, const float* running_var, float eps,
-                                        const T* residual, SampleFactor factor, int64_t rows, int64_t channels, T* y,
-                                        cudaStream_t stream);
+cudaError_t batchnorm_relu_forward_eval(const T* x, const float* gamma, const float* beta, const float* running_mean,
+                                        const float* running_var, float eps, const T* residual, SampleFactor factor,
+                                        int64_t rows, int64_t channels, T* y, cudaStream_t stream);
 
 // Bytes of scratch that batchnorm_relu_backward needs.
 int64_t batchnorm_relu_backward_scratch_bytes(int64_t rows, int64_t channels);
@@ -40,8 +39,8 @@ int64_t batchnorm_relu_backward_scratch_bytes(int64_t rows, int64_t channels);
 // and x).
 template <typename T>
 cudaError_t batchnorm_relu_backward(const T* dy, const T* y, const T* x, const float* gamma, const float* save_mean,
-                                    const float* save_invstd, SampleFactor factor, int64_t rows,
-                                    int64_t channels, T* dx, float* dgamma, float* dbeta, T* d_residual,
-                                    void* scratch, cudaStream_t stream);
+                                    const float* save_invstd, SampleFactor factor, int64_t rows, int64_t channels,
+                                    T* dx, float* dgamma, float* dbeta, T* d_residual, void* scratch,
+                                    cudaStream_t stream);
 
 }  // namespace dsmil::kernels

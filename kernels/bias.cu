@@ -10,8 +10,8 @@ namespace dsmil::kernels {
 namespace {
 
 template <typename T>
-__global__ void add_bias_kernel(const T* __restrict__ x, const float* __restrict__ bias, T* __restrict__ y,
-                                int64_t n, int64_t cols) {
+__global__ void add_bias_kernel(const T* __restrict__ x, const float* __restrict__ bias, T* __restrict__ y, int64_t n,
+                                int64_t cols) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
     y[i] = from_float<T>(to_float(x[i]) + bias[i % cols]);
 }

@@ -33,8 +33,8 @@ constexpr int kBlockThreads = kWarps * 32;
 constexpr int kLoadsInFlight = 8;
 // Row pitches in shared memory, padded so that the 16 rows a fragment load or store touches fall in
 // different banks (64 bf16 or 64 floats per row would put every row in the same 8 banks).
-constexpr int kFilterPitch = kTileK + 8;    // bf16
-constexpr int kStagePitch = kTileK + 4;     // float
+constexpr int kFilterPitch = kTileK + 8;  // bf16
+constexpr int kStagePitch = kTileK + 4;   // float
 constexpr int kChannels = static_cast<int>(kConv16Channels);
 
 struct Tiling {
@@ -63,8 +63,8 @@ Tiling tiling_for(const Conv16Forward& p) {
 // tile's input window [t][i][j][c] during the products and each warp's fp32 results [16][kStagePitch] after.
 // Blocks loop over tiles (grid = one block per SM), so the filter slice is loaded once per block.
 __global__ void __launch_bounds__(kBlockThreads, 1)
-    conv16_forward_kernel(const bf16* __restrict__ x, const bf16* __restrict__ w, bf16* __restrict__ y,
-                          Conv16Forward p, Tiling tiling) {
+    conv16_forward_kernel(const bf16* __restrict__ x, const bf16* __restrict__ w, bf16* __restrict__ y, Conv16Forward p,
+                          Tiling tiling) {
   extern __shared__ __align__(128) unsigned char shared[];
   bf16* filter = reinterpret_cast<bf16*>(shared);
   bf16* window = reinterpret_cast<bf16*>(shared + tiling.filter_bytes);
@@ -103,7 +103,8 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
         const int64_t d = od + t - p.pad[0], h = h0 + i - p.pad[1], wi = w0 + j - p.pad[2];
         values[u] = make_uint4(0, 0, 0, 0);
         if (q < halves && d >= 0 && d < p.x.d && h >= 0 && h < p.x.h && wi >= 0 && wi < p.x.w)
-          values[u] = reinterpret_cast<const uint4*>(x + (((n * p.x.d + d) * p.x.h + h) * p.x.w + wi) * kChannels)[half];
+          values[u] =
+              reinterpret_cast<const uint4*>(x + (((n * p.x.d + d) * p.x.h + h) * p.x.w + wi) * kChannels)[half];
       }
 #pragma unroll
       for (int u = 0; u < kLoadsInFlight; ++u)
@@ -192,7 +193,8 @@ cudaError_t conv16_forward(const bf16* x, const bf16* w, bf16* y, const Conv16Fo
     return e;
   int device = 0, processors = 0;
   if (const cudaError_t e = cudaGetDevice(&device); e != cudaSuccess) return e;
-  if (const cudaError_t e = cudaDeviceGetAttribute(&processors, cudaDevAttrMultiProcessorCount, device); e != cudaSuccess)
+  if (const cudaError_t e = cudaDeviceGetAttribute(&processors, cudaDevAttrMultiProcessorCount, device);
+      e != cudaSuccess)
     return e;
   const int64_t blocks = t.tiles < processors ? t.tiles : processors;
   const dim3 grid(static_cast<unsigned>(blocks), static_cast<unsigned>(p.k / kTileK));

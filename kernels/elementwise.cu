@@ -62,10 +62,14 @@ template <typename T>
 cudaError_t unary(UnaryOp op, const T* x, T* y, float s, int64_t n, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
   switch (op) {
-    case UnaryOp::Scale: return launch_unary<UnaryOp::Scale>(x, y, s, n, stream);
-    case UnaryOp::Relu: return launch_unary<UnaryOp::Relu>(x, y, s, n, stream);
-    case UnaryOp::Tanh: return launch_unary<UnaryOp::Tanh>(x, y, s, n, stream);
-    case UnaryOp::Sigmoid: return launch_unary<UnaryOp::Sigmoid>(x, y, s, n, stream);
+    case UnaryOp::Scale:
+      return launch_unary<UnaryOp::Scale>(x, y, s, n, stream);
+    case UnaryOp::Relu:
+      return launch_unary<UnaryOp::Relu>(x, y, s, n, stream);
+    case UnaryOp::Tanh:
+      return launch_unary<UnaryOp::Tanh>(x, y, s, n, stream);
+    case UnaryOp::Sigmoid:
+      return launch_unary<UnaryOp::Sigmoid>(x, y, s, n, stream);
   }
   return cudaErrorInvalidValue;
 }
@@ -74,11 +78,16 @@ template <typename T>
 cudaError_t binary(BinaryOp op, const T* a, const T* b, T* y, int64_t n, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
   switch (op) {
-    case BinaryOp::Add: return launch_binary<BinaryOp::Add>(a, b, y, n, stream);
-    case BinaryOp::Mul: return launch_binary<BinaryOp::Mul>(a, b, y, n, stream);
-    case BinaryOp::ReluBackward: return launch_binary<BinaryOp::ReluBackward>(a, b, y, n, stream);
-    case BinaryOp::TanhBackward: return launch_binary<BinaryOp::TanhBackward>(a, b, y, n, stream);
-    case BinaryOp::SigmoidBackward: return launch_binary<BinaryOp::SigmoidBackward>(a, b, y, n, stream);
+    case BinaryOp::Add:
+      return launch_binary<BinaryOp::Add>(a, b, y, n, stream);
+    case BinaryOp::Mul:
+      return launch_binary<BinaryOp::Mul>(a, b, y, n, stream);
+    case BinaryOp::ReluBackward:
+      return launch_binary<BinaryOp::ReluBackward>(a, b, y, n, stream);
+    case BinaryOp::TanhBackward:
+      return launch_binary<BinaryOp::TanhBackward>(a, b, y, n, stream);
+    case BinaryOp::SigmoidBackward:
+      return launch_binary<BinaryOp::SigmoidBackward>(a, b, y, n, stream);
   }
   return cudaErrorInvalidValue;
 }

@@ -25,7 +25,7 @@ struct GatherBagJob {
 
 // Sizes shared by every bag of the batch (all cases have one grid).
 struct GatherGeometry {
-  int64_t bags = 0, instances_per_bag = 0;  // B, n
+  int64_t bags = 0, instances_per_bag = 0;   // B, n
   int64_t depth = 0, height = 0, width = 0;  // D, H, W of the cases
   int64_t slab_depth = 0;                    // S
 };

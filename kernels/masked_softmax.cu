@@ -77,15 +77,15 @@ cudaError_t masked_softmax(const float* e, const int32_t* mask, int64_t bags, in
                            float* a, float* stats, cudaStream_t stream) {
   if (bags == 0) return cudaSuccess;
   masked_softmax_kernel<<<static_cast<unsigned>(bags), kBagThreads, 0, stream>>>(e, mask, instances, temperature, a,
-                                                                               stats);
+                                                                                 stats);
   return cudaGetLastError();
 }
 
-cudaError_t masked_softmax_backward(const float* da, const float* a, int64_t bags, int64_t instances,
-                                    float temperature, float* de, cudaStream_t stream) {
+cudaError_t masked_softmax_backward(const float* da, const float* a, int64_t bags, int64_t instances, float temperature,
+                                    float* de, cudaStream_t stream) {
   if (bags == 0) return cudaSuccess;
-  masked_softmax_backward_kernel<<<static_cast<unsigned>(bags), kBagThreads, 0, stream>>>(da, a, instances,
-                                                                                        temperature, de);
+  masked_softmax_backward_kernel<<<static_cast<unsigned>(bags), kBagThreads, 0, stream>>>(da, a, instances, temperature,
+                                                                                          de);
   return cudaGetLastError();
 }
 

@@ -11,7 +11,7 @@ namespace dsmil::kernels {
 cudaError_t masked_softmax(const float* e, const int32_t* mask, int64_t bags, int64_t instances, float temperature,
                            float* a, float* stats, cudaStream_t stream);
 // de[b, i] = a[b, i] (da[b, i] - sum_j a[b, j] da[b, j]) / T.
-cudaError_t masked_softmax_backward(const float* da, const float* a, int64_t bags, int64_t instances,
-                                    float temperature, float* de, cudaStream_t stream);
+cudaError_t masked_softmax_backward(const float* da, const float* a, int64_t bags, int64_t instances, float temperature,
+                                    float* de, cudaStream_t stream);
 
 }  // namespace dsmil::kernels

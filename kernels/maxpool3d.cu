@@ -52,8 +52,8 @@ __device__ __forceinline__ Item<Index> item_of(Index i, Volume v, Index groups) 
 }
 
 template <typename T, int G, typename Index>
-__global__ void maxpool3d_forward_kernel(const T* __restrict__ x, Volume in, Volume out, Window3 win,
-                                         T* __restrict__ y, int32_t* __restrict__ argmax) {
+__global__ void maxpool3d_forward_kernel(const T* __restrict__ x, Volume in, Volume out, Window3 win, T* __restrict__ y,
+                                         int32_t* __restrict__ argmax) {
   const Index groups = Index(out.c / G), c = Index(in.c);
   const Index in_d = Index(in.d), in_h = Index(in.h), in_w = Index(in.w);
   const Index total = Index(out.n * out.d * out.h * out.w) * groups;
@@ -106,8 +106,8 @@ __global__ void maxpool3d_forward_kernel(const T* __restrict__ x, Volume in, Vol
 // The outputs along one axis whose window covers input coordinate p: o * stride - pad <= p <= o * stride -
 // pad + kernel - 1, within [0, outputs). Empty when first > last.
 template <typename Index>
-__device__ __forceinline__ void covering_outputs(Index p, int kernel, int stride, int pad, Index outputs,
-                                                 Index& first, Index& last) {
+__device__ __forceinline__ void covering_outputs(Index p, int kernel, int stride, int pad, Index outputs, Index& first,
+                                                 Index& last) {
   const Index high = p + pad, low = high - kernel + 1;
   first = low <= 0 ? Index(0) : (low + stride - 1) / stride;
   last = min(high / stride, outputs - 1);
@@ -160,8 +160,7 @@ bool aligned(const void* p, size_t bytes) { return reinterpret_cast<uintptr_t>(p
 template <typename T>
 bool wide_groups_fit(int64_t c, const T* a, const T* b, const int32_t* indices) {
   constexpr int g = kWideGroup<T>;
-  return c % g == 0 && aligned(a, g * sizeof(T)) && aligned(b, g * sizeof(T)) &&
-         aligned(indices, g * sizeof(int32_t));
+  return c % g == 0 && aligned(a, g * sizeof(T)) && aligned(b, g * sizeof(T)) && aligned(indices, g * sizeof(int32_t));
 }
 
 // 32-bit index math when every element offset, and the grid-stride loop's last increment, stay below 2^31.

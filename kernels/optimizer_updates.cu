@@ -100,7 +100,8 @@ cudaError_t ema(float* ema_values, const float* value, int64_t n, float decay, c
   return cudaGetLastError();
 }
 
-cudaError_t multi_tensor_sum_squares(ChunkRange range, const GradPointers& grads, double* partial, cudaStream_t stream) {
+cudaError_t multi_tensor_sum_squares(ChunkRange range, const GradPointers& grads, double* partial,
+                                     cudaStream_t stream) {
   if (range.blocks == 0) return cudaSuccess;
   multi_tensor_sum_squares_kernel<<<static_cast<unsigned>(range.blocks), kThreads, 0, stream>>>(range, grads, partial);
   return cudaGetLastError();

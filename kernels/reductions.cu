@@ -64,8 +64,8 @@ __device__ __forceinline__ bool finished_last(unsigned int* finished) {
 // partial[block] = the block's fp64 sum of x^2 (each thread in for_each_owned order, then block_sum);
 // the last block sums partial[0, gridDim.x) (thread t: t, t + blockDim.x, ...; then block_sum) into *result.
 template <typename T, int V>
-__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) sum_squares_kernel(const T* __restrict__ x, int64_t n,
-                                                               double* partial, double* __restrict__ result) {
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
+    sum_squares_kernel(const T* __restrict__ x, int64_t n, double* partial, double* __restrict__ result) {
   __shared__ double scratch[32];
   __shared__ bool last_block;
   double acc = 0.0;
@@ -87,8 +87,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) sum_squares_kernel(
 }
 
 template <typename T, int V>
-__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) any_nonfinite_kernel(const T* __restrict__ x, int64_t n,
-                                                                 int32_t* __restrict__ result) {
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
+    any_nonfinite_kernel(const T* __restrict__ x, int64_t n, int32_t* __restrict__ result) {
   __shared__ bool last_block;
   bool bad = false;
   for_each_owned<T, V>(x, n, [&](float value) { bad |= !isfinite(value); });

@@ -67,11 +67,11 @@ template <typename Word, typename Index>
 cudaError_t launch(Direction direction, const void* from, void* to, const WordFold& fold, int64_t words,
                    cudaStream_t stream) {
   if (direction == Direction::fold)
-    space_to_depth_kernel<Word, Index><<<grid_for(words), kThreads, 0, stream>>>(static_cast<const Word*>(from),
-                                                                                 static_cast<Word*>(to), fold);
+    space_to_depth_kernel<Word, Index>
+        <<<grid_for(words), kThreads, 0, stream>>>(static_cast<const Word*>(from), static_cast<Word*>(to), fold);
   else
-    depth_to_space_kernel<Word, Index><<<grid_for(words), kThreads, 0, stream>>>(static_cast<const Word*>(from),
-                                                                                 static_cast<Word*>(to), fold);
+    depth_to_space_kernel<Word, Index>
+        <<<grid_for(words), kThreads, 0, stream>>>(static_cast<const Word*>(from), static_cast<Word*>(to), fold);
   return cudaGetLastError();
 }
 
@@ -79,7 +79,8 @@ cudaError_t launch(Direction direction, const void* from, void* to, const WordFo
 template <typename Word>
 cudaError_t launch_words(Direction direction, const void* from, void* to, const SpaceToDepth& f, int64_t element_bytes,
                          cudaStream_t stream) {
-  const WordFold fold{f, f.x.c * element_bytes / int64_t(sizeof(Word)), f.folded_c * element_bytes / int64_t(sizeof(Word))};
+  const WordFold fold{f, f.x.c * element_bytes / int64_t(sizeof(Word)),
+                      f.folded_c * element_bytes / int64_t(sizeof(Word))};
   const int64_t written = direction == Direction::fold ? f.folded_numel() : f.x.numel();
   const int64_t words = written * element_bytes / int64_t(sizeof(Word));
   const int64_t largest = (f.folded_numel() > f.x.numel() ? f.folded_numel() : f.x.numel()) * element_bytes;

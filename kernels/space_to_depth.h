@@ -15,7 +15,7 @@ namespace dsmil::kernels {
 // convolution of x with stride (s_d, block_h, block_w) and padding (p_d, pad_h, pad_w) equals a stride
 // (s_d, 1, 1), padding (p_d, 0, 0) convolution of xs with the filter folded the same way (pad 0).
 struct SpaceToDepth {
-  Volume x;                  // the unfolded volume [N, D, H, W, C]
+  Volume x;  // the unfolded volume [N, D, H, W, C]
   int64_t block_h = 1, block_w = 1;
   int64_t pad_h = 0, pad_w = 0;
   int64_t folded_h = 0, folded_w = 0, folded_c = 0;  // Hs, Ws, Cs (Cs >= block_h * block_w * C)

@@ -48,9 +48,8 @@ __global__ void gather_mean_kernel(const float* __restrict__ x, const int32_t* _
   }
 }
 
-__global__ void gather_mean_backward_kernel(const float* __restrict__ dy, const int32_t* __restrict__ idx,
-                                            int64_t bags, int64_t n, int64_t k, int64_t features,
-                                            float* __restrict__ dx) {
+__global__ void gather_mean_backward_kernel(const float* __restrict__ dy, const int32_t* __restrict__ idx, int64_t bags,
+                                            int64_t n, int64_t k, int64_t features, float* __restrict__ dx) {
   const int64_t total = bags * n * features;
   for (int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < total; t += int64_t(gridDim.x) * blockDim.x) {
     const int64_t f = t % features, i = (t / features) % n, b = t / (features * n);

@@ -90,13 +90,14 @@ MilOutput DualStreamHead::forward(const Variable& h_in, const Tensor& mask_in, c
   MilOutput out;
   out.embeddings = h_in.value();
   out.mask = mask_in;
-  const Variable h = training() ? fn::dropout(h_in, config_.feature_dropout, random.seed, random.take(h_in.value().numel()))
-                                : h_in;
+  const Variable h =
+      training() ? fn::dropout(h_in, config_.feature_dropout, random.seed, random.take(h_in.value().numel())) : h_in;
 
   // Stream 1: instance classifier and pooling by the margin z_i = c_i1 - c_i0.
   const Variable c = instance_classifier_.forward(h);
   const Variable c_bags = fn::view(c, {bags, n, 2});
-  const Variable z = fn::view(fn::linear(c, Variable(margin_weights(h_in.value().device()), false), Variable()), {bags, n});
+  const Variable z =
+      fn::view(fn::linear(c, Variable(margin_weights(h_in.value().device()), false), Variable()), {bags, n});
   out.margins = z.value();
   // Stream-1 pooling; `pool` applies the same instance weighting to any per-instance tensor [B, n, F].
   std::function<Variable(const Variable&)> pool;
@@ -109,14 +110,16 @@ MilOutput DualStreamHead::forward(const Variable& h_in, const Tensor& mask_in, c
     const Tensor idx = ops::topk_indices(z.value(), mask, k);
     pool = [idx](const Variable& per_instance) { return fn::gather_mean(per_instance, idx); };
     // 1/K on the selected instances: the gradient of the pooled mean of a constant 1, on the device.
-    out.selection = ops::gather_mean_backward(Tensor::full({bags, 1}, 1.0f, z.value().device()), idx, n).view({bags, n});
+    out.selection =
+        ops::gather_mean_backward(Tensor::full({bags, 1}, 1.0f, z.value().device()), idx, n).view({bags, n});
   }
   out.y1 = pool(c_bags);
 
   // Stream 2: attention over the instances, then the bag embedding b = sum_i a_i v_i.
   Variable e;
   if (config_.attention == Attention::Dsmil) {
-    const Variable q = fn::view(fn::tanh(query2_->forward(fn::relu(query1_->forward(h)))), {bags, n, config_.query_size});
+    const Variable q =
+        fn::view(fn::tanh(query2_->forward(fn::relu(query1_->forward(h)))), {bags, n, config_.query_size});
     e = fn::scale(fn::bag_dot(q, pool(q)), 1.0f / std::sqrt(static_cast<float>(config_.query_size)));
   } else {
     const Variable gated = fn::mul(fn::tanh(gate_v_->forward(h)), fn::sigmoid(gate_u_->forward(h)));
@@ -149,8 +152,8 @@ void DualStreamMIL::to(Device device) {
 
 MilOutput DualStreamMIL::forward(const Variable& x, const Tensor& mask, float tau, nn::StepRandom& random) {
   if (x.shape().size() != 5 || x.shape()[0] != mask.numel())
-    throw ShapeError(fmt::format("DualStreamMIL: x {} must hold B*n = {} slabs [S, H, W, C]", shape_str(x.shape()),
-                                 mask.numel()));
+    throw ShapeError(
+        fmt::format("DualStreamMIL: x {} must hold B*n = {} slabs [S, H, W, C]", shape_str(x.shape()), mask.numel()));
   // The head's mask goes to the device before the encoder is queued: its upload then waits for almost
   // nothing, where after the encoder it would wait for the whole forward pass.
   const Tensor head_mask = head_.instance_mask(mask, random);
@@ -201,8 +204,10 @@ Variable mil_loss(const MilOutput& out, const LossTargets& targets, const LossCo
   const float weight_share = share.weight_sum > 0 ? static_cast<float>(targets.weight_sum / share.weight_sum) : 1.0f;
   const int64_t bags = targets.target.numel();
   const float bag_share = share.bags > 0 ? static_cast<float>(bags) / static_cast<float>(share.bags) : 1.0f;
-  const Variable l1 = fn::focal_loss(out.y1, targets.target, targets.weight, config.label_smoothing, config.focal_gamma);
-  const Variable l2 = fn::focal_loss(out.y2, targets.target, targets.weight, config.label_smoothing, config.focal_gamma);
+  const Variable l1 =
+      fn::focal_loss(out.y1, targets.target, targets.weight, config.label_smoothing, config.focal_gamma);
+  const Variable l2 =
+      fn::focal_loss(out.y2, targets.target, targets.weight, config.label_smoothing, config.focal_gamma);
   const Variable loss = fn::add(fn::scale(l1, config.stream_weight * weight_share),
                                 fn::scale(l2, (1.0f - config.stream_weight) * weight_share));
   if (config.entropy_weight <= 0.0f) return loss;

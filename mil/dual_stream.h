@@ -20,12 +20,12 @@ const char* attention_name(Attention a);
 
 struct HeadConfig {
   Pooling pooling = Pooling::TopK;
-  int topk = 3;                       // K of top-k pooling (max pooling is K = 1)
+  int topk = 3;  // K of top-k pooling (max pooling is K = 1)
   Attention attention = Attention::Gated;
-  float attention_temperature = 1.0f; // T_att
-  float feature_dropout = 0.5f;       // dropout on h_i (training)
-  float instance_dropout = 0.0f;      // each instance dropped from the bag with this probability
-  int query_size = 128;               // q_i (dsmil) or the gated attention's hidden size
+  float attention_temperature = 1.0f;  // T_att
+  float feature_dropout = 0.5f;        // dropout on h_i (training)
+  float instance_dropout = 0.0f;       // each instance dropped from the bag with this probability
+  int query_size = 128;                // q_i (dsmil) or the gated attention's hidden size
   // Both classifiers (instance and bag) start at 0, so every bag's first logits are 0 whatever the init seed;
   // the other parameters draw what they draw without it.
   bool zero_init_classifiers = false;
@@ -40,15 +40,15 @@ struct ModelConfig {
 // stay on the model's device (read them with to_vector()): copying them to the host in the forward pass
 // would make the host wait for the GPU in the middle of every training step.
 struct MilOutput {
-  Variable y1, y2, y;  // stream-1, stream-2 and bag logits [B, 2]
-  Tensor embeddings;   // h [B*n, F] from the encoder
+  Variable y1, y2, y;          // stream-1, stream-2 and bag logits [B, 2]
+  Tensor embeddings;           // h [B*n, F] from the encoder
   Variable attention_weights;  // a [B, n], differentiable
-  Tensor attention;    // a [B, n]
-  Tensor attention_stats;  // [B, 3]: entropy, top-1 weight, effective number of instances
-  Tensor margins;      // z_i = c_i1 - c_i0 [B, n]
+  Tensor attention;            // a [B, n]
+  Tensor attention_stats;      // [B, 3]: entropy, top-1 weight, effective number of instances
+  Tensor margins;              // z_i = c_i1 - c_i0 [B, n]
   // Stream-1 weight of each instance [B, n]: 1/K on the selected (max/top-k), s_i (soft).
   Tensor selection;
-  Tensor mask;         // the mask actually used (after instance dropout) [B, n] I32 (CPU)
+  Tensor mask;  // the mask actually used (after instance dropout) [B, n] I32 (CPU)
 };
 
 class DualStreamHead : public nn::Module {
@@ -58,7 +58,8 @@ class DualStreamHead : public nn::Module {
   // on the host from the step's counters.
   Tensor instance_mask(const Tensor& mask, nn::StepRandom& random) const;
   // h[B*n, F]; mask[B, n] as instance_mask gave it and its copy on h's device; tau = soft-pooling temperature.
-  MilOutput forward(const Variable& h, const Tensor& mask, const Tensor& device_mask, float tau, nn::StepRandom& random);
+  MilOutput forward(const Variable& h, const Tensor& mask, const Tensor& device_mask, float tau,
+                    nn::StepRandom& random);
   const HeadConfig& config() const { return config_; }
 
  private:
@@ -69,7 +70,7 @@ class DualStreamHead : public nn::Module {
   HeadConfig config_;
   Tensor margin_weights_;
   nn::Linear instance_classifier_, value_, bag_classifier_;
-  std::unique_ptr<nn::Linear> query1_, query2_;          // dsmil attention
+  std::unique_ptr<nn::Linear> query1_, query2_;           // dsmil attention
   std::unique_ptr<nn::Linear> gate_v_, gate_u_, gate_w_;  // gated attention
 };
 
@@ -95,7 +96,7 @@ class DualStreamMIL : public nn::Module {
 struct LossConfig {
   float label_smoothing = 0.1f;
   float focal_gamma = 0.0f;
-  float stream_weight = 0.5f;  // lambda
+  float stream_weight = 0.5f;   // lambda
   float entropy_weight = 0.0f;  // beta: the objective subtracts beta * mean attention entropy (collapse experiments)
 };
 // class_weight[2]: alpha per class (1, 1 for `none`). target[B] I32 on the CPU. With entropy_weight
@@ -114,7 +115,8 @@ struct LossTargets {
 };
 // target[B] I32 on the CPU.
 LossTargets loss_targets(const Tensor& target, const float class_weight[2], Device device);
-Variable mil_loss(const MilOutput& out, const LossTargets& targets, const LossConfig& config, const StepShare& share = {});
+Variable mil_loss(const MilOutput& out, const LossTargets& targets, const LossConfig& config,
+                  const StepShare& share = {});
 // The same with the targets uploaded here.
 Variable mil_loss(const MilOutput& out, const Tensor& target, const float class_weight[2], const LossConfig& config,
                   const StepShare& share = {});

@@ -19,7 +19,9 @@ class Writer {
  public:
   void bytes(const void* p, size_t n) { buffer_.append(static_cast<const char*>(p), n); }
   template <typename T>
-  void pod(T v) { bytes(&v, sizeof v); }
+  void pod(T v) {
+    bytes(&v, sizeof v);
+  }
   const std::string& buffer() const { return buffer_; }
 
  private:
@@ -137,8 +139,8 @@ const Tensor& find_tensor(const Checkpoint& ckpt, const std::string& name, const
   for (const CheckpointTensor& t : ckpt.tensors)
     if (t.name == name) {
       if (t.value.shape() != like.shape() || t.value.dtype() != like.dtype())
-        throw FormatError(fmt::format("checkpoint: '{}' is {} but the model expects {}", name, t.value.describe(),
-                                      like.describe()));
+        throw FormatError(
+            fmt::format("checkpoint: '{}' is {} but the model expects {}", name, t.value.describe(), like.describe()));
       return t.value;
     }
   throw FormatError(fmt::format("checkpoint: '{}' is missing (a checkpoint of another model or config?)", name));

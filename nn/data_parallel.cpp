@@ -24,7 +24,8 @@ GradientReducer::GradientReducer(std::vector<NamedParameter> params, dist::Commu
     if (sizes[b] == 0) continue;
     buckets_.push_back({Tensor::empty({static_cast<int64_t>(sizes[b])}, DType::F32, device), layout[b], 0});
     for (size_t s = 0; s < layout[b].size(); ++s)
-      params_[layout[b][s].parameter].variable->on_grad_ready([this, bucket = buckets_.size() - 1, s] { on_ready(bucket, s); });
+      params_[layout[b][s].parameter].variable->on_grad_ready(
+          [this, bucket = buckets_.size() - 1, s] { on_ready(bucket, s); });
   }
 }
 
@@ -37,7 +38,9 @@ void GradientReducer::on_ready(size_t bucket, size_t slot) {
   const Slot& s = b.slots[slot];
   const Variable& p = *params_[s.parameter].variable;
   const int64_t n = p.value().numel();
-  b.values.narrow0(static_cast<int64_t>(s.offset), static_cast<int64_t>(s.offset) + n).view(p.shape()).copy_from(p.grad());
+  b.values.narrow0(static_cast<int64_t>(s.offset), static_cast<int64_t>(s.offset) + n)
+      .view(p.shape())
+      .copy_from(p.grad());
   copied_[s.parameter] = true;
   if (++b.ready == b.slots.size()) start_ready_buckets();
 }
@@ -65,8 +68,9 @@ void GradientReducer::finish() {
     for (const Slot& s : b.slots) {
       const Variable& p = *params_[s.parameter].variable;
       p.zero_grad();
-      p.accumulate_grad(b.values.narrow0(static_cast<int64_t>(s.offset), static_cast<int64_t>(s.offset) + p.value().numel())
-                            .view(p.shape()));
+      p.accumulate_grad(
+          b.values.narrow0(static_cast<int64_t>(s.offset), static_cast<int64_t>(s.offset) + p.value().numel())
+              .view(p.shape()));
       copied_[s.parameter] = false;
     }
     b.ready = 0;

@@ -7,7 +7,8 @@
 
 namespace dsmil::nn {
 
-AdamW::AdamW(std::vector<NamedParameter> params, const AdamWConfig& config) : params_(std::move(params)), config_(config) {
+AdamW::AdamW(std::vector<NamedParameter> params, const AdamWConfig& config)
+    : params_(std::move(params)), config_(config) {
   for (const NamedParameter& p : params_) {
     const Tensor& value = p.variable->value();
     m_.push_back(Tensor::zeros(value.shape(), DType::F32, value.device()));
@@ -19,7 +20,8 @@ AdamW::AdamW(std::vector<NamedParameter> params, const AdamWConfig& config) : pa
     tensors_.v.push_back(&v_[i]);
     tensors_.decayed.push_back(params_[i].weight_decay);
   }
-  grad_norm_ = Tensor::zeros({1}, DType::F32, params_.empty() ? Device::CPU : params_.front().variable->value().device());
+  grad_norm_ =
+      Tensor::zeros({1}, DType::F32, params_.empty() ? Device::CPU : params_.front().variable->value().device());
 }
 
 void AdamW::step(float lr) {
@@ -65,9 +67,7 @@ Ema::Ema(Module& model, float decay) : decay_(decay) {
   for (Tensor& v : values_) tensors_.ema.push_back(&v);
 }
 
-float Ema::effective_decay() const {
-  return std::min(decay_, (1.0f + updates_) / (10.0f + updates_));
-}
+float Ema::effective_decay() const { return std::min(decay_, (1.0f + updates_) / (10.0f + updates_)); }
 
 void Ema::update(Module& model) {
   tensors_.values.clear();

@@ -8,17 +8,18 @@ namespace dsmil::nn {
 
 std::vector<int> blocks_per_stage(int depth) {
   switch (depth) {
-    case 10: return {1, 1, 1, 1};
-    case 18: return {2, 2, 2, 2};
-    case 34: return {3, 4, 6, 3};
+    case 10:
+      return {1, 1, 1, 1};
+    case 18:
+      return {2, 2, 2, 2};
+    case 34:
+      return {3, 4, 6, 3};
   }
   throw Error(fmt::format("ResNet-3D depth {} is not one of 10, 18, 34", depth));
 }
 
 namespace {
-Conv3dGeometry block_conv(int kd, int stride_hw) {
-  return {{kd, 3, 3}, {1, stride_hw, stride_hw}, {kd / 2, 1, 1}};
-}
+Conv3dGeometry block_conv(int kd, int stride_hw) { return {{kd, 3, 3}, {1, stride_hw, stride_hw}, {kd / 2, 1, 1}}; }
 
 // Drop-path as the per-sample factor keep / (1 - p) of the residual branch: drop_path of ones gives the
 // very factors fn::drop_path multiplies by (same counters), for the fused batch norm to apply.
@@ -40,7 +41,8 @@ BasicBlock::BasicBlock(int64_t in, int64_t out, int stride_hw, int kd, float dro
   register_module("conv2", conv2_);
   register_module("bn2", bn2_);
   if (stride_hw != 1 || in != out) {
-    shortcut_conv_ = std::make_unique<Conv3d>(in, out, Conv3dGeometry{{1, 1, 1}, {1, stride_hw, stride_hw}, {0, 0, 0}}, engine);
+    shortcut_conv_ =
+        std::make_unique<Conv3d>(in, out, Conv3dGeometry{{1, 1, 1}, {1, stride_hw, stride_hw}, {0, 0, 0}}, engine);
     shortcut_bn_ = std::make_unique<BatchNorm3d>(out);
     register_module("downsample.conv", *shortcut_conv_);
     register_module("downsample.bn", *shortcut_bn_);
@@ -51,18 +53,19 @@ BasicBlock::BasicBlock(int64_t in, int64_t out, int stride_hw, int kd, float dro
 Variable BasicBlock::forward(const Variable& x, StepRandom& random) {
   const Variable hidden = bn1_.forward_relu(conv1_.forward(x));
   const int64_t samples = x.shape()[0];
-  const Tensor keep = training() && drop_path_ > 0.0f
-                          ? drop_path_factors(samples, drop_path_, random.seed, random.take(samples), x.value().device())
-                          : Tensor();
+  const Tensor keep = training() && drop_path_ > 0.0f ? drop_path_factors(samples, drop_path_, random.seed,
+                                                                          random.take(samples), x.value().device())
+                                                      : Tensor();
   const Variable shortcut = shortcut_conv_ ? shortcut_bn_->forward(shortcut_conv_->forward(x)) : x;
   return bn2_.forward_relu(conv2_.forward(hidden), shortcut, keep);
 }
 
 ResNet3D::ResNet3D(const ResNetConfig& config, InitEngine& engine)
     : config_(config),
-      stem_conv_(config.in_channels, config.width,
-                 Conv3dGeometry{{config.slab_depth >= 3 ? 3 : 1, 7, 7}, {1, 2, 2}, {config.slab_depth >= 3 ? 1 : 0, 3, 3}},
-                 engine),
+      stem_conv_(
+          config.in_channels, config.width,
+          Conv3dGeometry{{config.slab_depth >= 3 ? 3 : 1, 7, 7}, {1, 2, 2}, {config.slab_depth >= 3 ? 1 : 0, 3, 3}},
+          engine),
       stem_bn_(config.width) {
   register_module("stem.conv", stem_conv_);
   register_module("stem.bn", stem_bn_);
@@ -76,8 +79,8 @@ ResNet3D::ResNet3D(const ResNetConfig& config, InitEngine& engine)
     const int64_t out = static_cast<int64_t>(config.width) << stage;
     for (int b = 0; b < stages[stage]; ++b, ++index) {
       const float p = total > 1 ? config.drop_path * index / (total - 1) : config.drop_path;
-      blocks_.push_back(std::make_unique<BasicBlock>(in, out, stage > 0 && b == 0 ? 2 : 1, kd, p,
-                                                     config.zero_init_residual, engine));
+      blocks_.push_back(
+          std::make_unique<BasicBlock>(in, out, stage > 0 && b == 0 ? 2 : 1, kd, p, config.zero_init_residual, engine));
       register_module(fmt::format("layer{}.{}", stage + 1, b), *blocks_.back());
       in = out;
     }

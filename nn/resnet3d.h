@@ -10,9 +10,9 @@
 namespace dsmil::nn {
 
 struct ResNetConfig {
-  int depth = 18;          // 10, 18 or 34
-  int width = 64;          // w: stage i has w * 2^i channels
-  int slab_depth = 3;      // S; the kernel depth kd is 3 when S >= 3, else 1
+  int depth = 18;      // 10, 18 or 34
+  int width = 64;      // w: stage i has w * 2^i channels
+  int slab_depth = 3;  // S; the kernel depth kd is 3 when S >= 3, else 1
   int in_channels = 4;
   float drop_path = 0.0f;  // stochastic depth of the last block; linear from 0 over the blocks
   bool bf16 = false;       // mixed precision: bf16 activations and conv weights, fp32 master weights,

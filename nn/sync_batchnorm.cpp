@@ -86,9 +86,10 @@ Variable synchronised_batchnorm(const Variable& x, const Variable& gamma, const 
 
   const Variable residual = relu ? relu->residual : Variable();
   const Tensor sample_factor = relu ? relu->sample_factor : Tensor();
-  const Tensor y = relu ? ops::batchnorm_relu_forward_eval(x.value(), gamma.value(), beta.value(), mean, var, eps,
-                                                           residual.defined() ? residual.value() : Tensor(), sample_factor)
-                        : ops::batchnorm_forward_eval(x.value(), gamma.value(), beta.value(), mean, var, eps);
+  const Tensor y =
+      relu ? ops::batchnorm_relu_forward_eval(x.value(), gamma.value(), beta.value(), mean, var, eps,
+                                              residual.defined() ? residual.value() : Tensor(), sample_factor)
+           : ops::batchnorm_forward_eval(x.value(), gamma.value(), beta.value(), mean, var, eps);
   const double local_rows = static_cast<double>(x.value().numel() / x.value().size(-1)), rows = stats.rows;
   const bool fused = relu.has_value();
   auto backward = [x, gamma, beta, residual, sample_factor, y, mean, invstd, fused, local_rows, rows, stats,

@@ -2,8 +2,9 @@
 // A Variable holds a value, and, when it requires a gradient, the gradient accumulated into it and the
 // node that made it: the node's inputs and a closure that turns the output's gradient into the inputs'.
 // Rule: gradients accumulate (+=) across uses, sums in fp32 except bf16 + bf16 for a bf16 activation; a
-// parameter's (leaf's) gradient is fp32; an activation reached by one use keeps the gradient's dtype. Backward closures never write a gradient
-// directly, they call accumulate_grad, and receive their output's gradient in the output's dtype.
+// parameter's (leaf's) gradient is fp32; an activation reached by one use keeps the gradient's dtype. Backward closures
+// never write a gradient directly, they call accumulate_grad, and receive their output's gradient in the output's
+// dtype.
 #pragma once
 
 #include <functional>
@@ -30,7 +31,7 @@ class Variable {
   // The accumulated gradient; undefined until some backward pass reached this variable.
   const Tensor& grad() const;
   bool has_grad() const;
-  void zero_grad() const;  // forget the gradient (the next accumulation starts fresh)
+  void zero_grad() const;                       // forget the gradient (the next accumulation starts fresh)
   void accumulate_grad(const Tensor& g) const;  // a handle: const means the handle, not the node
 
   // A leaf's hook, called by backward() as soon as the pass has given the leaf every gradient it will

@@ -45,8 +45,7 @@ Variable to_dtype(const Variable& x, DType dtype) {
 
 Variable view(const Variable& x, const Shape& shape) {
   const Shape from = x.shape();
-  return Variable::from_op(x.value().view(shape), {x},
-                           [x, from](const Tensor& g) { x.accumulate_grad(g.view(from)); });
+  return Variable::from_op(x.value().view(shape), {x}, [x, from](const Tensor& g) { x.accumulate_grad(g.view(from)); });
 }
 
 Variable linear(const Variable& x, const Variable& w, const Variable& bias) {
@@ -71,9 +70,8 @@ Variable batchnorm(const Variable& x, const Variable& gamma, const Variable& bet
   if (!training)
     return Variable::from_op(
         ops::batchnorm_forward_eval(x.value(), gamma.value(), beta.value(), running_mean, running_var, eps),
-        {x, gamma, beta}, [](const Tensor&) {
-          throw Error("batchnorm: backward through evaluation mode is not supported");
-        });
+        {x, gamma, beta},
+        [](const Tensor&) { throw Error("batchnorm: backward through evaluation mode is not supported"); });
   BatchNormTrainOut out =
       ops::batchnorm_forward_train(x.value(), gamma.value(), beta.value(), running_mean, running_var, momentum, eps);
   Tensor mean = out.save_mean, invstd = out.save_invstd;
@@ -132,10 +130,9 @@ Variable dropout(const Variable& x, float p, uint64_t seed, uint64_t offset) {
 
 Variable drop_path(const Variable& x, float p, uint64_t seed, uint64_t offset) {
   if (p == 0.0f) return x;
-  return Variable::from_op(ops::drop_path(x.value(), p, seed, offset), {x},
-                           [x, p, seed, offset](const Tensor& dy) {
-                             x.accumulate_grad(ops::drop_path(dy, p, seed, offset));
-                           });
+  return Variable::from_op(ops::drop_path(x.value(), p, seed, offset), {x}, [x, p, seed, offset](const Tensor& dy) {
+    x.accumulate_grad(ops::drop_path(dy, p, seed, offset));
+  });
 }
 
 Variable masked_softmax(const Variable& e, const Tensor& mask, float temperature, Tensor* stats) {

@@ -26,13 +26,14 @@ Device common_device(const char* op, std::initializer_list<const Tensor*> tensor
   const Device device = (*tensors.begin())->device();
   for (const Tensor* t : tensors)
     if (t->defined() && t->device() != device)
-      throw ShapeError(fmt::format("{}: tensors on different devices ({} and {})", op,
-                                   (*tensors.begin())->describe(), t->describe()));
+      throw ShapeError(fmt::format("{}: tensors on different devices ({} and {})", op, (*tensors.begin())->describe(),
+                                   t->describe()));
   return device;
 }
 
 void check_list_length(const char* op, const char* name, size_t length, size_t expected) {
-  if (length != expected) throw ShapeError(fmt::format("{}: {} lists {} tensors, expected {}", op, name, length, expected));
+  if (length != expected)
+    throw ShapeError(fmt::format("{}: {} lists {} tensors, expected {}", op, name, length, expected));
 }
 
 }  // namespace
@@ -47,10 +48,9 @@ void AdamWTensors::check_lengths(const char* op, size_t grads) const {
 void EmaTensors::check_lengths(const char* op) const { check_list_length(op, "values", values.size(), ema.size()); }
 
 #ifdef DSMIL_WITH_CUDA
-#define DSMIL_DISPATCH(device, op, ...) \
-  return (device) == Device::CPU ? cpu::op(__VA_ARGS__) : cuda::op(__VA_ARGS__)
+#define DSMIL_DISPATCH(device, op, ...) return (device) == Device::CPU ? cpu::op(__VA_ARGS__) : cuda::op(__VA_ARGS__)
 #else
-#define DSMIL_DISPATCH(device, op, ...) \
+#define DSMIL_DISPATCH(device, op, ...)              \
   if ((device) != Device::CPU) no_cuda_backend(#op); \
   return cpu::op(__VA_ARGS__)
 #endif
@@ -81,7 +81,8 @@ Shape pool3d_output_shape(const Shape& x, const Pool3dGeometry& g) {
   for (int a = 0; a < 3; ++a) {
     y[a + 1] = window_output(x[a + 1], g.kernel[a], g.stride[a], g.pad[a]);
     if (y[a + 1] <= 0 || 2 * g.pad[a] > g.kernel[a])
-      throw ShapeError(fmt::format("maxpool3d: input {} does not fit kernel {} pad {}", shape_str(x), g.kernel[a], g.pad[a]));
+      throw ShapeError(
+          fmt::format("maxpool3d: input {} does not fit kernel {} pad {}", shape_str(x), g.kernel[a], g.pad[a]));
   }
   return y;
 }
@@ -102,7 +103,8 @@ Conv3dFold conv3d_fold(const Shape& x, const Shape& w, const Conv3dGeometry& g, 
   Conv3dFold f;
   f.x_fold = {block_h, block_w, g.pad[1], g.pad[2], y[2] + taps_h - 1, y[3] + taps_w - 1, folded_c};
   f.w_fold = {block_h, block_w, 0, 0, taps_h, taps_w, folded_c};
-  f.geometry = {{g.kernel[0], static_cast<int>(taps_h), static_cast<int>(taps_w)}, {g.stride[0], 1, 1}, {g.pad[0], 0, 0}};
+  f.geometry = {
+      {g.kernel[0], static_cast<int>(taps_h), static_cast<int>(taps_w)}, {g.stride[0], 1, 1}, {g.pad[0], 0, 0}};
   space_to_depth_shape("conv3d_fold", x, f.x_fold);
   return f;
 }
@@ -202,39 +204,55 @@ Tensor conv3d_backward_filter(const Tensor& x, const Tensor& dy, const Shape& w_
   DSMIL_DISPATCH(device, conv3d_backward_filter, x, dy, w_shape, g);
 }
 
-BatchNormTrainOut batchnorm_forward_train(const Tensor& x, const Tensor& gamma, const Tensor& beta, Tensor& running_mean, Tensor& running_var, float momentum, float eps) {
+BatchNormTrainOut batchnorm_forward_train(const Tensor& x, const Tensor& gamma, const Tensor& beta,
+                                          Tensor& running_mean, Tensor& running_var, float momentum, float eps) {
   const Device device = common_device("batchnorm_forward_train", {&x, &gamma, &beta, &running_mean, &running_var});
   DSMIL_DISPATCH(device, batchnorm_forward_train, x, gamma, beta, running_mean, running_var, momentum, eps);
 }
 
-BatchNormTrainOut batchnorm_statistics(const Tensor& x, Tensor& running_mean, Tensor& running_var, float momentum, float eps) {
+BatchNormTrainOut batchnorm_statistics(const Tensor& x, Tensor& running_mean, Tensor& running_var, float momentum,
+                                       float eps) {
   const Device device = common_device("batchnorm_statistics", {&x, &running_mean, &running_var});
   DSMIL_DISPATCH(device, batchnorm_statistics, x, running_mean, running_var, momentum, eps);
 }
 
-Tensor batchnorm_forward_eval(const Tensor& x, const Tensor& gamma, const Tensor& beta, const Tensor& running_mean, const Tensor& running_var, float eps) {
+Tensor batchnorm_forward_eval(const Tensor& x, const Tensor& gamma, const Tensor& beta, const Tensor& running_mean,
+                              const Tensor& running_var, float eps) {
   const Device device = common_device("batchnorm_forward_eval", {&x, &gamma, &beta, &running_mean, &running_var});
   DSMIL_DISPATCH(device, batchnorm_forward_eval, x, gamma, beta, running_mean, running_var, eps);
 }
 
-BatchNormGrads batchnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& gamma, const Tensor& save_mean, const Tensor& save_invstd) {
+BatchNormGrads batchnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& gamma, const Tensor& save_mean,
+                                  const Tensor& save_invstd) {
   const Device device = common_device("batchnorm_backward", {&dy, &x, &gamma, &save_mean, &save_invstd});
   DSMIL_DISPATCH(device, batchnorm_backward, dy, x, gamma, save_mean, save_invstd);
 }
 
-BatchNormTrainOut batchnorm_relu_forward_train(const Tensor& x, const Tensor& gamma, const Tensor& beta, Tensor& running_mean, Tensor& running_var, float momentum, float eps, const Tensor& residual, const Tensor& sample_factor) {
-  const Device device = common_device("batchnorm_relu_forward_train", {&x, &gamma, &beta, &running_mean, &running_var, &residual, &sample_factor});
-  DSMIL_DISPATCH(device, batchnorm_relu_forward_train, x, gamma, beta, running_mean, running_var, momentum, eps, residual, sample_factor);
+BatchNormTrainOut batchnorm_relu_forward_train(const Tensor& x, const Tensor& gamma, const Tensor& beta,
+                                               Tensor& running_mean, Tensor& running_var, float momentum, float eps,
+                                               const Tensor& residual, const Tensor& sample_factor) {
+  const Device device = common_device("batchnorm_relu_forward_train",
+                                      {&x, &gamma, &beta, &running_mean, &running_var, &residual, &sample_factor});
+  DSMIL_DISPATCH(device, batchnorm_relu_forward_train, x, gamma, beta, running_mean, running_var, momentum, eps,
+                 residual, sample_factor);
 }
 
-Tensor batchnorm_relu_forward_eval(const Tensor& x, const Tensor& gamma, const Tensor& beta, const Tensor& running_mean, const Tensor& running_var, float eps, const Tensor& residual, const Tensor& sample_factor) {
-  const Device device = common_device("batchnorm_relu_forward_eval", {&x, &gamma, &beta, &running_mean, &running_var, &residual, &sample_factor});
-  DSMIL_DISPATCH(device, batchnorm_relu_forward_eval, x, gamma, beta, running_mean, running_var, eps, residual, sample_factor);
+Tensor batchnorm_relu_forward_eval(const Tensor& x, const Tensor& gamma, const Tensor& beta, const Tensor& running_mean,
+                                   const Tensor& running_var, float eps, const Tensor& residual,
+                                   const Tensor& sample_factor) {
+  const Device device = common_device("batchnorm_relu_forward_eval",
+                                      {&x, &gamma, &beta, &running_mean, &running_var, &residual, &sample_factor});
+  DSMIL_DISPATCH(device, batchnorm_relu_forward_eval, x, gamma, beta, running_mean, running_var, eps, residual,
+                 sample_factor);
 }
 
-BatchNormReluGrads batchnorm_relu_backward(const Tensor& dy, const Tensor& y, const Tensor& x, const Tensor& gamma, const Tensor& save_mean, const Tensor& save_invstd, const Tensor& sample_factor, bool residual_grad) {
-  const Device device = common_device("batchnorm_relu_backward", {&dy, &y, &x, &gamma, &save_mean, &save_invstd, &sample_factor});
-  DSMIL_DISPATCH(device, batchnorm_relu_backward, dy, y, x, gamma, save_mean, save_invstd, sample_factor, residual_grad);
+BatchNormReluGrads batchnorm_relu_backward(const Tensor& dy, const Tensor& y, const Tensor& x, const Tensor& gamma,
+                                           const Tensor& save_mean, const Tensor& save_invstd,
+                                           const Tensor& sample_factor, bool residual_grad) {
+  const Device device =
+      common_device("batchnorm_relu_backward", {&dy, &y, &x, &gamma, &save_mean, &save_invstd, &sample_factor});
+  DSMIL_DISPATCH(device, batchnorm_relu_backward, dy, y, x, gamma, save_mean, save_invstd, sample_factor,
+                 residual_grad);
 }
 
 Tensor space_to_depth(const Tensor& x, const SpaceToDepthGeometry& g) {

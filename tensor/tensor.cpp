@@ -20,9 +20,12 @@ const char* device_name(Device d) { return d == Device::CPU ? "cpu" : "cuda"; }
 
 const char* dtype_name(DType t) {
   switch (t) {
-    case DType::F32: return "f32";
-    case DType::BF16: return "bf16";
-    case DType::I32: return "i32";
+    case DType::F32:
+      return "f32";
+    case DType::BF16:
+      return "bf16";
+    case DType::I32:
+      return "i32";
   }
   return "?";
 }
@@ -218,7 +221,8 @@ Tensor Tensor::to_dtype(DType target) const {
     throw_no_cuda("Tensor::to_dtype");
 #endif
   }
-  throw ShapeError(fmt::format("Tensor::to_dtype: {} -> {} is only done on the CUDA backend", describe(), dtype_name(target)));
+  throw ShapeError(
+      fmt::format("Tensor::to_dtype: {} -> {} is only done on the CUDA backend", describe(), dtype_name(target)));
 }
 
 void Tensor::copy_from(const Tensor& src) {

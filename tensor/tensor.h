@@ -67,7 +67,9 @@ class Tensor {
 
   void* raw() const;
   template <typename T>
-  T* data() const { return static_cast<T*>(raw()); }
+  T* data() const {
+    return static_cast<T*>(raw());
+  }
   float* f32() const;    // checked: CPU or CUDA float tensor
   int32_t* i32() const;  // checked: int32 tensor
 

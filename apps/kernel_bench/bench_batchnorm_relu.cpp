@@ -47,7 +47,8 @@ Problem forward_inputs(const Shape& s, DType dtype, uint64_t seed) {
 }
 
 KernelBench train_bench() {
-  KernelBench b = fused_bench("batchnorm_relu_forward_train", "read x, residual; write y (statistics read x once more)");
+  KernelBench b =
+      fused_bench("batchnorm_relu_forward_train", "read x, residual; write y (statistics read x once more)");
   b.launchers = {"batchnorm_relu_forward_train"};
   b.bytes = [](const Shape& s, DType d) { return 3 * element_bytes(d) * shape_numel(s) + 32 * s.back() + 4 * s[0]; };
   b.draw = forward_inputs;
@@ -68,8 +69,7 @@ KernelBench eval_bench() {
   b.bytes = [](const Shape& s, DType d) { return 3 * element_bytes(d) * shape_numel(s) + 16 * s.back() + 4 * s[0]; };
   b.draw = forward_inputs;
   b.run = [](std::vector<Tensor>& in, const Shape&, DType) {
-    return std::vector<Tensor>{
-        ops::batchnorm_relu_forward_eval(in[0], in[1], in[2], in[3], in[4], kEps, in[5], in[6])};
+    return std::vector<Tensor>{ops::batchnorm_relu_forward_eval(in[0], in[1], in[2], in[3], in[4], kEps, in[5], in[6])};
   };
 #ifdef DSMIL_WITH_CUDA
   b.launch_fast = [](const Shape&, DType) { return std::string("fused pass") + kTiles; };

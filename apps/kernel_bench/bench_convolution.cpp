@@ -30,13 +30,13 @@ class ForcedImplicitGemm {
 };
 
 KernelBench conv16_forward_bench() {
-  KernelBench b = described_bench(
-      "conv16_forward", "conv16_forward.cu", "xs[N,D,H,W,16] (the stem's fold; w[64,3,4,4,16])",
-      "read xs, w; write y", 5, {DType::BF16},
-      [](const ModelShapes& m) {
-        return Shape{m.input[0], m.input[1], m.stem[2] + 3, m.stem[3] + 3, 4 * m.input[4]};
-      },
-      {2, 3, 9, 21, 16});
+  KernelBench b =
+      described_bench("conv16_forward", "conv16_forward.cu", "xs[N,D,H,W,16] (the stem's fold; w[64,3,4,4,16])",
+                      "read xs, w; write y", 5, {DType::BF16},
+                      [](const ModelShapes& m) {
+                        return Shape{m.input[0], m.input[1], m.stem[2] + 3, m.stem[3] + 3, 4 * m.input[4]};
+                      },
+                      {2, 3, 9, 21, 16});
   b.launchers = {"conv16_forward"};
   b.nature = Nature::Arithmetic;
   b.bytes = [](const Shape& s, DType d) {

@@ -114,10 +114,11 @@ Problem draw_gather(const Shape& s, DType dtype, uint64_t seed) {
 void check_inputs(const std::vector<Tensor>& in, const Geometry& g) {
   if (in.size() != kInputCount || in[kImages].shape() != Shape{g.cases, image_words(g)} ||
       in[kStarts].shape() != Shape{g.bags, g.instances})
-    throw ShapeError(fmt::format("gather_bag bench: {} inputs (images {}) are not those of {} cases of {}x{}x{} and "
-                                 "{} bags of {}",
-                                 in.size(), in.empty() ? "none" : in[kImages].describe(), g.cases, g.grid.depth,
-                                 g.grid.height, g.grid.width, g.bags, g.instances));
+    throw ShapeError(
+        fmt::format("gather_bag bench: {} inputs (images {}) are not those of {} cases of {}x{}x{} and "
+                    "{} bags of {}",
+                    in.size(), in.empty() ? "none" : in[kImages].describe(), g.cases, g.grid.depth, g.grid.height,
+                    g.grid.width, g.bags, g.instances));
 }
 
 // The cases of CPU inputs, each owning copies of its arrays.
@@ -237,8 +238,8 @@ class ResidentCohort {
 
  private:
   Tensor gather(std::span<const int> cases, DType out) const {
-    return data::gather_batch_on_device(*cohort_, cases, bags_.starts, bags_.augmentations,
-                                        static_cast<int>(shape_[1]), static_cast<int>(shape_[2]), out);
+    return data::gather_batch_on_device(*cohort_, cases, bags_.starts, bags_.augmentations, static_cast<int>(shape_[1]),
+                                        static_cast<int>(shape_[2]), out);
   }
 
   Shape shape_;
@@ -268,9 +269,7 @@ KernelBench gather_bag_bench() {
       "bf16 written";
   b.shape_rank = 5;
   b.dtypes = {DType::F32, DType::BF16};
-  b.model_shape = [](const ModelShapes& m) {
-    return Shape{m.bags, m.instances, m.input[1], m.input[2], m.input[3]};
-  };
+  b.model_shape = [](const ModelShapes& m) { return Shape{m.bags, m.instances, m.input[1], m.input[2], m.input[3]}; };
   b.tiny_shape = {2, 3, 2, 8, 8};
   // Masked-out and shifted-out voxels read less; the bags' descriptors (a few hundred bytes) are not counted.
   b.bytes = [](const Shape& s, DType d) {

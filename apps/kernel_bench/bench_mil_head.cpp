@@ -40,7 +40,10 @@ KernelBench head_bench(const std::string& name, const char* file, const char* sh
 // The masked softmax and its backward: over [B, n], with a plain variant "<name>_plain", block per bag.
 KernelBench masked_softmax_family_bench(const std::string& name, const char* shape_meaning, const char* bytes_meaning) {
   KernelBench b = head_bench(name, "masked_softmax.cu", shape_meaning, bytes_meaning,
-                             [](const ModelShapes& m) { return Shape{m.bags, m.instances}; }, {3, 7});
+                             [](const ModelShapes& m) {
+                               return Shape{m.bags, m.instances};
+                             },
+                             {3, 7});
   b.plain_launchers = {name + "_plain"};
 #ifdef DSMIL_WITH_CUDA
   b.launch_fast = [](const Shape& s, DType) { return per_bag_launch(s[0]); };
@@ -67,8 +70,8 @@ KernelBench masked_softmax_bench() {
     const int64_t bags = in[0].size(0), n = in[0].size(1);
     std::vector<Tensor> out{Tensor::empty(in[0].shape(), DType::F32, Device::CUDA),
                             Tensor::empty({bags, 3}, DType::F32, Device::CUDA)};
-    DSMIL_CUDA_CHECK(kernels::plain::masked_softmax_plain(in[0].f32(), in[1].i32(), bags, n, kTemperature,
-                                                          out[0].f32(), out[1].f32(), cuda::stream()),
+    DSMIL_CUDA_CHECK(kernels::plain::masked_softmax_plain(in[0].f32(), in[1].i32(), bags, n, kTemperature, out[0].f32(),
+                                                          out[1].f32(), cuda::stream()),
                      cuda::op_context("masked_softmax_plain", {{"e", &in[0]}, {"mask", &in[1]}}));
     return out;
   };
@@ -93,10 +96,10 @@ KernelBench masked_softmax_backward_bench() {
 #ifdef DSMIL_WITH_CUDA
   b.plain = [](std::vector<Tensor>& in, const Shape&, DType) {
     Tensor de = Tensor::empty(in[0].shape(), DType::F32, Device::CUDA);
-    DSMIL_CUDA_CHECK(kernels::plain::masked_softmax_backward_plain(in[0].f32(), in[1].f32(), in[0].size(0),
-                                                                   in[0].size(1), kTemperature, de.f32(),
-                                                                   cuda::stream()),
-                     cuda::op_context("masked_softmax_backward_plain", {{"da", &in[0]}, {"a", &in[1]}}));
+    DSMIL_CUDA_CHECK(
+        kernels::plain::masked_softmax_backward_plain(in[0].f32(), in[1].f32(), in[0].size(0), in[0].size(1),
+                                                      kTemperature, de.f32(), cuda::stream()),
+        cuda::op_context("masked_softmax_backward_plain", {{"da", &in[0]}, {"a", &in[1]}}));
     return std::vector<Tensor>{de};
   };
 #endif
@@ -105,7 +108,10 @@ KernelBench masked_softmax_backward_bench() {
 
 KernelBench topk_bench() {
   KernelBench b = head_bench("topk_indices", "topk_gather.cu", "score[B,n],K", "read score, mask; write idx",
-                             [](const ModelShapes& m) { return Shape{m.bags, m.instances, m.topk}; }, {3, 9, 4});
+                             [](const ModelShapes& m) {
+                               return Shape{m.bags, m.instances, m.topk};
+                             },
+                             {3, 9, 4});
   b.nature = Nature::Arithmetic;  // n^2 comparisons per bag
   b.bytes = [](const Shape& s, DType) { return 8 * s[0] * s[1] + 4 * s[0] * s[2]; };
   b.flops = [](const Shape& s) { return static_cast<double>(s[0]) * s[1] * s[1]; };
@@ -143,7 +149,9 @@ KernelBench gather_mean_bench() {
     p.add(random_topk(s[0], s[1], s[3], stream_seed(seed, 1)), false);
     return p;
   };
-  b.run = [](std::vector<Tensor>& in, const Shape&, DType) { return std::vector<Tensor>{ops::gather_mean(in[0], in[1])}; };
+  b.run = [](std::vector<Tensor>& in, const Shape&, DType) {
+    return std::vector<Tensor>{ops::gather_mean(in[0], in[1])};
+  };
 #ifdef DSMIL_WITH_CUDA
   b.launch_fast = [](const Shape& s, DType) { return grid_stride_launch(s[0] * s[2]); };
 #endif
@@ -172,7 +180,10 @@ KernelBench gather_mean_backward_bench() {
 // The three bag contractions share their inputs' shapes: a[B, n], v or q [B, n, F], m[B, F].
 KernelBench contraction_bench(const char* name, const char* bytes_meaning) {
   KernelBench b = head_bench(name, "bag_contractions.cu", "v[B,n,F]", bytes_meaning,
-                             [](const ModelShapes& m) { return Shape{m.bags, m.instances, m.features}; }, {3, 7, 33});
+                             [](const ModelShapes& m) {
+                               return Shape{m.bags, m.instances, m.features};
+                             },
+                             {3, 7, 33});
   // Each reads or writes one [B, n, F], one [B, n] and one [B, F] tensor.
   b.bytes = [](const Shape& s, DType) { return 4 * (s[0] * s[1] * s[2] + s[0] * s[1] + s[0] * s[2]); };
   return b;
@@ -187,7 +198,9 @@ KernelBench weighted_sum_bench() {
     p.add(uniform_tensor(s, -1.0f, 1.0f, stream_seed(seed, 1)), false);
     return p;
   };
-  b.run = [](std::vector<Tensor>& in, const Shape&, DType) { return std::vector<Tensor>{ops::bag_weighted_sum(in[0], in[1])}; };
+  b.run = [](std::vector<Tensor>& in, const Shape&, DType) {
+    return std::vector<Tensor>{ops::bag_weighted_sum(in[0], in[1])};
+  };
 #ifdef DSMIL_WITH_CUDA
   b.launch_fast = [](const Shape& s, DType) { return grid_stride_launch(s[0] * s[2]) + " (thread per (b, f))"; };
 #endif
@@ -219,7 +232,9 @@ KernelBench outer_bench() {
     p.add(uniform_tensor({s[0], s[2]}, -1.0f, 1.0f, stream_seed(seed, 1)), false);
     return p;
   };
-  b.run = [](std::vector<Tensor>& in, const Shape&, DType) { return std::vector<Tensor>{ops::bag_outer(in[0], in[1])}; };
+  b.run = [](std::vector<Tensor>& in, const Shape&, DType) {
+    return std::vector<Tensor>{ops::bag_outer(in[0], in[1])};
+  };
 #ifdef DSMIL_WITH_CUDA
   b.launch_fast = [](const Shape& s, DType) { return grid_stride_launch(s[0] * s[1] * s[2]); };
 #endif
@@ -231,7 +246,10 @@ KernelBench focal_loss_bench() {
   constexpr float kSmoothing = 0.2f, kGamma = 2.0f;
   KernelBench b = head_bench("focal_loss", "focal_loss.cu", "logits[B,C]",
                              "read logits, target, weight; write loss, grad, per_sample",
-                             [](const ModelShapes& m) { return Shape{m.bags, m.classes}; }, {5, 3});
+                             [](const ModelShapes& m) {
+                               return Shape{m.bags, m.classes};
+                             },
+                             {5, 3});
   b.bytes = [](const Shape& s, DType) { return 8 * s[0] * s[1] + 12 * s[0] + 4; };
   b.draw = [](const Shape& s, DType, uint64_t seed) {
     Problem p;

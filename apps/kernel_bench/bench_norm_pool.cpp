@@ -161,7 +161,8 @@ KernelBench maxpool_forward_bench() {
   KernelBench b = activation_bench("maxpool3d_forward", "maxpool3d.cu", "read x; write y, argmax");
   b.launchers = {"maxpool3d_forward"};
   b.bytes = [](const Shape& s, DType d) {
-    return element_bytes(d) * shape_numel(s) + (element_bytes(d) + 4) * shape_numel(ops::pool3d_output_shape(s, kStemPool));
+    return element_bytes(d) * shape_numel(s) +
+           (element_bytes(d) + 4) * shape_numel(ops::pool3d_output_shape(s, kStemPool));
   };
   b.draw = [](const Shape& s, DType dtype, uint64_t seed) {
     Problem p;
@@ -182,8 +183,8 @@ KernelBench maxpool_forward_bench() {
 
 // dy and argmax of the stem's pooling of a random x (argmax from the CPU forward).
 Problem maxpool_backward_inputs(const Shape& s, DType dtype, uint64_t seed) {
-  const MaxPoolOut forward = ops::maxpool3d_forward(uniform_tensor(s, -1.0f, 1.0f, stream_seed(seed, 0), dtype),
-                                                    kStemPool);
+  const MaxPoolOut forward =
+      ops::maxpool3d_forward(uniform_tensor(s, -1.0f, 1.0f, stream_seed(seed, 0), dtype), kStemPool);
   Problem p;
   p.add(uniform_tensor(forward.y.shape(), -1.0f, 1.0f, stream_seed(seed, 1), dtype), true);
   p.add(forward.argmax, false);
@@ -194,7 +195,8 @@ KernelBench maxpool_backward_bench() {
   KernelBench b = activation_bench("maxpool3d_backward", "maxpool3d.cu", "read dy, argmax; write dx");
   b.launchers = {"maxpool3d_backward"};
   b.bytes = [](const Shape& s, DType d) {
-    return element_bytes(d) * shape_numel(s) + (element_bytes(d) + 4) * shape_numel(ops::pool3d_output_shape(s, kStemPool));
+    return element_bytes(d) * shape_numel(s) +
+           (element_bytes(d) + 4) * shape_numel(ops::pool3d_output_shape(s, kStemPool));
   };
   b.draw = maxpool_backward_inputs;
   b.run = [](std::vector<Tensor>& in, const Shape& s, DType) {
@@ -265,14 +267,15 @@ std::string fold_launch(int64_t written_elements, const Shape& s, DType d) {
 #endif
 
 int64_t fold_bytes(const Shape& s, DType d) {
-  return element_bytes(d) * (shape_numel(s) + shape_numel(ops::space_to_depth_shape("space_to_depth", s, stem_fold(s))));
+  return element_bytes(d) *
+         (shape_numel(s) + shape_numel(ops::space_to_depth_shape("space_to_depth", s, stem_fold(s))));
 }
 
 // An entry of a fold kernel: its launcher has the entry's name; bytes of x and of the stem's fold.
 KernelBench fold_bench(const char* name, const char* bytes_meaning) {
-  KernelBench b = described_bench(name, "space_to_depth.cu", "x[N,D,H,W,C] (unfolded)", bytes_meaning, 5,
-                                  {DType::F32, DType::BF16}, [](const ModelShapes& m) { return m.input; },
-                                  {2, 3, 9, 10, 3});
+  KernelBench b =
+      described_bench(name, "space_to_depth.cu", "x[N,D,H,W,C] (unfolded)", bytes_meaning, 5, {DType::F32, DType::BF16},
+                      [](const ModelShapes& m) { return m.input; }, {2, 3, 9, 10, 3});
   b.launchers = {name};
   b.bytes = fold_bytes;
   return b;

@@ -51,7 +51,9 @@ KernelBench bias_backward_bench() {
   };
   b.run = [](std::vector<Tensor>& in, const Shape&, DType) { return std::vector<Tensor>{ops::bias_backward(in[0])}; };
 #ifdef DSMIL_WITH_CUDA
-  b.launch_fast = [](const Shape& s, DType) { return fmt::format("{} x (32, 8) (column tile per block)", (s[1] + 31) / 32); };
+  b.launch_fast = [](const Shape& s, DType) {
+    return fmt::format("{} x (32, 8) (column tile per block)", (s[1] + 31) / 32);
+  };
 #endif
   return b;
 }
@@ -136,9 +138,9 @@ int64_t total_elements(const Shape& sizes) { return std::accumulate(sizes.begin(
 
 // A list entry's --shape holds the element count of each tensor.
 KernelBench multi_tensor_bench(const char* name, const char* bytes_meaning, bool with_buffers) {
-  KernelBench b = described_bench(name, "optimizer_updates.cu", "numel of each tensor [n0,n1,...]", bytes_meaning, 0,
-                                  {DType::F32}, [with_buffers](const ModelShapes& m) { return encoder_tensor_sizes(m, with_buffers); },
-                                  {9000, 3, 70, 1});
+  KernelBench b = described_bench(
+      name, "optimizer_updates.cu", "numel of each tensor [n0,n1,...]", bytes_meaning, 0, {DType::F32},
+      [with_buffers](const ModelShapes& m) { return encoder_tensor_sizes(m, with_buffers); }, {9000, 3, 70, 1});
 #ifdef DSMIL_WITH_CUDA
   b.launch_fast = [](const Shape& sizes, DType) {
     int64_t blocks = 0;
@@ -162,7 +164,8 @@ class ListCache {
 
 KernelBench multi_tensor_adamw_bench() {
   constexpr float kMaxGradNorm = 1.0f;
-  KernelBench b = multi_tensor_bench("multi_tensor_adamw", "read param, grad (twice: norm), m, v; write param, m, v", false);
+  KernelBench b =
+      multi_tensor_bench("multi_tensor_adamw", "read param, grad (twice: norm), m, v; write param, m, v", false);
   b.launchers = {"multi_tensor_sum_squares", "multi_tensor_norm", "multi_tensor_adamw"};
   b.bytes = [](const Shape& sizes, DType) { return 32 * total_elements(sizes); };
   b.draw = [](const Shape& sizes, DType, uint64_t seed) {

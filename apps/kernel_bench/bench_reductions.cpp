@@ -88,8 +88,8 @@ KernelBench sum_squares_bench() {
   };
   b.launch_plain = [](const Shape& s, DType) {
     constexpr int threads = kernels::plain::kSumSquaresPlainThreads;
-    return fmt::format("memset + {} x {} (thread per element, fp64 atomicAdd)", (shape_numel(s) + threads - 1) / threads,
-                       threads);
+    return fmt::format("memset + {} x {} (thread per element, fp64 atomicAdd)",
+                       (shape_numel(s) + threads - 1) / threads, threads);
   };
 #endif
   return b;

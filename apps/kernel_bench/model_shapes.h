@@ -21,11 +21,11 @@ struct ModelDims {
 
 // Channels-last activation shapes [N = B*n, D, H, W, C] and the head's sizes.
 struct ModelShapes {
-  Shape input;                 // x[N, S, size, size, in_channels]
-  Shape stem;                  // stem convolution output (batch norm, ReLU, max pooling read it)
-  std::array<Shape, 4> stages; // output of each ResNet stage (stage 1: the max pool's output)
-  Shape embedding;             // h[N, 8w] after global average pooling
-  Shape largest_weight;        // the largest parameter: a stage-4 conv weight [8w, kd, 3, 3, 8w]
+  Shape input;                  // x[N, S, size, size, in_channels]
+  Shape stem;                   // stem convolution output (batch norm, ReLU, max pooling read it)
+  std::array<Shape, 4> stages;  // output of each ResNet stage (stage 1: the max pool's output)
+  Shape embedding;              // h[N, 8w] after global average pooling
+  Shape largest_weight;         // the largest parameter: a stage-4 conv weight [8w, kd, 3, 3, 8w]
   int64_t bags = 0, instances = 0, features = 0, topk = 0, classes = 0;
 };
 

@@ -60,17 +60,20 @@ Tensor random_ints(const Shape& shape, int32_t count, uint64_t seed) {
 
 double tolerance(DType dtype) {
   switch (dtype) {
-    case DType::F32: return 64.0 / (1 << 23);
-    case DType::BF16: return 1.0 / (1 << 7);
-    case DType::I32: return 0.0;
+    case DType::F32:
+      return 64.0 / (1 << 23);
+    case DType::BF16:
+      return 1.0 / (1 << 7);
+    case DType::I32:
+      return 0.0;
   }
   return 0.0;
 }
 
 Comparison compare_output(const std::string& name, const Tensor& got, const Tensor& ref) {
   if (got.shape() != ref.shape())
-    throw ShapeError(fmt::format("kernel bench: output {} has shape {}, its reference {}", name, got.describe(),
-                                 ref.describe()));
+    throw ShapeError(
+        fmt::format("kernel bench: output {} has shape {}, its reference {}", name, got.describe(), ref.describe()));
   Comparison c;
   c.output = name;
   const std::vector<float> g = got.to_vector(), r = ref.to_vector();

@@ -82,7 +82,8 @@ std::vector<Selection> select_benches(const std::string& kernel, const std::stri
       return std::find(b.dtypes.begin(), b.dtypes.end(), d) != b.dtypes.end();
     });
     if (!all && !some_dtype)
-      throw Error(fmt::format("dsmil bench: kernel '{}' runs in {} only, not --dtype {}", b.name, dtype_list(b), dtype));
+      throw Error(
+          fmt::format("dsmil bench: kernel '{}' runs in {} only, not --dtype {}", b.name, dtype_list(b), dtype));
     for (DType d : b.dtypes) {
       if (std::find(dtypes.begin(), dtypes.end(), d) == dtypes.end()) continue;
       for (Variant v : variants)
@@ -107,9 +108,10 @@ Shape parse_shape(const std::string& text, const KernelBench& bench) {
       used = 0;
     }
     if (used == 0 || used != item.size() || value < 1)
-      throw Error(fmt::format("dsmil bench: --shape '{}' is not a list of positive sizes such as 64,4,64,64,64 "
-                              "(kernel {} takes {})",
-                              text, bench.name, bench.shape_meaning));
+      throw Error(
+          fmt::format("dsmil bench: --shape '{}' is not a list of positive sizes such as 64,4,64,64,64 "
+                      "(kernel {} takes {})",
+                      text, bench.name, bench.shape_meaning));
     shape.push_back(value);
   }
   if (shape.empty() || (bench.shape_rank > 0 && static_cast<int>(shape.size()) != bench.shape_rank))

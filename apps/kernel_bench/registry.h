@@ -37,22 +37,22 @@ using TimedRun = std::function<void(std::vector<Tensor>& inputs, const Shape& sh
 
 struct KernelBench {
   std::string name;
-  std::string file;            // kernels/<file>: where the fast kernel lives
-  std::string shape_meaning;   // what --shape gives, e.g. "x[N,D,H,W,C]"
-  std::string bytes_meaning;   // what the byte count counts, e.g. "read x, write y"
-  int shape_rank = 0;          // values --shape takes; 0: any number (a flat tensor of that shape)
+  std::string file;                          // kernels/<file>: where the fast kernel lives
+  std::string shape_meaning;                 // what --shape gives, e.g. "x[N,D,H,W,C]"
+  std::string bytes_meaning;                 // what the byte count counts, e.g. "read x, write y"
+  int shape_rank = 0;                        // values --shape takes; 0: any number (a flat tensor of that shape)
   std::vector<std::string> launchers;        // launchers of kernels/*.h this entry runs
   std::vector<std::string> plain_launchers;  // launchers of kernels/plain/*.h (empty: no plain variant)
-  std::vector<DType> dtypes;   // storage dtypes it runs in (F32, BF16)
+  std::vector<DType> dtypes;                 // storage dtypes it runs in (F32, BF16)
   Nature nature = Nature::Memory;
   std::function<Shape(const ModelShapes&)> model_shape;
-  Shape tiny_shape;            // for the CPU tests
+  Shape tiny_shape;  // for the CPU tests
   // Bytes the op must read and write at least once (its inputs and outputs), counted from the shape.
   std::function<int64_t(const Shape&, DType)> bytes;
   std::function<double(const Shape&)> flops;  // empty where arithmetic is not counted
   std::function<Problem(const Shape&, DType, uint64_t seed)> draw;
   OpRun run;
-  OpRun reference;             // empty: `run` on the CPU tensors
+  OpRun reference;  // empty: `run` on the CPU tensors
   // CUDA builds only (empty otherwise): the plain variant, timing overrides and the launch description.
   OpRun plain;
   TimedRun timed_fast, timed_plain;  // empty: time `run` / `plain`

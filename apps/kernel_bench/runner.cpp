@@ -152,7 +152,8 @@ class Timer {
     for (int r = 0; r < std::max(warmup, 2); ++r) {
       const auto t0 = std::chrono::steady_clock::now();
       call(r % sets);
-      if (r > 0) host_ns.push_back(std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - t0).count());
+      if (r > 0)
+        host_ns.push_back(std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - t0).count());
     }
     cuda::synchronize();
     const int64_t spin_ns = std::clamp<int64_t>(static_cast<int64_t>(3.0 * median_of(host_ns)) + 20000, 20000, 2000000);
@@ -278,15 +279,29 @@ void print_row(const Row& r) {
 
 void write_json(const std::string& path, const std::vector<Row>& rows, double copy_gbps, uint64_t seed,
                 const Options& o) {
-  nlohmann::json j = {{"device", cuda::backend_versions()}, {"copy_gbps", copy_gbps}, {"seed", seed},
-                      {"reps", o.reps},                     {"rows", nlohmann::json::array()}};
+  nlohmann::json j = {{"device", cuda::backend_versions()},
+                      {"copy_gbps", copy_gbps},
+                      {"seed", seed},
+                      {"reps", o.reps},
+                      {"rows", nlohmann::json::array()}};
   for (const Row& r : rows)
-    j["rows"].push_back({{"kernel", r.kernel},       {"variant", r.variant},   {"dtype", r.dtype},
-                         {"shape", r.shape},         {"launch", r.launch},     {"pass", r.pass},
-                         {"max_error", r.error},     {"tolerance", r.tolerance}, {"median_us", r.median_us},
-                         {"best_us", r.best_us},     {"bytes", r.bytes},       {"gbps", r.gbps},
-                         {"copy_share", r.copy_share}, {"gflops", r.gflops},   {"bound", r.bound},
-                         {"input_copies", r.sets},   {"l2_evicted", r.evicted}});
+    j["rows"].push_back({{"kernel", r.kernel},
+                         {"variant", r.variant},
+                         {"dtype", r.dtype},
+                         {"shape", r.shape},
+                         {"launch", r.launch},
+                         {"pass", r.pass},
+                         {"max_error", r.error},
+                         {"tolerance", r.tolerance},
+                         {"median_us", r.median_us},
+                         {"best_us", r.best_us},
+                         {"bytes", r.bytes},
+                         {"gbps", r.gbps},
+                         {"copy_share", r.copy_share},
+                         {"gflops", r.gflops},
+                         {"bound", r.bound},
+                         {"input_copies", r.sets},
+                         {"l2_evicted", r.evicted}});
   std::ofstream(path) << j.dump(1) << "\n";
 }
 

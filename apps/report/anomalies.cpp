@@ -26,8 +26,8 @@ void class_collapse(const FoldEvaluation& f, const std::string& scope, const Ano
     const bool all_lgg = c.tp + c.fp == 0, all_hgg = c.tn + c.fn == 0;
     const bool low_hgg = m->sensitivity < rules.min_class_recall, low_lgg = m->specificity < rules.min_class_recall;
     if (!(all_lgg || all_hgg || low_hgg || low_lgg)) continue;
-    std::string what = fmt::format("at {}: HGG recall {:.3f} ({}/{} correct), LGG recall {:.3f} ({}/{} correct)",
-                                   label, m->sensitivity, c.tp, c.n_hgg(), m->specificity, c.tn, c.n_lgg());
+    std::string what = fmt::format("at {}: HGG recall {:.3f} ({}/{} correct), LGG recall {:.3f} ({}/{} correct)", label,
+                                   m->sensitivity, c.tp, c.n_hgg(), m->specificity, c.tn, c.n_lgg());
     if (all_lgg) what += fmt::format("; all {} predictions are LGG", c.n());
     if (all_hgg) what += fmt::format("; all {} predictions are HGG", c.n());
     out.push_back({AnomalyKind::class_collapse, scope, what});
@@ -41,24 +41,25 @@ void high_auc_low_f1(const FoldEvaluation& f, const std::string& scope, const An
     // A NaN F1 (nothing predicted HGG and no HGG case) cannot occur with both classes present.
     if (m->f1 < rules.low_f1 || m->balanced_accuracy < rules.low_balanced_accuracy)
       out.push_back({AnomalyKind::high_auc_low_f1, scope,
-                     fmt::format("AUC {:.4f} but at {}: F1 {:.4f}, balanced accuracy {:.4f}", f.auc.auc, label,
-                                 m->f1, m->balanced_accuracy)});
+                     fmt::format("AUC {:.4f} but at {}: F1 {:.4f}, balanced accuracy {:.4f}", f.auc.auc, label, m->f1,
+                                 m->balanced_accuracy)});
   }
 }
 
 // A fold whose model never ranked its own training bags well learned nothing its test metrics could show.
-void no_learning(const FoldEvaluation& f, const std::string& scope, const AnomalyRules& rules, std::vector<Anomaly>& out) {
+void no_learning(const FoldEvaluation& f, const std::string& scope, const AnomalyRules& rules,
+                 std::vector<Anomaly>& out) {
   if (!f.stability || std::isnan(f.stability->train_auc_max)) return;
   const Stability& s = *f.stability;
   if (s.train_auc_max < rules.min_train_auc)
-    out.push_back({AnomalyKind::no_learning, scope,
-                   fmt::format("the training AUC never reached {:.2f}: at most {:.4f} (epoch {}) over {} epochs{}{}",
-                               rules.min_train_auc, s.train_auc_max, s.train_auc_max_epoch, s.epochs,
-                               f.info.stopped_early ? ", stopped early" : "",
-                               s.last_health_warning.empty()
-                                   ? std::string()
-                                   : fmt::format(". Training health at epoch {}: {}", s.last_health_warning_epoch,
-                                                 s.last_health_warning))});
+    out.push_back(
+        {AnomalyKind::no_learning, scope,
+         fmt::format("the training AUC never reached {:.2f}: at most {:.4f} (epoch {}) over {} epochs{}{}",
+                     rules.min_train_auc, s.train_auc_max, s.train_auc_max_epoch, s.epochs,
+                     f.info.stopped_early ? ", stopped early" : "",
+                     s.last_health_warning.empty() ? std::string()
+                                                   : fmt::format(". Training health at epoch {}: {}",
+                                                                 s.last_health_warning_epoch, s.last_health_warning))});
 }
 
 void overfitting(const FoldEvaluation& f, const std::string& scope, const AnomalyRules& rules,
@@ -72,8 +73,8 @@ void overfitting(const FoldEvaluation& f, const std::string& scope, const Anomal
   if (s.val_loss_final > (1.0 + rules.max_val_loss_rise) * s.val_loss_min)
     out.push_back({AnomalyKind::overfitting, scope,
                    fmt::format("val loss rose {:.1f}% from its minimum {:.4f} (epoch {}) to {:.4f} (epoch {})",
-                               100.0 * (s.val_loss_final / s.val_loss_min - 1.0), s.val_loss_min,
-                               s.min_val_loss_epoch, s.val_loss_final, s.epochs)});
+                               100.0 * (s.val_loss_final / s.val_loss_min - 1.0), s.val_loss_min, s.min_val_loss_epoch,
+                               s.val_loss_final, s.epochs)});
 }
 
 void attention_collapse(const FoldEvaluation& f, const std::string& scope, const AnomalyRules& rules,
@@ -96,9 +97,9 @@ void miscalibration(const FoldEvaluation& f, const std::string& scope, const Ano
 
 void fold_spread(const CvEvaluation& cv, const AnomalyRules& rules, std::vector<Anomaly>& out) {
   if (cv.folds.size() < 2) return;
-  for (const auto& [name, pick] :
-       {std::pair<std::string, double ThresholdMetrics::*>{"F1", &ThresholdMetrics::f1},
-        std::pair<std::string, double ThresholdMetrics::*>{"balanced accuracy", &ThresholdMetrics::balanced_accuracy}}) {
+  for (const auto& [name, pick] : {std::pair<std::string, double ThresholdMetrics::*>{"F1", &ThresholdMetrics::f1},
+                                   std::pair<std::string, double ThresholdMetrics::*>{
+                                       "balanced accuracy", &ThresholdMetrics::balanced_accuracy}}) {
     std::vector<double> values;
     for (const auto& f : cv.folds) values.push_back(f.at_calibrated.*pick);
     const Spread s = spread(values);
@@ -114,14 +115,22 @@ void fold_spread(const CvEvaluation& cv, const AnomalyRules& rules, std::vector<
 
 std::string_view anomaly_name(AnomalyKind kind) {
   switch (kind) {
-    case AnomalyKind::class_collapse: return "class collapse";
-    case AnomalyKind::high_auc_low_f1: return "high AUC with low F1";
-    case AnomalyKind::no_learning: return "no learning";
-    case AnomalyKind::overfitting: return "overfitting";
-    case AnomalyKind::attention_collapse: return "attention collapse";
-    case AnomalyKind::miscalibration: return "miscalibration";
-    case AnomalyKind::fold_spread: return "fold spread";
-    case AnomalyKind::optimistic_protocol: return "optimistic protocol";
+    case AnomalyKind::class_collapse:
+      return "class collapse";
+    case AnomalyKind::high_auc_low_f1:
+      return "high AUC with low F1";
+    case AnomalyKind::no_learning:
+      return "no learning";
+    case AnomalyKind::overfitting:
+      return "overfitting";
+    case AnomalyKind::attention_collapse:
+      return "attention collapse";
+    case AnomalyKind::miscalibration:
+      return "miscalibration";
+    case AnomalyKind::fold_spread:
+      return "fold spread";
+    case AnomalyKind::optimistic_protocol:
+      return "optimistic protocol";
   }
   return "?";
 }

@@ -103,9 +103,9 @@ std::string anomaly_verdict(Printer& p, const std::vector<Anomaly>& anomalies) {
   for (const auto& [kind, where] : scopes_by_kind(anomalies)) {
     const std::string name(anomaly_name(kind));
     found += found.empty() ? "" : "; ";
-    found += where.contains("CV") ? name + " (over the whole CV)"
-                                  : fmt::format("{} in {} of {} folds", name, p.count("/anomaly_folds/" + name),
-                                                p.count("/n_folds"));
+    found += where.contains("CV")
+                 ? name + " (over the whole CV)"
+                 : fmt::format("{} in {} of {} folds", name, p.count("/anomaly_folds/" + name), p.count("/n_folds"));
   }
   return "Anomalies found (section 3): " + found + ". ";
 }
@@ -123,11 +123,11 @@ std::string worst_misses(Printer& p, const CvEvaluation& cv) {
     }
   if (worst_recall == 1.0) return ", and at its calibrated thresholds it classifies every test case correctly";
   const std::string at = fmt::format("/pooled/{}", worst_repeat);
-  return fmt::format(", but at its calibrated thresholds it misses {} of the {} {} cases{}",
-                     p.count(at + (worst_hgg ? "/at_threshold/calibrated/confusion/1/0"
-                                             : "/at_threshold/calibrated/confusion/0/1")),
-                     p.count(at + (worst_hgg ? "/n_hgg" : "/n_lgg")), worst_hgg ? "HGG" : "LGG",
-                     cv.n_repeats > 1 ? fmt::format(" in repeat {}", cv.pooled[worst_repeat].repeat) : "");
+  return fmt::format(
+      ", but at its calibrated thresholds it misses {} of the {} {} cases{}",
+      p.count(at + (worst_hgg ? "/at_threshold/calibrated/confusion/1/0" : "/at_threshold/calibrated/confusion/0/1")),
+      p.count(at + (worst_hgg ? "/n_hgg" : "/n_lgg")), worst_hgg ? "HGG" : "LGG",
+      cv.n_repeats > 1 ? fmt::format(" in repeat {}", cv.pooled[worst_repeat].repeat) : "");
 }
 
 std::string bottom_line(Printer& p, const CvEvaluation& cv) {
@@ -157,13 +157,13 @@ std::string fold_section(Printer& p, const FoldEvaluation& f, size_t index, int 
                    info.best_epoch, p.count(prefix + "/epochs_run"), info.stopped_early ? "yes" : "no",
                    info.chosen_model, info.monitor, p.num(prefix + "/monitor_value"));
   const std::string chosen_on = info.threshold_method == "0.5" ? "fixed, not calibrated"
-                                : info.protocol == "nested"     ? "chosen on the inner validation split"
-                                                                : "chosen on the **test fold** (optimistic)";
-  s += fmt::format("- **Threshold:** `{}` → {} ({}); test set {} cases ({} HGG, {} LGG), "
-                   "inner validation {} cases\n",
-                   info.threshold_method, p.num(prefix + "/threshold"), chosen_on,
-                   p.count(prefix + "/n_test"), p.count(prefix + "/n_hgg"), p.count(prefix + "/n_lgg"),
-                   p.count(prefix + "/n_val"));
+                                : info.protocol == "nested"    ? "chosen on the inner validation split"
+                                                               : "chosen on the **test fold** (optimistic)";
+  s += fmt::format(
+      "- **Threshold:** `{}` → {} ({}); test set {} cases ({} HGG, {} LGG), "
+      "inner validation {} cases\n",
+      info.threshold_method, p.num(prefix + "/threshold"), chosen_on, p.count(prefix + "/n_test"),
+      p.count(prefix + "/n_hgg"), p.count(prefix + "/n_lgg"), p.count(prefix + "/n_val"));
   s += fmt::format("- **Test AUC:** {} (95% CI {}–{}); Brier {}; ECE {}\n\n", p.num(prefix + "/auc"),
                    p.num(prefix + "/auc_ci95/0"), p.num(prefix + "/auc_ci95/1"), p.num(prefix + "/brier"),
                    p.num(prefix + "/ece"));
@@ -178,23 +178,23 @@ std::string fold_section(Printer& p, const FoldEvaluation& f, size_t index, int 
   for (const auto& key : kThresholdKeys) {
     const std::string block = prefix + "/at_threshold/" + key;
     s += fmt::format("  - at {}: {}; [[tn, fp], [fn, tp]] = [[{}, {}], [{}, {}]]\n", threshold_title(f, key),
-                     class_line(p, block, prefix), p.count(block + "/confusion/0/0"),
-                     p.count(block + "/confusion/0/1"), p.count(block + "/confusion/1/0"),
-                     p.count(block + "/confusion/1/1"));
+                     class_line(p, block, prefix), p.count(block + "/confusion/0/0"), p.count(block + "/confusion/0/1"),
+                     p.count(block + "/confusion/1/0"), p.count(block + "/confusion/1/1"));
   }
 
   if (f.stability) {
     const Stability& st = *f.stability;
     s += fmt::format(
         "- **Stability** ({} validation record, from metrics.jsonl):\n"
-        "  - val loss {:.4f} (epoch 1) → {:.4f} (best epoch {}) → {:.4f} (final, epoch {}); minimum {:.4f} at epoch {}\n"
+        "  - val loss {:.4f} (epoch 1) → {:.4f} (best epoch {}) → {:.4f} (final, epoch {}); minimum {:.4f} at epoch "
+        "{}\n"
         "  - val AUC {:.4f} → {:.4f} (best) → {:.4f} (final)\n"
         "  - train/val loss at the final epoch: {:.4f} (train) vs {:.4f} (val), gap {:+.4f}\n"
         "  - training AUC at the best epoch {:.4f}; highest of any epoch: {:.4f} (epoch {})\n",
-        info.chosen_model == "ema" ? "EMA model's" : "raw model's", st.val_loss_first, st.val_loss_best,
-        st.best_epoch, st.val_loss_final, st.epochs, st.val_loss_min, st.min_val_loss_epoch, st.val_auc_first,
-        st.val_auc_best, st.val_auc_final, st.train_loss_final, st.val_loss_final, st.loss_gap_final,
-        st.train_auc_best, st.train_auc_max, st.train_auc_max_epoch);
+        info.chosen_model == "ema" ? "EMA model's" : "raw model's", st.val_loss_first, st.val_loss_best, st.best_epoch,
+        st.val_loss_final, st.epochs, st.val_loss_min, st.min_val_loss_epoch, st.val_auc_first, st.val_auc_best,
+        st.val_auc_final, st.train_loss_final, st.val_loss_final, st.loss_gap_final, st.train_auc_best,
+        st.train_auc_max, st.train_auc_max_epoch);
     if (!st.last_health_warning.empty())
       s += fmt::format("  - training health, last warning (epoch {}): {}\n", st.last_health_warning_epoch,
                        st.last_health_warning);
@@ -202,9 +202,10 @@ std::string fold_section(Printer& p, const FoldEvaluation& f, size_t index, int 
     s += "- **Stability:** metrics.jsonl is empty\n";
   }
   if (f.attention)
-    s += fmt::format("- **Attention** (mean of the last {} epochs): top-1 weight {:.3f}, effective instances {:.2f}, "
-                     "entropy / log n {:.3f}\n",
-                     f.attention->epochs, f.attention->top1, f.attention->neff, f.attention->entropy_norm);
+    s += fmt::format(
+        "- **Attention** (mean of the last {} epochs): top-1 weight {:.3f}, effective instances {:.2f}, "
+        "entropy / log n {:.3f}\n",
+        f.attention->epochs, f.attention->top1, f.attention->neff, f.attention->entropy_norm);
   else
     s += "- **Attention:** not logged\n";
 
@@ -265,9 +266,10 @@ std::string cv_section(Printer& p, const CvEvaluation& cv) {
   }
 
   if (cv.n_repeats > 1) {
-    s += fmt::format("\n**Spread between {} repeats** (mean ± sample std over repeats; fold spread above)\n\n"
-                     "| Metric | Pooled per repeat | Fold mean per repeat |\n|---|---|---|\n",
-                     cv.n_repeats);
+    s += fmt::format(
+        "\n**Spread between {} repeats** (mean ± sample std over repeats; fold spread above)\n\n"
+        "| Metric | Pooled per repeat | Fold mean per repeat |\n|---|---|---|\n",
+        cv.n_repeats);
     for (const auto& name : kThresholdFreeMetrics)
       s += fmt::format("| {} | {} | {} |\n", metric_title(name), p.mean_std("/repeat_spread/pooled/" + name),
                        p.mean_std("/repeat_spread/fold_mean/" + name));
@@ -305,12 +307,14 @@ std::string recommendation_section(const std::vector<Anomaly>& anomalies, const 
   const auto recommendations = recommendations_for(anomalies, settings);
   if (recommendations.empty()) return s + "No anomaly to act on.\n\n";
   s += settings.config_read
-           ? fmt::format("From the anomalies above and the run's resolved config ({}): advice that the config already "
-                         "follows is left out, and a setting to change is named with its current value.\n\n",
-                         settings.source)
-           : fmt::format("The run's config is unknown ({}), so this advice cannot take its settings into account; "
-                         "it knows only what fold.json states: the monitor and the threshold method.\n\n",
-                         settings.source);
+           ? fmt::format(
+                 "From the anomalies above and the run's resolved config ({}): advice that the config already "
+                 "follows is left out, and a setting to change is named with its current value.\n\n",
+                 settings.source)
+           : fmt::format(
+                 "The run's config is unknown ({}), so this advice cannot take its settings into account; "
+                 "it knows only what fold.json states: the monitor and the threshold method.\n\n",
+                 settings.source);
   for (size_t i = 0; i < recommendations.size(); ++i) {
     const Recommendation& r = recommendations[i];
     s += fmt::format("### {}. {} (because of: {})\n\n", i + 1, r.title, anomaly_name(r.kind));
@@ -351,8 +355,8 @@ bool natural_less(const std::string& a, const std::string& b) {
 std::string check_group(const std::string& title, const std::vector<Check>& checks) {
   size_t failed = 0;
   for (const auto& c : checks) failed += !c.pass;
-  std::string s = fmt::format("#### {} — {} numbers, {} PASS, {} FAIL\n\n", title, checks.size(),
-                              checks.size() - failed, failed);
+  std::string s =
+      fmt::format("#### {} — {} numbers, {} PASS, {} FAIL\n\n", title, checks.size(), checks.size() - failed, failed);
   const bool list_all = checks.size() <= kListedChecksPerGroup;
   if (!list_all && failed == 0) return s + "All agree.\n\n";
   std::string rows;
@@ -362,7 +366,7 @@ std::string check_group(const std::string& title, const std::vector<Check>& chec
 }
 
 std::string consistency_section(const std::vector<Check>& training, const std::vector<Check>& printed,
-                                 const std::vector<Check>& summary) {
+                                const std::vector<Check>& summary) {
   std::string s =
       "## 5. Consistency\n\n"
       "The fold files are read again and every number is recomputed from the predictions: confusion matrices "
@@ -443,14 +447,16 @@ std::string provenance_lines(const nlohmann::json& records) {
                                        cuda.value("runtime", "?"), cuda.value("cudnn", "?"), cuda.value("cublas", "?"))
                          : "on the CPU";
     const std::string dirty = r["dirty"].is_boolean() && r["dirty"].get<bool>() ? " (with uncommitted changes)" : "";
-    ++builds[fmt::format("dsmil {}, commit {}{}, {} {}, {}", r.value("version", "?"), r.value("commit", "?").substr(0, 12),
-                         dirty, r.value("build_type", "?"), r.value("compiler", "?"), device)];
+    ++builds[fmt::format("dsmil {}, commit {}{}, {} {}, {}", r.value("version", "?"),
+                         r.value("commit", "?").substr(0, 12), dirty, r.value("build_type", "?"),
+                         r.value("compiler", "?"), device)];
     configs.insert(r.value("config_sha256", "?"));
   }
   std::string s = "- **Made by** (provenance.jsonl; cv_summary.json has the command lines):\n";
   for (const auto& [build, processes] : builds)
     s += fmt::format("  - {}: {} process{}\n", build, processes, processes == 1 ? "" : "es");
-  if (configs.size() > 1) s += fmt::format("  - ⚠️ {} different configs (by SHA-256) worked on these folds\n", configs.size());
+  if (configs.size() > 1)
+    s += fmt::format("  - ⚠️ {} different configs (by SHA-256) worked on these folds\n", configs.size());
   return s;
 }
 
@@ -460,18 +466,21 @@ std::string header(const CvEvaluation& cv, const AuditOptions& options, const st
   for (const auto& in : options.inputs) inputs += fmt::format(" `{}`", in.string());
   std::string s = "# dsmil3d cross-validation audit\n\n" + verdict + "\n\n";
   if (failed > 0)
-    s += fmt::format("> ❌ **CONSISTENCY FAILURE: {} of {} reported numbers disagree with their recomputation "
-                     "from the predictions — see section 5. Do not use these numbers.**\n\n",
-                     failed, checks);
+    s += fmt::format(
+        "> ❌ **CONSISTENCY FAILURE: {} of {} reported numbers disagree with their recomputation "
+        "from the predictions — see section 5. Do not use these numbers.**\n\n",
+        failed, checks);
   else
-    s += fmt::format("> ✅ Consistency: all {} reported numbers agree with their recomputation from the "
-                     "predictions (section 5).\n\n",
-                     checks);
+    s += fmt::format(
+        "> ✅ Consistency: all {} reported numbers agree with their recomputation from the "
+        "predictions (section 5).\n\n",
+        checks);
   if (cv.optimistic())
-    s += fmt::format("> ⚠️ **OPTIMISTIC RESULTS — protocol `{}`.** Checkpoints and thresholds were selected on the "
-                     "test folds (the seed's protocol). Every test metric below is biased upwards; rerun with the "
-                     "nested protocol for an unbiased estimate.\n\n",
-                     cv.protocol);
+    s += fmt::format(
+        "> ⚠️ **OPTIMISTIC RESULTS — protocol `{}`.** Checkpoints and thresholds were selected on the "
+        "test folds (the seed's protocol). Every test metric below is biased upwards; rerun with the "
+        "nested protocol for an unbiased estimate.\n\n",
+        cv.protocol);
   s += fmt::format(
       "- **Inputs:**{}\n- **Protocol:** `{}`; {} fold(s){}\n"
       "- **Conventions:** HGG is the positive class (label 1); a case is predicted HGG when p(HGG) ≥ threshold. "
@@ -560,11 +569,11 @@ AuditResult run_audit(const AuditOptions& options) {
                                             value_text(c.recomputed)));
     }
 
-  const std::vector<Plot> plots = options.write_plots ? write_cv_plots(run, cv, options.out_dir / "plots")
-                                                      : std::vector<Plot>{};
+  const std::vector<Plot> plots =
+      options.write_plots ? write_cv_plots(run, cv, options.out_dir / "plots") : std::vector<Plot>{};
   write_text_file(result.audit_md, header(cv, options, verdict_text, result.checks, result.failed_checks) + body +
-                                  consistency_section(training, printed, in_summary) +
-                                  plots_section(plots, options.out_dir));
+                                       consistency_section(training, printed, in_summary) +
+                                       plots_section(plots, options.out_dir));
   summary["consistency"] = {{"checks", result.checks}, {"failed", result.failed_checks}, {"failures", result.failures}};
   write_text_file(result.cv_summary_json, summary.dump(2) + "\n");
   return result;

@@ -54,7 +54,8 @@ std::string delta(double a, double b, bool lower_is_better) {
 
 std::string metric_row(const LoadedSummary& a, const LoadedSummary& b, const std::string& title,
                        const std::string& summary_pointer, const std::string& pooled_tail, bool lower_is_better) {
-  const double mean_a = number_at(a.summary, summary_pointer + "/mean"), mean_b = number_at(b.summary, summary_pointer + "/mean");
+  const double mean_a = number_at(a.summary, summary_pointer + "/mean"),
+               mean_b = number_at(b.summary, summary_pointer + "/mean");
   const double pooled_a = pooled(a.summary, pooled_tail), pooled_b = pooled(b.summary, pooled_tail);
   return fmt::format("| {} | {} | {} | {} | {} | {} | {} |\n", title, mean_std(a.summary, summary_pointer),
                      mean_std(b.summary, summary_pointer), delta(mean_a, mean_b, lower_is_better), fixed(pooled_a),
@@ -73,7 +74,8 @@ std::string consistency_text(const LoadedSummary& s) {
   std::string text = "audit: not run";
   if (j.contains("consistency")) {
     const int failed = j["consistency"]["failed"].get<int>(), checks = j["consistency"]["checks"].get<int>();
-    text = failed == 0 ? fmt::format("audit: all {} PASS", checks) : fmt::format("audit: **{} FAIL** of {}", failed, checks);
+    text = failed == 0 ? fmt::format("audit: all {} PASS", checks)
+                       : fmt::format("audit: **{} FAIL** of {}", failed, checks);
   }
   if (!s.verified) return text + "; summary not re-verified";
   if (s.disagreements.empty()) return text + fmt::format("; re-verified now: {} numbers agree", s.verified_numbers);
@@ -131,24 +133,29 @@ std::string compare_markdown(const LoadedSummary& a, const LoadedSummary& b, con
   const json& jb = b.summary;
   std::string s = fmt::format("# CV comparison: A = `{}` → B = `{}`\n\n", name_a, name_b);
   s += fmt::format("- A: {}\n- B: {}\n\n", a.source, b.source);
-  for (const auto& [name, j] : {std::pair<std::string, const json&>{"A", ja}, std::pair<std::string, const json&>{"B", jb}})
+  for (const auto& [name, j] :
+       {std::pair<std::string, const json&>{"A", ja}, std::pair<std::string, const json&>{"B", jb}})
     if (j.value("optimistic", false))
-      s += fmt::format("> ⚠️ **{} is optimistic** (protocol `{}`): its test metrics are biased upwards; the "
-                       "comparison is not like for like.\n\n",
-                       name, j.value("protocol", "?"));
+      s += fmt::format(
+          "> ⚠️ **{} is optimistic** (protocol `{}`): its test metrics are biased upwards; the "
+          "comparison is not like for like.\n\n",
+          name, j.value("protocol", "?"));
 
   s += "| | A | B |\n|---|---|---|\n";
   s += fmt::format("| Protocol | {} | {} |\n", ja.value("protocol", "?"), jb.value("protocol", "?"));
   s += fmt::format("| Folds (repeats) | {} ({}) | {} ({}) |\n", ja.value("n_folds", 0), ja.value("n_repeats", 0),
                    jb.value("n_folds", 0), jb.value("n_repeats", 0));
   s += fmt::format("| Consistency | {} | {} |\n\n", consistency_text(a), consistency_text(b));
-  for (const auto& [name, loaded] : {std::pair<std::string, const LoadedSummary&>{"A", a}, std::pair<std::string, const LoadedSummary&>{"B", b}})
+  for (const auto& [name, loaded] :
+       {std::pair<std::string, const LoadedSummary&>{"A", a}, std::pair<std::string, const LoadedSummary&>{"B", b}})
     if (!loaded.disagreements.empty())
-      s += fmt::format("> ❌ **{}'s cv_summary.json disagrees with its fold files** (first: {}). Rerun `dsmil audit`.\n\n",
-                       name, loaded.disagreements.front());
+      s += fmt::format(
+          "> ❌ **{}'s cv_summary.json disagrees with its fold files** (first: {}). Rerun `dsmil audit`.\n\n", name,
+          loaded.disagreements.front());
 
   const std::string header =
-      "| Metric | A mean ± std | B mean ± std | Δ mean | A pooled | B pooled | Δ pooled |\n|---|---|---|---|---|---|---|\n";
+      "| Metric | A mean ± std | B mean ± std | Δ mean | A pooled | B pooled | Δ pooled "
+      "|\n|---|---|---|---|---|---|---|\n";
   s += "Mean ± sample std over the test folds; pooled = all out-of-fold test predictions together (the mean "
        "over repeats where a run has several); Δ = B − A.\n\n**Threshold-free**\n\n" +
        header;
@@ -157,8 +164,8 @@ std::string compare_markdown(const LoadedSummary& a, const LoadedSummary& b, con
   for (const auto& key : kThresholdKeys) {
     s += fmt::format("\n**At the {} threshold**\n\n", key == kThresholdKeys[0] ? "calibrated" : "0.5") + header;
     for (const auto& name : kThresholdMetrics)
-      s += metric_row(a, b, metric_title(name), "/summary/at_threshold/" + key + "/" + name, "/at_threshold/" + key + "/" + name,
-                      false);
+      s += metric_row(a, b, metric_title(name), "/summary/at_threshold/" + key + "/" + name,
+                      "/at_threshold/" + key + "/" + name, false);
   }
 
   const auto counts_a = anomaly_counts(ja), counts_b = anomaly_counts(jb);

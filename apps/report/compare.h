@@ -16,10 +16,10 @@ namespace dsmil::report {
 // file's folder) when they still exist. FormatError when neither exists or a file is malformed.
 struct LoadedSummary {
   nlohmann::json summary;
-  std::string source;        // the file read, or "recomputed from <dir>"
-  int verified_numbers = 0;  // numbers of the file recomputed from the fold files now
+  std::string source;                      // the file read, or "recomputed from <dir>"
+  int verified_numbers = 0;                // numbers of the file recomputed from the fold files now
   std::vector<std::string> disagreements;  // those that disagree
-  bool verified = false;     // false: fold files not found, or the summary was computed here
+  bool verified = false;                   // false: fold files not found, or the summary was computed here
 };
 LoadedSummary load_cv_summary(const std::filesystem::path& path);
 

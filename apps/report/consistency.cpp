@@ -61,8 +61,12 @@ Scores scores(const std::vector<const PredictionRow*>& rows) {
 
 // The rates a cv_summary.json threshold block holds, by the names of kThresholdMetrics.
 std::map<std::string, double> rates(const Confusion& c) {
-  return {{"accuracy", accuracy(c)}, {"balanced_accuracy", balanced_accuracy(c)}, {"f1", f1_hgg(c)},
-          {"macro_f1", macro_f1(c)}, {"sensitivity", sensitivity(c)},             {"specificity", specificity(c)}};
+  return {{"accuracy", accuracy(c)},
+          {"balanced_accuracy", balanced_accuracy(c)},
+          {"f1", f1_hgg(c)},
+          {"macro_f1", macro_f1(c)},
+          {"sensitivity", sensitivity(c)},
+          {"specificity", specificity(c)}};
 }
 
 // The summarised metrics of one fold or pooled repeat, keyed like the "summary" block's pointers
@@ -131,7 +135,8 @@ void check_fold_files(const FoldData& f, const std::string& scope, std::vector<C
   const std::string group = "fold.json / predictions.csv";
   const FoldInfo& info = f.info;
   const auto test = rows_of(f, "test"), val = rows_of(f, "val");
-  out.push_back(make_check(group, scope, "fold.json n_test = test rows", info.n_test, static_cast<double>(test.size()), 0));
+  out.push_back(
+      make_check(group, scope, "fold.json n_test = test rows", info.n_test, static_cast<double>(test.size()), 0));
   out.push_back(make_check(group, scope, "fold.json n_val = val rows", info.n_val, static_cast<double>(val.size()), 0));
   out.push_back(make_check(group, scope, "fold.json epochs_run = metrics.jsonl lines", info.epochs_run,
                            static_cast<double>(f.history.size()), 0));
@@ -150,10 +155,10 @@ void check_fold_files(const FoldData& f, const std::string& scope, std::vector<C
   const double recomputed_threshold = method == ThresholdMethod::fixed_0_5 || has_both_classes(calibration.labels)
                                           ? choose_threshold(calibration.labels, calibration.p_hgg, method)
                                           : kNaN;
-  out.push_back(make_check(group, scope,
-                           fmt::format("fold.json threshold = {} on the {} rows", info.threshold_method,
-                                       calibration_split(info)),
-                           info.threshold, recomputed_threshold, kTrainingTolerance));
+  out.push_back(
+      make_check(group, scope,
+                 fmt::format("fold.json threshold = {} on the {} rows", info.threshold_method, calibration_split(info)),
+                 info.threshold, recomputed_threshold, kTrainingTolerance));
 
   long other_threshold = 0, other_model = 0, wrong_pred_05 = 0, wrong_pred_thr = 0;
   for (const auto& r : f.predictions) {
@@ -199,9 +204,10 @@ void check_best_epoch_against_rows(const FoldData& f, const std::string& scope, 
   const Confusion c = count_confusion(rows, half_threshold);
   out.push_back(make_check(group, scope, what + " auc", logged.auc, auc_delong_by_pairs(s.labels, s.p_hgg).auc,
                            kTrainingTolerance));
-  const std::pair<const char*, std::pair<long, long>> counts[] = {
-      {"tn", {logged.confusion.tn, c.tn}}, {"fp", {logged.confusion.fp, c.fp}},
-      {"fn", {logged.confusion.fn, c.fn}}, {"tp", {logged.confusion.tp, c.tp}}};
+  const std::pair<const char*, std::pair<long, long>> counts[] = {{"tn", {logged.confusion.tn, c.tn}},
+                                                                  {"fp", {logged.confusion.fp, c.fp}},
+                                                                  {"fn", {logged.confusion.fn, c.fn}},
+                                                                  {"tp", {logged.confusion.tp, c.tp}}};
   for (const auto& [name, values] : counts)
     out.push_back(make_check(group, scope, what + " " + name, static_cast<double>(values.first),
                              static_cast<double>(values.second), 0));
@@ -316,8 +322,8 @@ std::vector<Check> check_summary_json(const json& written, const RecomputedValue
       continue;
     }
     const double reported = json_number(written.at(at));
-    out.push_back(make_check("cv_summary.json", "", pointer, reported, value,
-                             kJsonTolerance * std::max(1.0, std::abs(value))));
+    out.push_back(
+        make_check("cv_summary.json", "", pointer, reported, value, kJsonTolerance * std::max(1.0, std::abs(value))));
   }
   return out;
 }

@@ -14,12 +14,12 @@
 namespace dsmil::report {
 
 struct Check {
-  std::string group;        // what is checked, e.g. "AUDIT.md", "cv_summary.json", "metrics.jsonl lines"
-  std::string scope;        // "fold 3", "CV", …
-  std::string what;         // the number, e.g. a cv_summary.json pointer or "metrics.jsonl epoch 7 val accuracy"
-  double reported = 0;      // the number as written
-  double recomputed = 0;    // the number recomputed from the predictions (NaN: undefined)
-  double tolerance = 0;     // largest accepted |reported − recomputed|; NaN matches only NaN
+  std::string group;      // what is checked, e.g. "AUDIT.md", "cv_summary.json", "metrics.jsonl lines"
+  std::string scope;      // "fold 3", "CV", …
+  std::string what;       // the number, e.g. a cv_summary.json pointer or "metrics.jsonl epoch 7 val accuracy"
+  double reported = 0;    // the number as written
+  double recomputed = 0;  // the number recomputed from the predictions (NaN: undefined)
+  double tolerance = 0;   // largest accepted |reported − recomputed|; NaN matches only NaN
   bool pass = false;
   std::string reported_text;  // the number as printed, where it was printed
 };
@@ -40,9 +40,9 @@ struct PrintedNumber {
 
 // Values of the cv_summary.json pointers that the predictions determine (per-fold test metrics at both
 // thresholds, AUC intervals, counts, the thresholds, summary spreads, pooled and per-repeat metrics),
-// plus monitor_value and epochs_run recomputed from metrics.jsonl, and the number of folds. Recomputed from `fresh`, which the
-// caller reads from disk again, by direct counting and the pairwise AUC/DeLong reference; the fold order
-// is that of RunData (repeat, fold).
+// plus monitor_value and epochs_run recomputed from metrics.jsonl, and the number of folds. Recomputed from `fresh`,
+// which the caller reads from disk again, by direct counting and the pairwise AUC/DeLong reference; the fold order is
+// that of RunData (repeat, fold).
 using RecomputedValues = std::map<std::string, double>;
 RecomputedValues recompute_values(const RunData& fresh);
 

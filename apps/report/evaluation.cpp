@@ -168,7 +168,8 @@ json spread_block(const std::vector<MetricValues>& rows) {
   json j;
   for (const auto& name : kThresholdFreeMetrics) j[name] = spread_json(spread_of(rows, name));
   for (const auto& key : kThresholdKeys)
-    for (const auto& name : kThresholdMetrics) j["at_threshold"][key][name] = spread_json(spread_of(rows, key + "/" + name));
+    for (const auto& name : kThresholdMetrics)
+      j["at_threshold"][key][name] = spread_json(spread_of(rows, key + "/" + name));
   return j;
 }
 
@@ -262,8 +263,11 @@ double threshold_metric(const ThresholdMetrics& m, const std::string& name) {
 json number_json(double value) { return std::isnan(value) ? json(nullptr) : json(value); }
 
 json spread_json(const Spread& s) {
-  return {{"mean", number_json(s.mean)}, {"std", number_json(s.std)}, {"min", number_json(s.min)},
-          {"max", number_json(s.max)},   {"n", s.n}};
+  return {{"mean", number_json(s.mean)},
+          {"std", number_json(s.std)},
+          {"min", number_json(s.min)},
+          {"max", number_json(s.max)},
+          {"n", s.n}};
 }
 
 CvEvaluation evaluate(const RunData& run) {

@@ -20,12 +20,12 @@ struct Stability {
   double val_loss_first = 0, val_loss_best = 0, val_loss_final = 0, val_loss_min = 0;
   double val_auc_first = 0, val_auc_best = 0, val_auc_final = 0;
   double train_loss_final = 0;
-  double train_auc_max = 0;   // the highest training AUC of any epoch (NaN when none was logged) …
-  int train_auc_max_epoch = 0;  // … and its epoch
-  double train_auc_best = 0;  // the training AUC of the best epoch (NaN when not logged)
-  std::string last_health_warning;  // the last flat-training warning of the fold (empty: none) …
+  double train_auc_max = 0;           // the highest training AUC of any epoch (NaN when none was logged) …
+  int train_auc_max_epoch = 0;        // … and its epoch
+  double train_auc_best = 0;          // the training AUC of the best epoch (NaN when not logged)
+  std::string last_health_warning;    // the last flat-training warning of the fold (empty: none) …
   int last_health_warning_epoch = 0;  // … and its epoch
-  double loss_gap_final = 0;  // val_loss_final − train_loss_final
+  double loss_gap_final = 0;          // val_loss_final − train_loss_final
 };
 
 // Attention diagnostics averaged over the last `epochs` epochs that logged them.
@@ -40,10 +40,10 @@ struct FoldEvaluation {
   long n_hgg = 0, n_lgg = 0;  // test rows of each class
   AucInterval auc;
   double brier = 0, ece = 0;
-  ThresholdMetrics at_calibrated;  // at fold.json's threshold
-  ThresholdMetrics at_half;        // at 0.5
-  std::optional<Stability> stability;       // absent when metrics.jsonl is empty
-  std::optional<AttentionTail> attention;   // absent when no epoch logged attention
+  ThresholdMetrics at_calibrated;          // at fold.json's threshold
+  ThresholdMetrics at_half;                // at 0.5
+  std::optional<Stability> stability;      // absent when metrics.jsonl is empty
+  std::optional<AttentionTail> attention;  // absent when no epoch logged attention
 };
 
 // Out-of-fold predictions of one repeat pooled over its folds; each case keeps its own fold's threshold.
@@ -59,8 +59,8 @@ struct PooledEvaluation {
 struct CvEvaluation {
   std::string protocol;
   int n_repeats = 1;
-  std::vector<FoldEvaluation> folds;      // ordered by (repeat, fold)
-  std::vector<PooledEvaluation> pooled;   // one per repeat
+  std::vector<FoldEvaluation> folds;     // ordered by (repeat, fold)
+  std::vector<PooledEvaluation> pooled;  // one per repeat
   bool optimistic() const { return protocol != "nested"; }
 };
 
@@ -70,8 +70,8 @@ CvEvaluation evaluate(const RunData& run);
 
 // The metric names of the CV tables, in print order: threshold-free first, then threshold metrics.
 inline const std::vector<std::string> kThresholdFreeMetrics{"auc", "brier", "ece"};
-inline const std::vector<std::string> kThresholdMetrics{"accuracy",    "balanced_accuracy", "f1",
-                                                        "macro_f1",    "sensitivity",       "specificity"};
+inline const std::vector<std::string> kThresholdMetrics{"accuracy", "balanced_accuracy", "f1",
+                                                        "macro_f1", "sensitivity",       "specificity"};
 // Keys of the two thresholds in cv_summary.json ("at_threshold": {"calibrated": …, "0.5": …}).
 inline const std::vector<std::string> kThresholdKeys{"calibrated", "0.5"};
 

@@ -120,8 +120,7 @@ double f1_lgg(const Confusion& c) { return ratio(2.0 * c.tn, 2.0 * c.tn + c.fn +
 double macro_f1(const Confusion& c) { return 0.5 * (f1_hgg(c) + f1_lgg(c)); }
 std::array<double, 2> per_class_recall(const Confusion& c) { return {specificity(c), sensitivity(c)}; }
 
-ThresholdMetrics threshold_metrics(std::span<const int> labels, std::span<const double> p_hgg,
-                                   double threshold) {
+ThresholdMetrics threshold_metrics(std::span<const int> labels, std::span<const double> p_hgg, double threshold) {
   ThresholdMetrics m;
   m.threshold = threshold;
   m.confusion = confusion_at(labels, p_hgg, threshold);
@@ -134,9 +133,7 @@ ThresholdMetrics threshold_metrics(std::span<const int> labels, std::span<const 
   return m;
 }
 
-double auc(std::span<const int> labels, std::span<const double> p_hgg) {
-  return auc_delong(labels, p_hgg).auc;
-}
+double auc(std::span<const int> labels, std::span<const double> p_hgg) { return auc_delong(labels, p_hgg).auc; }
 
 AucInterval auc_delong(std::span<const int> labels, std::span<const double> p_hgg) {
   check_inputs(labels, p_hgg, "AUC");
@@ -171,8 +168,7 @@ double brier(std::span<const int> labels, std::span<const double> p_hgg) {
   return ratio(sum, static_cast<double>(labels.size()));
 }
 
-std::vector<ReliabilityBin> reliability_bins(std::span<const int> labels, std::span<const double> p_hgg,
-                                             int bins) {
+std::vector<ReliabilityBin> reliability_bins(std::span<const int> labels, std::span<const double> p_hgg, int bins) {
   check_inputs(labels, p_hgg, "reliability bins");
   if (bins < 1) throw Error(fmt::format("reliability bins: {} bins requested", bins));
   std::vector<ReliabilityBin> out(static_cast<size_t>(bins));
@@ -226,20 +222,22 @@ ThresholdMethod parse_threshold_method(std::string_view name) {
 
 std::string_view threshold_method_name(ThresholdMethod method) {
   switch (method) {
-    case ThresholdMethod::fixed_0_5: return "0.5";
-    case ThresholdMethod::youden: return "youden";
-    case ThresholdMethod::max_f1: return "max_f1";
+    case ThresholdMethod::fixed_0_5:
+      return "0.5";
+    case ThresholdMethod::youden:
+      return "youden";
+    case ThresholdMethod::max_f1:
+      return "max_f1";
   }
   return "?";
 }
 
-double choose_threshold(std::span<const int> labels, std::span<const double> p_hgg,
-                        ThresholdMethod method) {
+double choose_threshold(std::span<const int> labels, std::span<const double> p_hgg, ThresholdMethod method) {
   if (method == ThresholdMethod::fixed_0_5) return 0.5;
   check_inputs(labels, p_hgg, "threshold choice");
   if (!has_both_classes(labels))
-    throw Error(fmt::format("threshold choice '{}': the predictions hold only one class",
-                            threshold_method_name(method)));
+    throw Error(
+        fmt::format("threshold choice '{}': the predictions hold only one class", threshold_method_name(method)));
   std::vector<double> distinct(p_hgg.begin(), p_hgg.end());
   std::sort(distinct.begin(), distinct.end());
   distinct.erase(std::unique(distinct.begin(), distinct.end()), distinct.end());
@@ -250,10 +248,9 @@ double choose_threshold(std::span<const int> labels, std::span<const double> p_h
   double best_score = -std::numeric_limits<double>::infinity();
   for (double t : candidates) {
     const Confusion c = confusion_at(labels, p_hgg, t);
-    const double score = method == ThresholdMethod::youden ? sensitivity(c) + specificity(c) - 1.0
-                                                           : f1_hgg(c);
-    const bool better = score > best_score ||
-                        (score == best_score && closeness_to_half(t) < closeness_to_half(best_threshold));
+    const double score = method == ThresholdMethod::youden ? sensitivity(c) + specificity(c) - 1.0 : f1_hgg(c);
+    const bool better =
+        score > best_score || (score == best_score && closeness_to_half(t) < closeness_to_half(best_threshold));
     if (better) {
       best_score = score;
       best_threshold = t;

@@ -47,8 +47,7 @@ struct ThresholdMetrics {
   Confusion confusion;
   double accuracy = 0, balanced_accuracy = 0, f1 = 0, macro_f1 = 0, sensitivity = 0, specificity = 0;
 };
-ThresholdMetrics threshold_metrics(std::span<const int> labels, std::span<const double> p_hgg,
-                                   double threshold);
+ThresholdMetrics threshold_metrics(std::span<const int> labels, std::span<const double> p_hgg, double threshold);
 
 // AUC = P(p of a random HGG > p of a random LGG) + 0.5 P(equal) (Mann–Whitney); NaN for one class.
 double auc(std::span<const int> labels, std::span<const double> p_hgg);
@@ -98,8 +97,7 @@ std::vector<RocPoint> roc_curve(std::span<const int> labels, std::span<const dou
 enum class ThresholdMethod { fixed_0_5, youden, max_f1 };
 ThresholdMethod parse_threshold_method(std::string_view name);  // "0.5", "youden", "max_f1"
 std::string_view threshold_method_name(ThresholdMethod method);
-double choose_threshold(std::span<const int> labels, std::span<const double> p_hgg,
-                        ThresholdMethod method);
+double choose_threshold(std::span<const int> labels, std::span<const double> p_hgg, ThresholdMethod method);
 
 // Spread of a set of values: mean, sample standard deviation (n−1), min, max. NaN values are left out
 // and counted in n_missing; std is NaN for fewer than 2 values, everything NaN for none.

@@ -30,11 +30,20 @@ std::string escape(const std::string& text) {
   std::string out;
   for (char c : text) {
     switch (c) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&quot;"; break;
-      default: out += c;
+      case '&':
+        out += "&amp;";
+        break;
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      case '"':
+        out += "&quot;";
+        break;
+      default:
+        out += c;
     }
   }
   return out;
@@ -74,8 +83,9 @@ std::string tick_label(double v, double step) {
 
 // Several charts one above the other in one SVG document.
 std::string stack(const std::vector<std::string>& charts, int width, int height) {
-  std::string s = fmt::format(R"(<svg xmlns="http://www.w3.org/2000/svg" width="{}" height="{}">)" "\n", width,
-                              height * static_cast<int>(charts.size()));
+  std::string s = fmt::format(R"(<svg xmlns="http://www.w3.org/2000/svg" width="{}" height="{}">)"
+                              "\n",
+                              width, height * static_cast<int>(charts.size()));
   for (size_t i = 0; i < charts.size(); ++i)
     s += fmt::format("<g transform=\"translate(0,{})\">\n{}</g>\n", static_cast<int>(i) * height, charts[i]);
   return s + "</svg>\n";
@@ -142,7 +152,8 @@ std::string curves_svg(const FoldData& fold, const std::string& title) {
   std::vector<Series> auc{{"train AUC", x, column(h, [](const auto& e) { return e.train.auc; })},
                           {"val AUC", x, column(h, [](const auto& e) { return e.val.auc; })}};
   if (ema) {
-    loss.push_back({"val loss (EMA)", x, column(h, [&](const auto& e) { return ema_of(e, &SplitRecord::loss); }), true});
+    loss.push_back(
+        {"val loss (EMA)", x, column(h, [&](const auto& e) { return ema_of(e, &SplitRecord::loss); }), true});
     auc.push_back({"val AUC (EMA)", x, column(h, [&](const auto& e) { return ema_of(e, &SplitRecord::auc); }), true});
   }
   const double best = fold.info.best_epoch;
@@ -164,12 +175,9 @@ std::string attention_svg(const FoldData& fold, const std::string& title) {
       {"entropy / log n", x, column(logged, [](const auto& e) { return e.attention->entropy_norm; })},
       {"selection conf. p50", x, column(logged, [](const auto& e) { return e.attention->confidence_p50; })}};
   if (std::any_of(logged.begin(), logged.end(), [](const auto& e) { return e.attention->critical_tumour_share; }))
-    shares.push_back({"critical in tumour", x, column(logged, [](const auto& e) {
-                        return e.attention->critical_tumour_share.value_or(kNaN);
-                      })});
-  const std::vector<Series> neff{{"n_eff = 1/Σa²", x, column(logged, [](const auto& e) {
-                                    return e.attention->neff;
-                                  })}};
+    shares.push_back({"critical in tumour", x,
+                      column(logged, [](const auto& e) { return e.attention->critical_tumour_share.value_or(kNaN); })});
+  const std::vector<Series> neff{{"n_eff = 1/Σa²", x, column(logged, [](const auto& e) { return e.attention->neff; })}};
   ChartSpec share_spec{title + ": attention", "epoch", "share"};
   share_spec.y_max = 1.0;
   ChartSpec neff_spec{title + ": effective number of instances", "epoch", "n_eff"};
@@ -226,7 +234,9 @@ std::string roc_svg(const RunData& run, const CvEvaluation& cv) {
     if (!has_both_classes(scores.first)) continue;
     Series s{cv.n_repeats > 1 ? fmt::format("pooled r{} (AUC {:.3f})", repeat, auc(scores.first, scores.second))
                               : fmt::format("pooled (AUC {:.3f})", auc(scores.first, scores.second)),
-             {}, {}, true};
+             {},
+             {},
+             true};
     for (const auto& point : roc_curve(scores.first, scores.second)) s.x.push_back(point.fpr), s.y.push_back(point.tpr);
     series.push_back(std::move(s));
   }
@@ -247,8 +257,16 @@ std::string reliability_svg(const RunData& run, const CvEvaluation& cv) {
       }
     series.push_back(std::move(s));
   }
-  ChartSpec spec{"Reliability of the pooled test predictions (10 bins, n = cases)", "mean p(HGG) in bin",
-                 "HGG fraction", 0, 1, 0, 1, true, 640, 460};
+  ChartSpec spec{"Reliability of the pooled test predictions (10 bins, n = cases)",
+                 "mean p(HGG) in bin",
+                 "HGG fraction",
+                 0,
+                 1,
+                 0,
+                 1,
+                 true,
+                 640,
+                 460};
   return svg_line_chart(spec, series);
 }
 
@@ -272,13 +290,15 @@ std::string svg_line_chart(const ChartSpec& spec, const std::vector<Series>& ser
     for (double t = std::ceil(range.lo / step - 1e-9) * step; t <= range.hi + 1e-9 * step; t += step) {
       const std::string label = tick_label(t, step);
       if (horizontal)
-        s += fmt::format("<line x1=\"{0:.1f}\" y1=\"{1}\" x2=\"{0:.1f}\" y2=\"{2}\" stroke=\"#e5e5e5\"/>"
-                         "<text x=\"{0:.1f}\" y=\"{3}\" text-anchor=\"middle\">{4}</text>\n",
-                         px(t), kMarginTop, kMarginTop + plot_h, kMarginTop + plot_h + 16, label);
+        s += fmt::format(
+            "<line x1=\"{0:.1f}\" y1=\"{1}\" x2=\"{0:.1f}\" y2=\"{2}\" stroke=\"#e5e5e5\"/>"
+            "<text x=\"{0:.1f}\" y=\"{3}\" text-anchor=\"middle\">{4}</text>\n",
+            px(t), kMarginTop, kMarginTop + plot_h, kMarginTop + plot_h + 16, label);
       else
-        s += fmt::format("<line x1=\"{1}\" y1=\"{0:.1f}\" x2=\"{2}\" y2=\"{0:.1f}\" stroke=\"#e5e5e5\"/>"
-                         "<text x=\"{3}\" y=\"{0:.1f}\" text-anchor=\"end\" dominant-baseline=\"middle\">{4}</text>\n",
-                         py(t), kMarginLeft, kMarginLeft + plot_w, kMarginLeft - 6, label);
+        s += fmt::format(
+            "<line x1=\"{1}\" y1=\"{0:.1f}\" x2=\"{2}\" y2=\"{0:.1f}\" stroke=\"#e5e5e5\"/>"
+            "<text x=\"{3}\" y=\"{0:.1f}\" text-anchor=\"end\" dominant-baseline=\"middle\">{4}</text>\n",
+            py(t), kMarginLeft, kMarginLeft + plot_w, kMarginLeft - 6, label);
     }
   }
   s += fmt::format("<rect x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\" fill=\"none\" stroke=\"#333\"/>\n", kMarginLeft,
@@ -288,10 +308,10 @@ std::string svg_line_chart(const ChartSpec& spec, const std::vector<Series>& ser
   s += fmt::format("<text transform=\"translate(16,{}) rotate(-90)\" text-anchor=\"middle\">{}</text>\n",
                    kMarginTop + plot_h / 2, escape(spec.y_label));
   if (spec.diagonal)
-    s += fmt::format("<line x1=\"{:.1f}\" y1=\"{:.1f}\" x2=\"{:.1f}\" y2=\"{:.1f}\" stroke=\"#999\" "
-                     "stroke-dasharray=\"4 4\"/>\n",
-                     px(std::max(xr.lo, yr.lo)), py(std::max(xr.lo, yr.lo)), px(std::min(xr.hi, yr.hi)),
-                     py(std::min(xr.hi, yr.hi)));
+    s += fmt::format(
+        "<line x1=\"{:.1f}\" y1=\"{:.1f}\" x2=\"{:.1f}\" y2=\"{:.1f}\" stroke=\"#999\" "
+        "stroke-dasharray=\"4 4\"/>\n",
+        px(std::max(xr.lo, yr.lo)), py(std::max(xr.lo, yr.lo)), px(std::min(xr.hi, yr.hi)), py(std::min(xr.hi, yr.hi)));
 
   for (size_t i = 0; i < series.size(); ++i) {
     const Series& ser = series[i];
@@ -324,9 +344,10 @@ std::string svg_line_chart(const ChartSpec& spec, const std::vector<Series>& ser
     if (ser.markers_only)
       s += fmt::format("<circle cx=\"{:.1f}\" cy=\"{:.1f}\" r=\"4\" fill=\"{}\"/>", lx + 11, ly, colour);
     else
-      s += fmt::format("<line x1=\"{0:.1f}\" y1=\"{1:.1f}\" x2=\"{2:.1f}\" y2=\"{1:.1f}\" stroke=\"{3}\" "
-                       "stroke-width=\"2\"{4}/>",
-                       lx, ly, lx + 22, colour, ser.dashed ? " stroke-dasharray=\"6 4\"" : "");
+      s += fmt::format(
+          "<line x1=\"{0:.1f}\" y1=\"{1:.1f}\" x2=\"{2:.1f}\" y2=\"{1:.1f}\" stroke=\"{3}\" "
+          "stroke-width=\"2\"{4}/>",
+          lx, ly, lx + 22, colour, ser.dashed ? " stroke-dasharray=\"6 4\"" : "");
     s += fmt::format("<text x=\"{:.1f}\" y=\"{:.1f}\" dominant-baseline=\"middle\">{}</text>\n", lx + 28, ly,
                      escape(ser.name));
   }
@@ -406,8 +427,7 @@ bool write_png_rows(std::FILE* file, int width, int height, const uint8_t* pixel
 }  // namespace
 
 void write_png_gray(const fs::path& path, int width, int height, const std::vector<uint8_t>& pixels) {
-  if (width <= 0 || height <= 0 ||
-      pixels.size() != static_cast<size_t>(width) * static_cast<size_t>(height))
+  if (width <= 0 || height <= 0 || pixels.size() != static_cast<size_t>(width) * static_cast<size_t>(height))
     throw ShapeError(fmt::format("PNG {}: {} pixels given for {} × {}", path.string(), pixels.size(), width, height));
   std::FILE* file = std::fopen(path.c_str(), "wb");
   if (!file) throw Error(fmt::format("PNG {}: cannot open for writing", path.string()));
@@ -423,8 +443,10 @@ void write_png_montage(const fs::path& path, const std::vector<GraySlice>& slice
     throw ShapeError(fmt::format("montage {}: {} columns, padding {}", path.string(), columns, padding));
   int tile_w = 0, tile_h = 0;
   for (const auto& s : slices) {
-    if (s.width <= 0 || s.height <= 0 || s.values.size() != static_cast<size_t>(s.width) * static_cast<size_t>(s.height))
-      throw ShapeError(fmt::format("montage {}: slice of {} values for {} × {}", path.string(), s.values.size(), s.width, s.height));
+    if (s.width <= 0 || s.height <= 0 ||
+        s.values.size() != static_cast<size_t>(s.width) * static_cast<size_t>(s.height))
+      throw ShapeError(
+          fmt::format("montage {}: slice of {} values for {} × {}", path.string(), s.values.size(), s.width, s.height));
     tile_w = std::max(tile_w, s.width);
     tile_h = std::max(tile_h, s.height);
   }

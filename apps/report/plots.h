@@ -25,7 +25,7 @@ struct Series {
 struct ChartSpec {
   std::string title, x_label, y_label;
   double x_min = 0, x_max = 0, y_min = 0, y_max = 0;  // axis ranges; max <= min: from the data
-  bool diagonal = false;                               // the y = x reference line (ROC, reliability)
+  bool diagonal = false;                              // the y = x reference line (ROC, reliability)
   int width = 680, height = 420;
 };
 
@@ -48,8 +48,8 @@ std::vector<Plot> write_cv_plots(const RunData& run, const CvEvaluation& cv, con
 // The plots of a fold still training, from its metrics.jsonl so far (`--plot-every N`): curves.svg and,
 // when attention is logged, attention.svg in fold_dir/plots (replaced each time), the best epoch so far
 // marked (none: 0). Returns their paths.
-std::vector<std::filesystem::path> write_training_plots(const std::filesystem::path& fold_dir,
-                                                        const std::string& title, int best_epoch);
+std::vector<std::filesystem::path> write_training_plots(const std::filesystem::path& fold_dir, const std::string& title,
+                                                        int best_epoch);
 
 // 8-bit grayscale PNG of width × height pixels, row-major from the top row.
 void write_png_gray(const std::filesystem::path& path, int width, int height, const std::vector<uint8_t>& pixels);

@@ -58,8 +58,8 @@ std::string text(const json& object, const char* name, const std::string& where)
 
 Confusion confusion_from(const json& object, const std::string& where) {
   const json& m = field(object, "confusion", where);
-  const bool square = m.is_array() && m.size() == 2 && m[0].is_array() && m[0].size() == 2 &&
-                      m[1].is_array() && m[1].size() == 2;
+  const bool square =
+      m.is_array() && m.size() == 2 && m[0].is_array() && m[0].size() == 2 && m[1].is_array() && m[1].size() == 2;
   if (!square) throw FormatError(fmt::format("{}: \"confusion\" is not [[tn,fp],[fn,tp]]", where));
   return {m[0][0].get<long>(), m[0][1].get<long>(), m[1][0].get<long>(), m[1][1].get<long>()};
 }
@@ -115,21 +115,21 @@ class CsvTable {
     const auto header = split_csv_line(line);
     for (size_t i = 0; i < header.size(); ++i) column_[header[i]] = i;
     for (const auto& name : required)
-      if (!column_.contains(name)) throw FormatError(fmt::format("{}: header lacks column \"{}\"", path.string(), name));
+      if (!column_.contains(name))
+        throw FormatError(fmt::format("{}: header lacks column \"{}\"", path.string(), name));
     for (int line_no = 2; std::getline(in, line); ++line_no) {
       strip_cr(line);
       if (line.empty()) continue;
       auto cells = split_csv_line(line);
       if (cells.size() != header.size())
-        throw FormatError(fmt::format("{}:{}: {} cells, header has {}", path.string(), line_no, cells.size(), header.size()));
+        throw FormatError(
+            fmt::format("{}:{}: {} cells, header has {}", path.string(), line_no, cells.size(), header.size()));
       rows_.push_back({line_no, std::move(cells)});
     }
   }
 
   size_t size() const { return rows_.size(); }
-  const std::string& cell(size_t row, const std::string& name) const {
-    return rows_[row].cells[column_.at(name)];
-  }
+  const std::string& cell(size_t row, const std::string& name) const { return rows_[row].cells[column_.at(name)]; }
   double number(size_t row, const std::string& name) const {
     const std::string& s = cell(row, name);
     double value = 0;
@@ -363,7 +363,8 @@ RunData load_runs(const std::vector<fs::path>& inputs) {
     for (const auto& repeat_dir : numbered_subdirs(input, "repeat_"))
       for (const auto& dir : numbered_subdirs(repeat_dir, "fold_")) fold_dirs.push_back(dir);
     if (fold_dirs.empty())
-      throw FormatError(fmt::format("{}: holds neither fold.json nor fold_k/ or repeat_r/fold_k/ folders", input.string()));
+      throw FormatError(
+          fmt::format("{}: holds neither fold.json nor fold_k/ or repeat_r/fold_k/ folders", input.string()));
     for (const auto& dir : fold_dirs) run.folds.push_back(load_fold(dir));
   }
   std::sort(run.folds.begin(), run.folds.end(), [](const FoldData& a, const FoldData& b) {
@@ -396,8 +397,8 @@ json split_record_json(std::span<const int> labels, std::span<const double> p_hg
 
 PredictionRow prediction_row(std::string case_id, int label, double p_hgg, double threshold, std::string split,
                              std::string model) {
-  return {std::move(case_id), label, p_hgg, p_hgg >= 0.5, threshold, p_hgg >= threshold, std::move(split),
-          std::move(model)};
+  return {std::move(case_id), label,           p_hgg, p_hgg >= 0.5, threshold, p_hgg >= threshold,
+          std::move(split),   std::move(model)};
 }
 
 void write_predictions_csv(const fs::path& path, const std::vector<PredictionRow>& rows) {

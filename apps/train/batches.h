@@ -15,10 +15,10 @@ class DeviceCohort;
 namespace dsmil::app {
 
 struct Batch {
-  Tensor x;       // [B*n, S, H, W, 4] on the CPU, or on the GPU when gathered from a DeviceCohort
-  Tensor mask;    // [B, n] I32: 1 for a real instance, 0 for padding
-  Tensor target;  // [B] I32
-  std::vector<int> cases;                // index of each bag's case in the cohort
+  Tensor x;                // [B*n, S, H, W, 4] on the CPU, or on the GPU when gathered from a DeviceCohort
+  Tensor mask;             // [B, n] I32: 1 for a real instance, 0 for padding
+  Tensor target;           // [B] I32
+  std::vector<int> cases;  // index of each bag's case in the cohort
   std::vector<std::vector<int>> starts;  // slab start of each real instance
 };
 

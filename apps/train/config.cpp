@@ -164,7 +164,8 @@ void check_in(const std::string& key, const T& value, std::initializer_list<T> a
 }
 
 void check_range(const std::string& key, double value, double lo, double hi) {
-  if (!(value >= lo && value <= hi)) throw Error(fmt::format("config key '{}': {} outside [{}, {}]", key, value, lo, hi));
+  if (!(value >= lo && value <= hi))
+    throw Error(fmt::format("config key '{}': {} outside [{}, {}]", key, value, lo, hi));
 }
 
 }  // namespace
@@ -209,7 +210,8 @@ RunConfig parse_config(const std::string& text, const std::string& origin) {
 
 void apply_override(RunConfig& config, const std::string& assignment) {
   const size_t eq = assignment.find('=');
-  if (eq == std::string::npos || eq == 0) throw Error(fmt::format("--set '{}': expected section.key=value", assignment));
+  if (eq == std::string::npos || eq == 0)
+    throw Error(fmt::format("--set '{}': expected section.key=value", assignment));
   const std::string key = assignment.substr(0, eq), text = assignment.substr(eq + 1);
   auto fields = config_fields(config);
   NamedField& f = field_named(fields, key);
@@ -277,9 +279,7 @@ void validate_config(const RunConfig& c) {
 std::vector<std::string> config_differences(const RunConfig& a, const RunConfig& b) {
   RunConfig left = a, right = b;
   const std::vector<NamedField> lf = config_fields(left), rf = config_fields(right);
-  auto text = [](const ConfigField& field) {
-    return std::visit([](auto* v) { return fmt::format("{}", *v); }, field);
-  };
+  auto text = [](const ConfigField& field) { return std::visit([](auto* v) { return fmt::format("{}", *v); }, field); };
   std::vector<std::string> out;
   for (size_t i = 0; i < lf.size(); ++i)
     if (text(lf[i].field) != text(rf[i].field))

@@ -18,17 +18,17 @@ struct RunConfig {
   std::string name = "recommended-v2";
 
   // data
-  std::string data_root;                 // BraTS folder or manifest CSV
-  std::string cache_dir = "cache";       // preprocessing cache ("" = none)
-  std::string grid = "128,128,128";      // D,H,W after preprocessing
-  std::string on_bad_case = "fail";      // fail | skip
-  bool resident = true;                  // GPU runs: the cohort on the device, bags gathered there
+  std::string data_root;             // BraTS folder or manifest CSV
+  std::string cache_dir = "cache";   // preprocessing cache ("" = none)
+  std::string grid = "128,128,128";  // D,H,W after preprocessing
+  std::string on_bad_case = "fail";  // fail | skip
+  bool resident = true;              // GPU runs: the cohort on the device, bags gathered there
 
   // model (DESIGN section 3)
   int depth = 18, width = 64, slab_depth = 3;
   double drop_path = 0.1;
-  bool zero_init_residual = false;       // each residual branch's last BN scale starts at 0
-  bool zero_init_classifiers = false;    // the instance and bag classifiers start at 0 (first logits 0)
+  bool zero_init_residual = false;     // each residual branch's last BN scale starts at 0
+  bool zero_init_classifiers = false;  // the instance and bag classifiers start at 0 (first logits 0)
   std::string pooling = "topk";
   int topk = 4;
   std::string attention = "gated";
@@ -49,18 +49,18 @@ struct RunConfig {
   double selection_train_auc = 0.75;
   std::string monitor = "min_class_recall";  // auc | balanced_accuracy | min_class_recall | loss
   int bags_per_step = 2;
-  int instances = 16;                        // n per training bag
-  int eval_instances = 16;                   // n per evaluation bag (fixed sampler)
+  int instances = 16;       // n per training bag
+  int eval_instances = 16;  // n per evaluation bag (fixed sampler)
   std::string instance_sampling = "stratified";
   std::string case_sampling = "weighted";
   double lr = 1e-4, weight_decay = 1e-4;
   double warmup_epochs = 2.0;
-  double clip_grad = 1.0;                    // global-norm clip; 0 = off
-  double ema_decay = 0.999;                  // 0 = no EMA model
-  double tau_start = 1.0, tau_end = 0.1;     // soft pooling temperature, annealed geometrically
+  double clip_grad = 1.0;                 // global-norm clip; 0 = off
+  double ema_decay = 0.999;               // 0 = no EMA model
+  double tau_start = 1.0, tau_end = 0.1;  // soft pooling temperature, annealed geometrically
   bool augment = true;
-  bool sync_batchnorm = false;                // data-parallel runs: batch-norm statistics over every rank's bags
-  std::string threshold = "youden";          // 0.5 | youden | max_f1
+  bool sync_batchnorm = false;       // data-parallel runs: batch-norm statistics over every rank's bags
+  std::string threshold = "youden";  // 0.5 | youden | max_f1
 
   // protocol
   int folds = 5;
@@ -70,17 +70,17 @@ struct RunConfig {
   int64_t seed = 2026;
 
   // runtime
-  std::string device = "auto";  // auto | cpu | cuda
+  std::string device = "auto";     // auto | cpu | cuda
   std::string precision = "auto";  // auto (bf16 on a GPU, fp32 on the CPU) | fp32 | bf16
   bool strict_fp32 = false;
   bool deterministic = false;
-  std::string conv_fold = "measured";  // measured | always | never: the stem's space-to-depth lowering (GPU)
+  std::string conv_fold = "measured";      // measured | always | never: the stem's space-to-depth lowering (GPU)
   std::string conv16_kernel = "measured";  // measured | cudnn | implicit_gemm: the folded stem's forward (GPU, bf16)
-  int plot_every = 0;           // 0: plots only at the end
+  int plot_every = 0;                      // 0: plots only at the end
   // last.ckpt (the resume point) is written once this many seconds have passed since the last one, and at a
   // fold's last epoch (0: every epoch). A killed run resumes from it, redoing the epochs after it.
   double checkpoint_seconds = 30.0;
-  int threads = 0;              // CPU threads; 0 = all cores
+  int threads = 0;  // CPU threads; 0 = all cores
 
   mil::ModelConfig model_config() const;
   mil::LossConfig loss_config() const;

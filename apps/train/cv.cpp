@@ -104,10 +104,11 @@ void check_classes(const std::vector<data::CaseVolume>& cases, int folds) {
   for (const data::CaseVolume& c : cases) ++count[c.label == data::kLabelHGG];
   for (int label : {data::kLabelLGG, data::kLabelHGG})
     if (count[label] < folds)
-      throw Error(fmt::format("the dataset holds {} {} case{} ({} HGG, {} LGG): a {}-fold grading CV needs at least {} of "
-                              "each grade",
-                              count[label], label == data::kLabelHGG ? "HGG" : "LGG", count[label] == 1 ? "" : "s",
-                              count[1], count[0], folds, folds));
+      throw Error(
+          fmt::format("the dataset holds {} {} case{} ({} HGG, {} LGG): a {}-fold grading CV needs at least {} of "
+                      "each grade",
+                      count[label], label == data::kLabelHGG ? "HGG" : "LGG", count[label] == 1 ? "" : "s", count[1],
+                      count[0], folds, folds));
 }
 
 }  // namespace
@@ -177,7 +178,8 @@ std::vector<data::Splits> make_repeat_splits(const RunConfig& config, const std:
     const fs::path base = repeat_dir(run_dir, config.repeats, repeat);
     if (!writer) continue;
     fs::create_directories(base);
-    if (!resuming || !fs::exists(base / "splits.json")) data::write_splits_json(base / "splits.json", repeat_splits.back(), ids);
+    if (!resuming || !fs::exists(base / "splits.json"))
+      data::write_splits_json(base / "splits.json", repeat_splits.back(), ids);
   }
   return repeat_splits;
 }

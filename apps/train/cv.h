@@ -16,7 +16,7 @@ namespace dsmil::app {
 
 struct CvOptions {
   std::filesystem::path runs_root = "runs";
-  std::string run_prefix;            // the run directory is runs_root/<run_prefix>_<YYYYMMDD_HHMMSS>; empty: the config's name
+  std::string run_prefix;  // the run directory is runs_root/<run_prefix>_<YYYYMMDD_HHMMSS>; empty: the config's name
   std::filesystem::path resume_dir;  // continue this run directory instead of starting a new one
   std::vector<int> folds;            // empty: all folds
   bool audit = true;                 // write cv_summary.json and AUDIT.md at the end

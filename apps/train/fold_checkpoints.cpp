@@ -36,8 +36,8 @@ FoldCheckpoints::FoldCheckpoints(const RunConfig& config, const FoldPlan& plan, 
 }
 
 json FoldCheckpoints::metadata(int epoch) const {
-  return {{"format", "dsmil3d checkpoint"}, {"epoch", epoch}, {"repeat", plan_.repeat}, {"fold", plan_.fold},
-          {"config", config_to_toml(c_)}, {"provenance", provenance_}};
+  return {{"format", "dsmil3d checkpoint"}, {"epoch", epoch},           {"repeat", plan_.repeat}, {"fold", plan_.fold},
+          {"config", config_to_toml(c_)},   {"provenance", provenance_}};
 }
 
 nn::Checkpoint FoldCheckpoints::snapshot(mil::DualStreamMIL& model, int epoch) const {

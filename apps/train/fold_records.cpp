@@ -25,7 +25,8 @@ double seconds_since(std::chrono::steady_clock::time_point t) {
 std::string duration_text(double seconds) {
   const auto s = static_cast<long>(std::lround(seconds));
   return s >= 3600 ? fmt::format("{}h{:02}m", s / 3600, s % 3600 / 60)
-                   : s >= 60 ? fmt::format("{}m{:02}s", s / 60, s % 60) : fmt::format("{}s", s);
+         : s >= 60 ? fmt::format("{}m{:02}s", s / 60, s % 60)
+                   : fmt::format("{}s", s);
 }
 
 }  // namespace
@@ -71,8 +72,10 @@ json attention_diagnostics(const std::vector<CasePrediction>& preds, const std::
           {"entropy_norm", entropy_norm / n},
           {"top1", top1 / n},
           {"neff", neff / n},
-          {"selection_confidence", {{"mean", mean_conf}, {"p10", quantile(0.1)}, {"p50", quantile(0.5)}, {"p90", quantile(0.9)}}},
-          {"critical_tumour_share", bags_with_seg ? json(static_cast<double>(tumour_bags) / bags_with_seg) : json(nullptr)}};
+          {"selection_confidence",
+           {{"mean", mean_conf}, {"p10", quantile(0.1)}, {"p50", quantile(0.5)}, {"p90", quantile(0.9)}}},
+          {"critical_tumour_share",
+           bags_with_seg ? json(static_cast<double>(tumour_bags) / bags_with_seg) : json(nullptr)}};
 }
 
 double logit_spread(const std::vector<CasePrediction>& preds) {
@@ -93,8 +96,8 @@ void FoldProgress::start(int first_epoch) {
 }
 
 std::string FoldProgress::tag() const {
-  const std::string where = c_.repeats > 1 ? fmt::format("repeat_{}/fold_{}", plan_.repeat, plan_.fold)
-                                           : fmt::format("fold_{}", plan_.fold);
+  const std::string where =
+      c_.repeats > 1 ? fmt::format("repeat_{}/fold_{}", plan_.repeat, plan_.fold) : fmt::format("fold_{}", plan_.fold);
   return fmt::format("[{}, {}/{}]", where, plan_.position, plan_.count);
 }
 

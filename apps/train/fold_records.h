@@ -34,8 +34,8 @@ class FoldProgress {
   // this process trains.
   std::string tag() const;
   // The epoch's line: training and validation figures, the monitor's best, health and speed, the ETA.
-  std::string epoch_line(const nlohmann::json& record, const std::string& monitor, double best_value,
-                         bool best_is_ema, int best_epoch) const;
+  std::string epoch_line(const nlohmann::json& record, const std::string& monitor, double best_value, bool best_is_ema,
+                         int best_epoch) const;
 
  private:
   // Upper bounds from the mean epoch time so far: early stopping can end a fold sooner.

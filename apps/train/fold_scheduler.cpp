@@ -79,9 +79,16 @@ struct RunningFold {
 // Forks the child of `fold` on `slot`, its stdout and stderr appended to RUN_DIR/fold_K.log.
 pid_t start_fold(const ChildFoldRuns& runs, int fold, const FoldSlot& slot, int omp_threads) {
   const fs::path log = runs.run_dir / fmt::format("fold_{}.log", fold);
-  std::vector<std::string> args = {runs.executable.string(), "cv",      "--config",
-                                   (runs.run_dir / "config.toml").string(), "--resume", runs.run_dir.string(),
-                                   "--folds", std::to_string(fold), "--no-audit", "--fold-process"};
+  std::vector<std::string> args = {runs.executable.string(),
+                                   "cv",
+                                   "--config",
+                                   (runs.run_dir / "config.toml").string(),
+                                   "--resume",
+                                   runs.run_dir.string(),
+                                   "--folds",
+                                   std::to_string(fold),
+                                   "--no-audit",
+                                   "--fold-process"};
   std::vector<std::string> overrides;
   if (!slot.cuda_visible_devices.empty()) overrides.push_back("CUDA_VISIBLE_DEVICES=" + slot.cuda_visible_devices);
   if (omp_threads > 0) overrides.push_back(fmt::format("OMP_NUM_THREADS={}", omp_threads));

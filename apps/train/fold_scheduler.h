@@ -23,7 +23,7 @@ struct ChildFoldRuns {
   std::filesystem::path run_dir;  // holds config.toml and splits.json; the preprocessing cache is warm
   std::vector<int> folds;         // started in this order, each as soon as a slot is free
   std::vector<FoldSlot> slots;
-  int run_threads = 0;            // the config's run.threads; 0 (all cores) shares the cores among the slots
+  int run_threads = 0;  // the config's run.threads; 0 (all cores) shares the cores among the slots
 };
 
 // Runs `dsmil cv --config RUN_DIR/config.toml --resume RUN_DIR --folds K --no-audit --fold-process` for every

@@ -120,20 +120,23 @@ std::string flat_training_warning(int epoch, double warmup_epochs, double train_
   if (!(train_auc < kFlatAuc)) return "";  // NaN (one class seen) warns of nothing
   std::vector<std::string> seen;
   if (health.contains("val_logit_spread") && health["val_logit_spread"].get<double>() < kConstantValLogitSpread)
-    seen.push_back(fmt::format("the validation bags' logits barely differ (spread {:.3f}): the model gives every bag "
-                               "nearly the same output, a collapse that a learning rate above the usable range "
-                               "can cause (try a lower train.lr)",
-                               health["val_logit_spread"].get<double>()));
+    seen.push_back(
+        fmt::format("the validation bags' logits barely differ (spread {:.3f}): the model gives every bag "
+                    "nearly the same output, a collapse that a learning rate above the usable range "
+                    "can cause (try a lower train.lr)",
+                    health["val_logit_spread"].get<double>()));
   if (const double typical = encoder_update_ratio(health); !std::isnan(typical)) {
     if (typical > kLargeUpdateRatio)
-      seen.push_back(fmt::format("each step moves the encoder's weights by {:.1e} of their size (median over its stages; "
-                                 "above {:.0e} the steps are too large for batch-normalised convolutions): try "
-                                 "train.lr = {:.1e}",
-                                 typical, kLargeUpdateRatio, lr / 3.0));
+      seen.push_back(
+          fmt::format("each step moves the encoder's weights by {:.1e} of their size (median over its stages; "
+                      "above {:.0e} the steps are too large for batch-normalised convolutions): try "
+                      "train.lr = {:.1e}",
+                      typical, kLargeUpdateRatio, lr / 3.0));
     else if (typical < kSmallUpdateRatio)
-      seen.push_back(fmt::format("each step moves the encoder's weights by only {:.1e} of their size: the learning rate "
-                                 "({:.1e} now) or the clipping bound is too small",
-                                 typical, lr));
+      seen.push_back(
+          fmt::format("each step moves the encoder's weights by only {:.1e} of their size: the learning rate "
+                      "({:.1e} now) or the clipping bound is too small",
+                      typical, lr));
   }
   if (health.contains("grad_norm") && health["grad_norm"]["clipped_fraction"].get<double>() > kMostlyClipped)
     seen.push_back(fmt::format("the gradient was clipped in {:.0f}% of the steps (median norm {:.2f})",

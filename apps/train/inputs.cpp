@@ -60,8 +60,8 @@ nlohmann::json inputs_json(const RunConfig& config, std::span<const data::CaseFi
   for (const data::CaseVolume& volume : cases) {
     const auto found = index.find(volume.case_id);
     if (found == index.end())
-      throw Error(fmt::format("inputs.json: case {} was preprocessed but is not among the discovered cases",
-                              volume.case_id));
+      throw Error(
+          fmt::format("inputs.json: case {} was preprocessed but is not among the discovered cases", volume.case_id));
     files.push_back(found->second);
   }
   const auto digests = hash_sources(files, threads);
@@ -71,18 +71,22 @@ nlohmann::json inputs_json(const RunConfig& config, std::span<const data::CaseFi
   std::vector<int64_t> seeds;
   for (int repeat = 0; repeat < config.repeats; ++repeat) seeds.push_back(config.seed + repeat);
   const data::GridShape grid = data::parse_grid(config.grid);
-  nlohmann::json out = {
-      {"format", 1},
-      {"hash", "sha256"},
-      {"data_root", config.data_root},
-      {"preprocess", {{"grid", {grid.depth, grid.height, grid.width}}, {"image_dtype", "float16"}}},
-      {"splits",
-       {{"seed", config.seed}, {"repeat_seeds", seeds}, {"folds", config.folds}, {"inner_val", config.inner_val},
-        {"select_on_test", config.select_on_test}}},
-      {"cases", nlohmann::json::array()},
-      {"skipped", nlohmann::json::array()}};
+  nlohmann::json out = {{"format", 1},
+                        {"hash", "sha256"},
+                        {"data_root", config.data_root},
+                        {"preprocess", {{"grid", {grid.depth, grid.height, grid.width}}, {"image_dtype", "float16"}}},
+                        {"splits",
+                         {{"seed", config.seed},
+                          {"repeat_seeds", seeds},
+                          {"folds", config.folds},
+                          {"inner_val", config.inner_val},
+                          {"select_on_test", config.select_on_test}}},
+                        {"cases", nlohmann::json::array()},
+                        {"skipped", nlohmann::json::array()}};
   for (size_t i = 0; i < cases.size(); ++i) {
-    nlohmann::json record = {{"case_id", cases[i].case_id}, {"label", cases[i].label}, {"files", nlohmann::json::object()},
+    nlohmann::json record = {{"case_id", cases[i].case_id},
+                             {"label", cases[i].label},
+                             {"files", nlohmann::json::object()},
                              {"arrays_sha256", arrays[i]}};
     for (const auto& [role, path] : source_files(*files[i]))
       record["files"][role] = {{"path", path.string()}, {"sha256", digests[i].at(role)}};
@@ -119,8 +123,8 @@ void check_source_files(const nlohmann::json& recorded, std::span<const data::Ca
     const auto& files_recorded = record.at("files");
     for (const auto& [role, path] : source_files(*files[i])) {
       if (!files_recorded.contains(role))
-        throw InputChanged(case_id, path, fmt::format("case {}: {} ({}) was not among the run's files", case_id, role,
-                                                      path.string()));
+        throw InputChanged(case_id, path,
+                           fmt::format("case {}: {} ({}) was not among the run's files", case_id, role, path.string()));
       const std::string digest_then = files_recorded.at(role).at("sha256").get<std::string>();
       if (digests[i].at(role) != digest_then)
         throw InputChanged(case_id, path,

@@ -166,10 +166,12 @@ json Learner::train_epoch(int epoch) {
     if (ranks_) step_values = ranks_->sum(step_values);
     const double loss_value = step_values[0];
     if (!std::isfinite(loss_value))
-      throw Error(fmt::format("fold {} epoch {} step {}: the loss is {} (diverged)", plan_.fold, epoch + 1, step, loss_value));
+      throw Error(
+          fmt::format("fold {} epoch {} step {}: the loss is {} (diverged)", plan_.fold, epoch + 1, step, loss_value));
     for (int64_t b = 0; b < step_bags; ++b) {
       seen_labels.push_back(cohort_[step_cases[b]].label);
-      seen_p.push_back(hgg_probability(static_cast<float>(step_values[1 + 2 * b]), static_cast<float>(step_values[2 + 2 * b])));
+      seen_p.push_back(
+          hgg_probability(static_cast<float>(step_values[1 + 2 * b]), static_cast<float>(step_values[2 + 2 * b])));
       health.add_bag_margin(step_values[2 + 2 * b] - step_values[1 + 2 * b]);
     }
     loss_sum += loss_value * step_bags;
@@ -179,11 +181,12 @@ json Learner::train_epoch(int epoch) {
                                 tag_, epoch + 1, c_.epochs, step + 1, steps_per_epoch_, loss_value, lr,
                                 seen_p.size() / elapsed, elapsed / (step + 1) * (steps_per_epoch_ - step - 1)));
   }
-  json record = {{"epoch", epoch + 1},
-                 {"lr", lr},
-                 {"tau", tau},
-                 {"batch_assembly_s", batch_seconds},
-                 {"train", report::split_record_json(seen_labels, seen_p, loss_sum / std::max<size_t>(seen_p.size(), 1))}};
+  json record = {
+      {"epoch", epoch + 1},
+      {"lr", lr},
+      {"tau", tau},
+      {"batch_assembly_s", batch_seconds},
+      {"train", report::split_record_json(seen_labels, seen_p, loss_sum / std::max<size_t>(seen_p.size(), 1))}};
   if (first_grad_norm) record["grad_norm_first_step"] = *first_grad_norm;
   record["health"] = health.record();
   if (ranks_)

@@ -25,8 +25,9 @@ constexpr int kWarmSteps = 10;
 
 }  // namespace
 
-LrFindResult lr_find(const RunConfig& config, const std::vector<data::CaseVolume>& cohort, const std::vector<int>& train,
-                     Device device, const LrFindOptions& options, const GatherTarget& gather) {
+LrFindResult lr_find(const RunConfig& config, const std::vector<data::CaseVolume>& cohort,
+                     const std::vector<int>& train, Device device, const LrFindOptions& options,
+                     const GatherTarget& gather) {
   if (train.empty()) throw Error("lr-find: no training case");
   if (!(options.lr_min > 0 && options.lr_max > options.lr_min && options.steps >= 2))
     throw Error(fmt::format("lr-find: needs 0 < lr_min < lr_max and 2 or more steps (got {:g}, {:g}, {})",
@@ -61,8 +62,8 @@ LrFindResult lr_find(const RunConfig& config, const std::vector<data::CaseVolume
     const Batch batch = make_batch(cohort, cases, seeds, spec, gather);
     nn::StepRandom random{data::derive_seed(seed, {kMasks, static_cast<uint64_t>(step)}), 0};
     const mil::LossTargets targets = mil::loss_targets(batch.target, weights.data(), device);
-    const mil::MilOutput out = model.forward(Variable(batch.x.to(device)), batch.mask,
-                                             static_cast<float>(config.tau_start), random);
+    const mil::MilOutput out =
+        model.forward(Variable(batch.x.to(device)), batch.mask, static_cast<float>(config.tau_start), random);
     Variable loss = mil::mil_loss(out, targets, config.loss_config());
     loss.backward();
     optimizer.step(static_cast<float>(lr));
@@ -71,8 +72,8 @@ LrFindResult lr_find(const RunConfig& config, const std::vector<data::CaseVolume
     average = options.smoothing * average + (1.0 - options.smoothing) * value;
     const double smoothed = average / (1.0 - std::pow(options.smoothing, step + 1));
     result.points.push_back({lr, value, smoothed});
-    logging::status(fmt::format("lr-find step {}/{} lr {:.2e} loss {:.4f} smoothed {:.4f}", step + 1, options.steps,
-                                lr, value, smoothed));
+    logging::status(fmt::format("lr-find step {}/{} lr {:.2e} loss {:.4f} smoothed {:.4f}", step + 1, options.steps, lr,
+                                value, smoothed));
     if (!std::isfinite(value) || (step >= kWarmSteps && smoothed > options.divergence * best)) {
       result.diverged = true;
       break;
@@ -112,7 +113,8 @@ std::filesystem::path write_lr_find(const LrFindResult& result, const std::files
                                   {0.0, 1.5 * y_max},
                                   true};
   report::ChartSpec spec;
-  spec.title = fmt::format("learning-rate range test ({} steps{})", result.points.size(), result.diverged ? ", diverged" : "");
+  spec.title =
+      fmt::format("learning-rate range test ({} steps{})", result.points.size(), result.diverged ? ", diverged" : "");
   spec.x_label = "log10 learning rate";
   spec.y_label = "training loss";
   spec.y_min = 0.0;

@@ -42,7 +42,8 @@ nlohmann::json run_start_provenance(const fs::path& run_dir) {
   try {
     return nlohmann::json::parse(line);
   } catch (const nlohmann::json::exception& e) {
-    throw FormatError(fmt::format("{}: line 1 is not valid JSON: {}", (run_dir / "provenance.jsonl").string(), e.what()));
+    throw FormatError(
+        fmt::format("{}: line 1 is not valid JSON: {}", (run_dir / "provenance.jsonl").string(), e.what()));
   }
 }
 
@@ -62,7 +63,7 @@ struct FoldComparison {
   int repeat = 0, fold = 0;
   bool identical = false;
   int n_test = 0;
-  double max_p_difference = 0;  // over the (case, split) rows both files hold
+  double max_p_difference = 0;         // over the (case, split) rows both files hold
   std::vector<std::string> unmatched;  // rows one file holds and the other not
   double auc_then = NAN, auc_now = NAN;
   double auc_spread = NAN;  // std over the run's repeats of this fold's recorded test AUC
@@ -101,7 +102,8 @@ double pooled_auc(const fs::path& run_dir, int repeats, int repeat, const std::v
   std::vector<int> labels;
   std::vector<double> p;
   for (const int fold : folds) {
-    const auto test = report::scores_of_split(report::read_predictions_csv(predictions_path(run_dir, repeats, repeat, fold)), "test");
+    const auto test =
+        report::scores_of_split(report::read_predictions_csv(predictions_path(run_dir, repeats, repeat, fold)), "test");
     labels.insert(labels.end(), test.labels.begin(), test.labels.end());
     p.insert(p.end(), test.p_hgg.begin(), test.p_hgg.end());
   }
@@ -120,8 +122,8 @@ std::string number(double value) { return std::isnan(value) ? "n/a" : fmt::forma
 
 std::vector<std::string> build_differences(const nlohmann::json& recorded, const nlohmann::json& current) {
   std::vector<std::string> differences;
-  for (const char* key :
-       {"version", "commit", "dirty", "build_type", "compiler", "cuda_backend", "cuda_toolkit", "cuda_headers", "cuda"}) {
+  for (const char* key : {"version", "commit", "dirty", "build_type", "compiler", "cuda_backend", "cuda_toolkit",
+                          "cuda_headers", "cuda"}) {
     const nlohmann::json then = recorded.value(key, nlohmann::json());
     const nlohmann::json now = current.value(key, nlohmann::json());
     if (then != now) differences.push_back(fmt::format("{}: run {}, this binary {}", key, then.dump(), now.dump()));
@@ -140,12 +142,13 @@ ReproduceResult reproduce_run(const ReproduceOptions& options) {
               : ""));
   RunConfig config = load_config(run_dir / "config.toml");
   validate_config(config);
-  const int threads = options.threads > 0 ? options.threads
+  const int threads = options.threads > 0  ? options.threads
                       : config.threads > 0 ? config.threads
                                            : static_cast<int>(std::thread::hardware_concurrency());
 
   std::vector<int> folds = options.folds.empty() ? recorded_folds(run_dir, config) : options.folds;
-  if (folds.empty()) throw Error(fmt::format("reproduce {}: the run holds no fold's predictions.csv", run_dir.string()));
+  if (folds.empty())
+    throw Error(fmt::format("reproduce {}: the run holds no fold's predictions.csv", run_dir.string()));
   for (const int fold : folds)
     for (int repeat = 0; repeat < config.repeats; ++repeat)
       if (!fs::exists(predictions_path(run_dir, config.repeats, repeat, fold)))
@@ -166,7 +169,8 @@ ReproduceResult reproduce_run(const ReproduceOptions& options) {
   const data::Discovery found =
       data::discover_dataset(config.data_root, data::parse_bad_case_policy(config.on_bad_case));
   check_source_files(recorded_inputs, found.cases, threads);
-  std::fprintf(stderr, "reproduce: the source files of %zu cases match inputs.json\n", recorded_inputs.at("cases").size());
+  std::fprintf(stderr, "reproduce: the source files of %zu cases match inputs.json\n",
+               recorded_inputs.at("cases").size());
 
   CvOptions cv;
   cv.runs_root = options.out.empty() ? run_dir : options.out;
@@ -190,7 +194,8 @@ ReproduceResult reproduce_run(const ReproduceOptions& options) {
   for (int repeat = 0; repeat < config.repeats; ++repeat)
     for (const int fold : folds)
       comparisons.push_back(compare_fold(predictions_path(run_dir, config.repeats, repeat, fold),
-                                         predictions_path(result.new_run_dir, config.repeats, repeat, fold), repeat, fold));
+                                         predictions_path(result.new_run_dir, config.repeats, repeat, fold), repeat,
+                                         fold));
   std::vector<double> pooled_then, pooled_now;
   for (int repeat = 0; repeat < config.repeats; ++repeat) {
     pooled_then.push_back(pooled_auc(run_dir, config.repeats, repeat, folds));
@@ -230,29 +235,32 @@ ReproduceResult reproduce_run(const ReproduceOptions& options) {
 
   std::vector<std::string> fold_lines;
   for (const FoldComparison& c : comparisons)
-    fold_lines.push_back(c.identical ? fmt::format("{}: predictions identical ({} cases)",
-                                                   fold_name(config.repeats, c.repeat, c.fold), c.n_test)
-                                     : fmt::format("{}: predictions differ (largest |dp(HGG)| {:.3g}, test AUC {} -> {})",
-                                                   fold_name(config.repeats, c.repeat, c.fold), c.max_p_difference,
-                                                   number(c.auc_then), number(c.auc_now)));
+    fold_lines.push_back(
+        c.identical
+            ? fmt::format("{}: predictions identical ({} cases)", fold_name(config.repeats, c.repeat, c.fold), c.n_test)
+            : fmt::format("{}: predictions differ (largest |dp(HGG)| {:.3g}, test AUC {} -> {})",
+                          fold_name(config.repeats, c.repeat, c.fold), c.max_p_difference, number(c.auc_then),
+                          number(c.auc_now)));
   result.summary = fmt::format("reproduce: {}; verdict: {}", fmt::join(fold_lines, "; "), verdict);
 
   std::string md = fmt::format("# Reproduce of {}\n\n**Verdict: {}**\n\n", fs::absolute(run_dir).string(), verdict);
   md += fmt::format("- New run: `{}` (folds {})\n", result.new_run_dir.string(), fmt::join(folds, ", "));
   md += fmt::format("- Device: {}; criterion: {}\n", device_name(resolve_device(config.device)), criterion);
-  md += fmt::format("- Source files: the {} cases' files match inputs.json (SHA-256)\n", recorded_inputs.at("cases").size());
-  md += array_changes.empty()
-            ? "- Preprocessed arrays: identical to the run's\n"
-            : fmt::format("- Preprocessed arrays: {} cases differ (the preprocessing changed): {}\n", array_changes.size(),
-                          fmt::join(array_changes, "; "));
+  md += fmt::format("- Source files: the {} cases' files match inputs.json (SHA-256)\n",
+                    recorded_inputs.at("cases").size());
+  md += array_changes.empty() ? "- Preprocessed arrays: identical to the run's\n"
+                              : fmt::format("- Preprocessed arrays: {} cases differ (the preprocessing changed): {}\n",
+                                            array_changes.size(), fmt::join(array_changes, "; "));
   md += split_changes.empty() ? "- splits.json: identical to the run's\n"
                               : fmt::format("- splits.json: {}\n", fmt::join(split_changes, "; "));
   md += build_changes.empty()
             ? "- Build: the run's (provenance.jsonl's first record)\n"
             : fmt::format("- Build: not the run's (a warning: the comparison below says whether it matters): {}\n",
                           fmt::join(build_changes, "; "));
-  md += "\n## Folds\n\n| fold | predictions.csv | test cases | largest \\|Δp(HGG)\\| | test AUC run | now | Δ | spread (std over repeats) |\n"
-        "| --- | --- | --- | --- | --- | --- | --- | --- |\n";
+  md +=
+      "\n## Folds\n\n| fold | predictions.csv | test cases | largest \\|Δp(HGG)\\| | test AUC run | now | Δ | spread "
+      "(std over repeats) |\n"
+      "| --- | --- | --- | --- | --- | --- | --- | --- |\n";
   for (const FoldComparison& c : comparisons)
     md += fmt::format("| {} | {} | {} | {:.3g} | {} | {} | {} | {} |\n", fold_name(config.repeats, c.repeat, c.fold),
                       c.identical ? "identical" : "differs", c.n_test, c.max_p_difference, number(c.auc_then),
@@ -261,7 +269,9 @@ ReproduceResult reproduce_run(const ReproduceOptions& options) {
     if (!c.unmatched.empty())
       md += fmt::format("\n{}: rows in one file only: {}\n", fold_name(config.repeats, c.repeat, c.fold),
                         fmt::join(c.unmatched, ", "));
-  md += "\n## Pooled test AUC\n\n| repeat | run | now | Δ | spread (std over repeats) |\n| --- | --- | --- | --- | --- |\n";
+  md +=
+      "\n## Pooled test AUC\n\n| repeat | run | now | Δ | spread (std over repeats) |\n| --- | --- | --- | --- | --- "
+      "|\n";
   for (int repeat = 0; repeat < config.repeats; ++repeat)
     md += fmt::format("| {} | {} | {} | {} | {} |\n", repeat, number(pooled_then[repeat]), number(pooled_now[repeat]),
                       number(pooled_now[repeat] - pooled_then[repeat]), number(pooled_spread));

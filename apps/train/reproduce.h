@@ -12,9 +12,9 @@ namespace dsmil::app {
 
 struct ReproduceOptions {
   std::filesystem::path run_dir;
-  std::vector<int> folds;        // empty: every fold the run holds
-  std::filesystem::path out;     // folder of the new run; empty: run_dir (as run_dir/reproduce_<timestamp>/)
-  int threads = 0;               // for hashing the inputs; 0: the run's run.threads, or all cores
+  std::vector<int> folds;     // empty: every fold the run holds
+  std::filesystem::path out;  // folder of the new run; empty: run_dir (as run_dir/reproduce_<timestamp>/)
+  int threads = 0;            // for hashing the inputs; 0: the run's run.threads, or all cores
 };
 
 struct ReproduceResult {

@@ -47,8 +47,8 @@ Device resolve_device(const std::string& name) {
 }
 
 BagSpec training_bag_spec(const RunConfig& config, const data::GridShape& grid) {
-  BagSpec spec{config.instances, config.slab_depth, data::parse_instance_sampling(config.instance_sampling),
-               config.augment, {}};
+  BagSpec spec{
+      config.instances, config.slab_depth, data::parse_instance_sampling(config.instance_sampling), config.augment, {}};
   // Augmentation shifts scale with the grid: up to 1/16 of the width (8 voxels at 128).
   spec.augment_params.max_shift = std::max(1, grid.width / 16);
   return spec;
@@ -80,8 +80,9 @@ TrainedModel load_trained_model(const fs::path& checkpoint, Device device) {
     const json& bags = meta.at("threshold_bags");
     trained.threshold = CheckpointThreshold{
         meta.at("threshold").get<double>(), meta.at("threshold_method").get<std::string>(),
-        fmt::format("{:.4f} ({} on the inner validation split, bags of {} fixed slabs)", meta.at("threshold").get<double>(),
-                    meta.at("threshold_method").get<std::string>(), bags.at("instances").get<int>())};
+        fmt::format("{:.4f} ({} on the inner validation split, bags of {} fixed slabs)",
+                    meta.at("threshold").get<double>(), meta.at("threshold_method").get<std::string>(),
+                    bags.at("instances").get<int>())};
   }
   // A model trained in bf16 keeps fp32 master weights: on the CPU it runs in fp32.
   if (device == Device::CPU && trained.config.precision == "bf16") trained.config.precision = "fp32";
@@ -98,8 +99,8 @@ TrainedModel load_trained_model(const fs::path& checkpoint, Device device) {
 }
 
 std::vector<CasePrediction> predict_cases(mil::DualStreamMIL& model, const std::vector<data::CaseVolume>& cohort,
-                                        const std::vector<int>& cases, const RunConfig& config, Device device, float tau,
-                                        const GatherTarget& gather) {
+                                          const std::vector<int>& cases, const RunConfig& config, Device device,
+                                          float tau, const GatherTarget& gather) {
   NoGradGuard no_grad;
   const bool was_training = model.training();
   model.set_training(false);
@@ -116,8 +117,10 @@ std::vector<CasePrediction> predict_cases(mil::DualStreamMIL& model, const std::
     // Each bag's own loss (unit weights): the validation loss weighs them by class like training.
     const Tensor target = batch.target.to(device), unit = Tensor::full({batch.target.numel()}, 1.0f).to(device);
     const mil::LossConfig lc = config.loss_config();
-    const std::vector<float> l1 = ops::focal_loss(out.y1.value(), target, unit, lc.label_smoothing, lc.focal_gamma).per_sample.to_vector();
-    const std::vector<float> l2 = ops::focal_loss(out.y2.value(), target, unit, lc.label_smoothing, lc.focal_gamma).per_sample.to_vector();
+    const std::vector<float> l1 =
+        ops::focal_loss(out.y1.value(), target, unit, lc.label_smoothing, lc.focal_gamma).per_sample.to_vector();
+    const std::vector<float> l2 =
+        ops::focal_loss(out.y2.value(), target, unit, lc.label_smoothing, lc.focal_gamma).per_sample.to_vector();
     for (size_t b = 0; b < chunk.size(); ++b) {
       CasePrediction p;
       p.case_index = chunk[b];
@@ -198,8 +201,10 @@ class FoldRun {
       fold_log->note(fmt::format("{} {} in process {}", progress_.tag(), continued ? "resumed" : "started", getpid()));
     }
     int start_epoch = 0;
-    if (resume && fs::exists(checkpoints_.last_path())) start_epoch = resume_from_last();
-    else if (writer_) std::ofstream(dir_ / "metrics.jsonl", std::ios::trunc);
+    if (resume && fs::exists(checkpoints_.last_path()))
+      start_epoch = resume_from_last();
+    else if (writer_)
+      std::ofstream(dir_ / "metrics.jsonl", std::ios::trunc);
     progress_.start(start_epoch);
     std::signal(SIGINT, on_interrupt);
     // A fold killed after its stopping epoch was saved has stopped: it only finishes.
@@ -227,8 +232,8 @@ class FoldRun {
     const std::vector<CasePrediction> val = predict(learner_.model(), selection_set(), tau);
     record["val"] = validation_metrics(val, learner_.class_weights());
     if (learner_.has_ema())
-      record["val_ema"] = validation_metrics(predict(learner_.refreshed_ema_model(), selection_set(), tau),
-                                             learner_.class_weights());
+      record["val_ema"] =
+          validation_metrics(predict(learner_.refreshed_ema_model(), selection_set(), tau), learner_.class_weights());
     record["attention"] = attention_diagnostics(val, cohort_, c_.slab_depth);
     record["health"]["val_logit_spread"] = logit_spread(val);
     const double train_auc = record["train"]["auc"].is_null() ? NAN : record["train"]["auc"].get<double>();
@@ -246,7 +251,8 @@ class FoldRun {
     const bool last_epoch = epoch + 1 == c_.epochs;
     if (update.stop || last_epoch || checkpoints_.due()) checkpoints_.save_last(epoch + 1, learner_, selection_, best_);
     if (c_.plot_every > 0 && (epoch + 1) % c_.plot_every == 0)
-      report::write_training_plots(dir_, fmt::format("repeat {} fold {} (epoch {})", plan_.repeat, plan_.fold, epoch + 1),
+      report::write_training_plots(dir_,
+                                   fmt::format("repeat {} fold {} (epoch {})", plan_.repeat, plan_.fold, epoch + 1),
                                    selection_.best_overall().epoch);
     logging::line(progress_.epoch_line(record, c_.monitor, selection_.best_overall().value, selection_.best_is_ema(),
                                        selection_.best_overall().epoch));
@@ -328,11 +334,13 @@ class FoldRun {
       rows.push_back(report::prediction_row(id, q.label, q.p_hgg, threshold, "test", chosen));
       const size_t critical = std::max_element(q.selection.begin(), q.selection.end()) - q.selection.begin();
       for (size_t i = 0; i < q.starts.size(); ++i)
-        attention.push_back({id, static_cast<int>(i), q.starts[i], q.attention[i], q.selection[i] > 0 && i == critical});
+        attention.push_back(
+            {id, static_cast<int>(i), q.starts[i], q.attention[i], q.selection[i] > 0 && i == critical});
     }
     if (!c_.select_on_test)
       for (const CasePrediction& q : calibration)
-        rows.push_back(report::prediction_row(cohort_[q.case_index].case_id, q.label, q.p_hgg, threshold, "val", chosen));
+        rows.push_back(
+            report::prediction_row(cohort_[q.case_index].case_id, q.label, q.p_hgg, threshold, "val", chosen));
     report::write_predictions_csv(dir_ / "predictions.csv", rows);
     report::write_attention_csv(dir_ / "attention.csv", attention);
     fault_point("predictions_written");

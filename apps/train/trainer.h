@@ -31,11 +31,11 @@ struct CasePrediction {
   int case_index = 0;
   int label = 0;
   double p_hgg = 0;
-  double loss = 0;                 // the training loss of this bag alone
-  std::vector<int> starts;         // slab starts of the bag's instances
-  std::vector<float> attention;    // a_i
-  std::vector<float> selection;    // stream-1 weight of each instance
-  std::vector<float> margins;      // z_i
+  double loss = 0;               // the training loss of this bag alone
+  std::vector<int> starts;       // slab starts of the bag's instances
+  std::vector<float> attention;  // a_i
+  std::vector<float> selection;  // stream-1 weight of each instance
+  std::vector<float> margins;    // z_i
   float entropy = 0, top1 = 0, neff = 0;
 };
 

@@ -8,8 +8,8 @@ namespace dsmil::kernels::plain {
 
 namespace {
 
-__global__ void masked_softmax_plain_kernel(const float* __restrict__ e, const int32_t* __restrict__ mask,
-                                            int64_t bags, int64_t n, float temperature, float* __restrict__ a,
+__global__ void masked_softmax_plain_kernel(const float* __restrict__ e, const int32_t* __restrict__ mask, int64_t bags,
+                                            int64_t n, float temperature, float* __restrict__ a,
                                             float* __restrict__ stats) {
   const int64_t b = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (b >= bags) return;

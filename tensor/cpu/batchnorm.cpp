@@ -17,8 +17,8 @@ struct Rows {
 Rows rows_of(const char* op, const Tensor& x, const Tensor& per_channel) {
   const int64_t c = x.size(-1);
   if (per_channel.numel() != c)
-    throw ShapeError(fmt::format("{}: {} channels in x {} but {} per-channel values", op, c, x.describe(),
-                                 per_channel.describe()));
+    throw ShapeError(
+        fmt::format("{}: {} channels in x {} but {} per-channel values", op, c, x.describe(), per_channel.describe()));
   return {x.numel() / c, c};
 }
 

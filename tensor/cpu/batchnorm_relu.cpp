@@ -41,9 +41,9 @@ BatchNormTrainOut batchnorm_relu_forward_train(const Tensor& x, const Tensor& ga
   return out;
 }
 
-Tensor batchnorm_relu_forward_eval(const Tensor& x, const Tensor& gamma, const Tensor& beta,
-                                   const Tensor& running_mean, const Tensor& running_var, float eps,
-                                   const Tensor& residual, const Tensor& sample_factor) {
+Tensor batchnorm_relu_forward_eval(const Tensor& x, const Tensor& gamma, const Tensor& beta, const Tensor& running_mean,
+                                   const Tensor& running_var, float eps, const Tensor& residual,
+                                   const Tensor& sample_factor) {
   const Tensor normalised = batchnorm_forward_eval(x, gamma, beta, running_mean, running_var, eps);
   return add_residual_relu(scaled_per_sample("batchnorm_relu_forward_eval", normalised, sample_factor), residual);
 }

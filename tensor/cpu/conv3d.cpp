@@ -132,7 +132,8 @@ Tensor conv3d_backward_data(const Tensor& dy, const Tensor& w, const Shape& x_sh
   for (int64_t first = 0; first < cd.n; first += chunk) {
     const int64_t count = std::min(chunk, cd.n - first);
     const int64_t rows = count * cd.positions();
-    MatrixMap(cols, rows, cd.patch()).noalias() = ConstMatrixMap(dy.f32() + first * cd.positions() * cd.k, rows, cd.k) * W;
+    MatrixMap(cols, rows, cd.patch()).noalias() =
+        ConstMatrixMap(dy.f32() + first * cd.positions() * cd.k, rows, cd.k) * W;
     col2im(cd, cols, first, count, dx.f32());
   }
   return dx;

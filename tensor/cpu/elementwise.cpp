@@ -35,9 +35,15 @@ Tensor map_binary(const char* op, const Tensor& a, const Tensor& b, F f) {
 
 }  // namespace
 
-Tensor add(const Tensor& a, const Tensor& b) { return map_binary("add", a, b, [](float u, float v) { return u + v; }); }
-Tensor mul(const Tensor& a, const Tensor& b) { return map_binary("mul", a, b, [](float u, float v) { return u * v; }); }
-Tensor scale(const Tensor& x, float s) { return map_unary(x, [s](float u) { return s * u; }); }
+Tensor add(const Tensor& a, const Tensor& b) {
+  return map_binary("add", a, b, [](float u, float v) { return u + v; });
+}
+Tensor mul(const Tensor& a, const Tensor& b) {
+  return map_binary("mul", a, b, [](float u, float v) { return u * v; });
+}
+Tensor scale(const Tensor& x, float s) {
+  return map_unary(x, [s](float u) { return s * u; });
+}
 
 void axpy_(Tensor& y, float alpha, const Tensor& x) {
   check_same_shape("axpy_", y, x);
@@ -55,11 +61,15 @@ void scale_(Tensor& x, float s) {
   for (int64_t i = 0; i < n; ++i) p[i] *= s;
 }
 
-Tensor relu(const Tensor& x) { return map_unary(x, [](float u) { return u > 0.0f ? u : 0.0f; }); }
+Tensor relu(const Tensor& x) {
+  return map_unary(x, [](float u) { return u > 0.0f ? u : 0.0f; });
+}
 Tensor relu_backward(const Tensor& dy, const Tensor& y) {
   return map_binary("relu_backward", dy, y, [](float g, float v) { return v > 0.0f ? g : 0.0f; });
 }
-Tensor tanh(const Tensor& x) { return map_unary(x, [](float u) { return std::tanh(u); }); }
+Tensor tanh(const Tensor& x) {
+  return map_unary(x, [](float u) { return std::tanh(u); });
+}
 Tensor tanh_backward(const Tensor& dy, const Tensor& y) {
   return map_binary("tanh_backward", dy, y, [](float g, float v) { return g * (1.0f - v * v); });
 }

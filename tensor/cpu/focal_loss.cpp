@@ -49,7 +49,8 @@ FocalLossOut focal_loss(const Tensor& logits, const Tensor& target, const Tensor
     out.per_sample.f32()[b] = static_cast<float>(loss);
     const double w = weight.f32()[b] / weight_sum;
     total += w * loss;
-    for (int64_t c = 0; c < classes; ++c) out.grad.f32()[b * classes + c] = static_cast<float>(w * (p[c] * g_sum - g[c]));
+    for (int64_t c = 0; c < classes; ++c)
+      out.grad.f32()[b * classes + c] = static_cast<float>(w * (p[c] * g_sum - g[c]));
   }
   out.loss.f32()[0] = static_cast<float>(total);
   return out;

@@ -19,10 +19,14 @@ Tensor matmul(const Tensor& a, const Tensor& b, bool transpose_a, bool transpose
   auto A = as_const_matrix(a, a.size(0), a.size(1));
   auto B = as_const_matrix(b, b.size(0), b.size(1));
   auto C = as_matrix(c, m, n);
-  if (transpose_a && transpose_b) C.noalias() = A.transpose() * B.transpose();
-  else if (transpose_a) C.noalias() = A.transpose() * B;
-  else if (transpose_b) C.noalias() = A * B.transpose();
-  else C.noalias() = A * B;
+  if (transpose_a && transpose_b)
+    C.noalias() = A.transpose() * B.transpose();
+  else if (transpose_a)
+    C.noalias() = A.transpose() * B;
+  else if (transpose_b)
+    C.noalias() = A * B.transpose();
+  else
+    C.noalias() = A * B;
   return c;
 }
 

@@ -32,7 +32,8 @@ void ema_elements(float* e, const float* x, int64_t n, float decay) {
 
 void check_cpu_f32_like(const char* op, const Tensor& t, const Tensor& like, const char* name) {
   if (!t.defined() || t.device() != Device::CPU)
-    throw ShapeError(fmt::format("{}: {} must be a CPU tensor, got {}", op, name, t.defined() ? t.describe() : "undefined"));
+    throw ShapeError(
+        fmt::format("{}: {} must be a CPU tensor, got {}", op, name, t.defined() ? t.describe() : "undefined"));
   check_dtype(op, t, DType::F32, name);
   check_same_shape(op, t, like);
 }
@@ -67,7 +68,8 @@ void multi_tensor_adamw(AdamWTensors& tensors, const std::vector<Tensor>& grads,
   float grad_scale = 1.0f;
   if (max_grad_norm > 0.0f) {
     check_cpu_f32_like(op, grad_norm, grad_norm, "grad_norm");
-    if (grad_norm.numel() != 1) throw ShapeError(fmt::format("{}: grad_norm must hold 1 value, got {}", op, grad_norm.describe()));
+    if (grad_norm.numel() != 1)
+      throw ShapeError(fmt::format("{}: grad_norm must hold 1 value, got {}", op, grad_norm.describe()));
     double total = 0.0;
     for (const Tensor& g : grads)
       if (g.defined()) total += sum_squares(g);

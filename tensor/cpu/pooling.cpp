@@ -80,7 +80,8 @@ Tensor global_avg_pool(const Tensor& x) {
 Tensor global_avg_pool_backward(const Tensor& dy, const Shape& x_shape, DType dx_dtype) {
   if (dx_dtype != DType::F32) throw ShapeError("global_avg_pool_backward: the CPU backend is f32 only");
   const int64_t n = x_shape[0], c = x_shape[4], volume = shape_numel(x_shape) / (n * c);
-  if (dy.shape() != Shape{n, c}) throw ShapeError("global_avg_pool_backward: dy " + dy.describe() + " for x " + shape_str(x_shape));
+  if (dy.shape() != Shape{n, c})
+    throw ShapeError("global_avg_pool_backward: dy " + dy.describe() + " for x " + shape_str(x_shape));
   Tensor dx = Tensor::empty(x_shape);
 #pragma omp parallel for schedule(static)
   for (int64_t s = 0; s < n; ++s)

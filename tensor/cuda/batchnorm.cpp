@@ -38,10 +38,9 @@ BatchNormTrainOut batchnorm_forward_train(const Tensor& x, const Tensor& gamma, 
   DeviceBuffer scratch(kernels::batchnorm_scratch_size(rows, c) * sizeof(double));
   with_float_type(op, x, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    DSMIL_CUDA_CHECK(kernels::batchnorm_forward_train(ptr<T>(x), gamma.f32(), beta.f32(), running_mean.f32(),
-                                                      running_var.f32(), momentum, eps, rows, c, ptr<T>(out.y),
-                                                      out.save_mean.f32(), out.save_invstd.f32(),
-                                                      scratch.as<double>(), stream()),
+    DSMIL_CUDA_CHECK(kernels::batchnorm_forward_train(
+                         ptr<T>(x), gamma.f32(), beta.f32(), running_mean.f32(), running_var.f32(), momentum, eps, rows,
+                         c, ptr<T>(out.y), out.save_mean.f32(), out.save_invstd.f32(), scratch.as<double>(), stream()),
                      op_context(op, {{"x", &x}, {"gamma", &gamma}}));
   });
   return out;
@@ -55,10 +54,10 @@ BatchNormTrainOut batchnorm_statistics(const Tensor& x, Tensor& running_mean, Te
   DeviceBuffer scratch(kernels::batchnorm_scratch_size(rows, c) * sizeof(double));
   with_float_type(op, x, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    DSMIL_CUDA_CHECK(kernels::batchnorm_statistics(ptr<T>(x), running_mean.f32(), running_var.f32(), momentum, eps,
-                                                   rows, c, out.save_mean.f32(), out.save_invstd.f32(),
-                                                   scratch.as<double>(), stream()),
-                     op_context(op, {{"x", &x}, {"running_mean", &running_mean}}));
+    DSMIL_CUDA_CHECK(
+        kernels::batchnorm_statistics(ptr<T>(x), running_mean.f32(), running_var.f32(), momentum, eps, rows, c,
+                                      out.save_mean.f32(), out.save_invstd.f32(), scratch.as<double>(), stream()),
+        op_context(op, {{"x", &x}, {"running_mean", &running_mean}}));
   });
   return out;
 }
@@ -97,9 +96,9 @@ BatchNormGrads batchnorm_backward(const Tensor& dy, const Tensor& x, const Tenso
   DeviceBuffer scratch(kernels::batchnorm_scratch_size(rows, c) * sizeof(double));
   with_float_type(op, x, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    DSMIL_CUDA_CHECK(kernels::batchnorm_backward(ptr<T>(dy), ptr<T>(x), gamma.f32(), save_mean.f32(),
-                                                 save_invstd.f32(), rows, c, ptr<T>(grads.dx), grads.dgamma.f32(),
-                                                 grads.dbeta.f32(), scratch.as<double>(), stream()),
+    DSMIL_CUDA_CHECK(kernels::batchnorm_backward(ptr<T>(dy), ptr<T>(x), gamma.f32(), save_mean.f32(), save_invstd.f32(),
+                                                 rows, c, ptr<T>(grads.dx), grads.dgamma.f32(), grads.dbeta.f32(),
+                                                 scratch.as<double>(), stream()),
                      op_context(op, {{"dy", &dy}, {"x", &x}}));
   });
   return grads;

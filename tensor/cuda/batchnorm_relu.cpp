@@ -72,19 +72,19 @@ BatchNormTrainOut batchnorm_relu_forward_train(const Tensor& x, const Tensor& ga
   return out;
 }
 
-Tensor batchnorm_relu_forward_eval(const Tensor& x, const Tensor& gamma, const Tensor& beta,
-                                   const Tensor& running_mean, const Tensor& running_var, float eps,
-                                   const Tensor& residual, const Tensor& sample_factor) {
+Tensor batchnorm_relu_forward_eval(const Tensor& x, const Tensor& gamma, const Tensor& beta, const Tensor& running_mean,
+                                   const Tensor& running_var, float eps, const Tensor& residual,
+                                   const Tensor& sample_factor) {
   const char* op = "batchnorm_relu_forward_eval";
   const FusedShape s = check_forward(op, x, gamma, beta, running_mean, running_var, residual, sample_factor);
   Tensor y = empty_device(x.shape(), x.dtype());
   with_float_type(op, x, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    DSMIL_CUDA_CHECK(kernels::batchnorm_relu_forward_eval(ptr<T>(x), gamma.f32(), beta.f32(), running_mean.f32(),
-                                                          running_var.f32(), eps, optional_ptr<T>(residual),
-                                                          factor_of(sample_factor, s), s.rows, s.channels, ptr<T>(y),
-                                                          stream()),
-                     op_context(op, {{"x", &x}, {"gamma", &gamma}, {"residual", &residual}}));
+    DSMIL_CUDA_CHECK(
+        kernels::batchnorm_relu_forward_eval(ptr<T>(x), gamma.f32(), beta.f32(), running_mean.f32(), running_var.f32(),
+                                             eps, optional_ptr<T>(residual), factor_of(sample_factor, s), s.rows,
+                                             s.channels, ptr<T>(y), stream()),
+        op_context(op, {{"x", &x}, {"gamma", &gamma}, {"residual", &residual}}));
   });
   return y;
 }
@@ -107,12 +107,12 @@ BatchNormReluGrads batchnorm_relu_backward(const Tensor& dy, const Tensor& y, co
   DeviceBuffer scratch(kernels::batchnorm_relu_backward_scratch_bytes(s.rows, s.channels));
   with_float_type(op, x, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    DSMIL_CUDA_CHECK(kernels::batchnorm_relu_backward(
-                         ptr<T>(dy), ptr<T>(y), ptr<T>(x), gamma.f32(), save_mean.f32(), save_invstd.f32(),
-                         factor_of(sample_factor, s), s.rows, s.channels, ptr<T>(grads.dx), grads.dgamma.f32(),
-                         grads.dbeta.f32(), residual_grad ? ptr<T>(grads.d_residual) : nullptr, scratch.data(),
-                         stream()),
-                     op_context(op, {{"dy", &dy}, {"y", &y}, {"x", &x}}));
+    DSMIL_CUDA_CHECK(
+        kernels::batchnorm_relu_backward(ptr<T>(dy), ptr<T>(y), ptr<T>(x), gamma.f32(), save_mean.f32(),
+                                         save_invstd.f32(), factor_of(sample_factor, s), s.rows, s.channels,
+                                         ptr<T>(grads.dx), grads.dgamma.f32(), grads.dbeta.f32(),
+                                         residual_grad ? ptr<T>(grads.d_residual) : nullptr, scratch.data(), stream()),
+        op_context(op, {{"dy", &dy}, {"y", &y}, {"x", &x}}));
   });
   return grads;
 }

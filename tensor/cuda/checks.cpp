@@ -24,8 +24,7 @@ void throw_cuda_error(cudaError_t status, const char* call, const std::string& c
                                 cudaGetErrorString(status), file, line));
 }
 
-void throw_cudnn_error(cudnnStatus_t status, const char* call, const std::string& context, const char* file,
-                       int line) {
+void throw_cudnn_error(cudnnStatus_t status, const char* call, const std::string& context, const char* file, int line) {
   char detail[512] = {0};
   cudnnGetLastErrorString(detail, sizeof(detail));
   throw DeviceError(fmt::format("{}: {} failed: {}{}{} [{}:{}]", context, call, cudnnGetErrorString(status),

@@ -12,8 +12,8 @@
 
 namespace dsmil::cuda {
 
-[[noreturn]] void throw_cuda_error(cudaError_t status, const char* call, const std::string& context,
-                                   const char* file, int line);
+[[noreturn]] void throw_cuda_error(cudaError_t status, const char* call, const std::string& context, const char* file,
+                                   int line);
 [[noreturn]] void throw_cudnn_error(cudnnStatus_t status, const char* call, const std::string& context,
                                     const char* file, int line);
 [[noreturn]] void throw_cublas_error(cublasStatus_t status, const char* call, const std::string& context,
@@ -28,23 +28,23 @@ std::string op_context(const char* op, std::initializer_list<std::pair<const cha
 // and is checked with DSMIL_CUDA_CHECK too.
 // `context` is an expression giving a std::string; it is evaluated only when the call failed, so that
 // the success path formats nothing.
-#define DSMIL_CUDA_CHECK(call, context)                                                          \
-  do {                                                                                           \
-    const cudaError_t dsmil_status_ = (call);                                                    \
-    if (dsmil_status_ != cudaSuccess)                                                            \
-      ::dsmil::cuda::throw_cuda_error(dsmil_status_, #call, (context), __FILE__, __LINE__);      \
+#define DSMIL_CUDA_CHECK(call, context)                                                     \
+  do {                                                                                      \
+    const cudaError_t dsmil_status_ = (call);                                               \
+    if (dsmil_status_ != cudaSuccess)                                                       \
+      ::dsmil::cuda::throw_cuda_error(dsmil_status_, #call, (context), __FILE__, __LINE__); \
   } while (0)
 
-#define DSMIL_CUDNN_CHECK(call, context)                                                         \
-  do {                                                                                           \
-    const cudnnStatus_t dsmil_status_ = (call);                                                  \
-    if (dsmil_status_ != CUDNN_STATUS_SUCCESS)                                                   \
-      ::dsmil::cuda::throw_cudnn_error(dsmil_status_, #call, (context), __FILE__, __LINE__);     \
+#define DSMIL_CUDNN_CHECK(call, context)                                                     \
+  do {                                                                                       \
+    const cudnnStatus_t dsmil_status_ = (call);                                              \
+    if (dsmil_status_ != CUDNN_STATUS_SUCCESS)                                               \
+      ::dsmil::cuda::throw_cudnn_error(dsmil_status_, #call, (context), __FILE__, __LINE__); \
   } while (0)
 
-#define DSMIL_CUBLAS_CHECK(call, context)                                                        \
-  do {                                                                                           \
-    const cublasStatus_t dsmil_status_ = (call);                                                 \
-    if (dsmil_status_ != CUBLAS_STATUS_SUCCESS)                                                  \
-      ::dsmil::cuda::throw_cublas_error(dsmil_status_, #call, (context), __FILE__, __LINE__);    \
+#define DSMIL_CUBLAS_CHECK(call, context)                                                     \
+  do {                                                                                        \
+    const cublasStatus_t dsmil_status_ = (call);                                              \
+    if (dsmil_status_ != CUBLAS_STATUS_SUCCESS)                                               \
+      ::dsmil::cuda::throw_cublas_error(dsmil_status_, #call, (context), __FILE__, __LINE__); \
   } while (0)

@@ -43,9 +43,12 @@ enum class ConvPass { Forward, BackwardData, BackwardFilter };
 
 const char* pass_op_name(ConvPass pass) {
   switch (pass) {
-    case ConvPass::Forward: return "conv3d_forward";
-    case ConvPass::BackwardData: return "conv3d_backward_data";
-    case ConvPass::BackwardFilter: return "conv3d_backward_filter";
+    case ConvPass::Forward:
+      return "conv3d_forward";
+    case ConvPass::BackwardData:
+      return "conv3d_backward_data";
+    case ConvPass::BackwardFilter:
+      return "conv3d_backward_filter";
   }
   return "conv3d";
 }
@@ -69,7 +72,7 @@ struct ConvAlgorithm {
   size_t workspace = 0;
   std::string problem;  // the pass and shapes it was chosen for (the context of its first call)
   std::string why;      // the measured time, and the fastest algorithm when this one is not it
-  bool traded = false;   // slower than the fastest, kept for its smaller workspace
+  bool traded = false;  // slower than the fastest, kept for its smaller workspace
 };
 
 // A row of cuDNN's per-pass perf structs (they share these fields). time_ms: cudnnFind's measurement
@@ -130,8 +133,8 @@ class ConvDescriptors {
     DSMIL_CUDNN_CHECK(cudnnGetConvolutionNdForwardOutputDim(conv, x, w, 5, out_dims), context_);
     const Shape cudnn_y{out_dims[0], out_dims[2], out_dims[3], out_dims[4], out_dims[1]};
     if (cudnn_y != p.y_shape)
-      throw DeviceError(fmt::format("{}: cuDNN computes output {} where dsmil expects {}", context_,
-                                    shape_str(cudnn_y), shape_str(p.y_shape)));
+      throw DeviceError(fmt::format("{}: cuDNN computes output {} where dsmil expects {}", context_, shape_str(cudnn_y),
+                                    shape_str(p.y_shape)));
   }
   ~ConvDescriptors() {
     cudnnDestroyConvolutionDescriptor(conv);
@@ -205,17 +208,15 @@ std::vector<Candidate> heuristic_candidates(const ConvProblem& p, const ConvDesc
     }
     case ConvPass::BackwardData: {
       cudnnConvolutionBwdDataAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
-      DSMIL_CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(h, d.w, d.y, d.conv, d.x,
-                                                                    CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &returned,
-                                                                    perf),
+      DSMIL_CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(
+                            h, d.w, d.y, d.conv, d.x, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &returned, perf),
                         p.context);
       return to_candidates(perf, returned);
     }
     case ConvPass::BackwardFilter: {
       cudnnConvolutionBwdFilterAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
-      DSMIL_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithm_v7(h, d.x, d.y, d.conv, d.w,
-                                                                      CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT,
-                                                                      &returned, perf),
+      DSMIL_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithm_v7(
+                            h, d.x, d.y, d.conv, d.w, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &returned, perf),
                         p.context);
       return to_candidates(perf, returned);
     }
@@ -325,9 +326,10 @@ const ConvAlgorithm& choose_algorithm(const ConvProblem& p, ConvDescriptors& d) 
   for (const Candidate& c : candidates)
     tried += fmt::format(" [algo {} status {} math {} det {} workspace {}]", c.algo, cudnnGetErrorString(c.status),
                          static_cast<int>(c.math), static_cast<int>(c.determinism), c.memory);
-  throw DeviceError(fmt::format("{}: no cuDNN algorithm fits (tf32={}, deterministic={}, workspace limit {} bytes);"
-                                " candidates:{}",
-                                p.context, math_mode().allow_tf32, math_mode().deterministic, limit, tried));
+  throw DeviceError(
+      fmt::format("{}: no cuDNN algorithm fits (tf32={}, deterministic={}, workspace limit {} bytes);"
+                  " candidates:{}",
+                  p.context, math_mode().allow_tf32, math_mode().deterministic, limit, tried));
 }
 
 void run_cudnn_convolution(const ConvProblem& p) {
@@ -383,7 +385,8 @@ float timed_ms(Pass&& pass, const std::string& context) {
 // say what was timed and kept (conv_measured_choices()).
 class MeasuredChoices {
  public:
-  MeasuredChoices(const char* first_name, const char* second_name) : first_name_(first_name), second_name_(second_name) {}
+  MeasuredChoices(const char* first_name, const char* second_name)
+      : first_name_(first_name), second_name_(second_name) {}
 
   // True when `second` ran faster than `first` for this problem.
   template <typename First, typename Second>
@@ -450,9 +453,10 @@ std::atomic<int64_t> conv16_launches{0};
 
 void run_conv16(const ConvProblem& p, const kernels::Conv16Forward& k) {
   ++conv16_launches;
-  DSMIL_CUDA_CHECK(kernels::conv16_forward(static_cast<const __nv_bfloat16*>(p.x), static_cast<const __nv_bfloat16*>(p.w),
-                                           static_cast<__nv_bfloat16*>(p.y), k, stream()),
-                   p.context + " (the implicit GEMM, kernels/conv16_forward.cu)");
+  DSMIL_CUDA_CHECK(
+      kernels::conv16_forward(static_cast<const __nv_bfloat16*>(p.x), static_cast<const __nv_bfloat16*>(p.w),
+                              static_cast<__nv_bfloat16*>(p.y), k, stream()),
+      p.context + " (the implicit GEMM, kernels/conv16_forward.cu)");
 }
 
 // Runs a pass whose channels are aligned: on the implicit GEMM where it applies and math_mode().conv16_forward
@@ -462,11 +466,15 @@ void run_kernel(const ConvProblem& p) {
   bool implicit_gemm = false;
   if (k) {
     switch (math_mode().conv16_forward) {
-      case ConvKernel::cudnn: break;
-      case ConvKernel::implicit_gemm: implicit_gemm = true; break;
+      case ConvKernel::cudnn:
+        break;
+      case ConvKernel::implicit_gemm:
+        implicit_gemm = true;
+        break;
       case ConvKernel::measured:
-        implicit_gemm = !math_mode().deterministic &&
-                        conv16_choices().second_is_faster(p, [&] { run_cudnn_convolution(p); }, [&] { run_conv16(p, *k); });
+        implicit_gemm =
+            !math_mode().deterministic && conv16_choices().second_is_faster(
+                                              p, [&] { run_cudnn_convolution(p); }, [&] { run_conv16(p, *k); });
         break;
     }
   }
@@ -541,8 +549,8 @@ void run_on_aligned_channels(const ConvProblem& p) {
     run_kernel(p);
     return;
   }
-  const std::string context = fmt::format("{} (on copies padded from {} to {} channels)", p.context, channels,
-                                          padded_channels);
+  const std::string context =
+      fmt::format("{} (on copies padded from {} to {} channels)", p.context, channels, padded_channels);
   ChannelPaddedCopy x(p.x_shape, padded_channels, p.dtype, context);
   ChannelPaddedCopy w(p.w_shape, padded_channels, p.dtype, context);
   if (p.pass != ConvPass::BackwardData) x.fill_from(p.x);
@@ -587,8 +595,8 @@ FoldedConv space_to_depth_fold(const ConvProblem& p, int64_t folded_c) {
 
 // Folds the pass's inputs, runs the folded convolution and unfolds its output (dx or dw; y needs none).
 void run_folded(const ConvProblem& p, const FoldedConv& f) {
-  const std::string context = fmt::format("{} (as the space-to-depth fold x{} w{})", p.context, shape_str(f.xs_shape),
-                                          shape_str(f.ws_shape));
+  const std::string context =
+      fmt::format("{} (as the space-to-depth fold x{} w{})", p.context, shape_str(f.xs_shape), shape_str(f.ws_shape));
   const size_t element = dtype_size(p.dtype);
   DeviceBuffer xs(static_cast<size_t>(shape_numel(f.xs_shape)) * element);
   DeviceBuffer ws(static_cast<size_t>(shape_numel(f.ws_shape)) * element);
@@ -612,12 +620,16 @@ std::optional<FoldedConv> chosen_fold(const ConvProblem& p) {
   if (narrowest == 0) return std::nullopt;
   const FoldedConv f = space_to_depth_fold(p, narrowest);
   switch (math_mode().conv_space_to_depth) {
-    case ConvFolding::always: return f;
-    case ConvFolding::never: return std::nullopt;
-    case ConvFolding::measured: break;
+    case ConvFolding::always:
+      return f;
+    case ConvFolding::never:
+      return std::nullopt;
+    case ConvFolding::measured:
+      break;
   }
   if (math_mode().deterministic) return f;
-  if (!fold_choices().second_is_faster(p, [&] { run_on_aligned_channels(p); }, [&] { run_folded(p, f); }))
+  if (!fold_choices().second_is_faster(
+          p, [&] { run_on_aligned_channels(p); }, [&] { run_folded(p, f); }))
     return std::nullopt;
   return f;
 }
@@ -689,8 +701,8 @@ Tensor conv3d_backward_data(const Tensor& dy, const Tensor& w, const Shape& x_sh
   if (ops::conv3d_output_shape(x_shape, w.shape(), g) != dy.shape())
     throw ShapeError(context + ": dy does not have the forward output's shape");
   Tensor dx = empty_device(x_shape, dy.dtype());
-  run_convolution({ConvPass::BackwardData, dy.dtype(), x_shape, w.shape(), dy.shape(), g, dx.raw(), w.raw(), dy.raw(),
-                   context});
+  run_convolution(
+      {ConvPass::BackwardData, dy.dtype(), x_shape, w.shape(), dy.shape(), g, dx.raw(), w.raw(), dy.raw(), context});
   return dx;
 }
 
@@ -700,8 +712,8 @@ Tensor conv3d_backward_filter(const Tensor& x, const Tensor& dy, const Shape& w_
   if (ops::conv3d_output_shape(x.shape(), w_shape, g) != dy.shape())
     throw ShapeError(context + ": dy does not have the forward output's shape");
   Tensor dw = empty_device(w_shape, x.dtype());
-  run_convolution({ConvPass::BackwardFilter, x.dtype(), x.shape(), w_shape, dy.shape(), g, x.raw(), dw.raw(), dy.raw(),
-                   context});
+  run_convolution(
+      {ConvPass::BackwardFilter, x.dtype(), x.shape(), w_shape, dy.shape(), g, x.raw(), dw.raw(), dy.raw(), context});
   return dw;
 }
 

@@ -25,7 +25,8 @@ Tensor matmul(const Tensor& a, const Tensor& b, bool transpose_a, bool transpose
   };
   if (a.dtype() == DType::I32) throw ShapeError(context() + ": expected f32 or bf16 tensors");
   if (k != kb) throw ShapeError(context() + ": inner sizes differ");
-  if (m > INT_MAX || n > INT_MAX || k > INT_MAX) throw ShapeError(context() + ": a dimension exceeds cuBLAS's int range");
+  if (m > INT_MAX || n > INT_MAX || k > INT_MAX)
+    throw ShapeError(context() + ": a dimension exceeds cuBLAS's int range");
   Tensor c = empty_device({m, n}, a.dtype());
   if (c.numel() == 0) return c;
   if (k == 0) {
@@ -33,17 +34,17 @@ Tensor matmul(const Tensor& a, const Tensor& b, bool transpose_a, bool transpose
     return c;
   }
   const cudaDataType_t data_type = a.dtype() == DType::BF16 ? CUDA_R_16BF : CUDA_R_32F;
-  const cublasComputeType_t compute = a.dtype() == DType::F32 && math_mode().allow_tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32
-                                                                                        : CUBLAS_COMPUTE_32F;
+  const cublasComputeType_t compute =
+      a.dtype() == DType::F32 && math_mode().allow_tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
   // Row-major c = op(a) op(b) is column-major c^T = op(b)^T op(a)^T, and a row-major matrix read as
   // column-major is its transpose: so b comes first, each with its own flag, leading dimensions = row lengths.
   const float alpha = 1.0f, beta = 0.0f;
-  DSMIL_CUBLAS_CHECK(cublasGemmEx(cublas_handle(), transpose_b ? CUBLAS_OP_T : CUBLAS_OP_N,
-                                  transpose_a ? CUBLAS_OP_T : CUBLAS_OP_N, static_cast<int>(n), static_cast<int>(m),
-                                  static_cast<int>(k), &alpha, b.raw(), data_type, static_cast<int>(b.size(1)), a.raw(),
-                                  data_type, static_cast<int>(a.size(1)), &beta, c.raw(), data_type,
-                                  static_cast<int>(n), compute, CUBLAS_GEMM_DEFAULT),
-                     context());
+  DSMIL_CUBLAS_CHECK(
+      cublasGemmEx(cublas_handle(), transpose_b ? CUBLAS_OP_T : CUBLAS_OP_N, transpose_a ? CUBLAS_OP_T : CUBLAS_OP_N,
+                   static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &alpha, b.raw(), data_type,
+                   static_cast<int>(b.size(1)), a.raw(), data_type, static_cast<int>(a.size(1)), &beta, c.raw(),
+                   data_type, static_cast<int>(n), compute, CUBLAS_GEMM_DEFAULT),
+      context());
   return c;
 }
 

@@ -36,9 +36,9 @@ MaskedSoftmaxOut masked_softmax(const Tensor& e, const Tensor& mask, float tempe
   check_temperature(op, temperature);
   const int64_t bags = e.size(0), n = e.size(1);
   MaskedSoftmaxOut out{empty_device(e.shape(), DType::F32), empty_device({bags, 3}, DType::F32)};
-  DSMIL_CUDA_CHECK(kernels::masked_softmax(e.f32(), mask.i32(), bags, n, temperature, out.a.f32(), out.stats.f32(),
-                                           stream()),
-                   op_context(op, {{"e", &e}, {"mask", &mask}}));
+  DSMIL_CUDA_CHECK(
+      kernels::masked_softmax(e.f32(), mask.i32(), bags, n, temperature, out.a.f32(), out.stats.f32(), stream()),
+      op_context(op, {{"e", &e}, {"mask", &mask}}));
   return out;
 }
 
@@ -49,9 +49,9 @@ Tensor masked_softmax_backward(const Tensor& da, const Tensor& a, float temperat
   check_same_shape(op, da, a);
   check_temperature(op, temperature);
   Tensor de = empty_device(a.shape(), DType::F32);
-  DSMIL_CUDA_CHECK(kernels::masked_softmax_backward(da.f32(), a.f32(), a.size(0), a.size(1), temperature, de.f32(),
-                                                    stream()),
-                   op_context(op, {{"da", &da}, {"a", &a}}));
+  DSMIL_CUDA_CHECK(
+      kernels::masked_softmax_backward(da.f32(), a.f32(), a.size(0), a.size(1), temperature, de.f32(), stream()),
+      op_context(op, {{"da", &da}, {"a", &a}}));
   return de;
 }
 
@@ -91,9 +91,9 @@ Tensor gather_mean_backward(const Tensor& dy, const Tensor& idx, int64_t n) {
     throw ShapeError(fmt::format("{}: idx {}, dy {} and n = {} do not fit", op, idx.describe(), dy.describe(), n));
   const int64_t bags = dy.size(0), features = dy.size(1);
   Tensor dx = empty_device({bags, n, features}, DType::F32);
-  DSMIL_CUDA_CHECK(kernels::gather_mean_backward(dy.f32(), idx.i32(), bags, n, idx.size(1), features, dx.f32(),
-                                                 stream()),
-                   op_context(op, {{"dy", &dy}, {"idx", &idx}}));
+  DSMIL_CUDA_CHECK(
+      kernels::gather_mean_backward(dy.f32(), idx.i32(), bags, n, idx.size(1), features, dx.f32(), stream()),
+      op_context(op, {{"dy", &dy}, {"idx", &idx}}));
   return dx;
 }
 

@@ -17,9 +17,12 @@ namespace dsmil::cuda {
 template <typename F>
 decltype(auto) with_float_type(const char* op, const Tensor& t, F&& f) {
   switch (t.dtype()) {
-    case DType::F32: return f(std::type_identity<float>{});
-    case DType::BF16: return f(std::type_identity<__nv_bfloat16>{});
-    case DType::I32: break;
+    case DType::F32:
+      return f(std::type_identity<float>{});
+    case DType::BF16:
+      return f(std::type_identity<__nv_bfloat16>{});
+    case DType::I32:
+      break;
   }
   throw ShapeError(fmt::format("{}: expected an f32 or bf16 tensor, got {}", op, t.describe()));
 }
@@ -34,12 +37,14 @@ inline Tensor empty_device(const Shape& shape, DType dtype) { return Tensor::emp
 // The tensor is on the GPU (ops reached directly, not through ops::, are checked here too).
 inline void check_on_device(const char* op, const Tensor& t, const char* name) {
   if (!t.defined() || t.device() != Device::CUDA)
-    throw ShapeError(fmt::format("{}: {} must be a CUDA tensor, got {}", op, name, t.defined() ? t.describe() : "undefined"));
+    throw ShapeError(
+        fmt::format("{}: {} must be a CUDA tensor, got {}", op, name, t.defined() ? t.describe() : "undefined"));
 }
 
 // An f32 or bf16 tensor (the element types the float kernels take).
 inline void check_float(const char* op, const Tensor& t, const char* name) {
-  if (t.dtype() == DType::I32) throw ShapeError(fmt::format("{}: {} must be f32 or bf16, got {}", op, name, t.describe()));
+  if (t.dtype() == DType::I32)
+    throw ShapeError(fmt::format("{}: {} must be f32 or bf16, got {}", op, name, t.describe()));
 }
 
 // F32 tensor of numel n on the device (per-channel parameters, statistics, weights of samples).

@@ -27,8 +27,8 @@ struct MultiTensorTable {
   kernels::ChunkRange range(size_t first_tensor) const {
     const size_t tensors = first_block.size() - 1;
     const size_t end = std::min(tensors, first_tensor + kernels::kTensorsPerLaunch);
-    return {chunks.as<kernels::TensorChunk>(), first_block[first_tensor],
-            first_block[end] - first_block[first_tensor], static_cast<int32_t>(first_tensor)};
+    return {chunks.as<kernels::TensorChunk>(), first_block[first_tensor], first_block[end] - first_block[first_tensor],
+            static_cast<int32_t>(first_tensor)};
   }
   int64_t blocks() const { return first_block.back(); }
 };
@@ -45,7 +45,11 @@ void check_f32_like(const char* op, const Tensor& t, const Tensor& like, const c
 
 kernels::AdamWStep adamw_constants(const char* op, const AdamWHyper& h) {
   if (h.step < 1) throw ShapeError(fmt::format("{}: step must be >= 1 (1-based), got {}", op, h.step));
-  return {h.lr, h.beta1, h.beta2, h.eps, h.weight_decay,
+  return {h.lr,
+          h.beta1,
+          h.beta2,
+          h.eps,
+          h.weight_decay,
           static_cast<float>(1.0 - std::pow(static_cast<double>(h.beta1), h.step)),
           static_cast<float>(1.0 - std::pow(static_cast<double>(h.beta2), h.step))};
 }
@@ -65,8 +69,8 @@ std::shared_ptr<MultiTensorTable> build_table(const std::vector<Slot>& slots, co
   for (size_t t = 0; t < numels.size(); ++t) {
     first_block.push_back(static_cast<int64_t>(chunks.size()));
     for (int64_t begin = 0; begin < numels[t]; begin += kernels::kChunkElements)
-      chunks.push_back({static_cast<int32_t>(t), static_cast<int32_t>(std::min(kernels::kChunkElements, numels[t] - begin)),
-                        begin});
+      chunks.push_back(
+          {static_cast<int32_t>(t), static_cast<int32_t>(std::min(kernels::kChunkElements, numels[t] - begin)), begin});
   }
   first_block.push_back(static_cast<int64_t>(chunks.size()));
   auto table = std::make_shared<MultiTensorTable>(slots.size() * sizeof(Slot), chunks.size(), with_partial_sums);
@@ -121,8 +125,9 @@ void adamw_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const A
   check_f32_like(op, grad, param, "grad");
   check_f32_like(op, m, param, "m");
   check_f32_like(op, v, param, "v");
-  DSMIL_CUDA_CHECK(kernels::adamw(param.f32(), grad.f32(), m.f32(), v.f32(), param.numel(), adamw_constants(op, h), stream()),
-                   op_context(op, {{"param", &param}, {"grad", &grad}}));
+  DSMIL_CUDA_CHECK(
+      kernels::adamw(param.f32(), grad.f32(), m.f32(), v.f32(), param.numel(), adamw_constants(op, h), stream()),
+      op_context(op, {{"param", &param}, {"grad", &grad}}));
 }
 
 void ema_update(Tensor& ema, const Tensor& value, float decay) {
@@ -145,22 +150,26 @@ void multi_tensor_adamw(AdamWTensors& tensors, const std::vector<Tensor>& grads,
   refresh_adamw_table(op, tensors);
   const MultiTensorTable& table = *tensors.device_table;
 
-  std::vector<kernels::GradPointers> grads_per_launch((count + kernels::kTensorsPerLaunch - 1) / kernels::kTensorsPerLaunch);
+  std::vector<kernels::GradPointers> grads_per_launch((count + kernels::kTensorsPerLaunch - 1) /
+                                                      kernels::kTensorsPerLaunch);
   for (size_t i = 0; i < count; ++i) {
     const Tensor& g = grads[i];
     if (g.defined()) check_f32_like(op, g, *tensors.params[i], "grad");
-    grads_per_launch[i / kernels::kTensorsPerLaunch].grad[i % kernels::kTensorsPerLaunch] = g.defined() ? g.f32() : nullptr;
+    grads_per_launch[i / kernels::kTensorsPerLaunch].grad[i % kernels::kTensorsPerLaunch] =
+        g.defined() ? g.f32() : nullptr;
   }
   const auto context = [&] { return op_context(op, {{"params[0]", tensors.params.front()}}); };
   const bool clip = max_grad_norm > 0.0f;
   if (clip) {
     check_f32_vector(op, grad_norm, 1, "grad_norm");
     for (size_t launch = 0; launch < grads_per_launch.size(); ++launch)
-      DSMIL_CUDA_CHECK(kernels::multi_tensor_sum_squares(table.range(launch * kernels::kTensorsPerLaunch), grads_per_launch[launch],
-                                                         table.partial_sums.as<double>(), stream()),
-                       context());
-    DSMIL_CUDA_CHECK(kernels::multi_tensor_norm(table.partial_sums.as<double>(), table.blocks(), grad_norm.f32(), stream()),
-                     context());
+      DSMIL_CUDA_CHECK(
+          kernels::multi_tensor_sum_squares(table.range(launch * kernels::kTensorsPerLaunch), grads_per_launch[launch],
+                                            table.partial_sums.as<double>(), stream()),
+          context());
+    DSMIL_CUDA_CHECK(
+        kernels::multi_tensor_norm(table.partial_sums.as<double>(), table.blocks(), grad_norm.f32(), stream()),
+        context());
   }
   for (size_t launch = 0; launch < grads_per_launch.size(); ++launch)
     DSMIL_CUDA_CHECK(kernels::multi_tensor_adamw(table.range(launch * kernels::kTensorsPerLaunch),

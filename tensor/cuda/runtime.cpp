@@ -97,8 +97,7 @@ void* device_alloc(size_t bytes) {
   Runtime& rt = runtime();
   void* ptr = nullptr;
   bytes = bytes == 0 ? 1 : bytes;  // a zero-byte request would give no pointer to free later
-  DSMIL_CUDA_CHECK(cudaMallocAsync(&ptr, bytes, rt.stream),
-                   fmt::format("device_alloc({} bytes)", bytes));
+  DSMIL_CUDA_CHECK(cudaMallocAsync(&ptr, bytes, rt.stream), fmt::format("device_alloc({} bytes)", bytes));
   if (const int poison = g_allocation_poison.load(); poison >= 0)
     DSMIL_CUDA_CHECK(cudaMemsetAsync(ptr, poison, bytes, rt.stream), "device_alloc poisoning");
   return ptr;
@@ -151,7 +150,8 @@ Tensor convert(const Tensor& t, DType to) {
     DSMIL_CUDA_CHECK(kernels::convert_bf16_to_f32(t.data<__nv_bfloat16>(), out.data<float>(), t.numel(), stream()),
                      context());
   else
-    throw ShapeError(fmt::format("convert: {} -> {} is not supported (only f32 <-> bf16)", t.describe(), dtype_name(to)));
+    throw ShapeError(
+        fmt::format("convert: {} -> {} is not supported (only f32 <-> bf16)", t.describe(), dtype_name(to)));
   return out;
 }
 
@@ -202,8 +202,9 @@ CudaVersions loaded_versions() {
   DSMIL_CUDA_CHECK(cudaDriverGetVersion(&driver), "loaded_versions");
   cudnn_handle();  // loads cuDNN, so that its file shows in the process's maps
   const CudaLibraries libraries = loaded_libraries();
-  return {device_properties().name, fmt::format("{}.{}", driver / 1000, driver % 1000 / 10), libraries.runtime,
-          libraries.cudnn, libraries.cublas, libraries.cudnn_file};
+  return {device_properties().name, fmt::format("{}.{}", driver / 1000, driver % 1000 / 10),
+          libraries.runtime,        libraries.cudnn,
+          libraries.cublas,         libraries.cudnn_file};
 }
 
 std::string backend_versions() {

@@ -8,13 +8,13 @@
 
 namespace dsmil::cuda {
 
-bool device_available();                 // a usable CUDA device is present
-void* device_alloc(size_t bytes);        // cudaMallocAsync on the library stream (retained pool)
-void device_free(void* ptr);             // cudaFreeAsync on the library stream
+bool device_available();           // a usable CUDA device is present
+void* device_alloc(size_t bytes);  // cudaMallocAsync on the library stream (retained pool)
+void device_free(void* ptr);       // cudaFreeAsync on the library stream
 // Copy between any two of host and device memory; synchronous with respect to the host when host memory
 // is involved, stream-ordered (asynchronous) from device to device.
 void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device, size_t bytes);
-void fill(Tensor& t, float value);       // F32, BF16 (rounded) or I32 (truncated)
+void fill(Tensor& t, float value);          // F32, BF16 (rounded) or I32 (truncated)
 Tensor convert(const Tensor& t, DType to);  // F32 <-> BF16 on the device
 void synchronize();
 // Brackets the work a profiler started with `--profile-from-start off` records (ncu, nsys).

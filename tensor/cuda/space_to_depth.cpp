@@ -11,7 +11,13 @@ namespace dsmil::cuda {
 void refold(FoldDirection direction, const void* from, void* to, const Shape& x_shape, const SpaceToDepthGeometry& g,
             DType dtype, const std::string& context) {
   const kernels::SpaceToDepth fold{{x_shape[0], x_shape[1], x_shape[2], x_shape[3], x_shape[4]},
-                                   g.block_h, g.block_w, g.pad_h, g.pad_w, g.folded_h, g.folded_w, g.folded_c};
+                                   g.block_h,
+                                   g.block_w,
+                                   g.pad_h,
+                                   g.pad_w,
+                                   g.folded_h,
+                                   g.folded_w,
+                                   g.folded_c};
   const auto launch = [&](auto type) {
     using T = typename decltype(type)::type;
     const T* in = static_cast<const T*>(from);
@@ -19,9 +25,9 @@ void refold(FoldDirection direction, const void* from, void* to, const Shape& x_
     return direction == FoldDirection::fold ? kernels::space_to_depth(in, out, fold, stream())
                                             : kernels::depth_to_space(in, out, fold, stream());
   };
-  DSMIL_CUDA_CHECK(dtype == DType::BF16 ? launch(std::type_identity<__nv_bfloat16>{})
-                                        : launch(std::type_identity<float>{}),
-                   context);
+  DSMIL_CUDA_CHECK(
+      dtype == DType::BF16 ? launch(std::type_identity<__nv_bfloat16>{}) : launch(std::type_identity<float>{}),
+      context);
 }
 
 Tensor space_to_depth(const Tensor& x, const SpaceToDepthGeometry& g) {

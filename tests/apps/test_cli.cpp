@@ -41,9 +41,11 @@ TEST_CASE("usage errors exit with status 2 and one line on stderr naming the pro
       {{"lr-find", "--steps", "many"}, "--steps"},  // not a number
       {{"lr-find", "--steps"}, "--steps"},          // no value
       {{"eval", "--data", "cases"}, "dsmil eval: --checkpoint is required"},
-      {{"export", DSMIL_SOURCE_DIR "/README.md", "--format", "onnx"}, "dsmil export: --format: onnx not in {safetensors}"},
+      {{"export", DSMIL_SOURCE_DIR "/README.md", "--format", "onnx"},
+       "dsmil export: --format: onnx not in {safetensors}"},
       {{"export", DSMIL_SOURCE_DIR "/README.md"}, "dsmil export: --format is required"},
-      {{"export", "missing.ckpt", "--format", "safetensors"}, "dsmil export: checkpoint: File does not exist: missing.ckpt"},
+      {{"export", "missing.ckpt", "--format", "safetensors"},
+       "dsmil export: checkpoint: File does not exist: missing.ckpt"},
       {{}, "subcommand"},
       {{"tran"}, "dsmil: unknown subcommand 'tran' (did you mean train?)"},
       {{"tarin", "--fold", "1"}, "dsmil: unknown subcommand 'tarin' (did you mean train?)"},

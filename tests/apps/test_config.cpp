@@ -30,8 +30,9 @@ TEST_CASE("integer overrides that do not fit their field are refused, not wrappe
   app::apply_override(c, "cv.seed=4294967297");  // a 64-bit field takes it
   CHECK(c.seed == 4294967297LL);
   CHECK(error_of([&] { app::apply_override(c, "train.epochs=2.5"); }).find("wrong type") != std::string::npos);
-  CHECK(error_of([&] { app::apply_override(c, "train.no_such_key=1"); }).find("unknown config key 'train.no_such_key'") !=
-        std::string::npos);
+  CHECK(error_of([&] {
+          app::apply_override(c, "train.no_such_key=1");
+        }).find("unknown config key 'train.no_such_key'") != std::string::npos);
 }
 
 TEST_CASE("run.precision auto is bf16 on a GPU and fp32 on the CPU, bf16 on the CPU is refused") {
@@ -44,7 +45,8 @@ TEST_CASE("run.precision auto is bf16 on a GPU and fp32 on the CPU, bf16 on the 
   CHECK(cpu.precision == "fp32");
   app::RunConfig forced = c;
   forced.precision = "bf16";
-  CHECK(error_of([&] { app::resolve_precision(forced, Device::CPU); }).find("needs the CUDA backend") != std::string::npos);
+  CHECK(error_of([&] { app::resolve_precision(forced, Device::CPU); }).find("needs the CUDA backend") !=
+        std::string::npos);
 }
 
 TEST_CASE("a resolved config reads back unchanged, the shipped configs validate, and their learning rate is 1e-4") {

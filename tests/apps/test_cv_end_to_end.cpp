@@ -148,15 +148,22 @@ TEST_CASE("the CPU demo's cv generalises (fold 0's test AUC >= 0.75), and its re
   CHECK(summary["consistency"]["failed"].get<int>() == 0);
   CHECK(summary["consistency"]["checks"].get<int>() > 20);
   const auto audit = lines_of(result.audit_md);
-  CHECK(std::any_of(audit.begin(), audit.end(), [](const std::string& l) { return l.find("onsistency") != std::string::npos; }));
+  CHECK(std::any_of(audit.begin(), audit.end(),
+                    [](const std::string& l) { return l.find("onsistency") != std::string::npos; }));
 }
 
 TEST_CASE("a run killed during training and resumed ends with the weights of an uninterrupted run") {
   const fs::path out = scratch("resume");
   const std::string cache = scratch("cache").string();
-  const std::vector<std::string> common = {"--config", "tiny", "--data", cohort().string(), "--set", "data.cache=" + cache,
-                                           "--set", "train.epochs=5", "--set", "train.min_epochs=5", "--set", "cv.folds=3",
-                                           "--folds", "0", "--set", "run.threads=1", "--set", "run.checkpoint_seconds=0"};
+  const std::vector<std::string> common = {"--config", "tiny",
+                                           "--data",   cohort().string(),
+                                           "--set",    "data.cache=" + cache,
+                                           "--set",    "train.epochs=5",
+                                           "--set",    "train.min_epochs=5",
+                                           "--set",    "cv.folds=3",
+                                           "--folds",  "0",
+                                           "--set",    "run.threads=1",
+                                           "--set",    "run.checkpoint_seconds=0"};
   auto with = [&](std::vector<std::string> extra) {
     std::vector<std::string> args{"cv"};
     args.insert(args.end(), common.begin(), common.end());
@@ -191,7 +198,8 @@ TEST_CASE("a run killed during training and resumed ends with the weights of an 
     differing += a.tensors[i].value.to_vector() != b.tensors[i].value.to_vector();
   CHECK(differing == 0);
   CHECK(lines_of(whole_dir / "fold_0" / "predictions.csv") == lines_of(run_dir / "fold_0" / "predictions.csv"));
-  CHECK(lines_of(whole_dir / "fold_0" / "metrics.jsonl").size() == lines_of(run_dir / "fold_0" / "metrics.jsonl").size());
+  CHECK(lines_of(whole_dir / "fold_0" / "metrics.jsonl").size() ==
+        lines_of(run_dir / "fold_0" / "metrics.jsonl").size());
 }
 
 namespace {
@@ -235,10 +243,30 @@ struct FaultRuns {
   fs::path out;
   std::string cache = scratch("cache").string();
   std::vector<std::string> cv(const std::vector<std::string>& extra) const {
-    std::vector<std::string> args{"cv", "--config", "tiny", "--data", cohort().string(), "--set", "data.cache=" + cache,
-                                  "--set", "cv.folds=3", "--folds", "0,1", "--set", "train.epochs=8", "--set",
-                                  "train.min_epochs=2", "--set", "train.patience=1", "--set", "train.selection_train_auc=0",
-                                  "--set", "run.checkpoint_seconds=0", "--set", "run.threads=1", "--no-audit"};
+    std::vector<std::string> args{"cv",
+                                  "--config",
+                                  "tiny",
+                                  "--data",
+                                  cohort().string(),
+                                  "--set",
+                                  "data.cache=" + cache,
+                                  "--set",
+                                  "cv.folds=3",
+                                  "--folds",
+                                  "0,1",
+                                  "--set",
+                                  "train.epochs=8",
+                                  "--set",
+                                  "train.min_epochs=2",
+                                  "--set",
+                                  "train.patience=1",
+                                  "--set",
+                                  "train.selection_train_auc=0",
+                                  "--set",
+                                  "run.checkpoint_seconds=0",
+                                  "--set",
+                                  "run.threads=1",
+                                  "--no-audit"};
     args.insert(args.end(), extra.begin(), extra.end());
     return args;
   }
@@ -252,8 +280,9 @@ struct FaultRuns {
 
 }  // namespace
 
-TEST_CASE("a fold killed in each window of its end (checkpoint, stopping epoch, best models, predictions) resumes to "
-          "the files of an uninterrupted run") {
+TEST_CASE(
+    "a fold killed in each window of its end (checkpoint, stopping epoch, best models, predictions) resumes to "
+    "the files of an uninterrupted run") {
   const FaultRuns runs{scratch("fault_windows")};
   REQUIRE(run_dsmil(runs.cv({"--out", (runs.out / "whole").string()})) == 0);
   const fs::path whole = runs.only_run(runs.out / "whole");
@@ -262,8 +291,8 @@ TEST_CASE("a fold killed in each window of its end (checkpoint, stopping epoch, 
   for (const char* fold : {"fold_0", "fold_1"})
     stopped |= nlohmann::json::parse(std::ifstream(whole / fold / "fold.json"))["stopped_early"].get<bool>();
   REQUIRE_MESSAGE(stopped, "no fold stopped early: the stopping window would go untested");
-  for (const std::string fault : {"checkpoint_saved:3", "stop_saved", "best_saved", "predictions_written",
-                                  "predictions_written:2"}) {
+  for (const std::string fault :
+       {"checkpoint_saved:3", "stop_saved", "best_saved", "predictions_written", "predictions_written:2"}) {
     CAPTURE(fault);
     const fs::path root = runs.out / ("fault_" + fault.substr(0, fault.find(':')) + fault.substr(fault.find(':') + 1));
     REQUIRE(run_dsmil(runs.cv({"--out", root.string()}), nullptr, fault) == app::kFaultExitCode);
@@ -278,8 +307,9 @@ TEST_CASE("a fold killed in each window of its end (checkpoint, stopping epoch, 
   }
 }
 
-TEST_CASE("a CV killed again and again at random moments and resumed each time ends with the files of an "
-          "uninterrupted run") {
+TEST_CASE(
+    "a CV killed again and again at random moments and resumed each time ends with the files of an "
+    "uninterrupted run") {
   const FaultRuns runs{scratch("fault_chain")};
   REQUIRE(run_dsmil(runs.cv({"--out", (runs.out / "whole").string()})) == 0);
   const auto expected = fold_outputs(runs.only_run(runs.out / "whole"));
@@ -331,9 +361,24 @@ TEST_CASE("runs started in the same second get directories of their own, created
     taken.push_back(out / (std::string("tiny_") + stamp));
     fs::create_directories(taken.back());
   }
-  const std::vector<std::string> args = {"cv", "--config", "tiny", "--data", cohort().string(), "--set", "data.cache=" + cache,
-                                         "--set", "train.epochs=1", "--set", "train.min_epochs=1", "--set", "cv.folds=3",
-                                         "--folds", "0", "--no-audit", "--out", out.string()};
+  const std::vector<std::string> args = {"cv",
+                                         "--config",
+                                         "tiny",
+                                         "--data",
+                                         cohort().string(),
+                                         "--set",
+                                         "data.cache=" + cache,
+                                         "--set",
+                                         "train.epochs=1",
+                                         "--set",
+                                         "train.min_epochs=1",
+                                         "--set",
+                                         "cv.folds=3",
+                                         "--folds",
+                                         "0",
+                                         "--no-audit",
+                                         "--out",
+                                         out.string()};
   pid_t first = 0, second = 0;
   run_dsmil(args, &first);
   run_dsmil(args, &second);
@@ -379,8 +424,8 @@ TEST_CASE("--resume RUN_DIR alone continues with the run's config and data, and 
   const fs::path out = scratch("resume_alone");
   const std::string cache = scratch("cache").string();
   REQUIRE(run_dsmil({"cv", "--config", "tiny", "--data", cohort().string(), "--set", "data.cache=" + cache, "--set",
-                     "train.epochs=1", "--set", "train.min_epochs=1", "--set", "cv.folds=3", "--folds", "0", "--no-audit",
-                     "--out", out.string()}) == 0);
+                     "train.epochs=1", "--set", "train.min_epochs=1", "--set", "cv.folds=3", "--folds", "0",
+                     "--no-audit", "--out", out.string()}) == 0);
   const fs::path run_dir = fs::directory_iterator(out)->path();
   CHECK(run_dsmil({"cv", "--resume", run_dir.string(), "--folds", "1"}) == 0);
   CHECK(fs::exists(run_dir / "fold_1" / "fold.json"));
@@ -426,7 +471,8 @@ const fs::path& two_epoch_run() {
 
 }  // namespace
 
-TEST_CASE("predict and eval with a fold's checkpoint: probability, attention map on the input's grid, montage, predictions") {
+TEST_CASE(
+    "predict and eval with a fold's checkpoint: probability, attention map on the input's grid, montage, predictions") {
   const fs::path out = scratch("predict");
   const std::string cache = scratch("cache").string();
   const fs::path run_dir = two_epoch_run();
@@ -466,11 +512,13 @@ TEST_CASE("predict and eval with a fold's checkpoint: probability, attention map
   const std::vector<std::string> unthresholded = cells_of(lines_of(out / "last" / "prediction.csv").at(1));
   CHECK((unthresholded.size() < 3 || unthresholded[2].empty()));  // p(HGG) alone: last.ckpt has no threshold
   CHECK(run_dsmil({"predict", "--checkpoint", (run_dir / "fold_0" / "best.ckpt").string(), "--flair", "/no/such.nii",
-                   "--t1", file("t1"), "--t1ce", file("t1ce"), "--t2", file("t2"), "--out", (out / "bad").string()}) != 0);
+                   "--t1", file("t1"), "--t1ce", file("t1ce"), "--t2", file("t2"), "--out", (out / "bad").string()}) !=
+        0);
 }
 
-TEST_CASE("predict --run: every fold's chosen model and their mean at the mean calibrated threshold, and a broken case "
-          "is listed with its reason and skipped") {
+TEST_CASE(
+    "predict --run: every fold's chosen model and their mean at the mean calibrated threshold, and a broken case "
+    "is listed with its reason and skipped") {
   const fs::path out = scratch("ensemble");
   const std::string cache = scratch("ensemble_cache").string();
   REQUIRE(run_dsmil({"cv", "--config", "tiny", "--data", cohort().string(), "--set", "data.cache=" + cache, "--set",
@@ -500,8 +548,8 @@ TEST_CASE("predict --run: every fold's chosen model and their mean at the mean c
 
   const std::vector<std::string> lines = lines_of(table);
   REQUIRE(lines.size() == 48 - 1 + 1);
-  CHECK(cells_of(lines[0]) == std::vector<std::string>{"case_id", "label", "p_fold_0", "p_fold_1", "p_fold_2", "p_ensemble",
-                                                    "threshold", "prediction"});
+  CHECK(cells_of(lines[0]) == std::vector<std::string>{"case_id", "label", "p_fold_0", "p_fold_1", "p_fold_2",
+                                                       "p_ensemble", "threshold", "prediction"});
   std::map<std::string, std::vector<std::string>> predicted;
   for (size_t i = 1; i < lines.size(); ++i) predicted[cells_of(lines[i])[0]] = cells_of(lines[i]);
   CHECK(predicted.count(broken) == 0);
@@ -565,10 +613,10 @@ TEST_CASE("predict: one case stored as LPS, SRA and RAS gives one p(HGG) and its
   std::map<std::string, data::Image3D> maps;
   for (const std::string order : {"LPS", "SRA", "RAS"}) {
     const data::CaseFiles files = order == "LPS" ? lps : data::test::write_case_stored_as(lps, out / order, order);
-    REQUIRE(run_dsmil({"predict", "--checkpoint", checkpoint.string(), "--flair", files.modalities[0].string(),
-                       "--t1", files.modalities[1].string(), "--t1ce", files.modalities[2].string(), "--t2",
-                       files.modalities[3].string(), "--out", (out / ("pred_" + order)).string(), "--case-id",
-                       id}) == 0);
+    REQUIRE(run_dsmil({"predict", "--checkpoint", checkpoint.string(), "--flair", files.modalities[0].string(), "--t1",
+                       files.modalities[1].string(), "--t1ce", files.modalities[2].string(), "--t2",
+                       files.modalities[3].string(), "--out", (out / ("pred_" + order)).string(), "--case-id", id}) ==
+            0);
     p_hgg[order] = std::stod(cells_of(lines_of(out / ("pred_" + order) / "prediction.csv").at(1)).at(1));
     maps[order] = data::read_nifti(out / ("pred_" + order) / (id + "_attention.nii.gz"));
     const data::Image3D input = data::read_nifti(files.modalities[0]);
@@ -596,9 +644,27 @@ TEST_CASE("folds run apart merge into one audit, and folds of another config or 
   const std::string cache = scratch("cache").string();
   auto cv = [&](const std::string& folds, const std::string& where, const std::string& lr) {
     const fs::path root = out / where;
-    REQUIRE(run_dsmil({"cv", "--config", "tiny", "--data", cohort().string(), "--set", "data.cache=" + cache, "--set",
-                       "train.epochs=1", "--set", "train.min_epochs=1", "--set", "cv.folds=3", "--set", "train.lr=" + lr,
-                       "--folds", folds, "--plot-every", "1", "--out", root.string()}) == 0);
+    REQUIRE(run_dsmil({"cv",
+                       "--config",
+                       "tiny",
+                       "--data",
+                       cohort().string(),
+                       "--set",
+                       "data.cache=" + cache,
+                       "--set",
+                       "train.epochs=1",
+                       "--set",
+                       "train.min_epochs=1",
+                       "--set",
+                       "cv.folds=3",
+                       "--set",
+                       "train.lr=" + lr,
+                       "--folds",
+                       folds,
+                       "--plot-every",
+                       "1",
+                       "--out",
+                       root.string()}) == 0);
     return fs::directory_iterator(root)->path();
   };
   const fs::path first = cv("0", "a", "0.003"), rest = cv("1,2", "b", "0.003"), other = cv("1", "c", "0.001");
@@ -611,7 +677,8 @@ TEST_CASE("folds run apart merge into one audit, and folds of another config or 
   for (const fs::path& run : {first, rest})
     for (const auto& entry : fs::directory_iterator(run))
       if (entry.path().filename().string().rfind("fold_", 0) == 0)
-        for (const std::string& row : lines_of(entry.path() / "predictions.csv")) test_rows += row.find(",test,") != std::string::npos;
+        for (const std::string& row : lines_of(entry.path() / "predictions.csv"))
+          test_rows += row.find(",test,") != std::string::npos;
   CHECK(test_rows == 48);
   CHECK(run_dsmil({"audit", first.string(), other.string(), "--out", (out / "mixed").string()}) != 0);
   CHECK(run_dsmil({"audit", rest.string(), rest.string(), "--out", (out / "twice").string()}) != 0);

@@ -82,7 +82,8 @@ TEST_CASE("cv as 2 thread ranks with synchronised batch norm trains fold 0 as on
   for (std::thread& t : ranks) t.join();
   for (int r = 0; r < world; ++r) REQUIRE_MESSAGE(errors[r].empty(), "rank " << r << ": " << errors[r]);
 
-  const std::map<std::string, double> single = predictions_under(scratch("one")), parallel = predictions_under(scratch("two"));
+  const std::map<std::string, double> single = predictions_under(scratch("one")),
+                                      parallel = predictions_under(scratch("two"));
   REQUIRE(single.size() == parallel.size());
   std::vector<float> got;
   std::vector<double> expected;

@@ -53,8 +53,12 @@ const json kTrainingProvenance = {{"version", "0.0.1"}, {"commit", "0123abc"}, {
 fs::path write_checkpoint(const fs::path& path, const app::RunConfig& config, bool calibrated) {
   mil::DualStreamMIL model(config.model_config(), test::run_seed());
   nn::Checkpoint ckpt;
-  json meta = {{"format", "dsmil3d checkpoint"}, {"epoch", 7}, {"repeat", 0}, {"fold", 1},
-               {"config", app::config_to_toml(config)}, {"provenance", kTrainingProvenance}};
+  json meta = {{"format", "dsmil3d checkpoint"},
+               {"epoch", 7},
+               {"repeat", 0},
+               {"fold", 1},
+               {"config", app::config_to_toml(config)},
+               {"provenance", kTrainingProvenance}};
   if (calibrated) {
     meta["threshold"] = 0.3712345678901234;
     meta["threshold_method"] = "youden";
@@ -164,12 +168,14 @@ void check_tensors(const SafetensorsFile& file, const nn::Checkpoint& ckpt) {
 
 }  // namespace
 
-TEST_CASE("dsmil export writes the checkpoint's model as safetensors in PyTorch's layout, with the metadata to run it") {
+TEST_CASE(
+    "dsmil export writes the checkpoint's model as safetensors in PyTorch's layout, with the metadata to run it") {
   const app::RunConfig config = small_config();
   const fs::path dir = test::scratch("export");
   const fs::path checkpoint = write_checkpoint(dir / "best.ckpt", config, true);
   const fs::path out = dir / "exported" / "model.safetensors";
-  const test::Finished run = run_dsmil({"export", checkpoint.string(), "--format", "safetensors", "--out", out.string()});
+  const test::Finished run =
+      run_dsmil({"export", checkpoint.string(), "--format", "safetensors", "--out", out.string()});
   CAPTURE(run.out);
   CAPTURE(run.err);
   REQUIRE(run.status == 0);
@@ -187,8 +193,7 @@ TEST_CASE("dsmil export writes the checkpoint's model as safetensors in PyTorch'
   CHECK(std::stod(m.at("threshold")) == 0.3712345678901234);
   CHECK(m.at("threshold_method") == "youden");
   CHECK(contains(m.at("threshold_rule"), "HGG when p(HGG) >= threshold"));
-  CHECK(json::parse(m.at("threshold_bags")) ==
-        json({{"sampling", "fixed"}, {"instances", 5}, {"slab_depth", 3}}));
+  CHECK(json::parse(m.at("threshold_bags")) == json({{"sampling", "fixed"}, {"instances", 5}, {"slab_depth", 3}}));
   CHECK(json::parse(m.at("training_provenance")) == kTrainingProvenance);
   CHECK(m.at("config") == app::config_to_toml(config));
   CHECK(m.at("epoch") == "7");

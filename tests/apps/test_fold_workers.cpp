@@ -49,9 +49,21 @@ int run_dsmil(const std::vector<std::string>& args, const fs::path& stderr_file)
 // `dsmil cv` of three one-epoch folds with one thread per process (the thread count changes the float
 // summation order, so the sequential run and the children must use the same).
 std::vector<std::string> cv_args(std::vector<std::string> extra) {
-  std::vector<std::string> args = {"cv", "--config", "tiny", "--data", test::small_cohort().string(),
-                                   "--set", "data.cache=" + scratch("cache").string(), "--set", "train.epochs=1",
-                                   "--set", "train.min_epochs=1", "--set", "cv.folds=3", "--set", "run.threads=1"};
+  std::vector<std::string> args = {"cv",
+                                   "--config",
+                                   "tiny",
+                                   "--data",
+                                   test::small_cohort().string(),
+                                   "--set",
+                                   "data.cache=" + scratch("cache").string(),
+                                   "--set",
+                                   "train.epochs=1",
+                                   "--set",
+                                   "train.min_epochs=1",
+                                   "--set",
+                                   "cv.folds=3",
+                                   "--set",
+                                   "run.threads=1"};
   args.insert(args.end(), extra.begin(), extra.end());
   return args;
 }
@@ -105,16 +117,21 @@ TEST_CASE("cv --workers 2 predicts as a sequential cv, audits consistently, and 
 
 TEST_CASE("bad --workers and --gpus values: one error line, non-zero exit, no run directory") {
   const fs::path out = scratch("bad"), log = scratch("logs") / "bad.txt";
-  for (const std::vector<std::string>& bad :
-       {std::vector<std::string>{"--workers", "0"}, {"--workers", "-3"}, {"--workers", "2", "--gpus", "0,1"},
-        {"--gpus", "0,x"}, {"--gpus", "1,1"}, {"--gpus", ""}, {"--gpus", "0", "--device", "cpu"},
-        {"--workers", "2", "--folds", "0,3"}}) {
+  for (const std::vector<std::string>& bad : {std::vector<std::string>{"--workers", "0"},
+                                              {"--workers", "-3"},
+                                              {"--workers", "2", "--gpus", "0,1"},
+                                              {"--gpus", "0,x"},
+                                              {"--gpus", "1,1"},
+                                              {"--gpus", ""},
+                                              {"--gpus", "0", "--device", "cpu"},
+                                              {"--workers", "2", "--folds", "0,3"}}) {
     std::vector<std::string> extra = bad;
     extra.insert(extra.end(), {"--out", out.string()});
     CHECK(run_dsmil(cv_args(extra), log) != 0);
     const std::string message = text_of(log);
     INFO(message);
-    const bool explained = message.find("dsmil: error: ") != std::string::npos || message.find("--gpus excludes --workers") != std::string::npos;
+    const bool explained = message.find("dsmil: error: ") != std::string::npos ||
+                           message.find("--gpus excludes --workers") != std::string::npos;
     CHECK(explained);
     CHECK(fs::is_empty(out));
   }

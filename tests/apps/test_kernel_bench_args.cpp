@@ -97,11 +97,13 @@ TEST_CASE("every kernel launcher in kernels/*.h and kernels/plain/*.h is run by 
       CHECK_MESSAGE(named.count(l) == 0, l << " has an entry now: remove it from kAwaitingEntry");
       continue;
     }
-    CHECK_MESSAGE(named.count(l) == 1, "launcher " << l << " of kernels/*.h has no bench entry (apps/kernel_bench/registry.h)");
+    CHECK_MESSAGE(named.count(l) == 1,
+                  "launcher " << l << " of kernels/*.h has no bench entry (apps/kernel_bench/registry.h)");
   }
   for (const std::string& l : plain)
     CHECK_MESSAGE(named_plain.count(l) == 1, "plain launcher " << l << " of kernels/plain/*.h has no bench entry");
-  for (const std::string& l : named) CHECK_MESSAGE(fast.count(l) == 1, "an entry names " << l << ", no launcher of kernels/*.h");
+  for (const std::string& l : named)
+    CHECK_MESSAGE(fast.count(l) == 1, "an entry names " << l << ", no launcher of kernels/*.h");
   for (const std::string& l : named_plain)
     CHECK_MESSAGE(plain.count(l) == 1, "an entry names " << l << ", no launcher of kernels/plain/*.h");
 }
@@ -167,12 +169,12 @@ TEST_CASE("kernel bench byte counts match hand counts at the model's shapes") {
     return b.bytes(b.model_shape(m), d);
   };
   const int64_t stem = 64LL * 4 * 64 * 64 * 64, pooled = 64LL * 4 * 32 * 32 * 64, weight = 512LL * 27 * 512;
-  CHECK(bytes("relu", DType::BF16) == 2 * 2 * stem);                 // read x, write y
-  CHECK(bytes("relu_backward", DType::F32) == 3 * 4 * stem);         // read dy, y; write dx
-  CHECK(bytes("add", DType::BF16) == 3 * 2 * pooled);                // stage-1 residual add
-  CHECK(bytes("adamw", DType::F32) == 28 * weight);                  // 4 reads + 3 writes of f32
+  CHECK(bytes("relu", DType::BF16) == 2 * 2 * stem);          // read x, write y
+  CHECK(bytes("relu_backward", DType::F32) == 3 * 4 * stem);  // read dy, y; write dx
+  CHECK(bytes("add", DType::BF16) == 3 * 2 * pooled);         // stage-1 residual add
+  CHECK(bytes("adamw", DType::F32) == 28 * weight);           // 4 reads + 3 writes of f32
   CHECK(bytes("ema", DType::F32) == 12 * weight);
-  CHECK(bytes("masked_softmax", DType::F32) == 3 * 4 * 64 + 3 * 4 * 2);  // e, mask, a; stats[2, 3]
+  CHECK(bytes("masked_softmax", DType::F32) == 3 * 4 * 64 + 3 * 4 * 2);           // e, mask, a; stats[2, 3]
   CHECK(bytes("maxpool3d_forward", DType::BF16) == 2 * stem + (2 + 4) * pooled);  // x; y and argmax
   CHECK(bytes("convert_f32_to_bf16", DType::F32) == 6 * 64LL * 4 * 128 * 128 * 4);
   CHECK(bytes("gather_mean", DType::F32) == 4 * (2 * 4 * 512 + 2 * 4 + 2 * 512));  // K rows, idx, y

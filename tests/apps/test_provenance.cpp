@@ -1,6 +1,6 @@
 // CPU tests of apps/provenance.h: the record's fields with the commit of the checkout this test was built
-// from, SHA-256 against the FIPS 180-2 examples (of a text, of pieces, of a file), and the build's git lookup (apps/git_revision.cmake) on a
-// scratch repository.
+// from, SHA-256 against the FIPS 180-2 examples (of a text, of pieces, of a file), and the build's git lookup
+// (apps/git_revision.cmake) on a scratch repository.
 #include <doctest/doctest.h>
 
 #include <chrono>
@@ -84,9 +84,9 @@ TEST_CASE("the build's git lookup follows commits and edits, and rewrites its he
   const fs::path repo = test::scratch("repo");
   const fs::path header = test::scratch("generated") / "git_revision.h";
   const auto generate = [&](const fs::path& source) {
-    const test::Finished cmake = test::run_program({CMAKE_COMMAND, "-DSOURCE_DIR=" + source.string(),
-                                                    "-DOUTPUT=" + header.string(), "-P",
-                                                    DSMIL_SOURCE_DIR "/apps/git_revision.cmake"});
+    const test::Finished cmake =
+        test::run_program({CMAKE_COMMAND, "-DSOURCE_DIR=" + source.string(), "-DOUTPUT=" + header.string(), "-P",
+                           DSMIL_SOURCE_DIR "/apps/git_revision.cmake"});
     CAPTURE(cmake.err);
     REQUIRE(cmake.status == 0);
     return test::file_text(header);

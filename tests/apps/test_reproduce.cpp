@@ -35,10 +35,10 @@ const TinyRun& tiny_run() {
     TinyRun r{scratch("reproduce_cohort"), {}};
     data::write_small_cohort(r.cohort, 24, 5);
     const fs::path out = scratch("reproduce_runs");
-    const test::Finished cv = test::run_program(
-        {DSMIL_BINARY, "cv", "--config", "tiny", "--data", r.cohort.string(), "--set",
-         "data.cache=" + scratch("reproduce_cache").string(), "--set", "train.epochs=2", "--set", "train.min_epochs=2",
-         "--set", "cv.folds=2", "--folds", "0", "--no-audit", "--out", out.string()});
+    const test::Finished cv = test::run_program({DSMIL_BINARY, "cv", "--config", "tiny", "--data", r.cohort.string(),
+                                                 "--set", "data.cache=" + scratch("reproduce_cache").string(), "--set",
+                                                 "train.epochs=2", "--set", "train.min_epochs=2", "--set", "cv.folds=2",
+                                                 "--folds", "0", "--no-audit", "--out", out.string()});
     INFO(cv.err);
     REQUIRE(cv.status == 0);
     r.run_dir = fs::directory_iterator(out)->path();
@@ -96,7 +96,8 @@ TEST_CASE("reproduce of a one-fold CPU run finds identical predictions, and refu
   const test::Finished refused = test::run_program({DSMIL_BINARY, "reproduce", run.run_dir.string()});
   INFO(refused.err);
   CHECK(refused.status == 1);
-  CHECK(refused.err.find("case " + changed.case_id + ": t2 file " + changed.modalities[3].string()) != std::string::npos);
+  CHECK(refused.err.find("case " + changed.case_id + ": t2 file " + changed.modalities[3].string()) !=
+        std::string::npos);
   CHECK(std::distance(fs::directory_iterator(run.run_dir), fs::directory_iterator()) == runs_before);
   std::printf("[reproduce] refused: %s", refused.err.c_str());
 }

@@ -29,10 +29,15 @@ namespace {
 
 // `dsmil cv` of three-fold CV with two epochs a fold, last.ckpt written at every epoch.
 std::vector<std::string> cv_args(std::vector<std::string> extra) {
-  std::vector<std::string> args = {DSMIL_BINARY, "cv", "--config", "tiny", "--data", test::small_cohort().string(),
-                                   "--set", "data.cache=" + scratch("cache").string(), "--set", "train.epochs=2",
-                                   "--set", "train.min_epochs=2", "--set", "cv.folds=3", "--set", "run.threads=1",
-                                   "--set", "run.checkpoint_seconds=0"};
+  std::vector<std::string> args = {DSMIL_BINARY, "cv",
+                                   "--config",   "tiny",
+                                   "--data",     test::small_cohort().string(),
+                                   "--set",      "data.cache=" + scratch("cache").string(),
+                                   "--set",      "train.epochs=2",
+                                   "--set",      "train.min_epochs=2",
+                                   "--set",      "cv.folds=3",
+                                   "--set",      "run.threads=1",
+                                   "--set",      "run.checkpoint_seconds=0"};
   args.insert(args.end(), extra.begin(), extra.end());
   return args;
 }
@@ -107,8 +112,9 @@ std::vector<std::string> texts_containing(const std::vector<LogLine>& log, const
 
 }  // namespace
 
-TEST_CASE("run.log and fold.log hold every printed line, stamped in order, a resumed run appends, and the ending "
-          "error is logged") {
+TEST_CASE(
+    "run.log and fold.log hold every printed line, stamped in order, a resumed run appends, and the ending "
+    "error is logged") {
   const std::time_t started = std::time(nullptr);
   const fs::path out = scratch("runs");
   // Killed at the third last.ckpt: fold 0 whole (two epochs), fold 1's first epoch saved but not yet printed.
@@ -168,8 +174,9 @@ TEST_CASE("run.log and fold.log hold every printed line, stamped in order, a res
   CHECK(with_error.back().text == error_lines.back());
 }
 
-TEST_CASE("cv --workers 2: run.log holds the scheduler's lines and each fold process's, marked, and each fold has "
-          "its fold.log") {
+TEST_CASE(
+    "cv --workers 2: run.log holds the scheduler's lines and each fold process's, marked, and each fold has "
+    "its fold.log") {
   const std::time_t started = std::time(nullptr);
   const fs::path out = scratch("workers");
   const test::Finished run = test::run_program(cv_args({"--workers", "2", "--out", out.string()}));

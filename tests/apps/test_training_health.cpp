@@ -64,9 +64,9 @@ TEST_CASE("the flat-training warning: only after warm-up plus three epochs, only
                           {"update_ratio", {{"stem", 2e-2}, {"layer1", 3e-2}, {"head", 1e-3}}},
                           {"grad_norm", {{"mean", 3.0}, {"median", 2.5}, {"max", 9.0}, {"clipped_fraction", 0.9}}},
                           {"relu_zero_fraction", 0.95}};
-  CHECK(app::flat_training_warning(4, 2.0, 0.52, 3e-4, collapsed).empty());   // warm-up + 2
-  CHECK(app::flat_training_warning(5, 2.0, 0.62, 3e-4, collapsed).empty());   // learning
-  CHECK(app::flat_training_warning(5, 2.0, NAN, 3e-4, collapsed).empty());    // one class seen
+  CHECK(app::flat_training_warning(4, 2.0, 0.52, 3e-4, collapsed).empty());  // warm-up + 2
+  CHECK(app::flat_training_warning(5, 2.0, 0.62, 3e-4, collapsed).empty());  // learning
+  CHECK(app::flat_training_warning(5, 2.0, NAN, 3e-4, collapsed).empty());   // one class seen
   const std::string text = app::flat_training_warning(5, 2.0, 0.52, 3e-4, collapsed);
   CAPTURE(text);
   CHECK(text.find("training AUC 0.520 at epoch 5") != std::string::npos);
@@ -75,7 +75,8 @@ TEST_CASE("the flat-training warning: only after warm-up plus three epochs, only
   CHECK(text.find("clipped in 90%") != std::string::npos);
   CHECK(text.find("95% of the encoder's last-stage ReLU outputs") != std::string::npos);
 
-  const json healthy = {{"val_logit_spread", 0.4}, {"update_ratio", {{"stem", 5e-4}, {"head", 1e-3}}},
+  const json healthy = {{"val_logit_spread", 0.4},
+                        {"update_ratio", {{"stem", 5e-4}, {"head", 1e-3}}},
                         {"grad_norm", {{"mean", 0.8}, {"median", 0.7}, {"max", 1.5}, {"clipped_fraction", 0.1}}},
                         {"relu_zero_fraction", 0.5}};
   const std::string plain = app::flat_training_warning(6, 2.0, 0.55, 1e-4, healthy);

@@ -95,7 +95,8 @@ TEST_CASE("cases: manifest with patients and relative paths and a bad label") {
   CHECK(found.cases[2].label == kLabelLGG);
   CHECK(found.cases[0].modalities[0] == dir / "imgs/a/a_flair.nii.gz");
   REQUIRE(found.skipped.size() == 1);
-  CHECK(found.skipped[0].message() == fmt::format("case c1: {}: label 'GBM' is not HGG or LGG", (dir / "manifest.csv").string()));
+  CHECK(found.skipped[0].message() ==
+        fmt::format("case c1: {}: label 'GBM' is not HGG or LGG", (dir / "manifest.csv").string()));
   CHECK(discover_dataset(dir / "manifest.csv", BadCasePolicy::skip).layout == DatasetLayout::manifest);
 }
 
@@ -127,7 +128,8 @@ TEST_CASE("cases: a manifest with a byte-order mark, CRLF line ends and quoted f
   CHECK(found.cases[1].patient_id == "b1");  // an empty quoted field is empty
   CHECK(found.cases[1].modalities[3] == b.modalities[3]);
 
-  std::ofstream(dir / "open.csv") << "case_id,label,flair,t1,t1ce,t2\n\"a,HGG,f,t1,t1ce,t2\n";  // pandas: EOF inside string
+  std::ofstream(dir / "open.csv")
+      << "case_id,label,flair,t1,t1ce,t2\n\"a,HGG,f,t1,t1ce,t2\n";  // pandas: EOF inside string
   CHECK_THROWS_WITH_AS(read_manifest(dir / "open.csv", BadCasePolicy::skip),
                        doctest::Contains("open.csv: the quoted field opened on line 2 is never closed"), FormatError);
 }
@@ -168,9 +170,9 @@ TEST_CASE("cases: BraTS 2020 layout takes grades from name_mapping.csv") {
   write_case_folder(dir / "BraTS20_Training_001", "BraTS20_Training_001", kLabelHGG, kDims, 1);
   write_case_folder(dir / "BraTS20_Training_002", "BraTS20_Training_002", kLabelLGG, kDims, 2);
   write_case_folder(dir / "BraTS20_Training_003", "BraTS20_Training_003", kLabelLGG, kDims, 3);
-  std::ofstream(dir / "name_mapping.csv")
-      << "Grade,BraTS_2017_subject_ID,BraTS_2018_subject_ID,TCGA_TCIA_subject_ID,BraTS_2019_subject_ID,BraTS_2020_subject_ID\n"
-      << "HGG,x,x,x,x,BraTS20_Training_001\nLGG,x,x,x,x,BraTS20_Training_002\n";
+  std::ofstream(dir / "name_mapping.csv") << "Grade,BraTS_2017_subject_ID,BraTS_2018_subject_ID,TCGA_TCIA_subject_ID,"
+                                             "BraTS_2019_subject_ID,BraTS_2020_subject_ID\n"
+                                          << "HGG,x,x,x,x,BraTS20_Training_001\nLGG,x,x,x,x,BraTS20_Training_002\n";
   const Discovery found = discover_dataset(dir.path(), BadCasePolicy::skip);
   CHECK(found.layout == DatasetLayout::brats2020);
   REQUIRE(found.cases.size() == 2);
@@ -190,7 +192,7 @@ TEST_CASE("cases: per-case checks name the case and the file and the reason") {
     write_nifti<int16_t>(f.modalities[2], {20, 18, 15}, random_brain({20, 18, 15}, rng));
     const std::string message = case_error_of(f);
     CHECK(contains(message, "case x: " + f.modalities[2].string() + ": mismatched shape: 20x18x15 but flair " +
-                            f.modalities[0].string() + " is 20x18x16"));
+                                f.modalities[0].string() + " is 20x18x16"));
   }
   SUBCASE("mismatched voxel size") {
     CaseFiles f = write_case_folder(dir / "x", "x", kLabelHGG, kDims, 1);
@@ -226,8 +228,9 @@ TEST_CASE("cases: per-case checks name the case and the file and the reason") {
     NiftiWriteOptions options;
     options.scl_slope = 1e36;  // a stored 1000 means 1e39, beyond float32
     write_nifti<int16_t>(f.modalities[2], kDims, std::vector<int16_t>(20 * 18 * 16, 1000), options);
-    CHECK(contains(case_error_of(f), "case x: " + f.modalities[2].string() + ": non-finite values (NaN/inf) in 5760 "
-                                     "voxels after scaling to float32"));
+    CHECK(contains(case_error_of(f), "case x: " + f.modalities[2].string() +
+                                         ": non-finite values (NaN/inf) in 5760 "
+                                         "voxels after scaling to float32"));
   }
   SUBCASE("truncated file") {
     CaseFiles f = write_case_folder(dir / "x", "x", kLabelHGG, kDims, 1);
@@ -249,7 +252,8 @@ TEST_CASE("cases: per-case checks name the case and the file and the reason") {
   SUBCASE("empty brain mask") {
     CaseFiles f = write_case_folder(dir / "x", "x", kLabelHGG, kDims, 1);
     for (const auto& p : f.modalities) write_nifti<int16_t>(p, kDims, std::vector<int16_t>(20 * 18 * 16, 0));
-    CHECK(case_error_of(f) == "case x: " + (dir / "x").string() + ": empty brain mask: all four modalities are zero everywhere");
+    CHECK(case_error_of(f) ==
+          "case x: " + (dir / "x").string() + ": empty brain mask: all four modalities are zero everywhere");
   }
   SUBCASE("unreadable file") {
     CaseFiles f = write_case_folder(dir / "x", "x", kLabelHGG, kDims, 1);

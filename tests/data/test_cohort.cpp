@@ -61,12 +61,14 @@ TEST_CASE("cohort: the same seed writes byte-identical files whatever the thread
 TEST_CASE("cohort: label balance and BraTS layout and content") {
   TempDir dir;
   const auto truths = write_small_cohort(dir.path(), 40, 5);
-  const int hgg = static_cast<int>(std::count_if(truths.begin(), truths.end(), [](const auto& t) { return t.label == 1; }));
+  const int hgg =
+      static_cast<int>(std::count_if(truths.begin(), truths.end(), [](const auto& t) { return t.label == 1; }));
   CHECK(hgg == 29);  // round(40 * 210 / 285)
   const Discovery found = discover_dataset(dir.path(), BadCasePolicy::fail);
   REQUIRE(found.cases.size() == 40);
   for (const CaseFiles& files : found.cases) {
-    const auto truth = std::find_if(truths.begin(), truths.end(), [&](const auto& t) { return t.case_id == files.case_id; });
+    const auto truth =
+        std::find_if(truths.begin(), truths.end(), [&](const auto& t) { return t.case_id == files.case_id; });
     REQUIRE(truth != truths.end());
     CHECK(truth->label == files.label);
     CHECK(truth->whole_tumour_ml > 0);

@@ -59,9 +59,7 @@ inline std::string case_error_of(const CaseFiles& files) {
   return "(no error)";
 }
 
-inline bool contains(const std::string& text, const std::string& part) {
-  return text.find(part) != std::string::npos;
-}
+inline bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
 
 // A brain-like int16 volume: random positive values inside an ellipsoid, 0 outside.
 inline std::vector<int16_t> random_brain(std::array<int64_t, 3> dims, std::mt19937_64& rng) {

@@ -157,7 +157,7 @@ TEST_CASE("nifti: NaN and inf are found in the raw block (nifticlib would zero t
 TEST_CASE("nifti: values that become non-finite when scaled to float32 are refused") {
   TempDir dir;
   std::vector<int16_t> stored(5 * 4 * 3, 100);  // 100 x 1e36 = 1e38 still fits float32
-  stored[3 + 5 * 2] = 1000;                      // (x,y,z) = (3,2,0)
+  stored[3 + 5 * 2] = 1000;                     // (x,y,z) = (3,2,0)
   stored[40] = -1000;
   NiftiWriteOptions scaled;
   scaled.scl_slope = 1e36;
@@ -175,8 +175,9 @@ TEST_CASE("nifti: values that become non-finite when scaled to float32 are refus
   std::vector<double> wide(8, 1.0);
   wide[6] = 1e39;  // finite as stored, beyond float32
   write_nifti<double>(dir / "wide.nii", {2, 2, 2}, wide);
-  CHECK(error_of(dir / "wide.nii").find("in 1 voxels after scaling to float32, first at (x,y,z) = (0,1,1): stored "
-                                        "value 1e+39 x scl_slope 1 + scl_inter 0") != std::string::npos);
+  CHECK(error_of(dir / "wide.nii")
+            .find("in 1 voxels after scaling to float32, first at (x,y,z) = (0,1,1): stored "
+                  "value 1e+39 x scl_slope 1 + scl_inter 0") != std::string::npos);
 }
 
 TEST_CASE("nifti: truncated files are refused compressed or not") {
@@ -191,7 +192,8 @@ TEST_CASE("nifti: truncated files are refused compressed or not") {
   auto packed = read_bytes(dir / "full.nii.gz");
   packed.resize(packed.size() / 2);
   write_bytes(dir / "cut.nii.gz", packed);
-  CHECK(error_of(dir / "cut.nii").find("truncated: header claims 8192 data bytes at offset 352, the file has 8444 bytes") !=
+  CHECK(error_of(dir / "cut.nii")
+            .find("truncated: header claims 8192 data bytes at offset 352, the file has 8444 bytes") !=
         std::string::npos);
   CHECK(error_of(dir / "cut.nii.gz").find("truncated") != std::string::npos);
   auto header_only = plain;
@@ -205,9 +207,9 @@ TEST_CASE("nifti: 2-D and 4-D images are refused as wrong dimensionality") {
   TempDir dir;
   const std::vector<int16_t> values(4 * 4 * 2, 7);
   write_nifti<int16_t>(dir / "four_d.nii", {4, 4, 2}, values);
-  patch<int16_t>(dir / "four_d.nii", kDimOffset, 4);       // dim[0] = 4
-  patch<int16_t>(dir / "four_d.nii", kDimOffset + 6, 1);   // dim[3] = 1
-  patch<int16_t>(dir / "four_d.nii", kDimOffset + 8, 2);   // dim[4] = 2: two volumes
+  patch<int16_t>(dir / "four_d.nii", kDimOffset, 4);      // dim[0] = 4
+  patch<int16_t>(dir / "four_d.nii", kDimOffset + 6, 1);  // dim[3] = 1
+  patch<int16_t>(dir / "four_d.nii", kDimOffset + 8, 2);  // dim[4] = 2: two volumes
   CHECK(error_of(dir / "four_d.nii").find("wrong dimensionality: 4-D image of size 4x4x1x2") != std::string::npos);
   write_nifti<int16_t>(dir / "two_d.nii", {4, 4, 2}, values);
   patch<int16_t>(dir / "two_d.nii", kDimOffset, 2);
@@ -290,8 +292,8 @@ TEST_CASE("nifti: an sform and a qform that order the voxel axes differently, or
                                           "LPS; tools disagree on which to use, so rewrite the file with one "
                                           "orientation");
   write_nifti<int16_t>(dir / "singular.nii", {3, 4, 5}, values);
-  for (size_t row : {offsetof(nifti_1_header, srow_x), offsetof(nifti_1_header, srow_y),
-                     offsetof(nifti_1_header, srow_z)}) {
+  for (size_t row :
+       {offsetof(nifti_1_header, srow_x), offsetof(nifti_1_header, srow_y), offsetof(nifti_1_header, srow_z)}) {
     patch<float>(dir / "singular.nii", row + 2 * sizeof(float), 0.0f);  // no z column
   }
   CHECK(error_of(dir / "singular.nii") == (dir / "singular.nii").string() +

@@ -104,7 +104,8 @@ std::string mutate_field(Header& h, Rng& rng) {
   switch (rng() % 13) {
     case 0:
       h.dim[k] = pick<Dim>({0, 1, 2, -1, 7, 255, 1 << 12, static_cast<Dim>((int64_t{1} << 24) + 1), big,
-                            std::numeric_limits<Dim>::min(), static_cast<Dim>(rng())}, rng);
+                            std::numeric_limits<Dim>::min(), static_cast<Dim>(rng())},
+                           rng);
       return fmt::format("dim[{}] = {}", k, h.dim[k]);
     case 1:  // a volume between the memory cap and the reader's limit, as a crafted header claims
       for (int a = 1; a <= 3; ++a) {
@@ -115,9 +116,10 @@ std::string mutate_field(Header& h, Rng& rng) {
       h.dim[0] = pick<Dim>({-1, 0, 1, 2, 3, 4, 5, 7, 8, 9, 127, big}, rng);
       return fmt::format("dim[0] = {}", h.dim[0]);
     case 3:
-      h.datatype = pick<int16_t>({DT_UINT8, DT_INT8, DT_INT16, DT_UINT16, DT_INT32, DT_UINT32, DT_INT64, DT_UINT64,
-                                  DT_FLOAT32, DT_FLOAT64, DT_FLOAT128, DT_COMPLEX64, DT_RGB24, DT_RGBA32, DT_BINARY,
-                                  0, -1, static_cast<int16_t>(rng())}, rng);
+      h.datatype = pick<int16_t>(
+          {DT_UINT8, DT_INT8, DT_INT16, DT_UINT16, DT_INT32, DT_UINT32, DT_INT64, DT_UINT64, DT_FLOAT32, DT_FLOAT64,
+           DT_FLOAT128, DT_COMPLEX64, DT_RGB24, DT_RGBA32, DT_BINARY, 0, -1, static_cast<int16_t>(rng())},
+          rng);
       return fmt::format("datatype = {}", h.datatype);
     case 4:
       h.bitpix = pick<int16_t>({0, 1, 8, 16, 24, 32, 64, 128, -8, static_cast<int16_t>(rng())}, rng);
@@ -125,10 +127,12 @@ std::string mutate_field(Header& h, Rng& rng) {
     case 5:
       if constexpr (std::is_floating_point_v<Offset>) {
         h.vox_offset = pick<Offset>({0, -1, 347, 348, 352, 353, 1e6f, 1e20f, std::numeric_limits<Offset>::quiet_NaN(),
-                                     std::numeric_limits<Offset>::infinity(), static_cast<Offset>(rng() % 20000)}, rng);
+                                     std::numeric_limits<Offset>::infinity(), static_cast<Offset>(rng() % 20000)},
+                                    rng);
       } else {
         h.vox_offset = pick<Offset>({0, -1, 539, 540, 544, 545, int64_t{1} << 40, std::numeric_limits<Offset>::max(),
-                                     std::numeric_limits<Offset>::min(), static_cast<Offset>(rng() % 20000)}, rng);
+                                     std::numeric_limits<Offset>::min(), static_cast<Offset>(rng() % 20000)},
+                                    rng);
       }
       return fmt::format("vox_offset = {}", h.vox_offset);
     case 6:
@@ -142,8 +146,10 @@ std::string mutate_field(Header& h, Rng& rng) {
       (rng() % 2 ? h.qform_code : h.sform_code) = pick<int16_t>({-1, 0, 1, 2, 3, 4, 5, 32767}, rng);
       return fmt::format("qform_code, sform_code = {}, {}", h.qform_code, h.sform_code);
     case 9: {
-      const std::pair<const char*, Real*> geometry[] = {{"quatern_b", &h.quatern_b}, {"quatern_d", &h.quatern_d},
-                                                        {"qoffset_x", &h.qoffset_x}, {"srow_x[0]", &h.srow_x[0]},
+      const std::pair<const char*, Real*> geometry[] = {{"quatern_b", &h.quatern_b},
+                                                        {"quatern_d", &h.quatern_d},
+                                                        {"qoffset_x", &h.qoffset_x},
+                                                        {"srow_x[0]", &h.srow_x[0]},
                                                         {"srow_z[3]", &h.srow_z[3]}};
       const auto& [name, field] = geometry[rng() % std::size(geometry)];
       *field = pick<Real>({kNaN, kInf, 2.0, -1e30}, rng);
@@ -328,13 +334,14 @@ TEST_CASE("nifti fuzz: mutated and random headers are read or refused, within th
   int status = 0;
   REQUIRE(waitpid(child, &status, 0) == child);
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  std::printf("[fuzz] seed %llu: %lld headers tried, %lld refused, %lld read; %.1f s in all (the reader's address "
-              "space capped at +%llu MiB)\n",
-              static_cast<unsigned long long>(kSeed), static_cast<long long>(state.tried),
-              static_cast<long long>(state.refused), static_cast<long long>(state.read), seconds,
-              static_cast<unsigned long long>(kAddressSpaceLimit >> 20));
-  const std::string input = state.current < kInputs ? fmt::format("input #{} ({})", state.current,
-                                                                  inputs[state.current].what) : "";
+  std::printf(
+      "[fuzz] seed %llu: %lld headers tried, %lld refused, %lld read; %.1f s in all (the reader's address "
+      "space capped at +%llu MiB)\n",
+      static_cast<unsigned long long>(kSeed), static_cast<long long>(state.tried),
+      static_cast<long long>(state.refused), static_cast<long long>(state.read), seconds,
+      static_cast<unsigned long long>(kAddressSpaceLimit >> 20));
+  const std::string input =
+      state.current < kInputs ? fmt::format("input #{} ({})", state.current, inputs[state.current].what) : "";
   if (WIFSIGNALED(status)) {
     const std::string how = WTERMSIG(status) == SIGALRM ? fmt::format("a hang: more than {} s", kSecondsPerInput)
                                                         : fmt::format("a crash: {}", strsignal(WTERMSIG(status)));

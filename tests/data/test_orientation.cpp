@@ -211,8 +211,9 @@ TEST_CASE("orientation: modalities whose grids disagree once in LPS are refused 
     files.modalities[3] = dir / "t2_shifted.nii.gz";
     write_image(files.modalities[3], t2);
     const std::string message = case_error_of(files);
-    CHECK(contains(message, "case x: " + files.modalities[3].string() + ": mismatched orientation/origin: stored as "
-                            "RAS, in LPS order its affine row 0"));
+    CHECK(contains(message, "case x: " + files.modalities[3].string() +
+                                ": mismatched orientation/origin: stored as "
+                                "RAS, in LPS order its affine row 0"));
     CHECK(contains(message, "but flair " + lps.modalities[0].string() + " (stored as LPS) has"));
   }
   SUBCASE("one file without orientation") {
@@ -224,8 +225,10 @@ TEST_CASE("orientation: modalities whose grids disagree once in LPS are refused 
     std::memcpy(bytes.data() + offsetof(nifti_1_header, qform_code), &unset, 2);
     std::memcpy(bytes.data() + offsetof(nifti_1_header, sform_code), &unset, 2);
     write_bytes(files.modalities[2], bytes);
-    CHECK(contains(case_error_of(files), files.modalities[2].string() + ": mismatched orientation: has no sform/qform "
-                                         "but flair " + lps.modalities[0].string() + " has one"));
+    CHECK(contains(case_error_of(files), files.modalities[2].string() +
+                                             ": mismatched orientation: has no sform/qform "
+                                             "but flair " +
+                                             lps.modalities[0].string() + " has one"));
   }
 }
 

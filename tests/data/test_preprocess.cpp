@@ -119,9 +119,10 @@ TEST_CASE("preprocess: trilinear resampling reproduces linear fields at the mapp
   auto field = [&](int m, double x, double y, double z) {
     return coefficient[m][0] + coefficient[m][1] * x + coefficient[m][2] * y + coefficient[m][3] * z;
   };
-  const CaseImages images = box_images([&](int m, int64_t x, int64_t y, int64_t z) {
-    return static_cast<float>(field(m, double(x), double(y), double(z)));
-  }, rng);
+  const CaseImages images =
+      box_images([&](int m, int64_t x, int64_t y,
+                     int64_t z) { return static_cast<float>(field(m, double(x), double(y), double(z))); },
+                 rng);
   const GridShape grid{4, 5, 3};  // smaller than the box on every axis: sample positions stay inside
   const CaseVolume c = preprocess_images(dummy_files("lin"), images, {grid});
   const int64_t box[3] = {8, 8, 6};
@@ -132,7 +133,9 @@ TEST_CASE("preprocess: trilinear resampling reproduces linear fields at the mapp
       for (int h = 0; h < grid.height; ++h)
         for (int w = 0; w < grid.width; ++w) {
           const double want = (field(m, source_position(w, 0, grid.width), source_position(h, 1, grid.height),
-                                     source_position(d, 2, grid.depth)) - moments.mean) / moments.stddev;
+                                     source_position(d, 2, grid.depth)) -
+                               moments.mean) /
+                              moments.stddev;
           const int64_t o = (d * grid.height + h) * grid.width + w;
           check_half_close(half_to_float(c.image[m * grid.voxels() + o]), want);
         }
@@ -141,7 +144,8 @@ TEST_CASE("preprocess: trilinear resampling reproduces linear fields at the mapp
 
 TEST_CASE("preprocess: slices without brain inside the box are marked") {
   std::mt19937_64 rng(23);
-  const CaseImages images = box_images([&](int, int64_t, int64_t, int64_t z) { return z == 3 || z == 4 ? 0.0f : 100.0f + rng() % 50; }, rng);
+  const CaseImages images =
+      box_images([&](int, int64_t, int64_t, int64_t z) { return z == 3 || z == 4 ? 0.0f : 100.0f + rng() % 50; }, rng);
   const CaseVolume c = preprocess_images(dummy_files("gap"), images, {GridShape{6, 8, 8}});
   CHECK(c.slice_has_brain == std::vector<uint8_t>{1, 1, 0, 0, 1, 1});
   CHECK(c.brain_z_begin == 0);
@@ -274,7 +278,6 @@ TEST_CASE("preprocess cache: a half-written or damaged entry is never used") {
                               entry.string()));
 }
 
-
 TEST_CASE("preprocess cache: an entry whose arrays or header changed is rebuilt with a warning") {
   TempDir dir;
   const auto cases = write_cases(dir, 3);
@@ -297,7 +300,8 @@ TEST_CASE("preprocess cache: an entry whose arrays or header changed is rebuilt 
     CHECK(second.cache_hits == 2);
     CHECK(image_bits(second.cases[1]) == first_bits);
     CHECK(warned == fmt::format("warning: case case1: cache entry {} was damaged (checksum mismatch); rebuilt from "
-                                "its source\n", entry.string()));
+                                "its source\n",
+                                entry.string()));
   }
 }
 

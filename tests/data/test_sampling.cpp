@@ -194,14 +194,16 @@ TEST_CASE("sampling: gather_bag writes the channels-last bag with flip and shift
   // the same seed draws the same augmentation; disabled is the identity
   const AugmentParams params;
   const BagAugmentation a = draw_augmentation(params, 77), b = draw_augmentation(params, 77);
-  CHECK((a.flip == b.flip && a.shift_x == b.shift_x && a.shift_y == b.shift_y && a.scale == b.scale && a.offset == b.offset));
+  CHECK((a.flip == b.flip && a.shift_x == b.shift_x && a.shift_y == b.shift_y && a.scale == b.scale &&
+         a.offset == b.offset));
   AugmentParams off;
   off.enabled = false;
   const BagAugmentation identity = draw_augmentation(off, 77);
   CHECK((!identity.flip && identity.shift_x == 0 && identity.shift_y == 0));
   std::vector<float> out(1 * slab * 7 * 9 * 4);
   gather_bag(c, std::vector<int>{2}, slab, identity, out);
-  CHECK(out[4 * (2 * 9 + 5) + 1] == (c.brain_mask[(2 * 7 + 2) * 9 + 5] ? image[grid.voxels() + (2 * 7 + 2) * 9 + 5] : 0.0f));
+  CHECK(out[4 * (2 * 9 + 5) + 1] ==
+        (c.brain_mask[(2 * 7 + 2) * 9 + 5] ? image[grid.voxels() + (2 * 7 + 2) * 9 + 5] : 0.0f));
   std::vector<float> wrong(10);
   CHECK_THROWS_AS(gather_bag(c, starts, slab, identity, wrong), ShapeError);
   std::vector<float> deep(1 * slab * 7 * 9 * 4);

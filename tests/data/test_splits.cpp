@@ -66,10 +66,11 @@ TEST_CASE("splits: stratified K-fold partitions the cases with balanced classes"
   check_properties(c, s, false);
   for (const Fold& f : s.folds) {
     const auto positives = std::count_if(f.test.begin(), f.test.end(), [&](int i) { return c.labels[i] == 1; });
-    CHECK(positives == 42);                          // 210 / 5 exactly
-    CHECK(f.test.size() == 57);                      // 75 / 5 = 15 negatives
-    const auto inner_pos = std::count_if(f.inner_val.begin(), f.inner_val.end(), [&](int i) { return c.labels[i] == 1; });
-    CHECK(inner_pos == 25);                          // round(0.15 * 168)
+    CHECK(positives == 42);      // 210 / 5 exactly
+    CHECK(f.test.size() == 57);  // 75 / 5 = 15 negatives
+    const auto inner_pos =
+        std::count_if(f.inner_val.begin(), f.inner_val.end(), [&](int i) { return c.labels[i] == 1; });
+    CHECK(inner_pos == 25);                                        // round(0.15 * 168)
     CHECK(static_cast<int>(f.inner_val.size()) - inner_pos == 9);  // round(0.15 * 60)
   }
 }

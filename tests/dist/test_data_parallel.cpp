@@ -72,8 +72,13 @@ TEST_CASE("synchronised batch norm over one rank equals the fused batch norm + R
       else
         y = fn::batchnorm(xv, g, b, running_mean, running_var, true, 0.1f, 1e-5f);
       y.backward(seed);
-      return Result{y.value().to_vector(), xv.grad().to_vector(), g.grad().to_vector(), b.grad().to_vector(),
-                    relu ? r.grad().to_vector() : std::vector<float>{}, running_mean.to_vector(), running_var.to_vector()};
+      return Result{y.value().to_vector(),
+                    xv.grad().to_vector(),
+                    g.grad().to_vector(),
+                    b.grad().to_vector(),
+                    relu ? r.grad().to_vector() : std::vector<float>{},
+                    running_mean.to_vector(),
+                    running_var.to_vector()};
     };
     // Same random running statistics for both: draw them from the same generator state.
     const auto state = rng();
@@ -113,7 +118,9 @@ struct StepResult {
   size_t buckets = 0, started_in_backward = 0;
 };
 
-void append(std::vector<float>& all, const std::vector<float>& more) { all.insert(all.end(), more.begin(), more.end()); }
+void append(std::vector<float>& all, const std::vector<float>& more) {
+  all.insert(all.end(), more.begin(), more.end());
+}
 
 }  // namespace
 
@@ -170,7 +177,8 @@ TEST_CASE("data parallel on threads: 2 ranks of 2 bags give the loss and gradien
   const double tol = 1e-4;
   for (int r = 0; r < world; ++r) {
     CHECK(per_rank[r].loss == doctest::Approx(whole.loss).epsilon(1e-5));
-    CHECK(max_rel_error("rank " + std::to_string(r) + " gradients", per_rank[r].grads, to_double(whole.grads), tol) <= tol);
+    CHECK(max_rel_error("rank " + std::to_string(r) + " gradients", per_rank[r].grads, to_double(whole.grads), tol) <=
+          tol);
     CHECK(per_rank[r].buckets > 1);
     CHECK(per_rank[r].started_in_backward > 0);
     CHECK(per_rank[r].grads == per_rank[0].grads);  // every rank holds the same summed gradient

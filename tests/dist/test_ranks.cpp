@@ -30,8 +30,8 @@ TEST_CASE("ranks: each launcher's variables give rank, world size and local rank
   CHECK_FALSE(alone.distributed());
   CHECK(alone.launcher == "none");
 
-  const dist::RankInfo mpi = dist::rank_from_environment(environment(
-      {{"OMPI_COMM_WORLD_RANK", "3"}, {"OMPI_COMM_WORLD_SIZE", "8"}, {"OMPI_COMM_WORLD_LOCAL_RANK", "1"}}));
+  const dist::RankInfo mpi = dist::rank_from_environment(
+      environment({{"OMPI_COMM_WORLD_RANK", "3"}, {"OMPI_COMM_WORLD_SIZE", "8"}, {"OMPI_COMM_WORLD_LOCAL_RANK", "1"}}));
   CHECK(mpi.rank == 3);
   CHECK(mpi.world_size == 8);
   CHECK(mpi.local_rank == 1);
@@ -44,8 +44,8 @@ TEST_CASE("ranks: each launcher's variables give rank, world size and local rank
   CHECK(slurm.launcher == "Slurm");
 
   // dsmil's own variables win over the others (a --nproc job run inside a Slurm allocation).
-  const dist::RankInfo own = dist::rank_from_environment(environment(
-      {{"DSMIL_RANK", "1"}, {"DSMIL_WORLD_SIZE", "2"}, {"SLURM_PROCID", "0"}, {"SLURM_NTASKS", "1"}}));
+  const dist::RankInfo own = dist::rank_from_environment(
+      environment({{"DSMIL_RANK", "1"}, {"DSMIL_WORLD_SIZE", "2"}, {"SLURM_PROCID", "0"}, {"SLURM_NTASKS", "1"}}));
   CHECK(own.rank == 1);
   CHECK(own.world_size == 2);
   CHECK(own.local_rank == 0);

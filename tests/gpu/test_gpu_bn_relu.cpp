@@ -56,10 +56,9 @@ TEST_CASE("gpu fused batch norm + ReLU train / eval / backward match the CPU in 
   if (skip_without_gpu()) return;
   // C = 64 (bf16 16-byte groups, 8 per row), 512 (two channel tiles), 40 (5 or 10 groups), 12 (8-byte
   // bf16 groups), 6 (8-byte f32, one-element bf16), 5 (one element); 32768 rows (512 reduction chunks).
-  const std::vector<FusedCase> cases = {{{4, 3, 8, 8, 64}, false},  {{8, 4, 32, 32, 64}, false},
-                                        {{2, 4, 8, 8, 512}, false}, {{3, 2, 5, 7, 40}, false},
-                                        {{5, 3, 4, 6, 12}, false},  {{4, 2, 3, 5, 6}, false},
-                                        {{3, 2, 3, 5, 5}, false},   {{4, 3, 8, 8, 64}, true}};
+  const std::vector<FusedCase> cases = {
+      {{4, 3, 8, 8, 64}, false}, {{8, 4, 32, 32, 64}, false}, {{2, 4, 8, 8, 512}, false}, {{3, 2, 5, 7, 40}, false},
+      {{5, 3, 4, 6, 12}, false}, {{4, 2, 3, 5, 6}, false},    {{3, 2, 3, 5, 5}, false},   {{4, 3, 8, 8, 64}, true}};
   const float momentum = 0.1f, eps = 1e-5f;
   for (const FusedCase& fc : cases)
     for (Precision p : {Precision::F32, Precision::BF16})
@@ -67,8 +66,8 @@ TEST_CASE("gpu fused batch norm + ReLU train / eval / backward match the CPU in 
         const Shape& shape = fc.shape;
         const int64_t c = shape.back(), samples = shape[0];
         const DType dtype = storage_dtype(p);
-        const std::string where = " " + shape_str(shape) + (fc.unaligned ? " unaligned" : "") +
-                                  (with_branch ? " +residual*factor" : "");
+        const std::string where =
+            " " + shape_str(shape) + (fc.unaligned ? " unaligned" : "") + (with_branch ? " +residual*factor" : "");
         const std::string tagged = where + " [" + precision_name(p) + "]";
         guarded("batchnorm_relu" + tagged, [&] {
           const Twin x = twin_of(channel_scaled(shape), dtype);
@@ -84,9 +83,9 @@ TEST_CASE("gpu fused batch norm + ReLU train / eval / backward match the CPU in 
 
           const auto train = run_poisoned([&] {
             TrainResult r{Tensor(), Tensor(), Tensor(), mean0.device.clone(), var0.device.clone()};
-            BatchNormTrainOut out = ops::batchnorm_relu_forward_train(x.device, gamma.device, beta.device,
-                                                                      r.running_mean, r.running_var, momentum, eps,
-                                                                      residual.device, factor.device);
+            BatchNormTrainOut out =
+                ops::batchnorm_relu_forward_train(x.device, gamma.device, beta.device, r.running_mean, r.running_var,
+                                                  momentum, eps, residual.device, factor.device);
             r.y = out.y;
             r.save_mean = out.save_mean;
             r.save_invstd = out.save_invstd;

@@ -37,9 +37,16 @@ const std::vector<ConvCase> kConvCases = {
     {"projection 1x1x1 s(1,2,2) 256->512", {4, 4, 8, 8, 256}, {512, 1, 1, 1, 256}, {{1, 1, 1}, {1, 2, 2}, {0, 0, 0}}},
     {"deep (3,3,3) s(1,2,2) 256->512", {2, 4, 8, 8, 256}, {512, 3, 3, 3, 256}, {{3, 3, 3}, {1, 2, 2}, {1, 1, 1}}},
     {"stem C=3 (3,7,7) s(1,2,2)", {2, 4, 32, 32, 3}, {64, 3, 7, 7, 3}, {{3, 7, 7}, {1, 2, 2}, {1, 3, 3}}, true},
-    {"stem C=5 (3,7,7) s(1,2,2) odd sizes", {2, 3, 27, 29, 5}, {64, 3, 7, 7, 5}, {{3, 7, 7}, {1, 2, 2}, {1, 3, 3}}, true},
+    {"stem C=5 (3,7,7) s(1,2,2) odd sizes",
+     {2, 3, 27, 29, 5},
+     {64, 3, 7, 7, 5},
+     {{3, 7, 7}, {1, 2, 2}, {1, 3, 3}},
+     true},
     // The implicit GEMM's own edges: partial tiles in H and W, two 64-filter slices, padding on every axis.
-    {"16 channels (3,4,4) 16->128 pad (1,1,2) odd sizes", {2, 3, 9, 70, 16}, {128, 3, 4, 4, 16}, {{3, 4, 4}, {1, 1, 1}, {1, 1, 2}}},
+    {"16 channels (3,4,4) 16->128 pad (1,1,2) odd sizes",
+     {2, 3, 9, 70, 16},
+     {128, 3, 4, 4, 16},
+     {{3, 4, 4}, {1, 1, 1}, {1, 1, 2}}},
     {"16 channels (1,3,3) 16->64 pad (0,1,1)", {3, 2, 5, 17, 16}, {64, 1, 3, 3, 16}, {{1, 3, 3}, {1, 1, 1}, {0, 1, 1}}},
 };
 
@@ -98,9 +105,12 @@ TEST_CASE("gpu implicit GEMM: blocks that loop over several tiles, the same filt
   if (skip_without_gpu()) return;
   // 80 x 8 planes of one 8x16 tile each: 640 tiles, several per block on any GPU of up to 320 SMs (the
   // grid has one block per SM), with the reuse of the input window and the staging area between tiles.
-  const ConvCase c{"16 channels (1,2,2) 16->64, 640 tiles", {80, 8, 9, 17, 16}, {64, 1, 2, 2, 16},
+  const ConvCase c{"16 channels (1,2,2) 16->64, 640 tiles",
+                   {80, 8, 9, 17, 16},
+                   {64, 1, 2, 2, 16},
                    {{1, 2, 2}, {1, 1, 1}, {0, 0, 0}}};
-  const auto mode = math_for(Precision::BF16, /*deterministic=*/false, ConvFolding::measured, ConvKernel::implicit_gemm);
+  const auto mode =
+      math_for(Precision::BF16, /*deterministic=*/false, ConvFolding::measured, ConvKernel::implicit_gemm);
   const Twin x = random_twin(c.x, DType::BF16), w = random_twin(c.w, DType::BF16, -0.2f, 0.2f);
   guarded(label(c, "forward") + " [bf16]", [&] {
     const int64_t launches = cuda::conv16_forward_launches();
@@ -143,6 +153,6 @@ TEST_CASE("gpu conv3d refuses inputs that do not fit, naming the op and the shap
   CHECK_THROWS_WITH_AS(ops::conv3d_forward(x, w_bf16, g), doctest::Contains("conv3d_forward"), ShapeError);
   const Tensor dy_wrong = Tensor::zeros({1, 4, 8, 8, 9}, DType::F32, Device::CUDA);
   const Tensor w = Tensor::zeros({8, 3, 3, 3, 16}, DType::F32, Device::CUDA);
-  CHECK_THROWS_WITH_AS(ops::conv3d_backward_data(dy_wrong, w, x.shape(), g),
-                       doctest::Contains("[1,4,8,8,9]"), ShapeError);
+  CHECK_THROWS_WITH_AS(ops::conv3d_backward_data(dy_wrong, w, x.shape(), g), doctest::Contains("[1,4,8,8,9]"),
+                       ShapeError);
 }

@@ -46,7 +46,8 @@ TEST_CASE("gpu runtime: pool kept, copies, fill and bf16 conversion") {
   check_equal("fill bf16", filled_bf16, Tensor::full(kOddShape, bf16_round(value)));
   Tensor filled_i32 = Tensor::empty(kOddShape, DType::I32, Device::CUDA);
   filled_i32.fill(value);
-  check_equal("fill i32 (truncated)", filled_i32, Tensor::full(kOddShape, static_cast<float>(static_cast<int32_t>(value))));
+  check_equal("fill i32 (truncated)", filled_i32,
+              Tensor::full(kOddShape, static_cast<float>(static_cast<int32_t>(value))));
 
   // Freed memory stays in the pool (release threshold = max): a freed block is reserved, not in use.
   const uint64_t used_before = cuda::pool_usage().used;
@@ -100,8 +101,8 @@ TEST_CASE("gpu sum_squares and all_finite") {
   for (Precision p : {Precision::F32, Precision::BF16}) {
     const Twin x = random_twin({1 << 20, 3}, storage_dtype(p), -2.0f, 2.0f);
     const float got = ops::sum_squares(x.device), ref = cpu::sum_squares(x.host);
-    check_close(std::string("sum_squares [") + precision_name(p) + "]", Tensor::full({1}, got),
-                Tensor::full({1}, ref), kTolF32);
+    check_close(std::string("sum_squares [") + precision_name(p) + "]", Tensor::full({1}, got), Tensor::full({1}, ref),
+                kTolF32);
     CHECK(ops::sum_squares(x.device) == got);  // fixed summation order: bit-identical rerun
     CHECK(ops::all_finite(x.device));
   }

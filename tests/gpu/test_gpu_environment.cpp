@@ -12,6 +12,7 @@ TEST_CASE("gpu environment: device, driver, CUDA, cuDNN and cuBLAS versions") {
   // cuDNN 9.10.2 up to 9.15.0 computed some bf16 / TF32 3-D convolutions wrongly (pytorch#163539).
   const size_t version = cuda::cudnn_version();
   CHECK_MESSAGE(!(version >= 91002 && version < 91501),
-                "cuDNN " << version << " is in the 9.10.2-9.15.0 range with wrong 3-D convolutions: "
-                         "put cuDNN 9.19 (PyTorch's) first on LD_LIBRARY_PATH");
+                "cuDNN " << version
+                         << " is in the 9.10.2-9.15.0 range with wrong 3-D convolutions: "
+                            "put cuDNN 9.19 (PyTorch's) first on LD_LIBRARY_PATH");
 }

@@ -15,8 +15,8 @@ TEST_CASE("gpu check macros name the call, the op and the shapes") {
                        doctest::Contains("some_op(x=bf16[2,3,4,5,6] cuda): fails(cudaErrorInvalidValue) failed: "
                                          "cudaErrorInvalidValue"),
                        DeviceError);
-  CHECK_THROWS_WITH_AS(DSMIL_CUDNN_CHECK(CUDNN_STATUS_BAD_PARAM, context()), doctest::Contains("CUDNN_STATUS_BAD_PARAM"),
-                       DeviceError);
+  CHECK_THROWS_WITH_AS(DSMIL_CUDNN_CHECK(CUDNN_STATUS_BAD_PARAM, context()),
+                       doctest::Contains("CUDNN_STATUS_BAD_PARAM"), DeviceError);
   CHECK_THROWS_WITH_AS(DSMIL_CUBLAS_CHECK(CUBLAS_STATUS_INVALID_VALUE, context()),
                        doctest::Contains("CUBLAS_STATUS_INVALID_VALUE"), DeviceError);
   // A real failing runtime call (synchronous and not sticky, so the context stays usable).

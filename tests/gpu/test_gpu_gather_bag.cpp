@@ -127,7 +127,8 @@ void check_bf16_rounding(const std::string& what, const Tensor& got, const std::
   size_t failures = 0;
   double worst = 0.0;
   for (size_t i = 0; i < values.size(); ++i) {
-    const double err = std::fabs(static_cast<double>(values[i]) - ref[i]), size = std::fabs(static_cast<double>(ref[i]));
+    const double err = std::fabs(static_cast<double>(values[i]) - ref[i]),
+                 size = std::fabs(static_cast<double>(ref[i]));
     const double relative = err == 0.0 ? 0.0 : size > 0.0 && std::isfinite(err) ? err / size : INFINITY;
     worst = std::max(worst, relative);
     failures += !(relative <= kTolBF16Rounding);
@@ -204,11 +205,11 @@ TEST_CASE("gpu DeviceCohort reports its bytes and refuses mixed grids and bad ba
                                         slab_depth, DType::F32);
   };
   CHECK(gather(1, {0, 7}, 2, 3).shape() == Shape{2, 3, 12, 14, 4});
-  CHECK_THROWS_AS(gather(1, {8}, 2, 3), ShapeError);      // slab [8, 11) outside depth 10
+  CHECK_THROWS_AS(gather(1, {8}, 2, 3), ShapeError);  // slab [8, 11) outside depth 10
   CHECK_THROWS_AS(gather(1, {-1}, 2, 3), ShapeError);
   CHECK_THROWS_AS(gather(1, {0, 1, 2}, 2, 3), ShapeError);  // more slabs than instances
-  CHECK_THROWS_AS(gather(2, {0}, 2, 3), ShapeError);       // no such case
-  CHECK_THROWS_AS(gather(0, {0}, 2, 11), ShapeError);      // slab deeper than the grid
+  CHECK_THROWS_AS(gather(2, {0}, 2, 3), ShapeError);        // no such case
+  CHECK_THROWS_AS(gather(0, {0}, 2, 11), ShapeError);       // slab deeper than the grid
   CHECK_THROWS_AS(data::gather_batch_on_device(cohort, std::vector<int>{0}, std::vector<std::vector<int>>{{0}},
                                                one_augmentation, 2, 3, DType::I32),
                   ShapeError);

@@ -17,10 +17,10 @@ namespace {
 
 double plain_sum_squares(const Tensor& x) {
   cuda::DeviceBuffer result(sizeof(double));
-  cudaError_t status = x.dtype() == DType::BF16
-                           ? kernels::plain::sum_squares_plain(x.data<__nv_bfloat16>(), x.numel(), result.as<double>(),
-                                                               cuda::stream())
-                           : kernels::plain::sum_squares_plain(x.f32(), x.numel(), result.as<double>(), cuda::stream());
+  cudaError_t status =
+      x.dtype() == DType::BF16
+          ? kernels::plain::sum_squares_plain(x.data<__nv_bfloat16>(), x.numel(), result.as<double>(), cuda::stream())
+          : kernels::plain::sum_squares_plain(x.f32(), x.numel(), result.as<double>(), cuda::stream());
   REQUIRE(status == cudaSuccess);
   double sum = 0.0;
   REQUIRE(cudaMemcpyAsync(&sum, result.data(), sizeof sum, cudaMemcpyDeviceToHost, cuda::stream()) == cudaSuccess);
@@ -61,14 +61,14 @@ TEST_CASE("gpu plain masked softmax (thread per bag) and its backward match the 
       check_close("masked_softmax_plain stats" + where, run[1], ref.stats, Precision::F32);
     }
     const Twin da = random_twin({bags, n}, DType::F32), a = twin_of(ref.a, DType::F32);
-    check_runs("masked_softmax_backward_plain" + where, run_poisoned([&] {
-                 Tensor de = Tensor::empty({bags, n}, DType::F32, Device::CUDA);
-                 REQUIRE(kernels::plain::masked_softmax_backward_plain(da.device.f32(), a.device.f32(), bags, n,
-                                                                       temperature, de.f32(), cuda::stream()) ==
-                         cudaSuccess);
-                 return de;
-               }),
-               ops::masked_softmax_backward(da.host, a.host, temperature), Precision::F32);
+    check_runs(
+        "masked_softmax_backward_plain" + where, run_poisoned([&] {
+          Tensor de = Tensor::empty({bags, n}, DType::F32, Device::CUDA);
+          REQUIRE(kernels::plain::masked_softmax_backward_plain(da.device.f32(), a.device.f32(), bags, n, temperature,
+                                                                de.f32(), cuda::stream()) == cudaSuccess);
+          return de;
+        }),
+        ops::masked_softmax_backward(da.host, a.host, temperature), Precision::F32);
   }
 }
 
@@ -76,7 +76,8 @@ TEST_CASE("gpu every kernel bench entry's check passes at its small shape, fast 
   if (skip_without_gpu()) return;
   const uint64_t seed = test::run_seed();
   for (const kernel_bench::Selection& s : kernel_bench::select_benches("all", "both", "all")) {
-    const std::string what = s.bench->name + " " + kernel_bench::variant_name(s.variant) + " [" + dtype_name(s.dtype) + "]";
+    const std::string what =
+        s.bench->name + " " + kernel_bench::variant_name(s.variant) + " [" + dtype_name(s.dtype) + "]";
     guarded(what, [&] {
       const kernel_bench::CheckOutcome outcome = kernel_bench::check_selection(s, s.bench->tiny_shape, seed);
       const kernel_bench::Comparison& worst = outcome.worst();

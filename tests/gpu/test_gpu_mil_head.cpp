@@ -89,7 +89,8 @@ TEST_CASE("gpu fused focal / smoothed cross-entropy loss: loss, per-sample losse
     for (int32_t& t : targets) t = pick(test::rng());
     const Twin target = int_twin(Tensor::from_ints({batch}, targets));
     const Twin weight = random_twin({batch}, DType::F32, 0.2f, 3.0f);
-    const auto out = run_poisoned([&] { return ops::focal_loss(logits.device, target.device, weight.device, eps, gamma); });
+    const auto out =
+        run_poisoned([&] { return ops::focal_loss(logits.device, target.device, weight.device, eps, gamma); });
     const FocalLossOut ref = cpu::focal_loss(logits.host, target.host, weight.host, eps, gamma);
     for (const FocalLossOut& run : out) {
       check_close("focal_loss loss" + where, run.loss, ref.loss, Precision::F32);

@@ -61,8 +61,8 @@ TEST_CASE("gpu batch norm train / eval / backward match the CPU in f32 and bf16"
         return batchnorm_train(x.device, gamma.device, beta.device, mean0.device, var0.device, momentum, eps);
       });
       Tensor ref_mean = mean0.host.clone(), ref_var = var0.host.clone();
-      const BatchNormTrainOut ref = cpu::batchnorm_forward_train(x.host, gamma.host, beta.host, ref_mean, ref_var,
-                                                                 momentum, eps);
+      const BatchNormTrainOut ref =
+          cpu::batchnorm_forward_train(x.host, gamma.host, beta.host, ref_mean, ref_var, momentum, eps);
       for (const BatchNormTrainResult& run : train) {
         check_close("batchnorm train y" + where, run.y, ref.y, p);
         check_close("batchnorm train save_mean" + where, run.save_mean, ref.save_mean, Precision::F32);
@@ -83,8 +83,8 @@ TEST_CASE("gpu batch norm train / eval / backward match the CPU in f32 and bf16"
       const auto grads = run_poisoned([&] {
         return ops::batchnorm_backward(dy.device, x.device, gamma.device, save_mean.device, save_invstd.device);
       });
-      const BatchNormGrads ref_grads = cpu::batchnorm_backward(dy.host, x.host, gamma.host, save_mean.host,
-                                                               save_invstd.host);
+      const BatchNormGrads ref_grads =
+          cpu::batchnorm_backward(dy.host, x.host, gamma.host, save_mean.host, save_invstd.host);
       for (const BatchNormGrads& run : grads) {
         check_close("batchnorm backward dx" + where, run.dx, ref_grads.dx, p);
         check_close("batchnorm backward dgamma" + where, run.dgamma, ref_grads.dgamma, Precision::F32);
@@ -103,8 +103,8 @@ TEST_CASE("gpu batch norm eval: channels off the 16-byte packs, misaligned views
     Shape shape;
     int64_t offset;
   };
-  const std::vector<EvalCase> cases = {{{3, 5, 7, 6}, 0}, {{2, 3, 5, 12}, 0}, {{2, 180000, 6}, 0},
-                                       {{3, 111, 64}, 1}, {{3, 111, 64}, 8}};
+  const std::vector<EvalCase> cases = {
+      {{3, 5, 7, 6}, 0}, {{2, 3, 5, 12}, 0}, {{2, 180000, 6}, 0}, {{3, 111, 64}, 1}, {{3, 111, 64}, 8}};
   const float eps = 1e-5f;
   for (const EvalCase& ec : cases)
     for (Precision p : {Precision::F32, Precision::BF16}) {

@@ -105,7 +105,8 @@ TEST_CASE("gpu multi-tensor AdamW matches its CPU twin, clipped or not, and the 
     AdamWHyper h = hyper_at(7);
     if (!multi.decayed[i]) h.weight_decay = 0.0f;
     if (multi.grads_d[i].defined()) ops::adamw_step(params[i], multi.grads_d[i], m[i], v[i], h);
-    check_close("multi_tensor_adamw vs adamw_step param " + std::to_string(i), multi.params_d[i], params[i], Precision::F32);
+    check_close("multi_tensor_adamw vs adamw_step param " + std::to_string(i), multi.params_d[i], params[i],
+                Precision::F32);
     check_close("multi_tensor_adamw vs adamw_step m " + std::to_string(i), multi.m_d[i], m[i], Precision::F32);
   }
 }
@@ -137,7 +138,8 @@ TEST_CASE("gpu multi-tensor AdamW: lists over one launch, bit-identical reruns, 
   }
   ops::multi_tensor_adamw(rerun, first.grads_d, hyper_at(3), 1.0f, norm_b);
   check_identical("multi_tensor_adamw grad norm", norm_a, norm_b);
-  for (size_t i = 0; i < kShapes.size(); ++i) check_identical("multi_tensor_adamw param " + std::to_string(i), first.params_d[i], p0[i]);
+  for (size_t i = 0; i < kShapes.size(); ++i)
+    check_identical("multi_tensor_adamw param " + std::to_string(i), first.params_d[i], p0[i]);
 
   // A parameter moved to new storage (as Module::to does) after the table was built: the next step updates it.
   AdamWTwin moved(kShapes);

@@ -60,8 +60,8 @@ TEST_CASE("a log file gets the lines logged while it is open, with its prefix, a
   logging::open_run_log(other);
   logging::line("in the other run");
   CHECK(texts_of(run) == std::vector<std::string>{"run started", "epoch 1", "epoch 2", "a result", "after the fold"});
-  CHECK(texts_of(fold) == std::vector<std::string>{"fold 2: epoch 1", "fold 2: epoch 2", "fold 2: fold note",
-                                                   "fold 2: a result"});
+  CHECK(texts_of(fold) ==
+        std::vector<std::string>{"fold 2: epoch 1", "fold 2: epoch 2", "fold 2: fold note", "fold 2: a result"});
   CHECK(texts_of(other) == std::vector<std::string>{"in the other run"});
   CHECK_THROWS_AS(logging::LogFile(dir.path / "no" / "such" / "folder.log"), std::runtime_error);
 }

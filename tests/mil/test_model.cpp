@@ -39,9 +39,9 @@ TEST_CASE("whole model: d loss / d (input, every kind of parameter) matches fini
   // leaves ~1e-4 of noise in the estimate; a ReLU, max-pool or top-k switch crossed by the step moves it
   // further, and such crossings grow with h (seen at h = 1e-2: up to 3e-2). Bound: 2e-2 of the largest
   // gradient.
-  const std::vector<std::pair<mil::Pooling, mil::Attention>> variants = {
-      {mil::Pooling::Soft, mil::Attention::Dsmil}, {mil::Pooling::TopK, mil::Attention::Gated},
-      {mil::Pooling::Max, mil::Attention::Dsmil}};
+  const std::vector<std::pair<mil::Pooling, mil::Attention>> variants = {{mil::Pooling::Soft, mil::Attention::Dsmil},
+                                                                         {mil::Pooling::TopK, mil::Attention::Gated},
+                                                                         {mil::Pooling::Max, mil::Attention::Dsmil}};
   for (const auto& [pooling, attention] : variants) {
     const std::string name = std::string(mil::pooling_name(pooling)) + "/" + mil::attention_name(attention);
     mil::DualStreamMIL model(tiny_config(pooling, attention), run_seed());
@@ -131,16 +131,17 @@ TEST_CASE("masked instances change nothing in evaluation: the mask after instanc
   cfg.head.instance_dropout = 0.99f;
   mil::DualStreamMIL model(cfg, 3);
   nn::StepRandom random{11, 0};
-  const auto out = model.forward(Variable(random_tensor({6, 3, 12, 12, 4})), Tensor::from_ints({2, 3}, {1, 1, 1, 1, 1, 1}),
-                                 1.0f, random);
+  const auto out = model.forward(Variable(random_tensor({6, 3, 12, 12, 4})),
+                                 Tensor::from_ints({2, 3}, {1, 1, 1, 1, 1, 1}), 1.0f, random);
   for (int b = 0; b < 2; ++b) {
     const auto m = out.mask.to_vector();
     CHECK(m[b * 3] + m[b * 3 + 1] + m[b * 3 + 2] >= 1.0f);
   }
 }
 
-TEST_CASE("zero-initialised classifiers: first logits 0 for any seed, every other parameter as drawn without, "
-          "and the classifiers still get gradients") {
+TEST_CASE(
+    "zero-initialised classifiers: first logits 0 for any seed, every other parameter as drawn without, "
+    "and the classifiers still get gradients") {
   for (const uint64_t seed : {run_seed(), run_seed() + 1}) {
     mil::ModelConfig zeroed_config = tiny_config(mil::Pooling::TopK, mil::Attention::Gated);
     zeroed_config.head.zero_init_classifiers = true;

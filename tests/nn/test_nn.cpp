@@ -198,8 +198,9 @@ TEST_CASE("checkpoint: round trip, and clear errors for wrong, damaged, old or m
 
   nn::Checkpoint wrong_shape;
   wrong_shape.tensors.push_back({"model.w", Tensor::zeros({3})});
-  CHECK_THROWS_WITH_AS(nn::restore_parameters(wrong_shape, "model.", other.parameters()),
-                       doctest::Contains("expects"), FormatError);
-  CHECK_THROWS_WITH_AS(nn::restore_state(wrong_shape, "model.", other.buffers()), doctest::Contains("missing"), FormatError);
+  CHECK_THROWS_WITH_AS(nn::restore_parameters(wrong_shape, "model.", other.parameters()), doctest::Contains("expects"),
+                       FormatError);
+  CHECK_THROWS_WITH_AS(nn::restore_state(wrong_shape, "model.", other.buffers()), doctest::Contains("missing"),
+                       FormatError);
   std::filesystem::remove_all(dir);
 }

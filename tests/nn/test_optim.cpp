@@ -126,7 +126,8 @@ TEST_CASE("multi-tensor EMA equals ema_update per tensor over parameters and buf
   REQUIRE(state.size() == reference.size());
   CHECK(state.front().name == "ema.p0");
   CHECK(state.back().name == "ema.s1");
-  for (size_t i = 0; i < state.size(); ++i) compare("multi-tensor ema " + state[i].name, *state[i].tensor, reference[i], kTol);
+  for (size_t i = 0; i < state.size(); ++i)
+    compare("multi-tensor ema " + state[i].name, *state[i].tensor, reference[i], kTol);
 }
 
 TEST_CASE("multi-tensor AdamW: the norm stays readable, a non-finite gradient shows in it, bad lists are refused") {

@@ -87,7 +87,8 @@ double sample_std_of(const std::vector<double>& v) {
 
 std::set<std::pair<std::string, std::string>> anomaly_set(const json& summary) {
   std::set<std::pair<std::string, std::string>> found;
-  for (const auto& a : summary["anomalies"]) found.insert({a["rule"].get<std::string>(), a["scope"].get<std::string>()});
+  for (const auto& a : summary["anomalies"])
+    found.insert({a["rule"].get<std::string>(), a["scope"].get<std::string>()});
   return found;
 }
 
@@ -160,13 +161,26 @@ std::vector<int> recommendation_numbers(const std::string& md) {
 std::string config_toml(const std::map<std::string, std::string>& changes = {}) {
   const std::vector<std::pair<std::string, std::vector<std::pair<std::string, std::string>>>> sections{
       {"model",
-       {{"drop_path", "0.1"}, {"pooling", "\"topk\""}, {"attention", "\"gated\""}, {"feature_dropout", "0.6"},
+       {{"drop_path", "0.1"},
+        {"pooling", "\"topk\""},
+        {"attention", "\"gated\""},
+        {"feature_dropout", "0.6"},
         {"instance_dropout", "0.1"}}},
-      {"loss", {{"label_smoothing", "0.2"}, {"focal_gamma", "2.0"}, {"class_weights", "\"balanced\""},
-                {"entropy_weight", "0.0"}}},
-      {"train", {{"epochs", "40"}, {"patience", "10"}, {"selection_train_auc", "0.75"},
-                 {"monitor", "\"min_class_recall\""}, {"instances", "16"}, {"instance_sampling", "\"stratified\""},
-                 {"case_sampling", "\"weighted\""}, {"lr", "1e-4"}, {"threshold", "\"0.5\""}}},
+      {"loss",
+       {{"label_smoothing", "0.2"},
+        {"focal_gamma", "2.0"},
+        {"class_weights", "\"balanced\""},
+        {"entropy_weight", "0.0"}}},
+      {"train",
+       {{"epochs", "40"},
+        {"patience", "10"},
+        {"selection_train_auc", "0.75"},
+        {"monitor", "\"min_class_recall\""},
+        {"instances", "16"},
+        {"instance_sampling", "\"stratified\""},
+        {"case_sampling", "\"weighted\""},
+        {"lr", "1e-4"},
+        {"threshold", "\"0.5\""}}},
       {"cv", {{"inner_val", "0.15"}, {"repeats", "1"}}}};
   std::string text;
   for (const auto& [section, keys] : sections) {
@@ -240,8 +254,8 @@ TEST_CASE("a healthy CV: cv_summary.json equals an independent recomputation, no
 
   const std::string md = read_text(run / "AUDIT.md");
   for (const char* section : {"## 1. Results audit", "## 2. Cross-validation summary", "## 3. Anomalies",
-                              "## 4. Recommendations", "## 5. Consistency", "No anomaly found", "HGG 9/9 correct (100.0%)",
-                              "LGG 5/5 correct (100.0%)", "Consistency: all"})
+                              "## 4. Recommendations", "## 5. Consistency", "No anomaly found",
+                              "HGG 9/9 correct (100.0%)", "LGG 5/5 correct (100.0%)", "Consistency: all"})
     CHECK_MESSAGE(md.find(section) != std::string::npos, section);
   CHECK(first_paragraph(md).find("better than chance, and at its calibrated thresholds it classifies every test case "
                                  "correctly.") != std::string::npos);
@@ -249,8 +263,8 @@ TEST_CASE("a healthy CV: cv_summary.json equals an independent recomputation, no
   CHECK(md.find("FAIL**") == std::string::npos);
   CHECK(md.find("**Skipped cases:** none") != std::string::npos);
   CHECK(s["skipped_cases"] == json::array());
-  for (const char* plot : {"roc.svg", "reliability.svg", "curves_fold_0.svg", "attention_fold_4.svg",
-                           "attention_slabs_fold_2.svg"})
+  for (const char* plot :
+       {"roc.svg", "reliability.svg", "curves_fold_0.svg", "attention_fold_4.svg", "attention_slabs_fold_2.svg"})
     CHECK_MESSAGE(fs::exists(run / "plots" / plot), plot);
 }
 
@@ -259,18 +273,24 @@ TEST_CASE("what made the run (provenance.jsonl) is in AUDIT.md and cv_summary.js
   auto rng = fresh_rng();
   const fs::path run = tmp.path / "traced_20260109_032250";
   write_run(run, healthy_folds(rng));
-  const json start = {{"version", "0.6.0"}, {"commit", "0123456789abcdef0123"}, {"dirty", false},
-                      {"build_type", "Release"}, {"compiler", "GNU 12.2.0"}, {"config_sha256", "aa"},
-                      {"cuda", {{"gpu", "NVIDIA H200"}, {"runtime", "13.0"}, {"cudnn", "9.19.0"}, {"cublas", "13.1.0"}}},
-                      {"command_line", {"dsmil", "cv"}}};
+  const json start = {
+      {"version", "0.6.0"},
+      {"commit", "0123456789abcdef0123"},
+      {"dirty", false},
+      {"build_type", "Release"},
+      {"compiler", "GNU 12.2.0"},
+      {"config_sha256", "aa"},
+      {"cuda", {{"gpu", "NVIDIA H200"}, {"runtime", "13.0"}, {"cudnn", "9.19.0"}, {"cublas", "13.1.0"}}},
+      {"command_line", {"dsmil", "cv"}}};
   json resume = start;
   resume["config_sha256"] = "bb";
   std::ofstream(run / "provenance.jsonl") << start.dump() << "\n" << resume.dump() << "\n";
   REQUIRE(write_cv_report(run).consistent());
   CHECK(read_json(run / "cv_summary.json")["provenance"] == json::array({start, resume}));
   const std::string md = read_text(run / "AUDIT.md");
-  CHECK(md.find("dsmil 0.6.0, commit 0123456789ab, Release GNU 12.2.0, on NVIDIA H200 (CUDA runtime 13.0, cuDNN 9.19.0, "
-                "cuBLAS 13.1.0): 2 processes") != std::string::npos);
+  CHECK(
+      md.find("dsmil 0.6.0, commit 0123456789ab, Release GNU 12.2.0, on NVIDIA H200 (CUDA runtime 13.0, cuDNN 9.19.0, "
+              "cuBLAS 13.1.0): 2 processes") != std::string::npos);
   CHECK(md.find("2 different configs") != std::string::npos);
 }
 
@@ -419,12 +439,12 @@ TEST_CASE("printed and cv_summary.json numbers are compared with their recomputa
   const double right = std::round(truth.at(pointer) * 1e4) / 1e4;
 
   const double sensitivity = truth.at("/folds/2/at_threshold/calibrated/sensitivity");
-  const auto checks = check_printed({{pointer, "right", right, 4, 1.0},
-                                     {pointer, "tampered", right + 0.0123, 4, 1.0},
-                                     {"/folds/2/at_threshold/calibrated/sensitivity", "percent",
-                                      std::round(1e6 * sensitivity) / 1e4, 4, 100.0},
-                                     {"/folds/2/no_such_number", "unknown", 1.0, 4, 1.0}},
-                                    truth);
+  const auto checks = check_printed(
+      {{pointer, "right", right, 4, 1.0},
+       {pointer, "tampered", right + 0.0123, 4, 1.0},
+       {"/folds/2/at_threshold/calibrated/sensitivity", "percent", std::round(1e6 * sensitivity) / 1e4, 4, 100.0},
+       {"/folds/2/no_such_number", "unknown", 1.0, 4, 1.0}},
+      truth);
   REQUIRE(checks.size() == 4);
   CHECK(checks[0].pass);
   CHECK_FALSE(checks[1].pass);
@@ -450,7 +470,8 @@ TEST_CASE("a select_on_test run is marked optimistic and calibrated on its test 
     f.protocol = "select_on_test";
     f.val_labels.clear();
     f.val_p.clear();
-    if (f.threshold_method == "youden") f.threshold = choose_threshold(f.test_labels, f.test_p, ThresholdMethod::youden);
+    if (f.threshold_method == "youden")
+      f.threshold = choose_threshold(f.test_labels, f.test_p, ThresholdMethod::youden);
   }
   const fs::path run = tmp.path / "optimistic";
   write_run(run, folds);
@@ -487,8 +508,9 @@ TEST_CASE("repeats give pooled metrics per repeat and their spread: fold directo
     std::vector<int> y;
     std::vector<double> p;
     for (const auto& f : folds)
-      if (f.repeat == r) y.insert(y.end(), f.test_labels.begin(), f.test_labels.end()),
-                         p.insert(p.end(), f.test_p.begin(), f.test_p.end());
+      if (f.repeat == r)
+        y.insert(y.end(), f.test_labels.begin(), f.test_labels.end()),
+            p.insert(p.end(), f.test_p.begin(), f.test_p.end());
     pooled_auc.push_back(fixture::pair_auc(y, p));
     CHECK(s["pooled"][r]["auc"].get<double>() == doctest::Approx(pooled_auc.back()));
   }
@@ -689,27 +711,31 @@ TEST_CASE("recommendations follow the run's config.toml and are numbered 1, 2, 3
     const std::string md = read_text(run / "AUDIT.md");
     CHECK(recommendation_numbers(md) == one_to_seven);
     CHECK(has(md, "From the anomalies above and the run's resolved config"));
-    for (const char* followed : {"Balance the classes", "n 32 → 16", "smaller bags", "on `min_class_recall`",
-                                 "Monitor `balanced_accuracy`", "focal loss with γ = 2", "feature dropout 0.6",
-                                 "stochastic depth", "`gated` attention", "`topk` pooling", "instance dropout 0.1",
-                                 "`stratified`", "Lower the learning rate"})
+    for (const char* followed :
+         {"Balance the classes", "n 32 → 16", "smaller bags", "on `min_class_recall`", "Monitor `balanced_accuracy`",
+          "focal loss with γ = 2", "feature dropout 0.6", "stochastic depth", "`gated` attention", "`topk` pooling",
+          "instance dropout 0.1", "`stratified`", "Lower the learning rate"})
       CHECK_MESSAGE(!has(md, followed), followed);
     CHECK(has(md, "corrects the class balance twice"));
-    CHECK(has(md, "The learning rate is already at or below the 1e-4 that trains the default model (now "
-                  "`train.lr = 0.0001`)"));
+    CHECK(has(md,
+              "The learning rate is already at or below the 1e-4 that trains the default model (now "
+              "`train.lr = 0.0001`)"));
     CHECK(has(md, "a smaller patience (now `train.patience = 10`)"));
   }
   SUBCASE("a setting the catalogue advises to change is named with its current value") {
-    write_text(run / "config.toml",
-               config_toml({{"train.instances", "32"}, {"train.lr", "3e-3"}, {"train.case_sampling", "\"shuffle\""},
-                            {"loss.class_weights", "\"none\""}, {"model.feature_dropout", "0.0"}}));
+    write_text(run / "config.toml", config_toml({{"train.instances", "32"},
+                                                 {"train.lr", "3e-3"},
+                                                 {"train.case_sampling", "\"shuffle\""},
+                                                 {"loss.class_weights", "\"none\""},
+                                                 {"model.feature_dropout", "0.0"}}));
     REQUIRE(write_cv_report(run).consistent());
     const std::string md = read_text(run / "AUDIT.md");
     CHECK(recommendation_numbers(md) == one_to_seven);
     CHECK(has(md, "smaller bags (`train.instances` 32 → 16)"));
     CHECK(has(md, "Lower the learning rate (now `train.lr = 0.003`)"));
-    CHECK(has(md, "Balance the classes: the `weighted` sampler (now `train.case_sampling = \"shuffle\"`) or "
-                  "`balanced` class weights (now `loss.class_weights = \"none\"`)"));
+    CHECK(has(md,
+              "Balance the classes: the `weighted` sampler (now `train.case_sampling = \"shuffle\"`) or "
+              "`balanced` class weights (now `loss.class_weights = \"none\"`)"));
     CHECK(has(md, "feature dropout 0.6 (now `model.feature_dropout = 0`)"));
   }
   SUBCASE("an unreadable config.toml counts as unknown, and the advice says why") {

@@ -57,10 +57,12 @@ TEST_CASE("compare shows both runs' means, their delta, pooled values and anomal
     return s.summary["pooled"][0]["at_threshold"]["calibrated"]["balanced_accuracy"].get<double>();
   };
   REQUIRE(mean(b) > mean(a));
-  const std::string row = fmt::format("| Balanced accuracy | {:.4f} ± {:.4f} | {:.4f} ± {:.4f} | {:+.4f} (better) | {:.4f} | {:.4f} | {:+.4f} (better) |",
-                                      mean(a), a.summary["summary"]["at_threshold"]["calibrated"]["balanced_accuracy"]["std"].get<double>(),
-                                      mean(b), b.summary["summary"]["at_threshold"]["calibrated"]["balanced_accuracy"]["std"].get<double>(),
-                                      mean(b) - mean(a), pooled(a), pooled(b), pooled(b) - pooled(a));
+  const std::string row = fmt::format(
+      "| Balanced accuracy | {:.4f} ± {:.4f} | {:.4f} ± {:.4f} | {:+.4f} (better) | {:.4f} | {:.4f} | {:+.4f} (better) "
+      "|",
+      mean(a), a.summary["summary"]["at_threshold"]["calibrated"]["balanced_accuracy"]["std"].get<double>(), mean(b),
+      b.summary["summary"]["at_threshold"]["calibrated"]["balanced_accuracy"]["std"].get<double>(), mean(b) - mean(a),
+      pooled(a), pooled(b), pooled(b) - pooled(a));
   CHECK_MESSAGE(md.find(row) != std::string::npos, row);
   CHECK(md.find("| class collapse | 1 | 0 |") != std::string::npos);
   CHECK(a.verified);

@@ -118,11 +118,11 @@ TEST_CASE("a montage tiles slices scaled by their own range, with black padding"
   };
   expect_tile(big, 0, 0);
   expect_tile(small, 5, 0);
-  for (int y = 0; y < 7; ++y) CHECK(at(4, y) == 0);             // padding column
-  for (int x = 5; x < 9; ++x) CHECK(at(x, 2) == 0);             // below the small slice
-  for (int x = 0; x < 9; ++x) CHECK(at(x, 3) == 0);             // padding row
+  for (int y = 0; y < 7; ++y) CHECK(at(4, y) == 0);  // padding column
+  for (int x = 5; x < 9; ++x) CHECK(at(x, 2) == 0);  // below the small slice
+  for (int x = 0; x < 9; ++x) CHECK(at(x, 3) == 0);  // padding row
   for (int y = 4; y < 6; ++y)
-    for (int x = 0; x < 3; ++x) CHECK(at(x, y) == 0);           // a constant slice is black
+    for (int x = 0; x < 3; ++x) CHECK(at(x, y) == 0);  // a constant slice is black
   CHECK_THROWS_AS(write_png_montage(path, {}, 2), dsmil::ShapeError);
   CHECK_THROWS_AS(write_png_montage(path, {GraySlice{2, 2, {1.0f}}}, 2), dsmil::ShapeError);
 }

@@ -16,72 +16,107 @@ constexpr double kTol = 2e-3;
 }  // namespace
 
 TEST_CASE("gradcheck: elementwise add, mul, scale, tanh, sigmoid, relu") {
-  gradcheck("add", [](const auto& v) { return fn::add(v[0], v[1]); }, {random_tensor({3, 5}), random_tensor({3, 5})}, kH, kTol);
-  gradcheck("mul", [](const auto& v) { return fn::mul(v[0], v[1]); }, {random_tensor({3, 5}), random_tensor({3, 5})}, kH, kTol);
-  gradcheck("scale", [](const auto& v) { return fn::scale(v[0], -1.7f); }, {random_tensor({7})}, kH, kTol);
-  gradcheck("tanh", [](const auto& v) { return fn::tanh(v[0]); }, {random_tensor({4, 3}, -2.0f, 2.0f)}, kH, kTol);
-  gradcheck("sigmoid", [](const auto& v) { return fn::sigmoid(v[0]); }, {random_tensor({4, 3}, -3.0f, 3.0f)}, kH, kTol);
-  gradcheck("relu", [](const auto& v) { return fn::relu(v[0]); }, {spread_tensor({5, 7}, 0.05f)}, kH, kTol);
+  gradcheck(
+      "add", [](const auto& v) { return fn::add(v[0], v[1]); }, {random_tensor({3, 5}), random_tensor({3, 5})}, kH,
+      kTol);
+  gradcheck(
+      "mul", [](const auto& v) { return fn::mul(v[0], v[1]); }, {random_tensor({3, 5}), random_tensor({3, 5})}, kH,
+      kTol);
+  gradcheck(
+      "scale", [](const auto& v) { return fn::scale(v[0], -1.7f); }, {random_tensor({7})}, kH, kTol);
+  gradcheck(
+      "tanh", [](const auto& v) { return fn::tanh(v[0]); }, {random_tensor({4, 3}, -2.0f, 2.0f)}, kH, kTol);
+  gradcheck(
+      "sigmoid", [](const auto& v) { return fn::sigmoid(v[0]); }, {random_tensor({4, 3}, -3.0f, 3.0f)}, kH, kTol);
+  gradcheck(
+      "relu", [](const auto& v) { return fn::relu(v[0]); }, {spread_tensor({5, 7}, 0.05f)}, kH, kTol);
 }
 
 TEST_CASE("gradcheck: the same variable used twice accumulates both paths") {
-  gradcheck("x*x + x", [](const auto& v) { return fn::add(fn::mul(v[0], v[0]), v[0]); }, {random_tensor({6})}, kH, kTol);
+  gradcheck(
+      "x*x + x", [](const auto& v) { return fn::add(fn::mul(v[0], v[0]), v[0]); }, {random_tensor({6})}, kH, kTol);
 }
 
 TEST_CASE("gradcheck: linear with and without bias") {
-  gradcheck("linear+bias", [](const auto& v) { return fn::linear(v[0], v[1], v[2]); },
-            {random_tensor({5, 7}), random_tensor({3, 7}), random_tensor({3})}, kH, kTol);
-  gradcheck("linear", [](const auto& v) { return fn::linear(v[0], v[1], Variable()); },
-            {random_tensor({4, 3}), random_tensor({2, 3})}, kH, kTol);
+  gradcheck(
+      "linear+bias", [](const auto& v) { return fn::linear(v[0], v[1], v[2]); },
+      {random_tensor({5, 7}), random_tensor({3, 7}), random_tensor({3})}, kH, kTol);
+  gradcheck(
+      "linear", [](const auto& v) { return fn::linear(v[0], v[1], Variable()); },
+      {random_tensor({4, 3}), random_tensor({2, 3})}, kH, kTol);
 }
 
 TEST_CASE("gradcheck: conv3d input and weight, stem-like and block-like geometry") {
-  gradcheck("conv3d stem", [](const auto& v) { return fn::conv3d(v[0], v[1], {{3, 5, 5}, {1, 2, 2}, {1, 2, 2}}); },
-            {random_tensor({2, 3, 7, 6, 3}), random_tensor({4, 3, 5, 5, 3}, -0.3f, 0.3f)}, kH, kTol);
-  gradcheck("conv3d 3x3x3", [](const auto& v) { return fn::conv3d(v[0], v[1], {{3, 3, 3}, {1, 1, 1}, {1, 1, 1}}); },
-            {random_tensor({2, 3, 4, 5, 2}), random_tensor({3, 3, 3, 3, 2}, -0.3f, 0.3f)}, kH, kTol);
-  gradcheck("conv3d 1x1x1 s2", [](const auto& v) { return fn::conv3d(v[0], v[1], {{1, 1, 1}, {1, 2, 2}, {0, 0, 0}}); },
-            {random_tensor({2, 2, 5, 4, 3}), random_tensor({4, 1, 1, 1, 3})}, kH, kTol);
+  gradcheck(
+      "conv3d stem",
+      [](const auto& v) {
+        return fn::conv3d(v[0], v[1], {{3, 5, 5}, {1, 2, 2}, {1, 2, 2}});
+      },
+      {random_tensor({2, 3, 7, 6, 3}), random_tensor({4, 3, 5, 5, 3}, -0.3f, 0.3f)}, kH, kTol);
+  gradcheck(
+      "conv3d 3x3x3",
+      [](const auto& v) {
+        return fn::conv3d(v[0], v[1], {{3, 3, 3}, {1, 1, 1}, {1, 1, 1}});
+      },
+      {random_tensor({2, 3, 4, 5, 2}), random_tensor({3, 3, 3, 3, 2}, -0.3f, 0.3f)}, kH, kTol);
+  gradcheck(
+      "conv3d 1x1x1 s2",
+      [](const auto& v) {
+        return fn::conv3d(v[0], v[1], {{1, 1, 1}, {1, 2, 2}, {0, 0, 0}});
+      },
+      {random_tensor({2, 2, 5, 4, 3}), random_tensor({4, 1, 1, 1, 3})}, kH, kTol);
 }
 
 TEST_CASE("gradcheck: batch norm in training mode (x, gamma, beta)") {
   Tensor rm = Tensor::zeros({4}), rv = Tensor::full({4}, 1.0f);
-  gradcheck("batchnorm",
-            [&](const auto& v) { return fn::batchnorm(v[0], v[1], v[2], rm, rv, true, 0.1f, 1e-5f); },
-            {random_tensor({3, 2, 3, 2, 4}, -2.0f, 2.0f), random_tensor({4}, 0.5f, 1.5f), random_tensor({4})}, kH, kTol);
+  gradcheck(
+      "batchnorm", [&](const auto& v) { return fn::batchnorm(v[0], v[1], v[2], rm, rv, true, 0.1f, 1e-5f); },
+      {random_tensor({3, 2, 3, 2, 4}, -2.0f, 2.0f), random_tensor({4}, 0.5f, 1.5f), random_tensor({4})}, kH, kTol);
 }
 
 TEST_CASE("gradcheck: max pool and global average pool") {
-  gradcheck("maxpool3d", [](const auto& v) { return fn::maxpool3d(v[0], {{1, 3, 3}, {1, 2, 2}, {0, 1, 1}}); },
-            {spread_tensor({2, 2, 5, 6, 3}, 0.05f)}, kH, kTol);
-  gradcheck("global_avg_pool", [](const auto& v) { return fn::global_avg_pool(v[0]); }, {random_tensor({3, 2, 3, 4, 5})},
-            kH, kTol);
+  gradcheck(
+      "maxpool3d",
+      [](const auto& v) {
+        return fn::maxpool3d(v[0], {{1, 3, 3}, {1, 2, 2}, {0, 1, 1}});
+      },
+      {spread_tensor({2, 2, 5, 6, 3}, 0.05f)}, kH, kTol);
+  gradcheck(
+      "global_avg_pool", [](const auto& v) { return fn::global_avg_pool(v[0]); }, {random_tensor({3, 2, 3, 4, 5})}, kH,
+      kTol);
 }
 
 TEST_CASE("gradcheck: dropout and drop-path with a fixed counter") {
-  gradcheck("dropout", [](const auto& v) { return fn::dropout(v[0], 0.4f, 99, 7); }, {random_tensor({6, 5})}, kH, kTol);
-  gradcheck("drop_path", [](const auto& v) { return fn::drop_path(v[0], 0.5f, 3, 0); }, {random_tensor({6, 2, 3})}, kH, kTol);
+  gradcheck(
+      "dropout", [](const auto& v) { return fn::dropout(v[0], 0.4f, 99, 7); }, {random_tensor({6, 5})}, kH, kTol);
+  gradcheck(
+      "drop_path", [](const auto& v) { return fn::drop_path(v[0], 0.5f, 3, 0); }, {random_tensor({6, 2, 3})}, kH, kTol);
 }
 
 TEST_CASE("gradcheck: masked softmax, gather mean, bag contractions") {
   const Tensor mask = Tensor::from_ints({2, 5}, {1, 1, 0, 1, 1, 1, 0, 1, 1, 1});
-  gradcheck("masked_softmax T=0.6", [&](const auto& v) { return fn::masked_softmax(v[0], mask, 0.6f, nullptr); },
-            {random_tensor({2, 5}, -2.0f, 2.0f)}, kH, kTol);
+  gradcheck(
+      "masked_softmax T=0.6", [&](const auto& v) { return fn::masked_softmax(v[0], mask, 0.6f, nullptr); },
+      {random_tensor({2, 5}, -2.0f, 2.0f)}, kH, kTol);
   const Tensor idx = Tensor::from_ints({2, 3}, {4, 0, 3, 2, -1, -1});
-  gradcheck("gather_mean", [&](const auto& v) { return fn::gather_mean(v[0], idx); }, {random_tensor({2, 5, 3})}, kH, kTol);
-  gradcheck("bag_weighted_sum", [](const auto& v) { return fn::bag_weighted_sum(v[0], v[1]); },
-            {random_tensor({2, 4}), random_tensor({2, 4, 3})}, kH, kTol);
-  gradcheck("bag_dot", [](const auto& v) { return fn::bag_dot(v[0], v[1]); }, {random_tensor({2, 4, 3}), random_tensor({2, 3})},
-            kH, kTol);
+  gradcheck(
+      "gather_mean", [&](const auto& v) { return fn::gather_mean(v[0], idx); }, {random_tensor({2, 5, 3})}, kH, kTol);
+  gradcheck(
+      "bag_weighted_sum", [](const auto& v) { return fn::bag_weighted_sum(v[0], v[1]); },
+      {random_tensor({2, 4}), random_tensor({2, 4, 3})}, kH, kTol);
+  gradcheck(
+      "bag_dot", [](const auto& v) { return fn::bag_dot(v[0], v[1]); },
+      {random_tensor({2, 4, 3}), random_tensor({2, 3})}, kH, kTol);
 }
 
 TEST_CASE("gradcheck: focal loss for gamma 0, 0.5, 2 with smoothing and class weights") {
   const Tensor target = Tensor::from_ints({4}, {1, 0, 0, 1});
   const Tensor weight = Tensor::from_vector({4}, {0.6f, 1.8f, 1.8f, 0.6f});
   for (float gamma : {0.0f, 0.5f, 2.0f})
-    gradcheck("focal_loss gamma " + std::to_string(gamma),
-              [&](const auto& v) { return fn::focal_loss(v[0], target, weight, 0.2f, gamma); },
-              {random_tensor({4, 2}, -3.0f, 3.0f)}, kH, kTol);
+    gradcheck(
+        "focal_loss gamma " + std::to_string(gamma),
+        [&](const auto& v) { return fn::focal_loss(v[0], target, weight, 0.2f, gamma); },
+        {random_tensor({4, 2}, -3.0f, 3.0f)}, kH, kTol);
 }
 
 TEST_CASE("autograd: gradients accumulate across backward passes until zeroed, views route gradients") {
@@ -104,7 +139,8 @@ TEST_CASE("autograd: gradients accumulate across backward passes until zeroed, v
 TEST_CASE("ops reject bad shapes with a ShapeError naming the op") {
   CHECK_THROWS_AS(ops::add(random_tensor({2, 3}), random_tensor({3, 2})), ShapeError);
   CHECK_THROWS_AS(ops::matmul(random_tensor({2, 3}), random_tensor({2, 3}), false, false), ShapeError);
-  CHECK_THROWS_AS(ops::conv3d_forward(random_tensor({1, 2, 2, 2, 3}), random_tensor({1, 3, 3, 3, 4}), {{3, 3, 3}, {1, 1, 1}, {1, 1, 1}}),
+  CHECK_THROWS_AS(ops::conv3d_forward(random_tensor({1, 2, 2, 2, 3}), random_tensor({1, 3, 3, 3, 4}),
+                                      {{3, 3, 3}, {1, 1, 1}, {1, 1, 1}}),
                   ShapeError);
   try {
     ops::add(random_tensor({2, 3}), random_tensor({3, 2}));

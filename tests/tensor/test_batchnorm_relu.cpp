@@ -127,8 +127,7 @@ TEST_CASE("fused batch norm + ReLU backward equals the backward of the separate 
         residual_fused(residual.clone(), true);
     Tensor rm = Tensor::zeros({c}), rv = Tensor::full({c}, 1.0f);
     Variable y = fn::batchnorm_relu(x_fused, gamma_fused, beta_fused, rm, rv, true, kMomentum, kEps,
-                                    v.residual ? residual_fused : Variable(),
-                                    v.factor ? drop.factor : Tensor());
+                                    v.residual ? residual_fused : Variable(), v.factor ? drop.factor : Tensor());
     y.backward(dy);
 
     const std::string tag = " (" + v.name() + ")";
@@ -187,12 +186,13 @@ TEST_CASE("fused batch norm + ReLU backward against central finite differences")
     REQUIRE_MESSAGE(worst >= kMargin, "a pre-activation lies " << worst << " from the ReLU's kink");
     std::vector<Tensor> inputs{x, gamma, beta};
     if (v.residual) inputs.push_back(residual);
-    gradcheck("batchnorm_relu (" + v.name() + ")",
-              [&](const std::vector<Variable>& in) {
-                return fn::batchnorm_relu(in[0], in[1], in[2], rm, rv, true, kMomentum, kEps,
-                                          v.residual ? in[3] : Variable(), factor);
-              },
-              inputs, kH, kTol);
+    gradcheck(
+        "batchnorm_relu (" + v.name() + ")",
+        [&](const std::vector<Variable>& in) {
+          return fn::batchnorm_relu(in[0], in[1], in[2], rm, rv, true, kMomentum, kEps, v.residual ? in[3] : Variable(),
+                                    factor);
+        },
+        inputs, kH, kTol);
   }
 }
 
@@ -204,8 +204,8 @@ TEST_CASE("fused batch norm + ReLU: evaluation has no backward, bad residuals an
   CHECK_THROWS_AS(fn::batchnorm_relu(input, Variable(gamma), Variable(beta), rm, rv, false, kMomentum, kEps)
                       .backward(random_tensor(shape)),
                   Error);
-  CHECK_THROWS_AS(ops::batchnorm_relu_forward_train(x, gamma, beta, rm, rv, kMomentum, kEps, random_tensor({3, 2, 2, 2, 5}),
-                                                    Tensor()),
+  CHECK_THROWS_AS(ops::batchnorm_relu_forward_train(x, gamma, beta, rm, rv, kMomentum, kEps,
+                                                    random_tensor({3, 2, 2, 2, 5}), Tensor()),
                   ShapeError);
   CHECK_THROWS_AS(ops::batchnorm_relu_forward_eval(x, gamma, beta, rm, rv, kEps, Tensor(), random_tensor({2})),
                   ShapeError);

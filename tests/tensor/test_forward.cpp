@@ -57,8 +57,8 @@ TEST_CASE("conv3d forward matches the direct sum (several geometries)") {
     const Tensor x = random_tensor(c.x), w = random_tensor(c.w);
     const Tensor y = ops::conv3d_forward(x, w, c.g);
     CHECK(y.shape() == ops::conv3d_output_shape(c.x, c.w, c.g));
-    CHECK(max_rel_error("conv3d " + shape_str(c.x) + "*" + shape_str(c.w), y.to_vector(),
-                        conv3d_reference(x, w, c.g), kF32Tol) <= kF32Tol);
+    CHECK(max_rel_error("conv3d " + shape_str(c.x) + "*" + shape_str(c.w), y.to_vector(), conv3d_reference(x, w, c.g),
+                        kF32Tol) <= kF32Tol);
   }
 }
 
@@ -69,7 +69,7 @@ TEST_CASE("the space-to-depth fold of a strided convolution gives the same y, dx
     int64_t folded_c;
   };
   const std::vector<Case> cases = {
-      {{2, 3, 9, 7, 4}, {5, 3, 7, 7, 4}, {{3, 7, 7}, {1, 2, 2}, {1, 3, 3}}, 16},  // the stem, odd H and W
+      {{2, 3, 9, 7, 4}, {5, 3, 7, 7, 4}, {{3, 7, 7}, {1, 2, 2}, {1, 3, 3}}, 16},    // the stem, odd H and W
       {{2, 3, 10, 12, 4}, {5, 3, 7, 7, 4}, {{3, 7, 7}, {1, 2, 2}, {1, 3, 3}}, 32},  // widened with zeros
       {{1, 2, 11, 9, 3}, {4, 1, 7, 7, 3}, {{1, 7, 7}, {1, 2, 2}, {0, 3, 3}}, 12},   // kd = 1, C = 3
       {{2, 4, 8, 9, 2}, {3, 3, 3, 5, 2}, {{3, 3, 5}, {2, 3, 2}, {1, 1, 2}}, 16},    // uneven blocks, depth stride
@@ -107,7 +107,8 @@ TEST_CASE("batch norm forward: training normalises with batch statistics, eval u
     for (int64_t i = 0; i < m; ++i) mean += xv[i * c + ch];
     mean /= m;
     for (int64_t i = 0; i < m; ++i) var += (xv[i * c + ch] - mean) * (xv[i * c + ch] - mean);
-    for (int64_t i = 0; i < m; ++i) ref[i * c + ch] = gv[ch] * (xv[i * c + ch] - mean) / std::sqrt(var / m + eps) + bv[ch];
+    for (int64_t i = 0; i < m; ++i)
+      ref[i * c + ch] = gv[ch] * (xv[i * c + ch] - mean) / std::sqrt(var / m + eps) + bv[ch];
     ref_rm[ch] = 0.9 * rm0[ch] + 0.1 * mean;
     ref_rv[ch] = 0.9 * rv0[ch] + 0.1 * var / (m - 1);
     for (int64_t i = 0; i < m; ++i)
@@ -139,7 +140,8 @@ TEST_CASE("max pool forward takes the window maximum and records where it was") 
             for (int64_t r = 0; r < 3; ++r)
               for (int64_t q = 0; q < 3; ++q) {
                 const int64_t ih = h * 2 - 1 + r, iw = w * 2 - 1 + q;
-                if (ih >= 0 && ih < s[2] && iw >= 0 && iw < s[3]) best = std::max<double>(best, at5(xv, s, n, d, ih, iw, c));
+                if (ih >= 0 && ih < s[2] && iw >= 0 && iw < s[3])
+                  best = std::max<double>(best, at5(xv, s, n, d, ih, iw, c));
               }
             const int64_t o = (((n * ys[1] + d) * ys[2] + h) * ys[3] + w) * ys[4] + c;
             ref[o] = best;
@@ -168,8 +170,11 @@ TEST_CASE("global average pool, matmul and bias against direct sums") {
     std::vector<double> c(m * n, 0.0);
     for (int64_t i = 0; i < m; ++i)
       for (int64_t j = 0; j < n; ++j)
-        for (int64_t l = 0; l < k; ++l) c[i * n + j] += static_cast<double>(ta ? av[l * m + i] : av[i * k + l]) * (tb ? bv[j * k + l] : bv[l * n + j]);
-    CHECK(max_rel_error("matmul flags " + std::to_string(flags), ops::matmul(a, b, ta, tb).to_vector(), c, kF32Tol) <= kF32Tol);
+        for (int64_t l = 0; l < k; ++l)
+          c[i * n + j] +=
+              static_cast<double>(ta ? av[l * m + i] : av[i * k + l]) * (tb ? bv[j * k + l] : bv[l * n + j]);
+    CHECK(max_rel_error("matmul flags " + std::to_string(flags), ops::matmul(a, b, ta, tb).to_vector(), c, kF32Tol) <=
+          kF32Tol);
   }
   const Tensor y = random_tensor({4, 3}), bias = random_tensor({3});
   std::vector<double> yb(12), db(3, 0.0);
@@ -221,7 +226,7 @@ TEST_CASE("masked softmax with temperature and its attention statistics") {
   const int64_t bags = 3, n = 7;
   const Tensor e = random_tensor({bags, n}, -3.0f, 3.0f);
   std::vector<int32_t> mv(bags * n, 1);
-  mv[2] = mv[5] = 0;             // bag 0 has two masked instances
+  mv[2] = mv[5] = 0;                              // bag 0 has two masked instances
   for (int i = 1; i < n; ++i) mv[2 * n + i] = 0;  // bag 2 keeps only one
   const Tensor mask = Tensor::from_ints({bags, n}, mv);
   const float temperature = 0.7f;
@@ -304,6 +309,7 @@ TEST_CASE("focal loss forward: smoothed CE at gamma 0, focal weights, class weig
       den += weight.to_vector()[b];
     }
     const FocalLossOut out = ops::focal_loss(logits, target, weight, eps, gamma);
-    CHECK(max_rel_error("focal_loss gamma " + std::to_string(gamma), out.loss.to_vector(), {num / den}, kF32Tol) <= kF32Tol);
+    CHECK(max_rel_error("focal_loss gamma " + std::to_string(gamma), out.loss.to_vector(), {num / den}, kF32Tol) <=
+          kF32Tol);
   }
 }
