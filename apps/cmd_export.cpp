@@ -23,7 +23,6 @@
 #include "apps/train/trainer.h"
 #include "data/cases.h"
 #include "mil/dual_stream.h"
-#include "nn/checkpoint.h"
 #include "nn/layers.h"
 
 namespace dsmil::app {
@@ -108,8 +107,8 @@ std::pair<float, float> batch_norm_constants(mil::DualStreamMIL& model) {
   return *constants;
 }
 
-std::map<std::string, std::string> export_metadata(const fs::path& checkpoint, const json& checkpoint_meta,
-                                                   const TrainedModel& trained) {
+std::map<std::string, std::string> export_metadata(const fs::path& checkpoint, const TrainedModel& trained) {
+  const json& checkpoint_meta = trained.metadata;
   const mil::ModelConfig& model = trained.model->config();
   const RunConfig& config = trained.config;
   const float tau = soft_pooling_tau(config, trained.epoch - 1);
@@ -171,10 +170,9 @@ std::map<std::string, std::string> export_metadata(const fs::path& checkpoint, c
 
 void run_export(const ExportArgs& a) {
   const fs::path out = a.out.empty() ? fs::path(a.checkpoint).replace_extension(".safetensors") : fs::path(a.out);
-  const json checkpoint_meta = json::parse(nn::load_checkpoint(a.checkpoint).metadata);
   const TrainedModel trained = load_trained_model(a.checkpoint, Device::CPU);
   const std::vector<ExportedTensor> tensors = pytorch_state(*trained.model);
-  const std::map<std::string, std::string> metadata = export_metadata(a.checkpoint, checkpoint_meta, trained);
+  const std::map<std::string, std::string> metadata = export_metadata(a.checkpoint, trained);
   if (out.has_parent_path()) fs::create_directories(out.parent_path());
   report::write_text_file(out, safetensors_file(tensors, metadata));
 

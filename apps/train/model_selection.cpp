@@ -37,19 +37,19 @@ Candidate ModelSelection::candidate_of(const json& val, int epoch) const {
 }
 
 // With no candidate yet, any epoch is best (a monitor undefined on every epoch still selects a model).
-SelectionUpdate ModelSelection::add_epoch(int epoch, double train_auc, const json& val, const json& val_ema) {
+SelectionUpdate ModelSelection::add_epoch(int epoch, double train_auc, const json& record) {
   if (learning_since_ == 0 && !(train_auc < config_.selection_train_auc)) {
     learning_since_ = epoch;
     best_raw_ = best_ema_ = Candidate{};
   }
   SelectionUpdate update;
-  const Candidate raw = candidate_of(val, epoch);
+  const Candidate raw = candidate_of(record.at("val"), epoch);
   if (best_raw_.epoch == 0 || best_raw_.beaten_by(raw)) {
     best_raw_ = raw;
     update.raw_improved = true;
   }
-  if (has_ema_) {
-    const Candidate ema = candidate_of(val_ema, epoch);
+  if (has_ema()) {
+    const Candidate ema = candidate_of(record.at("val_ema"), epoch);
     if (best_ema_.epoch == 0 || best_ema_.beaten_by(ema)) {
       best_ema_ = ema;
       update.ema_improved = true;

@@ -75,7 +75,7 @@ TrainedModel load_trained_model(const fs::path& checkpoint, Device device) {
   const nn::Checkpoint ckpt = nn::load_checkpoint(checkpoint.string());
   const json meta = json::parse(ckpt.metadata);
   TrainedModel trained{parse_config(meta.at("config").get<std::string>(), checkpoint.string() + " (its config)"),
-                       meta.at("epoch").get<int>(), std::nullopt, nullptr};
+                       meta.at("epoch").get<int>(), std::nullopt, nullptr, meta};
   if (meta.contains("threshold")) {
     const json& bags = meta.at("threshold_bags");
     trained.threshold = CheckpointThreshold{
@@ -239,9 +239,7 @@ class FoldRun {
     const double train_auc = record["train"]["auc"].is_null() ? NAN : record["train"]["auc"].get<double>();
     const std::string warning = flat_training_warning(epoch + 1, c_.warmup_epochs, train_auc, c_.lr, record["health"]);
     if (!warning.empty()) record["health"]["warning"] = warning;
-    const json& validated = record;
-    const SelectionUpdate update = selection_.add_epoch(epoch + 1, train_auc, validated.at("val"),
-                                                        learner_.has_ema() ? validated.at("val_ema") : json());
+    const SelectionUpdate update = selection_.add_epoch(epoch + 1, train_auc, record);
     record["selection_open"] = selection_.open();
     record["throughput_bags_per_s"] = plan_.train.size() / std::max(train_seconds, 1e-9);
     record["epoch_time_s"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

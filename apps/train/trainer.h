@@ -12,6 +12,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "apps/train/batches.h"
 #include "apps/train/config.h"
 #include "data/preprocess.h"
@@ -57,6 +59,7 @@ struct TrainedModel {
   int epoch = 0;
   std::optional<CheckpointThreshold> threshold;
   std::unique_ptr<mil::DualStreamMIL> model;
+  nlohmann::json metadata;  // the checkpoint's metadata as written (config text, provenance, threshold bags...)
 };
 TrainedModel load_trained_model(const std::filesystem::path& checkpoint, Device device);
 
