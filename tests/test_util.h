@@ -8,6 +8,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <functional>
 #include <random>
@@ -19,10 +20,12 @@
 
 namespace dsmil::test {
 
-// A fresh seed per process (printed), so that every run checks other inputs.
+// A fresh seed per process (printed), so that every run checks other inputs; DSMIL_TEST_SEED=N replays the
+// run that printed N.
 inline uint64_t run_seed() {
   static const uint64_t seed = [] {
-    const uint64_t s = std::random_device{}();
+    const char* replay = std::getenv("DSMIL_TEST_SEED");
+    const uint64_t s = replay != nullptr ? std::stoull(replay) : std::random_device{}();
     std::printf("[test] random seed %llu\n", static_cast<unsigned long long>(s));
     return s;
   }();
