@@ -49,7 +49,7 @@ TEST_CASE("run.precision auto is bf16 on a GPU and fp32 on the CPU, bf16 on the 
         std::string::npos);
 }
 
-TEST_CASE("a resolved config reads back unchanged, the shipped configs validate, and their learning rate is 1e-4") {
+TEST_CASE("a resolved config reads back unchanged, the shipped configs validate, and hold the measured learning rates") {
   for (const char* name : {"recommended-v2", "seed-v1", "tiny"}) {
     CAPTURE(name);
     const app::RunConfig c = app::load_config(app::find_config_file(name));
@@ -57,6 +57,9 @@ TEST_CASE("a resolved config reads back unchanged, the shipped configs validate,
     const app::RunConfig back = app::parse_config(app::config_to_toml(c), "round trip");
     CHECK(app::config_to_toml(back) == app::config_to_toml(c));
   }
-  CHECK(app::load_config(app::find_config_file("recommended-v2")).lr == 1e-4);
+  // notes/RESULTS-CV.md: 3e-4 does not train this model; rounds 1-3 of tuning chose these.
+  const app::RunConfig recommended = app::load_config(app::find_config_file("recommended-v2"));
+  CHECK(recommended.lr == 5e-5);
+  CHECK(recommended.selection_train_auc == 0.9);
   CHECK(app::load_config(app::find_config_file("seed-v1")).lr == 1e-4);
 }
