@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <ctime>
 #include <fstream>
 #include <sstream>
@@ -94,8 +95,9 @@ void open_run_log(const fs::path& run_dir, const Provenance& process, bool resum
         .note(fmt::format("fold process {} started: {}", getpid(), command));
     return;
   }
-  logging::open_run_log(run_dir / "run.log")
-      .note(fmt::format("run {} by process {}: {}", resuming ? "resumed" : "started", getpid(), command));
+  logging::LogFile& log = logging::open_run_log(run_dir / "run.log");
+  if (const char* launch = std::getenv("DSMIL_LAUNCH")) log.note(launch);  // apps/train/rank_launcher.cpp
+  log.note(fmt::format("run {} by process {}: {}", resuming ? "resumed" : "started", getpid(), command));
 }
 
 // Both grades, enough of each for a stratified split: otherwise no fold can be trained or judged.

@@ -52,10 +52,14 @@ void run_local_ranks(int nproc) {
   const std::vector<std::string> args = own_command_line();
   std::map<pid_t, int> running;
   std::vector<std::string> failures;
+  // The run directory is made by rank 0, after this process has printed its line: rank 0 writes the launch into
+  // the run's log (apps/train/cv.cpp), so that run.log holds what the terminal showed.
+  const std::string launch = fmt::format("data-parallel job of {} ranks launched by process {} (rendezvous {})", nproc,
+                                         getpid(), folder.string());
   for (int rank = 0; rank < nproc; ++rank) {
     const std::vector<std::string> env = {fmt::format("DSMIL_RANK={}", rank), fmt::format("DSMIL_WORLD_SIZE={}", nproc),
                                           fmt::format("DSMIL_LOCAL_RANK={}", rank),
-                                          "DSMIL_RENDEZVOUS=" + (folder / "nccl_id").string()};
+                                          "DSMIL_RENDEZVOUS=" + (folder / "nccl_id").string(), "DSMIL_LAUNCH=" + launch};
     try {
       running[start_child(args, env, -1)] = rank;
     } catch (const Error& e) {

@@ -141,15 +141,22 @@ TEST_CASE(
   const std::string killed_fold1 = file_text(run_dir / "fold_1" / "fold.log");
   CHECK(texts_containing(parse_log(run_dir / "fold_1" / "fold.log"), "[fold_1, 2/2] started in process").size() == 1);
 
+  // As a rank 0 that the --nproc launcher started (apps/train/rank_launcher.cpp): the launch opens its part of
+  // run.log.
+  const std::string launch = "data-parallel job of 2 ranks launched by process 1 (rendezvous /tmp/dsmil-ranks-x)";
+  setenv("DSMIL_LAUNCH", launch.c_str(), 1);
   const test::Finished resumed =
       test::run_program({DSMIL_BINARY, "cv", "--resume", run_dir.string(), "--folds", "0,1"});
+  unsetenv("DSMIL_LAUNCH");
   INFO("stderr of the resumed run:\n" << resumed.err);
   REQUIRE(resumed.status == 0);
   const std::string resumed_log = file_text(run_dir / "run.log");
   CHECK(resumed_log.compare(0, killed_log.size(), killed_log) == 0);
   const std::vector<LogLine> both = parse_log(run_dir / "run.log");
   REQUIRE(both.size() > first.size());
-  CHECK(both[first.size()].text.find("run resumed by process") == 0);
+  REQUIRE(both.size() > first.size() + 1);
+  CHECK(both[first.size()].text == launch);
+  CHECK(both[first.size() + 1].text.find("run resumed by process") == 0);
   check_stamps(both, started);
   check_printed_lines_logged(resumed, both, first.size());
   CHECK(both.back().text == (run_dir / "AUDIT.md").string());  // the result printed on stdout, last
