@@ -2,16 +2,22 @@
 """Summary of tuning runs (scripts/gpu_tune.sh): for each run, the training and inner-validation curves and the
 training-health figures from its metrics.jsonl. Reads no prediction file: tuning never looks at test folds.
 
-Usage: tune_summary.py RUNS_ROOT [--json OUT.json]
+Usage: tune_summary.py RUNS_ROOT [--json OUT.json] [--selection T1,T2,... [--min-epochs N]]
 Columns: onset = first epoch whose training AUC reaches 0.75; tr@E / va@E = training AUC and inner-validation AUC
 (the better of the raw and EMA models) at epoch E; best va = the highest inner-validation AUC and its epoch;
 upd = median encoder update-to-weight ratio at epoch 3; spread = training logit spread at epoch 3; s/ep = seconds
 per epoch.
+--selection replays apps/train/model_selection.cpp over each run's curves for each opening threshold T
+(train.selection_train_auc; monitor, patience and min_epochs from the run's config.toml): the epoch it would select,
+the epoch it would stop at, and the training and inner-validation AUC of the selected model. scripts/gpu_tune.sh
+sets train.min_epochs to the epochs run (whole curves): --min-epochs N replays the stopping rule of a config with N.
 """
 import glob
 import json
+import math
 import os
 import sys
+import tomllib
 
 CHECKPOINTS = (5, 10, 15, 20, 25, 30, 40)
 
@@ -51,6 +57,67 @@ def summarise(path):
     }
 
 
+def monitor_value(monitor, val):
+    """apps/train/model_selection.cpp monitor_value: NaN when undefined."""
+    if not val:
+        return math.nan
+    if monitor == "min_class_recall":
+        lgg, hgg = val.get("recall_lgg"), val.get("recall_hgg")
+        return math.nan if lgg is None or hgg is None else min(lgg, hgg)
+    v = val.get(monitor)
+    return math.nan if v is None else v
+
+
+def replay_selection(records, train_cfg, opening):
+    """The epoch ModelSelection would select and the epoch it would stop at, had selection opened at `opening`."""
+    monitor, patience, min_epochs, epochs = (train_cfg["monitor"], train_cfg["patience"], train_cfg["min_epochs"],
+                                             train_cfg["epochs"])
+    has_ema = train_cfg.get("ema_decay", 0) > 0
+
+    def candidate(val, epoch):
+        value = monitor_value(monitor, val)
+        score = -math.inf if value != value else (-value if monitor == "loss" else value)
+        auc = val.get("auc") if val and val.get("auc") is not None else -math.inf
+        return (score, auc, epoch)
+
+    best = {"val": None, "val_ema": None}
+    opened = False
+    stop = records[-1]["epoch"]
+    for r in records:
+        epoch, train_auc = r["epoch"], r["train"]["auc"]
+        if not opened and train_auc is not None and train_auc >= opening:
+            opened, best = True, {"val": None, "val_ema": None}
+        for key in ("val", "val_ema") if has_ema else ("val",):
+            c = candidate(r.get(key), epoch)
+            if best[key] is None or c[:2] > best[key][:2]:
+                best[key] = c
+        overall = max((b for b in best.values() if b), key=lambda b: b[:2])
+        if opened and epoch < epochs and epoch >= min_epochs and epoch - overall[2] >= patience:
+            stop = epoch
+            break
+    overall = max((b for b in best.values() if b), key=lambda b: b[:2])
+    chosen = records[overall[2] - 1]
+    model = "val_ema" if best["val_ema"] and overall is best["val_ema"] else "val"
+    return overall[2], stop, chosen["train"]["auc"], (chosen.get(model) or {}).get("auc")
+
+
+def print_selection(root, openings, min_epochs):
+    print(f"\nmodel selection replayed (selected epoch / stopping epoch, training AUC and inner-val AUC at the selected epoch)")
+    print(f"{'run':<26}" + "".join(f"{'opening at ' + format(t, 'g'):<30}" for t in openings))
+    for path in sorted(glob.glob(os.path.join(root, "*", "*", "fold_*", "metrics.jsonl"))):
+        run = os.path.relpath(path, root).split(os.sep)[0]
+        records = [json.loads(line) for line in open(path) if line.strip()]
+        with open(os.path.join(os.path.dirname(os.path.dirname(path)), "config.toml"), "rb") as f:
+            train_cfg = tomllib.load(f)["train"]
+        if min_epochs is not None:
+            train_cfg["min_epochs"] = min_epochs
+        cells = []
+        for t in openings:
+            epoch, stop, tr, va = replay_selection(records, train_cfg, t)
+            cells.append(f"{epoch:>2}/{stop:<2} tr {fmt(tr)} va {fmt(va)}".ljust(30))
+        print(f"{run:<26}" + "".join(cells))
+
+
 def main():
     root = sys.argv[1]
     out_json = sys.argv[sys.argv.index("--json") + 1] if "--json" in sys.argv else None
@@ -75,6 +142,9 @@ def main():
     if out_json:
         with open(out_json, "w") as f:
             json.dump(rows, f)
+    if "--selection" in sys.argv:
+        min_epochs = int(sys.argv[sys.argv.index("--min-epochs") + 1]) if "--min-epochs" in sys.argv else None
+        print_selection(root, [float(t) for t in sys.argv[sys.argv.index("--selection") + 1].split(",")], min_epochs)
 
 
 if __name__ == "__main__":
