@@ -295,13 +295,20 @@ Tensor drop_path(const Tensor& x, float p, uint64_t seed, uint64_t offset) {
   DSMIL_DISPATCH(device, drop_path, x, p, seed, offset);
 }
 
+// The temperature divides every score: both backends rely on this check (NaN included) instead of making it.
+void check_temperature(const char* op, float temperature) {
+  if (!(temperature > 0.0f)) throw ShapeError(fmt::format("{}: temperature must be > 0, got {}", op, temperature));
+}
+
 MaskedSoftmaxOut masked_softmax(const Tensor& e, const Tensor& mask, float temperature) {
   const Device device = common_device("masked_softmax", {&e, &mask});
+  check_temperature("masked_softmax", temperature);
   DSMIL_DISPATCH(device, masked_softmax, e, mask, temperature);
 }
 
 Tensor masked_softmax_backward(const Tensor& da, const Tensor& a, float temperature) {
   const Device device = common_device("masked_softmax_backward", {&da, &a});
+  check_temperature("masked_softmax_backward", temperature);
   DSMIL_DISPATCH(device, masked_softmax_backward, da, a, temperature);
 }
 

@@ -42,4 +42,22 @@ TEST_CASE("gpu ops refuse wrong devices, dtypes and shapes") {
   const Tensor ints = Tensor::from_ints({4}, {0, 1, 2, 3}).to(Device::CUDA);
   CHECK_THROWS_AS(ops::relu(ints), ShapeError);
   CHECK_THROWS_AS(ops::masked_softmax(a, a, 1.0f), ShapeError);  // mask must be I32
+  // The temperature's contract is checked in the dispatch: the CPU's message, word for word.
+  const Tensor mask = Tensor::from_ints({4, 5}, std::vector<int>(20, 1));
+  for (const float temperature : {0.0f, NAN}) {
+    std::string cpu_message, cuda_message;
+    try {
+      ops::masked_softmax_backward(a.to(Device::CPU), a.to(Device::CPU), temperature);
+    } catch (const ShapeError& e) {
+      cpu_message = e.what();
+    }
+    try {
+      ops::masked_softmax_backward(a, a, temperature);
+    } catch (const ShapeError& e) {
+      cuda_message = e.what();
+    }
+    CHECK(!cpu_message.empty());
+    CHECK(cuda_message == cpu_message);
+    CHECK_THROWS_AS(ops::masked_softmax(a, mask.to(Device::CUDA), temperature), ShapeError);
+  }
 }

@@ -1,6 +1,7 @@
-// The multi-tensor AdamW (gradient-norm clip folded in) and EMA on the GPU: against their CPU twins and the
-// per-tensor CUDA ops, bit-identical reruns, lists longer than one launch, a table rebuilt for new storage.
+// AdamW and EMA on the GPU: the per-tensor ops and the multi-tensor ones (gradient-norm clip folded in) against
+// their CPU twins and each other, bit-identical reruns, lists longer than one launch, a table rebuilt for new storage.
 #include <algorithm>
+#include <random>
 
 #include "tests/gpu/gpu_compare.h"
 
@@ -182,4 +183,28 @@ TEST_CASE("gpu multi-tensor EMA matches its CPU twin and ema_update per tensor")
     check_close("multi_tensor_ema tensor " + std::to_string(i), ema_d[i], ema_h[i], Precision::F32);
     check_close("multi_tensor_ema vs ema_update tensor " + std::to_string(i), ema_d[i], per_tensor[i], Precision::F32);
   }
+}
+
+TEST_CASE("gpu AdamW step and EMA update match the CPU") {
+  if (skip_without_gpu()) return;
+  const Shape shape{515, 67};
+  const Twin param = random_twin(shape, DType::F32), grad = random_twin(shape, DType::F32);
+  const Twin m = random_twin(shape, DType::F32, -0.1f, 0.1f), v = random_twin(shape, DType::F32, 0.0f, 0.01f);
+  AdamWHyper h;
+  h.lr = 3e-4f;
+  h.weight_decay = 0.05f;
+  h.step = std::uniform_int_distribution<int64_t>(1, 500)(test::rng());
+  Tensor p_d = param.device.clone(), m_d = m.device.clone(), v_d = v.device.clone();
+  Tensor p_h = param.host.clone(), m_h = m.host.clone(), v_h = v.host.clone();
+  ops::adamw_step(p_d, grad.device, m_d, v_d, h);
+  cpu::adamw_step(p_h, grad.host, m_h, v_h, h);
+  check_close("adamw_step param (step " + std::to_string(h.step) + ")", p_d, p_h, Precision::F32);
+  check_close("adamw_step m", m_d, m_h, Precision::F32);
+  check_close("adamw_step v", v_d, v_h, Precision::F32);
+
+  const float decay = std::uniform_real_distribution<float>(0.9f, 0.9999f)(test::rng());
+  Tensor ema_d = m.device.clone(), ema_h = m.host.clone();
+  ops::ema_update(ema_d, param.device, decay);
+  cpu::ema_update(ema_h, param.host, decay);
+  check_close("ema_update", ema_d, ema_h, Precision::F32);
 }

@@ -1,6 +1,9 @@
 // Forward of every CPU op against a direct double-precision reference, on random inputs of odd sizes.
 #include <algorithm>
+#include <cmath>
 #include <numeric>
+
+#include <fmt/format.h>
 
 #include "base/counter_rng.h"
 #include "tensor/ops.h"
@@ -251,6 +254,20 @@ TEST_CASE("masked softmax with temperature and its attention statistics") {
   CHECK(max_rel_error("masked_softmax", out.a.to_vector(), ref, kF32Tol) <= kF32Tol);
   CHECK(max_rel_error("attention stats", out.stats.to_vector(), stats, kF32Tol) <= kF32Tol);
   CHECK(out.a.to_vector()[2 * n] == doctest::Approx(1.0));  // a single kept instance takes all
+}
+
+TEST_CASE("masked softmax and its backward refuse a temperature that is not > 0, in the dispatch") {
+  const Tensor e = random_tensor({2, 5}), mask = Tensor::from_ints({2, 5}, std::vector<int>(10, 1));
+  for (const float temperature : {0.0f, -0.5f, NAN}) {
+    CAPTURE(temperature);
+    CHECK_THROWS_WITH_AS(ops::masked_softmax(e, mask, temperature),
+                         ("masked_softmax: temperature must be > 0, got " + fmt::format("{}", temperature)).c_str(),
+                         ShapeError);
+    CHECK_THROWS_WITH_AS(
+        ops::masked_softmax_backward(e, e, temperature),
+        ("masked_softmax_backward: temperature must be > 0, got " + fmt::format("{}", temperature)).c_str(),
+        ShapeError);
+  }
 }
 
 TEST_CASE("top-k selection: descending, ties to the lower index, masked never chosen, -1 fills") {
