@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# On the GPU machine: the final judgement of a recipe, a whole CV of CONFIG on each of several cohorts written with
+# `dsmil cohort --seed S` (seeds not looked at while tuning), side by side on one GPU, each through scripts/gpu_cv.sh
+# (digest, archive under $OUT). Prints each CV's output when all have ended, and the wall time.
+# Usage: scripts/gpu_judge.sh CONFIG SEEDS [more `dsmil cv` arguments], e.g.
+#   scripts/gpu_judge.sh recommended-v2 6,7
+# Every CV runs its five folds as five processes (--workers 5) with an equal share of the cores; two CVs of
+# recommended-v2 at 40 epochs took 284 s of training side by side on an H200, after about 115 s of preprocessing.
+set -uo pipefail
+repo_root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$repo_root"
+config=$1 seeds=$2
+shift 2
+seed_list=(${seeds//,/ })
+threads=$(( $(nproc) / (5 * ${#seed_list[@]}) )); (( threads > 0 )) || threads=1
+start=$(date +%s)
+pids=()
+for seed in "${seed_list[@]}"; do
+  COHORT_SEED=$seed bash scripts/gpu_cv.sh "$config" 0,1,2,3,4 --workers 5 --set "run.threads=$threads" "$@" \
+    > "judge_seed$seed.txt" 2>&1 &
+  pids+=($!)
+done
+status=0
+for pid in "${pids[@]}"; do wait "$pid" || status=1; done
+echo "== $config on cohort seeds $seeds: $(( $(date +%s) - start )) s wall for all"
+for seed in "${seed_list[@]}"; do
+  echo "== seed $seed"
+  grep -v "^cohort: [0-9]\|^preprocess: [0-9]" "judge_seed$seed.txt"
+done
+exit $status
