@@ -4,7 +4,7 @@
 # stays off in NCCL (the machine's rule: it can take the host's shared GPUs out of service).
 cudnn_found=/opt/torch/.venv/lib/python3.12/site-packages/nvidia/cudnn/lib
 if [ ! -e "$cudnn_found/libcudnn.so.9" ]; then
-  cudnn_found=$(python3 -c 'import os, nvidia.cudnn as c; print(os.path.join(list(c.__path__)[0], "lib"))' 2>/dev/null)
+  cudnn_found=$(python3 -c 'import os, nvidia.cudnn as c; print(os.path.join(list(c.__path__)[0], "lib"))' 2>/dev/null || true)
 fi
 [ -n "$cudnn_found" ] && [ -e "$cudnn_found/libcudnn.so.9" ] || cudnn_found=
 export LD_LIBRARY_PATH="${cudnn_found:+$cudnn_found:}$carry${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
