@@ -5,8 +5,9 @@ training-health figures from its metrics.jsonl. Reads no prediction file: tuning
 Usage: tune_summary.py RUNS_ROOT [--json OUT.json] [--selection T1,T2,... [--min-epochs N]]
 Columns: onset = first epoch whose training AUC reaches 0.75; tr@E / va@E = training AUC and inner-validation AUC
 (the better of the raw and EMA models) at epoch E; best va = the highest inner-validation AUC and its epoch;
-upd = median encoder update-to-weight ratio at epoch 3; spread = training logit spread at epoch 3; s/ep = seconds
-per epoch.
+upd = median encoder update-to-weight ratio at epoch 3; spread = training logit spread at epoch 3; loss1 = mean
+training loss of epoch 1; gn1 = global gradient norm of the first step; s/ep = seconds per epoch. A run directory
+holding several folds gives a row per fold (RUN_fK).
 --selection replays apps/train/model_selection.cpp over each run's curves for each opening threshold T
 (train.selection_train_auc; monitor, patience and min_epochs from the run's config.toml): the epoch it would select,
 the epoch it would stop at, and the training and inner-validation AUC of the selected model. scripts/gpu_tune.sh
@@ -52,6 +53,8 @@ def summarise(path):
         "best_val_epoch": best + 1 if best is not None else None,
         "update_ratio_e3": encoder_ratio(third),
         "logit_spread_e3": third.get("health", {}).get("logit_spread"),
+        "loss_e1": records[0]["train"].get("loss"),
+        "grad_norm_first_step": records[0].get("grad_norm_first_step"),
         "seconds_per_epoch": sum(r.get("epoch_time_s", 0) for r in records) / max(len(records), 1),
         "warnings": sum(1 for r in records if r.get("health", {}).get("warning")),
     }
@@ -105,7 +108,7 @@ def print_selection(root, openings, min_epochs):
     print(f"\nmodel selection replayed (selected epoch / stopping epoch, training AUC and inner-val AUC at the selected epoch)")
     print(f"{'run':<26}" + "".join(f"{'opening at ' + format(t, 'g'):<30}" for t in openings))
     for path in sorted(glob.glob(os.path.join(root, "*", "*", "fold_*", "metrics.jsonl"))):
-        run = os.path.relpath(path, root).split(os.sep)[0]
+        run = row_name(root, path)
         records = [json.loads(line) for line in open(path) if line.strip()]
         with open(os.path.join(os.path.dirname(os.path.dirname(path)), "config.toml"), "rb") as f:
             train_cfg = tomllib.load(f)["train"]
@@ -118,15 +121,21 @@ def print_selection(root, openings, min_epochs):
         print(f"{run:<26}" + "".join(cells))
 
 
+def row_name(root, path):
+    """The run's folder under RUNS_ROOT, with _fK added unless the folder is already named for its fold."""
+    run = os.path.relpath(path, root).split(os.sep)[0]
+    fold = os.path.basename(os.path.dirname(path)).split("_")[-1]
+    return run if run.endswith(f"_f{fold}") else f"{run}_f{fold}"
+
+
 def main():
     root = sys.argv[1]
     out_json = sys.argv[sys.argv.index("--json") + 1] if "--json" in sys.argv else None
     rows = {}
     for path in sorted(glob.glob(os.path.join(root, "*", "*", "fold_*", "metrics.jsonl"))):
-        run = os.path.relpath(path, root).split(os.sep)[0]
-        rows[run] = summarise(path)
+        rows[row_name(root, path)] = summarise(path)
     header = f"{'run':<26}{'ep':>3}{'onset':>6} " + " ".join(f"tr@{e:<2} va@{e:<2}" for e in CHECKPOINTS)
-    header += f" {'best va':>10} {'upd':>8} {'spread':>6} {'s/ep':>5}"
+    header += f" {'best va':>10} {'upd':>8} {'spread':>6} {'loss1':>6} {'gn1':>6} {'s/ep':>5}"
     print(header)
     for run, s in rows.items():
         cells = []
@@ -138,7 +147,8 @@ def main():
         onset = str(s["onset"]) if s["onset"] else "-"
         print(f"{run:<26}{s['epochs']:>3}{onset:>6} " + "   ".join(cells) +
               f" {fmt(s['best_val'])}@{s['best_val_epoch'] or '-':<3} {s['update_ratio_e3']:>8.1e} "
-              f"{fmt(s['logit_spread_e3']):>6} {s['seconds_per_epoch']:>5.2f}")
+              f"{fmt(s['logit_spread_e3']):>6} {fmt(s['loss_e1'], 3):>6} {fmt(s['grad_norm_first_step'], 1):>6} "
+              f"{s['seconds_per_epoch']:>5.2f}")
     if out_json:
         with open(out_json, "w") as f:
             json.dump(rows, f)
