@@ -186,11 +186,11 @@ void run_bench(const BenchArgs& a) {
   const double loss_first = mean_of(0, window), loss_last = mean_of(losses.size() - window, window);
   std::printf("device: %s\n", versions.c_str());
   std::printf("model: ResNet%d-3D width %d, %s pooling, %s attention; input %s (bags x slabs, S, H, W, C), %s%s\n",
-              a.depth, a.width, config.pooling.c_str(), config.attention.c_str(), shape_str(x_shape).c_str(),
-              config.precision.c_str(),
-              config.precision == "bf16" ? " mixed"
-              : config.strict_fp32       ? " strict"
-                                         : " (TF32 allowed)");
+              a.depth, a.width, app::choice_name(config.pooling).c_str(), app::choice_name(config.attention).c_str(),
+              shape_str(x_shape).c_str(), app::choice_name(config.precision).c_str(),
+              config.precision == app::Precision::bf16 ? " mixed"
+              : config.strict_fp32                     ? " strict"
+                                                       : " (TF32 allowed)");
   std::printf("train step: median %.2f ms, best %.2f ms over %d steps (%d warm-up); %.1f bags/s\n", median, best,
               a.steps, a.warmup, a.bags * 1000.0 / median);
   if (device == Device::CUDA)
@@ -223,7 +223,7 @@ void run_bench(const BenchArgs& a) {
                               {"peak_with_warmup_gib", memory.peak_with_warmup_gib},
                               {"between_steps_gib", memory.between_steps_gib},
                               {"after_forward_gib", memory.after_forward_gib},
-                              {"precision", config.precision},
+                              {"precision", app::choice_name(config.precision)},
                               {"strict_fp32", config.strict_fp32}};
     std::ofstream(a.json_out) << j.dump(1) << "\n";
   }

@@ -40,7 +40,7 @@ void run_lr_find(const LrFindArgs& a) {
   const data::Splits splits = cohort_splits(config, cohort.cases, 0);
   const data::Fold& fold = splits.folds[a.fold];
   logging::line(fmt::format("lr-find: {}, fold {}'s {} training cases, {} on {}, {} steps from {:.1e} to {:.1e}",
-                            config.name, a.fold, fold.train.size(), config.precision, device_name(device),
+                            config.name, a.fold, fold.train.size(), choice_name(config.precision), device_name(device),
                             a.options.steps, a.options.lr_min, a.options.lr_max));
   const LrFindResult result = lr_find(config, cohort.cases, fold.train, device, a.options);
   const std::filesystem::path svg = write_lr_find(result, a.out);

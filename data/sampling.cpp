@@ -33,28 +33,6 @@ bool slab_holds_tumour(const CaseVolume& c, int start, int slab_depth) {
   return false;
 }
 
-InstanceSampling parse_instance_sampling(std::string_view text) {
-  if (text == "random") return InstanceSampling::random;
-  if (text == "stratified") return InstanceSampling::stratified;
-  if (text == "fixed") return InstanceSampling::fixed;
-  if (text == "all") return InstanceSampling::all;
-  throw Error(fmt::format("instance sampling '{}': expected random, stratified, fixed or all", text));
-}
-
-std::string_view instance_sampling_name(InstanceSampling sampling) {
-  switch (sampling) {
-    case InstanceSampling::random:
-      return "random";
-    case InstanceSampling::stratified:
-      return "stratified";
-    case InstanceSampling::fixed:
-      return "fixed";
-    case InstanceSampling::all:
-      return "all";
-  }
-  return "unknown";
-}
-
 std::vector<int> sample_instances(std::span<const int> positions, int n, InstanceSampling sampling, Rng& rng) {
   const int count = static_cast<int>(positions.size());
   if (sampling == InstanceSampling::all || n >= count) return {positions.begin(), positions.end()};
@@ -95,12 +73,6 @@ std::vector<int> sample_instances(std::span<const int> positions, int n, Instanc
   }
   std::sort(picked.begin(), picked.end());
   return picked;
-}
-
-CaseSampling parse_case_sampling(std::string_view text) {
-  if (text == "weighted") return CaseSampling::weighted;
-  if (text == "shuffle") return CaseSampling::shuffle;
-  throw Error(fmt::format("case sampling '{}': expected weighted or shuffle", text));
 }
 
 std::vector<int> epoch_case_order(std::span<const int> labels, CaseSampling sampling, Rng& rng) {

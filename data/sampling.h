@@ -5,7 +5,6 @@
 #include <array>
 #include <cstdint>
 #include <span>
-#include <string_view>
 #include <vector>
 
 #include "data/preprocess.h"
@@ -20,9 +19,8 @@ std::vector<int> brain_slab_starts(std::span<const uint8_t> slice_has_brain, int
 // True when one of the slab's slices holds tumour (seg > 0); false for cases without seg.
 bool slab_holds_tumour(const CaseVolume& c, int start, int slab_depth);
 
+// The config spells these (apps/train/config.cpp): train.instance_sampling, train.case_sampling.
 enum class InstanceSampling { random, stratified, fixed, all };
-InstanceSampling parse_instance_sampling(std::string_view text);  // random|stratified|fixed|all
-std::string_view instance_sampling_name(InstanceSampling sampling);
 
 // Picks up to n of `positions` (ascending, as from brain_slab_starts), returned ascending:
 //  random     n distinct positions, uniformly;
@@ -35,7 +33,6 @@ std::string_view instance_sampling_name(InstanceSampling sampling);
 std::vector<int> sample_instances(std::span<const int> positions, int n, InstanceSampling sampling, Rng& rng);
 
 enum class CaseSampling { weighted, shuffle };
-CaseSampling parse_case_sampling(std::string_view text);  // weighted|shuffle
 
 // The case order of one epoch over a training set with these labels (0/1); its length is
 // labels.size(). weighted: drawn with replacement with probability 1/(count of the case's class),

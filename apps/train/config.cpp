@@ -4,7 +4,10 @@
 #include <fstream>
 #include <limits>
 #include <sstream>
+#include <string_view>
 #include <system_error>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include <fmt/format.h>
@@ -12,6 +15,89 @@
 #include <toml++/toml.h>
 
 namespace dsmil::app {
+
+namespace {
+
+template <typename Choice>
+using ChoiceNames = std::vector<std::pair<Choice, std::string_view>>;
+
+// Each choice's names, in the order the help and the errors list them.
+const ChoiceNames<Precision>& names_of(Precision) {
+  static const ChoiceNames<Precision> names{
+      {Precision::automatic, "auto"}, {Precision::fp32, "fp32"}, {Precision::bf16, "bf16"}};
+  return names;
+}
+const ChoiceNames<ClassWeights>& names_of(ClassWeights) {
+  static const ChoiceNames<ClassWeights> names{{ClassWeights::none, "none"}, {ClassWeights::balanced, "balanced"}};
+  return names;
+}
+// The model's own names (mil::pooling_name, mil::attention_name), which exported models carry too.
+const ChoiceNames<mil::Pooling>& names_of(mil::Pooling) {
+  static const ChoiceNames<mil::Pooling> names{{mil::Pooling::Max, mil::pooling_name(mil::Pooling::Max)},
+                                               {mil::Pooling::TopK, mil::pooling_name(mil::Pooling::TopK)},
+                                               {mil::Pooling::Soft, mil::pooling_name(mil::Pooling::Soft)}};
+  return names;
+}
+const ChoiceNames<mil::Attention>& names_of(mil::Attention) {
+  static const ChoiceNames<mil::Attention> names{{mil::Attention::Dsmil, mil::attention_name(mil::Attention::Dsmil)},
+                                                 {mil::Attention::Gated, mil::attention_name(mil::Attention::Gated)}};
+  return names;
+}
+const ChoiceNames<data::InstanceSampling>& names_of(data::InstanceSampling) {
+  static const ChoiceNames<data::InstanceSampling> names{{data::InstanceSampling::random, "random"},
+                                                         {data::InstanceSampling::stratified, "stratified"},
+                                                         {data::InstanceSampling::fixed, "fixed"},
+                                                         {data::InstanceSampling::all, "all"}};
+  return names;
+}
+const ChoiceNames<data::CaseSampling>& names_of(data::CaseSampling) {
+  static const ChoiceNames<data::CaseSampling> names{{data::CaseSampling::weighted, "weighted"},
+                                                     {data::CaseSampling::shuffle, "shuffle"}};
+  return names;
+}
+const ChoiceNames<ConvFolding>& names_of(ConvFolding) {
+  static const ChoiceNames<ConvFolding> names{
+      {ConvFolding::measured, "measured"}, {ConvFolding::always, "always"}, {ConvFolding::never, "never"}};
+  return names;
+}
+const ChoiceNames<ConvKernel>& names_of(ConvKernel) {
+  static const ChoiceNames<ConvKernel> names{
+      {ConvKernel::measured, "measured"}, {ConvKernel::cudnn, "cudnn"}, {ConvKernel::implicit_gemm, "implicit_gemm"}};
+  return names;
+}
+
+template <typename Choice>
+ChoiceField choice(const char* key, Choice* target) {
+  return {[target] { return choice_name(*target); },
+          [key, target](const std::string& text) {
+            std::vector<std::string_view> allowed;
+            for (const auto& [value, name] : names_of(Choice{})) {
+              if (name == text) {
+                *target = value;
+                return;
+              }
+              allowed.push_back(name);
+            }
+            throw Error(fmt::format("config key '{}': '{}' is not one of {}", key, text, fmt::join(allowed, ", ")));
+          }};
+}
+
+}  // namespace
+
+template <typename Choice>
+std::string choice_name(Choice value) {
+  for (const auto& [v, name] : names_of(Choice{}))
+    if (v == value) return std::string(name);
+  throw Error(fmt::format("choice_name: value {} has no name", static_cast<int>(value)));
+}
+template std::string choice_name(Precision);
+template std::string choice_name(ClassWeights);
+template std::string choice_name(mil::Pooling);
+template std::string choice_name(mil::Attention);
+template std::string choice_name(data::InstanceSampling);
+template std::string choice_name(data::CaseSampling);
+template std::string choice_name(ConvFolding);
+template std::string choice_name(ConvKernel);
 
 std::vector<NamedField> config_fields(RunConfig& c) {
   return {
@@ -27,15 +113,15 @@ std::vector<NamedField> config_fields(RunConfig& c) {
       {"model.drop_path", &c.drop_path},
       {"model.zero_init_residual", &c.zero_init_residual},
       {"model.zero_init_classifiers", &c.zero_init_classifiers},
-      {"model.pooling", &c.pooling},
+      {"model.pooling", choice("model.pooling", &c.pooling)},
       {"model.topk", &c.topk},
-      {"model.attention", &c.attention},
+      {"model.attention", choice("model.attention", &c.attention)},
       {"model.attention_temperature", &c.attention_temperature},
       {"model.feature_dropout", &c.feature_dropout},
       {"model.instance_dropout", &c.instance_dropout},
       {"loss.label_smoothing", &c.label_smoothing},
       {"loss.focal_gamma", &c.focal_gamma},
-      {"loss.class_weights", &c.class_weights},
+      {"loss.class_weights", choice("loss.class_weights", &c.class_weights)},
       {"loss.stream_weight", &c.stream_weight},
       {"loss.entropy_weight", &c.entropy_weight},
       {"train.epochs", &c.epochs},
@@ -46,8 +132,8 @@ std::vector<NamedField> config_fields(RunConfig& c) {
       {"train.bags_per_step", &c.bags_per_step},
       {"train.instances", &c.instances},
       {"train.eval_instances", &c.eval_instances},
-      {"train.instance_sampling", &c.instance_sampling},
-      {"train.case_sampling", &c.case_sampling},
+      {"train.instance_sampling", choice("train.instance_sampling", &c.instance_sampling)},
+      {"train.case_sampling", choice("train.case_sampling", &c.case_sampling)},
       {"train.lr", &c.lr},
       {"train.weight_decay", &c.weight_decay},
       {"train.warmup_epochs", &c.warmup_epochs},
@@ -64,11 +150,11 @@ std::vector<NamedField> config_fields(RunConfig& c) {
       {"cv.select_on_test", &c.select_on_test},
       {"cv.seed", &c.seed},
       {"run.device", &c.device},
-      {"run.precision", &c.precision},
+      {"run.precision", choice("run.precision", &c.precision)},
       {"run.strict_fp32", &c.strict_fp32},
       {"run.deterministic", &c.deterministic},
-      {"run.conv_fold", &c.conv_fold},
-      {"run.conv16_kernel", &c.conv16_kernel},
+      {"run.conv_fold", choice("run.conv_fold", &c.conv_fold)},
+      {"run.conv16_kernel", choice("run.conv16_kernel", &c.conv16_kernel)},
       {"run.plot_every", &c.plot_every},
       {"run.checkpoint_seconds", &c.checkpoint_seconds},
       {"run.threads", &c.threads},
@@ -77,10 +163,11 @@ std::vector<NamedField> config_fields(RunConfig& c) {
 
 mil::ModelConfig RunConfig::model_config() const {
   mil::ModelConfig m;
-  m.encoder = {depth, width, slab_depth, 4, static_cast<float>(drop_path), precision == "bf16", zero_init_residual};
-  m.head.pooling = mil::parse_pooling(pooling);
+  m.encoder = {
+      depth, width, slab_depth, 4, static_cast<float>(drop_path), precision == Precision::bf16, zero_init_residual};
+  m.head.pooling = pooling;
   m.head.topk = topk;
-  m.head.attention = mil::parse_attention(attention);
+  m.head.attention = attention;
   m.head.attention_temperature = static_cast<float>(attention_temperature);
   m.head.feature_dropout = static_cast<float>(feature_dropout);
   m.head.instance_dropout = static_cast<float>(instance_dropout);
@@ -105,12 +192,8 @@ MathMode RunConfig::math() const {
   MathMode m;
   m.allow_tf32 = !strict_fp32;
   m.deterministic = deterministic;
-  m.conv_space_to_depth = conv_fold == "always"  ? ConvFolding::always
-                          : conv_fold == "never" ? ConvFolding::never
-                                                 : ConvFolding::measured;
-  m.conv16_forward = conv16_kernel == "cudnn"           ? ConvKernel::cudnn
-                     : conv16_kernel == "implicit_gemm" ? ConvKernel::implicit_gemm
-                                                        : ConvKernel::measured;
+  m.conv_space_to_depth = conv_fold;
+  m.conv16_forward = conv16_kernel;
   return m;
 }
 
@@ -122,24 +205,37 @@ NamedField& field_named(std::vector<NamedField>& fields, const std::string& key)
   throw Error(fmt::format("unknown config key '{}'", key));
 }
 
+// A number, flag or string into its field; false when the TOML value has another type.
+template <typename T>
+bool assign_value(const std::string& key, T* target, const toml::node& value) {
+  if constexpr (std::is_same_v<T, std::string>) {
+    if (auto s = value.value<std::string>()) return *target = *s, true;
+  } else if constexpr (std::is_same_v<T, bool>) {
+    if (auto b = value.value<bool>()) return *target = *b, true;
+  } else if constexpr (std::is_same_v<T, double>) {
+    if (value.is_number()) return *target = *value.value<double>(), true;
+  } else {
+    if (!value.is_integer()) return false;
+    const int64_t v = *value.value<int64_t>();
+    if (v < std::numeric_limits<T>::min() || v > std::numeric_limits<T>::max())
+      throw Error(fmt::format("config key '{}': {} does not fit a {}-bit integer", key, v, 8 * sizeof(T)));
+    return *target = static_cast<T>(v), true;
+  }
+  return false;
+}
+
 void assign(NamedField& f, const toml::node& value) {
+  if (ChoiceField* choice = std::get_if<ChoiceField>(&f.field)) {
+    const auto name = value.value<std::string>();
+    if (!name) throw Error(fmt::format("config key '{}': wrong type of value (a name in quotes)", f.key));
+    return choice->set(*name);
+  }
   const bool ok = std::visit(
-      [&](auto* target) {
-        using T = std::remove_pointer_t<decltype(target)>;
-        if constexpr (std::is_same_v<T, std::string>) {
-          if (auto s = value.value<std::string>()) return *target = *s, true;
-        } else if constexpr (std::is_same_v<T, bool>) {
-          if (auto b = value.value<bool>()) return *target = *b, true;
-        } else if constexpr (std::is_same_v<T, double>) {
-          if (value.is_number()) return *target = *value.value<double>(), true;
-        } else {
-          if (!value.is_integer()) return false;
-          const int64_t v = *value.value<int64_t>();
-          if (v < std::numeric_limits<T>::min() || v > std::numeric_limits<T>::max())
-            throw Error(fmt::format("config key '{}': {} does not fit a {}-bit integer", f.key, v, 8 * sizeof(T)));
-          return *target = static_cast<T>(v), true;
-        }
-        return false;
+      [&](const auto& target) {
+        if constexpr (std::is_pointer_v<std::decay_t<decltype(target)>>)
+          return assign_value(f.key, target, value);
+        else
+          return false;
       },
       f.field);
   if (!ok) throw Error(fmt::format("config key '{}': wrong type of value", f.key));
@@ -160,7 +256,7 @@ template <typename T>
 void check_in(const std::string& key, const T& value, std::initializer_list<T> allowed) {
   for (const T& a : allowed)
     if (a == value) return;
-  throw Error(fmt::format("config key '{}': '{}' is not allowed", key, value));
+  throw Error(fmt::format("config key '{}': '{}' is not one of {}", key, value, fmt::join(allowed, ", ")));
 }
 
 void check_range(const std::string& key, double value, double lo, double hi) {
@@ -225,8 +321,9 @@ void apply_override(RunConfig& config, const std::string& assignment) {
 }
 
 void resolve_precision(RunConfig& config, Device device) {
-  if (config.precision == "auto") config.precision = device == Device::CUDA ? "bf16" : "fp32";
-  if (config.precision == "bf16" && device == Device::CPU)
+  if (config.precision == Precision::automatic)
+    config.precision = device == Device::CUDA ? Precision::bf16 : Precision::fp32;
+  if (config.precision == Precision::bf16 && device == Device::CPU)
     throw Error("run.precision = bf16 needs the CUDA backend; the CPU backend computes in fp32");
 }
 
@@ -235,15 +332,12 @@ void validate_config(const RunConfig& c) {
   check_range("model.width", c.width, 1, 1024);
   check_range("model.slab_depth", c.slab_depth, 1, 64);
   check_range("model.drop_path", c.drop_path, 0, 0.9);
-  check_in<std::string>("model.pooling", c.pooling, {"max", "topk", "soft"});
   check_range("model.topk", c.topk, 1, 1024);
-  check_in<std::string>("model.attention", c.attention, {"dsmil", "gated"});
   check_range("model.attention_temperature", c.attention_temperature, 1e-3, 1e3);
   check_range("model.feature_dropout", c.feature_dropout, 0, 0.95);
   check_range("model.instance_dropout", c.instance_dropout, 0, 0.95);
   check_range("loss.label_smoothing", c.label_smoothing, 0, 0.5);
   check_range("loss.focal_gamma", c.focal_gamma, 0, 10);
-  check_in<std::string>("loss.class_weights", c.class_weights, {"none", "balanced"});
   check_range("loss.stream_weight", c.stream_weight, 0, 1);
   check_range("loss.entropy_weight", c.entropy_weight, 0, 10);
   check_range("train.epochs", c.epochs, 1, 100000);
@@ -254,8 +348,6 @@ void validate_config(const RunConfig& c) {
   check_range("train.bags_per_step", c.bags_per_step, 1, 4096);
   check_range("train.instances", c.instances, 1, 4096);
   check_range("train.eval_instances", c.eval_instances, 1, 4096);
-  check_in<std::string>("train.instance_sampling", c.instance_sampling, {"random", "stratified", "fixed", "all"});
-  check_in<std::string>("train.case_sampling", c.case_sampling, {"weighted", "shuffle"});
   check_range("train.lr", c.lr, 0, 10);
   check_range("train.weight_decay", c.weight_decay, 0, 10);
   check_range("train.warmup_epochs", c.warmup_epochs, 0, c.epochs);
@@ -268,9 +360,6 @@ void validate_config(const RunConfig& c) {
   check_range("cv.inner_val", c.inner_val, c.select_on_test ? 0 : 0.01, 0.5);
   check_range("cv.repeats", c.repeats, 1, 100);
   check_in<std::string>("run.device", c.device, {"auto", "cpu", "cuda"});
-  check_in<std::string>("run.precision", c.precision, {"auto", "fp32", "bf16"});
-  check_in<std::string>("run.conv_fold", c.conv_fold, {"measured", "always", "never"});
-  check_in<std::string>("run.conv16_kernel", c.conv16_kernel, {"measured", "cudnn", "implicit_gemm"});
   check_range("run.plot_every", c.plot_every, 0, 100000);
   check_range("run.checkpoint_seconds", c.checkpoint_seconds, 0, 1e6);
   check_range("run.threads", c.threads, 0, 1024);
@@ -279,7 +368,16 @@ void validate_config(const RunConfig& c) {
 std::vector<std::string> config_differences(const RunConfig& a, const RunConfig& b) {
   RunConfig left = a, right = b;
   const std::vector<NamedField> lf = config_fields(left), rf = config_fields(right);
-  auto text = [](const ConfigField& field) { return std::visit([](auto* v) { return fmt::format("{}", *v); }, field); };
+  auto text = [](const ConfigField& field) {
+    return std::visit(
+        [](const auto& v) {
+          if constexpr (std::is_pointer_v<std::decay_t<decltype(v)>>)
+            return fmt::format("{}", *v);
+          else
+            return v.get();
+        },
+        field);
+  };
   std::vector<std::string> out;
   for (size_t i = 0; i < lf.size(); ++i)
     if (text(lf[i].field) != text(rf[i].field))
@@ -295,7 +393,14 @@ std::string config_to_toml(const RunConfig& config) {
     const std::string section = f.key.substr(0, dot), key = f.key.substr(dot + 1);
     if (!root.contains(section)) root.insert(section, toml::table{});
     toml::table& table = *root.get_as<toml::table>(section);
-    std::visit([&](auto* v) { table.insert(key, *v); }, f.field);
+    std::visit(
+        [&](const auto& v) {
+          if constexpr (std::is_pointer_v<std::decay_t<decltype(v)>>)
+            table.insert(key, *v);
+          else
+            table.insert(key, v.get());
+        },
+        f.field);
   }
   std::ostringstream out;
   out << root << "\n";

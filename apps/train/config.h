@@ -5,14 +5,26 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <string>
 #include <variant>
 #include <vector>
 
+#include "data/sampling.h"
 #include "mil/dual_stream.h"
 #include "nn/optim.h"
 
 namespace dsmil::app {
+
+// run.precision: `automatic` (spelt "auto") becomes bf16 on a GPU and fp32 on the CPU (resolve_precision).
+enum class Precision { automatic, fp32, bf16 };
+enum class ClassWeights { none, balanced };
+
+// The config's spelling of a choice ("bf16", "topk", "stratified", ...), as TOML files, --set and config.toml
+// write it: for Precision, ClassWeights, mil::Pooling, mil::Attention, data::InstanceSampling, data::CaseSampling,
+// ConvFolding and ConvKernel.
+template <typename Choice>
+std::string choice_name(Choice value);
 
 struct RunConfig {
   std::string name = "recommended-v2";
@@ -29,9 +41,9 @@ struct RunConfig {
   double drop_path = 0.1;
   bool zero_init_residual = false;     // each residual branch's last BN scale starts at 0
   bool zero_init_classifiers = false;  // the instance and bag classifiers start at 0 (first logits 0)
-  std::string pooling = "topk";
+  mil::Pooling pooling = mil::Pooling::TopK;
   int topk = 4;
-  std::string attention = "gated";
+  mil::Attention attention = mil::Attention::Gated;
   double attention_temperature = 1.0;
   double feature_dropout = 0.6;
   double instance_dropout = 0.1;
@@ -39,9 +51,9 @@ struct RunConfig {
   // loss (DESIGN section 4)
   double label_smoothing = 0.2;
   double focal_gamma = 2.0;
-  std::string class_weights = "balanced";  // none | balanced
-  double stream_weight = 0.5;              // lambda
-  double entropy_weight = 0.0;             // beta: loss - beta * mean attention entropy (0: off)
+  ClassWeights class_weights = ClassWeights::balanced;
+  double stream_weight = 0.5;   // lambda
+  double entropy_weight = 0.0;  // beta: loss - beta * mean attention entropy (0: off)
 
   // training (DESIGN section 5)
   int epochs = 40, min_epochs = 10, patience = 10;
@@ -51,8 +63,8 @@ struct RunConfig {
   int bags_per_step = 2;
   int instances = 16;       // n per training bag
   int eval_instances = 16;  // n per evaluation bag (fixed sampler)
-  std::string instance_sampling = "stratified";
-  std::string case_sampling = "weighted";
+  data::InstanceSampling instance_sampling = data::InstanceSampling::stratified;
+  data::CaseSampling case_sampling = data::CaseSampling::weighted;
   double lr = 1e-4, weight_decay = 1e-4;
   double warmup_epochs = 2.0;
   double clip_grad = 1.0;                 // global-norm clip; 0 = off
@@ -70,13 +82,13 @@ struct RunConfig {
   int64_t seed = 2026;
 
   // runtime
-  std::string device = "auto";     // auto | cpu | cuda
-  std::string precision = "auto";  // auto (bf16 on a GPU, fp32 on the CPU) | fp32 | bf16
+  std::string device = "auto";  // auto | cpu | cuda
+  Precision precision = Precision::automatic;
   bool strict_fp32 = false;
   bool deterministic = false;
-  std::string conv_fold = "measured";      // measured | always | never: the stem's space-to-depth lowering (GPU)
-  std::string conv16_kernel = "measured";  // measured | cudnn | implicit_gemm: the folded stem's forward (GPU, bf16)
-  int plot_every = 0;                      // 0: plots only at the end
+  ConvFolding conv_fold = ConvFolding::measured;    // the stem's space-to-depth lowering (GPU)
+  ConvKernel conv16_kernel = ConvKernel::measured;  // the folded stem's forward (GPU, bf16)
+  int plot_every = 0;                               // 0: plots only at the end
   // last.ckpt (the resume point) is written once this many seconds have passed since the last one, and at a
   // fold's last epoch (0: every epoch). A killed run resumes from it, redoing the epochs after it.
   double checkpoint_seconds = 30.0;
@@ -88,7 +100,13 @@ struct RunConfig {
   MathMode math() const;  // strict_fp32, deterministic, conv_fold and conv16_kernel as the backend's MathMode
 };
 
-using ConfigField = std::variant<int*, int64_t*, double*, bool*, std::string*>;
+// A key whose value is one of a set of names, held as an enum: `set` parses a name (throwing dsmil::Error that
+// lists the names), `get` spells the value.
+struct ChoiceField {
+  std::function<std::string()> get;
+  std::function<void(const std::string&)> set;
+};
+using ConfigField = std::variant<int*, int64_t*, double*, bool*, std::string*, ChoiceField>;
 struct NamedField {
   std::string key;  // "section.key"
   ConfigField field;
@@ -108,7 +126,7 @@ void apply_override(RunConfig& config, const std::string& assignment);
 // Makes run.precision concrete for a run on `device`: `auto` is bf16 on a GPU, fp32 on the CPU; bf16 on the
 // CPU is an error (its backend computes in fp32).
 void resolve_precision(RunConfig& config, Device device);
-// Checks ranges and enumerations; throws dsmil::Error naming the key.
+// Checks ranges (choices are checked as they are read); throws dsmil::Error naming the key.
 void validate_config(const RunConfig& config);
 std::string config_to_toml(const RunConfig& config);
 // "key: A vs B" for every key whose value differs between two configs (empty: the same config).

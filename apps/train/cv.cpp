@@ -195,7 +195,7 @@ void train_here(const RunConfig& config, const std::vector<data::CaseVolume>& ca
   std::unique_ptr<data::DeviceCohort> resident;
   if (device == Device::CUDA && config.resident) {
     resident = std::make_unique<data::DeviceCohort>(cases);
-    gather = {resident.get(), config.precision == "bf16" ? DType::BF16 : DType::F32};
+    gather = {resident.get(), config.precision == Precision::bf16 ? DType::BF16 : DType::F32};
     logging::line(fmt::format("cohort resident on the GPU: {:.2f} GiB", resident->bytes() / 1073741824.0));
   }
 #endif

@@ -88,7 +88,7 @@ json Learner::train_epoch(int epoch) {
   std::vector<int> labels;
   for (int i : plan_.train) labels.push_back(cohort_[i].label);
   data::Rng order_rng(stream_seed(kCaseOrder, epoch, 0));
-  const std::vector<int> order = data::epoch_case_order(labels, data::parse_case_sampling(c_.case_sampling), order_rng);
+  const std::vector<int> order = data::epoch_case_order(labels, c_.case_sampling, order_rng);
   const float tau = soft_pooling_tau(c_, epoch);
   const BagSpec spec = training_bag_spec(c_, cohort_.front().grid);
   const int64_t total_steps = steps_per_epoch_ * c_.epochs;

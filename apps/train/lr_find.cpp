@@ -53,7 +53,7 @@ LrFindResult lr_find(const RunConfig& config, const std::vector<data::CaseVolume
     for (int b = 0; b < config.bags_per_step; ++b) {
       if (next == order.size()) {
         data::Rng rng = data::make_rng(seed, {kCaseOrder, static_cast<uint64_t>(step)});
-        order = data::epoch_case_order(labels, data::parse_case_sampling(config.case_sampling), rng);
+        order = data::epoch_case_order(labels, config.case_sampling, rng);
         next = 0;
       }
       cases.push_back(train[order[next++]]);

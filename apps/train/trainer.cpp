@@ -47,8 +47,7 @@ Device resolve_device(const std::string& name) {
 }
 
 BagSpec training_bag_spec(const RunConfig& config, const data::GridShape& grid) {
-  BagSpec spec{
-      config.instances, config.slab_depth, data::parse_instance_sampling(config.instance_sampling), config.augment, {}};
+  BagSpec spec{config.instances, config.slab_depth, config.instance_sampling, config.augment, {}};
   // Augmentation shifts scale with the grid: up to 1/16 of the width (8 voxels at 128).
   spec.augment_params.max_shift = std::max(1, grid.width / 16);
   return spec;
@@ -60,7 +59,7 @@ std::array<float, 2> class_weights(const RunConfig& config, const std::vector<da
   for (int i : train) ++counts[cohort[i].label];
   std::array<float, 2> weights{1.0f, 1.0f};
   for (int k = 0; k < 2; ++k)
-    if (config.class_weights == "balanced" && counts[k] > 0)
+    if (config.class_weights == ClassWeights::balanced && counts[k] > 0)
       weights[k] = static_cast<float>(train.size()) / (2.0f * counts[k]);
   return weights;
 }
@@ -85,7 +84,7 @@ TrainedModel load_trained_model(const fs::path& checkpoint, Device device) {
                     bags.at("instances").get<int>())};
   }
   // A model trained in bf16 keeps fp32 master weights: on the CPU it runs in fp32.
-  if (device == Device::CPU && trained.config.precision == "bf16") trained.config.precision = "fp32";
+  if (device == Device::CPU && trained.config.precision == Precision::bf16) trained.config.precision = Precision::fp32;
   resolve_precision(trained.config, device);
   // The model computes as its run evaluated it (cv.cpp): with the run's TF32, determinism and convolution
   // choices, so that a strict-fp32 run's model predicts in strict fp32.

@@ -1,5 +1,6 @@
-// Run configuration (apps/train/config.h): overrides are typed and range-checked before they narrow, run.precision
-// `auto` resolves by device, unknown keys are refused by name, and a resolved config reads back unchanged.
+// Run configuration (apps/train/config.h): overrides are typed and range-checked before they narrow, choices are
+// read into enums once, run.precision `auto` resolves by device, unknown keys are refused by name, and a resolved
+// config reads back unchanged.
 #include <string>
 
 #include "apps/train/config.h"
@@ -35,21 +36,47 @@ TEST_CASE("integer overrides that do not fit their field are refused, not wrappe
         }).find("unknown config key 'train.no_such_key'") != std::string::npos);
 }
 
+TEST_CASE("choices are read into their enums by name, spelt back the same, and a name not among them is refused") {
+  app::RunConfig c;
+  app::apply_override(c, "model.pooling=soft");
+  app::apply_override(c, "train.instance_sampling=\"random\"");
+  app::apply_override(c, "run.conv16_kernel=implicit_gemm");
+  CHECK(c.pooling == mil::Pooling::Soft);
+  CHECK(c.instance_sampling == data::InstanceSampling::random);
+  CHECK(c.conv16_kernel == ConvKernel::implicit_gemm);
+  CHECK(c.math().conv16_forward == ConvKernel::implicit_gemm);
+  const std::string text = app::config_to_toml(c);
+  CHECK(text.find("pooling = 'soft'") != std::string::npos);
+  CHECK(text.find("conv16_kernel = 'implicit_gemm'") != std::string::npos);
+  CHECK(app::parse_config(text, "round trip").pooling == mil::Pooling::Soft);
+  CHECK(error_of([&] { app::apply_override(c, "model.pooling=median"); }) ==
+        "config key 'model.pooling': 'median' is not one of max, topk, soft");
+  CHECK(error_of([&] { app::apply_override(c, "run.precision=2"); }).find("wrong type") != std::string::npos);
+  CHECK(c.pooling == mil::Pooling::Soft);  // a refused override leaves the value
+  app::RunConfig monitored;
+  app::apply_override(monitored, "train.monitor=f1");
+  CHECK(error_of([&] { app::validate_config(monitored); }) ==
+        "config key 'train.monitor': 'f1' is not one of auc, balanced_accuracy, min_class_recall, loss");
+  CHECK(app::choice_name(app::Precision::automatic) == "auto");
+  CHECK(app::choice_name(data::CaseSampling::shuffle) == "shuffle");
+}
+
 TEST_CASE("run.precision auto is bf16 on a GPU and fp32 on the CPU, bf16 on the CPU is refused") {
   app::RunConfig c;
-  CHECK(c.precision == "auto");
+  CHECK(c.precision == app::Precision::automatic);
   app::RunConfig gpu = c, cpu = c;
   app::resolve_precision(gpu, Device::CUDA);
   app::resolve_precision(cpu, Device::CPU);
-  CHECK(gpu.precision == "bf16");
-  CHECK(cpu.precision == "fp32");
+  CHECK(gpu.precision == app::Precision::bf16);
+  CHECK(cpu.precision == app::Precision::fp32);
   app::RunConfig forced = c;
-  forced.precision = "bf16";
+  forced.precision = app::Precision::bf16;
   CHECK(error_of([&] { app::resolve_precision(forced, Device::CPU); }).find("needs the CUDA backend") !=
         std::string::npos);
 }
 
-TEST_CASE("a resolved config reads back unchanged, the shipped configs validate, and hold the measured learning rates") {
+TEST_CASE(
+    "a resolved config reads back unchanged, the shipped configs validate, and hold the measured learning rates") {
   for (const char* name : {"recommended-v2", "seed-v1", "tiny"}) {
     CAPTURE(name);
     const app::RunConfig c = app::load_config(app::find_config_file(name));

@@ -41,8 +41,8 @@ app::RunConfig small_config() {
   c.width = 4;
   c.slab_depth = 3;
   c.grid = "16,40,40";
-  c.attention = "dsmil";
-  c.pooling = "soft";
+  c.attention = mil::Attention::Dsmil;
+  c.pooling = mil::Pooling::Soft;
   c.eval_instances = 5;
   return c;
 }

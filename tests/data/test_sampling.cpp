@@ -100,8 +100,6 @@ TEST_CASE("sampling: fixed is evenly spaced and deterministic and all or short l
   for (auto sampling : {InstanceSampling::random, InstanceSampling::stratified, InstanceSampling::fixed}) {
     CHECK(sample_instances(few, 16, sampling, rng) == few);
   }
-  CHECK(parse_instance_sampling("stratified") == InstanceSampling::stratified);
-  CHECK_THROWS_AS(parse_instance_sampling("uniform"), Error);
 }
 
 TEST_CASE("sampling: weighted case order balances the classes and shuffle is a permutation") {
