@@ -28,6 +28,8 @@ BadCasePolicy parse_bad_case_policy(std::string_view text) {
   throw Error(fmt::format("--on-bad-case: '{}' is not fail or skip", text));
 }
 
+std::string_view bad_case_policy_name(BadCasePolicy policy) { return policy == BadCasePolicy::fail ? "fail" : "skip"; }
+
 std::string_view layout_name(DatasetLayout layout) {
   switch (layout) {
     case DatasetLayout::brats2018:

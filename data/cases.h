@@ -29,6 +29,7 @@ struct CaseFiles {
 
 enum class BadCasePolicy { fail, skip };
 BadCasePolicy parse_bad_case_policy(std::string_view text);  // "fail" | "skip"
+std::string_view bad_case_policy_name(BadCasePolicy policy);
 
 // Why a case was left out: the case, the file at fault (or the case folder), the reason.
 struct SkippedCase {

@@ -32,6 +32,27 @@ const ChoiceNames<ClassWeights>& names_of(ClassWeights) {
   return names;
 }
 // The model's own names (mil::pooling_name, mil::attention_name), which exported models carry too.
+const ChoiceNames<Monitor>& names_of(Monitor) {
+  static const ChoiceNames<Monitor> names{{Monitor::auc, "auc"},
+                                          {Monitor::balanced_accuracy, "balanced_accuracy"},
+                                          {Monitor::min_class_recall, "min_class_recall"},
+                                          {Monitor::loss, "loss"}};
+  return names;
+}
+const ChoiceNames<data::BadCasePolicy>& names_of(data::BadCasePolicy) {
+  static const ChoiceNames<data::BadCasePolicy> names{
+      {data::BadCasePolicy::fail, data::bad_case_policy_name(data::BadCasePolicy::fail)},
+      {data::BadCasePolicy::skip, data::bad_case_policy_name(data::BadCasePolicy::skip)}};
+  return names;
+}
+const ChoiceNames<report::ThresholdMethod>& names_of(report::ThresholdMethod) {
+  using report::ThresholdMethod;
+  static const ChoiceNames<ThresholdMethod> names{
+      {ThresholdMethod::fixed_0_5, report::threshold_method_name(ThresholdMethod::fixed_0_5)},
+      {ThresholdMethod::youden, report::threshold_method_name(ThresholdMethod::youden)},
+      {ThresholdMethod::max_f1, report::threshold_method_name(ThresholdMethod::max_f1)}};
+  return names;
+}
 const ChoiceNames<mil::Pooling>& names_of(mil::Pooling) {
   static const ChoiceNames<mil::Pooling> names{{mil::Pooling::Max, mil::pooling_name(mil::Pooling::Max)},
                                                {mil::Pooling::TopK, mil::pooling_name(mil::Pooling::TopK)},
@@ -92,6 +113,9 @@ std::string choice_name(Choice value) {
 }
 template std::string choice_name(Precision);
 template std::string choice_name(ClassWeights);
+template std::string choice_name(Monitor);
+template std::string choice_name(data::BadCasePolicy);
+template std::string choice_name(report::ThresholdMethod);
 template std::string choice_name(mil::Pooling);
 template std::string choice_name(mil::Attention);
 template std::string choice_name(data::InstanceSampling);
@@ -105,7 +129,7 @@ std::vector<NamedField> config_fields(RunConfig& c) {
       {"data.root", &c.data_root},
       {"data.cache", &c.cache_dir},
       {"data.grid", &c.grid},
-      {"data.on_bad_case", &c.on_bad_case},
+      {"data.on_bad_case", choice("data.on_bad_case", &c.on_bad_case)},
       {"data.resident", &c.resident},
       {"model.depth", &c.depth},
       {"model.width", &c.width},
@@ -128,7 +152,7 @@ std::vector<NamedField> config_fields(RunConfig& c) {
       {"train.min_epochs", &c.min_epochs},
       {"train.patience", &c.patience},
       {"train.selection_train_auc", &c.selection_train_auc},
-      {"train.monitor", &c.monitor},
+      {"train.monitor", choice("train.monitor", &c.monitor)},
       {"train.bags_per_step", &c.bags_per_step},
       {"train.instances", &c.instances},
       {"train.eval_instances", &c.eval_instances},
@@ -143,7 +167,7 @@ std::vector<NamedField> config_fields(RunConfig& c) {
       {"train.tau_end", &c.tau_end},
       {"train.augment", &c.augment},
       {"train.sync_batchnorm", &c.sync_batchnorm},
-      {"train.threshold", &c.threshold},
+      {"train.threshold", choice("train.threshold", &c.threshold)},
       {"cv.folds", &c.folds},
       {"cv.inner_val", &c.inner_val},
       {"cv.repeats", &c.repeats},
@@ -344,7 +368,6 @@ void validate_config(const RunConfig& c) {
   check_range("train.min_epochs", c.min_epochs, 0, c.epochs);
   check_range("train.patience", c.patience, 1, 100000);
   check_range("train.selection_train_auc", c.selection_train_auc, 0, 1);
-  check_in<std::string>("train.monitor", c.monitor, {"auc", "balanced_accuracy", "min_class_recall", "loss"});
   check_range("train.bags_per_step", c.bags_per_step, 1, 4096);
   check_range("train.instances", c.instances, 1, 4096);
   check_range("train.eval_instances", c.eval_instances, 1, 4096);
@@ -355,7 +378,6 @@ void validate_config(const RunConfig& c) {
   check_range("train.ema_decay", c.ema_decay, 0, 0.999999);
   check_range("train.tau_start", c.tau_start, 1e-3, 1e3);
   check_range("train.tau_end", c.tau_end, 1e-3, 1e3);
-  check_in<std::string>("train.threshold", c.threshold, {"0.5", "youden", "max_f1"});
   check_range("cv.folds", c.folds, 2, 100);
   check_range("cv.inner_val", c.inner_val, c.select_on_test ? 0 : 0.01, 0.5);
   check_range("cv.repeats", c.repeats, 1, 100);

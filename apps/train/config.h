@@ -10,6 +10,8 @@
 #include <variant>
 #include <vector>
 
+#include "apps/report/metrics.h"
+#include "data/cases.h"
 #include "data/sampling.h"
 #include "mil/dual_stream.h"
 #include "nn/optim.h"
@@ -19,10 +21,12 @@ namespace dsmil::app {
 // run.precision: `automatic` (spelt "auto") becomes bf16 on a GPU and fp32 on the CPU (resolve_precision).
 enum class Precision { automatic, fp32, bf16 };
 enum class ClassWeights { none, balanced };
+// train.monitor: the validation figure that selects the model and stops early (loss: lower is better).
+enum class Monitor { auc, balanced_accuracy, min_class_recall, loss };
 
 // The config's spelling of a choice ("bf16", "topk", "stratified", ...), as TOML files, --set and config.toml
-// write it: for Precision, ClassWeights, mil::Pooling, mil::Attention, data::InstanceSampling, data::CaseSampling,
-// ConvFolding and ConvKernel.
+// write it: for Precision, ClassWeights, Monitor, mil::Pooling, mil::Attention, data::InstanceSampling,
+// data::CaseSampling, data::BadCasePolicy, report::ThresholdMethod, ConvFolding and ConvKernel.
 template <typename Choice>
 std::string choice_name(Choice value);
 
@@ -33,8 +37,8 @@ struct RunConfig {
   std::string data_root;             // BraTS folder or manifest CSV
   std::string cache_dir = "cache";   // preprocessing cache ("" = none)
   std::string grid = "128,128,128";  // D,H,W after preprocessing
-  std::string on_bad_case = "fail";  // fail | skip
-  bool resident = true;              // GPU runs: the cohort on the device, bags gathered there
+  data::BadCasePolicy on_bad_case = data::BadCasePolicy::fail;
+  bool resident = true;  // GPU runs: the cohort on the device, bags gathered there
 
   // model (DESIGN section 3)
   int depth = 18, width = 64, slab_depth = 3;
@@ -59,7 +63,7 @@ struct RunConfig {
   int epochs = 40, min_epochs = 10, patience = 10;
   // Model selection and early stopping start at the first epoch whose training AUC reaches this (0: at once).
   double selection_train_auc = 0.75;
-  std::string monitor = "min_class_recall";  // auc | balanced_accuracy | min_class_recall | loss
+  Monitor monitor = Monitor::min_class_recall;
   int bags_per_step = 2;
   int instances = 16;       // n per training bag
   int eval_instances = 16;  // n per evaluation bag (fixed sampler)
@@ -71,8 +75,8 @@ struct RunConfig {
   double ema_decay = 0.999;               // 0 = no EMA model
   double tau_start = 1.0, tau_end = 0.1;  // soft pooling temperature, annealed geometrically
   bool augment = true;
-  bool sync_batchnorm = false;       // data-parallel runs: batch-norm statistics over every rank's bags
-  std::string threshold = "youden";  // 0.5 | youden | max_f1
+  bool sync_batchnorm = false;  // data-parallel runs: batch-norm statistics over every rank's bags
+  report::ThresholdMethod threshold = report::ThresholdMethod::youden;
 
   // protocol
   int folds = 5;

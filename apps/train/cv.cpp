@@ -120,7 +120,7 @@ fs::path repeat_dir(const fs::path& run_dir, int repeats, int repeat) {
 }
 
 data::PreprocessedCohort prepare_cohort(const RunConfig& config, const fs::path& run_dir, bool writer) {
-  const data::BadCasePolicy policy = data::parse_bad_case_policy(config.on_bad_case);
+  const data::BadCasePolicy policy = config.on_bad_case;
   const data::Discovery found = data::discover_dataset(config.data_root, policy);
   data::PreprocessOptions prep;
   prep.cache_dir = config.cache_dir;

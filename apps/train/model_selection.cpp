@@ -10,20 +10,20 @@ using json = nlohmann::json;
 namespace {
 
 // Ranking of monitor values: higher is better (loss negated), undefined ranks last.
-double monitor_score(const std::string& monitor, double value) {
+double monitor_score(Monitor monitor, double value) {
   if (std::isnan(value)) return -INFINITY;
-  return monitor == "loss" ? -value : value;
+  return monitor == Monitor::loss ? -value : value;
 }
 
 }  // namespace
 
-double monitor_value(const std::string& monitor, const json& metrics) {
+double monitor_value(Monitor monitor, const json& metrics) {
   auto get = [&](const char* key) { return metrics[key].is_null() ? NAN : metrics[key].get<double>(); };
-  if (monitor == "min_class_recall") {
+  if (monitor == Monitor::min_class_recall) {
     const double lgg = get("recall_lgg"), hgg = get("recall_hgg");
     return std::isnan(lgg) || std::isnan(hgg) ? NAN : std::min(lgg, hgg);
   }
-  return get(monitor.c_str());
+  return get(choice_name(monitor).c_str());  // the record's key is the monitor's name
 }
 
 bool Candidate::beaten_by(const Candidate& other) const {

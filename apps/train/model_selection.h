@@ -13,7 +13,7 @@
 namespace dsmil::app {
 
 // The monitor's value in a validation record (NaN when undefined), as fold.json states it.
-double monitor_value(const std::string& monitor, const nlohmann::json& metrics);
+double monitor_value(Monitor monitor, const nlohmann::json& metrics);
 
 // One epoch's model as a contender: the monitor decides (higher is better, loss negated, undefined last);
 // AUC breaks ties (min_class_recall moves in steps of 1/n).

@@ -59,7 +59,8 @@ void run_local_ranks(int nproc) {
   for (int rank = 0; rank < nproc; ++rank) {
     const std::vector<std::string> env = {fmt::format("DSMIL_RANK={}", rank), fmt::format("DSMIL_WORLD_SIZE={}", nproc),
                                           fmt::format("DSMIL_LOCAL_RANK={}", rank),
-                                          "DSMIL_RENDEZVOUS=" + (folder / "nccl_id").string(), "DSMIL_LAUNCH=" + launch};
+                                          "DSMIL_RENDEZVOUS=" + (folder / "nccl_id").string(),
+                                          "DSMIL_LAUNCH=" + launch};
     try {
       running[start_child(args, env, -1)] = rank;
     } catch (const Error& e) {

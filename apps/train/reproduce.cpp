@@ -166,8 +166,7 @@ ReproduceResult reproduce_run(const ReproduceOptions& options) {
 
   // The inputs, by content, before anything is trained: throws InputChanged naming the case and the file.
   const nlohmann::json recorded_inputs = read_json_file(run_dir / "inputs.json");
-  const data::Discovery found =
-      data::discover_dataset(config.data_root, data::parse_bad_case_policy(config.on_bad_case));
+  const data::Discovery found = data::discover_dataset(config.data_root, config.on_bad_case);
   check_source_files(recorded_inputs, found.cases, threads);
   std::fprintf(stderr, "reproduce: the source files of %zu cases match inputs.json\n",
                recorded_inputs.at("cases").size());

@@ -251,8 +251,8 @@ class FoldRun {
       report::write_training_plots(dir_,
                                    fmt::format("repeat {} fold {} (epoch {})", plan_.repeat, plan_.fold, epoch + 1),
                                    selection_.best_overall().epoch);
-    logging::line(progress_.epoch_line(record, c_.monitor, selection_.best_overall().value, selection_.best_is_ema(),
-                                       selection_.best_overall().epoch));
+    logging::line(progress_.epoch_line(record, choice_name(c_.monitor), selection_.best_overall().value,
+                                       selection_.best_is_ema(), selection_.best_overall().epoch));
     if (!warning.empty() && (last_warning_epoch_ == 0 || epoch + 1 - last_warning_epoch_ >= kWarningEvery)) {
       logging::line(fmt::format("{} warning: {}", progress_.tag(), warning));
       last_warning_epoch_ = epoch + 1;
@@ -300,8 +300,9 @@ class FoldRun {
     std::vector<double> p;
     for (const CasePrediction& q : out.predictions) labels.push_back(q.label), p.push_back(q.p_hgg);
     out.both_classes = report::has_both_classes(labels);
-    out.method = out.both_classes ? c_.threshold : "0.5";
-    out.threshold = report::choose_threshold(labels, p, report::parse_threshold_method(out.method));
+    const report::ThresholdMethod method = out.both_classes ? c_.threshold : report::ThresholdMethod::fixed_0_5;
+    out.method = choice_name(method);
+    out.threshold = report::choose_threshold(labels, p, method);
     return out;
   }
 
@@ -347,7 +348,7 @@ class FoldRun {
     info.repeat = plan_.repeat;
     info.best_epoch = best.epoch;
     info.chosen_model = chosen;
-    info.monitor = c_.monitor;
+    info.monitor = choice_name(c_.monitor);
     info.monitor_value = best.value;
     info.threshold_method = calibrated.method;
     info.threshold = threshold;

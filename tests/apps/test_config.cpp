@@ -53,10 +53,14 @@ TEST_CASE("choices are read into their enums by name, spelt back the same, and a
         "config key 'model.pooling': 'median' is not one of max, topk, soft");
   CHECK(error_of([&] { app::apply_override(c, "run.precision=2"); }).find("wrong type") != std::string::npos);
   CHECK(c.pooling == mil::Pooling::Soft);  // a refused override leaves the value
-  app::RunConfig monitored;
-  app::apply_override(monitored, "train.monitor=f1");
-  CHECK(error_of([&] { app::validate_config(monitored); }) ==
+  CHECK(error_of([&] { app::apply_override(c, "train.monitor=f1"); }) ==
         "config key 'train.monitor': 'f1' is not one of auc, balanced_accuracy, min_class_recall, loss");
+  app::apply_override(c, "train.threshold=\"0.5\"");
+  CHECK(c.threshold == report::ThresholdMethod::fixed_0_5);
+  app::RunConfig elsewhere;  // run.device stays a name until the command resolves it, checked with the others
+  app::apply_override(elsewhere, "run.device=tpu");
+  CHECK(error_of([&] { app::validate_config(elsewhere); }) ==
+        "config key 'run.device': 'tpu' is not one of auto, cpu, cuda");
   CHECK(app::choice_name(app::Precision::automatic) == "auto");
   CHECK(app::choice_name(data::CaseSampling::shuffle) == "shuffle");
 }
