@@ -88,7 +88,8 @@ def replay_selection(records, train_cfg, opening):
     stop = records[-1]["epoch"]
     for r in records:
         epoch, train_auc = r["epoch"], r["train"]["auc"]
-        if not opened and train_auc is not None and train_auc >= opening:
+        # model_selection.cpp opens on !(train_auc < T): an undefined training AUC (null) opens it too.
+        if not opened and (train_auc is None or train_auc >= opening):
             opened, best = True, {"val": None, "val_ema": None}
         for key in ("val", "val_ema") if has_ema else ("val",):
             c = candidate(r.get(key), epoch)

@@ -31,7 +31,6 @@ const ChoiceNames<ClassWeights>& names_of(ClassWeights) {
   static const ChoiceNames<ClassWeights> names{{ClassWeights::none, "none"}, {ClassWeights::balanced, "balanced"}};
   return names;
 }
-// The model's own names (mil::pooling_name, mil::attention_name), which exported models carry too.
 const ChoiceNames<Monitor>& names_of(Monitor) {
   static const ChoiceNames<Monitor> names{{Monitor::auc, "auc"},
                                           {Monitor::balanced_accuracy, "balanced_accuracy"},
@@ -53,6 +52,7 @@ const ChoiceNames<report::ThresholdMethod>& names_of(report::ThresholdMethod) {
       {ThresholdMethod::max_f1, report::threshold_method_name(ThresholdMethod::max_f1)}};
   return names;
 }
+// The model's own names (mil::pooling_name, mil::attention_name), which exported models carry too.
 const ChoiceNames<mil::Pooling>& names_of(mil::Pooling) {
   static const ChoiceNames<mil::Pooling> names{{mil::Pooling::Max, mil::pooling_name(mil::Pooling::Max)},
                                                {mil::Pooling::TopK, mil::pooling_name(mil::Pooling::TopK)},
@@ -248,20 +248,16 @@ bool assign_value(const std::string& key, T* target, const toml::node& value) {
   return false;
 }
 
+// A name into its choice (which refuses names it does not know); false when the TOML value is not a string.
+bool assign_value(const std::string&, const ChoiceField& choice, const toml::node& value) {
+  const auto name = value.value<std::string>();
+  if (!name) return false;
+  choice.set(*name);
+  return true;
+}
+
 void assign(NamedField& f, const toml::node& value) {
-  if (ChoiceField* choice = std::get_if<ChoiceField>(&f.field)) {
-    const auto name = value.value<std::string>();
-    if (!name) throw Error(fmt::format("config key '{}': wrong type of value (a name in quotes)", f.key));
-    return choice->set(*name);
-  }
-  const bool ok = std::visit(
-      [&](const auto& target) {
-        if constexpr (std::is_pointer_v<std::decay_t<decltype(target)>>)
-          return assign_value(f.key, target, value);
-        else
-          return false;
-      },
-      f.field);
+  const bool ok = std::visit([&](const auto& target) { return assign_value(f.key, target, value); }, f.field);
   if (!ok) throw Error(fmt::format("config key '{}': wrong type of value", f.key));
 }
 
