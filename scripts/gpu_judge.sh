@@ -4,16 +4,27 @@
 # (digest, archive under $OUT). Prints each CV's output when all have ended, and the wall time.
 # Usage: scripts/gpu_judge.sh CONFIG SEEDS [more `dsmil cv` arguments], e.g.
 #   scripts/gpu_judge.sh recommended-v2 6,7
-# Every CV runs its five folds as five processes (--workers 5) with an equal share of the cores; two CVs of
-# recommended-v2 at 40 epochs took 284 s of training side by side on an H200, after about 115 s of preprocessing.
+# The cohorts are written and preprocessed first, one after the other with every core (inside `dsmil cv` each fold
+# process would preprocess with its share of one or two cores: 285 cases took minutes that way); then every CV runs
+# its five folds as five processes (--workers 5) with an equal share of the cores. Two CVs of recommended-v2 at 40
+# epochs took 284 s of training side by side on an H200.
 set -uo pipefail
 repo_root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo_root"
+carry=${DSMIL_CARRY:-$repo_root/build-cuda-carry}
+source scripts/gpu_env.sh
 config=$1 seeds=$2
 shift 2
 seed_list=(${seeds//,/ })
 threads=$(( $(nproc) / (5 * ${#seed_list[@]}) )); (( threads > 0 )) || threads=1
 start=$(date +%s)
+grid=$(sed -n "s/^grid = [\"']\(.*\)[\"']$/\1/p" "configs/$config.toml")
+for seed in "${seed_list[@]}"; do
+  COHORT_SEED=$seed source scripts/gpu_cohort.sh
+  "$carry/dsmil" preprocess --data "$cohort" --cache cohort/cache --grid "${grid:-128,128,128}" --threads "$(nproc)" |
+    tail -1
+done
+echo "== cohorts written and preprocessed: $(( $(date +%s) - start )) s"
 pids=()
 for seed in "${seed_list[@]}"; do
   COHORT_SEED=$seed bash scripts/gpu_cv.sh "$config" 0,1,2,3,4 --workers 5 --set "run.threads=$threads" "$@" \
