@@ -101,6 +101,11 @@ Flat put_metrics(RecomputedValues& out, const std::string& prefix, const std::ve
       out[block + "/" + name] = value;
       flat["at_threshold/" + key + "/" + name] = value;
     }
+    for (const auto& [name, interval] : {std::pair{"sensitivity_ci95", wilson_interval(c.tp, c.n_hgg())},
+                                         std::pair{"specificity_ci95", wilson_interval(c.tn, c.n_lgg())}}) {
+      out[block + "/" + name + "/0"] = interval[0];
+      out[block + "/" + name + "/1"] = interval[1];
+    }
   }
   return flat;
 }

@@ -128,6 +128,10 @@ json confusion_json(const Confusion& c) { return json::array({{c.tn, c.fp}, {c.f
 json threshold_metrics_json(const ThresholdMetrics& m) {
   json j{{"threshold", number_json(m.threshold)}, {"confusion", confusion_json(m.confusion)}};
   for (const auto& name : kThresholdMetrics) j[name] = number_json(threshold_metric(m, name));
+  const Confusion& c = m.confusion;
+  for (const auto& [name, interval] : {std::pair{"sensitivity_ci95", wilson_interval(c.tp, c.n_hgg())},
+                                       std::pair{"specificity_ci95", wilson_interval(c.tn, c.n_lgg())}})
+    j[name] = json::array({number_json(interval[0]), number_json(interval[1])});
   return j;
 }
 

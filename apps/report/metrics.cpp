@@ -120,6 +120,16 @@ double f1_lgg(const Confusion& c) { return ratio(2.0 * c.tn, 2.0 * c.tn + c.fn +
 double macro_f1(const Confusion& c) { return 0.5 * (f1_hgg(c) + f1_lgg(c)); }
 std::array<double, 2> per_class_recall(const Confusion& c) { return {specificity(c), sensitivity(c)}; }
 
+std::array<double, 2> wilson_interval(long successes, long n) {
+  if (n <= 0) return {NAN, NAN};
+  constexpr double z = 1.959964;
+  const double p = static_cast<double>(successes) / static_cast<double>(n), z2n = z * z / static_cast<double>(n);
+  const double centre = (p + 0.5 * z2n) / (1.0 + z2n);
+  const double half = z * std::sqrt(p * (1.0 - p) / static_cast<double>(n) + 0.25 * z2n / static_cast<double>(n)) /
+                      (1.0 + z2n);
+  return {std::max(0.0, centre - half), std::min(1.0, centre + half)};
+}
+
 ThresholdMetrics threshold_metrics(std::span<const int> labels, std::span<const double> p_hgg, double threshold) {
   ThresholdMetrics m;
   m.threshold = threshold;

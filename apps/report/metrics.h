@@ -41,6 +41,10 @@ double macro_f1(const Confusion& c);           // (f1_hgg + f1_lgg) / 2
 // Recall per class, indexed by label: {recall LGG, recall HGG}.
 std::array<double, 2> per_class_recall(const Confusion& c);
 
+// Wilson's 95% score interval of a proportion successes / n (z = 1.959964): inside [0, 1] and not a point at 0 or n
+// successes, which the normal approximation is on a fold's 15 LGG cases. Both NaN for n = 0.
+std::array<double, 2> wilson_interval(long successes, long n);
+
 // Every threshold-dependent metric of one prediction set at one threshold.
 struct ThresholdMetrics {
   double threshold = 0.5;

@@ -255,7 +255,8 @@ TEST_CASE("a healthy CV: cv_summary.json equals an independent recomputation, no
   const std::string md = read_text(run / "AUDIT.md");
   for (const char* section : {"## 1. Results audit", "## 2. Cross-validation summary", "## 3. Anomalies",
                               "## 4. Recommendations", "## 5. Consistency", "No anomaly found",
-                              "HGG 9/9 correct (100.0%)", "LGG 5/5 correct (100.0%)", "Consistency: all"})
+                              "HGG 9/9 correct (100.0%, 95% CI 70.1%–100.0%)",
+                              "LGG 5/5 correct (100.0%, 95% CI 56.6%–100.0%)", "Consistency: all"})
     CHECK_MESSAGE(md.find(section) != std::string::npos, section);
   CHECK(first_paragraph(md).find("better than chance, and at its calibrated thresholds it classifies every test case "
                                  "correctly.") != std::string::npos);
@@ -349,7 +350,7 @@ TEST_CASE("seed-like failures fire their rules and healthy folds stay clean") {
   CHECK(s["folds"][1]["auc"].get<double>() == 1.0);
 
   const std::string md = read_text(run / "AUDIT.md");
-  CHECK(md.find("HGG 0/9 correct (0.0%)") != std::string::npos);
+  CHECK(md.find("HGG 0/9 correct (0.0%, 95% CI 0.0%–29.9%)") != std::string::npos);
   CHECK(md.find("all 14 predictions are LGG") != std::string::npos);
   CHECK(md.find("### 1. Fix the class collapse") != std::string::npos);
   CHECK(md.find("### 3. Fix the decision threshold") != std::string::npos);

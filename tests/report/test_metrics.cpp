@@ -117,6 +117,27 @@ TEST_CASE("one-class input gives NaN, not a number that looks valid") {
   CHECK(std::isnan(f1_hgg(Confusion{3, 0, 0, 0})));
 }
 
+TEST_CASE("Wilson intervals of a proportion match Newcombe's published values") {
+  // Newcombe (1998), Statistics in Medicine 17:857, table I, method 3 (score interval without continuity
+  // correction), to its four decimals.
+  struct Case {
+    long successes, n;
+    double lo, hi;
+  };
+  for (const Case& c : {Case{81, 263, 0.2553, 0.3662}, Case{15, 148, 0.0624, 0.1605}, Case{0, 20, 0.0, 0.1611},
+                        Case{1, 29, 0.0061, 0.1718}}) {
+    const std::array<double, 2> interval = wilson_interval(c.successes, c.n);
+    CAPTURE(c.successes);
+    CAPTURE(c.n);
+    CHECK(std::abs(interval[0] - c.lo) <= 5e-5);  // half a unit of the table's last digit
+    CHECK(std::abs(interval[1] - c.hi) <= 5e-5);
+  }
+  const std::array<double, 2> all = wilson_interval(15, 15);
+  CHECK(all[1] == 1.0);
+  CHECK(all[0] < 0.80);
+  CHECK(std::isnan(wilson_interval(0, 0)[0]));
+}
+
 TEST_CASE("bad inputs are refused with typed errors") {
   CHECK_THROWS_AS(auc(std::vector<int>{0, 1}, std::vector<double>{0.5}), dsmil::ShapeError);
   CHECK_THROWS_AS(auc(std::vector<int>{0, 2}, std::vector<double>{0.5, 0.5}), dsmil::Error);
