@@ -22,7 +22,7 @@
 #include <fmt/format.h>
 #include <zlib.h>
 
-#include "data/half.h"
+#include "base/half.h"
 #include "data/parallel.h"
 #include "data/progress.h"
 #include "data/text.h"

@@ -44,7 +44,7 @@ struct SourceBox {
 
 // One preprocessed case. Arrays are row-major over [D][H][W] (D axial, H = source y, W = source x, in canonical
 // LPS order whatever the files' axis order).
-// `image` holds IEEE float16 values (see half.h): per-modality z-scores over the brain mask, 0
+// `image` holds IEEE float16 values (see base/half.h): per-modality z-scores over the brain mask, 0
 // outside it, channel order FLAIR, T1, T1ce, T2; all finite (a case whose z-scores overflow float16
 // is refused with a CaseError). The arrays live in `storage` (a memory-mapped cache entry or a heap
 // buffer); copies of a CaseVolume share it.

@@ -1,5 +1,5 @@
-// Slab positions, instance samplers (random/stratified/fixed/all), epoch case orders
-// (weighted/shuffle), and the gather of a bag [n][S][H][W][4] from a case [4][D][H][W] with augmentation.
+// Slab positions, instance samplers (random/stratified/fixed/all), epoch case orders (weighted/shuffle) and the
+// draw of a bag's augmentation.
 #include "data/sampling.h"
 
 #include <algorithm>
@@ -7,8 +7,6 @@
 #include <numeric>
 
 #include <fmt/format.h>
-
-#include "data/half.h"
 
 namespace dsmil::data {
 
@@ -113,45 +111,6 @@ BagAugmentation draw_augmentation(const AugmentParams& params, uint64_t seed) {
     a.offset[c] = static_cast<float>(uniform(rng, -params.intensity_shift, params.intensity_shift));
   }
   return a;
-}
-
-void gather_bag(const CaseVolume& c, std::span<const int> starts, int slab_depth, const BagAugmentation& augmentation,
-                std::span<float> out) {
-  const int H = c.grid.height, W = c.grid.width, D = c.grid.depth;
-  const size_t slice = static_cast<size_t>(H) * W;
-  const size_t expected = starts.size() * static_cast<size_t>(slab_depth) * slice * 4;
-  if (out.size() != expected) {
-    throw ShapeError(fmt::format("gather_bag {}: buffer of {} floats, need {} ({} x {} x {} x {} x 4)", c.case_id,
-                                 out.size(), expected, starts.size(), slab_depth, H, W));
-  }
-  const auto& table = half_to_float_table();
-  const size_t voxels = static_cast<size_t>(c.grid.voxels());
-  float* dst = out.data();
-  for (const int start : starts) {
-    if (start < 0 || start + slab_depth > D) {
-      throw ShapeError(
-          fmt::format("gather_bag {}: slab [{}, {}) outside depth {}", c.case_id, start, start + slab_depth, D));
-    }
-    for (int z = start; z < start + slab_depth; ++z) {
-      for (int y = 0; y < H; ++y) {
-        const int sy = y - augmentation.shift_y;
-        for (int x = 0; x < W; ++x, dst += 4) {
-          const int u = x - augmentation.shift_x;
-          const int sx = augmentation.flip ? W - 1 - u : u;
-          if (sy < 0 || sy >= H || sx < 0 || sx >= W) {
-            dst[0] = dst[1] = dst[2] = dst[3] = 0.0f;
-            continue;
-          }
-          const size_t source = z * slice + static_cast<size_t>(sy) * W + sx;
-          const bool brain = c.brain_mask[source] != 0;
-          for (int ch = 0; ch < 4; ++ch) {
-            dst[ch] =
-                brain ? table[c.image[ch * voxels + source]] * augmentation.scale[ch] + augmentation.offset[ch] : 0.0f;
-          }
-        }
-      }
-    }
-  }
 }
 
 }  // namespace dsmil::data

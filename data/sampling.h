@@ -1,5 +1,5 @@
-// Bag sampling for MIL training: which slabs (S consecutive axial slices) of a case form a bag,
-// which cases an epoch visits, and the gather (+ augmentation) of a bag into a channels-last buffer.
+// Bag sampling for MIL training: which slabs (S consecutive axial slices) of a case form a bag, which cases an
+// epoch visits, and each bag's augmentation (the gather that applies it: ops::gather_bags, data/device_cohort.h).
 #pragma once
 
 #include <array>
@@ -49,9 +49,9 @@ struct AugmentParams {
   double intensity_shift = 0.1;   // ... + U(-t, t), applied inside the brain mask only
 };
 
-// One bag's drawn augmentation, so that a device implementation can apply exactly what the CPU
-// gather applies: output (y, x) comes from source row y - shift_y and column u = x - shift_x
-// (or W-1-u when flipped): a flip, then a shift of the flipped image.
+// One bag's drawn augmentation, as ops::gather_bags applies it on either device: output (y, x) comes from source
+// row y - shift_y and column u = x - shift_x (or W-1-u when flipped): a flip, then a shift of the flipped image;
+// each modality's value in the brain becomes v * scale[c] + offset[c].
 struct BagAugmentation {
   bool flip = false;
   int shift_y = 0;
@@ -60,12 +60,5 @@ struct BagAugmentation {
   std::array<float, 4> offset{0, 0, 0, 0};
 };
 BagAugmentation draw_augmentation(const AugmentParams& params, uint64_t seed);
-
-// Writes the bag of `starts` (slab starts of c) into out, laid out channels-last
-// [starts.size()][slab_depth][H][W][4] float32; out.size() must be exactly that. Each voxel is
-//   v' = mask ? v * scale[c] + offset[c] : 0   at the source voxel BagAugmentation describes,
-// and 0 where that source lies outside the grid. The identity augmentation copies.
-void gather_bag(const CaseVolume& c, std::span<const int> starts, int slab_depth, const BagAugmentation& augmentation,
-                std::span<float> out);
 
 }  // namespace dsmil::data

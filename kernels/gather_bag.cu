@@ -28,7 +28,7 @@ __device__ __forceinline__ void store_voxel(__nv_bfloat16* out, float4 v) {
   __stwb(reinterpret_cast<uint2*>(out), make_uint2(pack_bf16x2(v.x, v.y), pack_bf16x2(v.z, v.w)));
 }
 
-// v * scale + offset as two separately rounded operations, exactly as data::gather_bag computes it on
+// v * scale + offset as two separately rounded operations, exactly as tensor/cpu/gather_bags.cpp computes it on
 // the CPU; the _rn intrinsics keep nvcc from contracting them into one fused multiply-add.
 __device__ __forceinline__ float augment(uint16_t half_bits, float scale, float offset) {
   return __fadd_rn(__fmul_rn(__half2float(__ushort_as_half(half_bits)), scale), offset);

@@ -32,7 +32,7 @@ struct GatherGeometry {
 
 // jobs[B] and starts[B][n] are device memory; starts[b][i] (0 <= start <= D - S) is read for i < instances
 // only and is not range-checked here. out (16-byte aligned for f32, 8 for bf16) is written in full; the f32
-// output is bit-identical to data::gather_bag (separate IEEE multiply and add, no fused multiply-add), the
+// output is bit-identical to cpu::gather_bags (separate IEEE multiply and add, no fused multiply-add), the
 // bf16 output is that value rounded to nearest even. Returns cudaErrorMisalignedAddress for a misaligned out.
 cudaError_t gather_bags(const GatherBagJob* jobs, const int32_t* starts, const GatherGeometry& geometry, float* out,
                         cudaStream_t stream);

@@ -193,7 +193,12 @@ LossTargets loss_targets(const Tensor& target, const float class_weight[2], Devi
   const int64_t bags = target.numel();
   Tensor weight = Tensor::empty({bags});
   LossTargets out;
-  for (int64_t b = 0; b < bags; ++b) out.weight_sum += weight.f32()[b] = class_weight[target.i32()[b]];
+  for (int64_t b = 0; b < bags; ++b) {
+    const int32_t label = target.i32()[b];
+    if (label != 0 && label != 1)
+      throw ShapeError(fmt::format("loss_targets: bag {} has label {} (0 is LGG, 1 HGG)", b, label));
+    out.weight_sum += weight.f32()[b] = class_weight[label];
+  }
   out.target = target.to(device);
   out.weight = weight.to(device);
   return out;

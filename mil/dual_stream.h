@@ -113,7 +113,7 @@ struct LossTargets {
   Tensor target, weight;
   double weight_sum = 0;  // of this batch
 };
-// target[B] I32 on the CPU.
+// target[B] I32 on the CPU, each 0 (LGG) or 1 (HGG): another label is a ShapeError (it has no class weight).
 LossTargets loss_targets(const Tensor& target, const float class_weight[2], Device device);
 Variable mil_loss(const MilOutput& out, const LossTargets& targets, const LossConfig& config,
                   const StepShare& share = {});

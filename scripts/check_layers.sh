@@ -2,12 +2,11 @@
 # The tensor layer is sealed: no file outside tensor/ and kernels/ includes the CUDA backend (tensor/cuda/) or a
 # kernel (kernels/); they use the op table (tensor/ops.h) and the device facade (tensor/device.h). Exempt: the
 # kernel bench (apps/kernel_bench/, which times kernels alone) and the GPU tests (tests/gpu/, which compare the
-# backend's pieces with their CPU twins). Not yet sealed, each named here until it moves behind the facade:
-# data/device_cohort.cpp (the resident cohort's gather kernel and copies) and dist/nccl_communicator.cpp (NCCL
-# on the backend's stream). Exit 1 with every offending line.
+# backend's pieces with their CPU twins). Not yet sealed, named here until it moves behind the facade:
+# dist/nccl_communicator.cpp (NCCL on the backend's stream). Exit 1 with every offending line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-not_yet_sealed='^(data/device_cohort\.cpp|dist/nccl_communicator\.cpp):'
+not_yet_sealed='^dist/nccl_communicator\.cpp:'
 offending=$(git ls-files -- '*.h' '*.cpp' '*.cu' '*.cuh' '*.inc' |
   grep -Ev '^(tensor|kernels|apps/kernel_bench|tests/gpu)/' |
   xargs grep -nE '#include "(tensor/cuda|kernels)/' |
@@ -17,4 +16,4 @@ if [ -n "$offending" ]; then
   echo "$offending" >&2
   exit 1
 fi
-echo "check_layers: the tensor layer is sealed (2 files not yet: data/device_cohort.cpp, dist/nccl_communicator.cpp)"
+echo "check_layers: the tensor layer is sealed (1 file not yet: dist/nccl_communicator.cpp)"

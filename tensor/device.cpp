@@ -1,6 +1,8 @@
 // The compute devices as code outside tensor/ sees them.
 #include "tensor/device.h"
 
+#include <fmt/format.h>
+
 #ifdef DSMIL_WITH_CUDA
 #include "tensor/cuda/context.h"
 #include "tensor/cuda/runtime.h"
@@ -8,7 +10,18 @@
 
 namespace dsmil::device {
 
+void DeviceMemory::upload(size_t offset, const void* host, size_t bytes) {
+  if (offset > bytes_ || bytes > bytes_ - offset)
+    throw ShapeError(fmt::format("DeviceMemory::upload: {} bytes at offset {} of {}", bytes, offset, bytes_));
 #ifdef DSMIL_WITH_CUDA
+  cuda::copy_bytes(static_cast<uint8_t*>(data_) + offset, Device::CUDA, host, Device::CPU, bytes);
+#endif
+}
+
+#ifdef DSMIL_WITH_CUDA
+
+DeviceMemory::DeviceMemory(size_t bytes) : data_(cuda::allocate_outside_pool(bytes)), bytes_(bytes) {}
+DeviceMemory::~DeviceMemory() { cuda::free_outside_pool(data_); }
 
 bool cuda_available() { return cuda::device_available(); }
 
@@ -37,6 +50,12 @@ std::vector<ConvolutionChoice> convolution_choices() {
 std::vector<std::string> convolution_measurements() { return cuda::conv_measured_choices(); }
 
 #else
+
+DeviceMemory::DeviceMemory(size_t bytes) {
+  throw DeviceError(
+      fmt::format("DeviceMemory: {} bytes of CUDA memory asked of a build without the CUDA backend", bytes));
+}
+DeviceMemory::~DeviceMemory() = default;
 
 bool cuda_available() { return false; }
 void synchronize(Device) {}

@@ -26,6 +26,25 @@ MemoryUsage memory_usage();
 // Starts peak_used afresh from the memory in use now.
 void reset_memory_peak();
 
+// CUDA device memory outside the tensor pool, for data that lives as long as a run (the training set resident on
+// the GPU): taken at once, given back by the destructor. DeviceError when the device has too little (naming the
+// bytes wanted and free; memory the pool keeps for reuse does not count as free) or there is no CUDA device.
+class DeviceMemory {
+ public:
+  explicit DeviceMemory(size_t bytes);
+  ~DeviceMemory();
+  DeviceMemory(const DeviceMemory&) = delete;
+  DeviceMemory& operator=(const DeviceMemory&) = delete;
+  void* data() const { return data_; }
+  size_t bytes() const { return bytes_; }
+  // Copies `bytes` bytes from host memory to data() + offset; synchronous.
+  void upload(size_t offset, const void* host, size_t bytes);
+
+ private:
+  void* data_ = nullptr;
+  size_t bytes_ = 0;
+};
+
 // Brackets the work a profiler started with `--profile-from-start off` records (ncu, nsys).
 void profiler_start();
 void profiler_stop();

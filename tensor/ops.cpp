@@ -342,8 +342,47 @@ Tensor bag_outer(const Tensor& a, const Tensor& m) {
   DSMIL_DISPATCH(device, bag_outer, a, m);
 }
 
+Tensor gather_bags(Device device, std::span<const BagGather> bags, std::span<const int32_t> starts,
+                   const BagGatherGeometry& g, DType out) {
+  const char* op = "gather_bags";
+  if (g.depth < 1 || g.height < 1 || g.width < 1 || g.instances_per_bag < 1 || g.slab_depth < 1 ||
+      g.slab_depth > g.depth)
+    throw ShapeError(fmt::format("{}: {} instances of {} slices a bag from a grid of {}x{}x{}", op, g.instances_per_bag,
+                                 g.slab_depth, g.depth, g.height, g.width));
+  if (out != DType::F32 && !(out == DType::BF16 && device == Device::CUDA))
+    throw ShapeError(
+        fmt::format("{}: output dtype {} on {} (f32, or bf16 on cuda)", op, dtype_name(out), device_name(device)));
+  const auto n = static_cast<size_t>(g.instances_per_bag);
+  if (starts.size() != bags.size() * n)
+    throw ShapeError(fmt::format("{}: {} starts for {} bags of {} instances", op, starts.size(), bags.size(), n));
+  for (size_t b = 0; b < bags.size(); ++b) {
+    const BagGather& bag = bags[b];
+    if (bag.instances < 0 || static_cast<size_t>(bag.instances) > n)
+      throw ShapeError(fmt::format("{}: bag {} has {} slabs for {} instance rows", op, b, bag.instances, n));
+    if (bag.instances > 0 && (bag.image == nullptr || bag.mask == nullptr))
+      throw ShapeError(fmt::format("{}: bag {} has slabs but no volume", op, b));
+    for (size_t i = 0; i < static_cast<size_t>(bag.instances); ++i) {
+      const int32_t start = starts[b * n + i];
+      if (start < 0 || start + g.slab_depth > g.depth)
+        throw ShapeError(fmt::format("{}: bag {} slab {}: slices [{}, {}) outside depth {}", op, b, i, start,
+                                     start + g.slab_depth, g.depth));
+    }
+  }
+  DSMIL_DISPATCH(device, gather_bags, device, bags, starts, g, out);
+}
+
 FocalLossOut focal_loss(const Tensor& logits, const Tensor& target, const Tensor& weight, float eps, float gamma) {
-  const Device device = common_device("focal_loss", {&logits, &target, &weight});
+  const char* op = "focal_loss";
+  const Device device = common_device(op, {&logits, &target, &weight});
+  check_ndim(op, logits, 2, "logits [B, C]");
+  check_dtype(op, logits, DType::F32, "logits");
+  check_dtype(op, target, DType::I32, "target");
+  check_dtype(op, weight, DType::F32, "weight");
+  const int64_t bags = logits.size(0);
+  if (logits.size(1) < 1 || target.shape() != Shape{bags} || weight.shape() != Shape{bags})
+    throw ShapeError(fmt::format("{}: logits {}, target {} and weight {} do not fit (expected [B, C >= 1], [B], [B])",
+                                 op, logits.describe(), target.describe(), weight.describe()));
+  if (!(gamma >= 0.0f)) throw ShapeError(fmt::format("{}: gamma {} must be >= 0", op, gamma));
   DSMIL_DISPATCH(device, focal_loss, logits, target, weight, eps, gamma);
 }
 

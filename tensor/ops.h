@@ -14,6 +14,7 @@
 #include <array>
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <vector>
 
 #include "tensor/tensor.h"
@@ -91,6 +92,23 @@ struct EmaTensors {
   std::vector<const Tensor*> values;
   std::shared_ptr<MultiTensorTable> device_table;
   void check_lengths(const char* op) const;  // one value per ema, else ShapeError
+};
+
+// One bag of ops::gather_bags: its case's volume in the memory of the op's device and the augmentation of all
+// its slabs (data::BagAugmentation): output (y, x) reads source row y - shift_y and column u, or W - 1 - u when
+// flipped, with u = x - shift_x; a source outside the grid gives 0, a voxel outside the brain too.
+struct BagGather {
+  const uint16_t* image = nullptr;  // [4][D][H][W] IEEE half bits
+  const uint8_t* mask = nullptr;    // [D][H][W], nonzero = brain
+  int32_t instances = 0;            // rows [0, instances) of the bag hold slabs, the rest of its n are zero
+  bool flip = false;
+  int32_t shift_y = 0, shift_x = 0;
+  std::array<float, 4> scale{1, 1, 1, 1}, offset{0, 0, 0, 0};
+};
+// The sizes every bag of a gather shares: the cases' grid, n instance rows a bag, S slices a slab.
+struct BagGatherGeometry {
+  int64_t depth = 0, height = 0, width = 0;
+  int64_t instances_per_bag = 0, slab_depth = 0;
 };
 
 // Results of ops with several outputs.

@@ -9,12 +9,10 @@
 #include <span>
 
 #include "apps/kernel_bench/registry.h"
-#include "data/half.h"
-#include "data/sampling.h"
 #include "base/counter_rng.h"
-#ifdef DSMIL_WITH_CUDA
+#include "base/half.h"
 #include "data/device_cohort.h"
-#endif
+#include "data/sampling.h"
 
 namespace dsmil::kernel_bench {
 
@@ -82,7 +80,7 @@ Problem draw_gather(const Shape& s, DType dtype, uint64_t seed) {
   std::vector<uint16_t> halves(static_cast<size_t>(data::kModalities * voxels));
   for (int64_t c = 0; c < g.cases; ++c) {
     const Tensor values = uniform_tensor({data::kModalities * voxels}, -4.0f, 4.0f, stream_seed(seed, c));
-    std::transform(values.f32(), values.f32() + values.numel(), halves.begin(), data::float_to_half);
+    std::transform(values.f32(), values.f32() + values.numel(), halves.begin(), float_to_half);
     std::memcpy(images.i32() + c * image_words(g), halves.data(), halves.size() * sizeof(uint16_t));
     const std::vector<uint8_t> brain = brain_mask(g.grid, stream_seed(seed, kMaxCases + c));
     std::memcpy(masks.i32() + c * mask_words(g), brain.data(), brain.size());
@@ -173,7 +171,7 @@ Bags decode_bags(const std::vector<Tensor>& in, const Geometry& g) {
   return bags;
 }
 
-// The output compared for equality, as the launcher promises (f32 bit-identical to data::gather_bag, bf16
+// The output compared for equality, as the launcher promises (f32 bit-identical to the CPU's gather, bf16
 // that value rounded to nearest even): each value's f32 bits as two 16-bit halves in an I32 [..., 2]
 // (I32 outputs are compared exactly, through floats, which hold 16-bit integers exactly).
 Tensor bit_halves(std::span<const float> values, Shape shape) {
@@ -188,20 +186,17 @@ Tensor bit_halves(std::span<const float> values, Shape shape) {
   return bits;
 }
 
-// The CPU twin: data::gather_bag per bag into an f32 buffer, rounded to bf16 where the bench runs in bf16.
+// The CPU twin: the same gather on the host (f32), rounded to bf16 where the bench runs in bf16.
 std::vector<Tensor> gather_on_cpu(const std::vector<Tensor>& in, const Shape& s) {
   const Geometry g = geometry_of(s);
   check_inputs(in, g);
   const std::vector<data::CaseVolume> cases = decode_cases(in, g);
   const Bags bags = decode_bags(in, g);
-  const Shape shape = g.output();
-  std::vector<float> out(static_cast<size_t>(shape_numel(shape)));
-  const size_t bag_values = out.size() / static_cast<size_t>(g.bags);
-  for (int64_t b = 0; b < g.bags; ++b)
-    data::gather_bag(cases.at(bags.cases[b]), bags.starts[b], static_cast<int>(g.slab), bags.augmentations[b],
-                     std::span<float>(out).subspan(b * bag_values, bag_values));
+  std::vector<float> out = data::gather_batch_on_host(cases, bags.cases, bags.starts, bags.augmentations,
+                                                      static_cast<int>(g.instances), static_cast<int>(g.slab))
+                               .to_vector();
   if (in[kOutDtype].i32()[0] == 1) std::transform(out.begin(), out.end(), out.begin(), round_to_bf16);
-  return {bit_halves(out, shape)};
+  return {bit_halves(out, g.output())};
 }
 
 #ifdef DSMIL_WITH_CUDA

@@ -1,13 +1,10 @@
-// Batch assembly: per bag, instance positions from the sampler, then data::gather_bag into its rows.
+// Batch assembly: per bag, instance positions from the sampler and an augmentation, then one gather of all
+// bags (data/device_cohort.h) on the host or from the cohort resident on the GPU.
 #include "apps/train/batches.h"
-
-#include <span>
 
 #include <fmt/format.h>
 
-#ifdef DSMIL_WITH_CUDA
 #include "data/device_cohort.h"
-#endif
 
 namespace dsmil::app {
 
@@ -16,8 +13,7 @@ Batch make_batch(const std::vector<data::CaseVolume>& cohort, const std::vector<
   const int64_t bags = static_cast<int64_t>(case_indices.size());
   if (bags == 0) throw Error("make_batch: no cases");
   const data::GridShape grid = cohort[case_indices[0]].grid;
-  const int64_t s = spec.slab_depth;
-  const int64_t instance_floats = s * grid.height * grid.width * 4;
+  const int s = spec.slab_depth;
   Batch batch;
   std::vector<int32_t> target_labels(bags);
   std::vector<data::BagAugmentation> augmentation(bags);
@@ -41,27 +37,10 @@ Batch make_batch(const std::vector<data::CaseVolume>& cohort, const std::vector<
     for (size_t i = 0; i < batch.starts[b].size(); ++i) mask[b * n + i] = 1;
   batch.mask = Tensor::from_ints({bags, n}, mask);
   batch.target = Tensor::from_ints({bags}, target_labels);
-  if (target.resident) {
-#ifdef DSMIL_WITH_CUDA
-    batch.x = data::gather_batch_on_device(*target.resident, case_indices, batch.starts, augmentation, n,
-                                           spec.slab_depth, target.dtype);
-    return batch;
-#else
-    throw Error("make_batch: a resident cohort needs the CUDA backend");
-#endif
-  }
-  // One instance per task: a bag of 16 slabs at 128 x 128 is ~25 ms on one core.
-  batch.x = Tensor::zeros({bags * n, s, grid.height, grid.width, 4});
-  float* x = batch.x.f32();
-#pragma omp parallel for collapse(2) schedule(dynamic)
-  for (int64_t b = 0; b < bags; ++b) {
-    for (int64_t i = 0; i < n; ++i) {
-      const std::vector<int>& starts = batch.starts[b];
-      if (i >= static_cast<int64_t>(starts.size())) continue;
-      data::gather_bag(cohort[case_indices[b]], std::span<const int>(&starts[i], 1), spec.slab_depth, augmentation[b],
-                       std::span<float>(x + (b * n + i) * instance_floats, instance_floats));
-    }
-  }
+  batch.x = target.resident
+                ? data::gather_batch_on_device(*target.resident, case_indices, batch.starts, augmentation,
+                                               static_cast<int>(n), s, target.dtype)
+                : data::gather_batch_on_host(cohort, case_indices, batch.starts, augmentation, static_cast<int>(n), s);
   return batch;
 }
 

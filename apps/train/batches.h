@@ -31,7 +31,7 @@ struct BagSpec {
 };
 
 // Where x is gathered: on the host (F32), or on the GPU from the resident cohort (its indices are the
-// cohort's) in `dtype`, one launch per batch; both give the same values (data::gather_bag).
+// cohort's) in `dtype`; one ops::gather_bags call per batch either way, with the same values.
 struct GatherTarget {
   const data::DeviceCohort* resident = nullptr;
   DType dtype = DType::F32;

@@ -159,6 +159,35 @@ void synchronize() { DSMIL_CUDA_CHECK(cudaStreamSynchronize(stream()), "synchron
 void profiler_start() { DSMIL_CUDA_CHECK(cudaProfilerStart(), "start the profiler's capture range"); }
 void profiler_stop() { DSMIL_CUDA_CHECK(cudaProfilerStop(), "end the profiler's capture range"); }
 
+void* allocate_outside_pool(size_t bytes) {
+  stream();  // starts the runtime on its device before memory is queried
+  size_t free_bytes = 0, total_bytes = 0;
+  DSMIL_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes), "device memory outside the pool: cudaMemGetInfo");
+  const auto gib = [](size_t b) { return static_cast<double>(b) / (size_t{1} << 30); };
+  const auto short_of_memory = [&] {
+    return DeviceError(fmt::format(
+        "device memory outside the pool: {} bytes ({:.2f} GiB) wanted; {} bytes ({:.2f} GiB) are free of {:.2f} GiB "
+        "(memory the tensor pool keeps for reuse does not count as free)",
+        bytes, gib(bytes), free_bytes, gib(free_bytes), gib(total_bytes)));
+  };
+  if (bytes > free_bytes) throw short_of_memory();
+  void* memory = nullptr;
+  const cudaError_t status = cudaMalloc(&memory, bytes);
+  if (status == cudaErrorMemoryAllocation) {
+    cudaGetLastError();  // clear it, so that a later, unrelated check does not report it
+    throw short_of_memory();
+  }
+  DSMIL_CUDA_CHECK(status, fmt::format("device memory outside the pool: cudaMalloc of {} bytes", bytes));
+  return memory;
+}
+
+void free_outside_pool(void* memory) noexcept {
+  const cudaError_t status = cudaFree(memory);
+  // At process exit the runtime may already be unloaded; there is nothing left to free then.
+  if (status != cudaSuccess && status != cudaErrorCudartUnloading)
+    std::fprintf(stderr, "dsmil: cudaFree of device memory outside the pool failed: %s\n", cudaGetErrorString(status));
+}
+
 DeviceBuffer::DeviceBuffer(size_t bytes) : data_(device_alloc(bytes)), bytes_(bytes) {}
 DeviceBuffer::~DeviceBuffer() { device_free(data_); }
 

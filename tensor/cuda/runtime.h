@@ -17,6 +17,10 @@ void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device
 void fill(Tensor& t, float value);          // F32, BF16 (rounded) or I32 (truncated)
 Tensor convert(const Tensor& t, DType to);  // F32 <-> BF16 on the device
 void synchronize();
+// Device memory outside the pool (cudaMalloc), for device::DeviceMemory: DeviceError naming the bytes wanted and
+// free when the device has too little. free_outside_pool never throws (it runs in destructors).
+void* allocate_outside_pool(size_t bytes);
+void free_outside_pool(void* memory) noexcept;
 // Brackets the work a profiler started with `--profile-from-start off` records (ncu, nsys).
 void profiler_start();
 void profiler_stop();

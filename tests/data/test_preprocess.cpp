@@ -9,7 +9,7 @@
 
 #include <fmt/format.h>
 
-#include "data/half.h"
+#include "base/half.h"
 #include "data/preprocess.h"
 #include "test_helpers.h"
 

@@ -6,7 +6,8 @@
 #include <algorithm>
 #include <set>
 
-#include "data/half.h"
+#include "base/half.h"
+#include "data/device_cohort.h"
 #include "data/sampling.h"
 #include "test_helpers.h"
 
@@ -150,42 +151,49 @@ CaseVolume random_case(GridShape grid, std::mt19937_64& rng) {
 
 }  // namespace
 
-TEST_CASE("sampling: gather_bag writes the channels-last bag with flip and shift and intensity as specified") {
+TEST_CASE("sampling: the host gather writes channels-last bags with flip, shift and intensity as specified") {
   std::mt19937_64 rng(41);
   const GridShape grid{10, 7, 9};
-  const CaseVolume c = random_case(grid, rng);
-  const std::vector<int> starts{0, 3, 7};
-  const int slab = 3;
-  std::vector<float> image(4 * grid.voxels());
-  c.copy_image(image);
+  const std::vector<CaseVolume> cases{random_case(grid, rng), random_case(grid, rng)};
+  // Bag 0 (case 1) has three slabs, bag 1 (case 0) one: its other rows are padding, zero.
+  const std::vector<std::vector<int>> starts{{0, 3, 7}, {5}};
+  const std::vector<int> bag_cases{1, 0};
+  const int slab = 3, n = 3;
+  std::vector<std::vector<float>> images(cases.size(), std::vector<float>(4 * grid.voxels()));
+  for (size_t i = 0; i < cases.size(); ++i) cases[i].copy_image(images[i]);
 
   int flips = 0;
   for (uint64_t seed : {1u, 2u, 3u, 4u, 5u, 6u, 7u, 8u}) {
     AugmentParams params;
     params.max_shift = 3;
     params.flip_probability = 0.5;
-    const BagAugmentation a = draw_augmentation(params, seed);
-    CHECK(std::abs(a.shift_x) <= 3);
-    CHECK(std::abs(a.shift_y) <= 3);
-    flips += a.flip;
-    std::vector<float> out(starts.size() * slab * 7 * 9 * 4, -42.0f);  // poisoned
-    gather_bag(c, starts, slab, a, out);
+    const std::vector<BagAugmentation> a{draw_augmentation(params, seed), draw_augmentation(params, seed + 100)};
+    CHECK(std::abs(a[0].shift_x) <= 3);
+    CHECK(std::abs(a[0].shift_y) <= 3);
+    flips += a[0].flip;
+    const Tensor x = gather_batch_on_host(cases, bag_cases, starts, a, n, slab);
+    REQUIRE(x.shape() == Shape{2 * n, slab, 7, 9, 4});
+    const std::vector<float> out = x.to_vector();
     size_t k = 0;
-    for (int start : starts)
-      for (int z = start; z < start + slab; ++z)
-        for (int y = 0; y < 7; ++y)
-          for (int x = 0; x < 9; ++x)
-            for (int ch = 0; ch < 4; ++ch, ++k) {
-              // reference: undo the shift, then the flip
-              const int unshifted_x = x - a.shift_x, sy = y - a.shift_y;
-              const int sx = a.flip ? 8 - unshifted_x : unshifted_x;
-              float want = 0.0f;
-              if (sx >= 0 && sx < 9 && sy >= 0 && sy < 7) {
-                const int64_t v = (int64_t{z} * 7 + sy) * 9 + sx;
-                if (c.brain_mask[v]) want = image[ch * grid.voxels() + v] * a.scale[ch] + a.offset[ch];
+    for (int b = 0; b < 2; ++b)
+      for (int i = 0; i < n; ++i)
+        for (int s = 0; s < slab; ++s)
+          for (int y = 0; y < 7; ++y)
+            for (int x_ = 0; x_ < 9; ++x_)
+              for (int ch = 0; ch < 4; ++ch, ++k) {
+                float want = 0.0f;
+                if (i < static_cast<int>(starts[b].size())) {
+                  // reference: undo the shift, then the flip
+                  const int z = starts[b][i] + s, unshifted_x = x_ - a[b].shift_x, sy = y - a[b].shift_y;
+                  const int sx = a[b].flip ? 8 - unshifted_x : unshifted_x;
+                  if (sx >= 0 && sx < 9 && sy >= 0 && sy < 7) {
+                    const int64_t v = (int64_t{z} * 7 + sy) * 9 + sx;
+                    if (cases[bag_cases[b]].brain_mask[v])
+                      want = images[bag_cases[b]][ch * grid.voxels() + v] * a[b].scale[ch] + a[b].offset[ch];
+                  }
+                }
+                CHECK(out[k] == want);
               }
-              CHECK(out[k] == want);
-            }
   }
   CHECK(flips > 0);  // both branches were exercised
   CHECK(flips < 8);
@@ -198,14 +206,23 @@ TEST_CASE("sampling: gather_bag writes the channels-last bag with flip and shift
   off.enabled = false;
   const BagAugmentation identity = draw_augmentation(off, 77);
   CHECK((!identity.flip && identity.shift_x == 0 && identity.shift_y == 0));
-  std::vector<float> out(1 * slab * 7 * 9 * 4);
-  gather_bag(c, std::vector<int>{2}, slab, identity, out);
+  const std::vector<BagAugmentation> identities{identity};
+  const std::vector<float> out =
+      gather_batch_on_host(cases, std::vector<int>{0}, std::vector<std::vector<int>>{{2}}, identities, 1, slab)
+          .to_vector();
+  const CaseVolume& c = cases[0];
   CHECK(out[4 * (2 * 9 + 5) + 1] ==
-        (c.brain_mask[(2 * 7 + 2) * 9 + 5] ? image[grid.voxels() + (2 * 7 + 2) * 9 + 5] : 0.0f));
-  std::vector<float> wrong(10);
-  CHECK_THROWS_AS(gather_bag(c, starts, slab, identity, wrong), ShapeError);
-  std::vector<float> deep(1 * slab * 7 * 9 * 4);
-  CHECK_THROWS_AS(gather_bag(c, std::vector<int>{8}, slab, identity, deep), ShapeError);
+        (c.brain_mask[(2 * 7 + 2) * 9 + 5] ? images[0][grid.voxels() + (2 * 7 + 2) * 9 + 5] : 0.0f));
+  // More slabs than instance rows, a slab past the last slice, a case not in the cohort.
+  CHECK_THROWS_AS(
+      gather_batch_on_host(cases, std::vector<int>{0}, std::vector<std::vector<int>>{{0, 3}}, identities, 1, slab),
+      ShapeError);
+  CHECK_THROWS_WITH_AS(
+      gather_batch_on_host(cases, std::vector<int>{0}, std::vector<std::vector<int>>{{8}}, identities, 1, slab),
+      "gather_bags: bag 0 slab 0: slices [8, 11) outside depth 10", ShapeError);
+  CHECK_THROWS_AS(
+      gather_batch_on_host(cases, std::vector<int>{2}, std::vector<std::vector<int>>{{0}}, identities, 1, slab),
+      ShapeError);
 }
 
 TEST_CASE("sampling: slab_holds_tumour follows the seg slices") {

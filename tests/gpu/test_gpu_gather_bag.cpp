@@ -1,5 +1,6 @@
-// GPU test of the resident cohort's batched bag gather [B*n, S, H, W, 4] against data::gather_bag: f32 bit-exact,
-// bf16 within its rounding, over random fp16 cases, slab starts at the depth's edges, flips and shifts past the border.
+// GPU test of the bag gather (ops::gather_bags) [B*n, S, H, W, 4] from the resident cohort against the same gather on
+// the host: f32 bit-exact, bf16 within its rounding, over random fp16 cases, slab starts at the depth's edges, flips
+// and shifts past the border; the same errors from both.
 #include <cmath>
 #include <cstring>
 #include <memory>
@@ -8,7 +9,7 @@
 #include <fmt/format.h>
 
 #include "data/device_cohort.h"
-#include "data/half.h"
+#include "base/half.h"
 #include "tests/gpu/gpu_compare.h"
 
 using namespace dsmil;
@@ -21,7 +22,7 @@ constexpr double kTolBF16Rounding = 1.0 / (1 << 8);
 
 // Mostly z-score-like values; every tenth is any finite half (subnormals, -0 and up to 65504 included).
 uint16_t random_half(std::mt19937_64& rng) {
-  if (rng() % 10 != 0) return data::float_to_half(std::uniform_real_distribution<float>(-4.0f, 4.0f)(rng));
+  if (rng() % 10 != 0) return float_to_half(std::uniform_real_distribution<float>(-4.0f, 4.0f)(rng));
   const auto sign = static_cast<uint16_t>(rng() % 2 << 15), exponent = static_cast<uint16_t>(rng() % 31 << 10);
   return static_cast<uint16_t>(sign | exponent | rng() % 1024);
 }
@@ -89,16 +90,11 @@ Batch random_batch(int bags, int n, int slab_depth, int cases, const data::GridS
   return batch;
 }
 
-// data::gather_bag per bag into its rows of a zero-filled [B*n, S, H, W, 4] buffer, as the CPU make_batch does.
+// The same batch gathered on the host, as the CPU make_batch does.
 std::vector<float> cpu_reference(const std::vector<data::CaseVolume>& cases, const Batch& batch, int n,
                                  int slab_depth) {
-  const data::GridShape& grid = cases.front().grid;
-  const size_t instance_floats = static_cast<size_t>(slab_depth) * grid.height * grid.width * data::kModalities;
-  std::vector<float> ref(batch.case_indices.size() * n * instance_floats, 0.0f);
-  for (size_t b = 0; b < batch.case_indices.size(); ++b)
-    data::gather_bag(cases[batch.case_indices[b]], batch.starts[b], slab_depth, batch.augmentations[b],
-                     std::span<float>(ref.data() + b * n * instance_floats, batch.starts[b].size() * instance_floats));
-  return ref;
+  return data::gather_batch_on_host(cases, batch.case_indices, batch.starts, batch.augmentations, n, slab_depth)
+      .to_vector();
 }
 
 void check_bit_exact(const std::string& what, const Tensor& got, const std::vector<float>& ref) {
@@ -145,7 +141,7 @@ struct GatherShape {
 
 }  // namespace
 
-TEST_CASE("gpu gather_batch_on_device matches data::gather_bag bit-exactly in f32 and within rounding in bf16") {
+TEST_CASE("gpu gather_batch_on_device matches the host's gather bit-exactly in f32 and within rounding in bf16") {
   if (skip_without_gpu()) return;
   auto& rng = test::rng();
   // The model's layout on small grids: even sizes, odd sizes (flip and shift off any vector width), one slice.
@@ -213,4 +209,20 @@ TEST_CASE("gpu DeviceCohort reports its bytes and refuses mixed grids and bad ba
   CHECK_THROWS_AS(data::gather_batch_on_device(cohort, std::vector<int>{0}, std::vector<std::vector<int>>{{0}},
                                                one_augmentation, 2, 3, DType::I32),
                   ShapeError);
+  // The op's contract is checked in its dispatch: the host's gather refuses a bad slab with the same words.
+  const auto message = [](auto call) {
+    try {
+      call();
+    } catch (const ShapeError& e) {
+      return std::string(e.what());
+    }
+    return std::string("(no ShapeError)");
+  };
+  const std::vector<std::vector<int>> past_the_end{{8}};
+  const std::string on_host =
+      message([&] { data::gather_batch_on_host(cases, std::vector<int>{1}, past_the_end, one_augmentation, 2, 3); });
+  CHECK(on_host == "gather_bags: bag 0 slab 0: slices [8, 11) outside depth 10");
+  CHECK(message([&] {
+          data::gather_batch_on_device(cohort, std::vector<int>{1}, past_the_end, one_augmentation, 2, 3, DType::F32);
+        }) == on_host);
 }

@@ -239,6 +239,15 @@ double auc(const std::vector<float>& score, const std::vector<float>& label) {
 }
 }  // namespace
 
+TEST_CASE("loss targets take each bag's class weight and refuse a label that is not 0 or 1") {
+  const float class_weight[2] = {1.9f, 0.68f};
+  const mil::LossTargets targets = mil::loss_targets(Tensor::from_ints({3}, {1, 0, 1}), class_weight, Device::CPU);
+  CHECK(targets.weight.to_vector() == std::vector<float>{0.68f, 1.9f, 0.68f});
+  CHECK(targets.weight_sum == doctest::Approx(0.68 + 1.9 + 0.68));
+  CHECK_THROWS_WITH_AS(mil::loss_targets(Tensor::from_ints({2}, {1, 2}), class_weight, Device::CPU),
+                       "loss_targets: bag 1 has label 2 (0 is LGG, 1 HGG)", ShapeError);
+}
+
 TEST_CASE("a tiny model learns a toy MIL problem on the CPU: loss falls, held-out AUC rises") {
   mil::ModelConfig cfg = tiny_config(mil::Pooling::TopK, mil::Attention::Gated);
   cfg.encoder = {10, 4, 1, 4, 0.0f};

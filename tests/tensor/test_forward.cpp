@@ -270,6 +270,40 @@ TEST_CASE("masked softmax and its backward refuse a temperature that is not > 0,
   }
 }
 
+TEST_CASE(
+    "focal loss refuses shapes, dtypes and gamma in the dispatch, and gives NaN for bad targets or zero weights") {
+  const Tensor logits = random_tensor({4, 2}, -3.0f, 3.0f);
+  const Tensor target = Tensor::from_ints({4}, {1, 0, 1, 0});
+  const Tensor weight = Tensor::from_vector({4}, {0.7f, 2.0f, 0.7f, 2.0f});
+  CHECK_THROWS_WITH_AS(ops::focal_loss(logits, Tensor::from_ints({3}, {1, 0, 1}), weight, 0.1f, 2.0f),
+                       "focal_loss: logits f32[4,2] cpu, target i32[3] cpu and weight f32[4] cpu do not fit (expected "
+                       "[B, C >= 1], [B], [B])",
+                       ShapeError);
+  CHECK_THROWS_AS(ops::focal_loss(logits, target, Tensor::from_vector({4, 1}, {1, 1, 1, 1}), 0.1f, 2.0f), ShapeError);
+  CHECK_THROWS_AS(ops::focal_loss(random_tensor({4}), target, weight, 0.1f, 2.0f), ShapeError);
+  CHECK_THROWS_AS(ops::focal_loss(logits, weight, weight, 0.1f, 2.0f), ShapeError);  // target must be I32
+  for (const float gamma : {-1.0f, NAN}) {
+    CAPTURE(gamma);
+    CHECK_THROWS_WITH_AS(ops::focal_loss(logits, target, weight, 0.1f, gamma),
+                         fmt::format("focal_loss: gamma {} must be >= 0", gamma).c_str(), ShapeError);
+  }
+  // Values are the device's to see: a target outside [0, C) poisons its sample, its gradient row and the loss.
+  const FocalLossOut bad_target = ops::focal_loss(logits, Tensor::from_ints({4}, {1, 2, 0, -1}), weight, 0.1f, 2.0f);
+  const std::vector<float> per_sample = bad_target.per_sample.to_vector(), grad = bad_target.grad.to_vector();
+  CHECK(std::isnan(bad_target.loss.to_vector()[0]));
+  for (int b = 0; b < 4; ++b) {
+    CAPTURE(b);
+    const bool outside = b == 1 || b == 3;
+    CHECK(std::isnan(per_sample[b]) == outside);
+    CHECK(std::isnan(grad[2 * b]) == outside);
+    CHECK(std::isnan(grad[2 * b + 1]) == outside);
+  }
+  const FocalLossOut unweighted = ops::focal_loss(logits, target, Tensor::zeros({4}), 0.1f, 2.0f);
+  CHECK(!std::isfinite(unweighted.loss.to_vector()[0]));
+  CHECK(!ops::all_finite(unweighted.grad));
+  CHECK(ops::all_finite(unweighted.per_sample));
+}
+
 TEST_CASE("top-k selection: descending, ties to the lower index, masked never chosen, -1 fills") {
   const Tensor score = Tensor::from_vector({2, 6}, {0.5f, 2.0f, 2.0f, -1.0f, 3.0f, 0.0f,  //
                                                     1.0f, 9.0f, 2.0f, 3.0f, 4.0f, 5.0f});

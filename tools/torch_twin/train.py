@@ -520,7 +520,7 @@ def max_shift_of(grid_width: int) -> int:
 class ResidentCohort:
     """The cases of the folds on the device: image [N, D, H, W, 4] float16 (channels last: one voxel's four
     modalities side by side, as the model's input wants them) and brain mask [N, D, H, W] bool; bags are gathered
-    there by one indexing op per batch (data::gather_bag's rule, data/device_cohort.cpp on the GPU)."""
+    there by one indexing op per batch (ops::gather_bags' rule, tensor/cpu/gather_bags.cpp)."""
 
     def __init__(self, cases: List[CaseData], device: torch.device):
         d, h, w = cases[0].header.depth, cases[0].header.height, cases[0].header.width
@@ -593,7 +593,7 @@ class ResidentCohort:
 
 def reference_gather(case: CaseData, starts: np.ndarray, slab_depth: int, flip: bool, shift_y: int, shift_x: int,
                      scale: np.ndarray, offset: np.ndarray) -> np.ndarray:
-    """data::gather_bag written out voxel row by voxel row in numpy, independent of ResidentCohort.gather
+    """ops::gather_bags written out voxel row by voxel row in numpy, independent of ResidentCohort.gather
     (--self-check compares the two)."""
     _, d, h, w = case.image.shape
     out = np.zeros((len(starts), slab_depth, h, w, MODALITIES), dtype=np.float32)

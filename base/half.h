@@ -1,12 +1,13 @@
 // IEEE 754 binary16 ("half") <-> float32 conversion for the preprocessing cache, which stores case
-// volumes as half (z-scored intensities need ~3 significant digits, half the bytes of float32).
+// volumes as half (z-scored intensities need ~3 significant digits, half the bytes of float32), and for the bag
+// gather that decodes them (tensor/cpu/gather_bags.cpp).
 #pragma once
 
 #include <array>
 #include <bit>
 #include <cstdint>
 
-namespace dsmil::data {
+namespace dsmil {
 
 // float -> half, round to nearest even; overflow gives +-inf, NaN stays NaN.
 constexpr uint16_t float_to_half(float value) {
@@ -51,6 +52,13 @@ constexpr float half_to_float(uint16_t h) {
 constexpr bool half_is_finite(uint16_t h) { return (h & 0x7C00u) != 0x7C00u; }
 
 // All 65536 half values as floats, for fast bulk decoding.
-const std::array<float, 65536>& half_to_float_table();
+inline const std::array<float, 65536>& half_to_float_table() {
+  static const std::array<float, 65536> table = [] {
+    std::array<float, 65536> t{};
+    for (uint32_t h = 0; h < 65536; ++h) t[h] = half_to_float(static_cast<uint16_t>(h));
+    return t;
+  }();
+  return table;
+}
 
-}  // namespace dsmil::data
+}  // namespace dsmil
