@@ -9,7 +9,7 @@ namespace dsmil::cpu {
 
 namespace {
 
-// Slab `row` of `bag`: slices [start, start + S) of its volume into out[S][H][W][4]. Built with -ffp-contract=off
+// One slab of `bag`: slices [start, start + S) of its volume into out[S][H][W][4]. Built with -ffp-contract=off
 // (tensor/CMakeLists.txt): the multiply and the add round separately, as in the CUDA kernel.
 void gather_slab(const BagGather& bag, int32_t start, const BagGatherGeometry& g, float* out) {
   const int64_t H = g.height, W = g.width, slice = H * W, voxels = g.depth * slice;
