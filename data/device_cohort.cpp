@@ -98,15 +98,14 @@ Tensor gather(Device device, std::span<const int> case_indices, int cohort_size,
 DeviceCohort::DeviceCohort(std::span<const CaseVolume> cases)
     : grid_(checked_cases(cases).front().grid), memory_(allocate(cases)) {
   const auto [image_bytes, mask_bytes] = case_bytes(grid_);
-  auto* next = static_cast<uint8_t*>(memory_.data());
+  const auto* base = static_cast<const uint8_t*>(memory_.data());
   cases_.reserve(cases.size());
+  size_t offset = 0;
   for (const CaseVolume& c : cases) {
-    const size_t offset = static_cast<size_t>(next - static_cast<uint8_t*>(memory_.data()));
     memory_.upload(offset, c.image.data(), c.image.size_bytes());
     memory_.upload(offset + image_bytes, c.brain_mask.data(), c.brain_mask.size_bytes());
-    cases_.push_back(
-        {c.case_id, reinterpret_cast<const uint16_t*>(next), reinterpret_cast<const uint8_t*>(next + image_bytes)});
-    next += image_bytes + mask_bytes;
+    cases_.push_back({c.case_id, reinterpret_cast<const uint16_t*>(base + offset), base + offset + image_bytes});
+    offset += image_bytes + mask_bytes;
   }
 }
 

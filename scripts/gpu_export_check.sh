@@ -30,9 +30,7 @@ chosen=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["chose
 checkpoint=$run_dir/fold_0/best.ckpt
 [ "$chosen" = ema ] && checkpoint=$run_dir/fold_0/best_ema.ckpt
 "$carry/dsmil" export "$checkpoint" --format safetensors --out "$work/model.safetensors"
-grid=$(sed -n "s/^grid = [\"']\(.*\)[\"']$/\1/p" "$run_dir/config.toml")
-"$carry/dsmil" preprocess --data "$cohort" --cache cohort/cache --grid "$grid" --index "$work/index.csv" \
-  --threads "$(nproc)" | tail -1
+preprocess_cohort "$run_dir/config.toml" --index "$work/index.csv"
 "$carry/dsmil" predict --run "$run_dir" --data "$cohort" --out "$work/predictions.csv" --device cuda > "$work/predict.log"
 status=0
 "$python" tools/torch_twin/predict_export.py "$work/model.safetensors" --index "$work/index.csv" --device cuda \

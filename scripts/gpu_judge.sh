@@ -18,11 +18,9 @@ shift 2
 seed_list=(${seeds//,/ })
 threads=$(( $(nproc) / (5 * ${#seed_list[@]}) )); (( threads > 0 )) || threads=1
 start=$(date +%s)
-grid=$(sed -n "s/^grid = [\"']\(.*\)[\"']$/\1/p" "configs/$config.toml")
 for seed in "${seed_list[@]}"; do
   COHORT_SEED=$seed source scripts/gpu_cohort.sh
-  "$carry/dsmil" preprocess --data "$cohort" --cache cohort/cache --grid "${grid:-128,128,128}" --threads "$(nproc)" |
-    tail -1
+  preprocess_cohort "configs/$config.toml"
 done
 echo "== cohorts written and preprocessed: $(( $(date +%s) - start )) s"
 pids=()

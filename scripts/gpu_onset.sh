@@ -19,9 +19,7 @@ device=cuda
 precisions=(bf16 fp32)
 [ "$device" = cpu ] && precisions=(fp32)
 source scripts/gpu_cohort.sh
-grid=$(sed -n "s/^grid = [\"']\(.*\)[\"']$/\1/p" "configs/$config.toml")  # the twin reads the cache at the config's grid
-"$carry/dsmil" preprocess --data "$cohort" --cache cohort/cache --grid "${grid:-128,128,128}" --index twin_index.csv \
-  --threads "$(nproc)" | tail -1
+preprocess_cohort "configs/$config.toml" --index twin_index.csv  # the twin reads the cache at the config's grid
 seed_list=(${seeds//,/ }) fold_list=(${folds//,/ })
 processes=$(( ${#precisions[@]} * ${#seed_list[@]} * ${#fold_list[@]} * 2 ))
 threads=$(( $(nproc) / processes )); (( threads > 0 )) || threads=1

@@ -14,7 +14,7 @@ run_dir=$1 folds=$2
 python=/opt/torch/.venv/bin/python3
 [ -x "$python" ] || python=python3
 source scripts/gpu_cohort.sh
-"$carry/dsmil" preprocess --data "$cohort" --cache cohort/cache --index twin_index.csv --threads "$(nproc)" | tail -1
+preprocess_cohort "$run_dir/config.toml" --index twin_index.csv
 fold_list=(${folds//,/ })
 threads=$(( $(nproc) / ${#fold_list[@]} )); (( threads > 0 )) || threads=1
 rm -rf runs-twin && mkdir -p runs-twin

@@ -37,8 +37,16 @@ def fmt(x, digits=2):
     return "  -  " if x is None or x != x else f"{x:.{digits}f}"
 
 
-def summarise(path):
-    records = [json.loads(line) for line in open(path) if line.strip()]
+def fold_runs(root):
+    """(row name, fold directory, epoch records) of every fold's metrics.jsonl under RUNS_ROOT, in name order."""
+    runs = []
+    for path in sorted(glob.glob(os.path.join(root, "*", "*", "fold_*", "metrics.jsonl"))):
+        with open(path) as f:
+            runs.append((row_name(root, path), os.path.dirname(path), [json.loads(line) for line in f if line.strip()]))
+    return runs
+
+
+def summarise(records):
     train = [r["train"]["auc"] if r["train"]["auc"] is not None else float("nan") for r in records]
     val = [val_auc(r) for r in records]
     onset = next((r["epoch"] for r, a in zip(records, train) if a >= 0.75), None)
@@ -105,13 +113,11 @@ def replay_selection(records, train_cfg, opening):
     return overall[2], stop, chosen["train"]["auc"], (chosen.get(model) or {}).get("auc")
 
 
-def print_selection(root, openings, min_epochs):
+def print_selection(runs, openings, min_epochs):
     print(f"\nmodel selection replayed (selected epoch / stopping epoch, training AUC and inner-val AUC at the selected epoch)")
     print(f"{'run':<26}" + "".join(f"{'opening at ' + format(t, 'g'):<30}" for t in openings))
-    for path in sorted(glob.glob(os.path.join(root, "*", "*", "fold_*", "metrics.jsonl"))):
-        run = row_name(root, path)
-        records = [json.loads(line) for line in open(path) if line.strip()]
-        with open(os.path.join(os.path.dirname(os.path.dirname(path)), "config.toml"), "rb") as f:
+    for run, fold_dir, records in runs:
+        with open(os.path.join(os.path.dirname(fold_dir), "config.toml"), "rb") as f:
             train_cfg = tomllib.load(f)["train"]
         if min_epochs is not None:
             train_cfg["min_epochs"] = min_epochs
@@ -132,9 +138,8 @@ def row_name(root, path):
 def main():
     root = sys.argv[1]
     out_json = sys.argv[sys.argv.index("--json") + 1] if "--json" in sys.argv else None
-    rows = {}
-    for path in sorted(glob.glob(os.path.join(root, "*", "*", "fold_*", "metrics.jsonl"))):
-        rows[row_name(root, path)] = summarise(path)
+    runs = fold_runs(root)
+    rows = {run: summarise(records) for run, _, records in runs}
     header = f"{'run':<26}{'ep':>3}{'onset':>6} " + " ".join(f"tr@{e:<2} va@{e:<2}" for e in CHECKPOINTS)
     header += f" {'best va':>10} {'upd':>8} {'spread':>6} {'loss1':>6} {'gn1':>6} {'s/ep':>5}"
     print(header)
@@ -155,7 +160,7 @@ def main():
             json.dump(rows, f)
     if "--selection" in sys.argv:
         min_epochs = int(sys.argv[sys.argv.index("--min-epochs") + 1]) if "--min-epochs" in sys.argv else None
-        print_selection(root, [float(t) for t in sys.argv[sys.argv.index("--selection") + 1].split(",")], min_epochs)
+        print_selection(runs, [float(t) for t in sys.argv[sys.argv.index("--selection") + 1].split(",")], min_epochs)
 
 
 if __name__ == "__main__":

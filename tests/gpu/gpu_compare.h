@@ -143,6 +143,21 @@ void guarded(const std::string& what, F&& body) {
   }
 }
 
+// The words of the ShapeError `call` throws ("(no ShapeError)" when it throws none), with the device names of
+// tensor descriptions (" cpu", " cuda") taken out: an op refuses a bad input on both backends in the same words.
+template <typename Call>
+std::string shape_error_words(Call call) {
+  std::string message = "(no ShapeError)";
+  try {
+    call();
+  } catch (const ShapeError& e) {
+    message = e.what();
+  }
+  for (const std::string device : {" cuda", " cpu"})
+    for (size_t at; (at = message.find(device)) != std::string::npos;) message.erase(at, device.size());
+  return message;
+}
+
 // Sets the math mode for a scope and restores it.
 class MathModeScope {
  public:

@@ -210,19 +210,11 @@ TEST_CASE("gpu DeviceCohort reports its bytes and refuses mixed grids and bad ba
                                                one_augmentation, 2, 3, DType::I32),
                   ShapeError);
   // The op's contract is checked in its dispatch: the host's gather refuses a bad slab with the same words.
-  const auto message = [](auto call) {
-    try {
-      call();
-    } catch (const ShapeError& e) {
-      return std::string(e.what());
-    }
-    return std::string("(no ShapeError)");
-  };
   const std::vector<std::vector<int>> past_the_end{{8}};
-  const std::string on_host =
-      message([&] { data::gather_batch_on_host(cases, std::vector<int>{1}, past_the_end, one_augmentation, 2, 3); });
+  const std::string on_host = shape_error_words(
+      [&] { data::gather_batch_on_host(cases, std::vector<int>{1}, past_the_end, one_augmentation, 2, 3); });
   CHECK(on_host == "gather_bags: bag 0 slab 0: slices [8, 11) outside depth 10");
-  CHECK(message([&] {
+  CHECK(shape_error_words([&] {
           data::gather_batch_on_device(cohort, std::vector<int>{1}, past_the_end, one_augmentation, 2, 3, DType::F32);
         }) == on_host);
 }
