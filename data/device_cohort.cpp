@@ -42,7 +42,7 @@ device::DeviceMemory allocate(std::span<const CaseVolume> cases) {
   const GridShape& grid = cases.front().grid;
   const auto [image_bytes, mask_bytes] = case_bytes(grid);
   try {
-    return device::DeviceMemory(cases.size() * (image_bytes + mask_bytes));
+    return device::DeviceMemory(cases.size() * (image_bytes + mask_bytes), device::MemorySource::dedicated);
   } catch (const DeviceError& e) {
     throw DeviceError(fmt::format("DeviceCohort: {} cases of grid {}x{}x{}: {}", cases.size(), grid.depth, grid.height,
                                   grid.width, e.what()));

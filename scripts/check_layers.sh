@@ -2,18 +2,15 @@
 # The tensor layer is sealed: no file outside tensor/ and kernels/ includes the CUDA backend (tensor/cuda/) or a
 # kernel (kernels/); they use the op table (tensor/ops.h) and the device facade (tensor/device.h). Exempt: the
 # kernel bench (apps/kernel_bench/, which times kernels alone) and the GPU tests (tests/gpu/, which compare the
-# backend's pieces with their CPU twins). Not yet sealed, named here until it moves behind the facade:
-# dist/nccl_communicator.cpp (NCCL on the backend's stream). Exit 1 with every offending line.
+# backend's pieces with their CPU twins). Exit 1 with every offending line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-not_yet_sealed='^dist/nccl_communicator\.cpp:'
 offending=$(git ls-files -- '*.h' '*.cpp' '*.cu' '*.cuh' '*.inc' |
   grep -Ev '^(tensor|kernels|apps/kernel_bench|tests/gpu)/' |
-  xargs grep -nE '#include "(tensor/cuda|kernels)/' |
-  grep -Ev "$not_yet_sealed" || true)
+  xargs grep -nE '#include "(tensor/cuda|kernels)/' || true)
 if [ -n "$offending" ]; then
   echo "check_layers: these files outside tensor/ include the CUDA backend or a kernel (use tensor/ops.h or tensor/device.h):" >&2
   echo "$offending" >&2
   exit 1
 fi
-echo "check_layers: the tensor layer is sealed (1 file not yet: dist/nccl_communicator.cpp)"
+echo "check_layers: the tensor layer is sealed"

@@ -4,24 +4,88 @@
 #include <fmt/format.h>
 
 #ifdef DSMIL_WITH_CUDA
+#include "tensor/cuda/checks.h"
 #include "tensor/cuda/context.h"
 #include "tensor/cuda/runtime.h"
 #endif
 
 namespace dsmil::device {
 
-void DeviceMemory::upload(size_t offset, const void* host, size_t bytes) {
-  if (offset > bytes_ || bytes > bytes_ - offset)
-    throw ShapeError(fmt::format("DeviceMemory::upload: {} bytes at offset {} of {}", bytes, offset, bytes_));
 #ifdef DSMIL_WITH_CUDA
-  cuda::copy_bytes(static_cast<uint8_t*>(data_) + offset, Device::CUDA, host, Device::CPU, bytes);
-#endif
+
+namespace {
+
+void check_range(const char* op, size_t offset, size_t bytes, size_t size) {
+  if (offset > size || bytes > size - offset)
+    throw ShapeError(fmt::format("DeviceMemory::{}: {} bytes at offset {} of {}", op, bytes, offset, size));
 }
 
-#ifdef DSMIL_WITH_CUDA
+}  // namespace
 
-DeviceMemory::DeviceMemory(size_t bytes) : data_(cuda::allocate_outside_pool(bytes)), bytes_(bytes) {}
-DeviceMemory::~DeviceMemory() { cuda::free_outside_pool(data_); }
+DeviceMemory::DeviceMemory(size_t bytes, MemorySource source)
+    : data_(source == MemorySource::pool ? cuda::device_alloc(bytes) : cuda::allocate_outside_pool(bytes)),
+      bytes_(bytes),
+      source_(source) {}
+
+DeviceMemory::~DeviceMemory() {
+  if (source_ == MemorySource::pool)
+    cuda::device_free(data_);
+  else
+    cuda::free_outside_pool(data_);
+}
+
+void DeviceMemory::upload(size_t offset, const void* host, size_t bytes) {
+  check_range("upload", offset, bytes, bytes_);
+  cuda::copy_bytes(static_cast<uint8_t*>(data_) + offset, Device::CUDA, host, Device::CPU, bytes);
+}
+
+void DeviceMemory::download(size_t offset, void* host, size_t bytes) const {
+  check_range("download", offset, bytes, bytes_);
+  cuda::copy_bytes(host, Device::CPU, static_cast<const uint8_t*>(data_) + offset, Device::CUDA, bytes);
+}
+
+void select_cuda_device(int index) {
+  const std::string context = fmt::format("select CUDA device {}", index);
+  int devices = 0;
+  DSMIL_CUDA_CHECK(cudaGetDeviceCount(&devices), context);
+  if (devices < 1) throw DeviceError(context + ": no CUDA device is visible");
+  DSMIL_CUDA_CHECK(cudaSetDevice(index % devices), context);
+}
+
+void* cuda_compute_stream() { return cuda::stream(); }
+
+struct SideStream::State {
+  cudaStream_t stream = nullptr;
+  cudaEvent_t compute_done = nullptr, side_done = nullptr;
+};
+
+SideStream::SideStream() : state_(std::make_unique<State>()) {
+  const char* context = "side stream start";
+  DSMIL_CUDA_CHECK(cudaStreamCreateWithFlags(&state_->stream, cudaStreamNonBlocking), context);
+  DSMIL_CUDA_CHECK(cudaEventCreateWithFlags(&state_->compute_done, cudaEventDisableTiming), context);
+  DSMIL_CUDA_CHECK(cudaEventCreateWithFlags(&state_->side_done, cudaEventDisableTiming), context);
+}
+
+SideStream::~SideStream() {
+  cudaStreamSynchronize(state_->stream);
+  cudaEventDestroy(state_->compute_done);
+  cudaEventDestroy(state_->side_done);
+  cudaStreamDestroy(state_->stream);
+}
+
+void SideStream::wait_for_compute() {
+  const char* context = "side stream waits for the ops";
+  DSMIL_CUDA_CHECK(cudaEventRecord(state_->compute_done, cuda::stream()), context);
+  DSMIL_CUDA_CHECK(cudaStreamWaitEvent(state_->stream, state_->compute_done), context);
+}
+
+void SideStream::join_compute() {
+  const char* context = "the ops wait for the side stream";
+  DSMIL_CUDA_CHECK(cudaEventRecord(state_->side_done, state_->stream), context);
+  DSMIL_CUDA_CHECK(cudaStreamWaitEvent(cuda::stream(), state_->side_done), context);
+}
+
+void* SideStream::native() const { return state_->stream; }
 
 bool cuda_available() { return cuda::device_available(); }
 
@@ -51,11 +115,29 @@ std::vector<std::string> convolution_measurements() { return cuda::conv_measured
 
 #else
 
-DeviceMemory::DeviceMemory(size_t bytes) {
-  throw DeviceError(
-      fmt::format("DeviceMemory: {} bytes of CUDA memory asked of a build without the CUDA backend", bytes));
+namespace {
+
+[[noreturn]] void no_cuda_device(const std::string& what) {
+  throw DeviceError(what + ": this build has no CUDA backend");
 }
+
+}  // namespace
+
+DeviceMemory::DeviceMemory(size_t bytes, MemorySource) {
+  no_cuda_device(fmt::format("DeviceMemory of {} bytes", bytes));
+}
+// No DeviceMemory or SideStream exists without the backend (their constructors throw): the members are never called.
 DeviceMemory::~DeviceMemory() = default;
+void DeviceMemory::upload(size_t, const void*, size_t) {}
+void DeviceMemory::download(size_t, void*, size_t) const {}
+void select_cuda_device(int index) { no_cuda_device(fmt::format("select CUDA device {}", index)); }
+void* cuda_compute_stream() { no_cuda_device("the CUDA compute stream"); }
+struct SideStream::State {};
+SideStream::SideStream() { no_cuda_device("SideStream"); }
+SideStream::~SideStream() = default;
+void SideStream::wait_for_compute() {}
+void SideStream::join_compute() {}
+void* SideStream::native() const { return nullptr; }
 
 bool cuda_available() { return false; }
 void synchronize(Device) {}

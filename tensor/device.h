@@ -1,10 +1,12 @@
-// The compute devices as code outside tensor/ sees them, in every build: availability, synchronisation, the
-// device memory pool's figures, profiler ranges, the backend's versions and its convolution choices. Without the
-// CUDA backend there is no CUDA device: the queries answer "none" (false, zeros, empty) and the rest does nothing.
+// The compute devices as code outside tensor/ sees them, in every build: availability, synchronisation, device
+// memory, the pool's figures, streams for libraries that queue their own GPU work, profiler ranges, the backend's
+// versions and its convolution choices. Without the CUDA backend there is no CUDA device: the queries answer "none"
+// (false, zeros, empty), what needs a device (memory, streams) throws DeviceError and the rest does nothing.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -26,23 +28,57 @@ MemoryUsage memory_usage();
 // Starts peak_used afresh from the memory in use now.
 void reset_memory_peak();
 
-// CUDA device memory outside the tensor pool, for data that lives as long as a run (the training set resident on
-// the GPU): taken at once, given back by the destructor. DeviceError when the device has too little (naming the
-// bytes wanted and free; memory the pool keeps for reuse does not count as free) or there is no CUDA device.
+// Where DeviceMemory comes from. `pool`: the tensors' stream-ordered pool, given back in stream order (cheap enough
+// for scratch taken at every step). `dedicated`: cudaMalloc outside the pool, for data that lives as long as a run
+// (the training set resident on the GPU); DeviceError when the device has too little, naming the bytes wanted and
+// free (memory the pool keeps for reuse does not count as free).
+enum class MemorySource { pool, dedicated };
+
+// CUDA device memory, taken at construction and given back by the destructor; DeviceError without a CUDA device.
 class DeviceMemory {
  public:
-  explicit DeviceMemory(size_t bytes);
+  DeviceMemory(size_t bytes, MemorySource source);
   ~DeviceMemory();
   DeviceMemory(const DeviceMemory&) = delete;
   DeviceMemory& operator=(const DeviceMemory&) = delete;
   void* data() const { return data_; }
+  template <typename T>
+  T* as() const {
+    return static_cast<T*>(data_);
+  }
   size_t bytes() const { return bytes_; }
-  // Copies `bytes` bytes from host memory to data() + offset; synchronous.
+  // Copies `bytes` bytes between host memory and data() + offset, in order after the ops queued before; the host
+  // waits for the copy.
   void upload(size_t offset, const void* host, size_t bytes);
+  void download(size_t offset, void* host, size_t bytes) const;
 
  private:
   void* data_ = nullptr;
   size_t bytes_ = 0;
+  MemorySource source_;
+};
+
+// For libraries that queue work of their own on the GPU (NCCL). Each throws DeviceError without a CUDA device.
+// Makes GPU `index` modulo the visible GPUs this process's device; call it before any other CUDA work.
+void select_cuda_device(int index);
+// The stream every op is queued on, as a cudaStream_t.
+void* cuda_compute_stream();
+// A CUDA stream of its own, ordered against the ops' stream by events: work queued on it after wait_for_compute()
+// runs after every op queued before that call; ops queued after join_compute() run after everything queued on it
+// before that call. Data-parallel training sums its gradients on one, overlapped with the backward pass.
+class SideStream {
+ public:
+  SideStream();
+  ~SideStream();  // waits for the stream's work (unchecked: destructors do not throw)
+  SideStream(const SideStream&) = delete;
+  SideStream& operator=(const SideStream&) = delete;
+  void wait_for_compute();
+  void join_compute();
+  void* native() const;  // the cudaStream_t
+
+ private:
+  struct State;
+  std::unique_ptr<State> state_;
 };
 
 // Brackets the work a profiler started with `--profile-from-start off` records (ncu, nsys).

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "tensor/cuda_versions.h"
+#include "tensor/device.h"
 #include "tensor/tensor.h"
 
 namespace dsmil::cuda {
@@ -25,22 +26,8 @@ cublasHandle_t cublas_handle();
 const cudaDeviceProp& device_properties();
 
 // Scratch memory (workspaces, partial sums) from the pool, released in stream order at scope exit.
-class DeviceBuffer {
- public:
-  explicit DeviceBuffer(size_t bytes);
-  ~DeviceBuffer();
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  void* data() const { return data_; }
-  template <typename T>
-  T* as() const {
-    return static_cast<T*>(data_);
-  }
-  size_t bytes() const { return bytes_; }
-
- private:
-  void* data_ = nullptr;
-  size_t bytes_ = 0;
+struct DeviceBuffer : device::DeviceMemory {
+  explicit DeviceBuffer(size_t bytes) : DeviceMemory(bytes, device::MemorySource::pool) {}
 };
 
 // The device and the versions actually loaded (driver, CUDA runtime, cuDNN with its file, cuBLAS).

@@ -188,8 +188,6 @@ void free_outside_pool(void* memory) noexcept {
     std::fprintf(stderr, "dsmil: cudaFree of device memory outside the pool failed: %s\n", cudaGetErrorString(status));
 }
 
-DeviceBuffer::DeviceBuffer(size_t bytes) : data_(device_alloc(bytes)), bytes_(bytes) {}
-DeviceBuffer::~DeviceBuffer() { device_free(data_); }
 
 namespace {
 
