@@ -6,23 +6,25 @@
 # after the forward pass). Usage (GPU machine): scripts/gpu_bench.sh CARRY_DIR LOG_DIR [RUNS]
 # DSMIL_BENCH_UNFOLDED=1 adds dsmil rows with the stem convolution on its input as it is (run.conv_fold=never),
 # DSMIL_BENCH_CUDNN_STEM=1 bf16 rows with the folded stem's forward on cuDNN instead of the implicit GEMM
-# (run.conv16_kernel=cudnn): the before / after of each in one call. DSMIL_BENCH_COMPILE_RUNS: processes of
-# torch.compile (default 1; each compiles anew, about a minute).
+# (run.conv16_kernel=cudnn): the before / after of each in one call. DSMIL_BENCH_BEFORE=DIR adds the rows of the
+# dsmil binary in DIR (another commit's carry folder), run interleaved with this one: a change's before and after in
+# one call. DSMIL_BENCH_COMPILE_RUNS: processes of torch.compile (default 1; each compiles anew, about a minute).
 set -u
 carry=$1 logs=$2 runs=${3:-3}
 repo_root=$(cd "$(dirname "$0")/.." && pwd)
 shape=(--bags 2 --instances 32 --slab 4 --size 128 --width 64 --depth 18)
-# Each variant: file suffix, precisions, extra settings.
-variants=("|fp32 bf16|")
-[ "${DSMIL_BENCH_UNFOLDED:-0}" = 1 ] && variants+=("_unfolded|fp32 bf16|--set run.conv_fold=never")
-[ "${DSMIL_BENCH_CUDNN_STEM:-0}" = 1 ] && variants+=("_cudnn_stem|bf16|--set run.conv16_kernel=cudnn")
+# Each variant: file suffix, binary folder, precisions, extra settings.
+variants=("|$carry|fp32 bf16|")
+[ -n "${DSMIL_BENCH_BEFORE:-}" ] && variants+=("_before|$DSMIL_BENCH_BEFORE|fp32 bf16|")
+[ "${DSMIL_BENCH_UNFOLDED:-0}" = 1 ] && variants+=("_unfolded|$carry|fp32 bf16|--set run.conv_fold=never")
+[ "${DSMIL_BENCH_CUDNN_STEM:-0}" = 1 ] && variants+=("_cudnn_stem|$carry|bf16|--set run.conv16_kernel=cudnn")
 : > "$logs/bench_torch.jsonl"
 for i in $(seq "$runs"); do
   for variant in "${variants[@]}"; do
-    IFS='|' read -r suffix precisions settings <<< "$variant"
+    IFS='|' read -r suffix binaries precisions settings <<< "$variant"
     for precision in $precisions; do
       # shellcheck disable=SC2086  # settings: words on purpose
-      "$carry/dsmil" bench "${shape[@]}" --set model.topk=3 --set run.precision=$precision $settings \
+      "$binaries/dsmil" bench "${shape[@]}" --set model.topk=3 --set run.precision=$precision $settings \
           --steps 20 --warmup 5 --json-out "$logs/bench_dsmil_${precision}${suffix}_$i.json" \
           > "$logs/bench_dsmil_${precision}${suffix}_$i.log" 2>&1 || tail -5 "$logs/bench_dsmil_${precision}${suffix}_$i.log"
     done

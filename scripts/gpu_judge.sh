@@ -6,7 +6,8 @@
 #   scripts/gpu_judge.sh recommended-v2 6,7
 # The cohorts are written and preprocessed first, one after the other with every core (inside `dsmil cv` each fold
 # process would preprocess with its share of one or two cores: 285 cases took minutes that way); then every CV runs
-# its five folds as five processes (--workers 5) with an equal share of the cores. Two CVs of recommended-v2 at 40
+# its five folds as five processes (--workers 5; WORKERS=10 for a CV of `--repeats 2`) with an equal share of the
+# cores. Two CVs of recommended-v2 at 40
 # epochs took 284 s of training side by side on an H200.
 set -uo pipefail
 repo_root=$(cd "$(dirname "$0")/.." && pwd)
@@ -16,7 +17,8 @@ source scripts/gpu_env.sh
 config=$1 seeds=$2
 shift 2
 seed_list=(${seeds//,/ })
-threads=$(( $(nproc) / (5 * ${#seed_list[@]}) )); (( threads > 0 )) || threads=1
+workers=${WORKERS:-5}
+threads=$(( $(nproc) / (workers * ${#seed_list[@]}) )); (( threads > 0 )) || threads=1
 start=$(date +%s)
 for seed in "${seed_list[@]}"; do
   COHORT_SEED=$seed source scripts/gpu_cohort.sh
@@ -25,7 +27,7 @@ done
 echo "== cohorts written and preprocessed: $(( $(date +%s) - start )) s"
 pids=()
 for seed in "${seed_list[@]}"; do
-  COHORT_SEED=$seed bash scripts/gpu_cv.sh "$config" 0,1,2,3,4 --workers 5 --set "run.threads=$threads" "$@" \
+  COHORT_SEED=$seed bash scripts/gpu_cv.sh "$config" 0,1,2,3,4 --workers "$workers" --set "run.threads=$threads" "$@" \
     > "judge_seed$seed.txt" 2>&1 &
   pids+=($!)
 done

@@ -323,22 +323,26 @@ fs::path run_dir_of(const FoldData& fold) {
   return parent.filename().string().rfind("repeat_", 0) == 0 ? parent.parent_path() : parent;
 }
 
-// Folds merged from runs made apart (`cv --folds`, other machines) must be one CV: the same config and
-// splits wherever those files exist, and no case in the test set of two folds of one repeat.
+// Folds merged from runs made apart (`cv --folds`, other machines) must be one CV: the same config wherever
+// config.toml exists, the same splits among the folds of one repeat wherever splits.json exists (each repeat draws
+// its own), and no case in the test set of two folds of one repeat.
 void check_folds_belong_together(const std::vector<FoldData>& folds) {
-  std::map<std::string, fs::path> configs, splits;
+  std::map<std::string, fs::path> configs;
+  std::map<int, std::map<std::string, fs::path>> splits_of_repeat;
   for (const FoldData& fold : folds) {
     const fs::path run_dir = run_dir_of(fold);
     if (fs::exists(run_dir / "config.toml")) configs.emplace(read_text_file(run_dir / "config.toml"), run_dir);
     const fs::path splits_json = fold.dir.parent_path() / "splits.json";
-    if (fs::exists(splits_json)) splits.emplace(read_text_file(splits_json), fold.dir.parent_path());
+    if (fs::exists(splits_json))
+      splits_of_repeat[fold.info.repeat].emplace(read_text_file(splits_json), fold.dir.parent_path());
   }
   if (configs.size() > 1)
     throw FormatError(fmt::format("the folds come from runs with different configs: {} and {}",
                                   configs.begin()->second.string(), std::next(configs.begin())->second.string()));
-  if (splits.size() > 1)
-    throw FormatError(fmt::format("the folds come from runs with different splits: {} and {}",
-                                  splits.begin()->second.string(), std::next(splits.begin())->second.string()));
+  for (const auto& [repeat, splits] : splits_of_repeat)
+    if (splits.size() > 1)
+      throw FormatError(fmt::format("the folds of repeat {} come from runs with different splits: {} and {}", repeat,
+                                    splits.begin()->second.string(), std::next(splits.begin())->second.string()));
   std::map<std::pair<int, std::string>, const FoldData*> tested_in;
   for (const FoldData& fold : folds)
     for (const PredictionRow& row : fold.predictions) {

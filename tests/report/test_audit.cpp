@@ -253,10 +253,10 @@ TEST_CASE("a healthy CV: cv_summary.json equals an independent recomputation, no
   CHECK(s["consistency"]["failed"] == 0);
 
   const std::string md = read_text(run / "AUDIT.md");
-  for (const char* section : {"## 1. Results audit", "## 2. Cross-validation summary", "## 3. Anomalies",
-                              "## 4. Recommendations", "## 5. Consistency", "No anomaly found",
-                              "HGG 9/9 correct (100.0%, 95% CI 70.1%–100.0%)",
-                              "LGG 5/5 correct (100.0%, 95% CI 56.6%–100.0%)", "Consistency: all"})
+  for (const char* section :
+       {"## 1. Results audit", "## 2. Cross-validation summary", "## 3. Anomalies", "## 4. Recommendations",
+        "## 5. Consistency", "No anomaly found", "HGG 9/9 correct (100.0%, 95% CI 70.1%–100.0%)",
+        "LGG 5/5 correct (100.0%, 95% CI 56.6%–100.0%)", "Consistency: all"})
     CHECK_MESSAGE(md.find(section) != std::string::npos, section);
   CHECK(first_paragraph(md).find("better than chance, and at its calibrated thresholds it classifies every test case "
                                  "correctly.") != std::string::npos);
@@ -498,6 +498,9 @@ TEST_CASE("repeats give pooled metrics per repeat and their spread: fold directo
     }
   const fs::path run = tmp.path / "repeated";
   write_run(run, folds);
+  // Each repeat draws its own splits, as `cv --repeats` writes them.
+  for (int r = 0; r < 2; ++r)
+    write_text(run / fmt::format("repeat_{}", r) / "splits.json", fmt::format("{{\"seed\": {}}}", 2026 + r));
   const AuditResult result = write_cv_report(run);
   for (const auto& f : result.failures) INFO(f);
   CHECK(result.consistent());
@@ -539,6 +542,13 @@ TEST_CASE("repeats give pooled metrics per repeat and their spread: fold directo
 
   options.inputs = {run_a, run_a / "fold_1"};
   CHECK_THROWS_AS(run_audit(options), dsmil::FormatError);
+
+  // Folds of one repeat drawn from other splits are not one CV.
+  write_text(run_a / "splits.json", "{\"seed\": 2026}");
+  write_text(run_b / "splits.json", "{\"seed\": 2027}");
+  options.inputs = {run_a, run_b / "fold_2"};
+  CHECK_THROWS_WITH_AS(run_audit(options), doctest::Contains("come from runs with different splits"),
+                       dsmil::FormatError);
 }
 
 TEST_CASE("malformed fold files give a FormatError naming the file and the reason") {
