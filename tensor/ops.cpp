@@ -1,5 +1,5 @@
-// Dispatch of every op to its CPU or CUDA twin, by the device of the first tensor argument,
-// after checking that all tensor arguments share that device.
+// Dispatch of every op to its CPU or CUDA twin, by the device of the first tensor argument, after checking the
+// op's contract (tensor/op_declarations.inc) here, once for both backends, so that they refuse a bad input alike.
 #include "tensor/ops.h"
 
 #include <fmt/format.h>
