@@ -188,6 +188,20 @@ void check_branch(const char* op, const Tensor& x, const Tensor& residual, const
   if (sample_factor.defined()) check_f32_values(op, sample_factor, x.size(0), "sample_factor");
 }
 
+// The forward passes' tensors: x, gamma, beta and the running statistics (F32 [C]), and the fused ops' optional
+// residual and sample_factor; returns their device.
+Device check_batchnorm_forward(const char* op, const Tensor& x, const Tensor& gamma, const Tensor& beta,
+                               const Tensor& running_mean, const Tensor& running_var, const Tensor& residual = Tensor(),
+                               const Tensor& sample_factor = Tensor()) {
+  const Device device =
+      common_device(op, {&x, &gamma, &beta, &running_mean, &running_var}, {&residual, &sample_factor});
+  const int64_t c = batchnorm_channels(op, x);
+  check_channels(op, c,
+                 {{&gamma, "gamma"}, {&beta, "beta"}, {&running_mean, "running_mean"}, {&running_var, "running_var"}});
+  check_branch(op, x, residual, sample_factor);
+  return device;
+}
+
 void check_probability(const char* op, float p) {
   if (!(p >= 0.0f && p < 1.0f)) throw ShapeError(fmt::format("{}: drop probability {} outside [0, 1)", op, p));
 }
@@ -407,10 +421,7 @@ Tensor conv3d_backward_filter(const Tensor& x, const Tensor& dy, const Shape& w_
 BatchNormTrainOut batchnorm_forward_train(const Tensor& x, const Tensor& gamma, const Tensor& beta,
                                           Tensor& running_mean, Tensor& running_var, float momentum, float eps) {
   const char* op = "batchnorm_forward_train";
-  const Device device = common_device(op, {&x, &gamma, &beta, &running_mean, &running_var});
-  const int64_t c = batchnorm_channels(op, x);
-  check_channels(op, c,
-                 {{&gamma, "gamma"}, {&beta, "beta"}, {&running_mean, "running_mean"}, {&running_var, "running_var"}});
+  const Device device = check_batchnorm_forward(op, x, gamma, beta, running_mean, running_var);
   check_training(op, x, momentum, eps);
   DSMIL_DISPATCH(device, batchnorm_forward_train, x, gamma, beta, running_mean, running_var, momentum, eps);
 }
@@ -428,10 +439,7 @@ BatchNormTrainOut batchnorm_statistics(const Tensor& x, Tensor& running_mean, Te
 Tensor batchnorm_forward_eval(const Tensor& x, const Tensor& gamma, const Tensor& beta, const Tensor& running_mean,
                               const Tensor& running_var, float eps) {
   const char* op = "batchnorm_forward_eval";
-  const Device device = common_device(op, {&x, &gamma, &beta, &running_mean, &running_var});
-  const int64_t c = batchnorm_channels(op, x);
-  check_channels(op, c,
-                 {{&gamma, "gamma"}, {&beta, "beta"}, {&running_mean, "running_mean"}, {&running_var, "running_var"}});
+  const Device device = check_batchnorm_forward(op, x, gamma, beta, running_mean, running_var);
   check_eps(op, eps);
   DSMIL_DISPATCH(device, batchnorm_forward_eval, x, gamma, beta, running_mean, running_var, eps);
 }
@@ -450,12 +458,7 @@ BatchNormTrainOut batchnorm_relu_forward_train(const Tensor& x, const Tensor& ga
                                                Tensor& running_mean, Tensor& running_var, float momentum, float eps,
                                                const Tensor& residual, const Tensor& sample_factor) {
   const char* op = "batchnorm_relu_forward_train";
-  const Device device =
-      common_device(op, {&x, &gamma, &beta, &running_mean, &running_var}, {&residual, &sample_factor});
-  const int64_t c = batchnorm_channels(op, x);
-  check_channels(op, c,
-                 {{&gamma, "gamma"}, {&beta, "beta"}, {&running_mean, "running_mean"}, {&running_var, "running_var"}});
-  check_branch(op, x, residual, sample_factor);
+  const Device device = check_batchnorm_forward(op, x, gamma, beta, running_mean, running_var, residual, sample_factor);
   check_training(op, x, momentum, eps);
   DSMIL_DISPATCH(device, batchnorm_relu_forward_train, x, gamma, beta, running_mean, running_var, momentum, eps,
                  residual, sample_factor);
@@ -465,12 +468,7 @@ Tensor batchnorm_relu_forward_eval(const Tensor& x, const Tensor& gamma, const T
                                    const Tensor& running_var, float eps, const Tensor& residual,
                                    const Tensor& sample_factor) {
   const char* op = "batchnorm_relu_forward_eval";
-  const Device device =
-      common_device(op, {&x, &gamma, &beta, &running_mean, &running_var}, {&residual, &sample_factor});
-  const int64_t c = batchnorm_channels(op, x);
-  check_channels(op, c,
-                 {{&gamma, "gamma"}, {&beta, "beta"}, {&running_mean, "running_mean"}, {&running_var, "running_var"}});
-  check_branch(op, x, residual, sample_factor);
+  const Device device = check_batchnorm_forward(op, x, gamma, beta, running_mean, running_var, residual, sample_factor);
   check_eps(op, eps);
   DSMIL_DISPATCH(device, batchnorm_relu_forward_eval, x, gamma, beta, running_mean, running_var, eps, residual,
                  sample_factor);
