@@ -5,7 +5,6 @@ namespace dsmil::cpu {
 
 Tensor matmul(const Tensor& a, const Tensor& b, bool transpose_a, bool transpose_b) {
   const int64_t m = transpose_a ? a.size(1) : a.size(0);
-  const int64_t k = transpose_a ? a.size(0) : a.size(1);
   const int64_t n = transpose_b ? b.size(0) : b.size(1);
   Tensor c = Tensor::empty({m, n});
   auto A = as_const_matrix(a, a.size(0), a.size(1));
