@@ -29,9 +29,11 @@ namespace {
 Device common_device(const char* op, std::initializer_list<const Tensor*> tensors,
                      std::initializer_list<const Tensor*> optional = {}) {
   const Tensor& first = **tensors.begin();
-  int position = 0;
-  for (const Tensor* t : tensors)
-    if (++position, !t->defined()) throw ShapeError(fmt::format("{}: tensor argument {} is undefined", op, position));
+  int position = 1;
+  for (const Tensor* t : tensors) {
+    if (!t->defined()) throw ShapeError(fmt::format("{}: tensor argument {} is undefined", op, position));
+    ++position;
+  }
   for (const auto* list : {&tensors, &optional})
     for (const Tensor* t : *list)
       if (t->defined() && t->device() != first.device())
