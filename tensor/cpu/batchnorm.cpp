@@ -2,7 +2,6 @@
 // Sums are accumulated in double so that the reference stays accurate at large M.
 #include <algorithm>
 #include <cmath>
-#include <fmt/format.h>
 
 #include "tensor/cpu/common.h"
 
@@ -14,11 +13,8 @@ struct Rows {
   int64_t m, c;
 };
 
-Rows rows_of(const char* op, const Tensor& x, const Tensor& per_channel) {
+Rows rows_of(const Tensor& x) {
   const int64_t c = x.size(-1);
-  if (per_channel.numel() != c)
-    throw ShapeError(
-        fmt::format("{}: {} channels in x {} but {} per-channel values", op, c, x.describe(), per_channel.describe()));
   return {x.numel() / c, c};
 }
 
@@ -54,8 +50,7 @@ Tensor affine_per_channel(const Tensor& x, const Rows& rc, const std::vector<flo
 
 BatchNormTrainOut batchnorm_statistics(const Tensor& x, Tensor& running_mean, Tensor& running_var, float momentum,
                                        float eps) {
-  const Rows rc = rows_of("batchnorm_statistics", x, running_mean);
-  if (rc.m < 2) throw ShapeError("batchnorm_statistics: needs at least 2 values per channel, got " + x.describe());
+  const Rows rc = rows_of(x);
   const float* xp = x.f32();
   const std::vector<double> sum = channel_sums(rc, [&](int64_t i, int64_t ch) { return xp[i * rc.c + ch]; });
   std::vector<double> mean(rc.c);
@@ -77,7 +72,7 @@ BatchNormTrainOut batchnorm_statistics(const Tensor& x, Tensor& running_mean, Te
 
 BatchNormTrainOut batchnorm_forward_train(const Tensor& x, const Tensor& gamma, const Tensor& beta,
                                           Tensor& running_mean, Tensor& running_var, float momentum, float eps) {
-  const Rows rc = rows_of("batchnorm_forward_train", x, gamma);
+  const Rows rc = rows_of(x);
   BatchNormTrainOut out = batchnorm_statistics(x, running_mean, running_var, momentum, eps);
   std::vector<float> a(rc.c), b(rc.c);
   for (int64_t ch = 0; ch < rc.c; ++ch) {
@@ -91,7 +86,7 @@ BatchNormTrainOut batchnorm_forward_train(const Tensor& x, const Tensor& gamma, 
 
 Tensor batchnorm_forward_eval(const Tensor& x, const Tensor& gamma, const Tensor& beta, const Tensor& running_mean,
                               const Tensor& running_var, float eps) {
-  const Rows rc = rows_of("batchnorm_forward_eval", x, gamma);
+  const Rows rc = rows_of(x);
   std::vector<float> a(rc.c), b(rc.c);
   for (int64_t ch = 0; ch < rc.c; ++ch) {
     const double invstd = 1.0 / std::sqrt(static_cast<double>(running_var.f32()[ch]) + eps);
@@ -103,8 +98,7 @@ Tensor batchnorm_forward_eval(const Tensor& x, const Tensor& gamma, const Tensor
 
 BatchNormGrads batchnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& gamma, const Tensor& save_mean,
                                   const Tensor& save_invstd) {
-  check_same_shape("batchnorm_backward", dy, x);
-  const Rows rc = rows_of("batchnorm_backward", x, gamma);
+  const Rows rc = rows_of(x);
   const float* xp = x.f32();
   const float* gp = dy.f32();
   const float* mean = save_mean.f32();

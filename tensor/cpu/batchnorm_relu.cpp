@@ -1,7 +1,5 @@
 // CPU fused batch norm + ReLU, the reference: y = relu(s[n] BN(x) + residual) over x[N, ..., C], written as
 // the composition of this backend's batch norm, add and ReLU that it replaces (s: F32 [N], optional).
-#include <fmt/format.h>
-
 #include "tensor/cpu/common.h"
 #include "tensor/cpu/ops_cpu.h"
 
@@ -10,12 +8,9 @@ namespace dsmil::cpu {
 namespace {
 
 // t[n, ...] * s[n] (drop-path's product); t itself when s is undefined.
-Tensor scaled_per_sample(const char* op, const Tensor& t, const Tensor& sample_factor) {
+Tensor scaled_per_sample(const Tensor& t, const Tensor& sample_factor) {
   if (!sample_factor.defined()) return t;
   const int64_t samples = t.size(0);
-  if (sample_factor.numel() != samples)
-    throw ShapeError(fmt::format("{}: sample_factor {} does not hold one value per sample of {}", op,
-                                 sample_factor.describe(), t.describe()));
   const int64_t per_sample = t.numel() / samples;
   Tensor out = empty_like(t);
   const float* in = t.f32();
@@ -37,7 +32,7 @@ BatchNormTrainOut batchnorm_relu_forward_train(const Tensor& x, const Tensor& ga
                                                Tensor& running_mean, Tensor& running_var, float momentum, float eps,
                                                const Tensor& residual, const Tensor& sample_factor) {
   BatchNormTrainOut out = batchnorm_forward_train(x, gamma, beta, running_mean, running_var, momentum, eps);
-  out.y = add_residual_relu(scaled_per_sample("batchnorm_relu_forward_train", out.y, sample_factor), residual);
+  out.y = add_residual_relu(scaled_per_sample(out.y, sample_factor), residual);
   return out;
 }
 
@@ -45,15 +40,14 @@ Tensor batchnorm_relu_forward_eval(const Tensor& x, const Tensor& gamma, const T
                                    const Tensor& running_var, float eps, const Tensor& residual,
                                    const Tensor& sample_factor) {
   const Tensor normalised = batchnorm_forward_eval(x, gamma, beta, running_mean, running_var, eps);
-  return add_residual_relu(scaled_per_sample("batchnorm_relu_forward_eval", normalised, sample_factor), residual);
+  return add_residual_relu(scaled_per_sample(normalised, sample_factor), residual);
 }
 
 BatchNormReluGrads batchnorm_relu_backward(const Tensor& dy, const Tensor& y, const Tensor& x, const Tensor& gamma,
                                            const Tensor& save_mean, const Tensor& save_invstd,
                                            const Tensor& sample_factor, bool residual_grad) {
   const Tensor g = relu_backward(dy, y);
-  BatchNormGrads grads = batchnorm_backward(scaled_per_sample("batchnorm_relu_backward", g, sample_factor), x, gamma,
-                                            save_mean, save_invstd);
+  BatchNormGrads grads = batchnorm_backward(scaled_per_sample(g, sample_factor), x, gamma, save_mean, save_invstd);
   return {grads.dx, grads.dgamma, grads.dbeta, residual_grad ? g : Tensor()};
 }
 

@@ -1,7 +1,5 @@
 // CPU optimizer state updates over flat F32 parameter tensors: AdamW with decoupled weight decay (one tensor,
 // or a list with the global-norm gradient clip), and the exponential moving average of weights.
-#include <fmt/format.h>
-
 #include <cmath>
 
 #include "tensor/cpu/common.h"
@@ -30,46 +28,22 @@ void ema_elements(float* e, const float* x, int64_t n, float decay) {
   for (int64_t i = 0; i < n; ++i) e[i] = decay * e[i] + (1.0f - decay) * x[i];
 }
 
-void check_cpu_f32_like(const char* op, const Tensor& t, const Tensor& like, const char* name) {
-  if (!t.defined() || t.device() != Device::CPU)
-    throw ShapeError(
-        fmt::format("{}: {} must be a CPU tensor, got {}", op, name, t.defined() ? t.describe() : "undefined"));
-  check_dtype(op, t, DType::F32, name);
-  check_same_shape(op, t, like);
-}
-
 }  // namespace
 
 void adamw_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamWHyper& h) {
-  check_same_shape("adamw_step", param, grad);
-  check_same_shape("adamw_step", param, m);
-  check_same_shape("adamw_step", param, v);
   adamw_elements(param.f32(), grad.f32(), m.f32(), v.f32(), param.numel(), h, 1.0f);
 }
 
 void ema_update(Tensor& ema, const Tensor& value, float decay) {
-  check_same_shape("ema_update", ema, value);
   ema_elements(ema.f32(), value.f32(), ema.numel(), decay);
 }
 
 void multi_tensor_adamw(AdamWTensors& tensors, const std::vector<Tensor>& grads, const AdamWHyper& h,
                         float max_grad_norm, Tensor& grad_norm) {
-  const char* op = "multi_tensor_adamw";
   const size_t count = tensors.params.size();
-  tensors.check_lengths(op, grads.size());
-  for (size_t i = 0; i < count; ++i) {
-    const Tensor& param = *tensors.params[i];
-    check_cpu_f32_like(op, param, param, "param");
-    check_cpu_f32_like(op, *tensors.m[i], param, "m");
-    check_cpu_f32_like(op, *tensors.v[i], param, "v");
-    if (grads[i].defined()) check_cpu_f32_like(op, grads[i], param, "grad");
-  }
   // The norm as nn::grad_norm computes it: per-tensor sum_squares added in double.
   float grad_scale = 1.0f;
   if (max_grad_norm > 0.0f) {
-    check_cpu_f32_like(op, grad_norm, grad_norm, "grad_norm");
-    if (grad_norm.numel() != 1)
-      throw ShapeError(fmt::format("{}: grad_norm must hold 1 value, got {}", op, grad_norm.describe()));
     double total = 0.0;
     for (const Tensor& g : grads)
       if (g.defined()) total += sum_squares(g);
@@ -87,12 +61,6 @@ void multi_tensor_adamw(AdamWTensors& tensors, const std::vector<Tensor>& grads,
 }
 
 void multi_tensor_ema(EmaTensors& tensors, float decay) {
-  const char* op = "multi_tensor_ema";
-  tensors.check_lengths(op);
-  for (size_t i = 0; i < tensors.ema.size(); ++i) {
-    check_cpu_f32_like(op, *tensors.ema[i], *tensors.ema[i], "ema");
-    check_cpu_f32_like(op, *tensors.values[i], *tensors.ema[i], "value");
-  }
   for (size_t i = 0; i < tensors.ema.size(); ++i)
     ema_elements(tensors.ema[i]->f32(), tensors.values[i]->f32(), tensors.ema[i]->numel(), decay);
 }

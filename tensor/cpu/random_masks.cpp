@@ -1,21 +1,16 @@
 // CPU dropout and drop-path with the counter-based generator of base/counter_rng.h: element i (or
 // sample n) keeps when uniform(seed, offset + i) >= p; kept values are scaled by 1 / (1 - p).
-#include <fmt/format.h>
-
 #include "base/counter_rng.h"
 #include "tensor/cpu/common.h"
 
 namespace dsmil::cpu {
 
 namespace {
-float keep_scale(const char* op, float p) {
-  if (p < 0.0f || p >= 1.0f) throw ShapeError(fmt::format("{}: drop probability {} outside [0, 1)", op, p));
-  return 1.0f / (1.0f - p);
-}
+float keep_scale(float p) { return 1.0f / (1.0f - p); }
 }  // namespace
 
 Tensor dropout(const Tensor& x, float p, uint64_t seed, uint64_t offset) {
-  const float kept = keep_scale("dropout", p);
+  const float kept = keep_scale(p);
   Tensor y = empty_like(x);
   const float* xp = x.f32();
   float* yp = y.f32();
@@ -26,7 +21,7 @@ Tensor dropout(const Tensor& x, float p, uint64_t seed, uint64_t offset) {
 }
 
 Tensor drop_path(const Tensor& x, float p, uint64_t seed, uint64_t offset) {
-  const float kept = keep_scale("drop_path", p);
+  const float kept = keep_scale(p);
   Tensor y = empty_like(x);
   const int64_t samples = x.size(0), per_sample = x.numel() / std::max<int64_t>(samples, 1);
   const float* xp = x.f32();

@@ -1,7 +1,5 @@
 // CPU space-to-depth over H and W, x[N, D, H, W, C] -> xs[N, D, Hs, Ws, Cs], and its adjoint xs -> x
 // (SpaceToDepthGeometry, tensor/ops.h): the reference of kernels/space_to_depth.cu.
-#include <fmt/format.h>
-
 #include "tensor/cpu/common.h"
 
 namespace dsmil::cpu {
@@ -38,9 +36,6 @@ Tensor space_to_depth(const Tensor& x, const SpaceToDepthGeometry& g) {
 }
 
 Tensor depth_to_space(const Tensor& xs, const SpaceToDepthGeometry& g, const Shape& x_shape) {
-  const Shape folded = ops::space_to_depth_shape("depth_to_space", x_shape, g);
-  if (xs.shape() != folded)
-    throw ShapeError(fmt::format("depth_to_space: xs must have shape {}, got {}", shape_str(folded), xs.describe()));
   Tensor x = Tensor::zeros(x_shape);
   const float* in = xs.f32();
   float* out = x.f32();

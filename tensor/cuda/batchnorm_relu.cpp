@@ -13,32 +13,9 @@ struct FusedShape {
   int64_t rows, channels, rows_per_sample;
 };
 
-// Checks x, gamma and the optional branch terms; an undefined residual or factor is absent.
-FusedShape check_fused(const char* op, const Tensor& x, const Tensor& gamma, const Tensor& residual,
-                       const Tensor& sample_factor) {
-  check_on_device(op, x, "x");
-  if (x.ndim() < 2 || x.size(-1) < 1)
-    throw ShapeError(fmt::format("{}: x must have a sample and a channel axis, got {}", op, x.describe()));
+FusedShape fused_shape(const Tensor& x) {
   const int64_t channels = x.size(-1), samples = x.size(0), rows = x.numel() / channels;
-  check_f32_vector(op, gamma, channels, "gamma");
-  if (residual.defined()) {
-    check_on_device(op, residual, "residual");
-    check_same_shape(op, residual, x);
-    check_dtype(op, residual, x.dtype(), "residual");
-  }
-  if (sample_factor.defined()) check_f32_vector(op, sample_factor, samples, "sample_factor");
   return {rows, channels, samples > 0 ? rows / samples : 1};
-}
-
-// The forward passes' checks: check_fused's, then beta and the running statistics (F32 [C]).
-FusedShape check_forward(const char* op, const Tensor& x, const Tensor& gamma, const Tensor& beta,
-                         const Tensor& running_mean, const Tensor& running_var, const Tensor& residual,
-                         const Tensor& sample_factor) {
-  const FusedShape s = check_fused(op, x, gamma, residual, sample_factor);
-  check_f32_vector(op, beta, s.channels, "beta");
-  check_f32_vector(op, running_mean, s.channels, "running_mean");
-  check_f32_vector(op, running_var, s.channels, "running_var");
-  return s;
 }
 
 kernels::SampleFactor factor_of(const Tensor& sample_factor, const FusedShape& s) {
@@ -56,8 +33,7 @@ BatchNormTrainOut batchnorm_relu_forward_train(const Tensor& x, const Tensor& ga
                                                Tensor& running_mean, Tensor& running_var, float momentum, float eps,
                                                const Tensor& residual, const Tensor& sample_factor) {
   const char* op = "batchnorm_relu_forward_train";
-  const FusedShape s = check_forward(op, x, gamma, beta, running_mean, running_var, residual, sample_factor);
-  if (s.rows < 2) throw ShapeError(fmt::format("{}: needs at least 2 values per channel, got {}", op, x.describe()));
+  const FusedShape s = fused_shape(x);
   BatchNormTrainOut out{empty_device(x.shape(), x.dtype()), empty_device({s.channels}, DType::F32),
                         empty_device({s.channels}, DType::F32)};
   DeviceBuffer scratch(kernels::batchnorm_scratch_size(s.rows, s.channels) * sizeof(double));
@@ -76,7 +52,7 @@ Tensor batchnorm_relu_forward_eval(const Tensor& x, const Tensor& gamma, const T
                                    const Tensor& running_var, float eps, const Tensor& residual,
                                    const Tensor& sample_factor) {
   const char* op = "batchnorm_relu_forward_eval";
-  const FusedShape s = check_forward(op, x, gamma, beta, running_mean, running_var, residual, sample_factor);
+  const FusedShape s = fused_shape(x);
   Tensor y = empty_device(x.shape(), x.dtype());
   with_float_type(op, x, [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -93,14 +69,7 @@ BatchNormReluGrads batchnorm_relu_backward(const Tensor& dy, const Tensor& y, co
                                            const Tensor& save_mean, const Tensor& save_invstd,
                                            const Tensor& sample_factor, bool residual_grad) {
   const char* op = "batchnorm_relu_backward";
-  const FusedShape s = check_fused(op, x, gamma, Tensor(), sample_factor);
-  for (const auto& [t, name] : {std::pair{&dy, "dy"}, std::pair{&y, "y"}}) {
-    check_on_device(op, *t, name);
-    check_same_shape(op, *t, x);
-    check_dtype(op, *t, x.dtype(), name);
-  }
-  check_f32_vector(op, save_mean, s.channels, "save_mean");
-  check_f32_vector(op, save_invstd, s.channels, "save_invstd");
+  const FusedShape s = fused_shape(x);
   BatchNormReluGrads grads{empty_device(x.shape(), x.dtype()), empty_device({s.channels}, DType::F32),
                            empty_device({s.channels}, DType::F32),
                            residual_grad ? empty_device(x.shape(), x.dtype()) : Tensor()};

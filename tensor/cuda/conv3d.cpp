@@ -648,19 +648,6 @@ std::string conv_context(ConvPass pass, const Tensor& a, const char* a_name, con
                      g.stride[0], g.stride[1], g.stride[2], g.pad[0], g.pad[1], g.pad[2]);
 }
 
-void check_conv_inputs(ConvPass pass, const Tensor& a, const char* a_name, const Tensor& b, const char* b_name,
-                       const Shape& other, const char* other_name) {
-  const char* op = pass_op_name(pass);
-  check_on_device(op, a, a_name);
-  check_on_device(op, b, b_name);
-  check_ndim(op, a, 5, a_name);
-  check_ndim(op, b, 5, b_name);
-  check_dtype(op, b, a.dtype(), b_name);
-  check_float(op, a, a_name);
-  if (other.size() != 5)
-    throw ShapeError(fmt::format("{}: {} must have 5 dimensions, got {}", op, other_name, shape_str(other)));
-}
-
 }  // namespace
 
 std::vector<ConvAlgorithmChoice> conv_algorithm_choices() {
@@ -687,7 +674,6 @@ std::vector<std::string> conv_measured_choices() {
 }
 
 Tensor conv3d_forward(const Tensor& x, const Tensor& w, const Conv3dGeometry& g) {
-  check_conv_inputs(ConvPass::Forward, x, "x", w, "w", w.shape(), "w");
   const Shape y_shape = ops::conv3d_output_shape(x.shape(), w.shape(), g);
   Tensor y = empty_device(y_shape, x.dtype());
   run_convolution({ConvPass::Forward, x.dtype(), x.shape(), w.shape(), y_shape, g, x.raw(), w.raw(), y.raw(),
@@ -696,10 +682,7 @@ Tensor conv3d_forward(const Tensor& x, const Tensor& w, const Conv3dGeometry& g)
 }
 
 Tensor conv3d_backward_data(const Tensor& dy, const Tensor& w, const Shape& x_shape, const Conv3dGeometry& g) {
-  check_conv_inputs(ConvPass::BackwardData, dy, "dy", w, "w", x_shape, "x_shape");
   const std::string context = conv_context(ConvPass::BackwardData, dy, "dy", w, "w", x_shape, "x_shape", g);
-  if (ops::conv3d_output_shape(x_shape, w.shape(), g) != dy.shape())
-    throw ShapeError(context + ": dy does not have the forward output's shape");
   Tensor dx = empty_device(x_shape, dy.dtype());
   run_convolution(
       {ConvPass::BackwardData, dy.dtype(), x_shape, w.shape(), dy.shape(), g, dx.raw(), w.raw(), dy.raw(), context});
@@ -707,10 +690,7 @@ Tensor conv3d_backward_data(const Tensor& dy, const Tensor& w, const Shape& x_sh
 }
 
 Tensor conv3d_backward_filter(const Tensor& x, const Tensor& dy, const Shape& w_shape, const Conv3dGeometry& g) {
-  check_conv_inputs(ConvPass::BackwardFilter, x, "x", dy, "dy", w_shape, "w_shape");
   const std::string context = conv_context(ConvPass::BackwardFilter, x, "x", dy, "dy", w_shape, "w_shape", g);
-  if (ops::conv3d_output_shape(x.shape(), w_shape, g) != dy.shape())
-    throw ShapeError(context + ": dy does not have the forward output's shape");
   Tensor dw = empty_device(w_shape, x.dtype());
   run_convolution(
       {ConvPass::BackwardFilter, x.dtype(), x.shape(), w_shape, dy.shape(), g, x.raw(), dw.raw(), dy.raw(), context});

@@ -1,7 +1,5 @@
 // CUDA matrix products c[M, N] = op(a) op(b) through cublasGemmEx (f32, TF32 per math_mode(), or bf16
 // with fp32 accumulation), bias add y[M, N] = x + bias[N] and its gradient db[N] (kernels/bias.cu).
-#include <climits>
-
 #include "kernels/bias.h"
 #include "tensor/cuda/ops_cuda.h"
 #include "tensor/cuda/op_helpers.h"
@@ -10,23 +8,13 @@ namespace dsmil::cuda {
 
 Tensor matmul(const Tensor& a, const Tensor& b, bool transpose_a, bool transpose_b) {
   const char* op = "matmul";
-  check_on_device(op, a, "a");
-  check_on_device(op, b, "b");
-  check_ndim(op, a, 2, "a");
-  check_ndim(op, b, 2, "b");
-  check_dtype(op, b, a.dtype(), "b");
   const int64_t m = transpose_a ? a.size(1) : a.size(0);
   const int64_t k = transpose_a ? a.size(0) : a.size(1);
-  const int64_t kb = transpose_b ? b.size(1) : b.size(0);
   const int64_t n = transpose_b ? b.size(0) : b.size(1);
   const auto context = [&] {
     return fmt::format("{} (transpose_a={}, transpose_b={})", op_context(op, {{"a", &a}, {"b", &b}}), transpose_a,
                        transpose_b);
   };
-  if (a.dtype() == DType::I32) throw ShapeError(context() + ": expected f32 or bf16 tensors");
-  if (k != kb) throw ShapeError(context() + ": inner sizes differ");
-  if (m > INT_MAX || n > INT_MAX || k > INT_MAX)
-    throw ShapeError(context() + ": a dimension exceeds cuBLAS's int range");
   Tensor c = empty_device({m, n}, a.dtype());
   if (c.numel() == 0) return c;
   if (k == 0) {
@@ -50,9 +38,6 @@ Tensor matmul(const Tensor& a, const Tensor& b, bool transpose_a, bool transpose
 
 Tensor add_bias(const Tensor& x, const Tensor& bias) {
   const char* op = "add_bias";
-  check_on_device(op, x, "x");
-  check_ndim(op, x, 2, "x");
-  check_f32_vector(op, bias, x.size(1), "bias");
   Tensor y = empty_device(x.shape(), x.dtype());
   with_float_type(op, x, [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -64,8 +49,6 @@ Tensor add_bias(const Tensor& x, const Tensor& bias) {
 
 Tensor bias_backward(const Tensor& dy) {
   const char* op = "bias_backward";
-  check_on_device(op, dy, "dy");
-  check_ndim(op, dy, 2, "dy");
   Tensor db = empty_device({dy.size(1)}, DType::F32);
   with_float_type(op, dy, [&](auto tag) {
     using T = typename decltype(tag)::type;

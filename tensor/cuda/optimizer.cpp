@@ -37,14 +37,7 @@ namespace cuda {
 
 namespace {
 
-void check_f32_like(const char* op, const Tensor& t, const Tensor& like, const char* name) {
-  check_on_device(op, t, name);
-  check_dtype(op, t, DType::F32, name);
-  check_same_shape(op, t, like);
-}
-
-kernels::AdamWStep adamw_constants(const char* op, const AdamWHyper& h) {
-  if (h.step < 1) throw ShapeError(fmt::format("{}: step must be >= 1 (1-based), got {}", op, h.step));
+kernels::AdamWStep adamw_constants(const AdamWHyper& h) {
   return {h.lr,
           h.beta1,
           h.beta2,
@@ -81,16 +74,13 @@ std::shared_ptr<MultiTensorTable> build_table(const std::vector<Slot>& slots, co
   return table;
 }
 
-// Checks the list (host only, every call: cheap next to a launch) and rebuilds its table when it changed.
-void refresh_adamw_table(const char* op, AdamWTensors& tensors) {
+// Rebuilds the list's table when it changed.
+void refresh_adamw_table(AdamWTensors& tensors) {
   std::vector<kernels::AdamWSlot> slots;
   std::vector<int64_t> numels;
   std::vector<uintptr_t> key;
   for (size_t i = 0; i < tensors.params.size(); ++i) {
     Tensor &param = *tensors.params[i], &m = *tensors.m[i], &v = *tensors.v[i];
-    check_f32_like(op, param, param, "param");
-    check_f32_like(op, m, param, "m");
-    check_f32_like(op, v, param, "v");
     slots.push_back({param.f32(), m.f32(), v.f32(), tensors.decayed[i] ? 1 : 0});
     numels.push_back(param.numel());
     key.insert(key.end(), {reinterpret_cast<uintptr_t>(param.raw()), reinterpret_cast<uintptr_t>(m.raw()),
@@ -100,15 +90,13 @@ void refresh_adamw_table(const char* op, AdamWTensors& tensors) {
   if (!table_fits(tensors.device_table, key)) tensors.device_table = build_table(slots, numels, std::move(key), true);
 }
 
-void refresh_ema_table(const char* op, EmaTensors& tensors) {
+void refresh_ema_table(EmaTensors& tensors) {
   std::vector<kernels::EmaSlot> slots;
   std::vector<int64_t> numels;
   std::vector<uintptr_t> key;
   for (size_t i = 0; i < tensors.ema.size(); ++i) {
     Tensor& ema = *tensors.ema[i];
     const Tensor& value = *tensors.values[i];
-    check_f32_like(op, ema, ema, "ema");
-    check_f32_like(op, value, ema, "value");
     slots.push_back({ema.f32(), value.f32()});
     numels.push_back(ema.numel());
     key.insert(key.end(), {reinterpret_cast<uintptr_t>(ema.raw()), reinterpret_cast<uintptr_t>(value.raw()),
@@ -121,19 +109,13 @@ void refresh_ema_table(const char* op, EmaTensors& tensors) {
 
 void adamw_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamWHyper& h) {
   const char* op = "adamw_step";
-  check_f32_like(op, param, param, "param");
-  check_f32_like(op, grad, param, "grad");
-  check_f32_like(op, m, param, "m");
-  check_f32_like(op, v, param, "v");
   DSMIL_CUDA_CHECK(
-      kernels::adamw(param.f32(), grad.f32(), m.f32(), v.f32(), param.numel(), adamw_constants(op, h), stream()),
+      kernels::adamw(param.f32(), grad.f32(), m.f32(), v.f32(), param.numel(), adamw_constants(h), stream()),
       op_context(op, {{"param", &param}, {"grad", &grad}}));
 }
 
 void ema_update(Tensor& ema, const Tensor& value, float decay) {
   const char* op = "ema_update";
-  check_f32_like(op, ema, ema, "ema");
-  check_f32_like(op, value, ema, "value");
   DSMIL_CUDA_CHECK(kernels::ema(ema.f32(), value.f32(), ema.numel(), decay, stream()),
                    op_context(op, {{"ema", &ema}, {"value", &value}}));
 }
@@ -145,23 +127,20 @@ void multi_tensor_adamw(AdamWTensors& tensors, const std::vector<Tensor>& grads,
                         float max_grad_norm, Tensor& grad_norm) {
   const char* op = "multi_tensor_adamw";
   const size_t count = tensors.params.size();
-  tensors.check_lengths(op, grads.size());
-  const kernels::AdamWStep step = adamw_constants(op, h);
-  refresh_adamw_table(op, tensors);
+  const kernels::AdamWStep step = adamw_constants(h);
+  refresh_adamw_table(tensors);
   const MultiTensorTable& table = *tensors.device_table;
 
   std::vector<kernels::GradPointers> grads_per_launch((count + kernels::kTensorsPerLaunch - 1) /
                                                       kernels::kTensorsPerLaunch);
   for (size_t i = 0; i < count; ++i) {
     const Tensor& g = grads[i];
-    if (g.defined()) check_f32_like(op, g, *tensors.params[i], "grad");
     grads_per_launch[i / kernels::kTensorsPerLaunch].grad[i % kernels::kTensorsPerLaunch] =
         g.defined() ? g.f32() : nullptr;
   }
   const auto context = [&] { return op_context(op, {{"params[0]", tensors.params.front()}}); };
   const bool clip = max_grad_norm > 0.0f;
   if (clip) {
-    check_f32_vector(op, grad_norm, 1, "grad_norm");
     for (size_t launch = 0; launch < grads_per_launch.size(); ++launch)
       DSMIL_CUDA_CHECK(
           kernels::multi_tensor_sum_squares(table.range(launch * kernels::kTensorsPerLaunch), grads_per_launch[launch],
@@ -180,8 +159,7 @@ void multi_tensor_adamw(AdamWTensors& tensors, const std::vector<Tensor>& grads,
 
 void multi_tensor_ema(EmaTensors& tensors, float decay) {
   const char* op = "multi_tensor_ema";
-  tensors.check_lengths(op);
-  refresh_ema_table(op, tensors);
+  refresh_ema_table(tensors);
   const MultiTensorTable& table = *tensors.device_table;
   // No per-step pointers, so the whole list is one launch whatever its length.
   const kernels::ChunkRange all{table.chunks.as<kernels::TensorChunk>(), 0, table.blocks(), 0};

@@ -21,16 +21,10 @@ kernels::Window3 window_of(const Pool3dGeometry& g) {
   return window;
 }
 
-void check_volume_shape(const char* op, const Shape& s, const char* name) {
-  if (s.size() != 5) throw ShapeError(fmt::format("{}: {} must be N, D, H, W, C, got {}", op, name, shape_str(s)));
-}
-
 }  // namespace
 
 MaxPoolOut maxpool3d_forward(const Tensor& x, const Pool3dGeometry& g) {
   const char* op = "maxpool3d_forward";
-  check_on_device(op, x, "x");
-  check_ndim(op, x, 5, "x");
   const Shape y_shape = ops::pool3d_output_shape(x.shape(), g);
   MaxPoolOut out{empty_device(y_shape, x.dtype()), empty_device(y_shape, DType::I32)};
   with_float_type(op, x, [&](auto tag) {
@@ -44,15 +38,6 @@ MaxPoolOut maxpool3d_forward(const Tensor& x, const Pool3dGeometry& g) {
 
 Tensor maxpool3d_backward(const Tensor& dy, const Tensor& argmax, const Shape& x_shape, const Pool3dGeometry& g) {
   const char* op = "maxpool3d_backward";
-  check_on_device(op, dy, "dy");
-  check_on_device(op, argmax, "argmax");
-  check_same_shape(op, dy, argmax);
-  check_dtype(op, argmax, DType::I32, "argmax");
-  check_volume_shape(op, x_shape, "x_shape");
-  if (dy.shape() != ops::pool3d_output_shape(x_shape, g))
-    throw ShapeError(fmt::format("{}: dy {} is not the pooling of x {} by kernel ({}, {}, {}) stride ({}, {}, {})", op,
-                                 dy.describe(), shape_str(x_shape), g.kernel[0], g.kernel[1], g.kernel[2], g.stride[0],
-                                 g.stride[1], g.stride[2]));
   Tensor dx = empty_device(x_shape, dy.dtype());
   with_float_type(op, dy, [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -65,8 +50,6 @@ Tensor maxpool3d_backward(const Tensor& dy, const Tensor& argmax, const Shape& x
 
 Tensor global_avg_pool(const Tensor& x) {
   const char* op = "global_avg_pool";
-  check_on_device(op, x, "x");
-  check_ndim(op, x, 5, "x");
   const int64_t n = x.size(0), c = x.size(4), rows = x.size(1) * x.size(2) * x.size(3);
   Tensor y = empty_device({n, c}, DType::F32);
   with_float_type(op, x, [&](auto tag) {
@@ -78,10 +61,6 @@ Tensor global_avg_pool(const Tensor& x) {
 
 Tensor global_avg_pool_backward(const Tensor& dy, const Shape& x_shape, DType dx_dtype) {
   const char* op = "global_avg_pool_backward";
-  check_on_device(op, dy, "dy");
-  check_volume_shape(op, x_shape, "x_shape");
-  check_dtype(op, dy, DType::F32, "dy");
-  check_shape(op, dy, {x_shape[0], x_shape[4]}, "dy");
   Tensor dx = empty_device(x_shape, dx_dtype);
   const int64_t n = x_shape[0], c = x_shape[4], rows = x_shape[1] * x_shape[2] * x_shape[3];
   with_float_type(op, dx, [&](auto tag) {
