@@ -11,11 +11,6 @@
 
 namespace dsmil {
 
-MathMode& math_mode() {
-  static MathMode mode;
-  return mode;
-}
-
 namespace {
 
 [[noreturn]] void no_cuda_backend(const char* op) {
@@ -174,9 +169,9 @@ bool all_finite(const Tensor& x) {
   DSMIL_DISPATCH(device, all_finite, x);
 }
 
-Tensor matmul(const Tensor& a, const Tensor& b, bool transpose_a, bool transpose_b) {
+Tensor matmul(const Tensor& a, const Tensor& b, bool transpose_a, bool transpose_b, const MathMode& mode) {
   const Device device = common_device("matmul", {&a, &b});
-  DSMIL_DISPATCH(device, matmul, a, b, transpose_a, transpose_b);
+  DSMIL_DISPATCH(device, matmul, a, b, transpose_a, transpose_b, mode);
 }
 
 Tensor add_bias(const Tensor& x, const Tensor& bias) {
@@ -189,19 +184,21 @@ Tensor bias_backward(const Tensor& dy) {
   DSMIL_DISPATCH(device, bias_backward, dy);
 }
 
-Tensor conv3d_forward(const Tensor& x, const Tensor& w, const Conv3dGeometry& g) {
+Tensor conv3d_forward(const Tensor& x, const Tensor& w, const Conv3dGeometry& g, const MathMode& mode) {
   const Device device = common_device("conv3d_forward", {&x, &w});
-  DSMIL_DISPATCH(device, conv3d_forward, x, w, g);
+  DSMIL_DISPATCH(device, conv3d_forward, x, w, g, mode);
 }
 
-Tensor conv3d_backward_data(const Tensor& dy, const Tensor& w, const Shape& x_shape, const Conv3dGeometry& g) {
+Tensor conv3d_backward_data(const Tensor& dy, const Tensor& w, const Shape& x_shape, const Conv3dGeometry& g,
+                            const MathMode& mode) {
   const Device device = common_device("conv3d_backward_data", {&dy, &w});
-  DSMIL_DISPATCH(device, conv3d_backward_data, dy, w, x_shape, g);
+  DSMIL_DISPATCH(device, conv3d_backward_data, dy, w, x_shape, g, mode);
 }
 
-Tensor conv3d_backward_filter(const Tensor& x, const Tensor& dy, const Shape& w_shape, const Conv3dGeometry& g) {
+Tensor conv3d_backward_filter(const Tensor& x, const Tensor& dy, const Shape& w_shape, const Conv3dGeometry& g,
+                              const MathMode& mode) {
   const Device device = common_device("conv3d_backward_filter", {&x, &dy});
-  DSMIL_DISPATCH(device, conv3d_backward_filter, x, dy, w_shape, g);
+  DSMIL_DISPATCH(device, conv3d_backward_filter, x, dy, w_shape, g, mode);
 }
 
 BatchNormTrainOut batchnorm_forward_train(const Tensor& x, const Tensor& gamma, const Tensor& beta,

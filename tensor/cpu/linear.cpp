@@ -5,7 +5,7 @@
 
 namespace dsmil::cpu {
 
-Tensor matmul(const Tensor& a, const Tensor& b, bool transpose_a, bool transpose_b) {
+Tensor matmul(const Tensor& a, const Tensor& b, bool transpose_a, bool transpose_b, const MathMode&) {
   check_ndim("matmul", a, 2, "a");
   check_ndim("matmul", b, 2, "b");
   const int64_t m = transpose_a ? a.size(1) : a.size(0);
