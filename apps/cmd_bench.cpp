@@ -120,10 +120,10 @@ void print_memory_timeline(Device device, Step&& step) {
 void run_bench(const BenchArgs& a) {
   const Device device = resolve_device(a.device);
   const RunConfig config = bench_config(a, device);
-  math_mode() = config.math();
   if (a.memory_timeline && device == Device::CPU) throw Error("dsmil bench --memory-timeline: needs the CUDA backend");
 
   mil::DualStreamMIL model(config.model_config(), 1);
+  model.set_math_mode(config.math());
   model.to(device);
   nn::AdamW optimizer(model.parameters(), config.optimizer_config());
   nn::Ema ema(model, static_cast<float>(config.ema_decay));

@@ -32,7 +32,6 @@ void run_lr_find(const LrFindArgs& a) {
     throw Error(fmt::format("--fold {}: there is no such fold (cv.folds = {})", a.fold, config.folds));
   const Device device = resolve_device(config.device);
   resolve_precision(config, device);
-  math_mode() = config.math();
   std::filesystem::create_directories(a.out);
   logging::open_run_log(std::filesystem::path(a.out) / "lr_find.log");
 

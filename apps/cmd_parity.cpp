@@ -49,7 +49,6 @@ void write_npy(const fs::path& path, const Tensor& t) {
 void run_parity_dump(const ParityArgs& a) {
   const Device device = resolve_device(a.device);
   if (a.precision == "bf16" && device == Device::CPU) throw Error("parity-dump: bf16 needs the CUDA backend");
-  math_mode().allow_tf32 = a.precision == "tf32";
   mil::ModelConfig config;
   config.encoder = {a.depth, a.width, a.slab, 4, 0.0f, a.precision == "bf16"};
   config.head.pooling = mil::parse_pooling(a.pooling);
@@ -60,6 +59,9 @@ void run_parity_dump(const ParityArgs& a) {
   config.head.instance_dropout = 0.0f;
   const uint64_t seed = a.seed ? a.seed : std::random_device{}();
   mil::DualStreamMIL model(config, seed);
+  MathMode mode;
+  mode.allow_tf32 = a.precision == "tf32";
+  model.set_math_mode(mode);
   std::mt19937_64 engine(seed);
   std::normal_distribution<float> normal(0.0f, 1.0f);
   std::uniform_real_distribution<float> around_one(0.5f, 1.5f);

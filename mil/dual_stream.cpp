@@ -96,8 +96,8 @@ MilOutput DualStreamHead::forward(const Variable& h_in, const Tensor& mask_in, c
   // Stream 1: instance classifier and pooling by the margin z_i = c_i1 - c_i0.
   const Variable c = instance_classifier_.forward(h);
   const Variable c_bags = fn::view(c, {bags, n, 2});
-  const Variable z =
-      fn::view(fn::linear(c, Variable(margin_weights(h_in.value().device()), false), Variable()), {bags, n});
+  const Variable z = fn::view(
+      fn::linear(c, Variable(margin_weights(h_in.value().device()), false), Variable(), math_mode()), {bags, n});
   out.margins = z.value();
   // Stream-1 pooling; `pool` applies the same instance weighting to any per-instance tensor [B, n, F].
   std::function<Variable(const Variable&)> pool;

@@ -25,7 +25,7 @@ Conv3d::Conv3d(int64_t in, int64_t out, const Conv3dGeometry& g, InitEngine& eng
 
 // Mixed precision: a bf16 input convolves with a bf16 copy of the fp32 master weight.
 Variable Conv3d::forward(const Variable& x) const {
-  return fn::conv3d(x, fn::to_dtype(weight, x.value().dtype()), geometry);
+  return fn::conv3d(x, fn::to_dtype(weight, x.value().dtype()), geometry, math_mode());
 }
 
 BatchNorm3d::BatchNorm3d(int64_t channels)
@@ -69,6 +69,6 @@ Linear::Linear(int64_t in, int64_t out, InitEngine& engine, bool with_bias) {
   }
 }
 
-Variable Linear::forward(const Variable& x) const { return fn::linear(x, weight, bias); }
+Variable Linear::forward(const Variable& x) const { return fn::linear(x, weight, bias, math_mode()); }
 
 }  // namespace dsmil::nn

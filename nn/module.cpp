@@ -34,6 +34,11 @@ void Module::set_training(bool training) {
   for (const Child& c : children_) c.module->set_training(training);
 }
 
+void Module::set_math_mode(const MathMode& mode) {
+  math_mode_ = mode;
+  for (const Child& c : children_) c.module->set_math_mode(mode);
+}
+
 void Module::visit(const std::function<void(Module&)>& f) {
   f(*this);
   for (const Child& c : children_) c.module->visit(f);

@@ -1,5 +1,5 @@
 // Module: a named tree of parameters (Variables that take gradients) and buffers (state tensors such as
-// batch-norm running statistics), with a training flag. Layers read like the math in their forward.
+// batch-norm running statistics), with a training flag and a math mode. Layers read like the math in their forward.
 #pragma once
 
 #include <cstdint>
@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "tensor/autograd.h"
+#include "tensor/ops.h"
 
 namespace dsmil::nn {
 
@@ -56,9 +57,13 @@ class Module {
   std::vector<NamedParameter> parameters();
   std::vector<NamedBuffer> buffers();
   void set_training(bool training);
+  // The numerics of this module's convolutions and matrix products, for it and every module under it (a fresh
+  // module holds the default MathMode).
+  void set_math_mode(const MathMode& mode);
   // Calls f on this module and every module under it, parents first.
   void visit(const std::function<void(Module&)>& f);
   bool training() const { return training_; }
+  const MathMode& math_mode() const { return math_mode_; }
   // Moves every parameter and buffer to `device` (gradients are dropped).
   void to(Device device);
   int64_t parameter_count();
@@ -77,6 +82,7 @@ class Module {
   std::vector<NamedBuffer> own_buffers_;
   std::vector<Child> children_;
   bool training_ = true;
+  MathMode math_mode_;
 };
 
 }  // namespace dsmil::nn

@@ -48,20 +48,21 @@ Variable view(const Variable& x, const Shape& shape) {
   return Variable::from_op(x.value().view(shape), {x}, [x, from](const Tensor& g) { x.accumulate_grad(g.view(from)); });
 }
 
-Variable linear(const Variable& x, const Variable& w, const Variable& bias) {
-  Tensor y = ops::matmul(x.value(), w.value(), false, true);
+Variable linear(const Variable& x, const Variable& w, const Variable& bias, const MathMode& mode) {
+  Tensor y = ops::matmul(x.value(), w.value(), false, true, mode);
   if (bias.defined()) y = ops::add_bias(y, bias.value());
-  return Variable::from_op(y, {x, w, bias}, [x, w, bias](const Tensor& g) {
-    if (x.requires_grad()) x.accumulate_grad(ops::matmul(g, w.value(), false, false));
-    if (w.requires_grad()) w.accumulate_grad(ops::matmul(g, x.value(), true, false));
+  return Variable::from_op(y, {x, w, bias}, [x, w, bias, mode](const Tensor& g) {
+    if (x.requires_grad()) x.accumulate_grad(ops::matmul(g, w.value(), false, false, mode));
+    if (w.requires_grad()) w.accumulate_grad(ops::matmul(g, x.value(), true, false, mode));
     if (bias.defined() && bias.requires_grad()) bias.accumulate_grad(ops::bias_backward(g));
   });
 }
 
-Variable conv3d(const Variable& x, const Variable& w, const Conv3dGeometry& g) {
-  return Variable::from_op(ops::conv3d_forward(x.value(), w.value(), g), {x, w}, [x, w, g](const Tensor& dy) {
-    if (x.requires_grad()) x.accumulate_grad(ops::conv3d_backward_data(dy, w.value(), x.shape(), g));
-    if (w.requires_grad()) w.accumulate_grad(ops::conv3d_backward_filter(x.value(), dy, w.shape(), g));
+Variable conv3d(const Variable& x, const Variable& w, const Conv3dGeometry& g, const MathMode& mode) {
+  const Tensor y = ops::conv3d_forward(x.value(), w.value(), g, mode);
+  return Variable::from_op(y, {x, w}, [x, w, g, mode](const Tensor& dy) {
+    if (x.requires_grad()) x.accumulate_grad(ops::conv3d_backward_data(dy, w.value(), x.shape(), g, mode));
+    if (w.requires_grad()) w.accumulate_grad(ops::conv3d_backward_filter(x.value(), dy, w.shape(), g, mode));
   });
 }
 

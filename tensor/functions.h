@@ -20,10 +20,10 @@ Variable to_dtype(const Variable& x, DType dtype);
 // Same values, another shape (no copy).
 Variable view(const Variable& x, const Shape& shape);
 
-// y[M, N] = x[M, K] w[N, K]^T (+ bias[N] when defined).
-Variable linear(const Variable& x, const Variable& w, const Variable& bias);
+// y[M, N] = x[M, K] w[N, K]^T (+ bias[N] when defined). The backward runs under the forward's mode.
+Variable linear(const Variable& x, const Variable& w, const Variable& bias, const MathMode& mode);
 
-Variable conv3d(const Variable& x, const Variable& w, const Conv3dGeometry& g);
+Variable conv3d(const Variable& x, const Variable& w, const Conv3dGeometry& g, const MathMode& mode);
 
 // Batch norm over all axes but the last. Training uses and updates the running statistics (tensors,
 // not Variables: they take no gradient); evaluation reads them.

@@ -13,11 +13,6 @@
 
 namespace dsmil {
 
-MathMode& math_mode() {
-  static MathMode mode;
-  return mode;
-}
-
 namespace {
 
 [[noreturn]] void no_cuda_backend(const char* op) {
@@ -343,7 +338,7 @@ bool all_finite(const Tensor& x) {
   DSMIL_DISPATCH(device, all_finite, x);
 }
 
-Tensor matmul(const Tensor& a, const Tensor& b, bool transpose_a, bool transpose_b) {
+Tensor matmul(const Tensor& a, const Tensor& b, bool transpose_a, bool transpose_b, const MathMode& mode) {
   const char* op = "matmul";
   const Device device = common_device(op, {&a, &b});
   check_ndim(op, a, 2, "a");
@@ -359,7 +354,7 @@ Tensor matmul(const Tensor& a, const Tensor& b, bool transpose_a, bool transpose
   constexpr int64_t kIntMax = std::numeric_limits<int>::max();
   if (device == Device::CUDA && (m > kIntMax || n > kIntMax || k > kIntMax))
     throw ShapeError(fmt::format("{}: {} x {} exceeds cuBLAS's int range", op, a.describe(), b.describe()));
-  DSMIL_DISPATCH(device, matmul, a, b, transpose_a, transpose_b);
+  DSMIL_DISPATCH(device, matmul, a, b, transpose_a, transpose_b, mode);
 }
 
 Tensor add_bias(const Tensor& x, const Tensor& bias) {
@@ -396,28 +391,30 @@ void check_conv_dy(const char* op, const Tensor& dy, const Shape& x, const Shape
 }
 }  // namespace
 
-Tensor conv3d_forward(const Tensor& x, const Tensor& w, const Conv3dGeometry& g) {
+Tensor conv3d_forward(const Tensor& x, const Tensor& w, const Conv3dGeometry& g, const MathMode& mode) {
   const char* op = "conv3d_forward";
   const Device device = common_device(op, {&x, &w});
   check_conv_tensors(op, x, "x", w, "w");
   conv_output(op, x.shape(), w.shape(), g);
-  DSMIL_DISPATCH(device, conv3d_forward, x, w, g);
+  DSMIL_DISPATCH(device, conv3d_forward, x, w, g, mode);
 }
 
-Tensor conv3d_backward_data(const Tensor& dy, const Tensor& w, const Shape& x_shape, const Conv3dGeometry& g) {
+Tensor conv3d_backward_data(const Tensor& dy, const Tensor& w, const Shape& x_shape, const Conv3dGeometry& g,
+                            const MathMode& mode) {
   const char* op = "conv3d_backward_data";
   const Device device = common_device(op, {&dy, &w});
   check_conv_tensors(op, dy, "dy", w, "w");
   check_conv_dy(op, dy, x_shape, w.shape(), g);
-  DSMIL_DISPATCH(device, conv3d_backward_data, dy, w, x_shape, g);
+  DSMIL_DISPATCH(device, conv3d_backward_data, dy, w, x_shape, g, mode);
 }
 
-Tensor conv3d_backward_filter(const Tensor& x, const Tensor& dy, const Shape& w_shape, const Conv3dGeometry& g) {
+Tensor conv3d_backward_filter(const Tensor& x, const Tensor& dy, const Shape& w_shape, const Conv3dGeometry& g,
+                              const MathMode& mode) {
   const char* op = "conv3d_backward_filter";
   const Device device = common_device(op, {&x, &dy});
   check_conv_tensors(op, x, "x", dy, "dy");
   check_conv_dy(op, dy, x.shape(), w_shape, g);
-  DSMIL_DISPATCH(device, conv3d_backward_filter, x, dy, w_shape, g);
+  DSMIL_DISPATCH(device, conv3d_backward_filter, x, dy, w_shape, g, mode);
 }
 
 BatchNormTrainOut batchnorm_forward_train(const Tensor& x, const Tensor& gamma, const Tensor& beta,

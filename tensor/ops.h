@@ -32,14 +32,14 @@ enum class ConvFolding { measured, always, never };
 // and keeps the faster; deterministic mode takes cuDNN's deterministic algorithm. The GPU tests force each.
 enum class ConvKernel { measured, cudnn, implicit_gemm };
 
-// Process-wide numerics switches of the CUDA backend (the CPU backend is always plain fp32).
+// Numerics switches of the CUDA backend, passed to each op they concern (the CPU backend is always plain fp32).
+// The model carries its own (nn::Module::set_math_mode); default-constructed: TF32 allowed, measured choices.
 struct MathMode {
   bool allow_tf32 = true;      // TF32 tensor cores for fp32 convolutions and GEMMs
   bool deterministic = false;  // deterministic algorithms and fixed reduction orders
   ConvFolding conv_space_to_depth = ConvFolding::measured;
   ConvKernel conv16_forward = ConvKernel::measured;
 };
-MathMode& math_mode();
 
 struct Conv3dGeometry {
   std::array<int, 3> kernel{1, 1, 1};  // (T, R, S) = depth, height, width

@@ -16,18 +16,12 @@ const Conv3dGeometry kFoldedStem{{3, 4, 4}, {1, 1, 1}, {1, 0, 0}};
 
 Shape filter_shape(const Shape& xs) { return {kFilters, 3, 4, 4, xs[4]}; }
 
-// Forces the implicit GEMM on CUDA tensors for its scope, whatever the timing would pick (the CPU backend
-// does not read the mode).
-class ForcedImplicitGemm {
- public:
-  ForcedImplicitGemm() : saved_(math_mode()) { math_mode().conv16_forward = ConvKernel::implicit_gemm; }
-  ~ForcedImplicitGemm() { math_mode() = saved_; }
-  ForcedImplicitGemm(const ForcedImplicitGemm&) = delete;
-  ForcedImplicitGemm& operator=(const ForcedImplicitGemm&) = delete;
-
- private:
-  MathMode saved_;
-};
+// The implicit GEMM on CUDA tensors, whatever the timing would pick (the CPU backend does not read the mode).
+MathMode forced_implicit_gemm() {
+  MathMode mode;
+  mode.conv16_forward = ConvKernel::implicit_gemm;
+  return mode;
+}
 
 KernelBench conv16_forward_bench() {
   KernelBench b =
@@ -54,8 +48,7 @@ KernelBench conv16_forward_bench() {
     return p;
   };
   b.run = [](std::vector<Tensor>& in, const Shape&, DType) {
-    const ForcedImplicitGemm forced;
-    return std::vector<Tensor>{ops::conv3d_forward(in[0], in[1], kFoldedStem)};
+    return std::vector<Tensor>{ops::conv3d_forward(in[0], in[1], kFoldedStem, forced_implicit_gemm())};
   };
 #ifdef DSMIL_WITH_CUDA
   b.launch_fast = [](const Shape& s, DType) {

@@ -227,7 +227,6 @@ CvResult run_cv(const RunConfig& requested, const CvOptions& options) {
   std::sort(folds.begin(), folds.end());
   folds.erase(std::unique(folds.begin(), folds.end()), folds.end());
   if (config.threads > 0) omp_set_num_threads(config.threads);
-  math_mode() = config.math();
 
   CvResult result;
   const bool resuming = !options.resume_dir.empty();

@@ -42,6 +42,8 @@ Learner::Learner(const RunConfig& config, const std::vector<data::CaseVolume>& c
       ema_model_(config.model_config(), stream_seed(kInit, 0, 0)) {
   model_.to(device);
   ema_model_.to(device);
+  model_.set_math_mode(c_.math());
+  ema_model_.set_math_mode(c_.math());
   ema_model_.set_training(false);
   optimizer_ = std::make_unique<nn::AdamW>(model_.parameters(), c_.optimizer_config());
   if (c_.ema_decay > 0) ema_ = std::make_unique<nn::Ema>(model_, static_cast<float>(c_.ema_decay));

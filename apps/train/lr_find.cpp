@@ -34,6 +34,7 @@ LrFindResult lr_find(const RunConfig& config, const std::vector<data::CaseVolume
                             options.lr_min, options.lr_max, options.steps));
   const uint64_t seed = static_cast<uint64_t>(config.seed);
   mil::DualStreamMIL model(config.model_config(), data::derive_seed(seed, {kInit}));
+  model.set_math_mode(config.math());
   model.to(device);
   model.set_training(true);
   nn::AdamW optimizer(model.parameters(), config.optimizer_config());

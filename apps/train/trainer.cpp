@@ -86,10 +86,10 @@ TrainedModel load_trained_model(const fs::path& checkpoint, Device device) {
   // A model trained in bf16 keeps fp32 master weights: on the CPU it runs in fp32.
   if (device == Device::CPU && trained.config.precision == Precision::bf16) trained.config.precision = Precision::fp32;
   resolve_precision(trained.config, device);
-  // The model computes as its run evaluated it (cv.cpp): with the run's TF32, determinism and convolution
-  // choices, so that a strict-fp32 run's model predicts in strict fp32.
-  math_mode() = trained.config.math();
   trained.model = std::make_unique<mil::DualStreamMIL>(trained.config.model_config(), 0);
+  // The model computes as its run evaluated it (learner.cpp): with the run's TF32, determinism and convolution
+  // choices, so that a strict-fp32 run's model predicts in strict fp32.
+  trained.model->set_math_mode(trained.config.math());
   nn::restore_parameters(ckpt, "model.", trained.model->parameters());
   nn::restore_state(ckpt, "model.", trained.model->buffers());
   trained.model->to(device);

@@ -52,8 +52,8 @@ struct CheckpointThreshold {
 };
 
 // A fold's saved model (best.ckpt, best_ema.ckpt, last.ckpt): its resolved config, the epoch it was saved at,
-// its calibrated threshold when it has one, and the model on `device` in evaluation mode. Sets the process's
-// math mode (math_mode()) to the config's, as the run had it.
+// its calibrated threshold when it has one, and the model on `device` in evaluation mode, in the config's math
+// mode (nn::Module::set_math_mode), as the run had it.
 struct TrainedModel {
   RunConfig config;
   int epoch = 0;

@@ -105,7 +105,7 @@ void col2im(const ConvDims& cd, const float* cols, int64_t first, int64_t count,
 
 }  // namespace
 
-Tensor conv3d_forward(const Tensor& x, const Tensor& w, const Conv3dGeometry& g) {
+Tensor conv3d_forward(const Tensor& x, const Tensor& w, const Conv3dGeometry& g, const MathMode&) {
   const ConvDims cd = conv_dims(x.shape(), w.shape(), g);
   Tensor y = Tensor::empty({cd.n, cd.od, cd.oh, cd.ow, cd.k});
   const int64_t chunk = samples_per_chunk(cd);
@@ -121,7 +121,8 @@ Tensor conv3d_forward(const Tensor& x, const Tensor& w, const Conv3dGeometry& g)
   return y;
 }
 
-Tensor conv3d_backward_data(const Tensor& dy, const Tensor& w, const Shape& x_shape, const Conv3dGeometry& g) {
+Tensor conv3d_backward_data(const Tensor& dy, const Tensor& w, const Shape& x_shape, const Conv3dGeometry& g,
+                            const MathMode&) {
   const ConvDims cd = conv_dims(x_shape, w.shape(), g);
   Tensor dx = Tensor::empty(x_shape);
   const int64_t chunk = samples_per_chunk(cd);
@@ -137,7 +138,8 @@ Tensor conv3d_backward_data(const Tensor& dy, const Tensor& w, const Shape& x_sh
   return dx;
 }
 
-Tensor conv3d_backward_filter(const Tensor& x, const Tensor& dy, const Shape& w_shape, const Conv3dGeometry& g) {
+Tensor conv3d_backward_filter(const Tensor& x, const Tensor& dy, const Shape& w_shape, const Conv3dGeometry& g,
+                              const MathMode&) {
   const ConvDims cd = conv_dims(x.shape(), w_shape, g);
   Tensor dw = Tensor::zeros(w_shape);
   auto DW = as_matrix(dw, cd.k, cd.patch());

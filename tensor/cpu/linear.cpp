@@ -3,7 +3,7 @@
 
 namespace dsmil::cpu {
 
-Tensor matmul(const Tensor& a, const Tensor& b, bool transpose_a, bool transpose_b) {
+Tensor matmul(const Tensor& a, const Tensor& b, bool transpose_a, bool transpose_b, const MathMode&) {
   const int64_t m = transpose_a ? a.size(1) : a.size(0);
   const int64_t n = transpose_b ? b.size(0) : b.size(1);
   Tensor c = Tensor::empty({m, n});

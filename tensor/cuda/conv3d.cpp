@@ -1,10 +1,11 @@
 // CUDA 3-D convolution through cuDNN's legacy API: forward y[N, D', H', W', K], backward data dx[N, D, H, W, C]
 // and backward filter dw[K, T, R, S, C], channels-last (NDHWC activations, KTRSC filters), f32 / TF32 / bf16.
 //
-// Algorithm choice, once per (pass, shape, dtype, math mode), cached for the process:
+// Every pass runs under the MathMode its caller passes (ConvProblem::mode). Algorithm choice, once per (pass,
+// shape, dtype, TF32, determinism), cached for the process:
 // - default: cudnnFind*AlgorithmEx times the candidates on the real buffers and the fastest acceptable one
 //   wins (the choice can differ between processes, so results may differ in the last bits);
-// - math_mode().deterministic: the first acceptable algorithm of cuDNN's heuristic list (the same on every
+// - MathMode::deterministic: the first acceptable algorithm of cuDNN's heuristic list (the same on every
 //   run with the same device and cuDNN) among those cuDNN marks deterministic.
 // Acceptable: supported, workspace under the bound, and numerics that match the mode: never the
 // fp16 down-conversion math, and only FMA math for f32 when TF32 is off. Among the measured ones, the
@@ -53,8 +54,8 @@ const char* pass_op_name(ConvPass pass) {
   return "conv3d";
 }
 
-// One convolution to run: shapes of x, w, y (whichever of them are the outputs), device pointers and
-// the context string its errors carry.
+// One convolution to run: shapes of x, w, y (whichever of them are the outputs), device pointers, the context
+// string its errors carry and the math mode it runs under.
 struct ConvProblem {
   ConvPass pass;
   DType dtype;
@@ -64,6 +65,7 @@ struct ConvProblem {
   void* w;
   void* y;
   std::string context;
+  MathMode mode;
 };
 
 struct ConvAlgorithm {
@@ -99,16 +101,16 @@ cudnnDataType_t cudnn_type(DType dtype) { return dtype == DType::BF16 ? CUDNN_DA
 
 // The math the descriptor asks for before the search: FMA only for strict f32, tensor cores otherwise
 // (TF32 for f32: CUDNN_DEFAULT_MATH permits it on Ampere and later).
-cudnnMathType_t requested_math(DType dtype) {
+cudnnMathType_t requested_math(DType dtype, const MathMode& mode) {
   if (dtype == DType::BF16) return CUDNN_TENSOR_OP_MATH;
-  return math_mode().allow_tf32 ? CUDNN_DEFAULT_MATH : CUDNN_FMA_MATH;
+  return mode.allow_tf32 ? CUDNN_DEFAULT_MATH : CUDNN_FMA_MATH;
 }
 
-bool acceptable(const Candidate& c, DType dtype, size_t workspace_limit) {
+bool acceptable(const Candidate& c, DType dtype, const MathMode& mode, size_t workspace_limit) {
   if (c.status != CUDNN_STATUS_SUCCESS || c.memory > workspace_limit) return false;
-  if (math_mode().deterministic && c.determinism != CUDNN_DETERMINISTIC) return false;
+  if (mode.deterministic && c.determinism != CUDNN_DETERMINISTIC) return false;
   if (c.math == CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION) return false;
-  if (dtype == DType::F32 && !math_mode().allow_tf32 && c.math != CUDNN_FMA_MATH) return false;
+  if (dtype == DType::F32 && !mode.allow_tf32 && c.math != CUDNN_FMA_MATH) return false;
   return true;
 }
 
@@ -248,11 +250,13 @@ size_t workspace_size(const ConvProblem& p, const ConvDescriptors& d, int algo) 
   return bytes;
 }
 
+// The problem and the parts of its mode that change cuDNN's algorithm choice (and the timing of cuDNN against
+// the implicit GEMM, which runs whatever that choice is).
 std::string cache_key(const ConvProblem& p) {
   const Conv3dGeometry& g = p.geometry;
   return fmt::format("{}|{}|tf32={}|det={}|x{}|w{}|s{},{},{}|p{},{},{}", static_cast<int>(p.pass), dtype_name(p.dtype),
-                     math_mode().allow_tf32, math_mode().deterministic, shape_str(p.x_shape), shape_str(p.w_shape),
-                     g.stride[0], g.stride[1], g.stride[2], g.pad[0], g.pad[1], g.pad[2]);
+                     p.mode.allow_tf32, p.mode.deterministic, shape_str(p.x_shape), shape_str(p.w_shape), g.stride[0],
+                     g.stride[1], g.stride[2], g.pad[0], g.pad[1], g.pad[2]);
 }
 
 size_t workspace_limit(const std::string& context) {
@@ -278,12 +282,12 @@ std::optional<ConvAlgorithm> pick_candidate(const ConvProblem& p, ConvDescriptor
   std::optional<ConvAlgorithm> fastest, chosen;
   float fastest_ms = 0.0f, chosen_ms = 0.0f;
   for (const Candidate& c : candidates) {
-    if (!acceptable(c, p.dtype, limit)) continue;
+    if (!acceptable(c, p.dtype, p.mode, limit)) continue;
     d.set_math(c.math);
     const size_t bytes = workspace_size(p, d, c.algo);
     if (bytes > limit) continue;
     const ConvAlgorithm algorithm{c.algo, c.math, bytes, p.context, "", false};
-    if (math_mode().deterministic) return algorithm;
+    if (p.mode.deterministic) return algorithm;
     if (!fastest) {
       fastest = chosen = algorithm;
       fastest_ms = chosen_ms = c.time_ms;
@@ -312,9 +316,9 @@ const ConvAlgorithm& choose_algorithm(const ConvProblem& p, ConvDescriptors& d) 
   if (const auto it = cache.find(key); it != cache.end()) return it->second;
 
   const size_t limit = workspace_limit(p.context);
-  d.set_math(requested_math(p.dtype));
+  d.set_math(requested_math(p.dtype, p.mode));
   std::vector<Candidate> candidates;
-  if (math_mode().deterministic) {
+  if (p.mode.deterministic) {
     candidates = heuristic_candidates(p, d);
   } else {
     DeviceBuffer search_workspace(limit);
@@ -329,7 +333,7 @@ const ConvAlgorithm& choose_algorithm(const ConvProblem& p, ConvDescriptors& d) 
   throw DeviceError(
       fmt::format("{}: no cuDNN algorithm fits (tf32={}, deterministic={}, workspace limit {} bytes);"
                   " candidates:{}",
-                  p.context, math_mode().allow_tf32, math_mode().deterministic, limit, tried));
+                  p.context, p.mode.allow_tf32, p.mode.deterministic, limit, tried));
 }
 
 void run_cudnn_convolution(const ConvProblem& p) {
@@ -380,9 +384,9 @@ float timed_ms(Pass&& pass, const std::string& context) {
   return ms;
 }
 
-// A choice between two ways of running a problem, made once per problem (cache_key) by timing both on the
-// real buffers (every pass writes its whole output, so the timing runs leave nothing behind); the lines
-// say what was timed and kept (conv_measured_choices()).
+// A choice between two ways of running a problem, made once per key (the problem and the parts of its mode that
+// change either way's time) by timing both on the real buffers (every pass writes its whole output, so the timing
+// runs leave nothing behind); the lines say what was timed and kept (conv_measured_choices()).
 class MeasuredChoices {
  public:
   MeasuredChoices(const char* first_name, const char* second_name)
@@ -390,8 +394,7 @@ class MeasuredChoices {
 
   // True when `second` ran faster than `first` for this problem.
   template <typename First, typename Second>
-  bool second_is_faster(const ConvProblem& p, First&& first, Second&& second) {
-    const std::string key = cache_key(p);
+  bool second_is_faster(const ConvProblem& p, const std::string& key, First&& first, Second&& second) {
     std::lock_guard<std::mutex> lock(mutex_);
     auto it = second_faster_.find(key);
     if (it == second_faster_.end()) {
@@ -459,22 +462,22 @@ void run_conv16(const ConvProblem& p, const kernels::Conv16Forward& k) {
       p.context + " (the implicit GEMM, kernels/conv16_forward.cu)");
 }
 
-// Runs a pass whose channels are aligned: on the implicit GEMM where it applies and math_mode().conv16_forward
+// Runs a pass whose channels are aligned: on the implicit GEMM where it applies and the mode's conv16_forward
 // picks it, else on cuDNN.
 void run_kernel(const ConvProblem& p) {
   const std::optional<kernels::Conv16Forward> k = conv16_problem(p);
   bool implicit_gemm = false;
   if (k) {
-    switch (math_mode().conv16_forward) {
+    switch (p.mode.conv16_forward) {
       case ConvKernel::cudnn:
         break;
       case ConvKernel::implicit_gemm:
         implicit_gemm = true;
         break;
       case ConvKernel::measured:
-        implicit_gemm =
-            !math_mode().deterministic && conv16_choices().second_is_faster(
-                                              p, [&] { run_cudnn_convolution(p); }, [&] { run_conv16(p, *k); });
+        implicit_gemm = !p.mode.deterministic &&
+                        conv16_choices().second_is_faster(
+                            p, cache_key(p), [&] { run_cudnn_convolution(p); }, [&] { run_conv16(p, *k); });
         break;
     }
   }
@@ -555,7 +558,7 @@ void run_on_aligned_channels(const ConvProblem& p) {
   ChannelPaddedCopy w(p.w_shape, padded_channels, p.dtype, context);
   if (p.pass != ConvPass::BackwardData) x.fill_from(p.x);
   if (p.pass != ConvPass::BackwardFilter) w.fill_from(p.w);
-  run_kernel({p.pass, p.dtype, x.shape(), w.shape(), p.y_shape, p.geometry, x.data(), w.data(), p.y, context});
+  run_kernel({p.pass, p.dtype, x.shape(), w.shape(), p.y_shape, p.geometry, x.data(), w.data(), p.y, context, p.mode});
   if (p.pass == ConvPass::BackwardData) x.copy_channels_to(p.x);
   if (p.pass == ConvPass::BackwardFilter) w.copy_channels_to(p.w);
 }
@@ -604,22 +607,23 @@ void run_folded(const ConvProblem& p, const FoldedConv& f) {
     refold(FoldDirection::fold, p.x, xs.data(), p.x_shape, f.fold.x_fold, p.dtype, context);
   if (p.pass != ConvPass::BackwardFilter)
     refold(FoldDirection::fold, p.w, ws.data(), p.w_shape, f.fold.w_fold, p.dtype, context);
-  run_kernel({p.pass, p.dtype, f.xs_shape, f.ws_shape, p.y_shape, f.fold.geometry, xs.data(), ws.data(), p.y, context});
+  run_kernel({p.pass, p.dtype, f.xs_shape, f.ws_shape, p.y_shape, f.fold.geometry, xs.data(), ws.data(), p.y, context,
+              p.mode});
   if (p.pass == ConvPass::BackwardData)
     refold(FoldDirection::unfold, xs.data(), p.x, p.x_shape, f.fold.x_fold, p.dtype, context);
   if (p.pass == ConvPass::BackwardFilter)
     refold(FoldDirection::unfold, ws.data(), p.w, p.w_shape, f.fold.w_fold, p.dtype, context);
 }
 
-// The way to run `p` (std::nullopt: as it is) under math_mode().conv_space_to_depth. `measured` times the
-// pass both ways once per problem and keeps the faster; in deterministic mode it folds without timing. Folds
-// widened with zero channels to 32 and 64 were timed too on the H200 and never won (bf16 stem forward: 1.72
-// ms at 16 channels, 1.99 at 32, 2.52 at 64; notes/PERF.md).
+// The way to run `p` (std::nullopt: as it is) under its mode's conv_space_to_depth. `measured` times the
+// pass both ways once per problem and keeps the faster (the key holds conv16_forward too: it picks what runs the
+// fold); in deterministic mode it folds without timing. Folds widened with zero channels to 32 and 64 were timed
+// too on the H200 and never won (bf16 stem forward: 1.72 ms at 16 channels, 1.99 at 32, 2.52 at 64; notes/PERF.md).
 std::optional<FoldedConv> chosen_fold(const ConvProblem& p) {
   const int64_t narrowest = folded_channels(p);
   if (narrowest == 0) return std::nullopt;
   const FoldedConv f = space_to_depth_fold(p, narrowest);
-  switch (math_mode().conv_space_to_depth) {
+  switch (p.mode.conv_space_to_depth) {
     case ConvFolding::always:
       return f;
     case ConvFolding::never:
@@ -627,9 +631,10 @@ std::optional<FoldedConv> chosen_fold(const ConvProblem& p) {
     case ConvFolding::measured:
       break;
   }
-  if (math_mode().deterministic) return f;
+  if (p.mode.deterministic) return f;
+  const std::string key = fmt::format("{}|conv16={}", cache_key(p), static_cast<int>(p.mode.conv16_forward));
   if (!fold_choices().second_is_faster(
-          p, [&] { run_on_aligned_channels(p); }, [&] { run_folded(p, f); }))
+          p, key, [&] { run_on_aligned_channels(p); }, [&] { run_folded(p, f); }))
     return std::nullopt;
   return f;
 }
@@ -673,27 +678,29 @@ std::vector<std::string> conv_measured_choices() {
   return lines;
 }
 
-Tensor conv3d_forward(const Tensor& x, const Tensor& w, const Conv3dGeometry& g) {
+Tensor conv3d_forward(const Tensor& x, const Tensor& w, const Conv3dGeometry& g, const MathMode& mode) {
   const Shape y_shape = ops::conv3d_output_shape(x.shape(), w.shape(), g);
   Tensor y = empty_device(y_shape, x.dtype());
   run_convolution({ConvPass::Forward, x.dtype(), x.shape(), w.shape(), y_shape, g, x.raw(), w.raw(), y.raw(),
-                   conv_context(ConvPass::Forward, x, "x", w, "w", y_shape, "y", g)});
+                   conv_context(ConvPass::Forward, x, "x", w, "w", y_shape, "y", g), mode});
   return y;
 }
 
-Tensor conv3d_backward_data(const Tensor& dy, const Tensor& w, const Shape& x_shape, const Conv3dGeometry& g) {
+Tensor conv3d_backward_data(const Tensor& dy, const Tensor& w, const Shape& x_shape, const Conv3dGeometry& g,
+                            const MathMode& mode) {
   const std::string context = conv_context(ConvPass::BackwardData, dy, "dy", w, "w", x_shape, "x_shape", g);
   Tensor dx = empty_device(x_shape, dy.dtype());
-  run_convolution(
-      {ConvPass::BackwardData, dy.dtype(), x_shape, w.shape(), dy.shape(), g, dx.raw(), w.raw(), dy.raw(), context});
+  run_convolution({ConvPass::BackwardData, dy.dtype(), x_shape, w.shape(), dy.shape(), g, dx.raw(), w.raw(), dy.raw(),
+                   context, mode});
   return dx;
 }
 
-Tensor conv3d_backward_filter(const Tensor& x, const Tensor& dy, const Shape& w_shape, const Conv3dGeometry& g) {
+Tensor conv3d_backward_filter(const Tensor& x, const Tensor& dy, const Shape& w_shape, const Conv3dGeometry& g,
+                              const MathMode& mode) {
   const std::string context = conv_context(ConvPass::BackwardFilter, x, "x", dy, "dy", w_shape, "w_shape", g);
   Tensor dw = empty_device(w_shape, x.dtype());
-  run_convolution(
-      {ConvPass::BackwardFilter, x.dtype(), x.shape(), w_shape, dy.shape(), g, x.raw(), dw.raw(), dy.raw(), context});
+  run_convolution({ConvPass::BackwardFilter, x.dtype(), x.shape(), w_shape, dy.shape(), g, x.raw(), dw.raw(), dy.raw(),
+                   context, mode});
   return dw;
 }
 

@@ -1,4 +1,4 @@
-// CUDA matrix products c[M, N] = op(a) op(b) through cublasGemmEx (f32, TF32 per math_mode(), or bf16
+// CUDA matrix products c[M, N] = op(a) op(b) through cublasGemmEx (f32, TF32 when the MathMode allows it, or bf16
 // with fp32 accumulation), bias add y[M, N] = x + bias[N] and its gradient db[N] (kernels/bias.cu).
 #include "kernels/bias.h"
 #include "tensor/cuda/ops_cuda.h"
@@ -6,7 +6,7 @@
 
 namespace dsmil::cuda {
 
-Tensor matmul(const Tensor& a, const Tensor& b, bool transpose_a, bool transpose_b) {
+Tensor matmul(const Tensor& a, const Tensor& b, bool transpose_a, bool transpose_b, const MathMode& mode) {
   const char* op = "matmul";
   const int64_t m = transpose_a ? a.size(1) : a.size(0);
   const int64_t k = transpose_a ? a.size(0) : a.size(1);
@@ -23,7 +23,7 @@ Tensor matmul(const Tensor& a, const Tensor& b, bool transpose_a, bool transpose
   }
   const cudaDataType_t data_type = a.dtype() == DType::BF16 ? CUDA_R_16BF : CUDA_R_32F;
   const cublasComputeType_t compute =
-      a.dtype() == DType::F32 && math_mode().allow_tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+      a.dtype() == DType::F32 && mode.allow_tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
   // Row-major c = op(a) op(b) is column-major c^T = op(b)^T op(a)^T, and a row-major matrix read as
   // column-major is its transpose: so b comes first, each with its own flag, leading dimensions = row lengths.
   const float alpha = 1.0f, beta = 0.0f;

@@ -158,26 +158,10 @@ std::string shape_error_words(Call call) {
   return message;
 }
 
-// Sets the math mode for a scope and restores it.
-class MathModeScope {
- public:
-  MathModeScope(bool allow_tf32, bool deterministic, ConvFolding folding, ConvKernel conv16) : saved_(math_mode()) {
-    math_mode().allow_tf32 = allow_tf32;
-    math_mode().deterministic = deterministic;
-    math_mode().conv_space_to_depth = folding;
-    math_mode().conv16_forward = conv16;
-  }
-  ~MathModeScope() { math_mode() = saved_; }
-  MathModeScope(const MathModeScope&) = delete;
-  MathModeScope& operator=(const MathModeScope&) = delete;
-
- private:
-  MathMode saved_;
-};
-
-inline MathModeScope math_for(Precision p, bool deterministic = false, ConvFolding folding = ConvFolding::measured,
-                              ConvKernel conv16 = ConvKernel::measured) {
-  return MathModeScope(p == Precision::TF32, deterministic, folding, conv16);
+// The math mode a comparison at precision `p` passes to the ops it runs.
+inline MathMode math_for(Precision p, bool deterministic = false, ConvFolding folding = ConvFolding::measured,
+                         ConvKernel conv16 = ConvKernel::measured) {
+  return MathMode{p == Precision::TF32, deterministic, folding, conv16};
 }
 
 }  // namespace dsmil::gpu_test

@@ -80,8 +80,8 @@ TEST_CASE("gpu conv3d forward, backward data and backward filter at model shapes
         guarded(label(c, "forward") + how + tag, [&] {
           const int64_t launches = cuda::conv16_forward_launches();
           check_runs(label(c, "forward") + how,
-                     run_poisoned([&] { return ops::conv3d_forward(x.device, w.device, c.g); }),
-                     cpu::conv3d_forward(x.host, w.host, c.g), p);
+                     run_poisoned([&] { return ops::conv3d_forward(x.device, w.device, c.g, mode); }),
+                     cpu::conv3d_forward(x.host, w.host, c.g, mode), p);
           // Forced, the implicit GEMM must have run wherever it applies: bf16 with 16 channels, the stem's as its fold.
           const int64_t channels = c.stem ? (c.x[4] * 4 + 7) / 8 * 8 : c.x[4];
           if (way.conv16 == ConvKernel::implicit_gemm && p == Precision::BF16 && channels == 16)
@@ -89,13 +89,13 @@ TEST_CASE("gpu conv3d forward, backward data and backward filter at model shapes
         });
         guarded(label(c, "dgrad") + how + tag, [&] {
           check_runs(label(c, "dgrad") + how,
-                     run_poisoned([&] { return ops::conv3d_backward_data(dy.device, w.device, c.x, c.g); }),
-                     cpu::conv3d_backward_data(dy.host, w.host, c.x, c.g), p);
+                     run_poisoned([&] { return ops::conv3d_backward_data(dy.device, w.device, c.x, c.g, mode); }),
+                     cpu::conv3d_backward_data(dy.host, w.host, c.x, c.g, mode), p);
         });
         guarded(label(c, "wgrad") + how + tag, [&] {
           check_runs(label(c, "wgrad") + how,
-                     run_poisoned([&] { return ops::conv3d_backward_filter(x.device, dy.device, c.w, c.g); }),
-                     cpu::conv3d_backward_filter(x.host, dy.host, c.w, c.g), p);
+                     run_poisoned([&] { return ops::conv3d_backward_filter(x.device, dy.device, c.w, c.g, mode); }),
+                     cpu::conv3d_backward_filter(x.host, dy.host, c.w, c.g, mode), p);
         });
       }
   }
@@ -114,8 +114,8 @@ TEST_CASE("gpu implicit GEMM: blocks that loop over several tiles, the same filt
   const Twin x = random_twin(c.x, DType::BF16), w = random_twin(c.w, DType::BF16, -0.2f, 0.2f);
   guarded(label(c, "forward") + " [bf16]", [&] {
     const int64_t launches = cuda::conv16_forward_launches();
-    check_runs(label(c, "forward"), run_poisoned([&] { return ops::conv3d_forward(x.device, w.device, c.g); }),
-               cpu::conv3d_forward(x.host, w.host, c.g), Precision::BF16);
+    check_runs(label(c, "forward"), run_poisoned([&] { return ops::conv3d_forward(x.device, w.device, c.g, mode); }),
+               cpu::conv3d_forward(x.host, w.host, c.g, mode), Precision::BF16);
     CHECK(cuda::conv16_forward_launches() > launches);
   });
 }
@@ -130,14 +130,17 @@ TEST_CASE("gpu conv3d in deterministic mode: deterministic algorithms, bit-ident
       const Twin x = random_twin(c.x, dt), w = random_twin(c.w, dt, -0.2f, 0.2f), dy = random_twin(y_shape, dt);
       const std::string tag = std::string(" deterministic [") + precision_name(p) + "]";
       guarded(label(c, "dgrad") + tag, [&] {
-        const auto dgrad = run_poisoned([&] { return ops::conv3d_backward_data(dy.device, w.device, c.x, c.g); });
+        const auto dgrad = run_poisoned([&] { return ops::conv3d_backward_data(dy.device, w.device, c.x, c.g, mode); });
         check_identical(label(c, "dgrad") + tag, dgrad[0], dgrad[1]);
-        check_runs(label(c, "dgrad deterministic"), dgrad, cpu::conv3d_backward_data(dy.host, w.host, c.x, c.g), p);
+        check_runs(label(c, "dgrad deterministic"), dgrad, cpu::conv3d_backward_data(dy.host, w.host, c.x, c.g, mode),
+                   p);
       });
       guarded(label(c, "wgrad") + tag, [&] {
-        const auto wgrad = run_poisoned([&] { return ops::conv3d_backward_filter(x.device, dy.device, c.w, c.g); });
+        const auto wgrad =
+            run_poisoned([&] { return ops::conv3d_backward_filter(x.device, dy.device, c.w, c.g, mode); });
         check_identical(label(c, "wgrad") + tag, wgrad[0], wgrad[1]);
-        check_runs(label(c, "wgrad deterministic"), wgrad, cpu::conv3d_backward_filter(x.host, dy.host, c.w, c.g), p);
+        check_runs(label(c, "wgrad deterministic"), wgrad, cpu::conv3d_backward_filter(x.host, dy.host, c.w, c.g, mode),
+                   p);
       });
     }
   }
@@ -148,11 +151,11 @@ TEST_CASE("gpu conv3d refuses inputs that do not fit, naming the op and the shap
   const Conv3dGeometry g{{3, 3, 3}, {1, 1, 1}, {1, 1, 1}};
   const Tensor x = Tensor::zeros({1, 4, 8, 8, 16}, DType::F32, Device::CUDA);
   const Tensor w_wrong_channels = Tensor::zeros({8, 3, 3, 3, 12}, DType::F32, Device::CUDA);
-  CHECK_THROWS_AS(ops::conv3d_forward(x, w_wrong_channels, g), ShapeError);
+  CHECK_THROWS_AS(ops::conv3d_forward(x, w_wrong_channels, g, MathMode{}), ShapeError);
   const Tensor w_bf16 = Tensor::zeros({8, 3, 3, 3, 16}, DType::BF16, Device::CUDA);
-  CHECK_THROWS_WITH_AS(ops::conv3d_forward(x, w_bf16, g), doctest::Contains("conv3d_forward"), ShapeError);
+  CHECK_THROWS_WITH_AS(ops::conv3d_forward(x, w_bf16, g, MathMode{}), doctest::Contains("conv3d_forward"), ShapeError);
   const Tensor dy_wrong = Tensor::zeros({1, 4, 8, 8, 9}, DType::F32, Device::CUDA);
   const Tensor w = Tensor::zeros({8, 3, 3, 3, 16}, DType::F32, Device::CUDA);
-  CHECK_THROWS_WITH_AS(ops::conv3d_backward_data(dy_wrong, w, x.shape(), g), doctest::Contains("[1,4,8,8,9]"),
-                       ShapeError);
+  CHECK_THROWS_WITH_AS(ops::conv3d_backward_data(dy_wrong, w, x.shape(), g, MathMode{}),
+                       doctest::Contains("[1,4,8,8,9]"), ShapeError);
 }

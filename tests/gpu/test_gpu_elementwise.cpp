@@ -167,8 +167,8 @@ TEST_CASE("gpu matmul in f32, TF32 and bf16 with every transpose: bias add and i
         const Twin a = random_twin(ta ? Shape{k, m} : Shape{m, k}, storage_dtype(p));
         const Twin b = random_twin(tb ? Shape{n, k} : Shape{k, n}, storage_dtype(p));
         check_runs("matmul ta=" + std::to_string(ta) + " tb=" + std::to_string(tb),
-                   run_poisoned([&] { return ops::matmul(a.device, b.device, ta, tb); }),
-                   cpu::matmul(a.host, b.host, ta, tb), p);
+                   run_poisoned([&] { return ops::matmul(a.device, b.device, ta, tb, mode); }),
+                   cpu::matmul(a.host, b.host, ta, tb, mode), p);
       }
   }
   for (Precision p : {Precision::F32, Precision::BF16}) {

@@ -35,7 +35,7 @@ TEST_CASE("gpu ops refuse wrong devices, dtypes and shapes") {
   CHECK_THROWS_AS(ops::add(a, b), ShapeError);
   CHECK_THROWS_AS(ops::add(a, test::random_tensor({4, 5})), ShapeError);  // one tensor on the CPU
   CHECK_THROWS_AS(ops::mul(a, a.to_dtype(DType::BF16)), ShapeError);
-  CHECK_THROWS_AS(ops::matmul(a, a, false, false), ShapeError);
+  CHECK_THROWS_AS(ops::matmul(a, a, false, false, MathMode{}), ShapeError);
   Tensor a_bf16 = a.to_dtype(DType::BF16);
   CHECK_THROWS_AS(ops::axpy_(a_bf16, 1.0f, a_bf16), ShapeError);
   CHECK_THROWS_AS(ops::dropout(a, 1.0f, 1, 0), ShapeError);

@@ -1,5 +1,5 @@
-// nn/: AdamW and EMA against hand-computed steps, clipping, the schedule, ResNet shapes and names,
-// checkpoint round trip and every way a checkpoint file can be wrong.
+// nn/: AdamW and EMA against hand-computed steps, clipping, the schedule, ResNet shapes and names, the math
+// mode's propagation, checkpoint round trip and every way a checkpoint file can be wrong.
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -112,6 +112,30 @@ TEST_CASE("ResNet-3D: embedding shape, block counts and parameter names") {
   bool has_projection = false;
   for (const auto& p : params) has_projection |= p.name == "layer2.0.downsample.conv.weight";
   CHECK(has_projection);
+}
+
+TEST_CASE("math mode: a fresh module holds the default, set_math_mode reaches every module under it") {
+  nn::InitEngine engine(1);
+  nn::ResNet3D net({10, 2, 1, 4, 0.0f}, engine);
+  int modules = 0;
+  net.visit([&](nn::Module& m) {
+    CHECK(m.math_mode().allow_tf32);
+    CHECK_FALSE(m.math_mode().deterministic);
+    ++modules;
+  });
+  CHECK(modules > 1);
+  MathMode strict;
+  strict.allow_tf32 = false;
+  strict.deterministic = true;
+  strict.conv_space_to_depth = ConvFolding::never;
+  strict.conv16_forward = ConvKernel::cudnn;
+  net.set_math_mode(strict);
+  net.visit([&](nn::Module& m) {
+    CHECK_FALSE(m.math_mode().allow_tf32);
+    CHECK(m.math_mode().deterministic);
+    CHECK(m.math_mode().conv_space_to_depth == ConvFolding::never);
+    CHECK(m.math_mode().conv16_forward == ConvKernel::cudnn);
+  });
 }
 
 TEST_CASE("checkpoint: a write that fails (a full disk) leaves the old file and no temporary file behind") {

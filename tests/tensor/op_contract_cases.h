@@ -27,6 +27,7 @@ inline std::vector<OpContractCase> op_contract_cases(Device device) {
   };
   const auto ones = [device](const Shape& shape) { return Tensor::full(shape, 1.0f).to(device); };
   const Conv3dGeometry conv{{3, 3, 3}, {1, 1, 1}, {1, 1, 1}};
+  const MathMode mode;
   const Pool3dGeometry pool{{2, 2, 2}, {2, 2, 2}, {0, 0, 0}};
   const SpaceToDepthGeometry fold{2, 2, 0, 0, 2, 2, 8};
   const BagGatherGeometry grid{8, 4, 4, 2, 3};
@@ -72,27 +73,29 @@ inline std::vector<OpContractCase> op_contract_cases(Device device) {
   refuse("sum_squares", float_words, [=] { ops::sum_squares(i32({4})); });
   refuse("all_finite", float_words, [=] { ops::all_finite(i32({4})); });
   refuse("all_finite", "tensor argument 1 is undefined", [=] { ops::all_finite(Tensor()); });
-  refuse("matmul", "inner sizes differ", [=] { ops::matmul(f32({2, 3}), f32({2, 3}), false, false); });
-  refuse("matmul", "a must have 2 dimensions", [=] { ops::matmul(f32({2, 3, 1}), f32({3, 2}), false, false); });
-  refuse("matmul", float_words, [=] { ops::matmul(i32({2, 3}), i32({3, 2}), false, false); });
+  refuse("matmul", "inner sizes differ", [=] { ops::matmul(f32({2, 3}), f32({2, 3}), false, false, mode); });
+  refuse("matmul", "a must have 2 dimensions", [=] { ops::matmul(f32({2, 3, 1}), f32({3, 2}), false, false, mode); });
+  refuse("matmul", float_words, [=] { ops::matmul(i32({2, 3}), i32({3, 2}), false, false, mode); });
   refuse("add_bias", "bias must hold 3 values", [=] { ops::add_bias(f32({2, 3}), f32({4})); });
   refuse("add_bias", "bias must be f32", [=] { ops::add_bias(f32({2, 3}), i32({3})); });
   refuse("bias_backward", "dy must have 2 dimensions", [=] { ops::bias_backward(f32({2, 3, 1})); });
   refuse("conv3d_forward", "x must have 5 dimensions", [=] {
-    ops::conv3d_forward(f32({1, 4, 4, 4}), f32({2, 3, 3, 3, 4}), conv);
+    ops::conv3d_forward(f32({1, 4, 4, 4}), f32({2, 3, 3, 3, 4}), conv, mode);
   });
   refuse("conv3d_forward", "do not fit", [=] {
-    ops::conv3d_forward(f32({1, 4, 4, 4, 4}), f32({2, 3, 3, 3, 5}), conv);
+    ops::conv3d_forward(f32({1, 4, 4, 4, 4}), f32({2, 3, 3, 3, 5}), conv, mode);
   });
   refuse("conv3d_forward", "stride (1,0,1)", [=] {
-    ops::conv3d_forward(f32({1, 4, 4, 4, 4}), f32({2, 3, 3, 3, 4}), {{3, 3, 3}, {1, 0, 1}, {1, 1, 1}});
+    ops::conv3d_forward(f32({1, 4, 4, 4, 4}), f32({2, 3, 3, 3, 4}), {{3, 3, 3}, {1, 0, 1}, {1, 1, 1}}, mode);
   });
-  refuse("conv3d_forward", float_words, [=] { ops::conv3d_forward(i32({1, 4, 4, 4, 4}), i32({2, 3, 3, 3, 4}), conv); });
+  refuse("conv3d_forward", float_words, [=] {
+    ops::conv3d_forward(i32({1, 4, 4, 4, 4}), i32({2, 3, 3, 3, 4}), conv, mode);
+  });
   refuse("conv3d_backward_data", "is not the forward output [1,4,4,4,2]", [=] {
-    ops::conv3d_backward_data(f32({1, 4, 4, 4, 3}), f32({2, 3, 3, 3, 4}), {1, 4, 4, 4, 4}, conv);
+    ops::conv3d_backward_data(f32({1, 4, 4, 4, 3}), f32({2, 3, 3, 3, 4}), {1, 4, 4, 4, 4}, conv, mode);
   });
   refuse("conv3d_backward_filter", "dy must be f32", [=] {
-    ops::conv3d_backward_filter(f32({1, 4, 4, 4, 4}), i32({1, 4, 4, 4, 2}), {2, 3, 3, 3, 4}, conv);
+    ops::conv3d_backward_filter(f32({1, 4, 4, 4, 4}), i32({1, 4, 4, 4, 2}), {2, 3, 3, 3, 4}, conv, mode);
   });
   refuse("space_to_depth", "does not fold", [=] { ops::space_to_depth(f32({1, 1, 4, 4, 2}), {0, 2, 0, 0, 2, 2, 8}); });
   refuse("space_to_depth", "x must be NDHWC", [=] { ops::space_to_depth(f32({1, 4, 4, 2}), fold); });

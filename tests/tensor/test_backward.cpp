@@ -39,10 +39,10 @@ TEST_CASE("gradcheck: the same variable used twice accumulates both paths") {
 
 TEST_CASE("gradcheck: linear with and without bias") {
   gradcheck(
-      "linear+bias", [](const auto& v) { return fn::linear(v[0], v[1], v[2]); },
+      "linear+bias", [](const auto& v) { return fn::linear(v[0], v[1], v[2], MathMode{}); },
       {random_tensor({5, 7}), random_tensor({3, 7}), random_tensor({3})}, kH, kTol);
   gradcheck(
-      "linear", [](const auto& v) { return fn::linear(v[0], v[1], Variable()); },
+      "linear", [](const auto& v) { return fn::linear(v[0], v[1], Variable(), MathMode{}); },
       {random_tensor({4, 3}), random_tensor({2, 3})}, kH, kTol);
 }
 
@@ -50,19 +50,19 @@ TEST_CASE("gradcheck: conv3d input and weight, stem-like and block-like geometry
   gradcheck(
       "conv3d stem",
       [](const auto& v) {
-        return fn::conv3d(v[0], v[1], {{3, 5, 5}, {1, 2, 2}, {1, 2, 2}});
+        return fn::conv3d(v[0], v[1], {{3, 5, 5}, {1, 2, 2}, {1, 2, 2}}, MathMode{});
       },
       {random_tensor({2, 3, 7, 6, 3}), random_tensor({4, 3, 5, 5, 3}, -0.3f, 0.3f)}, kH, kTol);
   gradcheck(
       "conv3d 3x3x3",
       [](const auto& v) {
-        return fn::conv3d(v[0], v[1], {{3, 3, 3}, {1, 1, 1}, {1, 1, 1}});
+        return fn::conv3d(v[0], v[1], {{3, 3, 3}, {1, 1, 1}, {1, 1, 1}}, MathMode{});
       },
       {random_tensor({2, 3, 4, 5, 2}), random_tensor({3, 3, 3, 3, 2}, -0.3f, 0.3f)}, kH, kTol);
   gradcheck(
       "conv3d 1x1x1 s2",
       [](const auto& v) {
-        return fn::conv3d(v[0], v[1], {{1, 1, 1}, {1, 2, 2}, {0, 0, 0}});
+        return fn::conv3d(v[0], v[1], {{1, 1, 1}, {1, 2, 2}, {0, 0, 0}}, MathMode{});
       },
       {random_tensor({2, 2, 5, 4, 3}), random_tensor({4, 1, 1, 1, 3})}, kH, kTol);
 }
@@ -138,9 +138,9 @@ TEST_CASE("autograd: gradients accumulate across backward passes until zeroed, v
 
 TEST_CASE("ops reject bad shapes with a ShapeError naming the op") {
   CHECK_THROWS_AS(ops::add(random_tensor({2, 3}), random_tensor({3, 2})), ShapeError);
-  CHECK_THROWS_AS(ops::matmul(random_tensor({2, 3}), random_tensor({2, 3}), false, false), ShapeError);
+  CHECK_THROWS_AS(ops::matmul(random_tensor({2, 3}), random_tensor({2, 3}), false, false, MathMode{}), ShapeError);
   CHECK_THROWS_AS(ops::conv3d_forward(random_tensor({1, 2, 2, 2, 3}), random_tensor({1, 3, 3, 3, 4}),
-                                      {{3, 3, 3}, {1, 1, 1}, {1, 1, 1}}),
+                                      {{3, 3, 3}, {1, 1, 1}, {1, 1, 1}}, MathMode{}),
                   ShapeError);
   try {
     ops::add(random_tensor({2, 3}), random_tensor({3, 2}));

@@ -58,7 +58,7 @@ TEST_CASE("conv3d forward matches the direct sum (several geometries)") {
   };
   for (const Case& c : cases) {
     const Tensor x = random_tensor(c.x), w = random_tensor(c.w);
-    const Tensor y = ops::conv3d_forward(x, w, c.g);
+    const Tensor y = ops::conv3d_forward(x, w, c.g, MathMode{});
     CHECK(y.shape() == ops::conv3d_output_shape(c.x, c.w, c.g));
     CHECK(max_rel_error("conv3d " + shape_str(c.x) + "*" + shape_str(c.w), y.to_vector(), conv3d_reference(x, w, c.g),
                         kF32Tol) <= kF32Tol);
@@ -82,16 +82,20 @@ TEST_CASE("the space-to-depth fold of a strided convolution gives the same y, dx
     const Tensor x = random_tensor(c.x), w = random_tensor(c.w);
     const Tensor xs = ops::space_to_depth(x, f.x_fold), ws = ops::space_to_depth(w, f.w_fold);
     const std::string name = "fold " + shape_str(c.x) + "*" + shape_str(c.w);
-    const Tensor y = ops::conv3d_forward(xs, ws, f.geometry);
+    const Tensor y = ops::conv3d_forward(xs, ws, f.geometry, MathMode{});
     REQUIRE(y.shape() == ops::conv3d_output_shape(c.x, c.w, c.g));
     CHECK(max_rel_error(name + " y", y.to_vector(), conv3d_reference(x, w, c.g), kF32Tol) <= kF32Tol);
     const Tensor dy = random_tensor(y.shape());
-    const Tensor dx = ops::depth_to_space(ops::conv3d_backward_data(dy, ws, xs.shape(), f.geometry), f.x_fold, c.x);
-    CHECK(max_rel_error(name + " dx", dx.to_vector(), to_double(ops::conv3d_backward_data(dy, w, c.x, c.g).to_vector()),
+    const Tensor dx =
+        ops::depth_to_space(ops::conv3d_backward_data(dy, ws, xs.shape(), f.geometry, MathMode{}), f.x_fold, c.x);
+    CHECK(max_rel_error(name + " dx", dx.to_vector(),
+                        to_double(ops::conv3d_backward_data(dy, w, c.x, c.g, MathMode{}).to_vector()),
                         kF32Tol) <= kF32Tol);
-    const Tensor dw = ops::depth_to_space(ops::conv3d_backward_filter(xs, dy, ws.shape(), f.geometry), f.w_fold, c.w);
+    const Tensor dw =
+        ops::depth_to_space(ops::conv3d_backward_filter(xs, dy, ws.shape(), f.geometry, MathMode{}), f.w_fold, c.w);
     CHECK(max_rel_error(name + " dw", dw.to_vector(),
-                        to_double(ops::conv3d_backward_filter(x, dy, c.w, c.g).to_vector()), kF32Tol) <= kF32Tol);
+                        to_double(ops::conv3d_backward_filter(x, dy, c.w, c.g, MathMode{}).to_vector()),
+                        kF32Tol) <= kF32Tol);
   }
 }
 
@@ -176,8 +180,8 @@ TEST_CASE("global average pool, matmul and bias against direct sums") {
         for (int64_t l = 0; l < k; ++l)
           c[i * n + j] +=
               static_cast<double>(ta ? av[l * m + i] : av[i * k + l]) * (tb ? bv[j * k + l] : bv[l * n + j]);
-    CHECK(max_rel_error("matmul flags " + std::to_string(flags), ops::matmul(a, b, ta, tb).to_vector(), c, kF32Tol) <=
-          kF32Tol);
+    CHECK(max_rel_error("matmul flags " + std::to_string(flags), ops::matmul(a, b, ta, tb, MathMode{}).to_vector(), c,
+                        kF32Tol) <= kF32Tol);
   }
   const Tensor y = random_tensor({4, 3}), bias = random_tensor({3});
   std::vector<double> yb(12), db(3, 0.0);
