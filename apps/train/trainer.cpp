@@ -228,11 +228,14 @@ class FoldRun {
   bool validate_and_save(int epoch, json& record, std::chrono::steady_clock::time_point t0) {
     const double train_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     const float tau = soft_pooling_tau(c_, epoch);
+    const auto eval_start = std::chrono::steady_clock::now();
     const std::vector<CasePrediction> val = predict(learner_.model(), selection_set(), tau);
     record["val"] = validation_metrics(val, learner_.class_weights());
     if (learner_.has_ema())
       record["val_ema"] =
           validation_metrics(predict(learner_.refreshed_ema_model(), selection_set(), tau), learner_.class_weights());
+    const double eval_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - eval_start).count();
+    const size_t eval_bags = selection_set().size() * (learner_.has_ema() ? 2 : 1);
     record["attention"] = attention_diagnostics(val, cohort_, c_.slab_depth);
     record["health"]["val_logit_spread"] = logit_spread(val);
     const double train_auc = record["train"]["auc"].is_null() ? NAN : record["train"]["auc"].get<double>();
@@ -241,6 +244,7 @@ class FoldRun {
     const SelectionUpdate update = selection_.add_epoch(epoch + 1, train_auc, record);
     record["selection_open"] = selection_.open();
     record["throughput_bags_per_s"] = plan_.train.size() / std::max(train_seconds, 1e-9);
+    record["eval_bags_per_s"] = eval_bags / std::max(eval_seconds, 1e-9);
     record["epoch_time_s"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (update.raw_improved) best_.raw = checkpoints_.snapshot(learner_.model(), epoch + 1);
     if (update.ema_improved) best_.ema = checkpoints_.snapshot(learner_.ema_model(), epoch + 1);

@@ -230,7 +230,9 @@ std::map<std::string, std::string> fold_outputs(const fs::path& run_dir) {
     std::string metrics;
     for (const std::string& line : lines_of(fold.path() / "metrics.jsonl")) {
       nlohmann::json record = nlohmann::json::parse(line);
-      for (const char* timing : {"epoch_time_s", "throughput_bags_per_s", "batch_assembly_s"}) record.erase(timing);
+      CHECK(record.at("eval_bags_per_s").get<double>() > 0);
+      for (const char* timing : {"epoch_time_s", "throughput_bags_per_s", "eval_bags_per_s", "batch_assembly_s"})
+        record.erase(timing);
       metrics += record.dump() + "\n";
     }
     files[name + "/metrics.jsonl"] = metrics;

@@ -1047,6 +1047,8 @@ class FoldRun:
             record["val"] = self.metrics_of(val)
             if self.ema:
                 record["val_ema"] = self.metrics_of(self.predict(self.ema.model, self.selection_set(), tau_at(r, epoch)))
+            eval_bags = len(self.selection_set()) * (2 if self.ema else 1)
+            record["eval_bags_per_s"] = eval_bags / max(time.perf_counter() - t0 - train_seconds, 1e-9)
             record["attention"] = self.attention_diagnostics(val)
             record["health"]["val_logit_spread"] = spread(np.log(np.clip(val.p_hgg, 1e-12, 1 - 1e-12) /
                                                                 (1 - np.clip(val.p_hgg, 1e-12, 1 - 1e-12))))
@@ -1350,7 +1352,7 @@ def self_check(args) -> int:
 # The top-level keys of the twin's metrics.jsonl records (FoldRun.train_epoch and run).
 TWIN_RECORD_KEYS = {"epoch", "lr", "tau", "batch_assembly_s", "train", "grad_norm", "grad_norm_first_step",
                     "logit_spread", "health", "val", "val_ema", "attention", "selection_open", "throughput_bags_per_s",
-                    "epoch_time_s"}
+                    "eval_bags_per_s", "epoch_time_s"}
 
 
 def main(argv=None) -> int:
