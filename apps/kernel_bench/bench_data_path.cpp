@@ -256,7 +256,7 @@ std::vector<Tensor> gather_on_device(ResidentCohort& resident, const std::vector
 KernelBench gather_bag_bench() {
   KernelBench b;
   b.name = "gather_bag";
-  b.file = "gather_bag.cu";
+  b.file = "gather_bags.cu";
   b.launchers = {"gather_bags"};
   b.shape_meaning = "B,n,S,H,W";
   b.bytes_meaning =
@@ -282,7 +282,7 @@ KernelBench gather_bag_bench() {
     if (!resident->holds(s)) resident->build(in, s);
     resident->gather_next(dtype);
   };
-  // As kernels/gather_bag.cu launches it: a block row per output slice, 256 threads of 4 voxels each.
+  // As kernels/gather_bags.cu launches it: a block row per output slice, 256 threads of 4 voxels each.
   b.launch_fast = [](const Shape& s, DType) {
     const int64_t slices = s[0] * s[1] * s[2], per_slice = std::min<int64_t>((s[3] * s[4] + 1023) / 1024, 65535);
     return fmt::format("2 H2D descriptor copies + {} x {} x 256 (slice x voxel blocks)", slices, per_slice);

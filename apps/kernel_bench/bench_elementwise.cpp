@@ -93,7 +93,7 @@ KernelBench dropout_bench() {
   // The counter-based mask's seed and offset, and the recommended feature dropout.
   constexpr uint64_t kSeed = 0x5eed, kOffset = 12345;
   constexpr float kP = 0.6f;
-  KernelBench b = elementwise_bench("dropout", "random_mask.cu", "read x; write y", 2);
+  KernelBench b = elementwise_bench("dropout", "random_masks.cu", "read x; write y", 2);
   b.launchers = {"dropout"};
   b.model_shape = [](const ModelShapes& m) { return m.embedding; };
   b.draw = uniform_inputs(1, -1.0f, 1.0f);
@@ -106,7 +106,7 @@ KernelBench dropout_bench() {
 KernelBench drop_path_bench() {
   constexpr uint64_t kSeed = 0x5eed, kOffset = 678;
   constexpr float kP = 0.1f;  // the recommended drop_path of the last block
-  KernelBench b = elementwise_bench("drop_path", "random_mask.cu", "read x; write y", 2);
+  KernelBench b = elementwise_bench("drop_path", "random_masks.cu", "read x; write y", 2);
   b.launchers = {"drop_path"};
   b.model_shape = [](const ModelShapes& m) { return m.stages[0]; };
   b.draw = uniform_inputs(1, -1.0f, 1.0f);

@@ -11,7 +11,7 @@
 #include "tensor/ops.h"
 #ifdef DSMIL_WITH_CUDA
 #include "apps/kernel_bench/device_helpers.h"
-#include "kernels/optimizer_updates.h"
+#include "kernels/optimizer.h"
 #endif
 
 namespace dsmil::kernel_bench {
@@ -59,7 +59,7 @@ KernelBench bias_backward_bench() {
 }
 
 KernelBench update_bench(const char* name, const char* bytes_meaning) {
-  KernelBench b = described_bench(name, "optimizer_updates.cu", "param[...]", bytes_meaning, 0, {DType::F32},
+  KernelBench b = described_bench(name, "optimizer.cu", "param[...]", bytes_meaning, 0, {DType::F32},
                                   [](const ModelShapes& m) { return m.largest_weight; }, {5, 3, 3, 3, 4});
 #ifdef DSMIL_WITH_CUDA
   b.launch_fast = [](const Shape& s, DType) { return grid_stride_launch(shape_numel(s)); };
@@ -139,7 +139,7 @@ int64_t total_elements(const Shape& sizes) { return std::accumulate(sizes.begin(
 // A list entry's --shape holds the element count of each tensor.
 KernelBench multi_tensor_bench(const char* name, const char* bytes_meaning, bool with_buffers) {
   KernelBench b = described_bench(
-      name, "optimizer_updates.cu", "numel of each tensor [n0,n1,...]", bytes_meaning, 0, {DType::F32},
+      name, "optimizer.cu", "numel of each tensor [n0,n1,...]", bytes_meaning, 0, {DType::F32},
       [with_buffers](const ModelShapes& m) { return encoder_tensor_sizes(m, with_buffers); }, {9000, 3, 70, 1});
 #ifdef DSMIL_WITH_CUDA
   b.launch_fast = [](const Shape& sizes, DType) {

@@ -1,6 +1,6 @@
 // CUDA bag gather: x[B n, S, H, W, 4] f32 or bf16 of B bags from case volumes in device memory, in one launch of
-// kernels/gather_bag.cu (contract: tensor/op_declarations.inc; checked by ops::).
-#include "kernels/gather_bag.h"
+// kernels/gather_bags.cu (contract: tensor/op_declarations.inc; checked by ops::).
+#include "kernels/gather_bags.h"
 #include "tensor/cuda/ops_cuda.h"
 #include "tensor/cuda/op_helpers.h"
 

@@ -1,9 +1,9 @@
 // CUDA optimizer state updates on F32 tensors, in place: AdamW with decoupled weight decay and the EMA of
-// weights, per tensor or over a list of tensors in a few launches (kernels/optimizer_updates.cu).
+// weights, per tensor or over a list of tensors in a few launches (kernels/optimizer.cu).
 #include <cmath>
 #include <cstdint>
 
-#include "kernels/optimizer_updates.h"
+#include "kernels/optimizer.h"
 #include "tensor/cuda/op_helpers.h"
 #include "tensor/cuda/ops_cuda.h"
 #include "tensor/cuda/runtime.h"

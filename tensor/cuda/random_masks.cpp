@@ -1,6 +1,6 @@
 // CUDA dropout and drop-path (f32 or bf16) with counter-based masks that equal the CPU backend's bit for
-// bit (kernels/random_mask.cu).
-#include "kernels/random_mask.h"
+// bit (kernels/random_masks.cu).
+#include "kernels/random_masks.h"
 #include "tensor/cuda/ops_cuda.h"
 #include "tensor/cuda/op_helpers.h"
 

@@ -16,7 +16,7 @@ constexpr float kMomentum = 0.1f, kEps = 1e-5f;
 // The fused CPU op runs the very float operations of the composition (it is seen to agree bit for bit):
 // a difference above one rounding of the largest value is a bug.
 constexpr double kSameOpsTol = 1e-6;
-// Finite differences as in test_backward.cpp.
+// Finite differences as in tests/tensor/op_test_util.h.
 constexpr double kH = 1e-2, kTol = 2e-3;
 constexpr float kDropP = 0.5f;
 

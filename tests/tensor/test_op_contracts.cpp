@@ -1,5 +1,6 @@
 // Every op refuses the bad inputs of tests/tensor/op_contract_cases.h on the CPU with a ShapeError that names
-// the op, and the table covers every op of tensor/op_declarations.inc (DSMIL_OP_DECLARATIONS, the file's path).
+// the op, and the table covers every op of tensor/op_declarations.inc (DSMIL_OP_DECLARATIONS, the file's path);
+// and a few bad shapes, with the op's name in the message.
 #include <doctest/doctest.h>
 
 #include <fstream>
@@ -7,8 +8,10 @@
 #include <set>
 
 #include "tests/tensor/op_contract_cases.h"
+#include "tests/test_util.h"
 
 using namespace dsmil;
+using namespace dsmil::test;
 
 namespace {
 
@@ -54,5 +57,18 @@ TEST_CASE("the contract table has a bad input for every op of op_declarations.in
   for (const std::string& op : covered) {
     CAPTURE(op);
     CHECK(declared.count(op) == 1);
+  }
+}
+
+TEST_CASE("ops reject bad shapes with a ShapeError naming the op") {
+  CHECK_THROWS_AS(ops::add(random_tensor({2, 3}), random_tensor({3, 2})), ShapeError);
+  CHECK_THROWS_AS(ops::matmul(random_tensor({2, 3}), random_tensor({2, 3}), false, false, MathMode{}), ShapeError);
+  CHECK_THROWS_AS(ops::conv3d_forward(random_tensor({1, 2, 2, 2, 3}), random_tensor({1, 3, 3, 3, 4}),
+                                      {{3, 3, 3}, {1, 1, 1}, {1, 1, 1}}, MathMode{}),
+                  ShapeError);
+  try {
+    ops::add(random_tensor({2, 3}), random_tensor({3, 2}));
+  } catch (const ShapeError& e) {
+    CHECK(std::string(e.what()).find("add") != std::string::npos);
   }
 }

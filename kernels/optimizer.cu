@@ -1,7 +1,7 @@
 // AdamW and EMA updates on F32 tensors, in place: per tensor of n elements (one thread per element in a
 // grid-stride loop), or over a list of tensors (one block per chunk of <= kChunkElements of one tensor).
 #include "kernels/common.cuh"
-#include "kernels/optimizer_updates.h"
+#include "kernels/optimizer.h"
 
 namespace dsmil::kernels {
 

@@ -4,7 +4,7 @@
 
 #include "kernels/common.cuh"
 #include "base/counter_rng.h"
-#include "kernels/random_mask.h"
+#include "kernels/random_masks.h"
 
 namespace dsmil::kernels {
 

@@ -6,7 +6,7 @@
 #include <climits>
 
 #include "kernels/common.cuh"
-#include "kernels/gather_bag.h"
+#include "kernels/gather_bags.h"
 
 namespace dsmil::kernels {
 
