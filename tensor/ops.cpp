@@ -108,8 +108,12 @@ Shape pool_output(const char* op, const Shape& x, const Pool3dGeometry& g) {
 // The contracts' checks, each throwing ShapeError naming the op, the argument and its description.
 
 // F32 on both backends; BF16 too on CUDA, for the ops whose kernels take it ([bf16] in op_declarations.inc).
+bool float_dtype_on(DType dtype, Device device) {
+  return dtype == DType::F32 || (dtype == DType::BF16 && device == Device::CUDA);
+}
+
 void check_float(const char* op, const Tensor& t, const char* name) {
-  if (t.dtype() != DType::F32 && !(t.dtype() == DType::BF16 && t.device() == Device::CUDA))
+  if (!float_dtype_on(t.dtype(), t.device()))
     throw ShapeError(fmt::format("{}: {} must be f32, or bf16 on CUDA, got {}", op, name, t.describe()));
 }
 
@@ -533,7 +537,7 @@ Tensor global_avg_pool_backward(const Tensor& dy, const Shape& x_shape, DType dx
   check_volume_shape(op, x_shape, "x_shape");
   check_dtype(op, dy, DType::F32, "dy");
   check_shape(op, dy, {x_shape[0], x_shape[4]}, "dy");
-  if (dx_dtype != DType::F32 && !(dx_dtype == DType::BF16 && device == Device::CUDA))
+  if (!float_dtype_on(dx_dtype, device))
     throw ShapeError(fmt::format("{}: dx dtype must be f32, or bf16 on CUDA, got {} for dy {}", op,
                                  dtype_name(dx_dtype), dy.describe()));
   DSMIL_DISPATCH(device, global_avg_pool_backward, dy, x_shape, dx_dtype);
@@ -631,7 +635,7 @@ Tensor gather_bags(Device device, std::span<const BagGather> bags, std::span<con
       g.slab_depth > g.depth)
     throw ShapeError(fmt::format("{}: {} instances of {} slices a bag from a grid of {}x{}x{}", op, g.instances_per_bag,
                                  g.slab_depth, g.depth, g.height, g.width));
-  if (out != DType::F32 && !(out == DType::BF16 && device == Device::CUDA))
+  if (!float_dtype_on(out, device))
     throw ShapeError(
         fmt::format("{}: output dtype {} on {} (f32, or bf16 on cuda)", op, dtype_name(out), device_name(device)));
   const auto n = static_cast<size_t>(g.instances_per_bag);
