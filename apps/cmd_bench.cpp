@@ -94,9 +94,9 @@ void print_memory_timeline(Device device, Step&& step) {
   };
   std::vector<Point> points;
   device::reset_memory_peak();
-  set_backward_observer([&](const Tensor& node_value) {
+  set_backward_observer([&](const Shape& shape, DType dtype) {
     const device::MemoryUsage usage = device::memory_usage();
-    points.push_back({node_value.describe(), usage.used, usage.peak_used});
+    points.push_back({std::string(dtype_name(dtype)) + shape_str(shape), usage.used, usage.peak_used});
   });
   step();
   set_backward_observer({});

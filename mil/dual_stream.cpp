@@ -179,11 +179,11 @@ Variable mean_attention_entropy(const Variable& a) {
   const Device device = a.value().device();
   const Tensor value = Tensor::full({1}, static_cast<float>(total / bags)).to(device);
   const Shape shape = host.shape();
-  return Variable::from_op(value, {a}, [a, grad, shape, device](const Tensor& g) {
+  return Variable::from_op(value, {a}, [da = a.grad_sink(), grad, shape, device](const Tensor& g) {
     const float factor = g.to(Device::CPU).f32()[0];
     std::vector<float> scaled(grad.size());
     for (size_t i = 0; i < grad.size(); ++i) scaled[i] = factor * grad[i];
-    a.accumulate_grad(Tensor::from_vector(shape, scaled).to(device));
+    da.accumulate(Tensor::from_vector(shape, scaled).to(device));
   });
 }
 

@@ -92,21 +92,22 @@ Variable synchronised_batchnorm(const Variable& x, const Variable& gamma, const 
            : ops::batchnorm_forward_eval(x.value(), gamma.value(), beta.value(), mean, var, eps);
   const double local_rows = static_cast<double>(x.value().numel() / x.value().size(-1)), rows = stats.rows;
   const bool fused = relu.has_value();
-  auto backward = [x, gamma, beta, residual, sample_factor, y, mean, invstd, fused, local_rows, rows, stats,
-                   &ranks](const Tensor& dy) {
+  auto backward = [dx_sink = x.grad_sink(), dgamma_sink = gamma.grad_sink(), dbeta_sink = beta.grad_sink(),
+                   d_residual_sink = residual.grad_sink(), x_value = x.value(), gamma_value = gamma.value(),
+                   sample_factor, y, mean, invstd, fused, local_rows, rows, stats, &ranks](const Tensor& dy) {
     Tensor dx, dgamma, dbeta, d_residual;
     if (fused) {
-      BatchNormReluGrads g = ops::batchnorm_relu_backward(dy, y, x.value(), gamma.value(), mean, invstd, sample_factor,
-                                                          residual.requires_grad());
+      BatchNormReluGrads g = ops::batchnorm_relu_backward(dy, y, x_value, gamma_value, mean, invstd, sample_factor,
+                                                          d_residual_sink.requires_grad());
       dx = g.dx, dgamma = g.dgamma, dbeta = g.dbeta, d_residual = g.d_residual;
     } else {
-      BatchNormGrads g = ops::batchnorm_backward(dy, x.value(), gamma.value(), mean, invstd);
+      BatchNormGrads g = ops::batchnorm_backward(dy, x_value, gamma_value, mean, invstd);
       dx = g.dx, dgamma = g.dgamma, dbeta = g.dbeta;
     }
     // dx above used this rank's sums of g and g xhat over its rows; the batch's are summed over ranks.
     // dx_global - dx_local = k (dbeta/n - Dbeta/N) + k xhat (dgamma/n - Dgamma/N), k = gamma invstd.
     const std::vector<double> local_dgamma = host_values(dgamma), local_dbeta = host_values(dbeta),
-                              gamma_host = host_values(gamma.value());
+                              gamma_host = host_values(gamma_value);
     std::vector<double> mine = local_dgamma;
     mine.insert(mine.end(), local_dbeta.begin(), local_dbeta.end());
     const std::vector<double> total = ranks.sum(mine);
@@ -118,11 +119,11 @@ Variable synchronised_batchnorm(const Variable& x, const Variable& gamma, const 
       scale[c] = per_xhat * stats.invstd[c];
       shift[c] = k * (local_dbeta[c] / local_rows - total[channels + c] / rows) - scale[c] * stats.mean[c];
     }
-    x.accumulate_grad(ops::add(dx, channel_affine(x.value(), scale, shift)));
+    dx_sink.accumulate(ops::add(dx, channel_affine(x_value, scale, shift)));
     // The parameters' gradients stay this rank's: the gradient reducer sums them with all the others.
-    gamma.accumulate_grad(dgamma);
-    beta.accumulate_grad(dbeta);
-    if (d_residual.defined()) residual.accumulate_grad(d_residual);
+    dgamma_sink.accumulate(dgamma);
+    dbeta_sink.accumulate(dbeta);
+    if (d_residual.defined()) d_residual_sink.accumulate(d_residual);
   };
   return Variable::from_op(y, {x, gamma, beta, residual}, backward);
 }

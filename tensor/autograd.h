@@ -1,6 +1,8 @@
 // Reverse-mode automatic differentiation over Tensors (first order only).
-// A Variable holds a value, and, when it requires a gradient, the gradient accumulated into it and the
-// node that made it: the node's inputs and a closure that turns the output's gradient into the inputs'.
+// A Variable holds a value, and, when it requires a gradient, the graph node that made it: the gradient
+// accumulated into it, the nodes of its inputs and a closure that turns the output's gradient into the inputs'.
+// The graph holds no values: a closure keeps the tensors its backward reads and sends gradients to its inputs
+// through GradSinks, so an activation that no backward reads is freed once the forward pass has no handle to it.
 // Rule: gradients accumulate (+=) across uses, sums in fp32 except bf16 + bf16 for a bf16 activation; a
 // parameter's (leaf's) gradient is fp32; an activation reached by one use keeps the gradient's dtype. Backward closures
 // never write a gradient directly, they call accumulate_grad, and receive their output's gradient in the output's
@@ -16,7 +18,20 @@
 namespace dsmil {
 
 class Variable;
+struct GradNode;
 using BackwardFn = std::function<void(const Tensor& grad_output)>;
+
+// Where a backward closure sends the gradient of one of its inputs: the input's node, not its value.
+// A sink of an undefined Variable, or of one that requires no gradient, drops what it is given.
+class GradSink {
+ public:
+  bool requires_grad() const;
+  void accumulate(const Tensor& g) const;
+
+ private:
+  friend class Variable;
+  std::shared_ptr<GradNode> node_;
+};
 
 class Variable {
  public:
@@ -33,6 +48,7 @@ class Variable {
   bool has_grad() const;
   void zero_grad() const;                       // forget the gradient (the next accumulation starts fresh)
   void accumulate_grad(const Tensor& g) const;  // a handle: const means the handle, not the node
+  GradSink grad_sink() const;                   // for backward closures; safe on an undefined Variable
 
   // A leaf's hook, called by backward() as soon as the pass has given the leaf every gradient it will
   // give it (data-parallel training starts summing a gradient bucket there). Replaces an earlier hook.
@@ -51,13 +67,14 @@ class Variable {
  private:
   struct Impl;
   std::shared_ptr<Impl> impl_;
+  const std::shared_ptr<GradNode>& node() const;
 };
 
 // Profiling hook of this thread's backward passes: while set, backward() calls it after each node's
-// closure has run, with the node's value (its shape and dtype say which op made it), before that node's
-// gradient and saved inputs are freed. `dsmil bench --memory-timeline` follows the device memory with it.
-// An empty function turns it off.
-using BackwardNodeObserver = std::function<void(const Tensor& node_value)>;
+// closure has run, with the shape and dtype of the node's value (they say which op made it), before that
+// node's gradient and saved tensors are freed. `dsmil bench --memory-timeline` follows the device memory
+// with it. An empty function turns it off.
+using BackwardNodeObserver = std::function<void(const Shape& shape, DType dtype)>;
 void set_backward_observer(BackwardNodeObserver observer);
 
 // Grad mode: off inside a NoGradGuard (evaluation), so nothing is recorded.
