@@ -96,8 +96,8 @@ Variable synchronised_batchnorm(const Variable& x, const Variable& gamma, const 
                    &ranks](const Tensor& dy) {
     Tensor dx, dgamma, dbeta, d_residual;
     if (fused) {
-      BatchNormReluGrads g = ops::batchnorm_relu_backward(dy, y, x.value(), gamma.value(), mean, invstd, sample_factor,
-                                                          residual.requires_grad());
+      BatchNormReluGrads g = ops::batchnorm_relu_backward(dy, y, x.value(), gamma.value(), beta.value(), mean, invstd,
+                                                          sample_factor, residual.requires_grad());
       dx = g.dx, dgamma = g.dgamma, dbeta = g.dbeta, d_residual = g.d_residual;
     } else {
       BatchNormGrads g = ops::batchnorm_backward(dy, x.value(), gamma.value(), mean, invstd);

@@ -98,7 +98,7 @@ Variable batchnorm_relu(const Variable& x, const Variable& gamma, const Variable
                                                             running_var, momentum, eps, residual_value, sample_factor);
   Tensor y = out.y, mean = out.save_mean, invstd = out.save_invstd;
   auto backward = [x, gamma, beta, residual, y, mean, invstd, sample_factor](const Tensor& dy) {
-    BatchNormReluGrads grads = ops::batchnorm_relu_backward(dy, y, x.value(), gamma.value(), mean, invstd,
+    BatchNormReluGrads grads = ops::batchnorm_relu_backward(dy, y, x.value(), gamma.value(), beta.value(), mean, invstd,
                                                             sample_factor, residual.requires_grad());
     x.accumulate_grad(grads.dx);
     gamma.accumulate_grad(grads.dgamma);
