@@ -1,5 +1,6 @@
 // Fused batch norm + ReLU over x[rows, C] (rows = N*D*H*W, channels-last): y = max(s[n] BN(x) + r, 0) in
-// one pass after the statistics of kernels/batchnorm.cu; backward in two passes (fp64 sums, then dx).
+// one pass after the statistics of kernels/batchnorm.cu; backward in two passes (fp64 sums, then dx), its ReLU
+// mask read from y or, without y and residual, recomputed from x.
 #include <cuda_bf16.h>
 
 #include <cstdint>
@@ -40,6 +41,12 @@ __device__ __forceinline__ void store(T* p, const float (&in)[V]) {
 }
 
 __device__ __forceinline__ float relu_mask(float grad, float out) { return out > 0.0f ? grad : 0.0f; }
+
+// BN's output (x - centre) scale + shift, scale = gamma invstd: one expression for the forward and the backward's
+// recomputed mask, so that both round (and contract to an FMA) alike and the mask is the forward's.
+__device__ __forceinline__ float normalised(float x, float centre, float scale, float shift) {
+  return (x - centre) * scale + shift;
+}
 
 __device__ __forceinline__ float sample_factor(const SampleFactor& factor, int64_t row) {
   return factor.values ? factor.values[row / factor.rows_per_sample] : 1.0f;
@@ -124,7 +131,7 @@ __global__ void forward_kernel(const T* __restrict__ x, const T* __restrict__ re
     const float s = sample_factor(factor, row);
 #pragma unroll
     for (int k = 0; k < V; ++k) {
-      const float out = s * ((v[k] - centre[k]) * scale[k] + shift[k]) + added[k];
+      const float out = s * normalised(v[k], centre[k], scale[k], shift[k]) + added[k];
       v[k] = out > 0.0f ? out : 0.0f;
     }
     store<T, V>(y + at, v);
@@ -134,8 +141,11 @@ __global__ void forward_kernel(const T* __restrict__ x, const T* __restrict__ re
 // Per channel and chunk of chunk_rows rows: sums of b = s[n] dy [y > 0] and b xhat in fp64, each thread
 // over every ty-th row of the chunk, then over the block's ty lanes in lane order, into
 // partial[(chunk * 2 + k) * C + c] (k = 0: b, 1: b xhat). Writes g = dy [y > 0] to d_residual if given.
-template <typename T, int V>
+// kMaskFromX: no y (nor residual); [y > 0] is [normalised(x) > 0] with gamma and beta (the sign of
+// s[n] normalised(x) where s[n] > 0; b = 0 where s[n] = 0).
+template <typename T, int V, bool kMaskFromX>
 __global__ void backward_sums_kernel(const T* __restrict__ dy, const T* __restrict__ y, const T* __restrict__ x,
+                                     const float* __restrict__ gamma, const float* __restrict__ beta,
                                      const float* __restrict__ mean, const float* __restrict__ invstd,
                                      SampleFactor factor, int64_t rows, int64_t channels, int64_t chunk_rows,
                                      T* __restrict__ d_residual, double* __restrict__ partial) {
@@ -144,11 +154,15 @@ __global__ void backward_sums_kernel(const T* __restrict__ dy, const T* __restri
   const bool owns_channels = c0 < channels;
   double sum_b[V] = {}, sum_b_xhat[V] = {};
   if (owns_channels) {
-    float centre[V], inv[V];
+    float centre[V], inv[V], scale[V], shift[V];
 #pragma unroll
     for (int k = 0; k < V; ++k) {
       centre[k] = mean[c0 + k];
       inv[k] = invstd[c0 + k];
+      if constexpr (kMaskFromX) {
+        scale[k] = gamma[c0 + k] * inv[k];
+        shift[k] = beta[c0 + k];
+      }
     }
     const int64_t begin = blockIdx.y * chunk_rows;
     const int64_t end = begin + chunk_rows < rows ? begin + chunk_rows : rows;
@@ -156,10 +170,13 @@ __global__ void backward_sums_kernel(const T* __restrict__ dy, const T* __restri
       const int64_t at = row * channels + c0;
       float g[V], out[V], v[V];
       load<T, V>(dy + at, g);
-      load<T, V>(y + at, out);
+      if constexpr (!kMaskFromX) load<T, V>(y + at, out);
       load<T, V>(x + at, v);
 #pragma unroll
-      for (int k = 0; k < V; ++k) g[k] = relu_mask(g[k], out[k]);
+      for (int k = 0; k < V; ++k) {
+        if constexpr (kMaskFromX) out[k] = normalised(v[k], centre[k], scale[k], shift[k]);
+        g[k] = relu_mask(g[k], out[k]);
+      }
       if (d_residual) store<T, V>(d_residual + at, g);
       const float s = sample_factor(factor, row);
 #pragma unroll
@@ -213,36 +230,49 @@ __global__ void backward_finalize_kernel(const double* __restrict__ partial, int
   coef[2 * channels + c] = static_cast<float>(inv * sum_b_xhat / rows);
 }
 
-// dx = a (s[n] g - mean_b - (x - mean) w), g read from stored_g when given, else dy [y > 0].
-template <typename T, int V>
+// dx = a (s[n] g - mean_b - (x - mean) w), g read from stored_g when given, else dy [y > 0]; kMaskFromX as in
+// backward_sums_kernel (then stored_g is null).
+template <typename T, int V, bool kMaskFromX>
 __global__ void backward_data_kernel(const T* __restrict__ dy, const T* __restrict__ y, const T* __restrict__ stored_g,
-                                     const T* __restrict__ x, const float* __restrict__ mean,
-                                     const float* __restrict__ coef, SampleFactor factor, int64_t rows,
-                                     int64_t channels, T* __restrict__ dx) {
+                                     const T* __restrict__ x, const float* __restrict__ gamma,
+                                     const float* __restrict__ beta, const float* __restrict__ mean,
+                                     const float* __restrict__ invstd, const float* __restrict__ coef,
+                                     SampleFactor factor, int64_t rows, int64_t channels, T* __restrict__ dx) {
   const int64_t c0 = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) * V;
   if (c0 >= channels) return;
-  float a[V], mean_b[V], w[V], centre[V];
+  float a[V], mean_b[V], w[V], centre[V], scale[V], shift[V];
 #pragma unroll
   for (int k = 0; k < V; ++k) {
     a[k] = coef[c0 + k];
     mean_b[k] = coef[channels + c0 + k];
     w[k] = coef[2 * channels + c0 + k];
     centre[k] = mean[c0 + k];
+    if constexpr (kMaskFromX) {
+      scale[k] = gamma[c0 + k] * invstd[c0 + k];
+      shift[k] = beta[c0 + k];
+    }
   }
   for (int64_t row = blockIdx.y * int64_t(blockDim.y) + threadIdx.y; row < rows;
        row += int64_t(gridDim.y) * blockDim.y) {
     const int64_t at = row * channels + c0;
     float g[V], v[V];
-    if (stored_g) {
-      load<T, V>(stored_g + at, g);
-    } else {
-      float out[V];
+    if constexpr (kMaskFromX) {
       load<T, V>(dy + at, g);
-      load<T, V>(y + at, out);
+      load<T, V>(x + at, v);
 #pragma unroll
-      for (int k = 0; k < V; ++k) g[k] = relu_mask(g[k], out[k]);
+      for (int k = 0; k < V; ++k) g[k] = relu_mask(g[k], normalised(v[k], centre[k], scale[k], shift[k]));
+    } else {
+      if (stored_g) {
+        load<T, V>(stored_g + at, g);
+      } else {
+        float out[V];
+        load<T, V>(dy + at, g);
+        load<T, V>(y + at, out);
+#pragma unroll
+        for (int k = 0; k < V; ++k) g[k] = relu_mask(g[k], out[k]);
+      }
+      load<T, V>(x + at, v);
     }
-    load<T, V>(x + at, v);
     const float s = sample_factor(factor, row);
 #pragma unroll
     for (int k = 0; k < V; ++k) v[k] = a[k] * (s * g[k] - mean_b[k] - (v[k] - centre[k]) * w[k]);
@@ -260,6 +290,33 @@ cudaError_t launch_forward(const T* x, const T* residual, SampleFactor factor, c
     const Layout layout = layout_for(channels, V);
     forward_kernel<T, V><<<dim3(layout.group_tiles, row_blocks(rows, layout)), layout.block, 0, stream>>>(
         x, residual, factor, gamma, beta, mean, invstd, var, eps, rows, channels, y);
+    return cudaGetLastError();
+  });
+}
+
+template <typename T, bool kMaskFromX>
+cudaError_t launch_backward(const T* dy, const T* y, const T* x, const float* gamma, const float* beta,
+                            const float* save_mean, const float* save_invstd, SampleFactor factor, int64_t rows,
+                            int64_t channels, T* dx, float* dgamma, float* dbeta, T* d_residual, void* scratch,
+                            cudaStream_t stream) {
+  double* partial = static_cast<double*>(scratch);
+  float* coef = reinterpret_cast<float*>(partial + chunk_capacity(rows) * 2 * channels);
+  return with_width<T>(vector_width<T>(channels, {dy, y, x, dx, d_residual}), [&](auto width) {
+    constexpr int V = decltype(width)::value;
+    const Layout layout = layout_for(channels, V);
+    const int64_t chunks = reduction_chunks(rows, layout);
+    const int64_t chunk_rows = (rows + chunks - 1) / chunks;
+    backward_sums_kernel<T, V, kMaskFromX>
+        <<<dim3(layout.group_tiles, static_cast<unsigned>(chunks)), layout.block, 0, stream>>>(
+            dy, y, x, gamma, beta, save_mean, save_invstd, factor, rows, channels, chunk_rows, d_residual, partial);
+    if (const cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
+    const unsigned finalize_blocks = static_cast<unsigned>((channels * 32 + kThreads - 1) / kThreads);
+    backward_finalize_kernel<<<finalize_blocks, kThreads, 0, stream>>>(partial, chunks, rows, channels, gamma,
+                                                                       save_invstd, dgamma, dbeta, coef);
+    if (const cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
+    backward_data_kernel<T, V, kMaskFromX>
+        <<<dim3(layout.group_tiles, row_blocks(rows, layout)), layout.block, 0, stream>>>(
+            dy, y, d_residual, x, gamma, beta, save_mean, save_invstd, coef, factor, rows, channels, dx);
     return cudaGetLastError();
   });
 }
@@ -294,29 +351,14 @@ int64_t batchnorm_relu_backward_scratch_bytes(int64_t rows, int64_t channels) {
 }
 
 template <typename T>
-cudaError_t batchnorm_relu_backward(const T* dy, const T* y, const T* x, const float* gamma, const float* save_mean,
-                                    const float* save_invstd, SampleFactor factor, int64_t rows, int64_t channels,
-                                    T* dx, float* dgamma, float* dbeta, T* d_residual, void* scratch,
+cudaError_t batchnorm_relu_backward(const T* dy, const T* y, const T* x, const float* gamma, const float* beta,
+                                    const float* save_mean, const float* save_invstd, SampleFactor factor, int64_t rows,
+                                    int64_t channels, T* dx, float* dgamma, float* dbeta, T* d_residual, void* scratch,
                                     cudaStream_t stream) {
   if (rows == 0 || channels == 0) return cudaSuccess;
-  double* partial = static_cast<double*>(scratch);
-  float* coef = reinterpret_cast<float*>(partial + chunk_capacity(rows) * 2 * channels);
-  return with_width<T>(vector_width<T>(channels, {dy, y, x, dx, d_residual}), [&](auto width) {
-    constexpr int V = decltype(width)::value;
-    const Layout layout = layout_for(channels, V);
-    const int64_t chunks = reduction_chunks(rows, layout);
-    const int64_t chunk_rows = (rows + chunks - 1) / chunks;
-    backward_sums_kernel<T, V><<<dim3(layout.group_tiles, static_cast<unsigned>(chunks)), layout.block, 0, stream>>>(
-        dy, y, x, save_mean, save_invstd, factor, rows, channels, chunk_rows, d_residual, partial);
-    if (const cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
-    const unsigned finalize_blocks = static_cast<unsigned>((channels * 32 + kThreads - 1) / kThreads);
-    backward_finalize_kernel<<<finalize_blocks, kThreads, 0, stream>>>(partial, chunks, rows, channels, gamma,
-                                                                       save_invstd, dgamma, dbeta, coef);
-    if (const cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
-    backward_data_kernel<T, V><<<dim3(layout.group_tiles, row_blocks(rows, layout)), layout.block, 0, stream>>>(
-        dy, y, d_residual, x, save_mean, coef, factor, rows, channels, dx);
-    return cudaGetLastError();
-  });
+  const auto launch = y ? launch_backward<T, false> : launch_backward<T, true>;
+  return launch(dy, y, x, gamma, beta, save_mean, save_invstd, factor, rows, channels, dx, dgamma, dbeta, d_residual,
+                scratch, stream);
 }
 
 #define DSMIL_INSTANTIATE_BATCHNORM_RELU(T)                                                                          \
@@ -327,8 +369,8 @@ cudaError_t batchnorm_relu_backward(const T* dy, const T* y, const T* x, const f
                                                       const float*, float, const T*, SampleFactor, int64_t, int64_t, \
                                                       T*, cudaStream_t);                                             \
   template cudaError_t batchnorm_relu_backward<T>(const T*, const T*, const T*, const float*, const float*,          \
-                                                  const float*, SampleFactor, int64_t, int64_t, T*, float*, float*,  \
-                                                  T*, void*, cudaStream_t);
+                                                  const float*, const float*, SampleFactor, int64_t, int64_t, T*,    \
+                                                  float*, float*, T*, void*, cudaStream_t);
 DSMIL_INSTANTIATE_BATCHNORM_RELU(float)
 DSMIL_INSTANTIATE_BATCHNORM_RELU(__nv_bfloat16)
 #undef DSMIL_INSTANTIATE_BATCHNORM_RELU

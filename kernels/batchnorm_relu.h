@@ -35,12 +35,15 @@ int64_t batchnorm_relu_backward_scratch_bytes(int64_t rows, int64_t channels);
 // g = dy [y > 0] (never stored, except as d_residual = g when d_residual is not null); b = s[n] g is the
 // gradient of the batch norm's output: dbeta = sum b, dgamma = sum b xhat (fp64, fixed order),
 // dx = gamma invstd (b - dbeta / rows - xhat dgamma / rows), xhat = (x - save_mean) save_invstd.
-// Two passes over the activations: the sums (reading dy, y, x), then dx (reading dy, y or the stored g,
-// and x).
+// y null (only for a forward without residual, and then d_residual null): the mask is
+// [gamma (x - save_mean) save_invstd + beta > 0], computed from the x already read with the forward's fp32
+// operations, so it is the forward's; beta is read only then (it may be null when y is given).
+// Two passes over the activations: the sums (reading dy, y if given, x), then dx (reading dy, y if given or the
+// stored g, and x).
 template <typename T>
-cudaError_t batchnorm_relu_backward(const T* dy, const T* y, const T* x, const float* gamma, const float* save_mean,
-                                    const float* save_invstd, SampleFactor factor, int64_t rows, int64_t channels,
-                                    T* dx, float* dgamma, float* dbeta, T* d_residual, void* scratch,
+cudaError_t batchnorm_relu_backward(const T* dy, const T* y, const T* x, const float* gamma, const float* beta,
+                                    const float* save_mean, const float* save_invstd, SampleFactor factor, int64_t rows,
+                                    int64_t channels, T* dx, float* dgamma, float* dbeta, T* d_residual, void* scratch,
                                     cudaStream_t stream);
 
 }  // namespace dsmil::kernels

@@ -97,8 +97,8 @@ Variable synchronised_batchnorm(const Variable& x, const Variable& gamma, const 
                    sample_factor, y, mean, invstd, fused, local_rows, rows, stats, &ranks](const Tensor& dy) {
     Tensor dx, dgamma, dbeta, d_residual;
     if (fused) {
-      BatchNormReluGrads g = ops::batchnorm_relu_backward(dy, y, x_value, gamma_value, mean, invstd, sample_factor,
-                                                          d_residual_sink.requires_grad());
+      BatchNormReluGrads g = ops::batchnorm_relu_backward(dy, y, x_value, gamma_value, Tensor(), mean, invstd,
+                                                          sample_factor, d_residual_sink.requires_grad());
       dx = g.dx, dgamma = g.dgamma, dbeta = g.dbeta, d_residual = g.d_residual;
     } else {
       BatchNormGrads g = ops::batchnorm_backward(dy, x_value, gamma_value, mean, invstd);

@@ -113,11 +113,15 @@ Variable batchnorm_relu(const Variable& x, const Variable& gamma, const Variable
                              });
   BatchNormTrainOut out = ops::batchnorm_relu_forward_train(x.value(), gamma.value(), beta.value(), running_mean,
                                                             running_var, momentum, eps, residual_value, sample_factor);
+  // Without a residual the backward recomputes the ReLU mask from x, which it keeps anyway, and beta, so y is
+  // kept only by the ops that read it (the stem's max pool does not: its backward reads its argmax).
+  const bool keep_y = residual.defined();
   auto backward = [dx = x.grad_sink(), dgamma = gamma.grad_sink(), dbeta = beta.grad_sink(),
-                   d_residual = residual.grad_sink(), x_value = x.value(), gamma_value = gamma.value(), y = out.y,
-                   mean = out.save_mean, invstd = out.save_invstd, sample_factor](const Tensor& dy) {
-    BatchNormReluGrads grads = ops::batchnorm_relu_backward(dy, y, x_value, gamma_value, mean, invstd, sample_factor,
-                                                            d_residual.requires_grad());
+                   d_residual = residual.grad_sink(), x_value = x.value(), gamma_value = gamma.value(),
+                   beta_value = keep_y ? Tensor() : beta.value(), y = keep_y ? out.y : Tensor(), mean = out.save_mean,
+                   invstd = out.save_invstd, sample_factor](const Tensor& dy) {
+    BatchNormReluGrads grads = ops::batchnorm_relu_backward(dy, y, x_value, gamma_value, beta_value, mean, invstd,
+                                                            sample_factor, d_residual.requires_grad());
     dx.accumulate(grads.dx);
     dgamma.accumulate(grads.dgamma);
     dbeta.accumulate(grads.dbeta);

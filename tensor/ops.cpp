@@ -189,6 +189,22 @@ void check_branch(const char* op, const Tensor& x, const Tensor& residual, const
   if (sample_factor.defined()) check_f32_values(op, sample_factor, x.size(0), "sample_factor");
 }
 
+// The fused backward's ReLU mask: y of x's shape and dtype, or, without y, x and beta (F32 [C]) to recompute
+// it from, which holds only for a forward without residual: no residual gradient can be asked for then.
+void check_relu_mask_source(const char* op, const Tensor& x, const Tensor& y, const Tensor& beta, bool residual_grad) {
+  if (beta.defined()) check_f32_values(op, beta, x.size(-1), "beta");
+  if (y.defined()) {
+    check_like(op, y, x, "y");
+    return;
+  }
+  if (residual_grad)
+    throw ShapeError(fmt::format(
+        "{}: y is undefined but the residual's gradient is requested: the mask of relu(BN(x) + residual) needs y", op));
+  if (!beta.defined())
+    throw ShapeError(
+        fmt::format("{}: y and beta are both undefined: the ReLU mask needs y, or beta to recompute it", op));
+}
+
 // The forward passes' tensors: x, gamma, beta and the running statistics (F32 [C]), and the fused ops' optional
 // residual and sample_factor; returns their device.
 Device check_batchnorm_forward(const char* op, const Tensor& x, const Tensor& gamma, const Tensor& beta,
@@ -478,16 +494,16 @@ Tensor batchnorm_relu_forward_eval(const Tensor& x, const Tensor& gamma, const T
 }
 
 BatchNormReluGrads batchnorm_relu_backward(const Tensor& dy, const Tensor& y, const Tensor& x, const Tensor& gamma,
-                                           const Tensor& save_mean, const Tensor& save_invstd,
+                                           const Tensor& beta, const Tensor& save_mean, const Tensor& save_invstd,
                                            const Tensor& sample_factor, bool residual_grad) {
   const char* op = "batchnorm_relu_backward";
-  const Device device = common_device(op, {&dy, &y, &x, &gamma, &save_mean, &save_invstd}, {&sample_factor});
+  const Device device = common_device(op, {&dy, &x, &gamma, &save_mean, &save_invstd}, {&y, &beta, &sample_factor});
   const int64_t c = batchnorm_channels(op, x);
   check_like(op, dy, x, "dy");
-  check_like(op, y, x, "y");
   check_channels(op, c, {{&gamma, "gamma"}, {&save_mean, "save_mean"}, {&save_invstd, "save_invstd"}});
+  check_relu_mask_source(op, x, y, beta, residual_grad);
   check_branch(op, x, Tensor(), sample_factor);
-  DSMIL_DISPATCH(device, batchnorm_relu_backward, dy, y, x, gamma, save_mean, save_invstd, sample_factor,
+  DSMIL_DISPATCH(device, batchnorm_relu_backward, dy, y, x, gamma, beta, save_mean, save_invstd, sample_factor,
                  residual_grad);
 }
 

@@ -102,7 +102,8 @@ KernelBench backward_bench() {
     return p;
   };
   b.run = [](std::vector<Tensor>& in, const Shape&, DType) {
-    BatchNormReluGrads g = ops::batchnorm_relu_backward(in[0], in[1], in[2], in[3], in[4], in[5], in[6], true);
+    BatchNormReluGrads g =
+        ops::batchnorm_relu_backward(in[0], in[1], in[2], in[3], Tensor(), in[4], in[5], in[6], true);
     return std::vector<Tensor>{g.dx, g.dgamma, g.dbeta, g.d_residual};
   };
 #ifdef DSMIL_WITH_CUDA

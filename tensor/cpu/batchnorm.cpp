@@ -70,17 +70,22 @@ BatchNormTrainOut batchnorm_statistics(const Tensor& x, Tensor& running_mean, Te
   return out;
 }
 
-BatchNormTrainOut batchnorm_forward_train(const Tensor& x, const Tensor& gamma, const Tensor& beta,
-                                          Tensor& running_mean, Tensor& running_var, float momentum, float eps) {
+Tensor batchnorm_normalise(const Tensor& x, const Tensor& gamma, const Tensor& beta, const Tensor& save_mean,
+                           const Tensor& save_invstd) {
   const Rows rc = rows_of(x);
-  BatchNormTrainOut out = batchnorm_statistics(x, running_mean, running_var, momentum, eps);
   std::vector<float> a(rc.c), b(rc.c);
   for (int64_t ch = 0; ch < rc.c; ++ch) {
-    const double mean = out.save_mean.f32()[ch], invstd = out.save_invstd.f32()[ch];
+    const double mean = save_mean.f32()[ch], invstd = save_invstd.f32()[ch];
     a[ch] = static_cast<float>(gamma.f32()[ch] * invstd);
     b[ch] = static_cast<float>(beta.f32()[ch] - mean * gamma.f32()[ch] * invstd);
   }
-  out.y = affine_per_channel(x, rc, a, b);
+  return affine_per_channel(x, rc, a, b);
+}
+
+BatchNormTrainOut batchnorm_forward_train(const Tensor& x, const Tensor& gamma, const Tensor& beta,
+                                          Tensor& running_mean, Tensor& running_var, float momentum, float eps) {
+  BatchNormTrainOut out = batchnorm_statistics(x, running_mean, running_var, momentum, eps);
+  out.y = batchnorm_normalise(x, gamma, beta, out.save_mean, out.save_invstd);
   return out;
 }
 

@@ -44,9 +44,11 @@ Tensor batchnorm_relu_forward_eval(const Tensor& x, const Tensor& gamma, const T
 }
 
 BatchNormReluGrads batchnorm_relu_backward(const Tensor& dy, const Tensor& y, const Tensor& x, const Tensor& gamma,
-                                           const Tensor& save_mean, const Tensor& save_invstd,
+                                           const Tensor& beta, const Tensor& save_mean, const Tensor& save_invstd,
                                            const Tensor& sample_factor, bool residual_grad) {
-  const Tensor g = relu_backward(dy, y);
+  // Without y (and so without a residual), BN's output has y's sign where s[n] > 0; where s[n] = 0 the
+  // gradient s[n] g is zero whatever the mask.
+  const Tensor g = relu_backward(dy, y.defined() ? y : batchnorm_normalise(x, gamma, beta, save_mean, save_invstd));
   BatchNormGrads grads = batchnorm_backward(scaled_per_sample(g, sample_factor), x, gamma, save_mean, save_invstd);
   return {grads.dx, grads.dgamma, grads.dbeta, residual_grad ? g : Tensor()};
 }

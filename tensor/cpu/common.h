@@ -23,4 +23,10 @@ inline Tensor empty_like(const Tensor& t) { return Tensor::empty(t.shape(), t.dt
 // Elements per OpenMP chunk below which a loop stays on one thread.
 constexpr int64_t kParallelGrain = 1 << 15;
 
+// gamma (x - save_mean) save_invstd + beta over x[..., C], with the very float operations by which
+// batchnorm_forward_train computes its y (tensor/cpu/batchnorm.cpp): the fused backward recomputes its ReLU
+// mask from it, and that mask is the forward's.
+Tensor batchnorm_normalise(const Tensor& x, const Tensor& gamma, const Tensor& beta, const Tensor& save_mean,
+                           const Tensor& save_invstd);
+
 }  // namespace dsmil::cpu

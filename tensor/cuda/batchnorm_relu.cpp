@@ -66,7 +66,7 @@ Tensor batchnorm_relu_forward_eval(const Tensor& x, const Tensor& gamma, const T
 }
 
 BatchNormReluGrads batchnorm_relu_backward(const Tensor& dy, const Tensor& y, const Tensor& x, const Tensor& gamma,
-                                           const Tensor& save_mean, const Tensor& save_invstd,
+                                           const Tensor& beta, const Tensor& save_mean, const Tensor& save_invstd,
                                            const Tensor& sample_factor, bool residual_grad) {
   const char* op = "batchnorm_relu_backward";
   const FusedShape s = fused_shape(x);
@@ -76,12 +76,12 @@ BatchNormReluGrads batchnorm_relu_backward(const Tensor& dy, const Tensor& y, co
   DeviceBuffer scratch(kernels::batchnorm_relu_backward_scratch_bytes(s.rows, s.channels));
   with_float_type(op, x, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    DSMIL_CUDA_CHECK(
-        kernels::batchnorm_relu_backward(ptr<T>(dy), ptr<T>(y), ptr<T>(x), gamma.f32(), save_mean.f32(),
-                                         save_invstd.f32(), factor_of(sample_factor, s), s.rows, s.channels,
-                                         ptr<T>(grads.dx), grads.dgamma.f32(), grads.dbeta.f32(),
-                                         residual_grad ? ptr<T>(grads.d_residual) : nullptr, scratch.data(), stream()),
-        op_context(op, {{"dy", &dy}, {"y", &y}, {"x", &x}}));
+    DSMIL_CUDA_CHECK(kernels::batchnorm_relu_backward(
+                         ptr<T>(dy), optional_ptr<T>(y), ptr<T>(x), gamma.f32(), beta.defined() ? beta.f32() : nullptr,
+                         save_mean.f32(), save_invstd.f32(), factor_of(sample_factor, s), s.rows, s.channels,
+                         ptr<T>(grads.dx), grads.dgamma.f32(), grads.dbeta.f32(),
+                         residual_grad ? ptr<T>(grads.d_residual) : nullptr, scratch.data(), stream()),
+                     op_context(op, {{"dy", &dy}, {"y", &y}, {"x", &x}}));
   });
   return grads;
 }

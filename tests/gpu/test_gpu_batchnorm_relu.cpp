@@ -1,6 +1,7 @@
 // GPU tests of the fused batch norm + ReLU (training and eval forward, backward with and without residual
-// and per-sample factor) against its CPU twin in f32 and bf16, on shapes that reach every vector width
-// (16 bytes, 8 bytes, one element), partial channel tiles, many reduction chunks and unaligned views.
+// and per-sample factor, and without y, its mask from x) against its CPU twin in f32 and bf16, on shapes that
+// reach every vector width (16 bytes, 8 bytes, one element), partial channel tiles, many reduction chunks and
+// unaligned views.
 #include <cmath>
 
 #include "tests/gpu/gpu_compare.h"
@@ -115,11 +116,12 @@ TEST_CASE("gpu fused batch norm + ReLU train / eval / backward match the CPU in 
           const Twin y = twin_of(ref.y, dtype);
           const Twin save_mean = twin_of(ref.save_mean, DType::F32), save_invstd = twin_of(ref.save_invstd, DType::F32);
           const auto grads = run_poisoned([&] {
-            return ops::batchnorm_relu_backward(dy.device, y.device, x.device, gamma.device, save_mean.device,
+            return ops::batchnorm_relu_backward(dy.device, y.device, x.device, gamma.device, Tensor(), save_mean.device,
                                                 save_invstd.device, factor.device, with_branch);
           });
-          const BatchNormReluGrads ref_grads = cpu::batchnorm_relu_backward(
-              dy.host, y.host, x.host, gamma.host, save_mean.host, save_invstd.host, factor.host, with_branch);
+          const BatchNormReluGrads ref_grads =
+              cpu::batchnorm_relu_backward(dy.host, y.host, x.host, gamma.host, Tensor(), save_mean.host,
+                                           save_invstd.host, factor.host, with_branch);
           for (const BatchNormReluGrads& run : grads) {
             check_close("batchnorm_relu backward dx" + where, run.dx, ref_grads.dx, p);
             check_close("batchnorm_relu backward dgamma" + where, run.dgamma, ref_grads.dgamma, Precision::F32);
@@ -131,6 +133,66 @@ TEST_CASE("gpu fused batch norm + ReLU train / eval / backward match the CPU in 
           }
           check_identical("batchnorm_relu backward dx" + tagged, grads[0].dx, grads[1].dx);
           check_identical("batchnorm_relu backward dgamma" + tagged, grads[0].dgamma, grads[1].dgamma);
+        });
+      }
+}
+
+TEST_CASE("gpu fused batch norm + ReLU backward without y (mask from x) matches the CPU in f32 and bf16") {
+  if (skip_without_gpu()) return;
+  // The widths and tiles of the test above; no residual (the y-less path has none).
+  const std::vector<FusedCase> cases = {
+      {{4, 3, 8, 8, 64}, false}, {{2, 4, 8, 8, 512}, false}, {{3, 2, 5, 7, 40}, false}, {{5, 3, 4, 6, 12}, false},
+      {{4, 2, 3, 5, 6}, false},  {{3, 2, 3, 5, 5}, false},   {{4, 3, 8, 8, 64}, true}};
+  const float momentum = 0.1f, eps = 1e-5f;
+  for (const FusedCase& fc : cases)
+    for (Precision p : {Precision::F32, Precision::BF16})
+      for (const bool with_factor : {false, true}) {
+        const Shape& shape = fc.shape;
+        const int64_t c = shape.back(), samples = shape[0];
+        const DType dtype = storage_dtype(p);
+        const std::string where =
+            " " + shape_str(shape) + (fc.unaligned ? " unaligned" : "") + (with_factor ? " factor" : "");
+        const std::string tagged = where + " [" + precision_name(p) + "]";
+        guarded("batchnorm_relu y-less backward" + tagged, [&] {
+          const Twin x = twin_of(channel_scaled(shape), dtype);
+          const Twin gamma = random_twin({c}, DType::F32, -1.5f, 1.5f), beta = random_twin({c}, DType::F32);
+          Twin factor;
+          if (with_factor) {
+            Tensor f = test::random_tensor({samples}, 0.5f, 2.0f);
+            f.f32()[samples / 2] = 0.0f;  // a dropped sample
+            factor = twin_of(f, DType::F32);
+          }
+          // The device's own forward: the recomputed mask must be the one its y holds, bit for bit, so the CPU
+          // reference masks with that y and the device's statistics (a CPU mask from x would round the
+          // pre-activation its own way and may flip an element lying within an ulp of 0).
+          Tensor running_mean = Tensor::zeros({c}).to(Device::CUDA),
+                 running_var = Tensor::full({c}, 1.0f).to(Device::CUDA);
+          const BatchNormTrainOut forward = ops::batchnorm_relu_forward_train(
+              x.device, gamma.device, beta.device, running_mean, running_var, momentum, eps, Tensor(), factor.device);
+          const auto host = [](const Tensor& t) { return Tensor::from_vector(t.shape(), t.to_vector()); };
+          const Twin dy = make_twin(test::random_tensor(shape), dtype, fc.unaligned);
+
+          const auto grads = run_poisoned([&] {
+            return ops::batchnorm_relu_backward(dy.device, Tensor(), x.device, gamma.device, beta.device,
+                                                forward.save_mean, forward.save_invstd, factor.device, false);
+          });
+          const BatchNormReluGrads ref_grads =
+              cpu::batchnorm_relu_backward(dy.host, host(forward.y), x.host, gamma.host, Tensor(),
+                                           host(forward.save_mean), host(forward.save_invstd), factor.host, false);
+          for (const BatchNormReluGrads& run : grads) {
+            check_close("batchnorm_relu y-less backward dx" + where, run.dx, ref_grads.dx, p);
+            check_close("batchnorm_relu y-less backward dgamma" + where, run.dgamma, ref_grads.dgamma, Precision::F32);
+            check_close("batchnorm_relu y-less backward dbeta" + where, run.dbeta, ref_grads.dbeta, Precision::F32);
+            CHECK_FALSE(run.d_residual.defined());
+          }
+          // The same mask and the same sums as the y path: the same bits.
+          const BatchNormReluGrads from_y =
+              ops::batchnorm_relu_backward(dy.device, forward.y, x.device, gamma.device, Tensor(), forward.save_mean,
+                                           forward.save_invstd, factor.device, false);
+          check_equal("batchnorm_relu y-less dx = y path's" + tagged, grads[0].dx, from_y.dx);
+          check_equal("batchnorm_relu y-less dgamma = y path's" + tagged, grads[0].dgamma, from_y.dgamma);
+          check_equal("batchnorm_relu y-less dbeta = y path's" + tagged, grads[0].dbeta, from_y.dbeta);
+          check_identical("batchnorm_relu y-less backward dx" + tagged, grads[0].dx, grads[1].dx);
         });
       }
 }

@@ -136,7 +136,20 @@ inline std::vector<OpContractCase> op_contract_cases(Device device) {
     ops::batchnorm_relu_forward_eval(f32({2, 3}), f32({3}), f32({3}), f32({3}), ones({3}), 1e-5f, Tensor(), f32({3}));
   });
   refuse("batchnorm_relu_backward", "y must be f32", [=] {
-    ops::batchnorm_relu_backward(f32({2, 3}), i32({2, 3}), f32({2, 3}), f32({3}), f32({3}), ones({3}), Tensor(), false);
+    ops::batchnorm_relu_backward(f32({2, 3}), i32({2, 3}), f32({2, 3}), f32({3}), Tensor(), f32({3}), ones({3}),
+                                 Tensor(), false);
+  });
+  refuse("batchnorm_relu_backward", "y is undefined but the residual's gradient is requested", [=] {
+    ops::batchnorm_relu_backward(f32({2, 3}), Tensor(), f32({2, 3}), f32({3}), f32({3}), f32({3}), ones({3}), Tensor(),
+                                 true);
+  });
+  refuse("batchnorm_relu_backward", "y and beta are both undefined", [=] {
+    ops::batchnorm_relu_backward(f32({2, 3}), Tensor(), f32({2, 3}), f32({3}), Tensor(), f32({3}), ones({3}), Tensor(),
+                                 false);
+  });
+  refuse("batchnorm_relu_backward", "beta must hold 3 values", [=] {
+    ops::batchnorm_relu_backward(f32({2, 3}), Tensor(), f32({2, 3}), f32({3}), f32({4}), f32({3}), ones({3}), Tensor(),
+                                 false);
   });
   refuse("maxpool3d_forward", "input must be NDHWC", [=] { ops::maxpool3d_forward(f32({1, 4, 4, 4}), pool); });
   refuse("maxpool3d_forward", "stride (2,0,2)", [=] {

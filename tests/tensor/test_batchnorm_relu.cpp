@@ -1,6 +1,7 @@
 // The fused batch norm + ReLU (ops::batchnorm_relu_*, fn::batchnorm_relu) on the CPU: forward and backward
-// against the separate ops it replaces (BN, drop-path, add, ReLU), and the backward against central
-// finite differences; with and without a residual and a per-sample factor, training and evaluation.
+// against the separate ops it replaces (BN, drop-path, add, ReLU), the backward against central finite
+// differences, and the backward without y (mask from x) against the y path; with and without a residual and a
+// per-sample factor, training and evaluation.
 #include <algorithm>
 #include <cmath>
 
@@ -65,6 +66,28 @@ DropPath mixed_drop_path(int64_t samples) {
   }
 }
 
+// The gradients of the composition nn::BasicBlock used before the fusion (BN, drop-path, add, ReLU as separate
+// autograd ops) for the output gradient dy; residual undefined: no add.
+struct ComposedGrads {
+  Variable x, gamma, beta, residual;
+  Tensor y;
+};
+
+ComposedGrads composed_grads(const Tensor& x, const Tensor& gamma, const Tensor& beta, const Tensor& residual,
+                             const DropPath* drop, const Tensor& dy) {
+  const int64_t c = x.size(-1);
+  ComposedGrads ref{Variable(x.clone(), true), Variable(gamma.clone(), true), Variable(beta.clone(), true),
+                    residual.defined() ? Variable(residual.clone(), true) : Variable(), Tensor()};
+  Tensor rm = Tensor::zeros({c}), rv = Tensor::full({c}, 1.0f);
+  Variable branch = fn::batchnorm(ref.x, ref.gamma, ref.beta, rm, rv, true, kMomentum, kEps);
+  if (drop) branch = fn::drop_path(branch, kDropP, drop->seed, drop->offset);
+  if (residual.defined()) branch = fn::add(branch, ref.residual);
+  Variable y = fn::relu(branch);
+  y.backward(dy);
+  ref.y = y.value();
+  return ref;
+}
+
 }  // namespace
 
 TEST_CASE("fused batch norm + ReLU forward equals BN, drop-path, add, ReLU as separate ops (train and eval)") {
@@ -113,15 +136,8 @@ TEST_CASE("fused batch norm + ReLU backward equals the backward of the separate 
     const DropPath drop = mixed_drop_path(shape[0]);
     const Tensor dy = random_tensor(shape);
 
-    // The composition nn::BasicBlock used before the fusion.
-    Variable x_ref(x.clone(), true), gamma_ref(gamma.clone(), true), beta_ref(beta.clone(), true),
-        residual_ref(residual.clone(), true);
-    Tensor rm_ref = Tensor::zeros({c}), rv_ref = Tensor::full({c}, 1.0f);
-    Variable branch = fn::batchnorm(x_ref, gamma_ref, beta_ref, rm_ref, rv_ref, true, kMomentum, kEps);
-    if (v.factor) branch = fn::drop_path(branch, kDropP, drop.seed, drop.offset);
-    if (v.residual) branch = fn::add(branch, residual_ref);
-    Variable y_ref = fn::relu(branch);
-    y_ref.backward(dy);
+    const ComposedGrads ref =
+        composed_grads(x, gamma, beta, v.residual ? residual : Tensor(), v.factor ? &drop : nullptr, dy);
 
     Variable x_fused(x.clone(), true), gamma_fused(gamma.clone(), true), beta_fused(beta.clone(), true),
         residual_fused(residual.clone(), true);
@@ -131,14 +147,50 @@ TEST_CASE("fused batch norm + ReLU backward equals the backward of the separate 
     y.backward(dy);
 
     const std::string tag = " (" + v.name() + ")";
-    CHECK(compare("fused y" + tag, y.value(), y_ref.value(), kSameOpsTol) <= kSameOpsTol);
-    CHECK(compare("fused dx" + tag, x_fused.grad(), x_ref.grad(), kSameOpsTol) <= kSameOpsTol);
-    CHECK(compare("fused dgamma" + tag, gamma_fused.grad(), gamma_ref.grad(), kSameOpsTol) <= kSameOpsTol);
-    CHECK(compare("fused dbeta" + tag, beta_fused.grad(), beta_ref.grad(), kSameOpsTol) <= kSameOpsTol);
+    CHECK(compare("fused y" + tag, y.value(), ref.y, kSameOpsTol) <= kSameOpsTol);
+    CHECK(compare("fused dx" + tag, x_fused.grad(), ref.x.grad(), kSameOpsTol) <= kSameOpsTol);
+    CHECK(compare("fused dgamma" + tag, gamma_fused.grad(), ref.gamma.grad(), kSameOpsTol) <= kSameOpsTol);
+    CHECK(compare("fused dbeta" + tag, beta_fused.grad(), ref.beta.grad(), kSameOpsTol) <= kSameOpsTol);
     if (v.residual)
-      CHECK(compare("fused dresidual" + tag, residual_fused.grad(), residual_ref.grad(), kSameOpsTol) <= kSameOpsTol);
+      CHECK(compare("fused dresidual" + tag, residual_fused.grad(), ref.residual.grad(), kSameOpsTol) <= kSameOpsTol);
     else
       CHECK_FALSE(residual_fused.has_grad());
+  }
+}
+
+TEST_CASE(
+    "fused batch norm + ReLU backward without y: the mask from x gives the y path's and the composition's "
+    "gradients") {
+  const Shape shape{3, 2, 4, 5, 7};
+  const int64_t c = shape.back();
+  for (const bool with_factor : {false, true}) {
+    const Tensor x = channel_scaled(shape, -2.0f, 2.0f), gamma = random_tensor({c}, -1.5f, 1.5f);
+    const Tensor beta = random_tensor({c});
+    const DropPath drop = mixed_drop_path(shape[0]);
+    const Tensor factor = with_factor ? drop.factor : Tensor();
+    const Tensor dy = random_tensor(shape);
+    Tensor rm = Tensor::zeros({c}), rv = Tensor::full({c}, 1.0f);
+    const BatchNormTrainOut out =
+        ops::batchnorm_relu_forward_train(x, gamma, beta, rm, rv, kMomentum, kEps, Tensor(), factor);
+    const BatchNormReluGrads from_y =
+        ops::batchnorm_relu_backward(dy, out.y, x, gamma, Tensor(), out.save_mean, out.save_invstd, factor, false);
+    const BatchNormReluGrads from_x =
+        ops::batchnorm_relu_backward(dy, Tensor(), x, gamma, beta, out.save_mean, out.save_invstd, factor, false);
+    const ComposedGrads ref = composed_grads(x, gamma, beta, Tensor(), with_factor ? &drop : nullptr, dy);
+
+    const std::string tag = with_factor ? " (drop-path factor)" : " (no factor)";
+    CHECK_FALSE(from_x.d_residual.defined());
+    CHECK(compare("y-less dx vs y path" + tag, from_x.dx, from_y.dx, kSameOpsTol) <= kSameOpsTol);
+    CHECK(compare("y-less dgamma vs y path" + tag, from_x.dgamma, from_y.dgamma, kSameOpsTol) <= kSameOpsTol);
+    CHECK(compare("y-less dbeta vs y path" + tag, from_x.dbeta, from_y.dbeta, kSameOpsTol) <= kSameOpsTol);
+    CHECK(compare("y-less dx vs composition" + tag, from_x.dx, ref.x.grad(), kSameOpsTol) <= kSameOpsTol);
+    CHECK(compare("y-less dgamma vs composition" + tag, from_x.dgamma, ref.gamma.grad(), kSameOpsTol) <= kSameOpsTol);
+    CHECK(compare("y-less dbeta vs composition" + tag, from_x.dbeta, ref.beta.grad(), kSameOpsTol) <= kSameOpsTol);
+    // The mask must matter: a ReLU that cut nothing or everything would not tell a wrong one apart.
+    const std::vector<float> y = out.y.to_vector();
+    const auto zeros = std::count(y.begin(), y.end(), 0.0f);
+    CHECK(zeros > 0);
+    CHECK(zeros < static_cast<int64_t>(y.size()));
   }
 }
 
@@ -209,7 +261,29 @@ TEST_CASE("fused batch norm + ReLU: evaluation has no backward, bad residuals an
                   ShapeError);
   CHECK_THROWS_AS(ops::batchnorm_relu_forward_eval(x, gamma, beta, rm, rv, kEps, Tensor(), random_tensor({2})),
                   ShapeError);
-  CHECK_THROWS_AS(ops::batchnorm_relu_backward(random_tensor(shape), random_tensor(shape), x, gamma, rm, rv,
+  CHECK_THROWS_AS(ops::batchnorm_relu_backward(random_tensor(shape), random_tensor(shape), x, gamma, beta, rm, rv,
                                                random_tensor({4}), false),
                   ShapeError);
+}
+
+TEST_CASE("fused batch norm + ReLU without a residual: its output lives only as long as an op that reads it") {
+  // The stem's pattern: BN + ReLU, then a max pool, whose backward reads its argmax, not its input.
+  const Shape shape{2, 2, 8, 8, 16};
+  const size_t value_bytes = shape_numel(shape) * sizeof(float);
+  const Variable x(random_tensor(shape), true), gamma(random_tensor({16}), true), beta(random_tensor({16}), true);
+  Tensor rm = Tensor::zeros({16}), rv = Tensor::full({16}, 1.0f);
+  const Pool3dGeometry pool{{1, 3, 3}, {1, 2, 2}, {0, 1, 1}};
+  const size_t before = host_bytes_in_use();
+  Variable pooled;
+  {
+    const Variable y = fn::batchnorm_relu(x, gamma, beta, rm, rv, true, kMomentum, kEps);
+    pooled = fn::maxpool3d(y, pool);
+  }
+  const size_t held = host_bytes_in_use() - before;
+  // The pooled value and its argmax are a quarter of y each; y itself (value_bytes) must not be among them.
+  MESSAGE("bytes held after the max pool " << held << ", the BN + ReLU output " << value_bytes);
+  CHECK(held < value_bytes);
+  pooled.backward(random_tensor(pooled.shape()));
+  CHECK(x.has_grad());
+  CHECK(gamma.has_grad());
 }
