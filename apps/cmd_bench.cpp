@@ -51,26 +51,22 @@ RunConfig bench_config(const BenchArgs& a, Device device) {
   return config;
 }
 
-// Device memory of the CUDA pool over the benchmark, in GiB (all zero on the CPU): the peak of the timed steps
-// alone (the figure PyTorch's twin reports: max_memory_allocated after reset_peak_memory_stats following its
-// warm-up), the peak with the warm-up (cuDNN's algorithm searches borrow up to 1 GiB there), the memory held
-// between steps, and the memory in use once the last timed step's forward pass and loss are queued.
+// Memory of the device's tensors over the benchmark, in GiB (CUDA: the pool; CPU: the host block cache): the peak
+// of the timed steps alone (the figure PyTorch's twin reports: max_memory_allocated after reset_peak_memory_stats
+// following its warm-up), the peak with the warm-up (cuDNN's algorithm searches borrow up to 1 GiB there), the
+// memory held between steps, and the memory in use once the last timed step's forward pass and loss are queued.
 class DeviceMemory {
  public:
-  explicit DeviceMemory(Device device) : on_gpu_(device == Device::CUDA) {}
+  explicit DeviceMemory(Device device) : device_(device) {}
   double peak_gib = 0, peak_with_warmup_gib = 0, between_steps_gib = 0, after_forward_gib = 0;
 
   void start_timed_steps() {
-    if (!on_gpu_) return;
-    warmup_peak_ = device::memory_usage().peak_used;
-    device::reset_memory_peak();
+    warmup_peak_ = device::memory_usage(device_).peak_used;
+    device::reset_memory_peak(device_);
   }
-  void after_forward() {
-    if (on_gpu_) after_forward_gib = gib(device::memory_usage().used);
-  }
+  void after_forward() { after_forward_gib = gib(device::memory_usage(device_).used); }
   void finish() {
-    if (!on_gpu_) return;
-    const device::MemoryUsage usage = device::memory_usage();
+    const device::MemoryUsage usage = device::memory_usage(device_);
     peak_gib = gib(usage.peak_used);
     peak_with_warmup_gib = gib(std::max(usage.peak_used, warmup_peak_));
     between_steps_gib = gib(usage.used);
@@ -78,30 +74,29 @@ class DeviceMemory {
 
  private:
   static double gib(uint64_t bytes) { return bytes / double(uint64_t{1} << 30); }
-  bool on_gpu_;
+  Device device_;
   uint64_t warmup_peak_ = 0;
 };
 
 // Runs `step` once more (untimed) with the pool's peak started afresh, following the device memory through
 // its backward pass node by node (set_backward_observer): where the step's peak is reached, and the nodes
-// after which the most memory is in use. GPU only.
+// after which the most memory is in use.
 template <typename Step>
 void print_memory_timeline(Device device, Step&& step) {
-  if (device != Device::CUDA) return;
   struct Point {
     std::string node;
     uint64_t used, peak;
   };
   std::vector<Point> points;
-  device::reset_memory_peak();
+  device::reset_memory_peak(device);
   set_backward_observer([&](const Shape& shape, DType dtype) {
-    const device::MemoryUsage usage = device::memory_usage();
+    const device::MemoryUsage usage = device::memory_usage(device);
     points.push_back({std::string(dtype_name(dtype)) + shape_str(shape), usage.used, usage.peak_used});
   });
   step();
   set_backward_observer({});
   const double gib = double(uint64_t{1} << 30);
-  const uint64_t step_peak = device::memory_usage().peak_used;
+  const uint64_t step_peak = device::memory_usage(device).peak_used;
   std::printf("memory timeline (one more step, GiB): peak %.2f; %zu backward nodes\n", step_peak / gib, points.size());
   if (points.empty()) return;
   const auto first_at_peak =
@@ -120,7 +115,6 @@ void print_memory_timeline(Device device, Step&& step) {
 void run_bench(const BenchArgs& a) {
   const Device device = resolve_device(a.device);
   const RunConfig config = bench_config(a, device);
-  if (a.memory_timeline && device == Device::CPU) throw Error("dsmil bench --memory-timeline: needs the CUDA backend");
 
   mil::DualStreamMIL model(config.model_config(), 1);
   model.set_math_mode(config.math());
@@ -193,12 +187,12 @@ void run_bench(const BenchArgs& a) {
                                                        : " (TF32 allowed)");
   std::printf("train step: median %.2f ms, best %.2f ms over %d steps (%d warm-up); %.1f bags/s\n", median, best,
               a.steps, a.warmup, a.bags * 1000.0 / median);
-  if (device == Device::CUDA)
-    std::printf(
-        "device memory (pool, GiB): peak %.2f in the timed steps (%.2f with the warm-up's algorithm searches); "
-        "%.2f held between steps (weights, optimizer and EMA state, inputs), %.2f after a forward pass "
-        "(+ what the backward pass keeps)\n",
-        memory.peak_gib, memory.peak_with_warmup_gib, memory.between_steps_gib, memory.after_forward_gib);
+  std::printf(
+      "%s memory (%s, GiB): peak %.2f in the timed steps (%.2f with the warm-up's algorithm searches); "
+      "%.2f held between steps (weights, optimizer and EMA state, inputs), %.2f after a forward pass "
+      "(+ what the backward pass keeps)\n",
+      device == Device::CUDA ? "device" : "host", device == Device::CUDA ? "pool" : "tensor block cache",
+      memory.peak_gib, memory.peak_with_warmup_gib, memory.between_steps_gib, memory.after_forward_gib);
   if (device == Device::CUDA) {
     for (const std::string& line : device::convolution_measurements())
       std::printf("measured choice, %s\n", line.c_str());
@@ -286,7 +280,7 @@ const RegisterCommand bench_command{
                     "(ncu: kernels/README.md)");
       cmd->add_flag("--memory-timeline", args->memory_timeline,
                     "after the timed steps, one more step following the device memory through the backward pass "
-                    "node by node: where the peak is reached and what is in use (GPU)");
+                    "node by node: where the peak is reached and what is in use (GPU pool; CPU: host block cache)");
       cmd->add_option("--kernel", args->kernel,
                       "time one hand-written kernel alone (checked against its CPU twin): NAME, all, or list");
       cmd->add_option("--variant", args->variant, "with --kernel: fast, plain or both (where a plain version exists)")

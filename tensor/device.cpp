@@ -11,6 +11,10 @@
 
 namespace dsmil::device {
 
+namespace {
+MemoryUsage host_memory_usage() { return {host_bytes_in_use(), 0, host_bytes_peak()}; }
+}  // namespace
+
 #ifdef DSMIL_WITH_CUDA
 
 namespace {
@@ -93,12 +97,16 @@ void synchronize(Device device) {
   if (device == Device::CUDA) cuda::synchronize();
 }
 
-MemoryUsage memory_usage() {
+MemoryUsage memory_usage(Device device) {
+  if (device == Device::CPU) return host_memory_usage();
   const cuda::PoolUsage usage = cuda::pool_usage();
   return {usage.used, usage.reserved, usage.peak_used};
 }
 
-void reset_memory_peak() { cuda::reset_pool_peak(); }
+void reset_memory_peak(Device device) {
+  if (device == Device::CPU) return reset_host_peak();
+  cuda::reset_pool_peak();
+}
 void profiler_start() { cuda::profiler_start(); }
 void profiler_stop() { cuda::profiler_stop(); }
 
@@ -141,8 +149,14 @@ void* SideStream::native() const { return nullptr; }
 
 bool cuda_available() { return false; }
 void synchronize(Device) {}
-MemoryUsage memory_usage() { return {}; }
-void reset_memory_peak() {}
+MemoryUsage memory_usage(Device device) {
+  if (device == Device::CPU) return host_memory_usage();
+  no_cuda_device("the CUDA pool's memory figures");
+}
+void reset_memory_peak(Device device) {
+  if (device == Device::CPU) return reset_host_peak();
+  no_cuda_device("the CUDA pool's memory peak");
+}
 void profiler_start() {}
 void profiler_stop() {}
 std::string backend_versions() { return "cpu"; }

@@ -19,14 +19,15 @@ bool cuda_available();
 // Waits for the work queued on `device` (the CPU's is done when queued).
 void synchronize(Device device);
 
-// Device memory the pool holds, in bytes: in use by live allocations, reserved from the driver, and the most in
-// use since the peak was last reset.
+// Memory of one device's tensors, in bytes: in use by live tensors, reserved (CUDA: from the driver by the pool;
+// CPU: 0, the host block cache's spare blocks are not counted), and the most in use since the peak was last reset.
+// CPU figures are the host block cache's whole blocks (tensor storage rounded up to a power of two).
 struct MemoryUsage {
   uint64_t used = 0, reserved = 0, peak_used = 0;
 };
-MemoryUsage memory_usage();
+MemoryUsage memory_usage(Device device);
 // Starts peak_used afresh from the memory in use now.
-void reset_memory_peak();
+void reset_memory_peak(Device device);
 
 // Where DeviceMemory comes from. `pool`: the tensors' stream-ordered pool, given back in stream order (cheap enough
 // for scratch taken at every step). `dedicated`: cudaMalloc outside the pool, for data that lives as long as a run

@@ -61,6 +61,7 @@ class HostBlockCache {
     {
       std::lock_guard<std::mutex> lock(mutex_);
       in_use_ += size;
+      peak_ = std::max(peak_, in_use_);
       auto& free_list = free_[size];
       if (!free_list.empty()) {
         void* p = free_list.back();
@@ -85,16 +86,26 @@ class HostBlockCache {
     std::lock_guard<std::mutex> lock(mutex_);
     return in_use_;
   }
+  size_t peak() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return peak_;
+  }
+  void reset_peak() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    peak_ = in_use_;
+  }
 
  private:
   std::mutex mutex_;
-  size_t in_use_ = 0;
+  size_t in_use_ = 0, peak_ = 0;
   std::unordered_map<size_t, std::vector<void*>> free_;
 };
 
 }  // namespace
 
 size_t host_bytes_in_use() { return HostBlockCache::instance().in_use(); }
+size_t host_bytes_peak() { return HostBlockCache::instance().peak(); }
+void reset_host_peak() { HostBlockCache::instance().reset_peak(); }
 
 [[noreturn]] static void throw_no_cuda(const char* what) {
   throw DeviceError(fmt::format("{}: this build of dsmil3d has no CUDA backend", what));

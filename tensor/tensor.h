@@ -28,6 +28,9 @@ int64_t shape_numel(const Shape& s);
 // Bytes of host tensor storage alive now (whole blocks of the host block cache): the CPU's counterpart of
 // the CUDA pool's bytes in use (cuda::pool_usage().used).
 size_t host_bytes_in_use();
+// The most host_bytes_in_use() since the last reset_host_peak(), which starts it afresh from the bytes in use now.
+size_t host_bytes_peak();
+void reset_host_peak();
 
 // Raw memory owned by one device. CUDA memory comes from the stream-ordered pool.
 class Storage {
