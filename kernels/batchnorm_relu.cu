@@ -1,6 +1,6 @@
 // Fused batch norm + ReLU over x[rows, C] (rows = N*D*H*W, channels-last): y = max(s[n] BN(x) + r, 0) in
-// one pass after the statistics of kernels/batchnorm.cu; backward in two passes (fp64 sums, then dx), its ReLU
-// mask read from y or, without y and residual, recomputed from x.
+// one pass after the statistics of kernels/batchnorm.cu (that pass alone recomputes y from saved statistics);
+// backward in two passes (fp64 sums, then dx), its ReLU mask read from y or, without y and residual, from x.
 #include <cuda_bf16.h>
 
 #include <cstdint>
@@ -345,6 +345,13 @@ cudaError_t batchnorm_relu_forward_eval(const T* x, const float* gamma, const fl
                         stream);
 }
 
+template <typename T>
+cudaError_t batchnorm_relu_apply(const T* x, const float* gamma, const float* beta, const float* save_mean,
+                                 const float* save_invstd, int64_t rows, int64_t channels, T* y, cudaStream_t stream) {
+  return launch_forward(x, static_cast<const T*>(nullptr), SampleFactor{nullptr, 1}, gamma, beta, save_mean,
+                        save_invstd, nullptr, 0.0f, rows, channels, y, stream);
+}
+
 int64_t batchnorm_relu_backward_scratch_bytes(int64_t rows, int64_t channels) {
   return chunk_capacity(rows) * 2 * channels * static_cast<int64_t>(sizeof(double)) +
          3 * channels * static_cast<int64_t>(sizeof(float));
@@ -368,6 +375,8 @@ cudaError_t batchnorm_relu_backward(const T* dy, const T* y, const T* x, const f
   template cudaError_t batchnorm_relu_forward_eval<T>(const T*, const float*, const float*, const float*,            \
                                                       const float*, float, const T*, SampleFactor, int64_t, int64_t, \
                                                       T*, cudaStream_t);                                             \
+  template cudaError_t batchnorm_relu_apply<T>(const T*, const float*, const float*, const float*, const float*,     \
+                                               int64_t, int64_t, T*, cudaStream_t);                                  \
   template cudaError_t batchnorm_relu_backward<T>(const T*, const T*, const T*, const float*, const float*,          \
                                                   const float*, const float*, SampleFactor, int64_t, int64_t, T*,    \
                                                   float*, float*, T*, void*, cudaStream_t);

@@ -28,6 +28,11 @@ template <typename T>
 cudaError_t batchnorm_relu_forward_eval(const T* x, const float* gamma, const float* beta, const float* running_mean,
                                         const float* running_var, float eps, const T* residual, SampleFactor factor,
                                         int64_t rows, int64_t channels, T* y, cudaStream_t stream);
+// The training forward's y again from its saved statistics, for a forward without residual or sample factor:
+// the same fused pass (same kernel, same arguments), so y is bit for bit the one the training forward wrote.
+template <typename T>
+cudaError_t batchnorm_relu_apply(const T* x, const float* gamma, const float* beta, const float* save_mean,
+                                 const float* save_invstd, int64_t rows, int64_t channels, T* y, cudaStream_t stream);
 
 // Bytes of scratch that batchnorm_relu_backward needs.
 int64_t batchnorm_relu_backward_scratch_bytes(int64_t rows, int64_t channels);

@@ -493,6 +493,15 @@ Tensor batchnorm_relu_forward_eval(const Tensor& x, const Tensor& gamma, const T
                  sample_factor);
 }
 
+Tensor batchnorm_relu_apply(const Tensor& x, const Tensor& gamma, const Tensor& beta, const Tensor& save_mean,
+                            const Tensor& save_invstd) {
+  const char* op = "batchnorm_relu_apply";
+  const Device device = common_device(op, {&x, &gamma, &beta, &save_mean, &save_invstd});
+  const int64_t c = batchnorm_channels(op, x);
+  check_channels(op, c, {{&gamma, "gamma"}, {&beta, "beta"}, {&save_mean, "save_mean"}, {&save_invstd, "save_invstd"}});
+  DSMIL_DISPATCH(device, batchnorm_relu_apply, x, gamma, beta, save_mean, save_invstd);
+}
+
 BatchNormReluGrads batchnorm_relu_backward(const Tensor& dy, const Tensor& y, const Tensor& x, const Tensor& gamma,
                                            const Tensor& beta, const Tensor& save_mean, const Tensor& save_invstd,
                                            const Tensor& sample_factor, bool residual_grad) {

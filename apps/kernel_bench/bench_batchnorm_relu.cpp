@@ -1,6 +1,7 @@
 // Bench entries of the fused batch norm + ReLU kernels (kernels/batchnorm_relu.cu) in their full form,
 // a residual block's second norm: y = relu(s[n] BN(x) + residual) at a stage-1 block x[N, D, H, W, C],
-// with drop-path's per-sample factor s; training and eval forward, backward with the residual's gradient.
+// with drop-path's per-sample factor s; training and eval forward, the recomputation of y from saved statistics
+// (no residual or factor), backward with the residual's gradient.
 #include <fmt/format.h>
 
 #include "apps/kernel_bench/bench_entry.h"
@@ -77,6 +78,31 @@ KernelBench eval_bench() {
   return b;
 }
 
+// The training forward's y recomputed from x and its saved statistics (no residual, no sample factor).
+KernelBench apply_bench() {
+  KernelBench b = fused_bench("batchnorm_relu_apply", "read x; write y");
+  b.launchers = {"batchnorm_relu_apply"};
+  b.bytes = [](const Shape& s, DType d) { return 2 * element_bytes(d) * shape_numel(s) + 16 * s.back(); };
+  b.draw = [](const Shape& s, DType dtype, uint64_t seed) {
+    std::vector<Tensor> in = forward_inputs(s, dtype, seed).inputs;
+    const BatchNormTrainOut saved = ops::batchnorm_statistics(in[0], in[3], in[4], kMomentum, kEps);
+    Problem p;
+    p.add(in[0], true);
+    p.add(in[1], false);
+    p.add(in[2], false);
+    p.add(saved.save_mean, false);
+    p.add(saved.save_invstd, false);
+    return p;
+  };
+  b.run = [](std::vector<Tensor>& in, const Shape&, DType) {
+    return std::vector<Tensor>{ops::batchnorm_relu_apply(in[0], in[1], in[2], in[3], in[4])};
+  };
+#ifdef DSMIL_WITH_CUDA
+  b.launch_fast = [](const Shape&, DType) { return std::string("fused pass") + kTiles; };
+#endif
+  return b;
+}
+
 KernelBench backward_bench() {
   KernelBench b = fused_bench("batchnorm_relu_backward",
                               "read dy, y, x; write dx, d_residual (the sums pass reads dy, y, x once more)");
@@ -117,6 +143,7 @@ KernelBench backward_bench() {
 void add_batchnorm_relu_benches(std::vector<KernelBench>& list) {
   list.push_back(train_bench());
   list.push_back(eval_bench());
+  list.push_back(apply_bench());
   list.push_back(backward_bench());
 }
 

@@ -43,6 +43,12 @@ Tensor batchnorm_relu_forward_eval(const Tensor& x, const Tensor& gamma, const T
   return add_residual_relu(scaled_per_sample(normalised, sample_factor), residual);
 }
 
+// The training forward's y without residual or sample factor: relu of the same batchnorm_normalise.
+Tensor batchnorm_relu_apply(const Tensor& x, const Tensor& gamma, const Tensor& beta, const Tensor& save_mean,
+                            const Tensor& save_invstd) {
+  return relu(batchnorm_normalise(x, gamma, beta, save_mean, save_invstd));
+}
+
 BatchNormReluGrads batchnorm_relu_backward(const Tensor& dy, const Tensor& y, const Tensor& x, const Tensor& gamma,
                                            const Tensor& beta, const Tensor& save_mean, const Tensor& save_invstd,
                                            const Tensor& sample_factor, bool residual_grad) {

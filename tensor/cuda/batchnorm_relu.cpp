@@ -65,6 +65,20 @@ Tensor batchnorm_relu_forward_eval(const Tensor& x, const Tensor& gamma, const T
   return y;
 }
 
+Tensor batchnorm_relu_apply(const Tensor& x, const Tensor& gamma, const Tensor& beta, const Tensor& save_mean,
+                            const Tensor& save_invstd) {
+  const char* op = "batchnorm_relu_apply";
+  const FusedShape s = fused_shape(x);
+  Tensor y = empty_device(x.shape(), x.dtype());
+  with_float_type(op, x, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    DSMIL_CUDA_CHECK(kernels::batchnorm_relu_apply(ptr<T>(x), gamma.f32(), beta.f32(), save_mean.f32(),
+                                                   save_invstd.f32(), s.rows, s.channels, ptr<T>(y), stream()),
+                     op_context(op, {{"x", &x}, {"gamma", &gamma}, {"save_mean", &save_mean}}));
+  });
+  return y;
+}
+
 BatchNormReluGrads batchnorm_relu_backward(const Tensor& dy, const Tensor& y, const Tensor& x, const Tensor& gamma,
                                            const Tensor& beta, const Tensor& save_mean, const Tensor& save_invstd,
                                            const Tensor& sample_factor, bool residual_grad) {

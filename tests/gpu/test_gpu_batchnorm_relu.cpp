@@ -1,7 +1,7 @@
-// GPU tests of the fused batch norm + ReLU (training and eval forward, backward with and without residual
-// and per-sample factor, and without y, its mask from x) against its CPU twin in f32 and bf16, on shapes that
-// reach every vector width (16 bytes, 8 bytes, one element), partial channel tiles, many reduction chunks and
-// unaligned views.
+// GPU tests of the fused batch norm + ReLU (training and eval forward, the recomputation of y from saved
+// statistics, backward with and without residual and per-sample factor, and without y, its mask from x) against
+// its CPU twin in f32 and bf16, on shapes that reach every vector width (16 bytes, 8 bytes, one element), partial
+// channel tiles, many reduction chunks and unaligned views.
 #include <cmath>
 
 #include "tests/gpu/gpu_compare.h"
@@ -135,6 +135,42 @@ TEST_CASE("gpu fused batch norm + ReLU train / eval / backward match the CPU in 
           check_identical("batchnorm_relu backward dgamma" + tagged, grads[0].dgamma, grads[1].dgamma);
         });
       }
+}
+
+TEST_CASE("gpu batchnorm_relu_apply gives the training forward's y bit for bit and matches the CPU apply") {
+  if (skip_without_gpu()) return;
+  // The widths and tiles of the first test; the unaligned case holds x itself one element off.
+  const std::vector<FusedCase> cases = {
+      {{4, 3, 8, 8, 64}, false}, {{2, 4, 8, 8, 512}, false}, {{3, 2, 5, 7, 40}, false}, {{5, 3, 4, 6, 12}, false},
+      {{4, 2, 3, 5, 6}, false},  {{3, 2, 3, 5, 5}, false},   {{4, 3, 8, 8, 64}, true}};
+  const float momentum = 0.1f, eps = 1e-5f;
+  for (const FusedCase& fc : cases)
+    for (Precision p : {Precision::F32, Precision::BF16}) {
+      const Shape& shape = fc.shape;
+      const int64_t c = shape.back();
+      const std::string where = " " + shape_str(shape) + (fc.unaligned ? " unaligned" : "");
+      const std::string tagged = where + " [" + precision_name(p) + "]";
+      guarded("batchnorm_relu_apply" + tagged, [&] {
+        const Twin x = make_twin(channel_scaled(shape), storage_dtype(p), fc.unaligned);
+        const Twin gamma = random_twin({c}, DType::F32, -1.5f, 1.5f), beta = random_twin({c}, DType::F32);
+        Tensor running_mean = Tensor::zeros({c}).to(Device::CUDA),
+               running_var = Tensor::full({c}, 1.0f).to(Device::CUDA);
+        const BatchNormTrainOut forward = ops::batchnorm_relu_forward_train(
+            x.device, gamma.device, beta.device, running_mean, running_var, momentum, eps, Tensor(), Tensor());
+        const auto applied = run_poisoned([&] {
+          return ops::batchnorm_relu_apply(x.device, gamma.device, beta.device, forward.save_mean, forward.save_invstd);
+        });
+        // Recomputation must not change the gradients: the forward's very bits, in both poisoned runs.
+        for (const Tensor& run : applied) {
+          CHECK(run.dtype() == forward.y.dtype());
+          check_equal("batchnorm_relu_apply = train y" + tagged, run, forward.y);
+        }
+        check_runs("batchnorm_relu_apply" + where, applied,
+                   cpu::batchnorm_relu_apply(x.host, gamma.host, beta.host, forward.save_mean.to(Device::CPU),
+                                             forward.save_invstd.to(Device::CPU)),
+                   p);
+      });
+    }
 }
 
 TEST_CASE("gpu fused batch norm + ReLU backward without y (mask from x) matches the CPU in f32 and bf16") {

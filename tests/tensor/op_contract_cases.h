@@ -151,6 +151,17 @@ inline std::vector<OpContractCase> op_contract_cases(Device device) {
     ops::batchnorm_relu_backward(f32({2, 3}), Tensor(), f32({2, 3}), f32({3}), f32({4}), f32({3}), ones({3}), Tensor(),
                                  false);
   });
+  refuse("batchnorm_relu_apply", float_words, [=] {
+    ops::batchnorm_relu_apply(i32({2, 3}), f32({3}), f32({3}), f32({3}), ones({3}));
+  });
+  refuse("batchnorm_relu_apply", "x must have a batch and a channel axis",
+         [=] { ops::batchnorm_relu_apply(f32({3}), f32({3}), f32({3}), f32({3}), ones({3})); });
+  refuse("batchnorm_relu_apply", "gamma must hold 3 values", [=] {
+    ops::batchnorm_relu_apply(f32({2, 3}), f32({4}), f32({3}), f32({3}), ones({3}));
+  });
+  refuse("batchnorm_relu_apply", "save_invstd must be f32", [=] {
+    ops::batchnorm_relu_apply(f32({2, 3}), f32({3}), f32({3}), f32({3}), i32({3}));
+  });
   refuse("maxpool3d_forward", "input must be NDHWC", [=] { ops::maxpool3d_forward(f32({1, 4, 4, 4}), pool); });
   refuse("maxpool3d_forward", "stride (2,0,2)", [=] {
     ops::maxpool3d_forward(f32({1, 4, 4, 4, 2}), {{2, 2, 2}, {2, 0, 2}, {0, 0, 0}});

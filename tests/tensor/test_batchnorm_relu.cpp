@@ -1,9 +1,11 @@
 // The fused batch norm + ReLU (ops::batchnorm_relu_*, fn::batchnorm_relu) on the CPU: forward and backward
 // against the separate ops it replaces (BN, drop-path, add, ReLU), the backward against central finite
-// differences, and the backward without y (mask from x) against the y path; with and without a residual and a
-// per-sample factor, training and evaluation.
+// differences, the backward without y (mask from x) against the y path, and the recomputation of y from the saved
+// statistics against the training forward's; with and without a residual and a per-sample factor, training and
+// evaluation.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include "tensor/functions.h"
 #include "tests/test_util.h"
@@ -191,6 +193,25 @@ TEST_CASE(
     const auto zeros = std::count(y.begin(), y.end(), 0.0f);
     CHECK(zeros > 0);
     CHECK(zeros < static_cast<int64_t>(y.size()));
+  }
+}
+
+TEST_CASE("batchnorm_relu_apply recomputes the training forward's y bit for bit from its saved statistics") {
+  for (const Shape& shape : {Shape{4, 3, 5, 3, 6}, Shape{3, 2, 4, 4, 16}, Shape{9, 17}}) {
+    const int64_t c = shape.back();
+    const Tensor x = channel_scaled(shape, -2.0f, 2.0f), gamma = random_tensor({c}, -1.5f, 1.5f);
+    const Tensor beta = random_tensor({c});
+    Tensor rm = random_tensor({c}), rv = random_tensor({c}, 0.5f, 2.0f);
+    const BatchNormTrainOut out =
+        ops::batchnorm_relu_forward_train(x, gamma, beta, rm, rv, kMomentum, kEps, Tensor(), Tensor());
+    const Tensor y = ops::batchnorm_relu_apply(x, gamma, beta, out.save_mean, out.save_invstd);
+    CHECK(compare("apply vs train y " + shape_str(shape), y, out.y, 0.0) == 0.0);
+    REQUIRE(y.dtype() == out.y.dtype());
+    CHECK(std::memcmp(y.f32(), out.y.f32(), shape_numel(shape) * sizeof(float)) == 0);
+    const std::vector<float> values = y.to_vector();
+    const auto zeros = std::count(values.begin(), values.end(), 0.0f);
+    CHECK(zeros > 0);
+    CHECK(zeros < static_cast<int64_t>(values.size()));
   }
 }
 
