@@ -26,6 +26,7 @@ struct GradNode {
 struct Variable::Impl {
   Tensor value;
   std::shared_ptr<GradNode> node;
+  std::function<Tensor()> recompute;  // see set_recompute
 };
 
 namespace {
@@ -75,6 +76,16 @@ GradSink Variable::grad_sink() const {
   GradSink sink;
   if (requires_grad()) sink.node_ = impl_->node;
   return sink;
+}
+
+SavedValue Variable::saved() const {
+  if (!impl_) return SavedValue();
+  return impl_->recompute ? SavedValue(impl_->recompute) : SavedValue(impl_->value);
+}
+
+void Variable::set_recompute(std::function<Tensor()> recompute) const {
+  if (!impl_) throw Error("set_recompute on an undefined Variable");
+  impl_->recompute = std::move(recompute);
 }
 
 bool GradSink::requires_grad() const { return node_ != nullptr; }

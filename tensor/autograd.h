@@ -33,6 +33,21 @@ class GradSink {
   std::shared_ptr<GradNode> node_;
 };
 
+// A value that a backward closure reads: the value itself, or the recipe to remake it from tensors the graph keeps
+// anyway, when the op that made it gave one (Variable::set_recompute). Remaking costs a pass in the backward; keeping
+// costs the value's memory from the forward pass to that backward.
+class SavedValue {
+ public:
+  SavedValue() = default;
+  explicit SavedValue(Tensor value) : value_(std::move(value)) {}
+  explicit SavedValue(std::function<Tensor()> recompute) : recompute_(std::move(recompute)) {}
+  Tensor get() const { return value_.defined() || !recompute_ ? value_ : recompute_(); }
+
+ private:
+  Tensor value_;
+  std::function<Tensor()> recompute_;
+};
+
 class Variable {
  public:
   Variable() = default;
@@ -49,6 +64,11 @@ class Variable {
   void zero_grad() const;                       // forget the gradient (the next accumulation starts fresh)
   void accumulate_grad(const Tensor& g) const;  // a handle: const means the handle, not the node
   GradSink grad_sink() const;                   // for backward closures; safe on an undefined Variable
+  // What a backward closure keeps to read this value later: the recipe when one was set, else the value.
+  SavedValue saved() const;
+  // Lets the closures that read this value remake it instead of keeping it; `recompute` must give the value
+  // bit for bit from tensors that other closures keep anyway. Set by the op that made the value.
+  void set_recompute(std::function<Tensor()> recompute) const;
 
   // A leaf's hook, called by backward() as soon as the pass has given the leaf every gradient it will
   // give it (data-parallel training starts summing a gradient bucket there). Replaces an earlier hook.

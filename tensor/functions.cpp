@@ -70,14 +70,17 @@ Variable linear(const Variable& x, const Variable& w, const Variable& bias, cons
 
 Variable conv3d(const Variable& x, const Variable& w, const Conv3dGeometry& g, const MathMode& mode) {
   const Tensor y = ops::conv3d_forward(x.value(), w.value(), g, mode);
-  const Tensor x_value = w.requires_grad() ? x.value() : Tensor(), w_value = x.requires_grad() ? w.value() : Tensor();
+  // The input is read by the weight gradient alone: kept, or remade there when its op gave a recipe (a block's
+  // first batch norm + ReLU output, remade from the convolution output that batch norm keeps anyway).
+  const SavedValue x_saved = w.requires_grad() ? x.saved() : SavedValue();
+  const Tensor w_value = x.requires_grad() ? w.value() : Tensor();
   return Variable::from_op(y, {x, w},
-                           [dx = x.grad_sink(), dw = w.grad_sink(), x_value, w_value, x_shape = x.shape(),
+                           [dx = x.grad_sink(), dw = w.grad_sink(), x_saved, w_value, x_shape = x.shape(),
                             w_shape = w.shape(), g, mode](const Tensor& dy) {
                              if (dx.requires_grad())
                                dx.accumulate(ops::conv3d_backward_data(dy, w_value, x_shape, g, mode));
                              if (dw.requires_grad())
-                               dw.accumulate(ops::conv3d_backward_filter(x_value, dy, w_shape, g, mode));
+                               dw.accumulate(ops::conv3d_backward_filter(x_saved.get(), dy, w_shape, g, mode));
                            });
 }
 
@@ -127,7 +130,16 @@ Variable batchnorm_relu(const Variable& x, const Variable& gamma, const Variable
     dbeta.accumulate(grads.dbeta);
     if (grads.d_residual.defined()) d_residual.accumulate(grads.d_residual);
   };
-  return Variable::from_op(out.y, {x, gamma, beta, residual}, backward);
+  const Variable y = Variable::from_op(out.y, {x, gamma, beta, residual}, backward);
+  // Without residual and factor, y is remade from what this op's backward keeps anyway (x, gamma, beta and the
+  // statistics) by the forward's own arithmetic: a later op that reads y in its backward (the next convolution's
+  // weight gradient) need not keep it.
+  if (!residual.defined() && !sample_factor.defined())
+    y.set_recompute([x_value = x.value(), gamma_value = gamma.value(), beta_value = beta.value(), mean = out.save_mean,
+                     invstd = out.save_invstd] {
+      return ops::batchnorm_relu_apply(x_value, gamma_value, beta_value, mean, invstd);
+    });
+  return y;
 }
 
 Variable maxpool3d(const Variable& x, const Pool3dGeometry& g) {

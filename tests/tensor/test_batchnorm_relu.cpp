@@ -308,3 +308,38 @@ TEST_CASE("fused batch norm + ReLU without a residual: its output lives only as 
   CHECK(x.has_grad());
   CHECK(gamma.has_grad());
 }
+
+TEST_CASE("a convolution reading a batch norm + ReLU output remakes it for its weight gradient: same bits, not held") {
+  // A residual block's first half: BN + ReLU of a convolution's output, then a convolution (stride 2 here, so that
+  // its output is a quarter of the BN + ReLU output and the two can be told apart in the bytes held).
+  const Shape shape{2, 2, 8, 8, 16};
+  const size_t value_bytes = shape_numel(shape) * sizeof(float);
+  const Conv3dGeometry geometry{{3, 3, 3}, {1, 2, 2}, {1, 1, 1}};
+  const Tensor c_value = random_tensor(shape), gamma_value = random_tensor({16}), beta_value = random_tensor({16});
+  const Variable c(c_value.clone(), true), gamma(gamma_value.clone(), true), beta(beta_value.clone(), true),
+      w(random_tensor({16, 3, 3, 3, 16}, -0.3f, 0.3f), true);
+  Tensor rm = Tensor::zeros({16}), rv = Tensor::full({16}, 1.0f);
+  const size_t before = host_bytes_in_use();
+  Variable out;
+  {
+    const Variable y = fn::batchnorm_relu(c, gamma, beta, rm, rv, true, kMomentum, kEps);
+    out = fn::conv3d(y, w, geometry, MathMode{});
+  }
+  const size_t held = host_bytes_in_use() - before;
+  MESSAGE("bytes held after the convolution " << held << ", the BN + ReLU output " << value_bytes);
+  CHECK(held < value_bytes);
+  const Tensor dy = random_tensor(out.shape());
+  out.backward(dy);
+
+  // The weight gradient from the y the training forward wrote, kept.
+  Tensor rm_kept = Tensor::zeros({16}), rv_kept = Tensor::full({16}, 1.0f);
+  const BatchNormTrainOut kept = ops::batchnorm_relu_forward_train(c_value, gamma_value, beta_value, rm_kept, rv_kept,
+                                                                   kMomentum, kEps, Tensor(), Tensor());
+  const Tensor dw_kept = ops::conv3d_backward_filter(kept.y, dy, w.shape(), geometry, MathMode{});
+  REQUIRE(w.grad().numel() == dw_kept.numel());
+  float worst = 0.0f;
+  for (int64_t i = 0; i < dw_kept.numel(); ++i)
+    worst = std::max(worst, std::fabs(w.grad().f32()[i] - dw_kept.f32()[i]));
+  MESSAGE("largest difference of the weight gradients, remade y against kept y: " << worst);
+  CHECK(worst == 0.0f);
+}
