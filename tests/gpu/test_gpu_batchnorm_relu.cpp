@@ -44,8 +44,16 @@ Twin make_twin(const Tensor& values, DType dtype, bool unaligned) {
 
 struct FusedCase {
   Shape shape;
-  bool unaligned;  // residual and dy are unaligned views
+  bool unaligned;  // residual and dy (the apply test: x) are unaligned views
 };
+
+constexpr float kMomentum = 0.1f, kEps = 1e-5f;
+
+// C = 64 (bf16 16-byte groups, 8 per row), 512 (two channel tiles), 40 (5 or 10 groups), 12 (8-byte bf16
+// groups), 6 (8-byte f32, one-element bf16), 5 (one element), and an unaligned case.
+const std::vector<FusedCase> kWidthCases = {
+    {{4, 3, 8, 8, 64}, false}, {{2, 4, 8, 8, 512}, false}, {{3, 2, 5, 7, 40}, false}, {{5, 3, 4, 6, 12}, false},
+    {{4, 2, 3, 5, 6}, false},  {{3, 2, 3, 5, 5}, false},   {{4, 3, 8, 8, 64}, true}};
 
 struct TrainResult {
   Tensor y, save_mean, save_invstd, running_mean, running_var;
@@ -55,12 +63,9 @@ struct TrainResult {
 
 TEST_CASE("gpu fused batch norm + ReLU train / eval / backward match the CPU in f32 and bf16") {
   if (skip_without_gpu()) return;
-  // C = 64 (bf16 16-byte groups, 8 per row), 512 (two channel tiles), 40 (5 or 10 groups), 12 (8-byte
-  // bf16 groups), 6 (8-byte f32, one-element bf16), 5 (one element); 32768 rows (512 reduction chunks).
-  const std::vector<FusedCase> cases = {
-      {{4, 3, 8, 8, 64}, false}, {{8, 4, 32, 32, 64}, false}, {{2, 4, 8, 8, 512}, false}, {{3, 2, 5, 7, 40}, false},
-      {{5, 3, 4, 6, 12}, false}, {{4, 2, 3, 5, 6}, false},    {{3, 2, 3, 5, 5}, false},   {{4, 3, 8, 8, 64}, true}};
-  const float momentum = 0.1f, eps = 1e-5f;
+  // The widths and tiles, and 32768 rows (512 reduction chunks).
+  std::vector<FusedCase> cases = kWidthCases;
+  cases.push_back({{8, 4, 32, 32, 64}, false});
   for (const FusedCase& fc : cases)
     for (Precision p : {Precision::F32, Precision::BF16})
       for (const bool with_branch : {false, true}) {
@@ -86,7 +91,7 @@ TEST_CASE("gpu fused batch norm + ReLU train / eval / backward match the CPU in 
             TrainResult r{Tensor(), Tensor(), Tensor(), mean0.device.clone(), var0.device.clone()};
             BatchNormTrainOut out =
                 ops::batchnorm_relu_forward_train(x.device, gamma.device, beta.device, r.running_mean, r.running_var,
-                                                  momentum, eps, residual.device, factor.device);
+                                                  kMomentum, kEps, residual.device, factor.device);
             r.y = out.y;
             r.save_mean = out.save_mean;
             r.save_invstd = out.save_invstd;
@@ -94,7 +99,7 @@ TEST_CASE("gpu fused batch norm + ReLU train / eval / backward match the CPU in 
           });
           Tensor ref_mean = mean0.host.clone(), ref_var = var0.host.clone();
           const BatchNormTrainOut ref = cpu::batchnorm_relu_forward_train(
-              x.host, gamma.host, beta.host, ref_mean, ref_var, momentum, eps, residual.host, factor.host);
+              x.host, gamma.host, beta.host, ref_mean, ref_var, kMomentum, kEps, residual.host, factor.host);
           for (const TrainResult& run : train) check_close("batchnorm_relu train y" + where, run.y, ref.y, p);
           check_close("batchnorm_relu save_mean" + where, train[0].save_mean, ref.save_mean, Precision::F32);
           check_close("batchnorm_relu save_invstd" + where, train[0].save_invstd, ref.save_invstd, Precision::F32);
@@ -104,9 +109,9 @@ TEST_CASE("gpu fused batch norm + ReLU train / eval / backward match the CPU in 
 
           check_runs("batchnorm_relu eval" + where, run_poisoned([&] {
                        return ops::batchnorm_relu_forward_eval(x.device, gamma.device, beta.device, mean0.device,
-                                                               var0.device, eps, residual.device, factor.device);
+                                                               var0.device, kEps, residual.device, factor.device);
                      }),
-                     cpu::batchnorm_relu_forward_eval(x.host, gamma.host, beta.host, mean0.host, var0.host, eps,
+                     cpu::batchnorm_relu_forward_eval(x.host, gamma.host, beta.host, mean0.host, var0.host, kEps,
                                                       residual.host, factor.host),
                      p);
 
@@ -139,12 +144,8 @@ TEST_CASE("gpu fused batch norm + ReLU train / eval / backward match the CPU in 
 
 TEST_CASE("gpu batchnorm_relu_apply gives the training forward's y bit for bit and matches the CPU apply") {
   if (skip_without_gpu()) return;
-  // The widths and tiles of the first test; the unaligned case holds x itself one element off.
-  const std::vector<FusedCase> cases = {
-      {{4, 3, 8, 8, 64}, false}, {{2, 4, 8, 8, 512}, false}, {{3, 2, 5, 7, 40}, false}, {{5, 3, 4, 6, 12}, false},
-      {{4, 2, 3, 5, 6}, false},  {{3, 2, 3, 5, 5}, false},   {{4, 3, 8, 8, 64}, true}};
-  const float momentum = 0.1f, eps = 1e-5f;
-  for (const FusedCase& fc : cases)
+  // The unaligned case holds x itself one element off.
+  for (const FusedCase& fc : kWidthCases)
     for (Precision p : {Precision::F32, Precision::BF16}) {
       const Shape& shape = fc.shape;
       const int64_t c = shape.back();
@@ -156,7 +157,7 @@ TEST_CASE("gpu batchnorm_relu_apply gives the training forward's y bit for bit a
         Tensor running_mean = Tensor::zeros({c}).to(Device::CUDA),
                running_var = Tensor::full({c}, 1.0f).to(Device::CUDA);
         const BatchNormTrainOut forward = ops::batchnorm_relu_forward_train(
-            x.device, gamma.device, beta.device, running_mean, running_var, momentum, eps, Tensor(), Tensor());
+            x.device, gamma.device, beta.device, running_mean, running_var, kMomentum, kEps, Tensor(), Tensor());
         const auto applied = run_poisoned([&] {
           return ops::batchnorm_relu_apply(x.device, gamma.device, beta.device, forward.save_mean, forward.save_invstd);
         });
@@ -175,12 +176,8 @@ TEST_CASE("gpu batchnorm_relu_apply gives the training forward's y bit for bit a
 
 TEST_CASE("gpu fused batch norm + ReLU backward without y (mask from x) matches the CPU in f32 and bf16") {
   if (skip_without_gpu()) return;
-  // The widths and tiles of the test above; no residual (the y-less path has none).
-  const std::vector<FusedCase> cases = {
-      {{4, 3, 8, 8, 64}, false}, {{2, 4, 8, 8, 512}, false}, {{3, 2, 5, 7, 40}, false}, {{5, 3, 4, 6, 12}, false},
-      {{4, 2, 3, 5, 6}, false},  {{3, 2, 3, 5, 5}, false},   {{4, 3, 8, 8, 64}, true}};
-  const float momentum = 0.1f, eps = 1e-5f;
-  for (const FusedCase& fc : cases)
+  // No residual (the y-less path has none).
+  for (const FusedCase& fc : kWidthCases)
     for (Precision p : {Precision::F32, Precision::BF16})
       for (const bool with_factor : {false, true}) {
         const Shape& shape = fc.shape;
@@ -204,7 +201,7 @@ TEST_CASE("gpu fused batch norm + ReLU backward without y (mask from x) matches 
           Tensor running_mean = Tensor::zeros({c}).to(Device::CUDA),
                  running_var = Tensor::full({c}, 1.0f).to(Device::CUDA);
           const BatchNormTrainOut forward = ops::batchnorm_relu_forward_train(
-              x.device, gamma.device, beta.device, running_mean, running_var, momentum, eps, Tensor(), factor.device);
+              x.device, gamma.device, beta.device, running_mean, running_var, kMomentum, kEps, Tensor(), factor.device);
           const auto host = [](const Tensor& t) { return Tensor::from_vector(t.shape(), t.to_vector()); };
           const Twin dy = make_twin(test::random_tensor(shape), dtype, fc.unaligned);
 
