@@ -7,7 +7,8 @@
 #     lr1e-4 0,1 recommended-v2 --set train.lr=1e-4
 #   Runs start in file order, PARALLEL at a time (default 4); those still running at DEADLINE_S seconds
 #   (default 540) are stopped, so that the summary is printed inside one device call.
-# Environment: COHORT_SEED (default 1), TUNE_EPOCHS (default: the config's) sets train.epochs and
+# Environment: COHORT_SEED (default 1), TUNE_PROCESS_MIB (device memory a run needs, default 8192: PARALLEL is lowered
+# to what the free memory holds), TUNE_EPOCHS (default: the config's) sets train.epochs and
 # train.min_epochs alike (whole curves, no early stopping). Writes runs-tune/ and, under $OUT,
 # tune_runs.tar.gz (every metrics.jsonl, fold.json and log).
 set -uo pipefail
@@ -17,6 +18,17 @@ carry=${DSMIL_CARRY:-$repo_root/build-cuda-carry}
 source scripts/gpu_env.sh
 variants=$1 parallel=${2:-4} deadline=${3:-540}
 start=$(date +%s)
+# Each run holds the cohort on the GPU (5 GiB for 285 cases at 128^3) beside its CUDA context, its training step and
+# the first step's algorithm search (up to 1 GiB): about 8 GiB. 24 runs at once did not fit an H200 and 16 did (round 4
+# of tuning), so PARALLEL is capped by the free device memory.
+if command -v nvidia-smi > /dev/null; then
+  free_mib=$(nvidia-smi --query-gpu=memory.free --format=csv,noheader,nounits | head -1)
+  fitting=$(( free_mib / ${TUNE_PROCESS_MIB:-8192} ))
+  if (( fitting >= 1 && fitting < parallel )); then
+    echo "gpu_tune: $parallel runs at once need more than the ${free_mib} MiB free; running $fitting at once"
+    parallel=$fitting
+  fi
+fi
 source scripts/gpu_cohort.sh
 "$carry/dsmil" preprocess --data "$cohort" --cache cohort/cache --threads "$(nproc)" | tail -1
 threads=$(( $(nproc) / parallel )); (( threads > 0 )) || threads=1
