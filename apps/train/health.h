@@ -53,10 +53,12 @@ double encoder_update_ratio(const nlohmann::json& health);
 double spread(const std::vector<double>& values);
 
 // The warning printed at the end of an epoch (1-based `epoch`) when the training AUC is still below 0.6
-// three epochs after warm-up; empty when there is nothing to warn about. Names what the epoch's health
-// record shows (constant validation logits, updates too large or too small for the weights, clipping on
-// most steps, a dead last stage) and what to try. `health` holds "val_logit_spread" when validated.
-std::string flat_training_warning(int epoch, double warmup_epochs, double train_auc, double lr,
+// three epochs after warm-up; empty when there is nothing to warn about. Names what the epoch's training metrics
+// and health record show (one class for nearly every bag, constant validation logits, updates too large or too
+// small for the weights, clipping on most steps, a dead last stage) and what to try. `train`: the epoch record's
+// "train" (auc, recall_hgg, recall_lgg; auc null when one class was seen); `health` holds "val_logit_spread"
+// when validated.
+std::string flat_training_warning(int epoch, double warmup_epochs, double lr, const nlohmann::json& train,
                                   const nlohmann::json& health);
 
 }  // namespace dsmil::app

@@ -64,12 +64,14 @@ TEST_CASE("the flat-training warning: only after warm-up plus three epochs, only
                           {"update_ratio", {{"stem", 2e-2}, {"layer1", 3e-2}, {"head", 1e-3}}},
                           {"grad_norm", {{"mean", 3.0}, {"median", 2.5}, {"max", 9.0}, {"clipped_fraction", 0.9}}},
                           {"relu_zero_fraction", 0.95}};
-  CHECK(app::flat_training_warning(4, 2.0, 0.52, 3e-4, collapsed).empty());  // warm-up + 2
-  CHECK(app::flat_training_warning(5, 2.0, 0.62, 3e-4, collapsed).empty());  // learning
-  CHECK(app::flat_training_warning(5, 2.0, NAN, 3e-4, collapsed).empty());   // one class seen
-  const std::string text = app::flat_training_warning(5, 2.0, 0.52, 3e-4, collapsed);
+  const json flat = {{"auc", 0.52}, {"recall_hgg", 0.03}, {"recall_lgg", 0.97}};
+  CHECK(app::flat_training_warning(4, 2.0, 3e-4, flat, collapsed).empty());                // warm-up + 2
+  CHECK(app::flat_training_warning(5, 2.0, 3e-4, {{"auc", 0.62}}, collapsed).empty());     // learning
+  CHECK(app::flat_training_warning(5, 2.0, 3e-4, {{"auc", nullptr}}, collapsed).empty());  // one class seen
+  const std::string text = app::flat_training_warning(5, 2.0, 3e-4, flat, collapsed);
   CAPTURE(text);
   CHECK(text.find("training AUC 0.520 at epoch 5") != std::string::npos);
+  CHECK(text.find("nearly every training bag LGG (HGG recall 0.03, LGG recall 0.97)") != std::string::npos);
   CHECK(text.find("spread 0.010") != std::string::npos);
   CHECK(text.find("train.lr = 1.0e-04") != std::string::npos);
   CHECK(text.find("clipped in 90%") != std::string::npos);
@@ -79,7 +81,8 @@ TEST_CASE("the flat-training warning: only after warm-up plus three epochs, only
                         {"update_ratio", {{"stem", 5e-4}, {"head", 1e-3}}},
                         {"grad_norm", {{"mean", 0.8}, {"median", 0.7}, {"max", 1.5}, {"clipped_fraction", 0.1}}},
                         {"relu_zero_fraction", 0.5}};
-  const std::string plain = app::flat_training_warning(6, 2.0, 0.55, 1e-4, healthy);
+  const std::string plain =
+      app::flat_training_warning(6, 2.0, 1e-4, {{"auc", 0.55}, {"recall_hgg", 0.6}, {"recall_lgg", 0.45}}, healthy);
   CAPTURE(plain);
   CHECK(plain.find("show nothing abnormal") != std::string::npos);
 }
