@@ -6,6 +6,13 @@
 
 namespace dsmil::fn {
 
+namespace {
+// The value of `value_of` when a backward reads it for the gradient of `gradient_of`, else nothing to keep.
+Tensor value_for_gradient(const Variable& value_of, const Variable& gradient_of) {
+  return gradient_of.requires_grad() ? value_of.value() : Tensor();
+}
+}  // namespace
+
 Variable add(const Variable& a, const Variable& b) {
   return Variable::from_op(ops::add(a.value(), b.value()), {a, b},
                            [da = a.grad_sink(), db = b.grad_sink()](const Tensor& g) {
@@ -15,7 +22,7 @@ Variable add(const Variable& a, const Variable& b) {
 }
 
 Variable mul(const Variable& a, const Variable& b) {
-  const Tensor a_value = b.requires_grad() ? a.value() : Tensor(), b_value = a.requires_grad() ? b.value() : Tensor();
+  const Tensor a_value = value_for_gradient(a, b), b_value = value_for_gradient(b, a);
   return Variable::from_op(ops::mul(a.value(), b.value()), {a, b},
                            [da = a.grad_sink(), db = b.grad_sink(), a_value, b_value](const Tensor& g) {
                              if (da.requires_grad()) da.accumulate(ops::mul(g, b_value));
@@ -58,7 +65,7 @@ Variable view(const Variable& x, const Shape& shape) {
 Variable linear(const Variable& x, const Variable& w, const Variable& bias, const MathMode& mode) {
   Tensor y = ops::matmul(x.value(), w.value(), false, true, mode);
   if (bias.defined()) y = ops::add_bias(y, bias.value());
-  const Tensor x_value = w.requires_grad() ? x.value() : Tensor(), w_value = x.requires_grad() ? w.value() : Tensor();
+  const Tensor x_value = value_for_gradient(x, w), w_value = value_for_gradient(w, x);
   return Variable::from_op(
       y, {x, w, bias},
       [dx = x.grad_sink(), dw = w.grad_sink(), dbias = bias.grad_sink(), x_value, w_value, mode](const Tensor& g) {
@@ -73,7 +80,7 @@ Variable conv3d(const Variable& x, const Variable& w, const Conv3dGeometry& g, c
   // The input is read by the weight gradient alone: kept, or remade there when its op gave a recipe (a block's
   // first batch norm + ReLU output, remade from the convolution output that batch norm keeps anyway).
   const SavedValue x_saved = w.requires_grad() ? x.saved() : SavedValue();
-  const Tensor w_value = x.requires_grad() ? w.value() : Tensor();
+  const Tensor w_value = value_for_gradient(w, x);
   return Variable::from_op(y, {x, w},
                            [dx = x.grad_sink(), dw = w.grad_sink(), x_saved, w_value, x_shape = x.shape(),
                             w_shape = w.shape(), g, mode](const Tensor& dy) {
@@ -188,7 +195,7 @@ Variable gather_mean(const Variable& x, const Tensor& idx) {
 }
 
 Variable bag_weighted_sum(const Variable& a, const Variable& v) {
-  const Tensor a_value = v.requires_grad() ? a.value() : Tensor(), v_value = a.requires_grad() ? v.value() : Tensor();
+  const Tensor a_value = value_for_gradient(a, v), v_value = value_for_gradient(v, a);
   return Variable::from_op(ops::bag_weighted_sum(a.value(), v.value()), {a, v},
                            [da = a.grad_sink(), dv = v.grad_sink(), a_value, v_value](const Tensor& dy) {
                              if (da.requires_grad()) da.accumulate(ops::bag_dot(v_value, dy));
@@ -197,7 +204,7 @@ Variable bag_weighted_sum(const Variable& a, const Variable& v) {
 }
 
 Variable bag_dot(const Variable& q, const Variable& m) {
-  const Tensor q_value = m.requires_grad() ? q.value() : Tensor(), m_value = q.requires_grad() ? m.value() : Tensor();
+  const Tensor q_value = value_for_gradient(q, m), m_value = value_for_gradient(m, q);
   return Variable::from_op(ops::bag_dot(q.value(), m.value()), {q, m},
                            [dq = q.grad_sink(), dm = m.grad_sink(), q_value, m_value](const Tensor& dy) {
                              if (dq.requires_grad()) dq.accumulate(ops::bag_outer(dy, m_value));
