@@ -32,7 +32,7 @@ void write_npy(const fs::path& path, const Tensor& t) {
   std::string shape = "(";
   for (int64_t d : host.shape()) shape += std::to_string(d) + ",";
   shape += ")";
-  const char* descr = host.dtype() == DType::I32 ? "<i4" : "<f4";
+  const char* descr = host.dtype() == DType::I32 ? "<i4" : host.dtype() == DType::U8 ? "|u1" : "<f4";
   const Tensor data = host.dtype() == DType::BF16 ? Tensor::from_vector(host.shape(), host.to_vector()) : host;
   std::string header = fmt::format("{{'descr': '{}', 'fortran_order': False, 'shape': {}, }}", descr, shape);
   header.append(64 - (10 + header.size() + 1) % 64, ' ');

@@ -60,5 +60,6 @@ cudaError_t fill(T* y, T value, int64_t n, cudaStream_t stream) {
 template cudaError_t fill<float>(float*, float, int64_t, cudaStream_t);
 template cudaError_t fill<__nv_bfloat16>(__nv_bfloat16*, __nv_bfloat16, int64_t, cudaStream_t);
 template cudaError_t fill<int32_t>(int32_t*, int32_t, int64_t, cudaStream_t);
+template cudaError_t fill<uint8_t>(uint8_t*, uint8_t, int64_t, cudaStream_t);
 
 }  // namespace dsmil::kernels

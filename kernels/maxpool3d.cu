@@ -1,5 +1,5 @@
-// 3-D max pooling over channels-last x[N, D, H, W, C] -> y[N, D', H', W', C] with argmax (first maximum in
-// (d, h, w) order wins); backward gathers dy[N, D', H', W', C] into dx[N, D, H, W, C], one write per element.
+// 3-D max pooling over channels-last x[N, D, H, W, C] -> y[N, D', H', W', C] with a u8 argmax (the first maximum's
+// place in its window, (d, h, w) order); backward gathers dy[N, D', H', W', C] into dx[N, D, H, W, C], one write each.
 #include <cuda_bf16.h>
 
 #include <cmath>
@@ -53,7 +53,7 @@ __device__ __forceinline__ Item<Index> item_of(Index i, Volume v, Index groups) 
 
 template <typename T, int G, typename Index>
 __global__ void maxpool3d_forward_kernel(const T* __restrict__ x, Volume in, Volume out, Window3 win, T* __restrict__ y,
-                                         int32_t* __restrict__ argmax) {
+                                         uint8_t* __restrict__ argmax) {
   const Index groups = Index(out.c / G), c = Index(in.c);
   const Index in_d = Index(in.d), in_h = Index(in.h), in_w = Index(in.w);
   const Index total = Index(out.n * out.d * out.h * out.w) * groups;
@@ -62,7 +62,7 @@ __global__ void maxpool3d_forward_kernel(const T* __restrict__ x, Volume in, Vol
     const Item<Index> o = item_of(i, out, groups);
     const T* volume = x + o.n * (in_d * in_h * in_w) * c + o.group * G;
     float best[G];
-    int32_t best_at[G];
+    int best_at[G];
 #pragma unroll
     for (int k = 0; k < G; ++k) {
       best[k] = -INFINITY;
@@ -77,26 +77,26 @@ __global__ void maxpool3d_forward_kernel(const T* __restrict__ x, Volume in, Vol
         for (int s = 0; s < win.kernel[2]; ++s) {
           const Index w = o.w * win.stride[2] - win.pad[2] + s;
           if (w < 0 || w >= in_w) continue;
-          const Index flat = (d * in_h + h) * in_w + w;
-          const Pack<T, G> v = load_pack<T, G>(volume + flat * c);
+          const Pack<T, G> v = load_pack<T, G>(volume + ((d * in_h + h) * in_w + w) * c);
+          const int position = (t * win.kernel[1] + r) * win.kernel[2] + s;
 #pragma unroll
           for (int k = 0; k < G; ++k) {
             const float value = to_float(v.v[k]);
             // The CPU twin's rule: strictly greater replaces, so the first maximum stays.
             if (best_at[k] < 0 || value > best[k]) {
               best[k] = value;
-              best_at[k] = static_cast<int32_t>(flat);
+              best_at[k] = position;
             }
           }
         }
       }
     }
     Pack<T, G> y_pack;
-    Pack<int32_t, G> argmax_pack;
+    Pack<uint8_t, G> argmax_pack;
 #pragma unroll
     for (int k = 0; k < G; ++k) {
       y_pack.v[k] = from_float<T>(best[k]);
-      argmax_pack.v[k] = best_at[k];
+      argmax_pack.v[k] = static_cast<uint8_t>(best_at[k]);
     }
     store_pack(y + i * G, y_pack);
     store_pack(argmax + i * G, argmax_pack);
@@ -114,7 +114,7 @@ __device__ __forceinline__ void covering_outputs(Index p, int kernel, int stride
 }
 
 template <typename T, int G, typename Index>
-__global__ void maxpool3d_backward_kernel(const T* __restrict__ dy, const int32_t* __restrict__ argmax, Volume in,
+__global__ void maxpool3d_backward_kernel(const T* __restrict__ dy, const uint8_t* __restrict__ argmax, Volume in,
                                           Volume out, Window3 win, T* __restrict__ dx) {
   const Index groups = Index(in.c / G), c = Index(in.c);
   const Index in_h = Index(in.h), in_w = Index(in.w);
@@ -123,7 +123,6 @@ __global__ void maxpool3d_backward_kernel(const T* __restrict__ dy, const int32_
   const Index step = Index(gridDim.x) * Index(blockDim.x);
   for (Index i = Index(blockIdx.x) * Index(blockDim.x) + Index(threadIdx.x); i < total; i += step) {
     const Item<Index> p = item_of(i, in, groups);
-    const int32_t flat = static_cast<int32_t>((p.d * in_h + p.h) * in_w + p.w);
     Index d0, d1, h0, h1, w0, w1;
     covering_outputs(p.d, win.kernel[0], win.stride[0], win.pad[0], out_d, d0, d1);
     covering_outputs(p.h, win.kernel[1], win.stride[1], win.pad[1], out_h, h0, h1);
@@ -133,16 +132,22 @@ __global__ void maxpool3d_backward_kernel(const T* __restrict__ dy, const int32_
 #pragma unroll
     for (int k = 0; k < G; ++k) sum[k] = 0.0f;
     // Ascending output order, as the CPU twin adds them: the fp32 sums are the same bit for bit.
-    for (Index od = d0; od <= d1; ++od)
-      for (Index oh = h0; oh <= h1; ++oh)
+    // p's position in each covering window, built up axis by axis as (t * kernel_h + r) * kernel_w + q.
+    for (Index od = d0; od <= d1; ++od) {
+      const int t = static_cast<int>(p.d - (od * win.stride[0] - win.pad[0]));
+      for (Index oh = h0; oh <= h1; ++oh) {
+        const int tr = t * win.kernel[1] + static_cast<int>(p.h - (oh * win.stride[1] - win.pad[1]));
         for (Index ow = w0; ow <= w1; ++ow) {
+          const int position = tr * win.kernel[2] + static_cast<int>(p.w - (ow * win.stride[2] - win.pad[2]));
           const Index at = (((p.n * out_d + od) * out_h + oh) * out_w + ow) * c + channel;
-          const Pack<int32_t, G> winners = load_pack<int32_t, G>(argmax + at);
+          const Pack<uint8_t, G> winners = load_pack<uint8_t, G>(argmax + at);
           const Pack<T, G> grads = load_pack<T, G>(dy + at);
 #pragma unroll
           for (int k = 0; k < G; ++k)
-            if (winners.v[k] == flat) sum[k] += to_float(grads.v[k]);
+            if (winners.v[k] == position) sum[k] += to_float(grads.v[k]);
         }
+      }
+    }
     Pack<T, G> dx_pack;
 #pragma unroll
     for (int k = 0; k < G; ++k) dx_pack.v[k] = from_float<T>(sum[k]);
@@ -158,9 +163,9 @@ bool aligned(const void* p, size_t bytes) { return reinterpret_cast<uintptr_t>(p
 
 // Whether a thread may take kWideGroup<T> channels: C a multiple of it, every pointer aligned to its pack.
 template <typename T>
-bool wide_groups_fit(int64_t c, const T* a, const T* b, const int32_t* indices) {
+bool wide_groups_fit(int64_t c, const T* a, const T* b, const uint8_t* positions) {
   constexpr int g = kWideGroup<T>;
-  return c % g == 0 && aligned(a, g * sizeof(T)) && aligned(b, g * sizeof(T)) && aligned(indices, g * sizeof(int32_t));
+  return c % g == 0 && aligned(a, g * sizeof(T)) && aligned(b, g * sizeof(T)) && aligned(positions, g);
 }
 
 // 32-bit index math when every element offset, and the grid-stride loop's last increment, stay below 2^31.
@@ -188,7 +193,7 @@ void with_layout(bool wide, bool small_index, Launch&& launch) {
 }  // namespace
 
 template <typename T>
-cudaError_t maxpool3d_forward(const T* x, Volume in, Volume out, Window3 window, T* y, int32_t* argmax,
+cudaError_t maxpool3d_forward(const T* x, Volume in, Volume out, Window3 window, T* y, uint8_t* argmax,
                               cudaStream_t stream) {
   if (out.numel() == 0) return cudaSuccess;
   const bool wide = wide_groups_fit(in.c, x, y, argmax);
@@ -201,7 +206,7 @@ cudaError_t maxpool3d_forward(const T* x, Volume in, Volume out, Window3 window,
 }
 
 template <typename T>
-cudaError_t maxpool3d_backward(const T* dy, const int32_t* argmax, Volume in, Volume out, Window3 window, T* dx,
+cudaError_t maxpool3d_backward(const T* dy, const uint8_t* argmax, Volume in, Volume out, Window3 window, T* dx,
                                cudaStream_t stream) {
   if (in.numel() == 0) return cudaSuccess;
   const bool wide = wide_groups_fit(in.c, dy, dx, argmax);
@@ -213,12 +218,12 @@ cudaError_t maxpool3d_backward(const T* dy, const int32_t* argmax, Volume in, Vo
   return cudaGetLastError();
 }
 
-template cudaError_t maxpool3d_forward<float>(const float*, Volume, Volume, Window3, float*, int32_t*, cudaStream_t);
+template cudaError_t maxpool3d_forward<float>(const float*, Volume, Volume, Window3, float*, uint8_t*, cudaStream_t);
 template cudaError_t maxpool3d_forward<__nv_bfloat16>(const __nv_bfloat16*, Volume, Volume, Window3, __nv_bfloat16*,
-                                                      int32_t*, cudaStream_t);
-template cudaError_t maxpool3d_backward<float>(const float*, const int32_t*, Volume, Volume, Window3, float*,
+                                                      uint8_t*, cudaStream_t);
+template cudaError_t maxpool3d_backward<float>(const float*, const uint8_t*, Volume, Volume, Window3, float*,
                                                cudaStream_t);
-template cudaError_t maxpool3d_backward<__nv_bfloat16>(const __nv_bfloat16*, const int32_t*, Volume, Volume, Window3,
+template cudaError_t maxpool3d_backward<__nv_bfloat16>(const __nv_bfloat16*, const uint8_t*, Volume, Volume, Window3,
                                                        __nv_bfloat16*, cudaStream_t);
 
 }  // namespace dsmil::kernels

@@ -107,6 +107,13 @@ Shape pool_output(const char* op, const Shape& x, const Pool3dGeometry& g) {
 
 // The contracts' checks, each throwing ShapeError naming the op, the argument and its description.
 
+// The argmax is a byte: a window's positions must number 256 at most.
+void check_window_positions(const char* op, const Pool3dGeometry& g) {
+  if (g.kernel[0] * g.kernel[1] * g.kernel[2] > 256)
+    throw ShapeError(fmt::format("{}: kernel ({},{},{}) has more than 256 positions, which a u8 argmax cannot name", op,
+                                 g.kernel[0], g.kernel[1], g.kernel[2]));
+}
+
 // F32 on both backends; BF16 too on CUDA, for the ops whose kernels take it ([bf16] in op_declarations.inc).
 bool float_dtype_on(DType dtype, Device device) {
   return dtype == DType::F32 || (dtype == DType::BF16 && device == Device::CUDA);
@@ -535,6 +542,7 @@ MaxPoolOut maxpool3d_forward(const Tensor& x, const Pool3dGeometry& g) {
   const char* op = "maxpool3d_forward";
   const Device device = unary_float(op, x);
   pool_output(op, x.shape(), g);
+  check_window_positions(op, g);
   DSMIL_DISPATCH(device, maxpool3d_forward, x, g);
 }
 
@@ -542,10 +550,11 @@ Tensor maxpool3d_backward(const Tensor& dy, const Tensor& argmax, const Shape& x
   const char* op = "maxpool3d_backward";
   const Device device = common_device(op, {&dy, &argmax});
   check_float(op, dy, "dy");
-  check_dtype(op, argmax, DType::I32, "argmax");
+  check_dtype(op, argmax, DType::U8, "argmax");
   check_same_shape(op, dy, argmax);
   check_volume_shape(op, x_shape, "x_shape");
   check_shape(op, dy, pool_output(op, x_shape, g), "dy");
+  check_window_positions(op, g);
   DSMIL_DISPATCH(device, maxpool3d_backward, dy, argmax, x_shape, g);
 }
 

@@ -26,11 +26,22 @@ const char* dtype_name(DType t) {
       return "bf16";
     case DType::I32:
       return "i32";
+    case DType::U8:
+      return "u8";
   }
   return "?";
 }
 
-size_t dtype_size(DType t) { return t == DType::BF16 ? 2 : 4; }
+size_t dtype_size(DType t) {
+  switch (t) {
+    case DType::BF16:
+      return 2;
+    case DType::U8:
+      return 1;
+    default:
+      return 4;
+  }
+}
 
 std::string shape_str(const Shape& s) {
   std::string out = "[";
@@ -193,6 +204,11 @@ int32_t* Tensor::i32() const {
   return data<int32_t>();
 }
 
+uint8_t* Tensor::u8() const {
+  if (dtype_ != DType::U8) throw ShapeError("expected a u8 tensor, got " + describe());
+  return data<uint8_t>();
+}
+
 Tensor Tensor::view(const Shape& shape) const {
   if (shape_numel(shape) != numel())
     throw ShapeError(fmt::format("Tensor::view: {} cannot be viewed as {}", describe(), shape_str(shape)));
@@ -266,6 +282,9 @@ void Tensor::fill(float value) {
   } else if (dtype_ == DType::I32) {
     int32_t* p = data<int32_t>();
     for (int64_t i = 0; i < n; ++i) p[i] = static_cast<int32_t>(value);
+  } else if (dtype_ == DType::U8) {
+    uint8_t* p = data<uint8_t>();
+    for (int64_t i = 0; i < n; ++i) p[i] = static_cast<uint8_t>(value);
   } else {
     throw ShapeError("Tensor::fill: bf16 tensors live on the CUDA backend only");
   }
@@ -278,6 +297,9 @@ std::vector<float> Tensor::to_vector() const {
     std::memcpy(out.data(), host.raw(), out.size() * sizeof(float));
   } else if (dtype_ == DType::I32) {
     const int32_t* p = host.data<int32_t>();
+    for (size_t i = 0; i < out.size(); ++i) out[i] = static_cast<float>(p[i]);
+  } else if (dtype_ == DType::U8) {
+    const uint8_t* p = host.data<uint8_t>();
     for (size_t i = 0; i < out.size(); ++i) out[i] = static_cast<float>(p[i]);
   } else {
     const uint16_t* p = host.data<uint16_t>();

@@ -14,8 +14,8 @@ namespace dsmil {
 
 enum class Device { CPU, CUDA };
 // F32 everywhere; BF16 storage is used by the CUDA backend in mixed precision; I32 holds indices,
-// labels and masks.
-enum class DType { F32, BF16, I32 };
+// labels and masks; U8 holds small indices (a max pool's position within its window).
+enum class DType { F32, BF16, I32, U8 };
 
 const char* device_name(Device d);
 const char* dtype_name(DType t);
@@ -75,6 +75,7 @@ class Tensor {
   }
   float* f32() const;    // checked: CPU or CUDA float tensor
   int32_t* i32() const;  // checked: int32 tensor
+  uint8_t* u8() const;   // checked: uint8 tensor
 
   // Same storage, other shape with the same number of elements.
   Tensor view(const Shape& shape) const;
@@ -85,7 +86,7 @@ class Tensor {
   Tensor to(Device device) const;
   Tensor to_dtype(DType dtype) const;  // F32 <-> BF16 (device kept)
   void copy_from(const Tensor& src);   // same shape and dtype, any devices
-  void fill(float value);              // F32 and BF16: value; I32: (int)value
+  void fill(float value);              // F32 and BF16: value; I32 and U8: the value converted
 
   // CPU F32 helpers for tests and host code.
   std::vector<float> to_vector() const;

@@ -162,7 +162,7 @@ KernelBench maxpool_forward_bench() {
   b.launchers = {"maxpool3d_forward"};
   b.bytes = [](const Shape& s, DType d) {
     return element_bytes(d) * shape_numel(s) +
-           (element_bytes(d) + 4) * shape_numel(ops::pool3d_output_shape(s, kStemPool));
+           (element_bytes(d) + 1) * shape_numel(ops::pool3d_output_shape(s, kStemPool));
   };
   b.draw = [](const Shape& s, DType dtype, uint64_t seed) {
     Problem p;
@@ -196,7 +196,7 @@ KernelBench maxpool_backward_bench() {
   b.launchers = {"maxpool3d_backward"};
   b.bytes = [](const Shape& s, DType d) {
     return element_bytes(d) * shape_numel(s) +
-           (element_bytes(d) + 4) * shape_numel(ops::pool3d_output_shape(s, kStemPool));
+           (element_bytes(d) + 1) * shape_numel(ops::pool3d_output_shape(s, kStemPool));
   };
   b.draw = maxpool_backward_inputs;
   b.run = [](std::vector<Tensor>& in, const Shape& s, DType) {

@@ -14,7 +14,7 @@
 namespace dsmil::cuda {
 
 // Calls f(std::type_identity<T>{}) with T the kernel element type of an F32 or BF16 tensor. The dispatch
-// (tensor/ops.cpp) has refused I32 already; the throw ends the switch for the compiler.
+// (tensor/ops.cpp) has refused the integer dtypes already; the throw ends the switch for the compiler.
 template <typename F>
 decltype(auto) with_float_type(const char* op, const Tensor& t, F&& f) {
   switch (t.dtype()) {
@@ -23,6 +23,7 @@ decltype(auto) with_float_type(const char* op, const Tensor& t, F&& f) {
     case DType::BF16:
       return f(std::type_identity<__nv_bfloat16>{});
     case DType::I32:
+    case DType::U8:
       break;
   }
   throw ShapeError(fmt::format("{}: expected an f32 or bf16 tensor, got {}", op, t.describe()));

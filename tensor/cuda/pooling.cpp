@@ -26,11 +26,11 @@ kernels::Window3 window_of(const Pool3dGeometry& g) {
 MaxPoolOut maxpool3d_forward(const Tensor& x, const Pool3dGeometry& g) {
   const char* op = "maxpool3d_forward";
   const Shape y_shape = ops::pool3d_output_shape(x.shape(), g);
-  MaxPoolOut out{empty_device(y_shape, x.dtype()), empty_device(y_shape, DType::I32)};
+  MaxPoolOut out{empty_device(y_shape, x.dtype()), empty_device(y_shape, DType::U8)};
   with_float_type(op, x, [&](auto tag) {
     using T = typename decltype(tag)::type;
     DSMIL_CUDA_CHECK(kernels::maxpool3d_forward(ptr<T>(x), volume_of(x.shape()), volume_of(y_shape), window_of(g),
-                                                ptr<T>(out.y), out.argmax.i32(), stream()),
+                                                ptr<T>(out.y), out.argmax.u8(), stream()),
                      op_context(op, {{"x", &x}}));
   });
   return out;
@@ -41,7 +41,7 @@ Tensor maxpool3d_backward(const Tensor& dy, const Tensor& argmax, const Shape& x
   Tensor dx = empty_device(x_shape, dy.dtype());
   with_float_type(op, dy, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    DSMIL_CUDA_CHECK(kernels::maxpool3d_backward(ptr<T>(dy), argmax.i32(), volume_of(x_shape), volume_of(dy.shape()),
+    DSMIL_CUDA_CHECK(kernels::maxpool3d_backward(ptr<T>(dy), argmax.u8(), volume_of(x_shape), volume_of(dy.shape()),
                                                  window_of(g), ptr<T>(dx), stream()),
                      op_context(op, {{"dy", &dy}, {"argmax", &argmax}}));
   });

@@ -136,6 +136,9 @@ void fill(Tensor& t, float value) {
     case DType::I32:
       DSMIL_CUDA_CHECK(kernels::fill(t.data<int32_t>(), static_cast<int32_t>(value), n, stream()), context());
       break;
+    case DType::U8:
+      DSMIL_CUDA_CHECK(kernels::fill(t.data<uint8_t>(), static_cast<uint8_t>(value), n, stream()), context());
+      break;
   }
 }
 
@@ -187,7 +190,6 @@ void free_outside_pool(void* memory) noexcept {
   if (status != cudaSuccess && status != cudaErrorCudartUnloading)
     std::fprintf(stderr, "dsmil: cudaFree of device memory outside the pool failed: %s\n", cudaGetErrorString(status));
 }
-
 
 namespace {
 

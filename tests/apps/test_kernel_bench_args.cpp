@@ -175,7 +175,7 @@ TEST_CASE("kernel bench byte counts match hand counts at the model's shapes") {
   CHECK(bytes("adamw", DType::F32) == 28 * weight);           // 4 reads + 3 writes of f32
   CHECK(bytes("ema", DType::F32) == 12 * weight);
   CHECK(bytes("masked_softmax", DType::F32) == 3 * 4 * 64 + 3 * 4 * 2);           // e, mask, a; stats[2, 3]
-  CHECK(bytes("maxpool3d_forward", DType::BF16) == 2 * stem + (2 + 4) * pooled);  // x; y and argmax
+  CHECK(bytes("maxpool3d_forward", DType::BF16) == 2 * stem + (2 + 1) * pooled);  // x; y and its u8 argmax
   CHECK(bytes("convert_f32_to_bf16", DType::F32) == 6 * 64LL * 4 * 128 * 128 * 4);
   CHECK(bytes("gather_mean", DType::F32) == 4 * (2 * 4 * 512 + 2 * 4 + 2 * 512));  // K rows, idx, y
   // 2 x 32 x 4 x 128 x 128 voxels: 4 fp16 + 1 mask byte read, 4 f32 / bf16 written
@@ -215,6 +215,8 @@ TEST_CASE("every kernel bench entry's CPU reference runs at a tiny shape and its
       for (float x : v) scale = std::max(scale, std::fabs(static_cast<double>(x)));
       if (victim.dtype() == DType::I32)
         victim.i32()[v.size() / 2] += 1;
+      else if (victim.dtype() == DType::U8)
+        victim.u8()[v.size() / 2] ^= 1;
       else
         victim.f32()[v.size() / 2] += static_cast<float>(scale > 0.0 ? 0.01 * scale : 1.0);
       const CheckOutcome caught = compare_outputs(wrong, reference);

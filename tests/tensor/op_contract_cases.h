@@ -25,6 +25,7 @@ inline std::vector<OpContractCase> op_contract_cases(Device device) {
   const auto i32 = [device](const Shape& shape) {
     return Tensor::from_ints(shape, std::vector<int32_t>(shape_numel(shape), 0)).to(device);
   };
+  const auto u8 = [device](const Shape& shape) { return Tensor::zeros(shape, DType::U8).to(device); };
   const auto ones = [device](const Shape& shape) { return Tensor::full(shape, 1.0f).to(device); };
   const Conv3dGeometry conv{{3, 3, 3}, {1, 1, 1}, {1, 1, 1}};
   const MathMode mode;
@@ -166,11 +167,14 @@ inline std::vector<OpContractCase> op_contract_cases(Device device) {
   refuse("maxpool3d_forward", "stride (2,0,2)", [=] {
     ops::maxpool3d_forward(f32({1, 4, 4, 4, 2}), {{2, 2, 2}, {2, 0, 2}, {0, 0, 0}});
   });
-  refuse("maxpool3d_backward", "argmax must be i32", [=] {
-    ops::maxpool3d_backward(f32({1, 2, 2, 2, 2}), f32({1, 2, 2, 2, 2}), {1, 4, 4, 4, 2}, pool);
+  refuse("maxpool3d_forward", "more than 256 positions", [=] {
+    ops::maxpool3d_forward(f32({1, 8, 8, 8, 2}), {{7, 7, 7}, {1, 1, 1}, {0, 0, 0}});
+  });
+  refuse("maxpool3d_backward", "argmax must be u8", [=] {
+    ops::maxpool3d_backward(f32({1, 2, 2, 2, 2}), i32({1, 2, 2, 2, 2}), {1, 4, 4, 4, 2}, pool);
   });
   refuse("maxpool3d_backward", "dy must have shape [1,2,2,2,2]", [=] {
-    ops::maxpool3d_backward(f32({1, 2, 2, 3, 2}), i32({1, 2, 2, 3, 2}), {1, 4, 4, 4, 2}, pool);
+    ops::maxpool3d_backward(f32({1, 2, 2, 3, 2}), u8({1, 2, 2, 3, 2}), {1, 4, 4, 4, 2}, pool);
   });
   refuse("global_avg_pool", "x must have 5 dimensions", [=] { ops::global_avg_pool(f32({1, 4, 4, 2})); });
   refuse("global_avg_pool_backward", "dx dtype must be f32, or bf16 on CUDA, got i32", [=] {

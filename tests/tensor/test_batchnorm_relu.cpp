@@ -301,7 +301,7 @@ TEST_CASE("fused batch norm + ReLU without a residual: its output lives only as 
     pooled = fn::maxpool3d(y, pool);
   }
   const size_t held = host_bytes_in_use() - before;
-  // The pooled value and its argmax are a quarter of y each; y itself (value_bytes) must not be among them.
+  // The pooled value is a quarter of y and its u8 argmax a sixteenth; y itself (value_bytes) must not be among them.
   MESSAGE("bytes held after the max pool " << held << ", the BN + ReLU output " << value_bytes);
   CHECK(held < value_bytes);
   pooled.backward(random_tensor(pooled.shape()));

@@ -33,9 +33,11 @@ TEST_CASE("max pool forward takes the window maximum and records where it was") 
               }
             const int64_t o = (((n * ys[1] + d) * ys[2] + h) * ys[3] + w) * ys[4] + c;
             ref[o] = best;
-            const int64_t flat = static_cast<int64_t>(av[o]);
-            const float at = xv[(n * s[1] * s[2] * s[3] + flat) * s[4] + c];
-            wrong_argmax += at == yv[o] ? 0 : 1;
+            // The window is 1 x 3 x 3: position r * 3 + q.
+            const int64_t position = static_cast<int64_t>(av[o]), r = position / 3, q = position % 3;
+            const int64_t ih = h * 2 - 1 + r, iw = w * 2 - 1 + q;
+            const bool inside = position < 9 && ih >= 0 && ih < s[2] && iw >= 0 && iw < s[3];
+            wrong_argmax += inside && at5(xv, s, n, d, ih, iw, c) == yv[o] ? 0 : 1;
           }
   CHECK(max_rel_error("maxpool3d", yv, ref, 0.0) == 0.0);
   CHECK(wrong_argmax == 0);
