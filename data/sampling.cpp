@@ -82,7 +82,8 @@ std::vector<int> epoch_case_order(std::span<const int> labels, CaseSampling samp
     return order;
   }
   // Weighted: pick a class with probability proportional to (present classes each count once),
-  // then a uniform case of it. Equal to weights 1/count(class) per case.
+  // then a uniform case of it. Equal to weights 1/count(class) per case. Balanced: the second of each
+  // pair takes the class the first did not.
   std::vector<int> by_class[2];
   for (int i = 0; i < n; ++i) {
     if (labels[i] != 0 && labels[i] != 1)
@@ -91,7 +92,10 @@ std::vector<int> epoch_case_order(std::span<const int> labels, CaseSampling samp
   }
   const bool both = !by_class[0].empty() && !by_class[1].empty();
   for (int i = 0; i < n; ++i) {
-    const int cls = both ? static_cast<int>(uniform_index(rng, 2)) : (by_class[0].empty() ? 1 : 0);
+    int cls = by_class[0].empty() ? 1 : 0;
+    if (both)
+      cls = sampling == CaseSampling::balanced && i % 2 == 1 ? 1 - labels[order[i - 1]]
+                                                             : static_cast<int>(uniform_index(rng, 2));
     const auto& members = by_class[cls];
     order[i] = members[uniform_index(rng, members.size())];
   }

@@ -32,12 +32,14 @@ enum class InstanceSampling { random, stratified, fixed, all };
 // missing instances of a bag). rng is used by random and stratified only.
 std::vector<int> sample_instances(std::span<const int> positions, int n, InstanceSampling sampling, Rng& rng);
 
-enum class CaseSampling { weighted, shuffle };
+enum class CaseSampling { weighted, balanced, shuffle };
 
 // The case order of one epoch over a training set with these labels (0/1); its length is
 // labels.size(). weighted: drawn with replacement with probability 1/(count of the case's class),
 // so both classes are equally likely per draw (like torch's WeightedRandomSampler with those
-// weights); shuffle: a permutation. Returns indices into labels.
+// weights); balanced: drawn alike, but in pairs of one case of each class (the first's class at
+// random), so that a step of an even number of consecutive bags holds as many of each class;
+// shuffle: a permutation. Returns indices into labels.
 std::vector<int> epoch_case_order(std::span<const int> labels, CaseSampling sampling, Rng& rng);
 
 // Augmentation of a bag (all its instances alike). Defaults are on; `enabled = false` turns all off.

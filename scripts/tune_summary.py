@@ -2,7 +2,7 @@
 """Summary of tuning runs (scripts/gpu_tune.sh): for each run, the training and inner-validation curves and the
 training-health figures from its metrics.jsonl. Reads no prediction file: tuning never looks at test folds.
 
-Usage: tune_summary.py RUNS_ROOT [--json OUT.json] [--selection T1,T2,... [--min-epochs N]]
+Usage: tune_summary.py RUNS_ROOT [--json OUT.json] [--selection T1,T2,... [--min-epochs N]] [--onsets BASE]
 Columns: onset = first epoch whose training AUC reaches 0.75; tr@E / va@E = training AUC and inner-validation AUC
 (the better of the raw and EMA models) at epoch E; best va = the highest inner-validation AUC and its epoch;
 upd = median encoder update-to-weight ratio at epoch 3; spread = training logit spread at epoch 3; loss1 = mean
@@ -12,11 +12,16 @@ holding several folds gives a row per fold (RUN_fK).
 (train.selection_train_auc; monitor, patience and min_epochs from the run's config.toml): the epoch it would select,
 the epoch it would stop at, and the training and inner-validation AUC of the selected model. scripts/gpu_tune.sh
 sets train.min_epochs to the epochs run (whole curves): --min-epochs N replays the stopping rule of a config with N.
+--onsets BASE compares onsets across variants run on the same seeds and folds: rows named VARIANT_SEED_fK (or
+VARIANT_sSEED_fK) are grouped by variant and paired with variant BASE by (seed, fold); a run that never reaches 0.75
+counts as later than any run that does; a shorter run that has not reached it is left out. Per variant: runs, runs that never left chance, median onset, and against
+BASE the pairs where it left sooner / later / at the same epoch, with the one-sided sign-test p of "sooner".
 """
 import glob
 import json
 import math
 import os
+import re
 import sys
 import tomllib
 
@@ -42,7 +47,9 @@ def fold_runs(root):
     runs = []
     for path in sorted(glob.glob(os.path.join(root, "*", "*", "fold_*", "metrics.jsonl"))):
         with open(path) as f:
-            runs.append((row_name(root, path), os.path.dirname(path), [json.loads(line) for line in f if line.strip()]))
+            records = [json.loads(line) for line in f if line.strip()]
+        if records:  # a run that has not finished its first epoch has nothing to show
+            runs.append((row_name(root, path), os.path.dirname(path), records))
     return runs
 
 
@@ -128,6 +135,44 @@ def print_selection(runs, openings, min_epochs):
         print(f"{run:<26}" + "".join(cells))
 
 
+def variant_and_pair(run):
+    """('base', ('2027', '0')) from base_2027_f0 or base_s2027_f0; None for a row not named that way."""
+    m = re.fullmatch(r"(.+)_s?(\d+)_f(\d+)", run)
+    return (m.group(1), (m.group(2), m.group(3))) if m else None
+
+
+def sign_test_p(wins, losses):
+    """P(at least `wins` of wins + losses fair coin flips), the one-sided sign test; ties are left out."""
+    n = wins + losses
+    return sum(math.comb(n, k) for k in range(wins, n + 1)) / 2 ** n if n else 1.0
+
+
+def print_onsets(rows, base):
+    never = 10 ** 6  # later than any epoch
+    full_length = max(s["epochs"] for s in rows.values())
+    onsets = {}
+    for run, s in rows.items():
+        key = variant_and_pair(run)
+        # A run still going (or stopped early) that has not left chance yet says nothing about its onset.
+        if key and (s["onset"] or s["epochs"] == full_length):
+            onsets.setdefault(key[0], {})[key[1]] = s["onset"] or never
+    if base not in onsets:
+        sys.exit(f"tune_summary: no run of variant '{base}' (rows are named VARIANT_SEED_fK)")
+    print(f"\nonsets (first epoch with training AUC >= 0.75) against {base}, paired by seed and fold")
+    print(f"{'variant':<20}{'runs':>5}{'never':>6}{'median':>7}   {'sooner':>6}{'later':>6}{'tied':>5}{'p':>7}")
+    for variant, by_pair in onsets.items():
+        values = sorted(by_pair.values())
+        median = values[len(values) // 2]
+        cells = f"{variant:<20}{len(values):>5}{sum(v == never for v in values):>6}"
+        cells += f"{('-' if median == never else median):>7}"
+        if variant != base:
+            pairs = [(by_pair[k], onsets[base][k]) for k in by_pair if k in onsets[base]]
+            sooner = sum(v < b for v, b in pairs)
+            later = sum(v > b for v, b in pairs)
+            cells += f"   {sooner:>6}{later:>6}{len(pairs) - sooner - later:>5}{sign_test_p(sooner, later):>7.3f}"
+        print(cells)
+
+
 def row_name(root, path):
     """The run's folder under RUNS_ROOT, with _fK added unless the folder is already named for its fold."""
     run = os.path.relpath(path, root).split(os.sep)[0]
@@ -158,6 +203,8 @@ def main():
     if out_json:
         with open(out_json, "w") as f:
             json.dump(rows, f)
+    if "--onsets" in sys.argv:
+        print_onsets(rows, sys.argv[sys.argv.index("--onsets") + 1])
     if "--selection" in sys.argv:
         min_epochs = int(sys.argv[sys.argv.index("--min-epochs") + 1]) if "--min-epochs" in sys.argv else None
         print_selection(runs, [float(t) for t in sys.argv[sys.argv.index("--selection") + 1].split(",")], min_epochs)

@@ -70,10 +70,11 @@ void add_class_balance(Actions& actions, const RunSettings& s) {
         "Both together correct twice and push p(HGG) below 0.5 for most cases, the collapse toward LGG.");
     return;
   }
-  const bool sampler = *s.case_sampling == "weighted", weights = *s.class_weights == "balanced";
+  // The `balanced` sampler draws as `weighted` does, in pairs of one case of each class.
+  const bool sampler = *s.case_sampling != "shuffle", weights = *s.class_weights == "balanced";
   if (sampler && weights)
     actions.push_back(
-        "The run corrects the class balance twice (the `weighted` sampler and `balanced` class weights), "
+        "The run corrects the class balance twice (a class-balancing sampler and `balanced` class weights), "
         "which pushes the scores toward the smaller class: measure `loss.class_weights = \"none\"` "
         "against it on the inner validation split.");
   else if (!sampler && !weights)

@@ -73,6 +73,7 @@ const ChoiceNames<data::InstanceSampling>& names_of(data::InstanceSampling) {
 }
 const ChoiceNames<data::CaseSampling>& names_of(data::CaseSampling) {
   static const ChoiceNames<data::CaseSampling> names{{data::CaseSampling::weighted, "weighted"},
+                                                     {data::CaseSampling::balanced, "balanced"},
                                                      {data::CaseSampling::shuffle, "shuffle"}};
   return names;
 }

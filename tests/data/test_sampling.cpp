@@ -130,6 +130,31 @@ TEST_CASE("sampling: weighted case order balances the classes and shuffle is a p
   CHECK(epoch_case_order(labels, CaseSampling::weighted, a) == epoch_case_order(labels, CaseSampling::weighted, b));
 }
 
+TEST_CASE("sampling: balanced case order pairs one case of each class, drawn as weighted draws them") {
+  std::vector<int> labels(31, 1);
+  for (int i = 0; i < 8; ++i) labels[3 * i] = 0;  // 23 HGG, 8 LGG; an odd length leaves a last draw unpaired
+  Rng rng = make_rng(6);
+  int mixed_pairs = 0, pairs = 0, first_positive = 0;
+  std::vector<int> count(31, 0);
+  for (int epoch = 0; epoch < 400; ++epoch) {
+    const auto order = epoch_case_order(labels, CaseSampling::balanced, rng);
+    REQUIRE(order.size() == 31);
+    for (size_t i = 0; i + 1 < order.size(); i += 2) {
+      mixed_pairs += labels[order[i]] != labels[order[i + 1]];
+      first_positive += labels[order[i]];
+      ++pairs;
+    }
+    for (int i : order) ++count[i];
+  }
+  CHECK(mixed_pairs == pairs);
+  CHECK(std::abs(static_cast<double>(first_positive) / pairs - 0.5) < 0.02);  // which class leads: sd ~ 0.0056
+  // within a class, cases are drawn alike: ~12400/2 draws a class, LGG each ~775, HGG each ~270
+  for (int i = 0; i < 31; ++i) CHECK(std::abs(count[i] - (labels[i] ? 6200.0 / 23 : 775.0)) < 100);
+  const std::vector<int> one_class(5, 1);
+  Rng c = make_rng(7);
+  for (int i : epoch_case_order(one_class, CaseSampling::balanced, c)) CHECK(one_class[i] == 1);
+}
+
 namespace {
 
 // A case volume on the heap with random half values and a random mask.

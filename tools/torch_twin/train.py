@@ -114,7 +114,7 @@ CHOICES: Dict[str, Tuple] = {
     "loss.class_weights": ("none", "balanced"),
     "train.monitor": ("auc", "balanced_accuracy", "min_class_recall", "loss"),
     "train.instance_sampling": ("random", "stratified", "fixed", "all"),
-    "train.case_sampling": ("weighted", "shuffle"),
+    "train.case_sampling": ("weighted", "balanced", "shuffle"),
     "train.threshold": ("0.5", "youden", "max_f1"),
     "run.precision": ("auto", "fp32", "bf16"),
 }
@@ -466,13 +466,16 @@ def sample_instances(positions: np.ndarray, n: int, sampling: str, rng: np.rando
 
 def epoch_case_order(labels: np.ndarray, sampling: str, rng: np.random.Generator) -> np.ndarray:
     """Indices into labels, len(labels) of them: `weighted` draws a class uniformly (when both are present), then
-    a case of it uniformly, with replacement (WeightedRandomSampler with weights 1/count); `shuffle` permutes."""
+    a case of it uniformly, with replacement (WeightedRandomSampler with weights 1/count); `balanced` draws alike
+    in pairs of one case of each class (the first's class at random); `shuffle` permutes."""
     n = len(labels)
     if sampling == "shuffle":
         return rng.permutation(n)
     by_class = [np.flatnonzero(labels == c) for c in (0, 1)]
     if len(by_class[0]) and len(by_class[1]):
         classes = rng.integers(2, size=n)
+        if sampling == "balanced":
+            classes[1::2] = 1 - classes[0:n - 1:2]
     else:
         classes = np.full(n, 0 if len(by_class[0]) else 1)
     order = np.empty(n, dtype=np.int64)
