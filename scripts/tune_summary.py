@@ -14,8 +14,9 @@ the epoch it would stop at, and the training and inner-validation AUC of the sel
 sets train.min_epochs to the epochs run (whole curves): --min-epochs N replays the stopping rule of a config with N.
 --onsets BASE compares onsets across variants run on the same seeds and folds: rows named VARIANT_SEED_fK (or
 VARIANT_sSEED_fK) are grouped by variant and paired with variant BASE by (seed, fold); a run that never reaches 0.75
-counts as later than any run that does; a shorter run that has not reached it is left out. Per variant: runs, runs that never left chance, median onset, and against
-BASE the pairs where it left sooner / later / at the same epoch, with the one-sided sign-test p of "sooner".
+counts as later than any run that does; a shorter run that has not reached it is left out. Per variant: runs, runs
+that never left chance, median onset, and against BASE the pairs where it left sooner / later / at the same epoch,
+with the one-sided sign-test p of "sooner".
 """
 import glob
 import json

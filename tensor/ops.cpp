@@ -95,6 +95,10 @@ Shape pool_output(const char* op, const Shape& x, const Pool3dGeometry& g) {
     throw ShapeError(fmt::format("{}: window kernel ({},{},{}) stride ({},{},{}) pad ({},{},{})", op, g.kernel[0],
                                  g.kernel[1], g.kernel[2], g.stride[0], g.stride[1], g.stride[2], g.pad[0], g.pad[1],
                                  g.pad[2]));
+  // The max pool's argmax is a byte naming the winner's place in its window.
+  if (g.kernel[0] * g.kernel[1] * g.kernel[2] > 256)
+    throw ShapeError(fmt::format("{}: kernel ({},{},{}) has more than 256 positions, which a u8 argmax cannot name", op,
+                                 g.kernel[0], g.kernel[1], g.kernel[2]));
   Shape y = x;
   for (int a = 0; a < 3; ++a) {
     y[a + 1] = window_output(x[a + 1], g.kernel[a], g.stride[a], g.pad[a]);
@@ -106,13 +110,6 @@ Shape pool_output(const char* op, const Shape& x, const Pool3dGeometry& g) {
 }
 
 // The contracts' checks, each throwing ShapeError naming the op, the argument and its description.
-
-// The argmax is a byte: a window's positions must number 256 at most.
-void check_window_positions(const char* op, const Pool3dGeometry& g) {
-  if (g.kernel[0] * g.kernel[1] * g.kernel[2] > 256)
-    throw ShapeError(fmt::format("{}: kernel ({},{},{}) has more than 256 positions, which a u8 argmax cannot name", op,
-                                 g.kernel[0], g.kernel[1], g.kernel[2]));
-}
 
 // F32 on both backends; BF16 too on CUDA, for the ops whose kernels take it ([bf16] in op_declarations.inc).
 bool float_dtype_on(DType dtype, Device device) {
@@ -542,7 +539,6 @@ MaxPoolOut maxpool3d_forward(const Tensor& x, const Pool3dGeometry& g) {
   const char* op = "maxpool3d_forward";
   const Device device = unary_float(op, x);
   pool_output(op, x.shape(), g);
-  check_window_positions(op, g);
   DSMIL_DISPATCH(device, maxpool3d_forward, x, g);
 }
 
@@ -554,7 +550,6 @@ Tensor maxpool3d_backward(const Tensor& dy, const Tensor& argmax, const Shape& x
   check_same_shape(op, dy, argmax);
   check_volume_shape(op, x_shape, "x_shape");
   check_shape(op, dy, pool_output(op, x_shape, g), "dy");
-  check_window_positions(op, g);
   DSMIL_DISPATCH(device, maxpool3d_backward, dy, argmax, x_shape, g);
 }
 

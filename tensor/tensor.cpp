@@ -38,9 +38,11 @@ size_t dtype_size(DType t) {
       return 2;
     case DType::U8:
       return 1;
-    default:
+    case DType::F32:
+    case DType::I32:
       return 4;
   }
+  return 4;
 }
 
 std::string shape_str(const Shape& s) {
