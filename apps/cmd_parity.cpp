@@ -133,8 +133,9 @@ void run_parity_dump(const ParityArgs& a) {
                               {"device", device_name(device)},
                               {"seed", seed}};
   std::ofstream(root / "config.json") << cfg.dump(1) << "\n";
-  std::printf("parity bundle: %s (%s %s/%s, loss %.6f, %s)\n", root.string().c_str(), device_name(device),
-              a.pooling.c_str(), a.attention.c_str(), loss.value().item(), a.precision.c_str());
+  std::printf("parity bundle: %s (%s %s/%s, loss %.6f, %s, --seed %llu)\n", root.string().c_str(), device_name(device),
+              a.pooling.c_str(), a.attention.c_str(), loss.value().item(), a.precision.c_str(),
+              static_cast<unsigned long long>(seed));
 }
 
 const RegisterCommand parity_command{

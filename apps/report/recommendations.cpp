@@ -124,15 +124,24 @@ std::string learning_rate_action(const RunSettings& s) {
 }
 
 Actions no_learning_actions(const RunSettings& s) {
-  return {
+  Actions a{
       "Read the fold's training-health warning (above, and `health` in metrics.jsonl): a validation logit spread "
       "near 0 is a model that gives every bag one output, which a learning rate above the usable range causes.",
-      learning_rate_action(s),
+      learning_rate_action(s)};
+  if (!is(s.case_sampling, "balanced"))
+    a.push_back(fmt::format(
+        "Give every step both classes: `train.case_sampling = \"balanced\"` ({}) draws a step's bags in pairs of "
+        "one case of each class. A sampler that draws each bag's class at random gives a step of b bags a single "
+        "class in one step of 2^(b-1), half the steps at two bags; on the synthetic cohort such steps held the "
+        "training AUC at chance for a random number of epochs (notes/RESULTS-CV.md, round 5 of tuning).",
+        current("train.case_sampling", s.case_sampling)));
+  a.push_back(
       fmt::format("Give training the epochs to take off ({}): model selection and early stopping wait for the "
                   "training AUC to reach a set level ({}); the curves in plots/curves_fold_k.svg show where it "
                   "takes off.",
-                  current("train.epochs", s.epochs), current("train.selection_train_auc", s.selection_train_auc)),
-      "Check the data path on a few cases (`dsmil predict` montages): the grade must be visible in the slabs."};
+                  current("train.epochs", s.epochs), current("train.selection_train_auc", s.selection_train_auc)));
+  a.push_back("Check the data path on a few cases (`dsmil predict` montages): the grade must be visible in the slabs.");
+  return a;
 }
 
 Actions threshold_actions(const RunSettings& s) {

@@ -50,6 +50,23 @@ double median(std::vector<double> v) {
   return v[v.size() / 2];
 }
 
+// What ends a plateau of one answer for every bag, given how the config fills its steps.
+std::string one_class_plateau_remedy(const RunConfig& c) {
+  if (c.case_sampling == data::CaseSampling::balanced)
+    return "every step holds both classes (train.case_sampling = \"balanced\"), and such a plateau ends at a random "
+           "epoch; another cv.seed starts from other weights";
+  const std::string single_class =
+      c.case_sampling == data::CaseSampling::weighted
+          ? fmt::format(
+                "the weighted sampler draws each bag's class at random, so {:.0f}% of the steps of {} bags hold "
+                "a single class",
+                100.0 * std::pow(0.5, c.bags_per_step - 1), c.bags_per_step)
+          : std::string("the shuffle sampler leaves each step's mix of classes to chance");
+  return single_class +
+         ": train.case_sampling = \"balanced\" gives every step both classes, which left chance sooner in 15 of 15 "
+         "paired tuning runs (notes/RESULTS-CV.md, round 5 of tuning)";
+}
+
 }  // namespace
 
 std::string parameter_group(const std::string& name) {
@@ -118,7 +135,8 @@ json EpochHealth::record() const {
   return out;
 }
 
-std::string flat_training_warning(int epoch, double warmup_epochs, double lr, const json& train, const json& health) {
+std::string flat_training_warning(int epoch, const RunConfig& config, const json& train, const json& health) {
+  const double warmup_epochs = config.warmup_epochs, lr = config.lr;
   if (epoch < static_cast<int>(std::ceil(warmup_epochs)) + kEpochsAfterWarmup) return "";
   const double train_auc = train.contains("auc") && train["auc"].is_number() ? train["auc"].get<double>() : NAN;
   if (!(train_auc < kFlatAuc)) return "";  // NaN (one class seen) warns of nothing
@@ -129,9 +147,8 @@ std::string flat_training_warning(int epoch, double warmup_epochs, double lr, co
     if (std::min(hgg, lgg) < kOneClassRecall)
       seen.push_back(fmt::format(
           "the model answers nearly every training bag {} (HGG recall {:.2f}, LGG recall {:.2f}): it has found no "
-          "feature of the grade yet. Under the shipped recipe such a plateau has ended at a random epoch (6 to 37 "
-          "on the judged cohorts, notes/RESULTS-CV.md); another cv.seed starts from other weights",
-          hgg < lgg ? "LGG" : "HGG", hgg, lgg));
+          "feature of the grade yet; {}",
+          hgg < lgg ? "LGG" : "HGG", hgg, lgg, one_class_plateau_remedy(config)));
   }
   if (health.contains("val_logit_spread") && health["val_logit_spread"].get<double>() < kConstantValLogitSpread)
     seen.push_back(

@@ -10,6 +10,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "apps/train/config.h"
 #include "nn/module.h"
 
 namespace dsmil::app {
@@ -54,11 +55,12 @@ double spread(const std::vector<double>& values);
 
 // The warning printed at the end of an epoch (1-based `epoch`) when the training AUC is still below 0.6
 // three epochs after warm-up; empty when there is nothing to warn about. Names what the epoch's training metrics
-// and health record show (one class for nearly every bag, constant validation logits, updates too large or too
-// small for the weights, clipping on most steps, a dead last stage) and what to try. `train`: the epoch record's
-// "train" (auc, recall_hgg, recall_lgg; auc null when one class was seen); `health` holds "val_logit_spread"
-// when validated.
-std::string flat_training_warning(int epoch, double warmup_epochs, double lr, const nlohmann::json& train,
+// and health record show (one class for nearly every bag, with the share of steps of a single class that the
+// config's sampler gives; constant validation logits, updates too large or too small for the weights, clipping on
+// most steps, a dead last stage) and what to try. `config`: the run's warm-up, learning rate, case sampler and bags
+// a step; `train`: the epoch record's "train" (auc, recall_hgg, recall_lgg; auc null when one class was seen);
+// `health` holds "val_logit_spread" when validated.
+std::string flat_training_warning(int epoch, const RunConfig& config, const nlohmann::json& train,
                                   const nlohmann::json& health);
 
 }  // namespace dsmil::app

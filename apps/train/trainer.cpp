@@ -240,7 +240,7 @@ class FoldRun {
     record["health"]["val_logit_spread"] = logit_spread(val);
     const double train_auc = record["train"]["auc"].is_null() ? NAN : record["train"]["auc"].get<double>();
     const std::string warning =
-        flat_training_warning(epoch + 1, c_.warmup_epochs, c_.lr, record["train"], record["health"]);
+        flat_training_warning(epoch + 1, c_, record["train"], record["health"]);
     if (!warning.empty()) record["health"]["warning"] = warning;
     const SelectionUpdate update = selection_.add_epoch(epoch + 1, train_auc, record);
     record["selection_open"] = selection_.open();

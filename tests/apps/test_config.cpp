@@ -88,9 +88,10 @@ TEST_CASE(
     const app::RunConfig back = app::parse_config(app::config_to_toml(c), "round trip");
     CHECK(app::config_to_toml(back) == app::config_to_toml(c));
   }
-  // notes/RESULTS-CV.md: 3e-4 does not train this model; rounds 1-3 of tuning chose these.
+  // notes/RESULTS-CV.md: 3e-4 does not train this model; rounds 1-3 of tuning chose these, round 5 the sampler.
   const app::RunConfig recommended = app::load_config(app::find_config_file("recommended-v2"));
   CHECK(recommended.lr == 5e-5);
   CHECK(recommended.selection_train_auc == 0.9);
+  CHECK(recommended.case_sampling == data::CaseSampling::balanced);  // round 5
   CHECK(app::load_config(app::find_config_file("seed-v1")).lr == 1e-4);
 }

@@ -65,24 +65,42 @@ TEST_CASE("the flat-training warning: only after warm-up plus three epochs, only
                           {"grad_norm", {{"mean", 3.0}, {"median", 2.5}, {"max", 9.0}, {"clipped_fraction", 0.9}}},
                           {"relu_zero_fraction", 0.95}};
   const json flat = {{"auc", 0.52}, {"recall_hgg", 0.03}, {"recall_lgg", 0.97}};
-  CHECK(app::flat_training_warning(4, 2.0, 3e-4, flat, collapsed).empty());                // warm-up + 2
-  CHECK(app::flat_training_warning(5, 2.0, 3e-4, {{"auc", 0.62}}, collapsed).empty());     // learning
-  CHECK(app::flat_training_warning(5, 2.0, 3e-4, {{"auc", nullptr}}, collapsed).empty());  // one class seen
-  const std::string text = app::flat_training_warning(5, 2.0, 3e-4, flat, collapsed);
+  app::RunConfig config;
+  config.warmup_epochs = 2.0;
+  config.lr = 3e-4;
+  config.case_sampling = data::CaseSampling::weighted;
+  config.bags_per_step = 2;
+  CHECK(app::flat_training_warning(4, config, flat, collapsed).empty());                // warm-up + 2
+  CHECK(app::flat_training_warning(5, config, {{"auc", 0.62}}, collapsed).empty());     // learning
+  CHECK(app::flat_training_warning(5, config, {{"auc", nullptr}}, collapsed).empty());  // one class seen
+  const std::string text = app::flat_training_warning(5, config, flat, collapsed);
   CAPTURE(text);
   CHECK(text.find("training AUC 0.520 at epoch 5") != std::string::npos);
   CHECK(text.find("nearly every training bag LGG (HGG recall 0.03, LGG recall 0.97)") != std::string::npos);
+  CHECK(text.find("so 50% of the steps of 2 bags hold a single class: train.case_sampling = \"balanced\" gives "
+                  "every step both classes") != std::string::npos);
   CHECK(text.find("spread 0.010") != std::string::npos);
   CHECK(text.find("train.lr = 1.0e-04") != std::string::npos);
   CHECK(text.find("clipped in 90%") != std::string::npos);
   CHECK(text.find("95% of the encoder's last-stage ReLU outputs") != std::string::npos);
 
+  config.bags_per_step = 4;
+  CHECK(app::flat_training_warning(5, config, flat, collapsed).find("so 12% of the steps of 4 bags") !=
+        std::string::npos);
+  config.case_sampling = data::CaseSampling::balanced;
+  const std::string balanced = app::flat_training_warning(5, config, flat, collapsed);
+  CAPTURE(balanced);
+  CHECK(balanced.find("every step holds both classes (train.case_sampling = \"balanced\"), and such a plateau ends") !=
+        std::string::npos);
+  CHECK(balanced.find("gives every step both classes") == std::string::npos);
+
   const json healthy = {{"val_logit_spread", 0.4},
                         {"update_ratio", {{"stem", 5e-4}, {"head", 1e-3}}},
                         {"grad_norm", {{"mean", 0.8}, {"median", 0.7}, {"max", 1.5}, {"clipped_fraction", 0.1}}},
                         {"relu_zero_fraction", 0.5}};
+  config.lr = 1e-4;
   const std::string plain =
-      app::flat_training_warning(6, 2.0, 1e-4, {{"auc", 0.55}, {"recall_hgg", 0.6}, {"recall_lgg", 0.45}}, healthy);
+      app::flat_training_warning(6, config, {{"auc", 0.55}, {"recall_hgg", 0.6}, {"recall_lgg", 0.45}}, healthy);
   CAPTURE(plain);
   CHECK(plain.find("show nothing abnormal") != std::string::npos);
 }

@@ -732,6 +732,17 @@ TEST_CASE("recommendations follow the run's config.toml and are numbered 1, 2, 3
               "The learning rate is already at or below the 1e-4 that trains the default model (now "
               "`train.lr = 0.0001`)"));
     CHECK(has(md, "a smaller patience (now `train.patience = 10`)"));
+    CHECK(has(md,
+              "Give every step both classes: `train.case_sampling = \"balanced\"` (now `train.case_sampling = "
+              "\"weighted\"`)"));
+  }
+  SUBCASE("balanced steps are not advised to a run that takes them, and still count as a class-balancing sampler") {
+    write_text(run / "config.toml", config_toml({{"train.case_sampling", "\"balanced\""}}));
+    REQUIRE(write_cv_report(run).consistent());
+    const std::string md = read_text(run / "AUDIT.md");
+    CHECK(recommendation_numbers(md) == one_to_seven);
+    CHECK_FALSE(has(md, "Give every step both classes"));
+    CHECK(has(md, "corrects the class balance twice"));
   }
   SUBCASE("a setting the catalogue advises to change is named with its current value") {
     write_text(run / "config.toml", config_toml({{"train.instances", "32"},

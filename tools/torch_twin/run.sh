@@ -19,6 +19,7 @@ check() {  # name, dump arguments...
   else
     echo "parity $name: FAILED: $(grep '^parity:' "$bundles/$name.log" || tail -3 "$bundles/$name.log")"
     grep -E "FAIL" "$bundles/$name.log" | head -8
+    echo "  replay with the dump's seed: $(head -1 "$bundles/$name.dump.log")"
     failed=$((failed + 1))
   fi
 }
