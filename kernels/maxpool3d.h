@@ -17,9 +17,8 @@ cudaError_t maxpool3d_forward(const T* x, Volume in, Volume out, Window3 window,
                               cudaStream_t stream);
 
 // dx = sum of dy over the outputs each position won. Gathered: each input position reads the outputs whose
-// window covers it and sums, in ascending output order, the dy of those whose argmax names its position in
-// their window; so the
-// result is deterministic, written once (no memset, no atomics) and summed in fp32 whatever T is.
+// window covers it and sums, in ascending output order, the dy of those whose argmax names its position in their
+// window; so the result is deterministic, written once (no memset, no atomics) and summed in fp32 whatever T is.
 template <typename T>
 cudaError_t maxpool3d_backward(const T* dy, const uint8_t* argmax, Volume in, Volume out, Window3 window, T* dx,
                                cudaStream_t stream);
