@@ -136,8 +136,8 @@ json EpochHealth::record() const {
 }
 
 std::string flat_training_warning(int epoch, const RunConfig& config, const json& train, const json& health) {
-  const double warmup_epochs = config.warmup_epochs, lr = config.lr;
-  if (epoch < static_cast<int>(std::ceil(warmup_epochs)) + kEpochsAfterWarmup) return "";
+  const int warmup_end = static_cast<int>(std::ceil(config.warmup_epochs));
+  if (epoch < warmup_end + kEpochsAfterWarmup) return "";
   const double train_auc = train.contains("auc") && train["auc"].is_number() ? train["auc"].get<double>() : NAN;
   if (!(train_auc < kFlatAuc)) return "";  // NaN (one class seen) warns of nothing
   std::vector<std::string> seen;
@@ -162,12 +162,12 @@ std::string flat_training_warning(int epoch, const RunConfig& config, const json
           fmt::format("each step moves the encoder's weights by {:.1e} of their size (median over its stages; "
                       "above {:.0e} the steps are too large for batch-normalised convolutions): try "
                       "train.lr = {:.1e}",
-                      typical, kLargeUpdateRatio, lr / 3.0));
+                      typical, kLargeUpdateRatio, config.lr / 3.0));
     else if (typical < kSmallUpdateRatio)
       seen.push_back(
           fmt::format("each step moves the encoder's weights by only {:.1e} of their size: the learning rate "
                       "({:.1e} now) or the clipping bound is too small",
-                      typical, lr));
+                      typical, config.lr));
   }
   if (health.contains("grad_norm") && health["grad_norm"]["clipped_fraction"].get<double>() > kMostlyClipped)
     seen.push_back(fmt::format("the gradient was clipped in {:.0f}% of the steps (median norm {:.2f})",
@@ -177,7 +177,7 @@ std::string flat_training_warning(int epoch, const RunConfig& config, const json
     seen.push_back(fmt::format("{:.0f}% of the encoder's last-stage ReLU outputs are zero (dead units)",
                                100.0 * health["relu_zero_fraction"].get<double>()));
   std::string text = fmt::format("training AUC {:.3f} at epoch {} is still near chance {} epochs after warm-up. ",
-                                 train_auc, epoch, epoch - static_cast<int>(std::ceil(warmup_epochs)));
+                                 train_auc, epoch, epoch - warmup_end);
   if (seen.empty()) {
     text += "The health figures show nothing abnormal (metrics.jsonl, \"health\")";
   } else {

@@ -1,9 +1,11 @@
 // CPU 3-D convolution, channels-last: x[N, D, H, W, C] * w[K, T, R, S, C] -> y[N, D', H', W', K].
-// im2col (one row of T*R*S*C input values per output voxel) then one GEMM per chunk of samples.
+// im2col (one row of T*R*S*C input values per output voxel) then GEMMs per chunk of samples (tensor/cpu/products.h).
 #include <algorithm>
 #include <cstring>
+#include <vector>
 
 #include "tensor/cpu/common.h"
+#include "tensor/cpu/products.h"
 
 namespace dsmil::cpu {
 
@@ -103,6 +105,26 @@ void col2im(const ConvDims& cd, const float* cols, int64_t first, int64_t count,
   }
 }
 
+// Rows of dy and cols per partial product of the filter gradient.
+constexpr int64_t kFilterGradientRows = 1024;
+
+// dw[K, patch] += dy^T cols, a sum over the rows: partial products of fixed row chunks, each on one thread, then
+// added to dw in chunk order, so that the rounding does not depend on the thread count.
+void add_filter_gradient(MatrixMap dw, ConstMatrixMap dy, ConstMatrixMap cols) {
+  fix_eigen_products();
+  const int64_t rows = dy.rows(), chunks = (rows + kFilterGradientRows - 1) / kFilterGradientRows;
+  const int64_t size = dw.rows() * dw.cols();
+  std::vector<float> partials(static_cast<size_t>(chunks * size));
+#pragma omp parallel for schedule(static) if (chunks > 1)
+  for (int64_t chunk = 0; chunk < chunks; ++chunk) {
+    const int64_t first = chunk * kFilterGradientRows, count = std::min(kFilterGradientRows, rows - first);
+    MatrixMap(partials.data() + chunk * size, dw.rows(), dw.cols()).noalias() =
+        dy.middleRows(first, count).transpose() * cols.middleRows(first, count);
+  }
+  for (int64_t chunk = 0; chunk < chunks; ++chunk)
+    dw += ConstMatrixMap(partials.data() + chunk * size, dw.rows(), dw.cols());
+}
+
 }  // namespace
 
 Tensor conv3d_forward(const Tensor& x, const Tensor& w, const Conv3dGeometry& g, const MathMode&) {
@@ -115,8 +137,8 @@ Tensor conv3d_forward(const Tensor& x, const Tensor& w, const Conv3dGeometry& g,
     const int64_t count = std::min(chunk, cd.n - first);
     const int64_t rows = count * cd.positions();
     im2col(cd, x.f32(), first, count, cols);
-    MatrixMap Y(y.f32() + first * cd.positions() * cd.k, rows, cd.k);
-    Y.noalias() = ConstMatrixMap(cols, rows, cd.patch()) * W.transpose();
+    multiply_in_row_tiles(MatrixMap(y.f32() + first * cd.positions() * cd.k, rows, cd.k),
+                          ConstMatrixMap(cols, rows, cd.patch()), W.transpose());
   }
   return y;
 }
@@ -131,8 +153,8 @@ Tensor conv3d_backward_data(const Tensor& dy, const Tensor& w, const Shape& x_sh
   for (int64_t first = 0; first < cd.n; first += chunk) {
     const int64_t count = std::min(chunk, cd.n - first);
     const int64_t rows = count * cd.positions();
-    MatrixMap(cols, rows, cd.patch()).noalias() =
-        ConstMatrixMap(dy.f32() + first * cd.positions() * cd.k, rows, cd.k) * W;
+    multiply_in_row_tiles(MatrixMap(cols, rows, cd.patch()),
+                          ConstMatrixMap(dy.f32() + first * cd.positions() * cd.k, rows, cd.k), W);
     col2im(cd, cols, first, count, dx.f32());
   }
   return dx;
@@ -149,8 +171,8 @@ Tensor conv3d_backward_filter(const Tensor& x, const Tensor& dy, const Shape& w_
     const int64_t count = std::min(chunk, cd.n - first);
     const int64_t rows = count * cd.positions();
     im2col(cd, x.f32(), first, count, cols);
-    DW.noalias() += ConstMatrixMap(dy.f32() + first * cd.positions() * cd.k, rows, cd.k).transpose() *
-                    ConstMatrixMap(cols, rows, cd.patch());
+    add_filter_gradient(DW, ConstMatrixMap(dy.f32() + first * cd.positions() * cd.k, rows, cd.k),
+                        ConstMatrixMap(cols, rows, cd.patch()));
   }
   return dw;
 }

@@ -1,7 +1,20 @@
-// CPU matrix products: c[M, N] = op(a) op(b) through Eigen's multithreaded GEMM, bias add and its grad.
+// CPU matrix products: c[M, N] = op(a) op(b) in fixed row tiles (tensor/cpu/products.h), bias add and its grad.
+#include <Eigen/Core>
+
 #include "tensor/cpu/common.h"
+#include "tensor/cpu/products.h"
 
 namespace dsmil::cpu {
+
+void fix_eigen_products() {
+  // Typical L1 / L2 / L3 sizes of current x86-64 cores; what matters is that they are the same on every machine.
+  static const bool fixed = [] {
+    Eigen::setNbThreads(1);
+    Eigen::setCpuCacheSizes(std::ptrdiff_t{32} << 10, std::ptrdiff_t{1} << 20, std::ptrdiff_t{8} << 20);
+    return true;
+  }();
+  (void)fixed;
+}
 
 Tensor matmul(const Tensor& a, const Tensor& b, bool transpose_a, bool transpose_b, const MathMode&) {
   const int64_t m = transpose_a ? a.size(1) : a.size(0);
@@ -11,13 +24,13 @@ Tensor matmul(const Tensor& a, const Tensor& b, bool transpose_a, bool transpose
   auto B = as_const_matrix(b, b.size(0), b.size(1));
   auto C = as_matrix(c, m, n);
   if (transpose_a && transpose_b)
-    C.noalias() = A.transpose() * B.transpose();
+    multiply_in_row_tiles(C, A.transpose(), B.transpose());
   else if (transpose_a)
-    C.noalias() = A.transpose() * B;
+    multiply_in_row_tiles(C, A.transpose(), B);
   else if (transpose_b)
-    C.noalias() = A * B.transpose();
+    multiply_in_row_tiles(C, A, B.transpose());
   else
-    C.noalias() = A * B;
+    multiply_in_row_tiles(C, A, B);
   return c;
 }
 

@@ -155,9 +155,10 @@ std::vector<int> recommendation_numbers(const std::string& md) {
   return numbers;
 }
 
-// A resolved config.toml as the training loop writes it, reduced to the keys the advice depends on; every
-// one of them set the way configs/recommended-v2 sets it, unless `changes` ("key = value" lines of a
-// [section]) replaces it.
+// A resolved config.toml as the training loop writes it, reduced to the keys the advice depends on: the model and
+// the focal loss of configs/recommended-v2, with settings it no longer ships (a weighted sampler, lr 1e-4, label
+// smoothing 0.2, a fixed 0.5 threshold) so that the advice about them can be checked; `changes` ("key = value"
+// lines of a [section]) replaces any of them.
 std::string config_toml(const std::map<std::string, std::string>& changes = {}) {
   const std::vector<std::pair<std::string, std::vector<std::pair<std::string, std::string>>>> sections{
       {"model",

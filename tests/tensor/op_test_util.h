@@ -3,7 +3,10 @@
 // (tests/test_util.h).
 #pragma once
 
+#include <omp.h>
+
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "tensor/ops.h"
@@ -20,6 +23,24 @@ constexpr double kF32Tol = 1e-5;
 // room for neither a wrong factor nor a missing term.
 constexpr double kH = 1e-2;
 constexpr double kTol = 2e-3;
+
+// Runs `outputs` (the ops' results as float vectors) on 1, 2 and 3 OpenMP threads and checks that every output
+// has the same bits each time: the CPU backend's results must not depend on the machine's core count (a run and
+// `dsmil reproduce` of it on another machine give the same predictions).
+template <typename F>
+void check_same_on_thread_counts(const std::string& what, F outputs) {
+  const int threads_before = omp_get_max_threads();
+  omp_set_num_threads(1);
+  const std::vector<std::vector<float>> one = outputs();
+  for (const int threads : {2, 3}) {
+    omp_set_num_threads(threads);
+    const std::vector<std::vector<float>> many = outputs();
+    REQUIRE(many.size() == one.size());
+    for (size_t k = 0; k < one.size(); ++k)
+      CHECK_MESSAGE(many[k] == one[k], what << " output " << k << " on " << threads << " threads differs from 1");
+  }
+  omp_set_num_threads(threads_before);
+}
 
 inline float at5(const std::vector<float>& v, const Shape& s, int64_t a, int64_t b, int64_t c, int64_t d, int64_t e) {
   return v[(((a * s[1] + b) * s[2] + c) * s[3] + d) * s[4] + e];
