@@ -5,6 +5,7 @@
 
 #include <cstdlib>
 #include <filesystem>
+#include <optional>
 #include <string>
 
 #include <nlohmann/json.hpp>
@@ -29,9 +30,14 @@ namespace {
 // The program's OpenMP threads (run.threads = 0, the tiny config's, leaves them to OMP_NUM_THREADS) while `run` runs.
 template <typename F>
 auto with_omp_threads(const char* threads, F run) {
+  const char* outer = std::getenv("OMP_NUM_THREADS");
+  const std::optional<std::string> before = outer ? std::optional<std::string>(outer) : std::nullopt;
   setenv("OMP_NUM_THREADS", threads, 1);
   auto result = run();
-  unsetenv("OMP_NUM_THREADS");
+  if (before)
+    setenv("OMP_NUM_THREADS", before->c_str(), 1);
+  else
+    unsetenv("OMP_NUM_THREADS");
   return result;
 }
 
