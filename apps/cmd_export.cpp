@@ -1,11 +1,12 @@
-// `dsmil export CHECKPOINT --format safetensors [--out FILE]`: a checkpoint's model as a safetensors file
-// (https://github.com/huggingface/safetensors), for PyTorch users. Its tensors are the state_dict of the PyTorch
-// twin (tools/torch_twin/twin.py DualStreamMIL, which keeps dsmil's parameter and buffer names): every parameter
-// and batch-norm running statistic, conv weights turned from dsmil's [out, kD, kH, kW, in] into PyTorch's
-// [out, in, kD, kH, kW] (twin.py from_cpp_layout). Its __metadata__ holds what running the model needs beyond
-// the weights: the architecture, the input (grid, modalities, slabs, how the evaluation bag is drawn), the
-// output rule, the calibrated threshold when the checkpoint has one, the training config, and the builds that
-// trained and exported it. tools/torch_twin/predict_export.py runs such a file.
+// `dsmil export CHECKPOINT|FOLD_DIR --format safetensors [--out FILE]`: a checkpoint's model (a fold directory
+// stands for the model its CV chose) as a safetensors file (https://github.com/huggingface/safetensors), for
+// PyTorch users. Its tensors are the state_dict of the PyTorch twin (tools/torch_twin/twin.py DualStreamMIL, which
+// keeps dsmil's parameter and buffer names): every parameter and batch-norm running statistic, conv weights turned
+// from dsmil's [out, kD, kH, kW, in] into PyTorch's [out, in, kD, kH, kW] (twin.py from_cpp_layout). Its
+// __metadata__ holds what running the model needs beyond the weights: the architecture, the input (grid,
+// modalities, slabs, how the evaluation bag is drawn), the output rule, the calibrated threshold when the
+// checkpoint has one, whether it is its fold's chosen model, the training config, and the builds that trained and
+// exported it. tools/torch_twin/predict_export.py runs such a file.
 #include <cstdint>
 #include <cstdio>
 #include <filesystem>
@@ -32,8 +33,36 @@ namespace fs = std::filesystem;
 using json = nlohmann::json;
 
 struct ExportArgs {
-  std::string checkpoint, format, out;
+  std::string source, format, out;
 };
+
+// The checkpoint to export, and how it stands to its fold's choice of model (fold.json chosen_model): a fold's
+// best.ckpt and best_ema.ckpt both carry a calibrated threshold, and only one of them is the model the CV
+// evaluated, so the user is told which one the file holds.
+struct ExportSource {
+  fs::path checkpoint;
+  std::string fold_choice;  // empty outside a finished fold's directory
+};
+
+ExportSource export_source(const fs::path& given) {
+  const bool fold_dir = fs::is_directory(given);
+  const fs::path dir = fold_dir ? given : given.parent_path();
+  const fs::path fold_json = dir / "fold.json";
+  if (!fs::is_regular_file(fold_json)) {
+    if (fold_dir)
+      throw Error(fmt::format("dsmil export: {} holds no fold.json: give a checkpoint or a finished fold's directory",
+                              given.string()));
+    return {given, ""};
+  }
+  const report::FoldInfo info = report::read_fold_json(fold_json);
+  const fs::path chosen = report::chosen_checkpoint(dir, info);
+  const std::string choice =
+      fmt::format("fold {}'s chosen model: {} ({} model of epoch {}, {})", info.fold, chosen.filename().string(),
+                  info.chosen_model, info.best_epoch, fold_json.string());
+  if (fold_dir) return {chosen, choice};
+  if (fs::exists(chosen) && fs::equivalent(chosen, given)) return {given, choice};
+  return {given, fmt::format("not {}", choice)};
+}
 
 // One tensor of the file, on the host, in the layout PyTorch's state_dict holds it.
 struct ExportedTensor {
@@ -107,7 +136,8 @@ std::pair<float, float> batch_norm_constants(mil::DualStreamMIL& model) {
   return *constants;
 }
 
-std::map<std::string, std::string> export_metadata(const fs::path& checkpoint, const TrainedModel& trained) {
+std::map<std::string, std::string> export_metadata(const ExportSource& source, const TrainedModel& trained) {
+  const fs::path& checkpoint = source.checkpoint;
   const json& checkpoint_meta = trained.metadata;
   const mil::ModelConfig& model = trained.model->config();
   const RunConfig& config = trained.config;
@@ -165,36 +195,42 @@ std::map<std::string, std::string> export_metadata(const fs::path& checkpoint, c
     m["threshold_bags"] = checkpoint_meta.at("threshold_bags").dump();
   }
   if (checkpoint_meta.contains("provenance")) m["training_provenance"] = checkpoint_meta.at("provenance").dump();
+  if (!source.fold_choice.empty()) m["fold_choice"] = source.fold_choice;
   return m;
 }
 
 void run_export(const ExportArgs& a) {
-  const fs::path out = a.out.empty() ? fs::path(a.checkpoint).replace_extension(".safetensors") : fs::path(a.out);
-  const TrainedModel trained = load_trained_model(a.checkpoint, Device::CPU);
+  const ExportSource source = export_source(a.source);
+  const fs::path out = a.out.empty() ? fs::path(source.checkpoint).replace_extension(".safetensors") : fs::path(a.out);
+  const TrainedModel trained = load_trained_model(source.checkpoint, Device::CPU);
   const std::vector<ExportedTensor> tensors = pytorch_state(*trained.model);
-  const std::map<std::string, std::string> metadata = export_metadata(a.checkpoint, trained);
+  const std::map<std::string, std::string> metadata = export_metadata(source, trained);
   if (out.has_parent_path()) fs::create_directories(out.parent_path());
   report::write_text_file(out, safetensors_file(tensors, metadata));
 
   int64_t values = 0;
   for (const ExportedTensor& t : tensors) values += t.value.numel();
   std::printf("%s: %zu tensors (%lld values) of %s (epoch %d), conv weights as [out, in, kD, kH, kW]\n",
-              out.string().c_str(), tensors.size(), static_cast<long long>(values), a.checkpoint.c_str(),
+              out.string().c_str(), tensors.size(), static_cast<long long>(values), source.checkpoint.c_str(),
               trained.epoch);
+  if (!source.fold_choice.empty()) std::printf("%s\n", source.fold_choice.c_str());
   if (trained.threshold)
     std::printf("threshold: %s\n", trained.threshold->source.c_str());
   else
-    std::printf("no calibrated threshold in %s (only best.ckpt and best_ema.ckpt carry one)\n", a.checkpoint.c_str());
+    std::printf("no calibrated threshold in %s (only best.ckpt and best_ema.ckpt carry one)\n",
+                source.checkpoint.c_str());
 }
 
 const RegisterCommand export_command{
     "export", 57, [](CLI::App& root) {
       auto a = std::make_shared<ExportArgs>();
       CLI::App* cmd =
-          root.add_subcommand("export", "a checkpoint's model as a safetensors file for PyTorch (tools/torch_twin)");
-      cmd->add_option("checkpoint", a->checkpoint, "best.ckpt, best_ema.ckpt or last.ckpt of a fold")
+          root.add_subcommand("export", "a fold's chosen model, or a checkpoint's, as a safetensors file for PyTorch");
+      cmd->add_option("checkpoint", a->source,
+                      "best.ckpt, best_ema.ckpt or last.ckpt of a fold, or a finished fold's directory: the model "
+                      "its CV chose (fold.json)")
           ->required()
-          ->check(CLI::ExistingFile);
+          ->check(CLI::ExistingPath);
       cmd->add_option("--format", a->format, "file format: safetensors")
           ->required()
           ->check(CLI::IsMember({"safetensors"}));

@@ -143,14 +143,6 @@ void run_predict_case(const PredictArgs& a) {
               attention.montage.string().c_str(), table.string().c_str());
 }
 
-// A fold's model as the CV chose it: fold.json's chosen_model `raw` is best.ckpt, `ema` best_ema.ckpt.
-fs::path chosen_checkpoint(const report::FoldData& fold) {
-  if (fold.info.chosen_model == "raw") return fold.dir / "best.ckpt";
-  if (fold.info.chosen_model == "ema") return fold.dir / "best_ema.ckpt";
-  throw FormatError(fmt::format("dsmil predict: {}: chosen_model '{}' is neither raw nor ema",
-                                (fold.dir / "fold.json").string(), fold.info.chosen_model));
-}
-
 // One member of the ensemble with its predictions, in the prepared dataset's case order.
 struct EnsembleMember {
   std::string column;  // p_fold_<k>, or p_repeat_<r>_fold_<k> in a run of several repeats
@@ -200,7 +192,7 @@ void run_predict_ensemble(const PredictArgs& a) {
     EnsembleMember member;
     member.column = repeats ? fmt::format("p_repeat_{}_fold_{}", fold.info.repeat, fold.info.fold)
                             : fmt::format("p_fold_{}", fold.info.fold);
-    member.checkpoint = chosen_checkpoint(fold);
+    member.checkpoint = report::chosen_checkpoint(fold.dir, fold.info);
     const TrainedModel trained = load_trained_model(member.checkpoint, device);
     member.threshold = member_threshold(trained, fold, member.checkpoint);
     // The dataset is prepared once, on the grid of the run's config (one config for every fold: load_runs).

@@ -26,10 +26,7 @@ rm -rf "$work" && mkdir -p "$work"
   --set "train.min_epochs=$epochs" --no-audit > "$work/cv.log" 2>&1 || { tail -5 "$work/cv.log"; exit 1; }
 run_dir=$(ls -d "$work"/runs/*/ | head -1)
 run_dir=${run_dir%/}
-chosen=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["chosen_model"])' "$run_dir/fold_0/fold.json")
-checkpoint=$run_dir/fold_0/best.ckpt
-[ "$chosen" = ema ] && checkpoint=$run_dir/fold_0/best_ema.ckpt
-"$carry/dsmil" export "$checkpoint" --format safetensors --out "$work/model.safetensors"
+"$carry/dsmil" export "$run_dir/fold_0" --format safetensors --out "$work/model.safetensors"
 preprocess_cohort "$run_dir/config.toml" --index "$work/index.csv"
 "$carry/dsmil" predict --run "$run_dir" --data "$cohort" --out "$work/predictions.csv" --device cuda > "$work/predict.log"
 status=0

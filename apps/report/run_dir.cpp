@@ -469,6 +469,13 @@ const SplitRecord& chosen_val(const EpochRecord& epoch, const FoldInfo& info) {
   return info.chosen_model == "ema" && epoch.val_ema ? *epoch.val_ema : epoch.val;
 }
 
+fs::path chosen_checkpoint(const fs::path& fold_dir, const FoldInfo& info) {
+  if (info.chosen_model == "raw") return fold_dir / "best.ckpt";
+  if (info.chosen_model == "ema") return fold_dir / "best_ema.ckpt";
+  throw FormatError(
+      fmt::format("{}: chosen_model \"{}\" is not raw or ema", (fold_dir / "fold.json").string(), info.chosen_model));
+}
+
 double monitor_value(const SplitRecord& r, const std::string& monitor) {
   if (monitor == "auc") return r.auc;
   if (monitor == "loss") return r.loss;

@@ -120,6 +120,8 @@ std::string read_text_file(const std::filesystem::path& path);
 
 // The validation record of the chosen model: val_ema when chosen_model is "ema" (and it was written).
 const SplitRecord& chosen_val(const EpochRecord& epoch, const FoldInfo& info);
+// The checkpoint of the model the fold chose: best.ckpt for chosen_model "raw", best_ema.ckpt for "ema".
+std::filesystem::path chosen_checkpoint(const std::filesystem::path& fold_dir, const FoldInfo& info);
 
 // The value of a fold.json monitor (FORMAT.md) in a split record; NaN for a monitor it does not know.
 double monitor_value(const SplitRecord& record, const std::string& monitor);

@@ -8,6 +8,28 @@
 
 namespace dsmil::app {
 
+std::string padded_bags_note(const std::vector<data::CaseVolume>& cases, const BagSpec& spec) {
+  if (spec.sampling == data::InstanceSampling::all) return "";
+  int short_cases = 0;
+  const data::CaseVolume* shortest = nullptr;
+  size_t fewest = 0;
+  for (const data::CaseVolume& c : cases) {
+    const size_t positions = data::brain_slab_starts(c.slice_has_brain, spec.slab_depth).size();
+    if (positions >= static_cast<size_t>(spec.instances)) continue;
+    ++short_cases;
+    if (!shortest || positions < fewest) {
+      shortest = &c;
+      fewest = positions;
+    }
+  }
+  if (short_cases == 0) return "";
+  return fmt::format(
+      "note: {} of {} cases have fewer slabs of {} slices holding brain than the {} instances of a training bag "
+      "(fewest: {}, case {}): their bags are padded with zero slabs, which the MIL head masks but which take part in "
+      "the encoder's batch-norm statistics in training",
+      short_cases, cases.size(), spec.slab_depth, spec.instances, fewest, shortest->case_id);
+}
+
 Batch make_batch(const std::vector<data::CaseVolume>& cohort, const std::vector<int>& case_indices,
                  const std::vector<uint64_t>& seeds, const BagSpec& spec, const GatherTarget& target) {
   const int64_t bags = static_cast<int64_t>(case_indices.size());

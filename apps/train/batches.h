@@ -2,6 +2,7 @@
 // channels-last tensor x[B*n, S, H, W, 4], the instance mask [B, n] and the labels [B].
 #pragma once
 
+#include <string>
 #include <vector>
 
 #include "data/preprocess.h"
@@ -36,6 +37,12 @@ struct GatherTarget {
   const data::DeviceCohort* resident = nullptr;
   DType dtype = DType::F32;
 };
+
+// A note naming how many cases cannot fill a bag of spec.instances slabs (fewer slab positions hold brain), so
+// that their bags are padded with zero slabs: the MIL head masks those, but in training they take part in the
+// encoder's batch-norm statistics. Empty when every case fills its bag, and under `all` sampling (whose bags are
+// padded to the batch's widest by design, for evaluation, where batch norm uses its running statistics).
+std::string padded_bags_note(const std::vector<data::CaseVolume>& cases, const BagSpec& spec);
 
 // The bags of `case_indices` (one bag per case); `seeds[b]` drives bag b's instance draw and
 // augmentation, so a bag is a function of its seed alone.

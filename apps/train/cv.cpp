@@ -143,6 +143,10 @@ data::PreprocessedCohort prepare_cohort(const RunConfig& config, const fs::path&
   }
   logging::line(fmt::format("{} cases ({} from the cache, {} preprocessed), {} skipped", cohort.cases.size(),
                             cohort.cache_hits, cohort.cache_builds, skipped.size()));
+  if (writer && !cohort.cases.empty()) {
+    const std::string padded = padded_bags_note(cohort.cases, training_bag_spec(config, cohort.cases.front().grid));
+    if (!padded.empty()) logging::line(padded);
+  }
   // Written once per run: the fold processes of a scheduled or resumed run find it there and hash nothing.
   if (writer && !run_dir.empty() && !fs::exists(run_dir / "inputs.json")) {
     const auto start = std::chrono::steady_clock::now();

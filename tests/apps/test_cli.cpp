@@ -45,7 +45,7 @@ TEST_CASE("usage errors exit with status 2 and one line on stderr naming the pro
        "dsmil export: --format: onnx not in {safetensors}"},
       {{"export", DSMIL_SOURCE_DIR "/README.md"}, "dsmil export: --format is required"},
       {{"export", "missing.ckpt", "--format", "safetensors"},
-       "dsmil export: checkpoint: File does not exist: missing.ckpt"},
+       "dsmil export: checkpoint: Path does not exist: missing.ckpt"},
       {{}, "subcommand"},
       {{"tran"}, "dsmil: unknown subcommand 'tran' (did you mean train?)"},
       {{"tarin", "--fold", "1"}, "dsmil: unknown subcommand 'tarin' (did you mean train?)"},

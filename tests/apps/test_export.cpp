@@ -1,7 +1,8 @@
 // `dsmil export` from the binary on the CPU: the safetensors file it writes is read back here by a parser of
 // the format's own (u64 length, JSON header, raw bytes), independent of the writer, and every tensor's name,
 // dtype, shape and bytes are checked against the checkpoint (conv weights transposed from [out, kD, kH, kW, in]
-// to [out, in, kD, kH, kW]), as are the metadata. Its usage errors are tested with the others' in test_cli.cpp.
+// to [out, in, kD, kH, kW]), as are the metadata; a fold directory exports the model its fold.json chose. Its
+// usage errors are tested with the others' in test_cli.cpp.
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -14,6 +15,7 @@
 #include <nlohmann/json.hpp>
 
 #include "apps/provenance.h"
+#include "apps/report/run_dir.h"
 #include "apps/train/config.h"
 #include "mil/dual_stream.h"
 #include "nn/checkpoint.h"
@@ -242,4 +244,44 @@ TEST_CASE("dsmil export of a file that is not a checkpoint fails with status 1 n
   CHECK(run.err.rfind("dsmil: error: ", 0) == 0);
   CHECK(contains(run.err, "notes.ckpt"));
   CHECK_FALSE(fs::exists(dir / "notes.safetensors"));
+}
+
+TEST_CASE("dsmil export of a fold directory writes the model its fold.json chose, and says when a file is not it") {
+  const fs::path fold_dir = test::scratch("export_fold") / "fold_1";
+  fs::create_directories(fold_dir);
+  const app::RunConfig config = small_config();
+  const fs::path raw = write_checkpoint(fold_dir / "best.ckpt", config, true);
+  const fs::path ema = write_checkpoint(fold_dir / "best_ema.ckpt", config, true);
+  report::FoldInfo info;
+  info.fold = 1;
+  info.best_epoch = 7;
+  info.chosen_model = "ema";
+  info.monitor = "auc";
+  info.threshold_method = "youden";
+  info.protocol = "nested";
+  report::write_fold_json(fold_dir / "fold.json", info);
+  const std::string choice =
+      "fold 1's chosen model: best_ema.ckpt (ema model of epoch 7, " + (fold_dir / "fold.json").string() + ")";
+
+  const test::Finished from_dir = run_dsmil({"export", fold_dir.string(), "--format", "safetensors"});
+  CAPTURE(from_dir.out);
+  CAPTURE(from_dir.err);
+  REQUIRE(from_dir.status == 0);
+  CHECK(contains(from_dir.out, choice));
+  const SafetensorsFile file = read_safetensors(fold_dir / "best_ema.safetensors");
+  check_tensors(file, nn::load_checkpoint(ema.string()));
+  CHECK(file.metadata.at("fold_choice") == choice);
+  CHECK_FALSE(fs::exists(fold_dir / "best.safetensors"));
+
+  const test::Finished from_raw = run_dsmil({"export", raw.string(), "--format", "safetensors"});
+  CAPTURE(from_raw.out);
+  REQUIRE(from_raw.status == 0);
+  CHECK(contains(from_raw.out, "not " + choice));
+  check_tensors(read_safetensors(fold_dir / "best.safetensors"), nn::load_checkpoint(raw.string()));
+
+  const fs::path unfinished = test::scratch("export_fold") / "fold_2";
+  fs::create_directories(unfinished);
+  const test::Finished from_unfinished = run_dsmil({"export", unfinished.string(), "--format", "safetensors"});
+  CHECK(from_unfinished.status == 1);
+  CHECK(contains(from_unfinished.err, "holds no fold.json"));
 }

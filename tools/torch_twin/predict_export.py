@@ -1,8 +1,9 @@
-# Runs a model written by `dsmil export CHECKPOINT --format safetensors` in PyTorch, as a PyTorch user would: the
-# twin's DualStreamMIL (twin.py) built from the file's __metadata__, its tensors loaded with the safetensors package
-# (the state_dict names and PyTorch layouts the file holds), and p(HGG) of each case computed the way `dsmil predict`
-# and `dsmil eval` do (apps/train/trainer.cpp predict_cases): one bag of the case's eval_instances `fixed` slabs of
-# the preprocessed grid, no augmentation, evaluation mode (batch norm on its running statistics), p = softmax(y)[1].
+# Runs a model written by `dsmil export FOLD_DIR|CHECKPOINT --format safetensors` in PyTorch, as a PyTorch user
+# would: the twin's DualStreamMIL (twin.py) built from the file's __metadata__, its tensors loaded with the
+# safetensors package (the state_dict names and PyTorch layouts the file holds), and p(HGG) of each case computed
+# the way `dsmil predict` and `dsmil eval` do (apps/train/trainer.cpp predict_cases): one bag of the case's
+# eval_instances `fixed` slabs of the preprocessed grid, no augmentation, evaluation mode (batch norm on its running
+# statistics), p = softmax(y)[1].
 # The cases are dsmil's preprocessed cache entries (`dsmil preprocess --index`), read and gathered by train.py.
 """Usage:
   predict_export.py MODEL.safetensors --index index.csv [--cases ID,ID,...] [--device cpu|cuda]
