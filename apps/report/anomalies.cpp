@@ -81,11 +81,14 @@ void attention_collapse(const FoldEvaluation& f, const std::string& scope, const
                         std::vector<Anomaly>& out) {
   if (!f.attention) return;
   const AttentionTail& t = *f.attention;
-  if (t.top1 > rules.max_attention_top1 || t.neff < rules.min_attention_neff)
-    out.push_back({AnomalyKind::attention_collapse, scope,
-                   fmt::format("over the last {} epochs: mean top-1 weight {:.3f}, mean effective instances {:.2f}, "
-                               "normalised entropy {:.3f}",
-                               t.epochs, t.top1, t.neff, t.entropy_norm)});
+  const bool concentrated = t.top1 > rules.max_attention_top1 || t.neff < rules.min_attention_neff;
+  // Attention concentrated on the lesion is what a MIL head is for; concentrated elsewhere, or where no
+  // segmentation tells, it is the seed's collapse onto arbitrary slabs.
+  if (!concentrated || (t.tumour_mass && *t.tumour_mass >= rules.min_attention_tumour_mass)) return;
+  out.push_back({AnomalyKind::attention_collapse, scope,
+                 fmt::format("over the last {} epochs: mean top-1 weight {:.3f}, mean effective instances {:.2f}, "
+                             "normalised entropy {:.3f}{}",
+                             t.epochs, t.top1, t.neff, t.entropy_norm, tumour_attention_text(t))});
 }
 
 void miscalibration(const FoldEvaluation& f, const std::string& scope, const AnomalyRules& rules,
@@ -172,13 +175,14 @@ std::string rules_text(const AnomalyRules& r) {
       "- **overfitting**: at the final epoch val loss − train loss > {:.2f}, or the final val loss is more than "
       "{:.0f}% above its minimum (val = the chosen model's validation record).\n"
       "- **attention collapse**: over the last {} epochs with attention diagnostics, mean top-1 attention weight "
-      "> {:.2f} or mean effective number of instances 1/Σa² < {:.2f}.\n"
+      "> {:.2f} or mean effective number of instances 1/Σa² < {:.2f}, unless tumour segmentations show at least "
+      "{:.2f} of the attention weight on slabs holding tumour (attention on the lesion is localisation).\n"
       "- **miscalibration**: test ECE ({} equal-width bins) > {:.2f}.\n"
       "- **fold spread**: sample std over folds of F1 or balanced accuracy (calibrated threshold) > {:.2f}.\n"
       "- **optimistic protocol**: the run selected checkpoints/thresholds on the test folds (`select_on_test`).\n",
       r.min_class_recall, r.high_auc, r.low_f1, r.low_balanced_accuracy, r.min_train_auc, r.max_final_loss_gap,
-      100.0 * r.max_val_loss_rise, kAttentionTailEpochs, r.max_attention_top1, r.min_attention_neff, kEceBins,
-      r.max_ece, r.max_fold_std);
+      100.0 * r.max_val_loss_rise, kAttentionTailEpochs, r.max_attention_top1, r.min_attention_neff,
+      r.min_attention_tumour_mass, kEceBins, r.max_ece, r.max_fold_std);
 }
 
 std::map<AnomalyKind, std::set<std::string>> scopes_by_kind(const std::vector<Anomaly>& anomalies) {

@@ -15,17 +15,18 @@ namespace dsmil::report {
 
 // Limits of the rules; AUDIT.md prints them with the findings (`rules_text`).
 struct AnomalyRules {
-  double min_class_recall = 0.2;       // class collapse: a class recall below this
-  double high_auc = 0.85;              // high AUC with low F1: AUC at least this …
-  double low_f1 = 0.7;                 // … and F1 below this
-  double low_balanced_accuracy = 0.7;  // … or balanced accuracy below this
-  double min_train_auc = 0.7;          // no learning: no epoch's training AUC reached this
-  double max_final_loss_gap = 0.15;    // overfitting: val − train loss at the final epoch above this
-  double max_val_loss_rise = 0.20;     // overfitting: final val loss above (1 + this) × its minimum
-  double max_attention_top1 = 0.9;     // attention collapse: mean top-1 weight above this …
-  double min_attention_neff = 1.5;     // … or mean effective number of instances below this
-  double max_ece = 0.15;               // miscalibration: test ECE above this
-  double max_fold_std = 0.10;          // fold spread: sample std over folds of F1 or bal. acc. above this
+  double min_class_recall = 0.2;           // class collapse: a class recall below this
+  double high_auc = 0.85;                  // high AUC with low F1: AUC at least this …
+  double low_f1 = 0.7;                     // … and F1 below this
+  double low_balanced_accuracy = 0.7;      // … or balanced accuracy below this
+  double min_train_auc = 0.7;              // no learning: no epoch's training AUC reached this
+  double max_final_loss_gap = 0.15;        // overfitting: val − train loss at the final epoch above this
+  double max_val_loss_rise = 0.20;         // overfitting: final val loss above (1 + this) × its minimum
+  double max_attention_top1 = 0.9;         // attention collapse: mean top-1 weight above this …
+  double min_attention_neff = 1.5;         // … or mean effective number of instances below this, unless …
+  double min_attention_tumour_mass = 0.8;  // … this much of the weight lies on slabs holding tumour
+  double max_ece = 0.15;                   // miscalibration: test ECE above this
+  double max_fold_std = 0.10;              // fold spread: sample std over folds of F1 or bal. acc. above this
 };
 
 enum class AnomalyKind {

@@ -207,8 +207,9 @@ std::string fold_section(Printer& p, const FoldEvaluation& f, size_t index, int 
   if (f.attention)
     s += fmt::format(
         "- **Attention** (mean of the last {} epochs): top-1 weight {:.3f}, effective instances {:.2f}, "
-        "entropy / log n {:.3f}\n",
-        f.attention->epochs, f.attention->top1, f.attention->neff, f.attention->entropy_norm);
+        "entropy / log n {:.3f}{}\n",
+        f.attention->epochs, f.attention->top1, f.attention->neff, f.attention->entropy_norm,
+        tumour_attention_text(*f.attention));
   else
     s += "- **Attention:** not logged\n";
 

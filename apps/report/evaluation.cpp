@@ -63,17 +63,29 @@ Stability stability_of(const std::vector<EpochRecord>& history, const FoldInfo& 
 
 std::optional<AttentionTail> attention_tail_of(const std::vector<EpochRecord>& history) {
   AttentionTail t;
+  double tumour_mass = 0, tumour_slab_share = 0;
+  bool tumour_logged = true;
   for (auto e = history.rbegin(); e != history.rend() && t.epochs < kAttentionTailEpochs; ++e) {
     if (!e->attention) continue;
-    t.top1 += e->attention->top1;
-    t.neff += e->attention->neff;
-    t.entropy_norm += e->attention->entropy_norm;
+    const AttentionRecord& a = *e->attention;
+    t.top1 += a.top1;
+    t.neff += a.neff;
+    t.entropy_norm += a.entropy_norm;
+    tumour_logged = tumour_logged && a.attention_tumour_mass && a.tumour_slab_share;
+    if (tumour_logged) {
+      tumour_mass += *a.attention_tumour_mass;
+      tumour_slab_share += *a.tumour_slab_share;
+    }
     t.epochs++;
   }
   if (t.epochs == 0) return std::nullopt;
   t.top1 /= t.epochs;
   t.neff /= t.epochs;
   t.entropy_norm /= t.epochs;
+  if (tumour_logged) {
+    t.tumour_mass = tumour_mass / t.epochs;
+    t.tumour_slab_share = tumour_slab_share / t.epochs;
+  }
   return t;
 }
 
@@ -203,7 +215,9 @@ json attention_json(const std::optional<AttentionTail>& t) {
   return {{"epochs", t->epochs},
           {"top1", number_json(t->top1)},
           {"neff", number_json(t->neff)},
-          {"entropy_norm", number_json(t->entropy_norm)}};
+          {"entropy_norm", number_json(t->entropy_norm)},
+          {"tumour_mass", t->tumour_mass ? number_json(*t->tumour_mass) : json(nullptr)},
+          {"tumour_slab_share", t->tumour_slab_share ? number_json(*t->tumour_slab_share) : json(nullptr)}};
 }
 
 json fold_json(const FoldEvaluation& f) {
@@ -233,6 +247,12 @@ json fold_json(const FoldEvaluation& f) {
 }
 
 }  // namespace
+
+std::string tumour_attention_text(const AttentionTail& t) {
+  if (!t.tumour_mass || !t.tumour_slab_share) return "";
+  return fmt::format("; {:.3f} of the weight on slabs holding tumour ({:.3f} under uniform attention)", *t.tumour_mass,
+                     *t.tumour_slab_share);
+}
 
 std::string fold_label(const FoldInfo& info, int n_repeats) {
   return n_repeats > 1 ? fmt::format("repeat {} fold {}", info.repeat, info.fold) : fmt::format("fold {}", info.fold);

@@ -32,6 +32,9 @@ struct Stability {
 struct AttentionTail {
   int epochs = 0;
   double top1 = 0, neff = 0, entropy_norm = 0;
+  // Means over the same epochs where each of them logged them (tumour segmentations exist): the attention weight
+  // on slabs holding tumour, and the share of slabs holding tumour.
+  std::optional<double> tumour_mass, tumour_slab_share;
 };
 
 struct FoldEvaluation {
@@ -65,6 +68,10 @@ struct CvEvaluation {
 };
 
 inline constexpr int kAttentionTailEpochs = 5;
+
+// "; 0.920 of the weight on slabs holding tumour (0.400 under uniform attention)" where the tail has those means,
+// else empty.
+std::string tumour_attention_text(const AttentionTail& t);
 
 CvEvaluation evaluate(const RunData& run);
 

@@ -89,8 +89,10 @@ AttentionRecord attention_record(const json& object, const std::string& where) {
   a.confidence_p10 = number_or_nan(confidence, "p10", confidence_where);
   a.confidence_p50 = number_or_nan(confidence, "p50", confidence_where);
   a.confidence_p90 = number_or_nan(confidence, "p90", confidence_where);
-  if (object.contains("critical_tumour_share") && !object.at("critical_tumour_share").is_null())
-    a.critical_tumour_share = number_or_nan(object, "critical_tumour_share", where);
+  for (auto [key, value] : {std::pair{"critical_tumour_share", &a.critical_tumour_share},
+                            std::pair{"attention_tumour_mass", &a.attention_tumour_mass},
+                            std::pair{"tumour_slab_share", &a.tumour_slab_share}})
+    if (object.contains(key) && !object.at(key).is_null()) *value = number_or_nan(object, key, where);
   return a;
 }
 

@@ -45,6 +45,9 @@ struct AttentionRecord {
   double entropy = 0, entropy_norm = 0, top1 = 0, neff = 0;
   double confidence_mean = 0, confidence_p10 = 0, confidence_p50 = 0, confidence_p90 = 0;
   std::optional<double> critical_tumour_share;
+  // Where tumour segmentations exist: the attention weight on slabs holding tumour, and the share of a bag's slabs
+  // holding tumour (what uniform attention would put there), each a mean over the bags.
+  std::optional<double> attention_tumour_mass, tumour_slab_share;
 };
 
 // One line of fold_k/metrics.jsonl.

@@ -50,6 +50,7 @@ json attention_diagnostics(const std::vector<CasePrediction>& preds, const std::
   double entropy = 0, entropy_norm = 0, top1 = 0, neff = 0;
   std::vector<double> confidence;
   int tumour_bags = 0, bags_with_seg = 0;
+  double tumour_mass = 0, tumour_slab_share = 0;
   for (const CasePrediction& p : preds) {
     entropy += p.entropy;
     entropy_norm += p.attention.size() > 1 ? p.entropy / std::log(static_cast<double>(p.attention.size())) : 0.0;
@@ -61,6 +62,13 @@ json attention_diagnostics(const std::vector<CasePrediction>& preds, const std::
     if (c.has_seg()) {
       ++bags_with_seg;
       tumour_bags += data::slab_holds_tumour(c, p.starts[critical], slab_depth);
+      int tumour_slabs = 0;
+      for (size_t i = 0; i < p.starts.size(); ++i)
+        if (data::slab_holds_tumour(c, p.starts[i], slab_depth)) {
+          ++tumour_slabs;
+          tumour_mass += p.attention[i];
+        }
+      tumour_slab_share += static_cast<double>(tumour_slabs) / static_cast<double>(p.starts.size());
     }
   }
   const double n = static_cast<double>(preds.size());
@@ -68,14 +76,16 @@ json attention_diagnostics(const std::vector<CasePrediction>& preds, const std::
   auto quantile = [&](double q) { return confidence[static_cast<size_t>(q * (confidence.size() - 1) + 0.5)]; };
   double mean_conf = 0;
   for (double v : confidence) mean_conf += v / n;
-  return {{"entropy", entropy / n},
-          {"entropy_norm", entropy_norm / n},
-          {"top1", top1 / n},
-          {"neff", neff / n},
-          {"selection_confidence",
-           {{"mean", mean_conf}, {"p10", quantile(0.1)}, {"p50", quantile(0.5)}, {"p90", quantile(0.9)}}},
-          {"critical_tumour_share",
-           bags_with_seg ? json(static_cast<double>(tumour_bags) / bags_with_seg) : json(nullptr)}};
+  return {
+      {"entropy", entropy / n},
+      {"entropy_norm", entropy_norm / n},
+      {"top1", top1 / n},
+      {"neff", neff / n},
+      {"selection_confidence",
+       {{"mean", mean_conf}, {"p10", quantile(0.1)}, {"p50", quantile(0.5)}, {"p90", quantile(0.9)}}},
+      {"critical_tumour_share", bags_with_seg ? json(static_cast<double>(tumour_bags) / bags_with_seg) : json(nullptr)},
+      {"attention_tumour_mass", bags_with_seg ? json(tumour_mass / bags_with_seg) : json(nullptr)},
+      {"tumour_slab_share", bags_with_seg ? json(tumour_slab_share / bags_with_seg) : json(nullptr)}};
 }
 
 double logit_spread(const std::vector<CasePrediction>& preds) {

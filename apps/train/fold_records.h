@@ -17,8 +17,9 @@ namespace dsmil::app {
 // training loss (`class_weights[label]`).
 nlohmann::json validation_metrics(const std::vector<CasePrediction>& preds, const float* class_weights);
 
-// The attention's entropy, top-1 weight, effective instance number, the critical instance's confidence and how
-// often it lies in tumour (cases with a segmentation): the record's "attention".
+// The attention's entropy, top-1 weight, effective instance number, the critical instance's confidence, and over
+// the cases with a segmentation how often the critical instance lies in tumour, the attention weight on slabs
+// holding tumour and the share of such slabs in a bag: the record's "attention".
 nlohmann::json attention_diagnostics(const std::vector<CasePrediction>& preds,
                                      const std::vector<data::CaseVolume>& cohort, int slab_depth);
 

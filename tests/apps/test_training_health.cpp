@@ -1,10 +1,11 @@
-// Training health (apps/train/health.h) and the learning-rate range test's suggestion (apps/train/lr_find.h):
-// the figures follow from their definitions on hand-made inputs, the warning fires when and only when
-// training is flat after warm-up and names what it sees, and the suggestion is the minimum of the smoothed
-// loss away from the ends of the range.
+// Training health (apps/train/health.h), the attention record (apps/train/fold_records.h) and the learning-rate
+// range test's suggestion (apps/train/lr_find.h): the figures follow from their definitions on hand-made inputs,
+// the warning fires when and only when training is flat after warm-up and names what it sees, and the suggestion
+// is the minimum of the smoothed loss away from the ends of the range.
 #include <cmath>
 #include <string>
 
+#include "apps/train/fold_records.h"
 #include "apps/train/health.h"
 #include "apps/train/lr_find.h"
 #include "tests/test_util.h"
@@ -103,6 +104,44 @@ TEST_CASE("the flat-training warning: only after warm-up plus three epochs, only
       app::flat_training_warning(6, config, {{"auc", 0.55}, {"recall_hgg", 0.6}, {"recall_lgg", 0.45}}, healthy);
   CAPTURE(plain);
   CHECK(plain.find("show nothing abnormal") != std::string::npos);
+}
+
+TEST_CASE("the attention record: weight on slabs holding tumour and their share, over the cases with a segmentation") {
+  const std::vector<uint8_t> seg_voxel{1};
+  const auto case_volume = [&](std::vector<uint8_t> tumour_slices, bool with_seg) {
+    data::CaseVolume c;
+    c.grid = {8, 1, 1};
+    c.slice_has_tumour = std::move(tumour_slices);
+    if (with_seg) c.seg = seg_voxel;
+    return c;
+  };
+  const std::vector<data::CaseVolume> cohort{case_volume({0, 0, 0, 1, 1, 0, 0, 0}, true),
+                                             case_volume({0, 0, 0, 1, 1, 0, 0, 0}, false),
+                                             case_volume({1, 0, 0, 0, 0, 0, 0, 0}, true)};
+  const auto prediction = [](int index, std::vector<int> starts, std::vector<float> attention,
+                             std::vector<float> selection) {
+    app::CasePrediction p;
+    p.case_index = index;
+    p.starts = std::move(starts);
+    p.attention = std::move(attention);
+    p.selection = std::move(selection);
+    p.margins.assign(p.starts.size(), 0.5f);
+    return p;
+  };
+  // Slabs of 2 slices. Case 0: slabs at 2 and 4 hold tumour (share 0.5), weight 0.6 + 0.2 on them, the critical
+  // instance (start 2) in tumour. Case 1 has no segmentation and is left out. Case 2: the slab at 0 holds tumour
+  // (share 0.5), weight 0.3 on it, the critical instance (start 4) outside.
+  const std::vector<app::CasePrediction> preds{prediction(0, {0, 2, 4, 6}, {0.1f, 0.6f, 0.2f, 0.1f}, {0, 1, 0, 0}),
+                                               prediction(1, {0, 2, 4, 6}, {1, 0, 0, 0}, {1, 0, 0, 0}),
+                                               prediction(2, {0, 4}, {0.3f, 0.7f}, {0, 1})};
+  const json record = app::attention_diagnostics(preds, cohort, 2);
+  CHECK(record.at("attention_tumour_mass").get<double>() == doctest::Approx((0.8 + 0.3) / 2));
+  CHECK(record.at("tumour_slab_share").get<double>() == doctest::Approx(0.5));
+  CHECK(record.at("critical_tumour_share").get<double>() == doctest::Approx(0.5));
+
+  const json without_seg = app::attention_diagnostics({preds[1]}, cohort, 2);
+  CHECK(without_seg.at("attention_tumour_mass").is_null());
+  CHECK(without_seg.at("tumour_slab_share").is_null());
 }
 
 TEST_CASE("lr-find suggests the learning rate of the lowest smoothed loss, away from the ends of the range") {

@@ -68,6 +68,8 @@ struct EpochSpec {
   double train_loss = 0.5, val_loss = 0.5, val_auc = 0.8;
   double top1 = 0.3, neff = 4.0, entropy_norm = 0.8;
   double train_auc = 0.9;
+  // Attention weight on slabs holding tumour and their share of a bag's slabs; NaN: no segmentation (null).
+  double tumour_mass = NAN, tumour_slab_share = NAN;
 };
 
 struct FoldSpec {
@@ -113,7 +115,9 @@ inline void write_fold(const fs::path& fold_dir, const FoldSpec& f) {
                 {"top1", s.top1},
                 {"neff", s.neff},
                 {"selection_confidence", {{"mean", 0.7}, {"p10", 0.5}, {"p50", 0.7}, {"p90", 0.9}}},
-                {"critical_tumour_share", nullptr}}},
+                {"critical_tumour_share", nullptr},
+                {"attention_tumour_mass", nan_as_null(s.tumour_mass)},
+                {"tumour_slab_share", nan_as_null(s.tumour_slab_share)}}},
               {"throughput_bags_per_s", 12.5},
               {"epoch_time_s", 3.0}};
     metrics << line.dump() << "\n";

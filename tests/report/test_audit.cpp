@@ -360,6 +360,37 @@ TEST_CASE("seed-like failures fire their rules and healthy folds stay clean") {
   CHECK(md.find("class collapse** in 1/5 folds: fold 1") != std::string::npos);
 }
 
+TEST_CASE("concentrated attention is a collapse unless segmentations show it on the tumour") {
+  TempDir tmp;
+  auto rng = fresh_rng();
+  std::vector<FoldSpec> folds = healthy_folds(rng);
+  // Every fold's attention sits on about one instance in its last epochs; fold 1's on slabs holding tumour, fold
+  // 2's mostly elsewhere, fold 0 without segmentations.
+  for (FoldSpec& f : folds)
+    for (size_t e = 5; e < f.epochs.size(); ++e) f.epochs[e].top1 = 0.95, f.epochs[e].neff = 1.1;
+  for (size_t e = 0; e < folds[1].epochs.size(); ++e)
+    folds[1].epochs[e].tumour_mass = 0.92, folds[1].epochs[e].tumour_slab_share = 0.4;
+  for (size_t e = 0; e < folds[2].epochs.size(); ++e)
+    folds[2].epochs[e].tumour_mass = 0.35, folds[2].epochs[e].tumour_slab_share = 0.4;
+  const fs::path run = tmp.path / "concentrated";
+  const std::string md = audited_md(run, folds);
+
+  const json s = read_json(run / "cv_summary.json");
+  const auto found = anomaly_set(s);
+  using P = std::pair<std::string, std::string>;
+  CHECK(found.contains(P{"attention collapse", "fold 0"}));
+  CHECK_FALSE(found.contains(P{"attention collapse", "fold 1"}));
+  CHECK(found.contains(P{"attention collapse", "fold 2"}));
+  CHECK(s["folds"][1]["attention_last_epochs"]["tumour_mass"].get<double>() == doctest::Approx(0.92));
+  CHECK(s["folds"][1]["attention_last_epochs"]["tumour_slab_share"].get<double>() == doctest::Approx(0.4));
+  CHECK(s["folds"][0]["attention_last_epochs"]["tumour_mass"].is_null());
+  CHECK(md.find("effective instances 1.10, entropy / log n 0.800; 0.920 of the weight on slabs holding tumour (0.400 "
+                "under uniform attention)") != std::string::npos);
+  CHECK(md.find("normalised entropy 0.800; 0.350 of the weight on slabs holding tumour (0.400 under uniform "
+                "attention)") != std::string::npos);
+  CHECK(md.find("unless tumour segmentations show at least 0.80 of the attention weight") != std::string::npos);
+}
+
 TEST_CASE("a tampered number written by the training loop is caught and fails the audit") {
   TempDir tmp;
   auto rng = fresh_rng();
