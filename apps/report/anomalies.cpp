@@ -95,7 +95,8 @@ void miscalibration(const FoldEvaluation& f, const std::string& scope, const Ano
                     std::vector<Anomaly>& out) {
   if (f.ece > rules.max_ece)
     out.push_back({AnomalyKind::miscalibration, scope,
-                   fmt::format("test ECE {:.4f} > {:.2f} (Brier {:.4f})", f.ece, rules.max_ece, f.brier)});
+                   fmt::format("test ECE {:.4f} > {:.2f} (Brier {:.4f}); {}", f.ece, rules.max_ece, f.brier,
+                               calibration_shape_text(f.calibration))});
 }
 
 void fold_spread(const CvEvaluation& cv, const AnomalyRules& rules, std::vector<Anomaly>& out) {

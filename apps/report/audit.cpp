@@ -306,9 +306,10 @@ std::string anomaly_section(Printer& p, const std::vector<Anomaly>& anomalies, c
   return s + "\n";
 }
 
-std::string recommendation_section(const std::vector<Anomaly>& anomalies, const RunSettings& settings) {
+std::string recommendation_section(const std::vector<Anomaly>& anomalies, const RunSettings& settings,
+                                   const CvEvaluation& cv) {
   std::string s = "## 4. Recommendations\n\n";
-  const auto recommendations = recommendations_for(anomalies, settings);
+  const auto recommendations = recommendations_for(anomalies, settings, calibration_findings(anomalies, cv));
   if (recommendations.empty()) return s + "No anomaly to act on.\n\n";
   s += settings.config_read
            ? fmt::format(
@@ -546,7 +547,7 @@ AuditResult run_audit(const AuditOptions& options) {
   for (size_t i = 0; i < cv.folds.size(); ++i) body += fold_section(printer, cv.folds[i], i, cv.n_repeats, anomalies);
   body += cv_section(printer, cv);
   body += anomaly_section(printer, anomalies, options.rules);
-  body += recommendation_section(anomalies, read_run_settings(options.inputs, run));
+  body += recommendation_section(anomalies, read_run_settings(options.inputs, run), cv);
 
   fs::create_directories(options.out_dir);
   AuditResult result;

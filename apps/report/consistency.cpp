@@ -82,7 +82,17 @@ Flat put_metrics(RecomputedValues& out, const std::string& prefix, const std::ve
   out[prefix + "/auc_ci95/0"] = a.lo;
   out[prefix + "/auc_ci95/1"] = a.hi;
   long n_hgg = 0;
-  for (const auto* r : rows) n_hgg += r->label;
+  double sum_p = 0;
+  for (const auto* r : rows) {
+    n_hgg += r->label;
+    sum_p += r->p_hgg;
+  }
+  const double n = static_cast<double>(rows.size());
+  const CalibrationShape fit = calibration_shape(s.labels, s.p_hgg);
+  out[prefix + "/calibration/mean_p_hgg"] = sum_p / n;
+  out[prefix + "/calibration/hgg_share"] = static_cast<double>(n_hgg) / n;
+  out[prefix + "/calibration/slope"] = fit.slope;
+  out[prefix + "/calibration/intercept"] = fit.intercept;
   out[prefix + "/n_hgg"] = static_cast<double>(n_hgg);
   out[prefix + "/n_lgg"] = static_cast<double>(rows.size()) - static_cast<double>(n_hgg);
 

@@ -99,6 +99,7 @@ FoldEvaluation evaluate_fold(const FoldData& fold) {
   f.auc = auc_delong(test.labels, test.p_hgg);
   f.brier = brier(test.labels, test.p_hgg);
   f.ece = ece(test.labels, test.p_hgg);
+  f.calibration = calibration_shape(test.labels, test.p_hgg);
   f.at_calibrated = threshold_metrics(test.labels, test.p_hgg, fold.info.threshold);
   f.at_half = threshold_metrics(test.labels, test.p_hgg, 0.5);
   if (!fold.history.empty()) f.stability = stability_of(fold.history, fold.info);
@@ -130,6 +131,7 @@ PooledEvaluation evaluate_pooled(const RunData& run, const std::vector<FoldEvalu
   p.auc = auc_delong(labels, p_hgg);
   p.brier = brier(labels, p_hgg);
   p.ece = ece(labels, p_hgg);
+  p.calibration = calibration_shape(labels, p_hgg);
   p.at_calibrated = metrics_of_confusion(calibrated, kNaN);
   p.at_half = threshold_metrics(labels, p_hgg, 0.5);
   return p;
@@ -147,12 +149,17 @@ json threshold_metrics_json(const ThresholdMetrics& m) {
   return j;
 }
 
-json auc_members(json j, const AucInterval& auc, double brier_score, double ece_score) {
+json auc_members(json j, const AucInterval& auc, double brier_score, double ece_score,
+                 const CalibrationShape& calibration) {
   j["auc"] = number_json(auc.auc);
   j["auc_se"] = number_json(auc.se);
   j["auc_ci95"] = json::array({number_json(auc.lo), number_json(auc.hi)});
   j["brier"] = number_json(brier_score);
   j["ece"] = number_json(ece_score);
+  j["calibration"] = {{"mean_p_hgg", number_json(calibration.mean_p_hgg)},
+                      {"hgg_share", number_json(calibration.hgg_share)},
+                      {"slope", number_json(calibration.slope)},
+                      {"intercept", number_json(calibration.intercept)}};
   return j;
 }
 
@@ -239,7 +246,7 @@ json fold_json(const FoldEvaluation& f) {
          {"n_test", i.n_test},
          {"n_hgg", f.n_hgg},
          {"n_lgg", f.n_lgg}};
-  j = auc_members(std::move(j), f.auc, f.brier, f.ece);
+  j = auc_members(std::move(j), f.auc, f.brier, f.ece, f.calibration);
   j["at_threshold"] = at_threshold_json(f.at_calibrated, f.at_half);
   j["stability"] = stability_json(f.stability);
   j["attention_last_epochs"] = attention_json(f.attention);
@@ -252,6 +259,19 @@ std::string tumour_attention_text(const AttentionTail& t) {
   if (!t.tumour_mass || !t.tumour_slab_share) return "";
   return fmt::format("; {:.3f} of the weight on slabs holding tumour ({:.3f} under uniform attention)", *t.tumour_mass,
                      *t.tumour_slab_share);
+}
+
+std::string_view confidence_direction(const CalibrationShape& c) {
+  if (std::isnan(c.slope)) return "slope not estimable";
+  if (c.slope < 1.0 / kSlopeBand) return "over-confident";
+  if (c.slope > kSlopeBand) return "under-confident";
+  return "neither over- nor under-confident";
+}
+
+std::string calibration_shape_text(const CalibrationShape& c) {
+  return fmt::format(
+      "mean p(HGG) {:.3f} against an HGG share of {:.3f}; calibration slope {:.2f}, intercept {:.2f}: {}", c.mean_p_hgg,
+      c.hgg_share, c.slope, c.intercept, confidence_direction(c));
 }
 
 std::string fold_label(const FoldInfo& info, int n_repeats) {
@@ -336,7 +356,7 @@ json summary_json(const CvEvaluation& cv, const std::vector<std::string>& inputs
   std::vector<MetricValues> pooled_values, repeat_fold_means;
   for (const auto& p : cv.pooled) {
     json entry{{"repeat", p.repeat}, {"n", p.n}, {"n_hgg", p.n_hgg}, {"n_lgg", p.n_lgg}};
-    entry = auc_members(std::move(entry), p.auc, p.brier, p.ece);
+    entry = auc_members(std::move(entry), p.auc, p.brier, p.ece, p.calibration);
     entry["at_threshold"] = at_threshold_json(p.at_calibrated, p.at_half);
     j["pooled"].push_back(entry);
     pooled_values.push_back(metric_values(p.auc, p.brier, p.ece, p.at_calibrated, p.at_half));

@@ -5,6 +5,7 @@
 
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -43,6 +44,7 @@ struct FoldEvaluation {
   long n_hgg = 0, n_lgg = 0;  // test rows of each class
   AucInterval auc;
   double brier = 0, ece = 0;
+  CalibrationShape calibration;
   ThresholdMetrics at_calibrated;          // at fold.json's threshold
   ThresholdMetrics at_half;                // at 0.5
   std::optional<Stability> stability;      // absent when metrics.jsonl is empty
@@ -55,6 +57,7 @@ struct PooledEvaluation {
   long n = 0, n_hgg = 0, n_lgg = 0;
   AucInterval auc;
   double brier = 0, ece = 0;
+  CalibrationShape calibration;
   ThresholdMetrics at_calibrated;  // threshold field NaN: each fold's own
   ThresholdMetrics at_half;
 };
@@ -72,6 +75,16 @@ inline constexpr int kAttentionTailEpochs = 5;
 // "; 0.920 of the weight on slabs holding tumour (0.400 under uniform attention)" where the tail has those means,
 // else empty.
 std::string tumour_attention_text(const AttentionTail& t);
+
+// A calibration slope within [1 / this, this] counts as neither over- nor under-confident.
+inline constexpr double kSlopeBand = 1.25;
+// A mean p(HGG) further than this from the HGG share is a shift worth naming.
+inline constexpr double kShiftBand = 0.05;
+// "over-confident" (slope below 1 / kSlopeBand), "under-confident" (above kSlopeBand), "neither over- nor
+// under-confident", or "slope not estimable".
+std::string_view confidence_direction(const CalibrationShape& c);
+// "mean p(HGG) 0.487 against an HGG share of 0.740; calibration slope 1.93, intercept 1.52: under-confident".
+std::string calibration_shape_text(const CalibrationShape& c);
 
 CvEvaluation evaluate(const RunData& run);
 

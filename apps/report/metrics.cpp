@@ -198,6 +198,63 @@ std::vector<ReliabilityBin> reliability_bins(std::span<const int> labels, std::s
   return out;
 }
 
+CalibrationShape calibration_shape(std::span<const int> labels, std::span<const double> p_hgg) {
+  if (labels.empty()) return {kNaN, kNaN, kNaN, kNaN};
+  CalibrationShape s;
+  std::vector<double> logits(labels.size());
+  for (size_t i = 0; i < labels.size(); ++i) {
+    s.mean_p_hgg += p_hgg[i];
+    s.hgg_share += labels[i];
+    const double p = std::clamp(p_hgg[i], 1e-9, 1.0 - 1e-9);
+    logits[i] = std::log(p / (1.0 - p));
+  }
+  const double n = static_cast<double>(labels.size());
+  s.mean_p_hgg /= n;
+  s.hgg_share /= n;
+  // Newton's method on the log-likelihood of y ~ sigmoid(intercept + slope * logit(p)) from (0, 0), the usual
+  // start of logistic regression, with the step halved while it lowers the likelihood.
+  const auto log_likelihood = [&](double a, double b) {
+    double sum = 0;
+    for (size_t i = 0; i < labels.size(); ++i) {
+      const double eta = a + b * logits[i];
+      sum += (labels[i] == 1 ? eta : 0.0) - (eta > 0 ? eta + std::log1p(std::exp(-eta)) : std::log1p(std::exp(eta)));
+    }
+    return sum;
+  };
+  double a = 0, b = 0, current = log_likelihood(a, b);
+  s.intercept = s.slope = kNaN;
+  for (int iteration = 0; iteration < 100; ++iteration) {
+    double ga = 0, gb = 0, haa = 0, hab = 0, hbb = 0;
+    for (size_t i = 0; i < labels.size(); ++i) {
+      const double q = 1.0 / (1.0 + std::exp(-(a + b * logits[i]))), w = q * (1.0 - q), r = labels[i] - q;
+      ga += r;
+      gb += r * logits[i];
+      haa += w;
+      hab += w * logits[i];
+      hbb += w * logits[i] * logits[i];
+    }
+    const double det = haa * hbb - hab * hab;
+    if (!(det > 1e-12 * haa * hbb)) return s;
+    double da = (hbb * ga - hab * gb) / det, db = (haa * gb - hab * ga) / det;
+    double next = log_likelihood(a + da, b + db);
+    for (int halving = 0; halving < 30 && !(next >= current); ++halving) {
+      da /= 2;
+      db /= 2;
+      next = log_likelihood(a + da, b + db);
+    }
+    a += da;
+    b += db;
+    current = next;
+    if (!std::isfinite(a) || !std::isfinite(b) || std::abs(b) > 1e3) return s;
+    if (std::abs(da) + std::abs(db) < 1e-10) {
+      s.intercept = a;
+      s.slope = b;
+      return s;
+    }
+  }
+  return s;
+}
+
 double ece(std::span<const int> labels, std::span<const double> p_hgg, int bins) {
   if (labels.empty()) return kNaN;
   double sum = 0;

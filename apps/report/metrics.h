@@ -85,6 +85,16 @@ std::vector<ReliabilityBin> reliability_bins(std::span<const int> labels, std::s
 // ECE = Σ_bins (count / n) |mean p − HGG frequency| over the reliability bins above.
 double ece(std::span<const int> labels, std::span<const double> p_hgg, int bins = kEceBins);
 
+// What kind of miscalibration, as clinical prediction models report it: calibration-in-the-large (the mean p(HGG)
+// against the share of HGG cases: a shift of the whole scale, as class weights and a class-balancing sampler
+// cause) and the calibration slope and intercept, the logistic regression of the label on logit(p) (Cox 1958): a
+// slope below 1 means p(HGG) is too extreme (over-confident), above 1 too timid (under-confident). Slope and
+// intercept are NaN where the fit has no finite optimum (p separates the classes) or there are no rows.
+struct CalibrationShape {
+  double mean_p_hgg = 0, hgg_share = 0, slope = 0, intercept = 0;
+};
+CalibrationShape calibration_shape(std::span<const int> labels, std::span<const double> p_hgg);
+
 // ROC curve from (fpr, tpr) = (0, 0) to (1, 1), one point per distinct probability (tied cases move
 // together, which gives the diagonal steps that the half-credit AUC integrates); `threshold` is the
 // probability at which the point is reached (+inf for the origin).

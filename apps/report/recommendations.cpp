@@ -11,6 +11,12 @@ namespace {
 
 using Actions = std::vector<std::string>;
 
+// What the advice is written against: the run's settings, and how its miscalibrated folds err.
+struct Context {
+  const RunSettings& settings;
+  const CalibrationFindings& calibration;
+};
+
 // The learning rate that trains the default model on the synthetic cohort, where 3e-4 does not
 // (notes/RESULTS-CV.md, round 1 of tuning).
 constexpr double kTrainingLr = 1e-4;
@@ -83,13 +89,14 @@ void add_class_balance(Actions& actions, const RunSettings& s) {
                                   current("loss.class_weights", s.class_weights)));
 }
 
-Actions optimistic_actions(const RunSettings&) {
+Actions optimistic_actions(const Context&) {
   return {
       "Rerun with the nested protocol (default; drop `--select-on-test`): the inner validation split chooses "
       "checkpoint and threshold, the outer fold is predicted once."};
 }
 
-Actions class_collapse_actions(const RunSettings& s) {
+Actions class_collapse_actions(const Context& c) {
+  const RunSettings& s = c.settings;
   Actions a;
   add_class_balance(a, s);
   add_use(a, missing_loss_shaping(s));
@@ -123,7 +130,8 @@ std::string learning_rate_action(const RunSettings& s) {
       current("train.lr", s.lr));
 }
 
-Actions no_learning_actions(const RunSettings& s) {
+Actions no_learning_actions(const Context& c) {
+  const RunSettings& s = c.settings;
   Actions a{
       "Read the fold's training-health warning (above, and `health` in metrics.jsonl): a validation logit spread "
       "near 0 is a model that gives every bag one output, which a learning rate above the usable range causes.",
@@ -144,7 +152,8 @@ Actions no_learning_actions(const RunSettings& s) {
   return a;
 }
 
-Actions threshold_actions(const RunSettings& s) {
+Actions threshold_actions(const Context& c) {
+  const RunSettings& s = c.settings;
   Actions a;
   if (!calibrated(s))
     a.push_back(
@@ -166,23 +175,49 @@ Actions threshold_actions(const RunSettings& s) {
   return a;
 }
 
-Actions miscalibration_actions(const RunSettings& s) {
+Actions miscalibration_actions(const Context& c) {
+  const RunSettings& s = c.settings;
+  const CalibrationFindings& k = c.calibration;
   Actions a;
   if (!calibrated(s))
     a.push_back(fmt::format("Calibrate the threshold on the inner validation split ({}).",
                             current("train.threshold", s.threshold_method)));
-  const std::vector<std::string> loss = missing_loss_shaping(s);
-  if (!loss.empty())
-    a.push_back("Consider " + joined(loss) + ", which temper over-confident outputs.");
-  else
-    a.push_back(
-        "The run's label smoothing and focal loss pull p(HGG) toward 0.5 by design: read the scores as a "
-        "ranking, not as probabilities.");
+  if (k.under_confident > 0)
+    a.push_back(fmt::format(
+        "In {} of the {} miscalibrated folds p(HGG) is under-confident (calibration slope above {}): label smoothing "
+        "and focal loss pull p(HGG) further toward 0.5, so they are not the remedy.",
+        k.under_confident, k.folds, kSlopeBand));
+  if (k.over_confident > 0) {
+    const std::vector<std::string> loss = missing_loss_shaping(s);
+    a.push_back(loss.empty() ? fmt::format("In {} of the {} miscalibrated folds p(HGG) is over-confident (calibration "
+                                           "slope below {}) although the run's label smoothing and focal loss pull it "
+                                           "toward 0.5.",
+                                           k.over_confident, k.folds, 1.0 / kSlopeBand)
+                             : fmt::format("In {} of the {} miscalibrated folds p(HGG) is over-confident (calibration "
+                                           "slope below {}): consider {}, which temper over-confident outputs.",
+                                           k.over_confident, k.folds, 1.0 / kSlopeBand, joined(loss)));
+  }
+  if (std::abs(k.mean_shift) > kShiftBand) {
+    std::vector<std::string> balancing;
+    if (is(s.class_weights, "balanced")) balancing.push_back("balanced class weights");
+    if (is(s.case_sampling, "weighted") || is(s.case_sampling, "balanced"))
+      balancing.push_back(fmt::format("the {} case sampler", *s.case_sampling));
+    a.push_back(fmt::format(
+        "Mean p(HGG) lies {:.2f} {} the HGG share over these folds: a shift of the whole scale{}. A threshold "
+        "calibrated on the inner validation split absorbs it; recalibrate p(HGG) there (Platt scaling) before "
+        "reading it as a probability.",
+        std::abs(k.mean_shift), k.mean_shift < 0 ? "below" : "above",
+        balancing.empty() ? std::string()
+                          : fmt::format(", as training with {} gives (they weigh the classes equally, so p(HGG) "
+                                        "fits equal classes rather than this cohort's share)",
+                                        joined(balancing))));
+  }
   a.push_back("Inspect the reliability diagram (plots/reliability.svg) before using the scores clinically.");
   return a;
 }
 
-Actions overfitting_actions(const RunSettings& s) {
+Actions overfitting_actions(const Context& c) {
+  const RunSettings& s = c.settings;
   std::vector<std::string> remedies = missing_head_regularisers(s);
   if (!(s.instances && *s.instances <= 16))
     remedies.push_back(s.instances ? fmt::format("smaller bags (`train.instances` {} → 16)", *s.instances)
@@ -201,7 +236,8 @@ Actions overfitting_actions(const RunSettings& s) {
   return a;
 }
 
-Actions attention_actions(const RunSettings& s) {
+Actions attention_actions(const Context& c) {
+  const RunSettings& s = c.settings;
   std::vector<std::string> head = missing_head_regularisers(s);
   if (!is(s.attention, "gated"))
     head.push_back(fmt::format("`gated` attention ({})", current("model.attention", s.attention)));
@@ -216,7 +252,8 @@ Actions attention_actions(const RunSettings& s) {
   return a;
 }
 
-Actions fold_spread_actions(const RunSettings& s) {
+Actions fold_spread_actions(const Context& c) {
+  const RunSettings& s = c.settings;
   Actions a;
   if (s.repeats == 1)
     a.push_back("Repeated CV (`--repeats R`) to see the spread between seeds next to the spread between folds.");
@@ -232,7 +269,7 @@ Actions fold_spread_actions(const RunSettings& s) {
 struct CatalogueEntry {
   AnomalyKind kind;
   const char* title;
-  Actions (*actions)(const RunSettings&);
+  Actions (*actions)(const Context&);
 };
 
 // Most urgent first: results that cannot be trusted as measured, then a model that decides nothing.
@@ -249,12 +286,31 @@ constexpr CatalogueEntry kCatalogue[] = {
 
 }  // namespace
 
-std::vector<Recommendation> recommendations_for(const std::vector<Anomaly>& anomalies, const RunSettings& settings) {
+CalibrationFindings calibration_findings(const std::vector<Anomaly>& anomalies, const CvEvaluation& cv) {
+  CalibrationFindings k;
+  for (const FoldEvaluation& f : cv.folds) {
+    const std::string scope = fold_label(f.info, cv.n_repeats);
+    if (std::none_of(anomalies.begin(), anomalies.end(),
+                     [&](const Anomaly& a) { return a.kind == AnomalyKind::miscalibration && a.scope == scope; }))
+      continue;
+    ++k.folds;
+    const std::string_view direction = confidence_direction(f.calibration);
+    k.over_confident += direction == "over-confident";
+    k.under_confident += direction == "under-confident";
+    k.mean_shift += f.calibration.mean_p_hgg - f.calibration.hgg_share;
+  }
+  if (k.folds > 0) k.mean_shift /= k.folds;
+  return k;
+}
+
+std::vector<Recommendation> recommendations_for(const std::vector<Anomaly>& anomalies, const RunSettings& settings,
+                                                const CalibrationFindings& calibration) {
   std::set<AnomalyKind> found;
   for (const auto& a : anomalies) found.insert(a.kind);
+  const Context context{settings, calibration};
   std::vector<Recommendation> out;
   for (const auto& entry : kCatalogue)
-    if (found.contains(entry.kind)) out.push_back({entry.kind, entry.title, entry.actions(settings)});
+    if (found.contains(entry.kind)) out.push_back({entry.kind, entry.title, entry.actions(context)});
   return out;
 }
 

@@ -391,6 +391,48 @@ TEST_CASE("concentrated attention is a collapse unless segmentations show it on 
   CHECK(md.find("unless tumour segmentations show at least 0.80 of the attention weight") != std::string::npos);
 }
 
+TEST_CASE("miscalibration is described by its calibration slope and shift, and the advice follows their direction") {
+  TempDir tmp;
+  auto rng = fresh_rng();
+  std::vector<FoldSpec> folds = healthy_folds(rng);
+  // Two levels of p(HGG) per fold, ten cases each, so that the logistic recalibration fits the observed HGG rates
+  // exactly: slope = (logit(rate_hi) - logit(rate_lo)) / (logit(p_hi) - logit(p_lo)).
+  const auto two_levels = [](FoldSpec& f, double p_lo, int hgg_lo, double p_hi, int hgg_hi) {
+    f.test_labels.clear();
+    f.test_p.clear();
+    for (const auto [p, hgg] : {std::pair{p_lo, hgg_lo}, std::pair{p_hi, hgg_hi}})
+      for (int i = 0; i < 10; ++i) {
+        f.test_labels.push_back(i < hgg ? 1 : 0);
+        f.test_p.push_back(p);
+      }
+  };
+  const auto logit = [](double p) { return std::log(p / (1.0 - p)); };
+  two_levels(folds[0], 0.4, 1, 0.6, 9);    // timid: slope 2 logit(0.9) / (2 logit(0.6)) = 5.42
+  two_levels(folds[1], 0.05, 3, 0.95, 7);  // too extreme: slope logit(0.7) / logit(0.95) = 0.29
+  two_levels(folds[2], 0.2, 5, 0.5, 8);    // shifted: slope 1, intercept logit(0.8), mean p 0.35 against 0.65
+  const fs::path run = tmp.path / "calibration";
+  const std::string md = audited_md(run, folds);
+
+  const json s = read_json(run / "cv_summary.json");
+  CHECK(s["folds"][0]["calibration"]["slope"].get<double>() == doctest::Approx(logit(0.9) / logit(0.6)));
+  CHECK(s["folds"][1]["calibration"]["slope"].get<double>() == doctest::Approx(logit(0.7) / logit(0.95)));
+  CHECK(s["folds"][2]["calibration"]["slope"].get<double>() == doctest::Approx(1.0));
+  CHECK(s["folds"][2]["calibration"]["intercept"].get<double>() == doctest::Approx(logit(0.8)));
+  CHECK(s["folds"][2]["calibration"]["mean_p_hgg"].get<double>() == doctest::Approx(0.35));
+  CHECK(s["folds"][2]["calibration"]["hgg_share"].get<double>() == doctest::Approx(0.65));
+  CHECK(md.find("calibration slope 5.42, intercept 0.00: under-confident") != std::string::npos);
+  CHECK(md.find("calibration slope 0.29, intercept 0.00: over-confident") != std::string::npos);
+  CHECK(md.find("mean p(HGG) 0.350 against an HGG share of 0.650; calibration slope 1.00, intercept 1.39: neither") !=
+        std::string::npos);
+  CHECK(md.find("In 1 of the 3 miscalibrated folds p(HGG) is under-confident (calibration slope above 1.25): label "
+                "smoothing and focal loss pull p(HGG) further toward 0.5, so they are not the remedy.") !=
+        std::string::npos);
+  CHECK(md.find("In 1 of the 3 miscalibrated folds p(HGG) is over-confident (calibration slope below 0.8)") !=
+        std::string::npos);
+  CHECK(md.find("Mean p(HGG) lies 0.10 below the HGG share over these folds: a shift of the whole scale.") !=
+        std::string::npos);
+}
+
 TEST_CASE("a tampered number written by the training loop is caught and fails the audit") {
   TempDir tmp;
   auto rng = fresh_rng();

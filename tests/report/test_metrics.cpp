@@ -163,6 +163,38 @@ TEST_CASE("Brier, reliability bins and ECE match a hand computation") {
   CHECK(ece(y, p) == doctest::Approx((0.05 + 0.85 + 3 * std::abs(2.87 / 3 - 2.0 / 3)) / 5).epsilon(kEps));
 }
 
+TEST_CASE("the calibration slope and intercept recover the recalibration that made the labels") {
+  std::mt19937 rng(std::random_device{}());
+  std::uniform_real_distribution<double> logit(-3.0, 3.0), uniform(0.0, 1.0);
+  // p(HGG) whose truth is sigmoid(intercept + slope * logit(p)): slope 0.5 makes p twice as extreme as the truth
+  // (over-confident), slope 2 half as extreme (under-confident).
+  for (const auto [intercept, slope] : {std::pair{0.0, 1.0}, std::pair{0.8, 0.5}, std::pair{-0.5, 2.0}}) {
+    CAPTURE(intercept);
+    CAPTURE(slope);
+    std::vector<int> labels;
+    std::vector<double> p;
+    for (int i = 0; i < 40000; ++i) {
+      const double z = logit(rng);
+      p.push_back(1.0 / (1.0 + std::exp(-z)));
+      labels.push_back(uniform(rng) < 1.0 / (1.0 + std::exp(-(intercept + slope * z))) ? 1 : 0);
+    }
+    const CalibrationShape c = calibration_shape(labels, p);
+    CHECK(c.slope == doctest::Approx(slope).epsilon(0.08));
+    CHECK(c.intercept == doctest::Approx(intercept).epsilon(0.1).scale(1.0));
+    double share = 0, mean_p = 0;
+    for (size_t i = 0; i < p.size(); ++i) share += labels[i], mean_p += p[i];
+    CHECK(c.hgg_share == doctest::Approx(share / p.size()));
+    CHECK(c.mean_p_hgg == doctest::Approx(mean_p / p.size()));
+  }
+  // p separates the classes: the likelihood grows without bound in the slope, so there is no estimate.
+  const CalibrationShape separated =
+      calibration_shape(std::vector<int>{0, 0, 1, 1}, std::vector<double>{0.1, 0.2, 0.3, 0.4});
+  CHECK(std::isnan(separated.slope));
+  CHECK(std::isnan(separated.intercept));
+  CHECK(separated.hgg_share == 0.5);
+  CHECK(std::isnan(calibration_shape(std::vector<int>{}, std::vector<double>{}).mean_p_hgg));
+}
+
 TEST_CASE("ROC points step over tied groups and their trapezoid area is the AUC") {
   const std::vector<int> y{1, 1, 1, 0, 0};
   const std::vector<double> p{0.8, 0.5, 0.5, 0.5, 0.2};
