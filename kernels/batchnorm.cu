@@ -1,65 +1,71 @@
-// Batch normalisation over x[rows, C] (rows = N*D*H*W, channels-last): per-channel sums in fp64 over row
-// chunks (one 32-channel x 8-row tile per chunk), totalled by one warp per channel; then elementwise normalisation.
+// Batch normalisation over x[rows, C] (rows = N*D*H*W, channels-last): per-channel sums in fp64 over row chunks
+// (a block of channel groups per chunk), totalled by one warp per channel; then elementwise normalisation.
 #include <cuda_bf16.h>
 
 #include "kernels/batchnorm.h"
+#include "kernels/channel_groups.cuh"
 #include "kernels/common.cuh"
-#include "kernels/vector_access.cuh"
 
 namespace dsmil::kernels {
 
 namespace {
 
-constexpr int kRowLanes = 8;
-// Blocks of the statistics pass, whatever the device, so that the summation order is fixed by the shape.
-constexpr int64_t kStatisticsBlocks = 512;
-
-int64_t channel_tiles(int64_t channels) { return (channels + 31) / 32; }
-
-int64_t chunk_count(int64_t rows, int64_t channels) {
-  const int64_t by_blocks = kStatisticsBlocks / channel_tiles(channels);
-  const int64_t by_rows = (rows + kRowLanes - 1) / kRowLanes;
-  const int64_t chunks = by_blocks < by_rows ? by_blocks : by_rows;
-  return chunks < 1 ? 1 : chunks;
-}
-
 // What the statistics pass sums per channel: (x, x^2) forward; (dy, dy * xhat) backward.
 enum class Moments { Forward, Backward };
 
-// grid (channel tiles, chunks), block (32, kRowLanes). scratch[(chunk * 2 + k) * C + c].
-template <Moments moments, typename T>
-__global__ void partial_sums_kernel(const T* __restrict__ a, const T* __restrict__ x, const float* __restrict__ mean,
-                                    const float* __restrict__ invstd, int64_t rows, int64_t channels,
-                                    int64_t chunk_rows, double* __restrict__ scratch) {
-  __shared__ double lane_sums[2][kRowLanes][32];
-  const int64_t c = blockIdx.x * 32 + threadIdx.x;
-  const int64_t begin = blockIdx.y * chunk_rows;
-  const int64_t end = begin + chunk_rows < rows ? begin + chunk_rows : rows;
-  double first = 0.0, second = 0.0;
-  if (c < channels) {
-    if constexpr (moments == Moments::Forward) {
-      for (int64_t r = begin + threadIdx.y; r < end; r += kRowLanes) {
-        const double v = to_float(a[r * channels + c]);
-        first += v;
-        second += v * v;
+// grid (group tiles, chunks), block channel_layout(C, V): per channel, each thread sums every ty-th row of its
+// chunk in row order (kRowsInFlight rows loaded at a time), then the block's ty lanes are added in lane order,
+// into scratch[(chunk * 2 + k) * C + c]. One channel and one row a thread (a 2-byte load in flight in bf16) took
+// 49% of the copy bandwidth on the stem's [64,4,64,64,64] (kernels/README.md). The forward sums take at most 64
+// registers a thread (ptxas: 12 bytes spilled in bf16), so that four blocks fit an SM and the kReductionBlocks
+// blocks run in one wave on an H100 or H200 (132 SMs); the backward's (the plain batch norm's, on small tensors)
+// spill ~150 bytes under that bound and keep their 128.
+template <Moments moments, typename T, int V>
+__global__ void __launch_bounds__(kThreads, moments == Moments::Forward ? 4 : 1)
+    partial_sums_kernel(const T* __restrict__ a, const T* __restrict__ x, const float* __restrict__ mean,
+                        const float* __restrict__ invstd, int64_t rows, int64_t channels, int64_t chunk_rows,
+                        double* __restrict__ scratch) {
+  __shared__ double lane_sums[kThreads];
+  const int64_t c0 = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) * V;
+  const bool owns_channels = c0 < channels;
+  double first[V] = {}, second[V] = {};
+  if (owns_channels) {
+    float centre[V] = {}, inv[V] = {};
+    if constexpr (moments == Moments::Backward) {
+#pragma unroll
+      for (int k = 0; k < V; ++k) {
+        centre[k] = mean[c0 + k];
+        inv[k] = invstd[c0 + k];
       }
-    } else {
-      const float m = mean[c], s = invstd[c];
-      for (int64_t r = begin + threadIdx.y; r < end; r += kRowLanes) {
-        const double g = to_float(a[r * channels + c]);
-        first += g;
-        second += g * static_cast<double>((to_float(x[r * channels + c]) - m) * s);
+    }
+    const int64_t begin = blockIdx.y * chunk_rows;
+    const int64_t end = begin + chunk_rows < rows ? begin + chunk_rows : rows;
+    const int64_t step = blockDim.y;
+    for (int64_t row = begin + threadIdx.y; row < end; row += kRowsInFlight * step) {
+      float va[kRowsInFlight][V], vx[kRowsInFlight][V];
+#pragma unroll
+      for (int u = 0; u < kRowsInFlight; ++u) {
+        if (row + u * step >= end) continue;
+        load_channels<T, V>(a + (row + u * step) * channels + c0, va[u]);
+        if constexpr (moments == Moments::Backward) load_channels<T, V>(x + (row + u * step) * channels + c0, vx[u]);
+      }
+#pragma unroll
+      for (int u = 0; u < kRowsInFlight; ++u) {
+        if (row + u * step >= end) continue;
+#pragma unroll
+        for (int k = 0; k < V; ++k) {
+          const double v = va[u][k];
+          first[k] += v;
+          if constexpr (moments == Moments::Forward)
+            second[k] += v * v;
+          else
+            second[k] += v * static_cast<double>((vx[u][k] - centre[k]) * inv[k]);
+        }
       }
     }
   }
-  lane_sums[0][threadIdx.y][threadIdx.x] = first;
-  lane_sums[1][threadIdx.y][threadIdx.x] = second;
-  __syncthreads();
-  if (threadIdx.y < 2 && c < channels) {
-    double total = 0.0;
-    for (int lane = 0; lane < kRowLanes; ++lane) total += lane_sums[threadIdx.y][lane][threadIdx.x];
-    scratch[(blockIdx.y * 2 + threadIdx.y) * channels + c] = total;
-  }
+  block_column_totals<V>(first, owns_channels, c0, lane_sums, scratch + (blockIdx.y * int64_t(2)) * channels);
+  block_column_totals<V>(second, owns_channels, c0, lane_sums, scratch + (blockIdx.y * int64_t(2) + 1) * channels);
 }
 
 // The per-channel totals of the two moments over the chunks, for finalize kernels run by one warp per
@@ -133,13 +139,10 @@ __global__ void backward_data_kernel(const T* __restrict__ dy, const T* __restri
   }
 }
 
-// Rows each thread of the eval kernel loads before it stores: 2 x 16 bytes in flight per thread.
-constexpr int kEvalRowsInFlight = 2;
-
 // y = x scale + shift with scale = gamma / sqrt(var + eps) and shift = beta - mean scale (the CPU twin's
-// form), kept in registers for the thread's V consecutive channels (c0 = group * V). Block (tx, ty): tx
-// channel groups of one row side by side (a warp reads contiguous memory), ty rows; grid (group tiles, row
-// blocks); each step of a thread's row-stride loop loads kEvalRowsInFlight rows, then converts and stores them.
+// form), kept in registers for the thread's V consecutive channels; grid (group tiles, row blocks), block
+// channel_layout(C, V); each step of a thread's row-stride loop loads kRowsInFlight rows, then converts and
+// stores them.
 template <typename T, int V>
 __global__ void eval_normalize_kernel(const T* __restrict__ x, const float* __restrict__ gamma,
                                       const float* __restrict__ beta, const float* __restrict__ mean,
@@ -154,34 +157,35 @@ __global__ void eval_normalize_kernel(const T* __restrict__ x, const float* __re
     shift[k] = beta[c0 + k] - mean[c0 + k] * scale[k];
   }
   const int64_t stride = int64_t(gridDim.y) * blockDim.y;
-  for (int64_t first = blockIdx.y * int64_t(blockDim.y) + threadIdx.y; first < rows;
-       first += kEvalRowsInFlight * stride) {
-    float v[kEvalRowsInFlight][V];
+  for (int64_t first = blockIdx.y * int64_t(blockDim.y) + threadIdx.y; first < rows; first += kRowsInFlight * stride) {
+    float v[kRowsInFlight][V];
 #pragma unroll
-    for (int u = 0; u < kEvalRowsInFlight; ++u)
-      if (first + u * stride < rows) load_floats<T, V>(x + (first + u * stride) * channels + c0, v[u]);
+    for (int u = 0; u < kRowsInFlight; ++u)
+      if (first + u * stride < rows) load_channels<T, V>(x + (first + u * stride) * channels + c0, v[u]);
 #pragma unroll
-    for (int u = 0; u < kEvalRowsInFlight; ++u) {
+    for (int u = 0; u < kRowsInFlight; ++u) {
       if (first + u * stride >= rows) continue;
 #pragma unroll
       for (int k = 0; k < V; ++k) v[u][k] = fmaf(v[u][k], scale[k], shift[k]);
-      store_floats<T, V>(y + (first + u * stride) * channels + c0, v[u]);
+      store_channels<T, V>(y + (first + u * stride) * channels + c0, v[u]);
     }
   }
 }
 
-template <typename T, int V>
-cudaError_t launch_eval_normalize(const T* x, const float* gamma, const float* beta, const float* mean,
-                                  const float* var, float eps, int64_t rows, int64_t channels, T* y,
-                                  cudaStream_t stream) {
-  const int64_t groups = channels / V;
-  const unsigned tx = static_cast<unsigned>(groups < 32 ? groups : 32), ty = kThreads / tx;
-  const int64_t group_tiles = (groups + tx - 1) / tx;
-  const int64_t needed = (rows + int64_t(ty) * kEvalRowsInFlight - 1) / (int64_t(ty) * kEvalRowsInFlight);
-  const int64_t cap = kMaxBlocks / group_tiles > 1 ? kMaxBlocks / group_tiles : 1;
-  const dim3 grid(static_cast<unsigned>(group_tiles), static_cast<unsigned>(needed < cap ? needed : cap));
-  eval_normalize_kernel<T, V><<<grid, dim3(tx, ty), 0, stream>>>(x, gamma, beta, mean, var, eps, rows, channels, y);
-  return cudaGetLastError();
+// The partial sums of `moments` over every chunk of rows into scratch; returns the chunk count in `chunks`.
+template <Moments moments, typename T>
+cudaError_t launch_partial_sums(const T* a, const T* x, const float* mean, const float* invstd, int64_t rows,
+                                int64_t channels, double* scratch, int64_t& chunks, cudaStream_t stream) {
+  return with_channel_width<T>(channel_width<T>(channels, {a, x}), [&](auto width) {
+    constexpr int V = decltype(width)::value;
+    const ChannelLayout layout = channel_layout(channels, V);
+    chunks = row_chunks(rows, layout);
+    const int64_t chunk_rows = (rows + chunks - 1) / chunks;
+    partial_sums_kernel<moments, T, V>
+        <<<dim3(layout.group_tiles, static_cast<unsigned>(chunks)), layout.block, 0, stream>>>(
+            a, x, mean, invstd, rows, channels, chunk_rows, scratch);
+    return cudaGetLastError();
+  });
 }
 
 // Blocks for one warp per channel.
@@ -191,19 +195,20 @@ unsigned channel_warp_blocks(int64_t channels) {
 
 }  // namespace
 
-int64_t batchnorm_scratch_size(int64_t rows, int64_t channels) { return chunk_count(rows, channels) * 2 * channels; }
+int64_t batchnorm_scratch_size(int64_t rows, int64_t channels) {
+  return row_chunk_capacity(rows, channels) * 2 * channels;
+}
 
 template <typename T>
 cudaError_t batchnorm_statistics(const T* x, float* running_mean, float* running_var, float momentum, float eps,
                                  int64_t rows, int64_t channels, float* save_mean, float* save_invstd, double* scratch,
                                  cudaStream_t stream) {
   if (channels == 0) return cudaSuccess;
-  const int64_t chunks = chunk_count(rows, channels);
-  const int64_t chunk_rows = (rows + chunks - 1) / chunks;
-  const dim3 grid(static_cast<unsigned>(channel_tiles(channels)), static_cast<unsigned>(chunks));
-  partial_sums_kernel<Moments::Forward, T>
-      <<<grid, dim3(32, kRowLanes), 0, stream>>>(x, nullptr, nullptr, nullptr, rows, channels, chunk_rows, scratch);
-  if (const cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
+  int64_t chunks = 0;
+  if (const cudaError_t e = launch_partial_sums<Moments::Forward, T>(x, nullptr, nullptr, nullptr, rows, channels,
+                                                                     scratch, chunks, stream);
+      e != cudaSuccess)
+    return e;
   finalize_train_kernel<<<channel_warp_blocks(channels), kThreads, 0, stream>>>(
       scratch, chunks, rows, channels, momentum, eps, running_mean, running_var, save_mean, save_invstd);
   return cudaGetLastError();
@@ -230,10 +235,14 @@ cudaError_t batchnorm_forward_eval(const T* x, const float* gamma, const float* 
                                    const float* running_var, float eps, int64_t rows, int64_t channels, T* y,
                                    cudaStream_t stream) {
   if (rows == 0 || channels == 0) return cudaSuccess;
-  constexpr int kWide = kVectorWidth<T>;
-  if (channels % kWide == 0 && vector_aligned({x, y}))
-    return launch_eval_normalize<T, kWide>(x, gamma, beta, running_mean, running_var, eps, rows, channels, y, stream);
-  return launch_eval_normalize<T, 1>(x, gamma, beta, running_mean, running_var, eps, rows, channels, y, stream);
+  return with_channel_width<T>(channel_width<T>(channels, {x, y}), [&](auto width) {
+    constexpr int V = decltype(width)::value;
+    const ChannelLayout layout = channel_layout(channels, V);
+    const dim3 grid(layout.group_tiles, row_blocks((rows + kRowsInFlight - 1) / kRowsInFlight, layout));
+    eval_normalize_kernel<T, V>
+        <<<grid, layout.block, 0, stream>>>(x, gamma, beta, running_mean, running_var, eps, rows, channels, y);
+    return cudaGetLastError();
+  });
 }
 
 template <typename T>
@@ -241,12 +250,11 @@ cudaError_t batchnorm_backward(const T* dy, const T* x, const float* gamma, cons
                                const float* save_invstd, int64_t rows, int64_t channels, T* dx, float* dgamma,
                                float* dbeta, double* scratch, cudaStream_t stream) {
   if (channels == 0) return cudaSuccess;
-  const int64_t chunks = chunk_count(rows, channels);
-  const int64_t chunk_rows = (rows + chunks - 1) / chunks;
-  const dim3 grid(static_cast<unsigned>(channel_tiles(channels)), static_cast<unsigned>(chunks));
-  partial_sums_kernel<Moments::Backward, T>
-      <<<grid, dim3(32, kRowLanes), 0, stream>>>(dy, x, save_mean, save_invstd, rows, channels, chunk_rows, scratch);
-  if (const cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
+  int64_t chunks = 0;
+  if (const cudaError_t e = launch_partial_sums<Moments::Backward, T>(dy, x, save_mean, save_invstd, rows, channels,
+                                                                      scratch, chunks, stream);
+      e != cudaSuccess)
+    return e;
   finalize_backward_kernel<<<channel_warp_blocks(channels), kThreads, 0, stream>>>(scratch, chunks, channels, dgamma,
                                                                                    dbeta);
   if (const cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;

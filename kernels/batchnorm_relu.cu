@@ -4,41 +4,15 @@
 #include <cuda_bf16.h>
 
 #include <cstdint>
-#include <initializer_list>
-#include <type_traits>
 
 #include "kernels/batchnorm.h"
 #include "kernels/batchnorm_relu.h"
+#include "kernels/channel_groups.cuh"
 #include "kernels/common.cuh"
 
 namespace dsmil::kernels {
 
 namespace {
-
-// Blocks of the backward sums, whatever the device, so that the summation order is fixed by the shape
-// (and the vector width, which is the widest for the pool's aligned buffers).
-constexpr int64_t kReductionBlocks = 512;
-
-// V consecutive channels of one row, moved by one aligned load or store of sizeof(T) * V bytes.
-template <typename T, int V>
-struct alignas(sizeof(T) * V) Pack {
-  T v[V];
-};
-
-template <typename T, int V>
-__device__ __forceinline__ void load(const T* p, float (&out)[V]) {
-  const Pack<T, V> pack = *reinterpret_cast<const Pack<T, V>*>(p);
-#pragma unroll
-  for (int k = 0; k < V; ++k) out[k] = to_float(pack.v[k]);
-}
-
-template <typename T, int V>
-__device__ __forceinline__ void store(T* p, const float (&in)[V]) {
-  Pack<T, V> pack;
-#pragma unroll
-  for (int k = 0; k < V; ++k) pack.v[k] = from_float<T>(in[k]);
-  *reinterpret_cast<Pack<T, V>*>(p) = pack;
-}
 
 __device__ __forceinline__ float relu_mask(float grad, float out) { return out > 0.0f ? grad : 0.0f; }
 
@@ -52,58 +26,7 @@ __device__ __forceinline__ float sample_factor(const SampleFactor& factor, int64
   return factor.values ? factor.values[row / factor.rows_per_sample] : 1.0f;
 }
 
-// Every kernel below gives each thread one group of V consecutive channels (c0 = group * V) and walks rows:
-// block (tx, ty) puts tx groups of one row side by side, so that a warp reads contiguous memory, and ty
-// rows above each other; grid.x tiles the groups, grid.y the rows.
-struct Layout {
-  dim3 block;
-  unsigned group_tiles;
-};
-
-Layout layout_for(int64_t channels, int width) {
-  const int64_t groups = channels / width;
-  const unsigned tx = static_cast<unsigned>(groups < 32 ? groups : 32);
-  return {dim3(tx, kThreads / tx), static_cast<unsigned>((groups + tx - 1) / tx)};
-}
-
-// Row blocks of the grid-stride passes: enough to cover the rows, at most a few waves.
-unsigned row_blocks(int64_t rows, const Layout& layout) {
-  const int64_t needed = (rows + layout.block.y - 1) / layout.block.y;
-  const int64_t cap = kMaxBlocks / layout.group_tiles;
-  const int64_t blocks = needed < cap ? needed : cap;
-  return static_cast<unsigned>(blocks < 1 ? 1 : blocks);
-}
-
-// Row chunks of the backward sums (one block row each).
-int64_t reduction_chunks(int64_t rows, const Layout& layout) {
-  const int64_t by_blocks = kReductionBlocks / layout.group_tiles;
-  const int64_t by_rows = (rows + layout.block.y - 1) / layout.block.y;
-  const int64_t chunks = by_blocks < by_rows ? by_blocks : by_rows;
-  return chunks < 1 ? 1 : chunks;
-}
-
-// The most chunks any vector width gives: the partial sums' share of the scratch.
-int64_t chunk_capacity(int64_t rows) { return rows < 1 ? 1 : (rows < kReductionBlocks ? rows : kReductionBlocks); }
-
-// Widest V (16 bytes, else 8, else one element) that divides C with every pointer aligned to V elements.
-template <typename T>
-int vector_width(int64_t channels, std::initializer_list<const void*> pointers) {
-  for (const int width : {static_cast<int>(16 / sizeof(T)), static_cast<int>(8 / sizeof(T))}) {
-    bool fits = channels % width == 0;
-    for (const void* p : pointers) fits = fits && reinterpret_cast<uintptr_t>(p) % (width * sizeof(T)) == 0;
-    if (fits) return width;
-  }
-  return 1;
-}
-
-// Calls launch(std::integral_constant<int, V>) for the width chosen by vector_width.
-template <typename T, typename F>
-cudaError_t with_width(int width, F&& launch) {
-  constexpr int kWide = 16 / sizeof(T), kNarrow = 8 / sizeof(T);
-  if (width == kWide) return launch(std::integral_constant<int, kWide>{});
-  if (width == kNarrow) return launch(std::integral_constant<int, kNarrow>{});
-  return launch(std::integral_constant<int, 1>{});
-}
+// Every kernel below gives each thread one group of V consecutive channels and walks rows (kernels/channel_groups.cuh).
 
 // y = max(s[n] ((x - mean) gamma invstd + beta) + r, 0); invstd null: 1 / sqrt(var + eps).
 template <typename T, int V>
@@ -126,15 +49,15 @@ __global__ void forward_kernel(const T* __restrict__ x, const T* __restrict__ re
        row += int64_t(gridDim.y) * blockDim.y) {
     const int64_t at = row * channels + c0;
     float v[V], added[V] = {};
-    load<T, V>(x + at, v);
-    if (residual) load<T, V>(residual + at, added);
+    load_channels<T, V>(x + at, v);
+    if (residual) load_channels<T, V>(residual + at, added);
     const float s = sample_factor(factor, row);
 #pragma unroll
     for (int k = 0; k < V; ++k) {
       const float out = s * normalised(v[k], centre[k], scale[k], shift[k]) + added[k];
       v[k] = out > 0.0f ? out : 0.0f;
     }
-    store<T, V>(y + at, v);
+    store_channels<T, V>(y + at, v);
   }
 }
 
@@ -169,15 +92,15 @@ __global__ void backward_sums_kernel(const T* __restrict__ dy, const T* __restri
     for (int64_t row = begin + threadIdx.y; row < end; row += blockDim.y) {
       const int64_t at = row * channels + c0;
       float g[V], out[V], v[V];
-      load<T, V>(dy + at, g);
-      if constexpr (!kMaskFromX) load<T, V>(y + at, out);
-      load<T, V>(x + at, v);
+      load_channels<T, V>(dy + at, g);
+      if constexpr (!kMaskFromX) load_channels<T, V>(y + at, out);
+      load_channels<T, V>(x + at, v);
 #pragma unroll
       for (int k = 0; k < V; ++k) {
         if constexpr (kMaskFromX) out[k] = normalised(v[k], centre[k], scale[k], shift[k]);
         g[k] = relu_mask(g[k], out[k]);
       }
-      if (d_residual) store<T, V>(d_residual + at, g);
+      if (d_residual) store_channels<T, V>(d_residual + at, g);
       const float s = sample_factor(factor, row);
 #pragma unroll
       for (int k = 0; k < V; ++k) {
@@ -187,21 +110,9 @@ __global__ void backward_sums_kernel(const T* __restrict__ dy, const T* __restri
       }
     }
   }
-  const unsigned lane = threadIdx.y * blockDim.x + threadIdx.x;
-  const auto block_total = [&](double value, int64_t slot) {
-    lane_values[lane] = value;
-    __syncthreads();
-    if (threadIdx.y == 0 && owns_channels) {
-      double total = 0.0;
-      for (unsigned r = 0; r < blockDim.y; ++r) total += lane_values[r * blockDim.x + threadIdx.x];
-      partial[slot] = total;
-    }
-    __syncthreads();
-  };
-#pragma unroll
-  for (int k = 0; k < V; ++k) block_total(sum_b[k], (blockIdx.y * int64_t(2)) * channels + c0 + k);
-#pragma unroll
-  for (int k = 0; k < V; ++k) block_total(sum_b_xhat[k], (blockIdx.y * int64_t(2) + 1) * channels + c0 + k);
+  block_column_totals<V>(sum_b, owns_channels, c0, lane_values, partial + (blockIdx.y * int64_t(2)) * channels);
+  block_column_totals<V>(sum_b_xhat, owns_channels, c0, lane_values,
+                         partial + (blockIdx.y * int64_t(2) + 1) * channels);
 }
 
 // One warp per channel: totals over the chunks (lane-strided, then a fixed butterfly); dbeta, dgamma and
@@ -257,26 +168,26 @@ __global__ void backward_data_kernel(const T* __restrict__ dy, const T* __restri
     const int64_t at = row * channels + c0;
     float g[V], v[V];
     if constexpr (kMaskFromX) {
-      load<T, V>(dy + at, g);
-      load<T, V>(x + at, v);
+      load_channels<T, V>(dy + at, g);
+      load_channels<T, V>(x + at, v);
 #pragma unroll
       for (int k = 0; k < V; ++k) g[k] = relu_mask(g[k], normalised(v[k], centre[k], scale[k], shift[k]));
     } else {
       if (stored_g) {
-        load<T, V>(stored_g + at, g);
+        load_channels<T, V>(stored_g + at, g);
       } else {
         float out[V];
-        load<T, V>(dy + at, g);
-        load<T, V>(y + at, out);
+        load_channels<T, V>(dy + at, g);
+        load_channels<T, V>(y + at, out);
 #pragma unroll
         for (int k = 0; k < V; ++k) g[k] = relu_mask(g[k], out[k]);
       }
-      load<T, V>(x + at, v);
+      load_channels<T, V>(x + at, v);
     }
     const float s = sample_factor(factor, row);
 #pragma unroll
     for (int k = 0; k < V; ++k) v[k] = a[k] * (s * g[k] - mean_b[k] - (v[k] - centre[k]) * w[k]);
-    store<T, V>(dx + at, v);
+    store_channels<T, V>(dx + at, v);
   }
 }
 
@@ -285,9 +196,9 @@ cudaError_t launch_forward(const T* x, const T* residual, SampleFactor factor, c
                            const float* mean, const float* invstd, const float* var, float eps, int64_t rows,
                            int64_t channels, T* y, cudaStream_t stream) {
   if (rows == 0 || channels == 0) return cudaSuccess;
-  return with_width<T>(vector_width<T>(channels, {x, residual, y}), [&](auto width) {
+  return with_channel_width<T>(channel_width<T>(channels, {x, residual, y}), [&](auto width) {
     constexpr int V = decltype(width)::value;
-    const Layout layout = layout_for(channels, V);
+    const ChannelLayout layout = channel_layout(channels, V);
     forward_kernel<T, V><<<dim3(layout.group_tiles, row_blocks(rows, layout)), layout.block, 0, stream>>>(
         x, residual, factor, gamma, beta, mean, invstd, var, eps, rows, channels, y);
     return cudaGetLastError();
@@ -300,11 +211,11 @@ cudaError_t launch_backward(const T* dy, const T* y, const T* x, const float* ga
                             int64_t channels, T* dx, float* dgamma, float* dbeta, T* d_residual, void* scratch,
                             cudaStream_t stream) {
   double* partial = static_cast<double*>(scratch);
-  float* coef = reinterpret_cast<float*>(partial + chunk_capacity(rows) * 2 * channels);
-  return with_width<T>(vector_width<T>(channels, {dy, y, x, dx, d_residual}), [&](auto width) {
+  float* coef = reinterpret_cast<float*>(partial + row_chunk_capacity(rows, channels) * 2 * channels);
+  return with_channel_width<T>(channel_width<T>(channels, {dy, y, x, dx, d_residual}), [&](auto width) {
     constexpr int V = decltype(width)::value;
-    const Layout layout = layout_for(channels, V);
-    const int64_t chunks = reduction_chunks(rows, layout);
+    const ChannelLayout layout = channel_layout(channels, V);
+    const int64_t chunks = row_chunks(rows, layout);
     const int64_t chunk_rows = (rows + chunks - 1) / chunks;
     backward_sums_kernel<T, V, kMaskFromX>
         <<<dim3(layout.group_tiles, static_cast<unsigned>(chunks)), layout.block, 0, stream>>>(
@@ -353,7 +264,7 @@ cudaError_t batchnorm_relu_apply(const T* x, const float* gamma, const float* be
 }
 
 int64_t batchnorm_relu_backward_scratch_bytes(int64_t rows, int64_t channels) {
-  return chunk_capacity(rows) * 2 * channels * static_cast<int64_t>(sizeof(double)) +
+  return row_chunk_capacity(rows, channels) * 2 * channels * static_cast<int64_t>(sizeof(double)) +
          3 * channels * static_cast<int64_t>(sizeof(float));
 }
 

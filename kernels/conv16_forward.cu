@@ -29,7 +29,8 @@ constexpr int kWarpPositions = kFragmentsM * kFragment;
 constexpr int kWarpsPerRow = kTileW / kWarpPositions;
 constexpr int kWarps = kTileH * kWarpsPerRow;
 constexpr int kBlockThreads = kWarps * 32;
-// 16-byte loads of the input window each thread holds in registers before storing them to shared memory.
+// 16-byte loads of the filter or the input window each thread holds in registers before storing them to shared
+// memory.
 constexpr int kLoadsInFlight = 8;
 // Row pitches in shared memory, padded so that the 16 rows a fragment load or store touches fall in
 // different banks (64 bf16 or 64 floats per row would put every row in the same 8 banks).
@@ -73,10 +74,25 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
   const int taps_t = p.taps[0], taps_r = p.taps[1], taps_s = p.taps[2];
   const int taps = taps_t * taps_r * taps_s;
   const int64_t k0 = int64_t(blockIdx.y) * kTileK;
-  // Read in w's order (coalesced), written transposed.
-  for (int i = threadIdx.x; i < taps * kChannels * kTileK; i += blockDim.x) {
-    const int tap_channel = i % (taps * kChannels), k = i / (taps * kChannels);
-    filter[tap_channel * kFilterPitch + k] = w[k0 * taps * kChannels + i];
+  // Read in w's order, 16 bytes (8 channels of one filter's tap) per load with kLoadsInFlight loads per thread
+  // issued before any is stored, written transposed. One element per load, each stored before the next, took
+  // ~90 us a block on the H200 (notes/PERF.md): the whole kernel at the tiny shape.
+  const int filter_packs = taps * kChannels * kTileK / 8;
+  const uint4* w_packs = reinterpret_cast<const uint4*>(w + k0 * taps * kChannels);
+  for (int first = threadIdx.x; first < filter_packs; first += kLoadsInFlight * kBlockThreads) {
+    uint4 values[kLoadsInFlight];
+#pragma unroll
+    for (int u = 0; u < kLoadsInFlight; ++u)
+      if (first + u * kBlockThreads < filter_packs) values[u] = w_packs[first + u * kBlockThreads];
+#pragma unroll
+    for (int u = 0; u < kLoadsInFlight; ++u) {
+      const int q = first + u * kBlockThreads;
+      if (q >= filter_packs) continue;
+      const int tap_channel = (q * 8) % (taps * kChannels), k = (q * 8) / (taps * kChannels);
+      const bf16* eight = reinterpret_cast<const bf16*>(&values[u]);
+#pragma unroll
+      for (int c = 0; c < 8; ++c) filter[(tap_channel + c) * kFilterPitch + k] = eight[c];
+    }
   }
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;

@@ -1,5 +1,6 @@
 // y = conv3d(x, w), stride 1, for bf16 x[N, D, H, W, 16] and w[K, T, R, S, 16] with K a multiple of 64:
-// an implicit GEMM on tensor cores (fp32 accumulation) into bf16 y[N, Do, Ho, Wo, K], zero padding per axis.
+// an implicit GEMM on tensor cores (fp32 accumulation) into bf16 y[N, Do, Ho, Wo, K], zero padding per axis;
+// x, w and y 16-byte aligned.
 #pragma once
 
 #include <cuda_bf16.h>

@@ -46,9 +46,9 @@ Problem batchnorm_inputs(const Shape& s, DType dtype, uint64_t seed) {
 
 #ifdef DSMIL_WITH_CUDA
 std::string statistics_launch(const Shape& s) {
-  const int64_t c = channels(s), chunks = kernels::batchnorm_scratch_size(rows(s), c) / (2 * c);
-  return fmt::format("sums ({}, {}) x (32, 8) + finalize {} x 256 (a warp per channel)", (c + 31) / 32, chunks,
-                     (32 * c + 255) / 256);
+  return fmt::format("sums (vectorised channel tiles x at most 512 row chunks, kernels/channel_groups.cuh) + "
+                     "finalize {} x 256 (a warp per channel)",
+                     (32 * channels(s) + 255) / 256);
 }
 #endif
 

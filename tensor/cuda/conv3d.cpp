@@ -431,14 +431,14 @@ MeasuredChoices& conv16_choices() {
 }
 
 // The hand-written implicit GEMM's description of `p`, when it takes it: a bf16 stride-1 forward with 16
-// input channels, K a multiple of 64, 16-byte aligned x and y (kernels/conv16_forward.cu). Why it exists:
+// input channels, K a multiple of 64, 16-byte aligned x, w and y (kernels/conv16_forward.cu). Why it exists:
 // for the stem's fold ([64,4,67,67,16], 3x4x4, 64 filters) cuDNN 9.19's choice is an sm80 "indexed"
 // implicit GEMM at ~65 TFLOP/s on the H200 where the model's 64-channel convolutions run at ~390 (notes/PERF.md).
 std::optional<kernels::Conv16Forward> conv16_problem(const ConvProblem& p) {
   const Conv3dGeometry& g = p.geometry;
   if (p.pass != ConvPass::Forward || p.dtype != DType::BF16 || p.x_shape[4] != kernels::kConv16Channels ||
       g.stride != std::array<int, 3>{1, 1, 1} || reinterpret_cast<uintptr_t>(p.x) % 16 != 0 ||
-      reinterpret_cast<uintptr_t>(p.y) % 16 != 0)
+      reinterpret_cast<uintptr_t>(p.w) % 16 != 0 || reinterpret_cast<uintptr_t>(p.y) % 16 != 0)
     return std::nullopt;
   kernels::Conv16Forward k;
   k.x = {p.x_shape[0], p.x_shape[1], p.x_shape[2], p.x_shape[3], p.x_shape[4]};

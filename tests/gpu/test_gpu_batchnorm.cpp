@@ -21,9 +21,11 @@ BatchNormTrainResult batchnorm_train(const Tensor& x, const Tensor& gamma, const
 
 TEST_CASE("gpu batch norm train / eval / backward match the CPU in f32 and bf16") {
   if (skip_without_gpu()) return;
-  // Channel counts off the 32-channel tiles, and row counts from a few hundred to many chunks; inputs
-  // centred at 2 so that a one-pass variance would lose digits.
-  const std::vector<Shape> shapes = {{4, 3, 8, 8, 64}, {8, 4, 32, 32, 64}, {3, 2, 5, 7, 40}, {2, 4, 8, 8, 512}};
+  // Channel counts off the 32-channel tiles and off the 16-byte packs (C = 6: one channel a thread in bf16, 8-byte
+  // packs in f32; C = 12: 8-byte packs in bf16), row counts from a few hundred to many chunks, chunks that leave
+  // some of a block's rows empty; inputs centred at 2 so that a one-pass variance would lose digits.
+  const std::vector<Shape> shapes = {{4, 3, 8, 8, 64},  {8, 4, 32, 32, 64}, {3, 2, 5, 7, 40},
+                                     {2, 4, 8, 8, 512}, {3, 5, 7, 6},       {2, 3, 50, 12}};
   const float momentum = 0.1f, eps = 1e-5f;
   for (const Shape& shape : shapes)
     for (Precision p : {Precision::F32, Precision::BF16}) {
@@ -73,8 +75,8 @@ TEST_CASE("gpu batch norm train / eval / backward match the CPU in f32 and bf16"
 
 TEST_CASE("gpu batch norm eval: channels off the 16-byte packs, misaligned views, several rows per thread") {
   if (skip_without_gpu()) return;
-  // C = 6 is element by element in f32 and bf16, C = 12 takes 16-byte packs in f32 only (bf16 packs are 8
-  // channels); [2, 180000, 6] gives each thread more than one step of its two-row loop; a view one element
+  // C = 6 takes 8-byte packs in f32 and one channel at a time in bf16, C = 12 16-byte packs in f32 and 8-byte
+  // packs in bf16; [2, 180000, 6] gives each thread more than one step of its two-row loop; a view one element
   // into its storage is misaligned whatever C is, one 8 elements in is aligned again.
   struct EvalCase {
     Shape shape;
