@@ -28,7 +28,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train import auc, fold_dir  # noqa: E402
+from run_files import auc, fold_dir  # noqa: E402
 
 SIDES = ("dsmil", "twin")
 COLOURS = {"dsmil": "tab:blue", "twin": "tab:orange"}

@@ -39,6 +39,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import twin  # noqa: E402
+from run_files import auc, fold_dir  # noqa: E402
 
 # ----------------------------------------------------------------------------------------------- config
 
@@ -406,11 +407,6 @@ def splits_path(run_dir: Path) -> Path:
     raise FileNotFoundError(f"{run_dir}: no splits.json (nor repeat_0/splits.json)")
 
 
-def fold_dir(run_dir: Path, fold: int) -> Path:
-    direct = run_dir / f"fold_{fold}"
-    return direct if direct.exists() or not (run_dir / "repeat_0").exists() else run_dir / "repeat_0" / f"fold_{fold}"
-
-
 def read_splits(path: Path, folds: Sequence[int]) -> Tuple[set, Dict[int, Tuple[List[str], List[str], List[str]]]]:
     """(every case id of the splits, {fold: (train ids, inner_val ids, test ids)}). The lists keep the file's
     order, the cohort's (data/splits.cpp writes sorted cohort indices): the epoch's case order indexes the
@@ -618,26 +614,6 @@ def reference_gather(case: CaseData, starts: np.ndarray, slab_depth: int, flip: 
 
 
 # ----------------------------------------------------------------------------------------------- metrics (apps/report/metrics.cpp)
-
-
-def auc(labels: np.ndarray, p: np.ndarray) -> float:
-    """Mann-Whitney AUC with ties counted half, through mid-ranks; NaN for one class."""
-    labels = np.asarray(labels)
-    p = np.asarray(p, dtype=np.float64)
-    m, n = int((labels == 1).sum()), int((labels == 0).sum())
-    if m == 0 or n == 0:
-        return math.nan
-    order = np.argsort(p, kind="stable")
-    ranks = np.empty(len(p))
-    sorted_p = p[order]
-    i = 0
-    while i < len(p):
-        j = i
-        while j < len(p) and sorted_p[j] == sorted_p[i]:
-            j += 1
-        ranks[order[i:j]] = 0.5 * (i + 1 + j)
-        i = j
-    return float((ranks[labels == 1].sum() - m * (m + 1) / 2.0) / (m * n))
 
 
 def confusion_at(labels: np.ndarray, p: np.ndarray, threshold: float) -> Tuple[int, int, int, int]:
