@@ -261,17 +261,31 @@ std::string tumour_attention_text(const AttentionTail& t) {
                      *t.tumour_slab_share);
 }
 
-std::string_view confidence_direction(const CalibrationShape& c) {
-  if (std::isnan(c.slope)) return "slope not estimable";
-  if (c.slope < 1.0 / kSlopeBand) return "over-confident";
-  if (c.slope > kSlopeBand) return "under-confident";
-  return "neither over- nor under-confident";
+Confidence confidence_direction(const CalibrationShape& c) {
+  if (std::isnan(c.slope)) return Confidence::unknown;
+  if (c.slope < 1.0 / kSlopeBand) return Confidence::over;
+  if (c.slope > kSlopeBand) return Confidence::under;
+  return Confidence::neither;
+}
+
+std::string_view confidence_name(Confidence c) {
+  switch (c) {
+    case Confidence::over:
+      return "over-confident";
+    case Confidence::under:
+      return "under-confident";
+    case Confidence::neither:
+      return "neither over- nor under-confident";
+    case Confidence::unknown:
+      break;
+  }
+  return "slope not estimable";
 }
 
 std::string calibration_shape_text(const CalibrationShape& c) {
   return fmt::format(
       "mean p(HGG) {:.3f} against an HGG share of {:.3f}; calibration slope {:.2f}, intercept {:.2f}: {}", c.mean_p_hgg,
-      c.hgg_share, c.slope, c.intercept, confidence_direction(c));
+      c.hgg_share, c.slope, c.intercept, confidence_name(confidence_direction(c)));
 }
 
 std::string fold_label(const FoldInfo& info, int n_repeats) {

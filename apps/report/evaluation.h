@@ -80,9 +80,11 @@ std::string tumour_attention_text(const AttentionTail& t);
 inline constexpr double kSlopeBand = 1.25;
 // A mean p(HGG) further than this from the HGG share is a shift worth naming.
 inline constexpr double kShiftBand = 0.05;
-// "over-confident" (slope below 1 / kSlopeBand), "under-confident" (above kSlopeBand), "neither over- nor
-// under-confident", or "slope not estimable".
-std::string_view confidence_direction(const CalibrationShape& c);
+// Over-confident: slope below 1 / kSlopeBand; under-confident: above kSlopeBand; unknown: no slope estimate.
+enum class Confidence { over, under, neither, unknown };
+Confidence confidence_direction(const CalibrationShape& c);
+// "over-confident", "under-confident", "neither over- nor under-confident", "slope not estimable".
+std::string_view confidence_name(Confidence c);
 // "mean p(HGG) 0.487 against an HGG share of 0.740; calibration slope 1.93, intercept 1.52: under-confident".
 std::string calibration_shape_text(const CalibrationShape& c);
 

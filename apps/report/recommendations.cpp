@@ -294,9 +294,9 @@ CalibrationFindings calibration_findings(const std::vector<Anomaly>& anomalies, 
                      [&](const Anomaly& a) { return a.kind == AnomalyKind::miscalibration && a.scope == scope; }))
       continue;
     ++k.folds;
-    const std::string_view direction = confidence_direction(f.calibration);
-    k.over_confident += direction == "over-confident";
-    k.under_confident += direction == "under-confident";
+    const Confidence direction = confidence_direction(f.calibration);
+    k.over_confident += direction == Confidence::over;
+    k.under_confident += direction == Confidence::under;
     k.mean_shift += f.calibration.mean_p_hgg - f.calibration.hgg_share;
   }
   if (k.folds > 0) k.mean_shift /= k.folds;

@@ -61,12 +61,12 @@ json attention_diagnostics(const std::vector<CasePrediction>& preds, const std::
     const data::CaseVolume& c = cohort[p.case_index];
     if (c.has_seg()) {
       ++bags_with_seg;
-      tumour_bags += data::slab_holds_tumour(c, p.starts[critical], slab_depth);
       int tumour_slabs = 0;
       for (size_t i = 0; i < p.starts.size(); ++i)
         if (data::slab_holds_tumour(c, p.starts[i], slab_depth)) {
           ++tumour_slabs;
           tumour_mass += p.attention[i];
+          tumour_bags += i == critical;
         }
       tumour_slab_share += static_cast<double>(tumour_slabs) / static_cast<double>(p.starts.size());
     }
