@@ -1,7 +1,8 @@
 // `dsmil eval`: a trained checkpoint on a labelled dataset (any layout `cv` reads). Every case is
-// preprocessed like the training data (through the cache), predicted from `fixed` bags, and written to
-// OUT/predictions.csv; the command prints the AUC with its DeLong 95% interval and the confusion matrix
-// and threshold metrics at the fold's calibrated threshold and at 0.5.
+// preprocessed like the training data (through the cache), predicted from `fixed` bags (the run's
+// train.eval_instances slabs, or --instances), and written to OUT/predictions.csv; the command prints the AUC
+// with its DeLong 95% interval and the confusion matrix and threshold metrics at the fold's calibrated threshold
+// and at 0.5.
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -21,6 +22,7 @@ namespace fs = std::filesystem;
 
 struct EvalArgs {
   std::string checkpoint, data, cache, out = "eval", device = "auto", on_bad_case = "fail";
+  int instances = 0;  // slabs per bag; 0: the run's train.eval_instances
 };
 
 void print_threshold_metrics(const char* label, const report::ThresholdMetrics& m) {
@@ -35,7 +37,9 @@ void print_threshold_metrics(const char* label, const report::ThresholdMetrics& 
 void run_eval(const EvalArgs& a) {
   const Device device = resolve_device(a.device);
   const TrainedModel trained = load_trained_model(a.checkpoint, device);
-  const RunConfig& config = trained.config;
+  RunConfig config = trained.config;
+  const int calibrated_instances = config.eval_instances;
+  if (a.instances > 0) config.eval_instances = a.instances;
 
   const PreparedDataset cohort = prepare_dataset(a.data, a.cache, config, data::parse_bad_case_policy(a.on_bad_case));
   for (const data::SkippedCase& s : cohort.skipped) std::fprintf(stderr, "skipped: %s\n", s.message().c_str());
@@ -59,8 +63,9 @@ void run_eval(const EvalArgs& a) {
   fs::create_directories(a.out);
   report::write_predictions_csv(fs::path(a.out) / "predictions.csv", rows);
 
-  std::printf("%zu cases (%ld HGG), checkpoint %s (epoch %d)\n", preds.size(),
-              static_cast<long>(std::count(labels.begin(), labels.end(), 1)), a.checkpoint.c_str(), trained.epoch);
+  std::printf("%zu cases (%ld HGG), checkpoint %s (epoch %d), bags of %d fixed slabs\n", preds.size(),
+              static_cast<long>(std::count(labels.begin(), labels.end(), 1)), a.checkpoint.c_str(), trained.epoch,
+              config.eval_instances);
   if (report::has_both_classes(labels)) {
     const report::AucInterval auc = report::auc_delong(labels, p);
     std::printf("AUC %.4f (95%% CI %.4f-%.4f); Brier %.4f; ECE %.4f\n", auc.auc, auc.lo, auc.hi,
@@ -68,6 +73,9 @@ void run_eval(const EvalArgs& a) {
   } else {
     std::printf("AUC undefined: the dataset holds one class only\n");
   }
+  if (trained.threshold && config.eval_instances != calibrated_instances)
+    std::printf("the calibrated threshold was chosen on bags of %d slabs: it may not suit bags of %d\n",
+                calibrated_instances, config.eval_instances);
   if (trained.threshold)
     print_threshold_metrics(trained.threshold->source.c_str(), report::threshold_metrics(labels, p, threshold));
   else
@@ -87,6 +95,10 @@ const RegisterCommand eval_command{
       cmd->add_option("--data", a->data, "dataset: BraTS folder or manifest CSV")->required();
       cmd->add_option("--cache", a->cache, "preprocessing cache (default: the checkpoint config's)");
       cmd->add_option("--out", a->out, "output folder")->capture_default_str();
+      cmd->add_option("--instances", a->instances,
+                      "slabs per evaluation bag, evenly spaced over the brain (all of them where fewer); default: the "
+                      "run's train.eval_instances")
+          ->check(CLI::Range(1, 4096));
       cmd->add_option("--device", a->device, "cpu | cuda | auto")->capture_default_str();
       cmd->add_option("--on-bad-case", a->on_bad_case, "fail | skip")->capture_default_str();
       cmd->callback([a] { run_eval(*a); });

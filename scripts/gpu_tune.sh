@@ -9,8 +9,10 @@
 #   (default 540) are stopped, so that the summary is printed inside one device call.
 # Environment: COHORT_SEED (default 1), TUNE_PROCESS_MIB (device memory a run needs, default 8192: PARALLEL is lowered
 # to what the free memory holds), TUNE_EPOCHS (default: the config's) sets train.epochs and
-# train.min_epochs alike (whole curves, no early stopping). Writes runs-tune/ and, under $OUT,
-# tune_runs.tar.gz (every metrics.jsonl, fold.json and log).
+# train.min_epochs alike (whole curves, no early stopping), TUNE_PROBE_INSTANCES (e.g. 16,32,64: after the runs,
+# each fold's last.ckpt, best.ckpt and best_ema.ckpt predict its inner validation split from bags of that many fixed
+# slabs; scripts/eval_probe.py compares them, paired by weights). Writes runs-tune/ and, under $OUT,
+# tune_runs.tar.gz (every metrics.jsonl, fold.json, log and probe prediction).
 set -uo pipefail
 repo_root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo_root"
@@ -58,7 +60,34 @@ done < "$variants"
 wait
 echo "all runs done in $(( $(date +%s) - start )) s"
 python3 scripts/tune_summary.py runs-tune
+
+probe_one() {
+  local fold_dir=$1 checkpoint=$2 n=$3
+  "$carry/dsmil" eval --checkpoint "$fold_dir/$checkpoint.ckpt" --data "$fold_dir/probe/inner_val.csv" \
+    --cache cohort/cache --instances "$n" --out "$fold_dir/probe/${checkpoint}_$n" > "$fold_dir/probe/${checkpoint}_$n.log" 2>&1 ||
+    echo "probe $fold_dir $checkpoint n $n: failed (see its log)"
+}
+
+if [ -n "${TUNE_PROBE_INSTANCES:-}" ]; then
+  probe_start=$(date +%s)
+  for fold_dir in runs-tune/*/*/fold_*/; do
+    fold_dir=${fold_dir%/}
+    mkdir -p "$fold_dir/probe"
+    python3 scripts/eval_probe.py manifest "$fold_dir" "$cohort" "$fold_dir/probe/inner_val.csv"
+    for checkpoint in last best best_ema; do
+      [ -f "$fold_dir/$checkpoint.ckpt" ] || continue
+      for n in ${TUNE_PROBE_INSTANCES//,/ }; do
+        while (( $(jobs -rp | wc -l) >= parallel )); do wait -n; done
+        probe_one "$fold_dir" "$checkpoint" "$n" &
+      done
+    done
+  done
+  wait
+  echo "probe done in $(( $(date +%s) - probe_start )) s"
+  python3 scripts/eval_probe.py summary runs-tune
+fi
 if [ -n "${OUT:-}" ]; then
-  find runs-tune \( -name metrics.jsonl -o -name fold.json -o -name '*.log' -o -name config.toml \) -print0 |
+  find runs-tune \( -name metrics.jsonl -o -name fold.json -o -name '*.log' -o -name config.toml -o \
+    -path '*/probe/*' -name '*.csv' \) -print0 |
     tar czf "$OUT/tune_runs.tar.gz" --null -T -
 fi

@@ -508,6 +508,23 @@ TEST_CASE(
       CHECK(std::stod(cells_of(row)[4]) == std::stod(predicted[2]));
     }
   CHECK_FALSE(predicted[2].empty());
+  // --instances: the run's own count (tiny: 4) predicts as the default does; bags of 8 slabs see other slabs.
+  const std::string best = (run_dir / "fold_0" / "best.ckpt").string();
+  REQUIRE(run_dsmil({"eval", "--checkpoint", best, "--data", cohort().string(), "--cache", cache, "--instances", "4",
+                     "--out", (out / "eval4").string()}) == 0);
+  REQUIRE(run_dsmil({"eval", "--checkpoint", best, "--data", cohort().string(), "--cache", cache, "--instances", "8",
+                     "--out", (out / "eval8").string()}) == 0);
+  CHECK(lines_of(out / "eval4" / "predictions.csv") == lines_of(out / "eval" / "predictions.csv"));
+  const std::vector<std::string> of4 = lines_of(out / "eval4" / "predictions.csv"),
+                                 of8 = lines_of(out / "eval8" / "predictions.csv");
+  REQUIRE(of8.size() == of4.size());
+  int moved = 0;
+  for (size_t i = 1; i < of4.size(); ++i) {
+    CHECK(cells_of(of8[i])[0] == cells_of(of4[i])[0]);
+    moved += std::stod(cells_of(of8[i])[2]) != std::stod(cells_of(of4[i])[2]) ? 1 : 0;
+  }
+  CHECK(moved > 0);
+  CHECK(run_dsmil({"eval", "--checkpoint", best, "--data", cohort().string(), "--instances", "0"}) != 0);
   REQUIRE(run_dsmil({"predict", "--checkpoint", (run_dir / "fold_0" / "last.ckpt").string(), "--flair", file("flair"),
                      "--t1", file("t1"), "--t1ce", file("t1ce"), "--t2", file("t2"), "--out", (out / "last").string(),
                      "--case-id", id}) == 0);
