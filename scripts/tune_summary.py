@@ -2,7 +2,7 @@
 """Summary of tuning runs (scripts/gpu_tune.sh): for each run, the training and inner-validation curves and the
 training-health figures from its metrics.jsonl. Reads no prediction file: tuning never looks at test folds.
 
-Usage: tune_summary.py RUNS_ROOT [--json OUT.json] [--selection T1,T2,... [--min-epochs N]] [--onsets BASE]
+Usage: tune_summary.py RUNS_ROOT [--json OUT.json] [--selection T1,T2,... [--min-epochs N]] [--onsets BASE] [--curves]
 Columns: onset = first epoch whose training AUC reaches 0.75; tr@E / va@E = training AUC and inner-validation AUC
 (the better of the raw and EMA models) at epoch E; best va = the highest inner-validation AUC and its epoch;
 upd = median encoder update-to-weight ratio at epoch 3; spread = training logit spread at epoch 3; loss1 = mean
@@ -17,6 +17,9 @@ VARIANT_sSEED_fK) are grouped by variant and paired with variant BASE by (seed, 
 counts as later than any run that does; a shorter run that has not reached it is left out. Per variant: runs, runs
 that never left chance, median onset, and against BASE the pairs where it left sooner / later / at the same epoch,
 with the one-sided sign-test p of "sooner".
+--curves: per variant (rows named as for --onsets), the training and inner-validation AUC at the checkpoint epochs
+averaged over its runs, and the inner-validation AUC averaged over each run's epochs after the tenth: a variant's
+level once learned, without the upward bias of picking each run's best epoch.
 """
 import glob
 import json
@@ -174,6 +177,29 @@ def print_onsets(rows, base):
         print(cells)
 
 
+def print_curves(rows):
+    by_variant = {}
+    for run, s in rows.items():
+        key = variant_and_pair(run)
+        if key:
+            by_variant.setdefault(key[0], []).append(s)
+
+    def mean(values):
+        values = [v for v in values if v is not None and v == v]
+        return sum(values) / len(values) if values else math.nan
+
+    print("\nmean curves per variant (training / inner-validation AUC at the epoch; late va = mean over epochs 11+)")
+    print(f"{'variant':<20}{'runs':>5} " + " ".join(f"tr@{e:<2} va@{e:<2}" for e in CHECKPOINTS) + f" {'late va':>8}")
+    for variant, runs in by_variant.items():
+        cells = []
+        for e in CHECKPOINTS:
+            at = [r for r in runs if r["epochs"] >= e]
+            cells.append(f"{fmt(mean(r['train_auc'][e - 1] for r in at))} {fmt(mean(r['val_auc'][e - 1] for r in at))}"
+                         if at else " " * 9)
+        late = mean(mean(r["val_auc"][10:]) for r in runs if r["epochs"] > 10)
+        print(f"{variant:<20}{len(runs):>5} " + "   ".join(cells) + f" {fmt(late, 3):>8}")
+
+
 def row_name(root, path):
     """The run's folder under RUNS_ROOT, with _fK added unless the folder is already named for its fold."""
     run = os.path.relpath(path, root).split(os.sep)[0]
@@ -206,6 +232,8 @@ def main():
             json.dump(rows, f)
     if "--onsets" in sys.argv:
         print_onsets(rows, sys.argv[sys.argv.index("--onsets") + 1])
+    if "--curves" in sys.argv:
+        print_curves(rows)
     if "--selection" in sys.argv:
         min_epochs = int(sys.argv[sys.argv.index("--min-epochs") + 1]) if "--min-epochs" in sys.argv else None
         print_selection(runs, [float(t) for t in sys.argv[sys.argv.index("--selection") + 1].split(",")], min_epochs)
