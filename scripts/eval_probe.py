@@ -10,15 +10,19 @@ Usage:
   eval_probe.py summary RUNS_ROOT                  per checkpoint kind and bag size: mean inner-val AUC over runs,
                                                    and against the first bag size the paired differences (mean,
                                                    wins / losses / ties, one-sided sign-test p of "better")
-Probe outputs are read from FOLD_DIR/probe/CHECKPOINT_N/predictions.csv.
+Probe outputs are read from FOLD_DIR/probe/CHECKPOINT_N/predictions.csv. The AUC is tools/torch_twin/run_files.py's
+(numpy), the sign test scripts/tune_summary.py's.
 """
 import csv
 import glob
 import json
-import math
 import os
 import re
 import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools", "torch_twin"))
+from run_files import auc  # noqa: E402  (the Mann-Whitney AUC of the twin's tools, ties counted half)
+from tune_summary import sign_test_p  # noqa: E402
 
 MODALITIES = ("flair", "t1", "t1ce", "t2")
 
@@ -37,25 +41,10 @@ def manifest(fold_dir, cohort, out_csv):
             w.writerow([case, grade] + [os.path.join(folder, f"{case}_{m}.nii.gz") for m in MODALITIES + ("seg",)])
 
 
-def auc(labels, scores):
-    """Mann-Whitney AUC, ties counted half."""
-    pos = [s for s, y in zip(scores, labels) if y == 1]
-    neg = [s for s, y in zip(scores, labels) if y == 0]
-    if not pos or not neg:
-        return math.nan
-    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
-    return wins / (len(pos) * len(neg))
-
-
 def probe_auc(path):
     with open(path) as f:
         rows = list(csv.DictReader(f))
     return auc([int(r["label"]) for r in rows], [float(r["p_hgg"]) for r in rows])
-
-
-def sign_test_p(wins, losses):
-    n = wins + losses
-    return sum(math.comb(n, k) for k in range(wins, n + 1)) / 2 ** n if n else 1.0
 
 
 def summary(root):

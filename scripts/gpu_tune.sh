@@ -38,6 +38,11 @@ epochs=()
 [ -n "${TUNE_EPOCHS:-}" ] && epochs=(--set "train.epochs=$TUNE_EPOCHS" --set "train.min_epochs=$TUNE_EPOCHS")
 mkdir -p runs-tune
 
+# Returns when fewer than PARALLEL background jobs run.
+wait_for_slot() {
+  while (( $(jobs -rp | wc -l) >= parallel )); do wait -n; done
+}
+
 run_one() {
   local name=$1 fold=$2 config=$3
   shift 3
@@ -51,7 +56,7 @@ run_one() {
 while read -r name folds config args; do
   [[ -z "$name" || "$name" == \#* ]] && continue
   for fold in ${folds//,/ }; do
-    while (( $(jobs -rp | wc -l) >= parallel )); do wait -n; done
+    wait_for_slot
     (( $(date +%s) - start < deadline - 30 )) || { echo "run $name fold $fold: not started (deadline)"; continue; }
     # shellcheck disable=SC2086  # the variant's arguments are words
     run_one "$name" "$fold" "$config" $args &
@@ -77,7 +82,7 @@ if [ -n "${TUNE_PROBE_INSTANCES:-}" ]; then
     for checkpoint in last best best_ema; do
       [ -f "$fold_dir/$checkpoint.ckpt" ] || continue
       for n in ${TUNE_PROBE_INSTANCES//,/ }; do
-        while (( $(jobs -rp | wc -l) >= parallel )); do wait -n; done
+        wait_for_slot
         probe_one "$fold_dir" "$checkpoint" "$n" &
       done
     done
