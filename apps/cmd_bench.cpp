@@ -198,14 +198,12 @@ void run_bench(const BenchArgs& a) {
       std::printf("measured choice, %s\n", line.c_str());
     const std::vector<device::ConvolutionChoice> choices = device::convolution_choices();
     for (size_t i = 0; i < choices.size(); ++i)
-      if (i < 5 || choices[i].traded)
-        std::printf("cuDNN workspace %.1f MiB%s: %s\n", choices[i].workspace_bytes / double(1 << 20),
-                    choices[i].traded ? " (traded for time)" : "", choices[i].problem.c_str());
+      if (i < 5 || choices[i].traded) std::printf("%s\n", device::choice_line(choices[i]).c_str());
   }
   std::printf("loss: mean of first %zu steps %.4f -> mean of last %zu steps %.4f (%s)\n", window, loss_first, window,
               loss_last, loss_last < loss_first ? "falls" : "does NOT fall");
   if (!a.json_out.empty()) {
-    const nlohmann::json j = {{"device", versions},
+    nlohmann::json j = {{"device", versions},
                               {"depth", a.depth},
                               {"width", a.width},
                               {"input", x_shape},
@@ -219,6 +217,7 @@ void run_bench(const BenchArgs& a) {
                               {"after_forward_gib", memory.after_forward_gib},
                               {"precision", app::choice_name(config.precision)},
                               {"strict_fp32", config.strict_fp32}};
+    j["convolution_choices"] = device::convolution_report();
     std::ofstream(a.json_out) << j.dump(1) << "\n";
   }
   // Last, so that the figures above are the timed steps' alone.

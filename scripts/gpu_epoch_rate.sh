@@ -2,10 +2,11 @@
 # On the GPU machine: does a CV's training epoch run at the benchmark's speed (issue 19: >= 90% of its bags/s)?
 # `dsmil bench` times CONFIG's training step at the CV's own shape (bags a step, slabs a bag, slab depth, the grid's
 # height and width, width and depth of the model) in PROCESSES processes one after the other; then one fold of a CV
-# of CONFIG on the 285-case seed-1 cohort trains EPOCHS epochs alone on the GPU. Prints both rates and each epoch's
-# training rate as a share of the benchmark's median rate (the first epoch holds cuDNN's algorithm searches).
+# of CONFIG on the 285-case seed-1 cohort trains EPOCHS epochs alone on the GPU. Prints both rates, each epoch's
+# training rate as a share of the benchmark's median rate (the first epoch holds cuDNN's algorithm searches), and
+# scripts/conv_choices.py's comparison of the convolution algorithms each process chose.
 # Usage: scripts/gpu_epoch_rate.sh [CONFIG] [EPOCHS] [PROCESSES]   (defaults: recommended-v2, 5, 2; PRECISION=fp32
-# for the CPU backend, CASES=N for a smaller cohort)
+# for the CPU backend, CASES=N for a smaller cohort; RATE_BEFORE=DIR measures the binaries in DIR the same way first)
 set -uo pipefail
 repo_root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo_root"
@@ -21,28 +22,42 @@ grid=$(sed -n "s/^grid = [\"']\(.*\)[\"']$/\1/p" "$toml")
 size=$(echo "${grid:-128,128,128}" | cut -d, -f2)
 shape=(--bags "$(key bags_per_step)" --instances "$(key instances)" --slab "$(key slab_depth)" --size "$size"
        --width "$(key width)" --depth "$(key depth)")
-echo "== dsmil bench --config $config ${shape[*]} --set run.precision=$precision ($processes processes)"
-for p in $(seq "$processes"); do
-  "$carry/dsmil" bench --config "$config" "${shape[@]}" --set "run.precision=$precision" --steps 40 --warmup 5 \
-    | grep "^train step"
-done | tee epoch_rate_bench.txt
-bench_rate=$(awk '{print $(NF-1)}' epoch_rate_bench.txt | sort -g | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}')
+rm -rf epoch_rate && mkdir -p epoch_rate
 
-echo "== dsmil cv --config $config --folds 0, $epochs epochs, alone on the GPU"
-rm -rf runs-rate
-"$carry/dsmil" cv --config "$config" --data "$cohort" --set data.cache=cohort/cache --set "run.precision=$precision" \
-  --set "train.epochs=$epochs" --set "train.min_epochs=$epochs" --folds 0 --no-audit --out runs-rate \
-  > epoch_rate_cv.log 2>&1 || { tail -5 epoch_rate_cv.log; exit 1; }
-metrics=$(ls runs-rate/*/fold_0/metrics.jsonl)
-python3 - "$metrics" "$bench_rate" <<'EOF'
-import json, sys
-bench = float(sys.argv[2])
-print(f"benchmark (median of the processes' median steps): {bench:.1f} bags/s")
-for line in open(sys.argv[1]):
+# measure LABEL DIR: the benchmark's processes and the fold with the dsmil of DIR, into epoch_rate/LABEL/.
+measure() {
+  local label=$1 binary=$2/dsmil out=epoch_rate/$1
+  mkdir -p "$out"
+  echo "== $label: dsmil bench --config $config ${shape[*]} --set run.precision=$precision ($processes processes)"
+  for p in $(seq "$processes"); do
+    "$binary" bench --config "$config" "${shape[@]}" --set "run.precision=$precision" --steps 40 --warmup 5 \
+      --json-out "$out/bench_$p.json" > "$out/bench_$p.log" 2>&1
+    grep "^train step" "$out/bench_$p.log"
+  done
+  echo "== $label: dsmil cv --config $config --folds 0, $epochs epochs, alone on the GPU"
+  "$binary" cv --config "$config" --data "$cohort" --set data.cache=cohort/cache --set "run.precision=$precision" \
+    --set "train.epochs=$epochs" --set "train.min_epochs=$epochs" --folds 0 --no-audit --out "$out/runs" \
+    > "$out/cv.log" 2>&1 || { tail -5 "$out/cv.log"; return 1; }
+  python3 - "$out" <<'EOF'
+import glob, json, statistics, sys
+out = sys.argv[1]
+rates = [float(line.split(";")[-1].split()[0]) for f in sorted(glob.glob(f"{out}/bench_*.log"))
+         for line in open(f) if line.startswith("train step")]
+bench = statistics.median(rates)
+print(f"benchmark: {bench:.1f} bags/s (median of the processes' {', '.join(f'{r:.1f}' for r in rates)})")
+for line in open(glob.glob(f"{out}/runs/*/fold_0/metrics.jsonl")[0]):
     r = json.loads(line)
     train = r["throughput_bags_per_s"]
     print(f"epoch {r['epoch']}: training {train:.1f} bags/s ({100 * train / bench:.0f}% of the benchmark), "
           f"evaluation {r['eval_bags_per_s']:.1f} bags/s, epoch {r['epoch_time_s']:.1f} s")
 EOF
-[ -n "${OUT:-}" ] && tar czf "$OUT/epoch_rate.tar.gz" epoch_rate_bench.txt epoch_rate_cv.log "$metrics"
+  local fold_algorithms
+  fold_algorithms=$(ls "$out"/runs/*/fold_0/conv_algorithms.txt 2> /dev/null) &&
+    python3 scripts/conv_choices.py "$out"/bench_*.json "$fold_algorithms"
+  return 0
+}
+
+[ -n "${RATE_BEFORE:-}" ] && measure before "$RATE_BEFORE"
+measure "$(basename "$carry")" "$carry"
+[ -n "${OUT:-}" ] && tar czf "$OUT/epoch_rate.tar.gz" --exclude='*.ckpt' epoch_rate
 exit 0

@@ -165,4 +165,16 @@ std::vector<std::string> convolution_measurements() { return {}; }
 
 #endif
 
+std::string choice_line(const ConvolutionChoice& choice) {
+  return fmt::format("cuDNN workspace {:.1f} MiB{}: {}", choice.workspace_bytes / double(1 << 20),
+                     choice.traded ? " (traded for time)" : "", choice.problem);
+}
+
+std::vector<std::string> convolution_report() {
+  std::vector<std::string> lines;
+  for (const ConvolutionChoice& choice : convolution_choices()) lines.push_back(choice_line(choice));
+  for (std::string& line : convolution_measurements()) lines.push_back(std::move(line));
+  return lines;
+}
+
 }  // namespace dsmil::device

@@ -98,8 +98,12 @@ struct ConvolutionChoice {
   bool traded = false;
 };
 std::vector<ConvolutionChoice> convolution_choices();
+// One choice as the benchmark prints it.
+std::string choice_line(const ConvolutionChoice& choice);
 // One line per measured choice of a convolution's way (as it is or space-to-depth folded, cuDNN or the implicit
 // GEMM): the pass and shapes, each way's device time and the way kept.
 std::vector<std::string> convolution_measurements();
+// Every choice's line, then every measurement's: what a process's convolutions ran on (empty without CUDA).
+std::vector<std::string> convolution_report();
 
 }  // namespace dsmil::device

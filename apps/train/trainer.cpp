@@ -364,6 +364,10 @@ class FoldRun {
     info.n_val = static_cast<int>(plan_.val.size());
     info.n_test = static_cast<int>(plan_.test.size());
     report::write_fold_json(dir_ / "fold.json", info);
+    if (device_ == Device::CUDA) {
+      std::ofstream algorithms(dir_ / "conv_algorithms.txt");
+      for (const std::string& line : device::convolution_report()) algorithms << line << "\n";
+    }
     logging::line(fmt::format("{} done: best epoch {} ({} model), threshold {:.3f} ({}{})", progress_.tag(), best.epoch,
                               chosen, threshold, calibrated.method,
                               calibrated.both_classes ? "" : ": the calibration set lacks a class"));
