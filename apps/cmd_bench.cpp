@@ -138,8 +138,12 @@ void run_bench(const BenchArgs& a) {
   const Tensor mask = Tensor::from_ints({a.bags, a.instances}, std::vector<int32_t>(a.bags * a.instances, 1));
 
   DeviceMemory memory(device);
+  // Host milliseconds of each step's queuing (forward to EMA update): where it nears the step's time, the device
+  // waits for the host.
+  std::vector<double> queue_ms;
   // Forward, loss, backward, AdamW, EMA; returns the loss (read after the whole step is queued).
   const auto train_step = [&](int step) {
+    const auto queue_start = std::chrono::steady_clock::now();
     nn::StepRandom random{static_cast<uint64_t>(step), 0};
     const mil::LossTargets targets = mil::loss_targets(target, class_weight, device);
     const mil::MilOutput out = model.forward(Variable(inputs[step % a.input_sets]), mask, 1.0f, random);
@@ -149,6 +153,8 @@ void run_bench(const BenchArgs& a) {
     optimizer.step(static_cast<float>(config.lr));
     optimizer.zero_grad();
     ema.update(model);
+    queue_ms.push_back(
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - queue_start).count());
     return loss.value().item();  // synchronises
   };
 
@@ -187,6 +193,11 @@ void run_bench(const BenchArgs& a) {
                                                        : " (TF32 allowed)");
   std::printf("train step: median %.2f ms, best %.2f ms over %d steps (%d warm-up); %.1f bags/s\n", median, best,
               a.steps, a.warmup, a.bags * 1000.0 / median);
+  if (device == Device::CUDA) {
+    std::vector<double> timed_queue_ms(queue_ms.begin() + a.warmup, queue_ms.begin() + a.warmup + a.steps);
+    std::sort(timed_queue_ms.begin(), timed_queue_ms.end());
+    std::printf("host: queuing a step took a median %.2f ms of it\n", timed_queue_ms[timed_queue_ms.size() / 2]);
+  }
   std::printf(
       "%s memory (%s, GiB): peak %.2f in the timed steps (%.2f with the warm-up's algorithm searches); "
       "%.2f held between steps (weights, optimizer and EMA state, inputs), %.2f after a forward pass "
@@ -204,19 +215,19 @@ void run_bench(const BenchArgs& a) {
               loss_last, loss_last < loss_first ? "falls" : "does NOT fall");
   if (!a.json_out.empty()) {
     nlohmann::json j = {{"device", versions},
-                              {"depth", a.depth},
-                              {"width", a.width},
-                              {"input", x_shape},
-                              {"median_ms", median},
-                              {"best_ms", best},
-                              {"step_ms", step_ms},
-                              {"peak_gib", memory.peak_gib},
-                              {"losses", losses},
-                              {"peak_with_warmup_gib", memory.peak_with_warmup_gib},
-                              {"between_steps_gib", memory.between_steps_gib},
-                              {"after_forward_gib", memory.after_forward_gib},
-                              {"precision", app::choice_name(config.precision)},
-                              {"strict_fp32", config.strict_fp32}};
+                        {"depth", a.depth},
+                        {"width", a.width},
+                        {"input", x_shape},
+                        {"median_ms", median},
+                        {"best_ms", best},
+                        {"step_ms", step_ms},
+                        {"peak_gib", memory.peak_gib},
+                        {"losses", losses},
+                        {"peak_with_warmup_gib", memory.peak_with_warmup_gib},
+                        {"between_steps_gib", memory.between_steps_gib},
+                        {"after_forward_gib", memory.after_forward_gib},
+                        {"precision", app::choice_name(config.precision)},
+                        {"strict_fp32", config.strict_fp32}};
     j["convolution_choices"] = device::convolution_report();
     std::ofstream(a.json_out) << j.dump(1) << "\n";
   }

@@ -4,7 +4,8 @@
 # height and width, width and depth of the model) in PROCESSES processes one after the other; then one fold of a CV
 # of CONFIG on the 285-case seed-1 cohort trains EPOCHS epochs alone on the GPU. Prints both rates, each epoch's
 # training rate as a share of the benchmark's median rate (the first epoch holds cuDNN's algorithm searches), and
-# scripts/conv_choices.py's comparison of the convolution algorithms each process chose.
+# scripts/conv_choices.py's comparison of the convolution algorithms each process chose, and where the host spent
+# the epoch (building batches, queuing steps, waiting for their results).
 # Usage: scripts/gpu_epoch_rate.sh [CONFIG] [EPOCHS] [PROCESSES]   (defaults: recommended-v2, 5, 2; PRECISION=fp32
 # for the CPU backend, CASES=N for a smaller cohort; RATE_BEFORE=DIR measures the binaries in DIR the same way first)
 set -uo pipefail
@@ -32,7 +33,7 @@ measure() {
   for p in $(seq "$processes"); do
     "$binary" bench --config "$config" "${shape[@]}" --set "run.precision=$precision" --steps 40 --warmup 5 \
       --json-out "$out/bench_$p.json" > "$out/bench_$p.log" 2>&1
-    grep "^train step" "$out/bench_$p.log"
+    grep "^train step\|^host:" "$out/bench_$p.log"
   done
   echo "== $label: dsmil cv --config $config --folds 0, $epochs epochs, alone on the GPU"
   "$binary" cv --config "$config" --data "$cohort" --set data.cache=cohort/cache --set "run.precision=$precision" \
@@ -49,7 +50,9 @@ for line in open(glob.glob(f"{out}/runs/*/fold_0/metrics.jsonl")[0]):
     r = json.loads(line)
     train = r["throughput_bags_per_s"]
     print(f"epoch {r['epoch']}: training {train:.1f} bags/s ({100 * train / bench:.0f}% of the benchmark), "
-          f"evaluation {r['eval_bags_per_s']:.1f} bags/s, epoch {r['epoch_time_s']:.1f} s")
+          f"evaluation {r['eval_bags_per_s']:.1f} bags/s, epoch {r['epoch_time_s']:.1f} s; host: batches "
+          f"{r['batch_assembly_s']:.2f} s, queuing steps {r['step_queue_s']:.2f} s, reading them back "
+          f"{r['step_readback_s']:.2f} s")
 EOF
   local fold_algorithms
   fold_algorithms=$(ls "$out"/runs/*/fold_0/conv_algorithms.txt 2> /dev/null) &&

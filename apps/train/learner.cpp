@@ -97,7 +97,7 @@ json Learner::train_epoch(int epoch) {
   const int64_t warmup = static_cast<int64_t>(c_.warmup_epochs * steps_per_epoch_);
   std::vector<int> seen_labels;
   std::vector<double> seen_p;
-  double loss_sum = 0.0, batch_seconds = 0.0;
+  double loss_sum = 0.0, batch_seconds = 0.0, queue_seconds = 0.0, readback_seconds = 0.0;
   float lr = 0.0f;
   const auto t0 = std::chrono::steady_clock::now();
   const int world = ranks_ ? ranks_->world_size() : 1, rank = ranks_ ? ranks_->rank() : 0;
@@ -137,6 +137,7 @@ json Learner::train_epoch(int epoch) {
       share.bags = step_bags;
     }
     const bool diagnose = writer_ && step == diagnostic_step;
+    const auto queue_start = std::chrono::steady_clock::now();
     const mil::LossTargets targets = mil::loss_targets(batch.target, class_weights_.data(), device_);
     model_.encoder().set_record_last_stage(diagnose);
     const mil::MilOutput out = model_.forward(Variable(batch.x.to(device_)), batch.mask, tau, random);
@@ -153,6 +154,8 @@ json Learner::train_epoch(int epoch) {
     }
     optimizer_->zero_grad();
     if (ema_) ema_->update(model_);
+    const auto readback_start = std::chrono::steady_clock::now();
+    queue_seconds += std::chrono::duration<double>(readback_start - queue_start).count();
     // The global gradient norm before clipping, read once the step is queued whole; the first step's goes
     // in the record alone too: one process and the ranks of a data-parallel job must agree on it at the
     // same weights.
@@ -166,6 +169,7 @@ json Learner::train_epoch(int epoch) {
     const std::vector<float> y = out.y.value().to_vector();
     for (size_t v = 0; v < y.size(); ++v) step_values[1 + 2 * first + v] = y[v];
     if (ranks_) step_values = ranks_->sum(step_values);
+    readback_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - readback_start).count();
     const double loss_value = step_values[0];
     if (!std::isfinite(loss_value))
       throw Error(
@@ -188,6 +192,8 @@ json Learner::train_epoch(int epoch) {
       {"lr", lr},
       {"tau", tau},
       {"batch_assembly_s", batch_seconds},
+      {"step_queue_s", queue_seconds},
+      {"step_readback_s", readback_seconds},
       {"train", report::split_record_json(seen_labels, seen_p, loss_sum / std::max<size_t>(seen_p.size(), 1))}};
   if (first_grad_norm) record["grad_norm_first_step"] = *first_grad_norm;
   record["health"] = health.record();

@@ -239,8 +239,7 @@ class FoldRun {
     record["attention"] = attention_diagnostics(val, cohort_, c_.slab_depth);
     record["health"]["val_logit_spread"] = logit_spread(val);
     const double train_auc = record["train"]["auc"].is_null() ? NAN : record["train"]["auc"].get<double>();
-    const std::string warning =
-        flat_training_warning(epoch + 1, c_, record["train"], record["health"]);
+    const std::string warning = flat_training_warning(epoch + 1, c_, record["train"], record["health"]);
     if (!warning.empty()) record["health"]["warning"] = warning;
     const SelectionUpdate update = selection_.add_epoch(epoch + 1, train_auc, record);
     record["selection_open"] = selection_.open();

@@ -3,9 +3,8 @@
 //
 // Every pass runs under the MathMode its caller passes (ConvProblem::mode). Algorithm choice, once per (pass,
 // shape, dtype, TF32, determinism), cached for the process:
-// - default: cudnnFind*AlgorithmEx times the candidates on the real buffers once each; its fastest acceptable
-//   ones are timed again (kRetimedCandidates, the median of kTimedRuns after a warm run) and the fastest of
-//   those wins (the choice can still differ between processes, so results may differ in the last bits);
+// - default: cudnnFind*AlgorithmEx times the candidates on the real buffers and the fastest acceptable one
+//   wins (the choice can differ between processes, so results may differ in the last bits);
 // - MathMode::deterministic: the first acceptable algorithm of cuDNN's heuristic list (the same on every
 //   run with the same device and cuDNN) among those cuDNN marks deterministic.
 // Acceptable: supported, workspace under the bound, and numerics that match the mode: never the
@@ -38,13 +37,8 @@ namespace {
 // Workspace bound for one convolution: 1 GiB, or a quarter of the free device memory if less.
 constexpr size_t kWorkspaceLimit = size_t{1} << 30;
 // How much slower than the fastest measured algorithm one with a smaller workspace may be: 3%, about the
-// spread of median timings between runs.
+// spread of cudnnFind's single timings between runs.
 constexpr float kWorkspaceTimeSlack = 0.03f;
-// cudnnFind times every algorithm once, the first run of a kernel included; two processes of one benchmark took
-// 8.5 and 15.5 ms a step (H100, notes/PERF.md). Its fastest acceptable candidates are timed again, and every
-// measured choice of this file takes the median of kTimedRuns timings after one untimed run.
-constexpr int kRetimedCandidates = 4;
-constexpr int kTimedRuns = 3;
 
 enum class ConvPass { Forward, BackwardData, BackwardFilter };
 
@@ -271,74 +265,6 @@ size_t workspace_limit(const std::string& context) {
   return std::min(kWorkspaceLimit, free_bytes / 4);
 }
 
-// Device milliseconds of `pass` on the library stream: the median of kTimedRuns runs after one untimed run (which
-// may search cuDNN's algorithms or load a kernel's module).
-template <typename Pass>
-float timed_ms(Pass&& pass, const std::string& context) {
-  pass();
-  cudaEvent_t start = nullptr, stop = nullptr;
-  DSMIL_CUDA_CHECK(cudaEventCreate(&start), context);
-  DSMIL_CUDA_CHECK(cudaEventCreate(&stop), context);
-  std::array<float, kTimedRuns> ms{};
-  for (float& run_ms : ms) {
-    DSMIL_CUDA_CHECK(cudaEventRecord(start, stream()), context);
-    pass();
-    DSMIL_CUDA_CHECK(cudaEventRecord(stop, stream()), context);
-    DSMIL_CUDA_CHECK(cudaEventSynchronize(stop), context);
-    DSMIL_CUDA_CHECK(cudaEventElapsedTime(&run_ms, start, stop), context);
-  }
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
-  std::sort(ms.begin(), ms.end());
-  return ms[kTimedRuns / 2];
-}
-
-// Runs `p` with cuDNN's algorithm `algo` under the descriptors' current math type.
-void execute_cudnn(const ConvProblem& p, const ConvDescriptors& d, int algo, void* workspace, size_t bytes) {
-  cudnnHandle_t h = cudnn_handle();
-  const float alpha = 1.0f, beta = 0.0f;
-  switch (p.pass) {
-    case ConvPass::Forward:
-      DSMIL_CUDNN_CHECK(
-          cudnnConvolutionForward(h, &alpha, d.x, p.x, d.w, p.w, d.conv, static_cast<cudnnConvolutionFwdAlgo_t>(algo),
-                                  workspace, bytes, &beta, d.y, p.y),
-          p.context);
-      break;
-    case ConvPass::BackwardData:
-      DSMIL_CUDNN_CHECK(cudnnConvolutionBackwardData(h, &alpha, d.w, p.w, d.y, p.y, d.conv,
-                                                     static_cast<cudnnConvolutionBwdDataAlgo_t>(algo), workspace, bytes,
-                                                     &beta, d.x, p.x),
-                        p.context);
-      break;
-    case ConvPass::BackwardFilter:
-      DSMIL_CUDNN_CHECK(cudnnConvolutionBackwardFilter(h, &alpha, d.x, p.x, d.y, p.y, d.conv,
-                                                       static_cast<cudnnConvolutionBwdFilterAlgo_t>(algo), workspace,
-                                                       bytes, &beta, d.w, p.w),
-                        p.context);
-      break;
-  }
-}
-
-// cudnnFind's first kRetimedCandidates acceptable candidates (its fastest), each timed again on the real buffers
-// (every pass writes its whole output), fastest first; empty when none is acceptable.
-std::vector<Candidate> retimed_fastest(const ConvProblem& p, ConvDescriptors& d, const std::vector<Candidate>& found,
-                                       void* workspace, size_t limit) {
-  std::vector<Candidate> retimed;
-  for (const Candidate& c : found) {
-    if (static_cast<int>(retimed.size()) == kRetimedCandidates) break;
-    if (!acceptable(c, p.dtype, p.mode, limit)) continue;
-    d.set_math(c.math);
-    const size_t bytes = workspace_size(p, d, c.algo);
-    if (bytes > limit) continue;
-    Candidate timed = c;
-    timed.time_ms = timed_ms([&] { execute_cudnn(p, d, c.algo, workspace, bytes); }, p.context);
-    retimed.push_back(timed);
-  }
-  std::stable_sort(retimed.begin(), retimed.end(),
-                   [](const Candidate& a, const Candidate& b) { return a.time_ms < b.time_ms; });
-  return retimed;
-}
-
 // The algorithm chosen per problem (cache_key); conv_algorithm_choices() lists them.
 struct ChosenAlgorithms {
   std::mutex mutex;
@@ -350,7 +276,7 @@ ChosenAlgorithms& chosen_algorithms() {
 }
 
 // Deterministic mode: the first acceptable candidate of the heuristic list. Measured: the acceptable one of
-// smallest workspace among those within kWorkspaceTimeSlack of the fastest (the re-timed candidates, fastest first).
+// smallest workspace among those within kWorkspaceTimeSlack of the fastest (cuDNN lists them fastest first).
 std::optional<ConvAlgorithm> pick_candidate(const ConvProblem& p, ConvDescriptors& d,
                                             const std::vector<Candidate>& candidates, size_t limit) {
   std::optional<ConvAlgorithm> fastest, chosen;
@@ -397,8 +323,6 @@ const ConvAlgorithm& choose_algorithm(const ConvProblem& p, ConvDescriptors& d) 
   } else {
     DeviceBuffer search_workspace(limit);
     candidates = measure_candidates(p, d, search_workspace.data(), limit);
-    std::vector<Candidate> retimed = retimed_fastest(p, d, candidates, search_workspace.data(), limit);
-    if (!retimed.empty()) candidates = std::move(retimed);
   }
   if (const std::optional<ConvAlgorithm> algorithm = pick_candidate(p, d, candidates, limit))
     return cache[key] = *algorithm;
@@ -417,7 +341,47 @@ void run_cudnn_convolution(const ConvProblem& p) {
   const ConvAlgorithm& chosen = choose_algorithm(p, d);
   d.set_math(chosen.math);
   DeviceBuffer workspace(chosen.workspace);
-  execute_cudnn(p, d, chosen.algo, workspace.data(), chosen.workspace);
+  cudnnHandle_t h = cudnn_handle();
+  const float alpha = 1.0f, beta = 0.0f;
+  switch (p.pass) {
+    case ConvPass::Forward:
+      DSMIL_CUDNN_CHECK(cudnnConvolutionForward(h, &alpha, d.x, p.x, d.w, p.w, d.conv,
+                                                static_cast<cudnnConvolutionFwdAlgo_t>(chosen.algo), workspace.data(),
+                                                chosen.workspace, &beta, d.y, p.y),
+                        p.context);
+      break;
+    case ConvPass::BackwardData:
+      DSMIL_CUDNN_CHECK(cudnnConvolutionBackwardData(h, &alpha, d.w, p.w, d.y, p.y, d.conv,
+                                                     static_cast<cudnnConvolutionBwdDataAlgo_t>(chosen.algo),
+                                                     workspace.data(), chosen.workspace, &beta, d.x, p.x),
+                        p.context);
+      break;
+    case ConvPass::BackwardFilter:
+      DSMIL_CUDNN_CHECK(cudnnConvolutionBackwardFilter(h, &alpha, d.x, p.x, d.y, p.y, d.conv,
+                                                       static_cast<cudnnConvolutionBwdFilterAlgo_t>(chosen.algo),
+                                                       workspace.data(), chosen.workspace, &beta, d.w, p.w),
+                        p.context);
+      break;
+  }
+}
+
+// Device milliseconds of one run of `pass` on the library stream, after one untimed run (which may search
+// cuDNN's algorithms).
+template <typename Pass>
+float timed_ms(Pass&& pass, const std::string& context) {
+  pass();
+  cudaEvent_t start = nullptr, stop = nullptr;
+  DSMIL_CUDA_CHECK(cudaEventCreate(&start), context);
+  DSMIL_CUDA_CHECK(cudaEventCreate(&stop), context);
+  DSMIL_CUDA_CHECK(cudaEventRecord(start, stream()), context);
+  pass();
+  DSMIL_CUDA_CHECK(cudaEventRecord(stop, stream()), context);
+  DSMIL_CUDA_CHECK(cudaEventSynchronize(stop), context);
+  float ms = 0.0f;
+  DSMIL_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop), context);
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  return ms;
 }
 
 // A choice between two ways of running a problem, made once per key (the problem and the parts of its mode that
