@@ -18,6 +18,7 @@ if [ "${1:-}" = "--pack" ]; then
   mkdir -p "$carry"
   cp "$build/tests/gpu/test_gpu" "$build/tests/gpu/test_gpu_kernel_variants" "$carry/"
   [ -x "$build/dsmil" ] && cp "$build/dsmil" "$carry/"
+  [ -f "$build/tools/host_time/libhost_time.so" ] && cp "$build/tools/host_time/libhost_time.so" "$carry/"
   du -sh "$carry"
   exit 0
 fi
