@@ -231,6 +231,8 @@ std::map<std::string, std::string> fold_outputs(const fs::path& run_dir) {
     for (const std::string& line : lines_of(fold.path() / "metrics.jsonl")) {
       nlohmann::json record = nlohmann::json::parse(line);
       CHECK(record.at("eval_bags_per_s").get<double>() > 0);
+      CHECK(record.at("step_queue_s").get<double>() > 0);
+      CHECK(record.at("step_readback_s").get<double>() >= 0);
       for (const char* timing : {"epoch_time_s", "throughput_bags_per_s", "eval_bags_per_s", "batch_assembly_s",
                                  "step_queue_s", "step_readback_s"})
         record.erase(timing);
