@@ -138,9 +138,9 @@ void run_bench(const BenchArgs& a) {
   const Tensor mask = Tensor::from_ints({a.bags, a.instances}, std::vector<int32_t>(a.bags * a.instances, 1));
 
   DeviceMemory memory(device);
-  // Host milliseconds of each step's queuing (forward to EMA update): where it nears the step's time, the device
+  // Host milliseconds of the last step's queuing (forward to EMA update): where it nears the step's time, the device
   // waits for the host.
-  std::vector<double> queue_ms;
+  double last_queue_ms = 0.0;
   // Forward, loss, backward, AdamW, EMA; returns the loss (read after the whole step is queued).
   const auto train_step = [&](int step) {
     const auto queue_start = std::chrono::steady_clock::now();
@@ -153,12 +153,11 @@ void run_bench(const BenchArgs& a) {
     optimizer.step(static_cast<float>(config.lr));
     optimizer.zero_grad();
     ema.update(model);
-    queue_ms.push_back(
-        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - queue_start).count());
+    last_queue_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - queue_start).count();
     return loss.value().item();  // synchronises
   };
 
-  std::vector<double> step_ms, losses;
+  std::vector<double> step_ms, queue_ms, losses;
   for (int step = 0; step < a.warmup + a.steps; ++step) {
     device::synchronize(device);
     if (step == a.warmup) memory.start_timed_steps();
@@ -170,11 +169,16 @@ void run_bench(const BenchArgs& a) {
     if (profiled) device::profiler_stop();
     const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     losses.push_back(loss_value);
-    if (step >= a.warmup) step_ms.push_back(ms);
+    if (step >= a.warmup) {
+      step_ms.push_back(ms);
+      queue_ms.push_back(last_queue_ms);
+    }
   }
-  std::vector<double> sorted = step_ms;
-  std::sort(sorted.begin(), sorted.end());
-  const double median = sorted[sorted.size() / 2], best = sorted.front();
+  const auto median_of = [](std::vector<double> values) {
+    std::sort(values.begin(), values.end());
+    return values[values.size() / 2];
+  };
+  const double median = median_of(step_ms), best = *std::min_element(step_ms.begin(), step_ms.end());
   memory.finish();
   const std::string versions = device == Device::CUDA ? device::backend_versions() : "cpu";
   auto mean_of = [&](size_t first, size_t count) {
@@ -193,11 +197,7 @@ void run_bench(const BenchArgs& a) {
                                                        : " (TF32 allowed)");
   std::printf("train step: median %.2f ms, best %.2f ms over %d steps (%d warm-up); %.1f bags/s\n", median, best,
               a.steps, a.warmup, a.bags * 1000.0 / median);
-  if (device == Device::CUDA) {
-    std::vector<double> timed_queue_ms(queue_ms.begin() + a.warmup, queue_ms.begin() + a.warmup + a.steps);
-    std::sort(timed_queue_ms.begin(), timed_queue_ms.end());
-    std::printf("host: queuing a step took a median %.2f ms of it\n", timed_queue_ms[timed_queue_ms.size() / 2]);
-  }
+  if (device == Device::CUDA) std::printf("host: queuing a step took a median %.2f ms of it\n", median_of(queue_ms));
   std::printf(
       "%s memory (%s, GiB): peak %.2f in the timed steps (%.2f with the warm-up's algorithm searches); "
       "%.2f held between steps (weights, optimizer and EMA state, inputs), %.2f after a forward pass "

@@ -18,11 +18,7 @@ toml=configs/$config.toml
 source scripts/gpu_cohort.sh
 preprocess_cohort "$toml"
 
-key() { sed -n "s/^$1 = \(.*\)$/\1/p" "$toml" | head -1; }
-grid=$(sed -n "s/^grid = [\"']\(.*\)[\"']$/\1/p" "$toml")
-size=$(echo "${grid:-128,128,128}" | cut -d, -f2)
-shape=(--bags "$(key bags_per_step)" --instances "$(key instances)" --slab "$(key slab_depth)" --size "$size"
-       --width "$(key width)" --depth "$(key depth)")
+read -ra shape <<< "$(bench_shape "$toml")"
 rm -rf epoch_rate && mkdir -p epoch_rate
 
 # measure LABEL DIR: the benchmark's processes and the fold with the dsmil of DIR, into epoch_rate/LABEL/.

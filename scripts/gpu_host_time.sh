@@ -15,7 +15,8 @@ cd "$repo_root"
 carry=${DSMIL_CARRY:-$repo_root/build-cuda-carry}
 source scripts/gpu_env.sh
 steps=${1:-200} warmup=5
-cv_shape=(--config recommended-v2 --bags 2 --instances 16 --slab 3 --size 128 --width 64 --depth 18)
+source scripts/gpu_cohort.sh
+read -ra cv_shape <<< "--config recommended-v2 $(bench_shape configs/recommended-v2.toml)"
 design_shape=(--bags 2 --instances 32 --slab 4 --size 128 --width 64 --depth 18 --set model.topk=3)
 for shape_name in cv design; do
   declare -n shape=${shape_name}_shape
@@ -28,7 +29,6 @@ for shape_name in cv design; do
 done
 # The same calls in a CV fold (3 epochs alone on the GPU): a call's mean host time here against the benchmark's says
 # which calls the fold's process makes slower (its step is queued in 11.6-14.3 ms against the benchmark's 7-10).
-source scripts/gpu_cohort.sh
 preprocess_cohort configs/recommended-v2.toml
 echo "== a CV fold of recommended-v2 under libhost_time.so (3 epochs; evaluation's calls included)"
 rm -rf runs-host-time
