@@ -3,6 +3,7 @@
 training-health figures from its metrics.jsonl. Reads no prediction file: tuning never looks at test folds.
 
 Usage: tune_summary.py RUNS_ROOT [--json OUT.json] [--selection T1,T2,... [--min-epochs N]] [--onsets BASE] [--curves]
+                       [--late BASE]
 Columns: onset = first epoch whose training AUC reaches 0.75; tr@E / va@E = training AUC and inner-validation AUC
 (the better of the raw and EMA models) at epoch E; best va = the highest inner-validation AUC and its epoch;
 upd = median encoder update-to-weight ratio at epoch 3; spread = training logit spread at epoch 3; loss1 = mean
@@ -20,6 +21,9 @@ with the one-sided sign-test p of "sooner".
 --curves: per variant (rows named as for --onsets), the training and inner-validation AUC at the checkpoint epochs
 averaged over its runs, and the inner-validation AUC averaged over each run's epochs after the tenth: a variant's
 level once learned, without the upward bias of picking each run's best epoch.
+--late BASE: each variant's late inner-validation AUC (the mean over epochs 11+) against variant BASE's, paired by seed
+and fold: the mean difference, the pairs where it is higher / lower / equal (to 3 decimals), and the one-sided sign-test
+p of "higher".
 """
 import glob
 import json
@@ -200,6 +204,26 @@ def print_curves(rows):
         print(f"{variant:<20}{len(runs):>5} " + "   ".join(cells) + f" {fmt(late, 3):>8}")
 
 
+def print_late(rows, base):
+    late = {}
+    for run, s in rows.items():
+        key = variant_and_pair(run)
+        if key and s["epochs"] > 10:
+            late.setdefault(key[0], {})[key[1]] = sum(s["val_auc"][10:]) / len(s["val_auc"][10:])
+    if base not in late:
+        sys.exit(f"tune_summary: no run of variant '{base}' with more than 10 epochs (rows are named VARIANT_SEED_fK)")
+    print(f"\nlate inner-validation AUC (mean over epochs 11+) against {base}, paired by seed and fold")
+    print(f"{'variant':<20}{'runs':>5}{'mean':>7}{'vs base':>9}{'higher':>7}{'lower':>6}{'tied':>5}{'p':>7}")
+    for variant, by_pair in late.items():
+        cells = f"{variant:<20}{len(by_pair):>5}{sum(by_pair.values()) / len(by_pair):>7.3f}"
+        if variant != base:
+            diffs = [round(v - late[base][k], 3) for k, v in by_pair.items() if k in late[base]]
+            higher, lower = sum(d > 0 for d in diffs), sum(d < 0 for d in diffs)
+            mean_diff = sum(diffs) / len(diffs) if diffs else math.nan
+            cells += f"{mean_diff:>+9.3f}{higher:>7}{lower:>6}{len(diffs) - higher - lower:>5}{sign_test_p(higher, lower):>7.3f}"
+        print(cells)
+
+
 def row_name(root, path):
     """The run's folder under RUNS_ROOT, with _fK added unless the folder is already named for its fold."""
     run = os.path.relpath(path, root).split(os.sep)[0]
@@ -234,6 +258,8 @@ def main():
         print_onsets(rows, sys.argv[sys.argv.index("--onsets") + 1])
     if "--curves" in sys.argv:
         print_curves(rows)
+    if "--late" in sys.argv:
+        print_late(rows, sys.argv[sys.argv.index("--late") + 1])
     if "--selection" in sys.argv:
         min_epochs = int(sys.argv[sys.argv.index("--min-epochs") + 1]) if "--min-epochs" in sys.argv else None
         print_selection(runs, [float(t) for t in sys.argv[sys.argv.index("--selection") + 1].split(",")], min_epochs)
