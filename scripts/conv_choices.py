@@ -11,7 +11,7 @@ import json
 import re
 import sys
 
-CHOICE = re.compile(r"^cuDNN workspace [\d.]+ MiB(?: \(traded for time\))?: (.*) \(algorithm (\d+), ([\d.]+) ms")
+CHOICE = re.compile(r"^cuDNN workspace [\d.]+ MiB(?: \(traded for time\))?: (.*) \(engine (\d+), ([\d.]+) ms")
 MEASURED = re.compile(r"^(.*): (.+?) ([\d.]+) ms, (.+?) ([\d.]+) ms: (.+)$")
 
 
@@ -26,7 +26,7 @@ def parse(path):
     choices = {}
     for line in read_lines(path):
         if m := CHOICE.match(line):
-            choices["cudnn " + m.group(1)] = (f"algorithm {m.group(2)}", float(m.group(3)))
+            choices["cudnn " + m.group(1)] = (f"engine {m.group(2)}", float(m.group(3)))
         elif m := MEASURED.match(line):
             kept = m.group(6)
             kept_ms = float(m.group(3)) if kept == m.group(2) else float(m.group(5))

@@ -1,7 +1,8 @@
-// The CUDA backend's process-wide state: the one library stream every op runs on, the cuDNN and cuBLAS
-// handles bound to it, scratch buffers from the stream-ordered pool, and a test hook that poisons memory.
+// The CUDA backend's process-wide state: the one library stream every op runs on, the cuDNN and cuBLASLt
+// handles, scratch buffers from the stream-ordered pool, and a test hook that poisons memory.
 #pragma once
 
+#include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 #include <cudnn.h>
@@ -22,7 +23,13 @@ namespace dsmil::cuda {
 // Created on first use (the device must be available); every op and copy is ordered on it.
 cudaStream_t stream();
 cudnnHandle_t cudnn_handle();
-cublasHandle_t cublas_handle();
+// cuBLASLt's handle and the fixed workspace every matrix product gets.
+struct CublasLt {
+  cublasLtHandle_t handle;
+  void* workspace;
+  size_t workspace_bytes;
+};
+const CublasLt& cublaslt();
 const cudaDeviceProp& device_properties();
 
 // Scratch memory (workspaces, partial sums) from the pool, released in stream order at scope exit.
@@ -51,9 +58,9 @@ struct PoolUsage {
   uint64_t used = 0, reserved = 0, peak_used = 0;
 };
 PoolUsage pool_usage();
-// The cuDNN algorithm chosen for each convolution run so far, largest workspace first: the workspace is
-// allocated for the call and returned to the pool after it. `problem`: the pass and shapes, the algorithm and
-// its measured time; `traded`: a slower algorithm (by at most 3%) was kept for its smaller workspace, and
+// The cuDNN engine chosen for each convolution run so far, largest workspace first: the workspace is
+// allocated for the call and returned to the pool after it. `problem`: the pass and shapes, the engine and
+// its measured time; `traded`: a slower engine (by at most 3%) was kept for its smaller workspace, and
 // `problem` names the fastest.
 struct ConvAlgorithmChoice {
   size_t workspace_bytes;

@@ -1,17 +1,19 @@
-// CUDA 3-D convolution through cuDNN's legacy API: forward y[N, D', H', W', K], backward data dx[N, D, H, W, C]
+// CUDA 3-D convolution through cuDNN's graph API: forward y[N, D', H', W', K], backward data dx[N, D, H, W, C]
 // and backward filter dw[K, T, R, S, C], channels-last (NDHWC activations, KTRSC filters), f32 / TF32 / bf16.
 //
-// Every pass runs under the MathMode its caller passes (ConvProblem::mode). Algorithm choice, once per (pass,
-// shape, dtype, TF32, determinism), cached for the process:
-// - default: cudnnFind*AlgorithmEx times the candidates on the real buffers and the fastest acceptable one
-//   wins (the choice can differ between processes, so results may differ in the last bits);
-// - MathMode::deterministic: the first acceptable algorithm of cuDNN's heuristic list (the same on every
-//   run with the same device and cuDNN) among those cuDNN marks deterministic.
-// Acceptable: supported, workspace under the bound, and numerics that match the mode: never the
-// fp16 down-conversion math, and only FMA math for f32 when TF32 is off. Among the measured ones, the
-// smallest workspace within kWorkspaceTimeSlack of the fastest time wins: a cuDNN workspace is transient
-// memory at the moment of the pass, and the stem's fastest fp32 algorithms borrowed ~330 MiB each in the
-// backward pass, where the step's memory peaks (notes/PERF.md).
+// Every pass runs under the MathMode its caller passes (ConvProblem::mode). Each problem (pass, shapes, dtype,
+// TF32, determinism, pointer alignment) becomes a one-operation graph whose execution plan is built and chosen
+// once for the process and then only executed: cuDNN 9's legacy calls rebuild that graph on every call, 60-80 us
+// of host time each, which made the training step wait for the host (notes/PERF.md). The choice:
+// - default: up to kMaxTimedPlans engine configurations of cuDNN's heuristics, timed on the real buffers,
+//   the fastest acceptable one wins (the choice can differ between processes, so results may differ in the
+//   last bits);
+// - MathMode::deterministic: the first acceptable configuration of the heuristics' list (the same on every
+//   run with the same device and cuDNN).
+// Acceptable: it builds, its workspace is under the bound, and its numerics match the mode (see acceptable).
+// Among the timed ones, the smallest workspace within kWorkspaceTimeSlack of the fastest time wins: a cuDNN
+// workspace is transient memory at the moment of the pass, and the stem's fastest fp32 algorithms borrowed
+// ~330 MiB each in the backward pass, where the step's memory peaks (notes/PERF.md).
 // Input channel counts that leave the channel rows unaligned for tensor cores (the bf16 / RGB-like stem)
 // run on zero-padded copies: see aligned_channels. A strided convolution with few input channels (the
 // stem) may run as the stride-1 convolution of its space-to-depth fold: see FoldedConv. A bf16 forward with
@@ -26,6 +28,7 @@
 #include <vector>
 
 #include "kernels/conv16_forward.h"
+#include "tensor/cuda/cudnn_backend.h"
 #include "tensor/cuda/op_helpers.h"
 #include "tensor/cuda/ops_cuda.h"
 #include "tensor/cuda/space_to_depth.h"
@@ -36,8 +39,8 @@ namespace {
 
 // Workspace bound for one convolution: 1 GiB, or a quarter of the free device memory if less.
 constexpr size_t kWorkspaceLimit = size_t{1} << 30;
-// How much slower than the fastest measured algorithm one with a smaller workspace may be: 3%, about the
-// spread of cudnnFind's single timings between runs.
+// How much slower than the fastest timed plan one with a smaller workspace may be: 3%, about the spread of
+// single timings between runs.
 constexpr float kWorkspaceTimeSlack = 0.03f;
 
 enum class ConvPass { Forward, BackwardData, BackwardFilter };
@@ -68,305 +71,10 @@ struct ConvProblem {
   MathMode mode;
 };
 
-struct ConvAlgorithm {
-  int algo = 0;
-  cudnnMathType_t math = CUDNN_DEFAULT_MATH;
-  size_t workspace = 0;
-  std::string problem;  // the pass and shapes it was chosen for (the context of its first call)
-  std::string why;      // the measured time, and the fastest algorithm when this one is not it
-  bool traded = false;  // slower than the fastest, kept for its smaller workspace
-};
-
-// A row of cuDNN's per-pass perf structs (they share these fields). time_ms: cudnnFind's measurement
-// (the heuristic list's estimate, unused, in deterministic mode).
-struct Candidate {
-  int algo;
-  cudnnStatus_t status;
-  size_t memory;
-  cudnnDeterminism_t determinism;
-  cudnnMathType_t math;
-  float time_ms;
-};
-
-template <typename Perf>
-std::vector<Candidate> to_candidates(const Perf* perf, int count) {
-  std::vector<Candidate> out;
-  for (int i = 0; i < count; ++i)
-    out.push_back({static_cast<int>(perf[i].algo), perf[i].status, perf[i].memory, perf[i].determinism,
-                   perf[i].mathType, perf[i].time});
-  return out;
-}
-
 cudnnDataType_t cudnn_type(DType dtype) { return dtype == DType::BF16 ? CUDNN_DATA_BFLOAT16 : CUDNN_DATA_FLOAT; }
 
-// The math the descriptor asks for before the search: FMA only for strict f32, tensor cores otherwise
-// (TF32 for f32: CUDNN_DEFAULT_MATH permits it on Ampere and later).
-cudnnMathType_t requested_math(DType dtype, const MathMode& mode) {
-  if (dtype == DType::BF16) return CUDNN_TENSOR_OP_MATH;
-  return mode.allow_tf32 ? CUDNN_DEFAULT_MATH : CUDNN_FMA_MATH;
-}
-
-bool acceptable(const Candidate& c, DType dtype, const MathMode& mode, size_t workspace_limit) {
-  if (c.status != CUDNN_STATUS_SUCCESS || c.memory > workspace_limit) return false;
-  if (mode.deterministic && c.determinism != CUDNN_DETERMINISTIC) return false;
-  if (c.math == CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION) return false;
-  if (dtype == DType::F32 && !mode.allow_tf32 && c.math != CUDNN_FMA_MATH) return false;
-  return true;
-}
-
-class ConvDescriptors {
- public:
-  explicit ConvDescriptors(const ConvProblem& p) : context_(p.context) {
-    DSMIL_CUDNN_CHECK(cudnnCreateTensorDescriptor(&x), context_);
-    DSMIL_CUDNN_CHECK(cudnnCreateTensorDescriptor(&y), context_);
-    DSMIL_CUDNN_CHECK(cudnnCreateFilterDescriptor(&w), context_);
-    DSMIL_CUDNN_CHECK(cudnnCreateConvolutionDescriptor(&conv), context_);
-    set_channels_last(x, p.x_shape, p.dtype);
-    set_channels_last(y, p.y_shape, p.dtype);
-    const Shape& ws = p.w_shape;
-    const int filter_dims[5] = {int(ws[0]), int(ws[4]), int(ws[1]), int(ws[2]), int(ws[3])};  // K, C, T, R, S
-    DSMIL_CUDNN_CHECK(cudnnSetFilterNdDescriptor(w, cudnn_type(p.dtype), CUDNN_TENSOR_NHWC, 5, filter_dims), context_);
-    const Conv3dGeometry& g = p.geometry;
-    const int dilation[3] = {1, 1, 1};
-    DSMIL_CUDNN_CHECK(cudnnSetConvolutionNdDescriptor(conv, 3, g.pad.data(), g.stride.data(), dilation,
-                                                      CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT),
-                      context_);
-    int out_dims[5];
-    DSMIL_CUDNN_CHECK(cudnnGetConvolutionNdForwardOutputDim(conv, x, w, 5, out_dims), context_);
-    const Shape cudnn_y{out_dims[0], out_dims[2], out_dims[3], out_dims[4], out_dims[1]};
-    if (cudnn_y != p.y_shape)
-      throw DeviceError(fmt::format("{}: cuDNN computes output {} where dsmil expects {}", context_, shape_str(cudnn_y),
-                                    shape_str(p.y_shape)));
-  }
-  ~ConvDescriptors() {
-    cudnnDestroyConvolutionDescriptor(conv);
-    cudnnDestroyFilterDescriptor(w);
-    cudnnDestroyTensorDescriptor(y);
-    cudnnDestroyTensorDescriptor(x);
-  }
-  ConvDescriptors(const ConvDescriptors&) = delete;
-  ConvDescriptors& operator=(const ConvDescriptors&) = delete;
-
-  void set_math(cudnnMathType_t math) { DSMIL_CUDNN_CHECK(cudnnSetConvolutionMathType(conv, math), context_); }
-
-  cudnnTensorDescriptor_t x = nullptr, y = nullptr;
-  cudnnFilterDescriptor_t w = nullptr;
-  cudnnConvolutionDescriptor_t conv = nullptr;
-
- private:
-  // Dims in cuDNN's N, C, D, H, W order with the strides of an N, D, H, W, C array.
-  void set_channels_last(cudnnTensorDescriptor_t desc, const Shape& s, DType dtype) {
-    const int n = int(s[0]), d = int(s[1]), h = int(s[2]), wd = int(s[3]), c = int(s[4]);
-    const int dims[5] = {n, c, d, h, wd};
-    const int strides[5] = {d * h * wd * c, 1, h * wd * c, wd * c, c};
-    DSMIL_CUDNN_CHECK(cudnnSetTensorNdDescriptor(desc, cudnn_type(dtype), 5, dims, strides), context_);
-  }
-  std::string context_;
-};
-
-std::vector<Candidate> measure_candidates(const ConvProblem& p, const ConvDescriptors& d, void* workspace,
-                                          size_t workspace_bytes) {
-  cudnnHandle_t h = cudnn_handle();
-  int returned = 0;
-  switch (p.pass) {
-    case ConvPass::Forward: {
-      cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
-      DSMIL_CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithmEx(h, d.x, p.x, d.w, p.w, d.conv, d.y, p.y,
-                                                               CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &returned, perf,
-                                                               workspace, workspace_bytes),
-                        p.context);
-      return to_candidates(perf, returned);
-    }
-    case ConvPass::BackwardData: {
-      cudnnConvolutionBwdDataAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
-      DSMIL_CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithmEx(h, d.w, p.w, d.y, p.y, d.conv, d.x, p.x,
-                                                                    CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &returned,
-                                                                    perf, workspace, workspace_bytes),
-                        p.context);
-      return to_candidates(perf, returned);
-    }
-    case ConvPass::BackwardFilter: {
-      cudnnConvolutionBwdFilterAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
-      DSMIL_CUDNN_CHECK(cudnnFindConvolutionBackwardFilterAlgorithmEx(h, d.x, p.x, d.y, p.y, d.conv, d.w, p.w,
-                                                                      CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT,
-                                                                      &returned, perf, workspace, workspace_bytes),
-                        p.context);
-      return to_candidates(perf, returned);
-    }
-  }
-  return {};
-}
-
-std::vector<Candidate> heuristic_candidates(const ConvProblem& p, const ConvDescriptors& d) {
-  cudnnHandle_t h = cudnn_handle();
-  int returned = 0;
-  switch (p.pass) {
-    case ConvPass::Forward: {
-      cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
-      DSMIL_CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(h, d.x, d.w, d.conv, d.y,
-                                                               CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &returned, perf),
-                        p.context);
-      return to_candidates(perf, returned);
-    }
-    case ConvPass::BackwardData: {
-      cudnnConvolutionBwdDataAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
-      DSMIL_CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(
-                            h, d.w, d.y, d.conv, d.x, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &returned, perf),
-                        p.context);
-      return to_candidates(perf, returned);
-    }
-    case ConvPass::BackwardFilter: {
-      cudnnConvolutionBwdFilterAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
-      DSMIL_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithm_v7(
-                            h, d.x, d.y, d.conv, d.w, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &returned, perf),
-                        p.context);
-      return to_candidates(perf, returned);
-    }
-  }
-  return {};
-}
-
-// The exact workspace of an algorithm under the descriptor's current math type.
-size_t workspace_size(const ConvProblem& p, const ConvDescriptors& d, int algo) {
-  cudnnHandle_t h = cudnn_handle();
-  size_t bytes = 0;
-  switch (p.pass) {
-    case ConvPass::Forward:
-      DSMIL_CUDNN_CHECK(cudnnGetConvolutionForwardWorkspaceSize(h, d.x, d.w, d.conv, d.y,
-                                                                static_cast<cudnnConvolutionFwdAlgo_t>(algo), &bytes),
-                        p.context);
-      break;
-    case ConvPass::BackwardData:
-      DSMIL_CUDNN_CHECK(cudnnGetConvolutionBackwardDataWorkspaceSize(
-                            h, d.w, d.y, d.conv, d.x, static_cast<cudnnConvolutionBwdDataAlgo_t>(algo), &bytes),
-                        p.context);
-      break;
-    case ConvPass::BackwardFilter:
-      DSMIL_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterWorkspaceSize(
-                            h, d.x, d.y, d.conv, d.w, static_cast<cudnnConvolutionBwdFilterAlgo_t>(algo), &bytes),
-                        p.context);
-      break;
-  }
-  return bytes;
-}
-
-// The problem and the parts of its mode that change cuDNN's algorithm choice (and the timing of cuDNN against
-// the implicit GEMM, which runs whatever that choice is).
-std::string cache_key(const ConvProblem& p) {
-  const Conv3dGeometry& g = p.geometry;
-  return fmt::format("{}|{}|tf32={}|det={}|x{}|w{}|s{},{},{}|p{},{},{}", static_cast<int>(p.pass), dtype_name(p.dtype),
-                     p.mode.allow_tf32, p.mode.deterministic, shape_str(p.x_shape), shape_str(p.w_shape), g.stride[0],
-                     g.stride[1], g.stride[2], g.pad[0], g.pad[1], g.pad[2]);
-}
-
-size_t workspace_limit(const std::string& context) {
-  size_t free_bytes = 0, total_bytes = 0;
-  DSMIL_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes), context);
-  return std::min(kWorkspaceLimit, free_bytes / 4);
-}
-
-// The algorithm chosen per problem (cache_key); conv_algorithm_choices() lists them.
-struct ChosenAlgorithms {
-  std::mutex mutex;
-  std::unordered_map<std::string, ConvAlgorithm> by_key;
-};
-ChosenAlgorithms& chosen_algorithms() {
-  static ChosenAlgorithms chosen;
-  return chosen;
-}
-
-// Deterministic mode: the first acceptable candidate of the heuristic list. Measured: the acceptable one of
-// smallest workspace among those within kWorkspaceTimeSlack of the fastest (cuDNN lists them fastest first).
-std::optional<ConvAlgorithm> pick_candidate(const ConvProblem& p, ConvDescriptors& d,
-                                            const std::vector<Candidate>& candidates, size_t limit) {
-  std::optional<ConvAlgorithm> fastest, chosen;
-  float fastest_ms = 0.0f, chosen_ms = 0.0f;
-  for (const Candidate& c : candidates) {
-    if (!acceptable(c, p.dtype, p.mode, limit)) continue;
-    d.set_math(c.math);
-    const size_t bytes = workspace_size(p, d, c.algo);
-    if (bytes > limit) continue;
-    const ConvAlgorithm algorithm{c.algo, c.math, bytes, p.context, "", false};
-    if (p.mode.deterministic) return algorithm;
-    if (!fastest) {
-      fastest = chosen = algorithm;
-      fastest_ms = chosen_ms = c.time_ms;
-      continue;
-    }
-    if (c.time_ms <= fastest_ms * (1.0f + kWorkspaceTimeSlack) && bytes < chosen->workspace) {
-      chosen = algorithm;
-      chosen_ms = c.time_ms;
-    }
-  }
-  if (!chosen) return std::nullopt;
-  chosen->why = fmt::format("{:.3f} ms", chosen_ms);
-  chosen->traded = chosen->algo != fastest->algo || chosen->math != fastest->math;
-  if (chosen->traded)
-    chosen->why += fmt::format("; fastest: algorithm {}, {:.3f} ms, {:.1f} MiB", fastest->algo, fastest_ms,
-                               static_cast<double>(fastest->workspace) / (1 << 20));
-  return chosen;
-}
-
-// A reference into the cache: its entries are never removed, and an unordered_map's elements stay put.
-const ConvAlgorithm& choose_algorithm(const ConvProblem& p, ConvDescriptors& d) {
-  ChosenAlgorithms& chosen = chosen_algorithms();
-  auto& cache = chosen.by_key;
-  const std::string key = cache_key(p);
-  std::lock_guard<std::mutex> lock(chosen.mutex);
-  if (const auto it = cache.find(key); it != cache.end()) return it->second;
-
-  const size_t limit = workspace_limit(p.context);
-  d.set_math(requested_math(p.dtype, p.mode));
-  std::vector<Candidate> candidates;
-  if (p.mode.deterministic) {
-    candidates = heuristic_candidates(p, d);
-  } else {
-    DeviceBuffer search_workspace(limit);
-    candidates = measure_candidates(p, d, search_workspace.data(), limit);
-  }
-  if (const std::optional<ConvAlgorithm> algorithm = pick_candidate(p, d, candidates, limit))
-    return cache[key] = *algorithm;
-  std::string tried;
-  for (const Candidate& c : candidates)
-    tried += fmt::format(" [algo {} status {} math {} det {} workspace {}]", c.algo, cudnnGetErrorString(c.status),
-                         static_cast<int>(c.math), static_cast<int>(c.determinism), c.memory);
-  throw DeviceError(
-      fmt::format("{}: no cuDNN algorithm fits (tf32={}, deterministic={}, workspace limit {} bytes);"
-                  " candidates:{}",
-                  p.context, p.mode.allow_tf32, p.mode.deterministic, limit, tried));
-}
-
-void run_cudnn_convolution(const ConvProblem& p) {
-  ConvDescriptors d(p);
-  const ConvAlgorithm& chosen = choose_algorithm(p, d);
-  d.set_math(chosen.math);
-  DeviceBuffer workspace(chosen.workspace);
-  cudnnHandle_t h = cudnn_handle();
-  const float alpha = 1.0f, beta = 0.0f;
-  switch (p.pass) {
-    case ConvPass::Forward:
-      DSMIL_CUDNN_CHECK(cudnnConvolutionForward(h, &alpha, d.x, p.x, d.w, p.w, d.conv,
-                                                static_cast<cudnnConvolutionFwdAlgo_t>(chosen.algo), workspace.data(),
-                                                chosen.workspace, &beta, d.y, p.y),
-                        p.context);
-      break;
-    case ConvPass::BackwardData:
-      DSMIL_CUDNN_CHECK(cudnnConvolutionBackwardData(h, &alpha, d.w, p.w, d.y, p.y, d.conv,
-                                                     static_cast<cudnnConvolutionBwdDataAlgo_t>(chosen.algo),
-                                                     workspace.data(), chosen.workspace, &beta, d.x, p.x),
-                        p.context);
-      break;
-    case ConvPass::BackwardFilter:
-      DSMIL_CUDNN_CHECK(cudnnConvolutionBackwardFilter(h, &alpha, d.x, p.x, d.y, p.y, d.conv,
-                                                       static_cast<cudnnConvolutionBwdFilterAlgo_t>(chosen.algo),
-                                                       workspace.data(), chosen.workspace, &beta, d.w, p.w),
-                        p.context);
-      break;
-  }
-}
-
 // Device milliseconds of one run of `pass` on the library stream, after one untimed run (which may search
-// cuDNN's algorithms).
+// cuDNN's engines).
 template <typename Pass>
 float timed_ms(Pass&& pass, const std::string& context) {
   pass();
@@ -382,6 +90,272 @@ float timed_ms(Pass&& pass, const std::string& context) {
   cudaEventDestroy(start);
   cudaEventDestroy(stop);
   return ms;
+}
+
+constexpr int64_t kUidX = 'x', kUidW = 'w', kUidY = 'y';
+
+// The largest power of two up to 16 that divides every address of the problem: part of its plan's key, since an
+// engine may assume the alignment its tensors declared.
+int64_t pointer_alignment(const ConvProblem& p) {
+  uintptr_t bits = 16;
+  for (const void* ptr : {p.x, p.w, p.y}) bits |= reinterpret_cast<uintptr_t>(ptr);
+  return static_cast<int64_t>(bits & (~bits + 1));
+}
+
+// A channels-last tensor [N, D, H, W, C] (filters: [K, T, R, S, C]) as cuDNN's NCDHW dimensions with NDHWC strides.
+BackendDescriptor tensor_descriptor(int64_t uid, const Shape& s, DType dtype, int64_t alignment,
+                                    const std::string& context) {
+  BackendDescriptor t(CUDNN_BACKEND_TENSOR_DESCRIPTOR, context);
+  const int64_t n = s[0], d = s[1], h = s[2], w = s[3], c = s[4];
+  const cudnnDataType_t type = cudnn_type(dtype);
+  t.set(CUDNN_ATTR_TENSOR_DATA_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &type);
+  t.set_int64(CUDNN_ATTR_TENSOR_DIMENSIONS, {n, c, d, h, w});
+  t.set_int64(CUDNN_ATTR_TENSOR_STRIDES, {d * h * w * c, 1, h * w * c, w * c, c});
+  t.set_int64(CUDNN_ATTR_TENSOR_UNIQUE_ID, {uid});
+  t.set_int64(CUDNN_ATTR_TENSOR_BYTE_ALIGNMENT, {alignment});
+  t.finalize();
+  return t;
+}
+
+// A pass's operation descriptor and the names of its attributes: x (dx), w (dw), y (dy), the convolution, alpha, beta.
+struct OperationAttributes {
+  cudnnBackendDescriptorType_t type;
+  cudnnBackendAttributeName_t x, w, y, conv, alpha, beta;
+};
+
+const OperationAttributes& operation_attributes(ConvPass pass) {
+  static const OperationAttributes forward{CUDNN_BACKEND_OPERATION_CONVOLUTION_FORWARD_DESCRIPTOR,
+                                           CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_X,
+                                           CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_W,
+                                           CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_Y,
+                                           CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_CONV_DESC,
+                                           CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_ALPHA,
+                                           CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_BETA};
+  static const OperationAttributes backward_data{CUDNN_BACKEND_OPERATION_CONVOLUTION_BACKWARD_DATA_DESCRIPTOR,
+                                                 CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_DX,
+                                                 CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_W,
+                                                 CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_DY,
+                                                 CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_CONV_DESC,
+                                                 CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_ALPHA,
+                                                 CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_BETA};
+  static const OperationAttributes backward_filter{CUDNN_BACKEND_OPERATION_CONVOLUTION_BACKWARD_FILTER_DESCRIPTOR,
+                                                   CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_X,
+                                                   CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_DW,
+                                                   CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_DY,
+                                                   CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_CONV_DESC,
+                                                   CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_ALPHA,
+                                                   CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_BETA};
+  switch (pass) {
+    case ConvPass::Forward:
+      return forward;
+    case ConvPass::BackwardData:
+      return backward_data;
+    case ConvPass::BackwardFilter:
+      return backward_filter;
+  }
+  return forward;
+}
+
+// The problem as a one-operation graph. `parts` keeps the descriptors the graph was built from alive with it.
+struct ConvGraph {
+  std::vector<BackendDescriptor> parts;
+  BackendDescriptor graph;
+};
+
+ConvGraph conv_graph(const ConvProblem& p, int64_t alignment) {
+  const std::string& context = p.context;
+  std::vector<BackendDescriptor> parts;
+  parts.push_back(tensor_descriptor(kUidX, p.x_shape, p.dtype, alignment, context));
+  parts.push_back(tensor_descriptor(kUidW, p.w_shape, p.dtype, alignment, context));
+  parts.push_back(tensor_descriptor(kUidY, p.y_shape, p.dtype, alignment, context));
+  const BackendDescriptor &x = parts[0], &w = parts[1], &y = parts[2];
+
+  BackendDescriptor conv(CUDNN_BACKEND_CONVOLUTION_DESCRIPTOR, context);
+  const cudnnDataType_t compute = CUDNN_DATA_FLOAT;
+  const cudnnConvolutionMode_t mode = CUDNN_CROSS_CORRELATION;
+  const Conv3dGeometry& geometry = p.geometry;
+  const std::vector<int64_t> pad{geometry.pad[0], geometry.pad[1], geometry.pad[2]};
+  conv.set(CUDNN_ATTR_CONVOLUTION_COMP_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &compute);
+  conv.set(CUDNN_ATTR_CONVOLUTION_CONV_MODE, CUDNN_TYPE_CONVOLUTION_MODE, 1, &mode);
+  conv.set_int64(CUDNN_ATTR_CONVOLUTION_SPATIAL_DIMS, {3});
+  conv.set_int64(CUDNN_ATTR_CONVOLUTION_DILATIONS, {1, 1, 1});
+  conv.set_int64(CUDNN_ATTR_CONVOLUTION_FILTER_STRIDES, {geometry.stride[0], geometry.stride[1], geometry.stride[2]});
+  conv.set_int64(CUDNN_ATTR_CONVOLUTION_PRE_PADDINGS, pad);
+  conv.set_int64(CUDNN_ATTR_CONVOLUTION_POST_PADDINGS, pad);
+  conv.finalize();
+
+  const OperationAttributes& names = operation_attributes(p.pass);
+  BackendDescriptor op(names.type, context);
+  const float alpha = 1.0f, beta = 0.0f;
+  op.set(names.x, x);
+  op.set(names.w, w);
+  op.set(names.y, y);
+  op.set(names.conv, conv);
+  op.set(names.alpha, CUDNN_TYPE_FLOAT, 1, &alpha);
+  op.set(names.beta, CUDNN_TYPE_FLOAT, 1, &beta);
+  op.finalize();
+
+  BackendDescriptor graph(CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR, context);
+  graph.set(CUDNN_ATTR_OPERATIONGRAPH_OPS, op);
+  cudnnHandle_t handle = cudnn_handle();
+  graph.set(CUDNN_ATTR_OPERATIONGRAPH_HANDLE, CUDNN_TYPE_HANDLE, 1, &handle);
+  graph.finalize();
+  parts.push_back(std::move(conv));
+  parts.push_back(std::move(op));
+  return {std::move(parts), std::move(graph)};
+}
+
+// An engine configuration that cuDNN built into an execution plan for the problem.
+struct Candidate {
+  BackendDescriptor config;
+  BackendDescriptor plan;
+  int64_t engine;  // cuDNN's global engine index
+  size_t workspace;
+  float time_ms = 0.0f;
+};
+
+// Numerics that match the mode: never inputs converted down or reductions in reduced precision, tensor cores
+// for f32 only under TF32, only deterministic engines in deterministic mode; runtime-compiled engines (whose
+// plans take seconds to build on cuDNN >= 9.10) only where asked.
+bool acceptable(const BackendDescriptor& engine, DType dtype, const MathMode& mode, bool runtime_compiled) {
+  for (const auto note : engine.get_enums<cudnnBackendNumericalNote_t>(
+           CUDNN_ATTR_ENGINE_NUMERICAL_NOTE, CUDNN_TYPE_NUMERICAL_NOTE, CUDNN_NUMERICAL_NOTE_TYPE_COUNT)) {
+    if (note == CUDNN_NUMERICAL_NOTE_DOWN_CONVERT_INPUTS || note == CUDNN_NUMERICAL_NOTE_REDUCED_PRECISION_REDUCTION)
+      return false;
+    if (note == CUDNN_NUMERICAL_NOTE_NONDETERMINISTIC && mode.deterministic) return false;
+    if (note == CUDNN_NUMERICAL_NOTE_TENSOR_CORE && dtype == DType::F32 && !mode.allow_tf32) return false;
+  }
+  for (const auto note : engine.get_enums<cudnnBackendBehaviorNote_t>(
+           CUDNN_ATTR_ENGINE_BEHAVIOR_NOTE, CUDNN_TYPE_BEHAVIOR_NOTE, CUDNN_BEHAVIOR_NOTE_TYPE_COUNT))
+    if (note == CUDNN_BEHAVIOR_NOTE_RUNTIME_COMPILATION && !runtime_compiled) return false;
+  return true;
+}
+
+// How many plans a measured choice times: cudnnFind timed up to 8 algorithms a pass.
+constexpr size_t kMaxTimedPlans = 8;
+
+// The acceptable engine configurations that build within the workspace limit, in cuDNN's order: heuristics
+// mode A's list, else its fallback list; runtime-compiled engines only when neither has another. Deterministic
+// mode needs only the first.
+std::vector<Candidate> buildable_candidates(const ConvProblem& p, const ConvGraph& g, size_t limit) {
+  const size_t wanted = p.mode.deterministic ? 1 : kMaxTimedPlans;
+  std::vector<Candidate> out;
+  cudnnHandle_t handle = cudnn_handle();
+  for (const bool runtime_compiled : {false, true}) {
+    for (const cudnnBackendHeurMode_t heuristics : {CUDNN_HEUR_MODE_A, CUDNN_HEUR_MODE_FALLBACK}) {
+      for (BackendDescriptor& config : heuristic_engine_configs(g.graph, heuristics)) {
+        BackendDescriptor engine(CUDNN_BACKEND_ENGINE_DESCRIPTOR, p.context);
+        config.get_descriptor(CUDNN_ATTR_ENGINECFG_ENGINE, engine);
+        if (!acceptable(engine, p.dtype, p.mode, runtime_compiled)) continue;
+        BackendDescriptor plan(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR, p.context);
+        plan.set(CUDNN_ATTR_EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE, 1, &handle);
+        plan.set(CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, config);
+        if (plan.try_finalize() != CUDNN_STATUS_SUCCESS) continue;
+        const auto workspace = static_cast<size_t>(plan.get_int64(CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE));
+        if (workspace > limit) continue;
+        const int64_t index = engine.get_int64(CUDNN_ATTR_ENGINE_GLOBAL_INDEX);
+        out.push_back({std::move(config), std::move(plan), index, workspace});
+        if (out.size() == wanted) return out;
+      }
+      if (!out.empty()) return out;
+    }
+  }
+  return out;
+}
+
+// Runs a built plan on the problem's buffers.
+void execute(const BackendDescriptor& plan, const ConvProblem& p, void* workspace) {
+  BackendDescriptor pack(CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR, p.context);
+  const int64_t uids[3] = {kUidX, kUidW, kUidY};
+  void* pointers[3] = {p.x, p.w, p.y};
+  pack.set(CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, CUDNN_TYPE_INT64, 3, uids);
+  pack.set(CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS, CUDNN_TYPE_VOID_PTR, 3, pointers);
+  pack.set(CUDNN_ATTR_VARIANT_PACK_WORKSPACE, CUDNN_TYPE_VOID_PTR, 1, &workspace);
+  pack.finalize();
+  DSMIL_CUDNN_CHECK(cudnnBackendExecute(cudnn_handle(), plan.get(), pack.get()), p.context);
+}
+
+// The plan run for a problem: built and chosen once, then only executed.
+struct ConvPlan {
+  ConvGraph graph;
+  Candidate chosen;
+  std::string problem;  // the pass and shapes it was chosen for (the context of its first call)
+  std::string why;      // the measured time, and the fastest engine when this one is not it
+  bool traded = false;  // slower than the fastest, kept for its smaller workspace
+};
+
+// The problem and the parts of its mode that change cuDNN's engine choice (and the timing of cuDNN against
+// the implicit GEMM, which runs whatever that choice is).
+std::string cache_key(const ConvProblem& p) {
+  const Conv3dGeometry& g = p.geometry;
+  return fmt::format("{}|{}|tf32={}|det={}|x{}|w{}|s{},{},{}|p{},{},{}", static_cast<int>(p.pass), dtype_name(p.dtype),
+                     p.mode.allow_tf32, p.mode.deterministic, shape_str(p.x_shape), shape_str(p.w_shape), g.stride[0],
+                     g.stride[1], g.stride[2], g.pad[0], g.pad[1], g.pad[2]);
+}
+
+size_t workspace_limit(const std::string& context) {
+  size_t free_bytes = 0, total_bytes = 0;
+  DSMIL_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes), context);
+  return std::min(kWorkspaceLimit, free_bytes / 4);
+}
+
+// The plan chosen per problem (cache_key and alignment); conv_algorithm_choices() lists them.
+struct ChosenPlans {
+  std::mutex mutex;
+  std::unordered_map<std::string, ConvPlan> by_key;
+};
+ChosenPlans& chosen_plans() {
+  static ChosenPlans chosen;
+  return chosen;
+}
+
+// Deterministic mode: the first candidate. Measured: each candidate timed once on the real buffers (every pass
+// writes its whole output), and the one of smallest workspace among those within kWorkspaceTimeSlack of the
+// fastest kept.
+ConvPlan choose_plan(const ConvProblem& p, ConvGraph graph, std::vector<Candidate> candidates) {
+  if (p.mode.deterministic) return {std::move(graph), std::move(candidates.front()), p.context, "", false};
+  size_t largest = 0;
+  for (const Candidate& c : candidates) largest = std::max(largest, c.workspace);
+  DeviceBuffer workspace(largest);
+  for (Candidate& c : candidates) c.time_ms = timed_ms([&] { execute(c.plan, p, workspace.data()); }, p.context);
+  size_t fastest = 0;
+  for (size_t i = 1; i < candidates.size(); ++i)
+    if (candidates[i].time_ms < candidates[fastest].time_ms) fastest = i;
+  size_t chosen = fastest;
+  for (size_t i = 0; i < candidates.size(); ++i)
+    if (candidates[i].time_ms <= candidates[fastest].time_ms * (1.0f + kWorkspaceTimeSlack) &&
+        candidates[i].workspace < candidates[chosen].workspace)
+      chosen = i;
+  std::string why = fmt::format("{:.3f} ms", candidates[chosen].time_ms);
+  if (chosen != fastest)
+    why += fmt::format("; fastest: engine {}, {:.3f} ms, {:.1f} MiB", candidates[fastest].engine,
+                       candidates[fastest].time_ms, static_cast<double>(candidates[fastest].workspace) / (1 << 20));
+  return {std::move(graph), std::move(candidates[chosen]), p.context, std::move(why), chosen != fastest};
+}
+
+// A reference into the cache: its entries are never removed, and an unordered_map's elements stay put.
+const ConvPlan& plan_for(const ConvProblem& p) {
+  ChosenPlans& chosen = chosen_plans();
+  const int64_t alignment = pointer_alignment(p);
+  const std::string key = fmt::format("{}|a{}", cache_key(p), alignment);
+  std::lock_guard<std::mutex> lock(chosen.mutex);
+  if (const auto it = chosen.by_key.find(key); it != chosen.by_key.end()) return it->second;
+
+  const size_t limit = workspace_limit(p.context);
+  ConvGraph graph = conv_graph(p, alignment);
+  std::vector<Candidate> candidates = buildable_candidates(p, graph, limit);
+  if (candidates.empty())
+    throw DeviceError(
+        fmt::format("{}: no cuDNN engine builds for this convolution (tf32={}, deterministic={}, "
+                    "workspace limit {} bytes, {}-byte aligned pointers)",
+                    p.context, p.mode.allow_tf32, p.mode.deterministic, limit, alignment));
+  return chosen.by_key.emplace(key, choose_plan(p, std::move(graph), std::move(candidates))).first->second;
+}
+
+void run_cudnn_convolution(const ConvProblem& p) {
+  const ConvPlan& plan = plan_for(p);
+  DeviceBuffer workspace(plan.chosen.workspace);
+  execute(plan.chosen.plan, p, workspace.data());
 }
 
 // A choice between two ways of running a problem, made once per key (the problem and the parts of its mode that
@@ -656,15 +630,15 @@ std::string conv_context(ConvPass pass, const Tensor& a, const char* a_name, con
 }  // namespace
 
 std::vector<ConvAlgorithmChoice> conv_algorithm_choices() {
-  ChosenAlgorithms& chosen = chosen_algorithms();
+  ChosenPlans& chosen = chosen_plans();
   std::lock_guard<std::mutex> lock(chosen.mutex);
   std::vector<ConvAlgorithmChoice> out;
   for (const auto& entry : chosen.by_key) {
-    const ConvAlgorithm& algorithm = entry.second;
-    out.push_back({algorithm.workspace,
-                   fmt::format("{} (algorithm {}{}{})", algorithm.problem, algorithm.algo,
-                               algorithm.why.empty() ? "" : ", ", algorithm.why),
-                   algorithm.traded});
+    const ConvPlan& plan = entry.second;
+    out.push_back(
+        {plan.chosen.workspace,
+         fmt::format("{} (engine {}{}{})", plan.problem, plan.chosen.engine, plan.why.empty() ? "" : ", ", plan.why),
+         plan.traded});
   }
   std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.workspace_bytes > b.workspace_bytes; });
   return out;

@@ -21,7 +21,7 @@ namespace dsmil::cuda {
 
 namespace {
 
-// cuBLAS gets a fixed workspace so that its algorithm choice, and its results, never depend on what
+// cuBLASLt gets a fixed workspace so that its algorithm choice, and its results, never depend on what
 // the pool happens to hold (NVIDIA recommends 32 MiB on Hopper).
 constexpr size_t kCublasWorkspaceBytes = size_t{32} << 20;
 
@@ -81,16 +81,13 @@ cudnnHandle_t cudnn_handle() {
   return handle;
 }
 
-cublasHandle_t cublas_handle() {
-  static const cublasHandle_t handle = [] {
-    cublasHandle_t h = nullptr;
-    DSMIL_CUBLAS_CHECK(cublasCreate(&h), "cuBLAS start");
-    DSMIL_CUBLAS_CHECK(cublasSetStream(h, stream()), "cuBLAS start");
-    DSMIL_CUBLAS_CHECK(cublasSetWorkspace(h, device_alloc(kCublasWorkspaceBytes), kCublasWorkspaceBytes),
-                       "cuBLAS start");
-    return h;
+const CublasLt& cublaslt() {
+  static const CublasLt lt = [] {
+    CublasLt created{nullptr, device_alloc(kCublasWorkspaceBytes), kCublasWorkspaceBytes};
+    DSMIL_CUBLAS_CHECK(cublasLtCreate(&created.handle), "cuBLASLt start");
+    return created;
   }();
-  return handle;
+  return lt;
 }
 
 void* device_alloc(size_t bytes) {

@@ -1,10 +1,10 @@
-// Host time of the CUDA runtime, cuDNN and cuBLAS calls a process makes: an LD_PRELOAD library that wraps each
+// Host time of the CUDA runtime, cuDNN and cuBLASLt calls a process makes: an LD_PRELOAD library that wraps each
 // listed function (calls, total and mean host microseconds), printed to stderr when the process exits.
 // Why: on the lent GPU machines no host profiler runs (no perf, no Nsight Systems: .library/device/KINDS.md), and the
 // training step waits for its host (notes/PERF.md); this says how much of a step's queuing each library call costs.
 // Usage: LD_PRELOAD=libhost_time.so dsmil bench ...   (DSMIL_HOST_TIME_STEPS=N adds each function's calls and
 // microseconds per step, for a run of N steps in all)
-#include <cublas_v2.h>
+#include <cublasLt.h>
 #include <cuda_runtime_api.h>
 #include <cudnn.h>
 #include <dlfcn.h>
@@ -66,7 +66,8 @@ struct Report {
   ~Report() {
     std::vector<const Counter*> used;
     for (int i = 0; i < std::min(counter_count.load(), kMaxCounters); ++i) used.push_back(&counters[i]);
-    std::sort(used.begin(), used.end(), [](const Counter* a, const Counter* b) { return a->nanoseconds > b->nanoseconds; });
+    std::sort(used.begin(), used.end(),
+              [](const Counter* a, const Counter* b) { return a->nanoseconds > b->nanoseconds; });
     const char* steps_text = std::getenv("DSMIL_HOST_TIME_STEPS");
     const double steps = steps_text ? std::atof(steps_text) : 0.0;
     std::fprintf(stderr, "host_time: %-44s %10s %12s %10s%s\n", "function", "calls", "total ms", "mean us",
@@ -85,11 +86,11 @@ struct Report {
 
 // Each wrapper finds the function it stands in for, and registers its counter, on its first call (function-local
 // statics: initialised once, whichever thread calls first).
-#define HOST_TIMED(ret, name, params, args)                                              \
-  extern "C" ret name params {                                                           \
-    static const auto real = reinterpret_cast<ret(*) params>(next_symbol(#name));        \
-    static const int index = register_counter(#name);                                    \
-    return timed_call(index, real, args);                                                \
+#define HOST_TIMED(ret, name, params, args)                                       \
+  extern "C" ret name params {                                                    \
+    static const auto real = reinterpret_cast<ret(*) params>(next_symbol(#name)); \
+    static const int index = register_counter(#name);                             \
+    return timed_call(index, real, args);                                         \
   }
 #define ARGS(...) __VA_ARGS__
 
@@ -117,49 +118,20 @@ HOST_TIMED(cudaError_t, cudaMemGetInfo, (size_t * free, size_t* total), ARGS(fre
 HOST_TIMED(cudaError_t, cudaFuncSetAttribute, (const void* func, cudaFuncAttribute attr, int value),
            ARGS(func, attr, value))
 
-HOST_TIMED(cudnnStatus_t, cudnnConvolutionForward,
-           (cudnnHandle_t h, const void* alpha, const cudnnTensorDescriptor_t xd, const void* x,
-            const cudnnFilterDescriptor_t wd, const void* w, const cudnnConvolutionDescriptor_t cd,
-            cudnnConvolutionFwdAlgo_t algo, void* ws, size_t wsb, const void* beta, const cudnnTensorDescriptor_t yd,
-            void* y),
-           ARGS(h, alpha, xd, x, wd, w, cd, algo, ws, wsb, beta, yd, y))
-HOST_TIMED(cudnnStatus_t, cudnnConvolutionBackwardData,
-           (cudnnHandle_t h, const void* alpha, const cudnnFilterDescriptor_t wd, const void* w,
-            const cudnnTensorDescriptor_t dyd, const void* dy, const cudnnConvolutionDescriptor_t cd,
-            cudnnConvolutionBwdDataAlgo_t algo, void* ws, size_t wsb, const void* beta,
-            const cudnnTensorDescriptor_t dxd, void* dx),
-           ARGS(h, alpha, wd, w, dyd, dy, cd, algo, ws, wsb, beta, dxd, dx))
-HOST_TIMED(cudnnStatus_t, cudnnConvolutionBackwardFilter,
-           (cudnnHandle_t h, const void* alpha, const cudnnTensorDescriptor_t xd, const void* x,
-            const cudnnTensorDescriptor_t dyd, const void* dy, const cudnnConvolutionDescriptor_t cd,
-            cudnnConvolutionBwdFilterAlgo_t algo, void* ws, size_t wsb, const void* beta,
-            const cudnnFilterDescriptor_t dwd, void* dw),
-           ARGS(h, alpha, xd, x, dyd, dy, cd, algo, ws, wsb, beta, dwd, dw))
-HOST_TIMED(cudnnStatus_t, cudnnCreateTensorDescriptor, (cudnnTensorDescriptor_t * d), ARGS(d))
-HOST_TIMED(cudnnStatus_t, cudnnDestroyTensorDescriptor, (cudnnTensorDescriptor_t d), ARGS(d))
-HOST_TIMED(cudnnStatus_t, cudnnSetTensorNdDescriptor,
-           (cudnnTensorDescriptor_t d, cudnnDataType_t type, int n, const int dims[], const int strides[]),
-           ARGS(d, type, n, dims, strides))
-HOST_TIMED(cudnnStatus_t, cudnnCreateFilterDescriptor, (cudnnFilterDescriptor_t * d), ARGS(d))
-HOST_TIMED(cudnnStatus_t, cudnnDestroyFilterDescriptor, (cudnnFilterDescriptor_t d), ARGS(d))
-HOST_TIMED(cudnnStatus_t, cudnnSetFilterNdDescriptor,
-           (cudnnFilterDescriptor_t d, cudnnDataType_t type, cudnnTensorFormat_t format, int n, const int dims[]),
-           ARGS(d, type, format, n, dims))
-HOST_TIMED(cudnnStatus_t, cudnnCreateConvolutionDescriptor, (cudnnConvolutionDescriptor_t * d), ARGS(d))
-HOST_TIMED(cudnnStatus_t, cudnnDestroyConvolutionDescriptor, (cudnnConvolutionDescriptor_t d), ARGS(d))
-HOST_TIMED(cudnnStatus_t, cudnnSetConvolutionNdDescriptor,
-           (cudnnConvolutionDescriptor_t d, int n, const int pad[], const int stride[], const int dilation[],
-            cudnnConvolutionMode_t mode, cudnnDataType_t type),
-           ARGS(d, n, pad, stride, dilation, mode, type))
-HOST_TIMED(cudnnStatus_t, cudnnSetConvolutionMathType, (cudnnConvolutionDescriptor_t d, cudnnMathType_t math),
-           ARGS(d, math))
-HOST_TIMED(cudnnStatus_t, cudnnGetConvolutionNdForwardOutputDim,
-           (const cudnnConvolutionDescriptor_t cd, const cudnnTensorDescriptor_t xd, const cudnnFilterDescriptor_t wd,
-            int n, int dims[]),
-           ARGS(cd, xd, wd, n, dims))
+HOST_TIMED(cudnnStatus_t, cudnnBackendExecute,
+           (cudnnHandle_t h, cudnnBackendDescriptor_t plan, cudnnBackendDescriptor_t pack), ARGS(h, plan, pack))
+HOST_TIMED(cudnnStatus_t, cudnnBackendCreateDescriptor,
+           (cudnnBackendDescriptorType_t type, cudnnBackendDescriptor_t* d), ARGS(type, d))
+HOST_TIMED(cudnnStatus_t, cudnnBackendDestroyDescriptor, (cudnnBackendDescriptor_t d), ARGS(d))
+HOST_TIMED(cudnnStatus_t, cudnnBackendSetAttribute,
+           (cudnnBackendDescriptor_t d, cudnnBackendAttributeName_t name, cudnnBackendAttributeType_t type,
+            int64_t count, const void* values),
+           ARGS(d, name, type, count, values))
+HOST_TIMED(cudnnStatus_t, cudnnBackendFinalize, (cudnnBackendDescriptor_t d), ARGS(d))
 
-HOST_TIMED(cublasStatus_t, cublasGemmEx,
-           (cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const void* alpha,
-            const void* a, cudaDataType atype, int lda, const void* b, cudaDataType btype, int ldb, const void* beta,
-            void* c, cudaDataType ctype, int ldc, cublasComputeType_t compute, cublasGemmAlgo_t algo),
-           ARGS(h, ta, tb, m, n, k, alpha, a, atype, lda, b, btype, ldb, beta, c, ctype, ldc, compute, algo))
+HOST_TIMED(cublasStatus_t, cublasLtMatmul,
+           (cublasLtHandle_t h, cublasLtMatmulDesc_t desc, const void* alpha, const void* a, cublasLtMatrixLayout_t al,
+            const void* b, cublasLtMatrixLayout_t bl, const void* beta, const void* c, cublasLtMatrixLayout_t cl,
+            void* d, cublasLtMatrixLayout_t dl, const cublasLtMatmulAlgo_t* algo, void* ws, size_t wsb,
+            cudaStream_t stream),
+           ARGS(h, desc, alpha, a, al, b, bl, beta, c, cl, d, dl, algo, ws, wsb, stream))
