@@ -5,6 +5,7 @@
 // model is fitting the few input sets).
 // `dsmil bench --kernel NAME|all|list` times each hand-written kernel alone instead (apps/kernel_bench/).
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -139,8 +140,8 @@ void run_bench(const BenchArgs& a) {
 
   DeviceMemory memory(device);
   // Host milliseconds of the last step's queuing (forward to EMA update): where it nears the step's time, the device
-  // waits for the host.
-  double last_queue_ms = 0.0;
+  // waits for the host. By part, as a CV fold's metrics.jsonl splits it: forward pass and loss, backward pass, update.
+  std::array<double, 3> last_queue_ms{};
   // Forward, loss, backward, AdamW, EMA; returns the loss (read after the whole step is queued).
   const auto train_step = [&](int step) {
     const auto queue_start = std::chrono::steady_clock::now();
@@ -149,15 +150,20 @@ void run_bench(const BenchArgs& a) {
     const mil::MilOutput out = model.forward(Variable(inputs[step % a.input_sets]), mask, 1.0f, random);
     Variable loss = mil::mil_loss(out, targets, config.loss_config());
     memory.after_forward();
+    const auto forward_done = std::chrono::steady_clock::now();
     loss.backward();
+    const auto backward_done = std::chrono::steady_clock::now();
     optimizer.step(static_cast<float>(config.lr));
     optimizer.zero_grad();
     ema.update(model);
-    last_queue_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - queue_start).count();
+    using Ms = std::chrono::duration<double, std::milli>;
+    last_queue_ms = {Ms(forward_done - queue_start).count(), Ms(backward_done - forward_done).count(),
+                     Ms(std::chrono::steady_clock::now() - backward_done).count()};
     return loss.value().item();  // synchronises
   };
 
   std::vector<double> step_ms, queue_ms, losses;
+  std::array<std::vector<double>, 3> queue_part_ms;
   for (int step = 0; step < a.warmup + a.steps; ++step) {
     device::synchronize(device);
     if (step == a.warmup) memory.start_timed_steps();
@@ -171,7 +177,8 @@ void run_bench(const BenchArgs& a) {
     losses.push_back(loss_value);
     if (step >= a.warmup) {
       step_ms.push_back(ms);
-      queue_ms.push_back(last_queue_ms);
+      queue_ms.push_back(last_queue_ms[0] + last_queue_ms[1] + last_queue_ms[2]);
+      for (size_t part = 0; part < 3; ++part) queue_part_ms[part].push_back(last_queue_ms[part]);
     }
   }
   const auto median_of = [](std::vector<double> values) {
@@ -197,7 +204,10 @@ void run_bench(const BenchArgs& a) {
                                                        : " (TF32 allowed)");
   std::printf("train step: median %.2f ms, best %.2f ms over %d steps (%d warm-up); %.1f bags/s\n", median, best,
               a.steps, a.warmup, a.bags * 1000.0 / median);
-  if (device == Device::CUDA) std::printf("host: queuing a step took a median %.2f ms of it\n", median_of(queue_ms));
+  if (device == Device::CUDA)
+    std::printf("host: queuing a step took a median %.2f ms of it (forward %.2f, backward %.2f, update %.2f)\n",
+                median_of(queue_ms), median_of(queue_part_ms[0]), median_of(queue_part_ms[1]),
+                median_of(queue_part_ms[2]));
   std::printf(
       "%s memory (%s, GiB): peak %.2f in the timed steps (%.2f with the warm-up's algorithm searches); "
       "%.2f held between steps (weights, optimizer and EMA state, inputs), %.2f after a forward pass "

@@ -41,13 +41,20 @@ out = sys.argv[1]
 rates = [float(line.split(";")[-1].split()[0]) for f in sorted(glob.glob(f"{out}/bench_*.log"))
          for line in open(f) if line.startswith("train step")]
 bench = statistics.median(rates)
+
+
+def split(record):  # the parts of the queuing time, where the binary records them
+    parts = record.get("step_queue_split_s")
+    return f" (forward {parts['forward']:.2f}, backward {parts['backward']:.2f}, update {parts['update']:.2f})" if parts else ""
+
+
 print(f"benchmark: {bench:.1f} bags/s (median of the processes' {', '.join(f'{r:.1f}' for r in rates)})")
 for line in open(glob.glob(f"{out}/runs/*/fold_0/metrics.jsonl")[0]):
     r = json.loads(line)
     train = r["throughput_bags_per_s"]
     print(f"epoch {r['epoch']}: training {train:.1f} bags/s ({100 * train / bench:.0f}% of the benchmark), "
           f"evaluation {r['eval_bags_per_s']:.1f} bags/s, epoch {r['epoch_time_s']:.1f} s; host: batches "
-          f"{r['batch_assembly_s']:.2f} s, queuing steps {r['step_queue_s']:.2f} s, reading them back "
+          f"{r['batch_assembly_s']:.2f} s, queuing steps {r['step_queue_s']:.2f} s{split(r)}, reading them back "
           f"{r['step_readback_s']:.2f} s")
 EOF
   local fold_algorithms

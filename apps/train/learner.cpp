@@ -97,7 +97,10 @@ json Learner::train_epoch(int epoch) {
   const int64_t warmup = static_cast<int64_t>(c_.warmup_epochs * steps_per_epoch_);
   std::vector<int> seen_labels;
   std::vector<double> seen_p;
-  double loss_sum = 0.0, batch_seconds = 0.0, queue_seconds = 0.0, readback_seconds = 0.0;
+  double loss_sum = 0.0, batch_seconds = 0.0, readback_seconds = 0.0;
+  // Host time queuing the steps, split where the step's host work changes kind: the forward pass and the loss, the
+  // backward pass, the update (optimizer, EMA, and the diagnostic step's measurements).
+  double forward_seconds = 0.0, backward_seconds = 0.0, update_seconds = 0.0;
   float lr = 0.0f;
   const auto t0 = std::chrono::steady_clock::now();
   const int world = ranks_ ? ranks_->world_size() : 1, rank = ranks_ ? ranks_->rank() : 0;
@@ -143,8 +146,10 @@ json Learner::train_epoch(int epoch) {
     const mil::MilOutput out = model_.forward(Variable(batch.x.to(device_)), batch.mask, tau, random);
     const Tensor last_stage = model_.encoder().last_stage_output();
     Variable loss = mil::mil_loss(out, targets, c_.loss_config(), share);
+    const auto forward_done = std::chrono::steady_clock::now();
     loss.backward();
     if (reducer_) reducer_->finish();
+    const auto backward_done = std::chrono::steady_clock::now();
     lr = nn::warmup_cosine_lr(static_cast<float>(c_.lr), epoch * steps_per_epoch_ + step, warmup, total_steps);
     if (diagnose) health.weights_before_step(model_.parameters());
     optimizer_->step(lr);
@@ -155,7 +160,9 @@ json Learner::train_epoch(int epoch) {
     optimizer_->zero_grad();
     if (ema_) ema_->update(model_);
     const auto readback_start = std::chrono::steady_clock::now();
-    queue_seconds += std::chrono::duration<double>(readback_start - queue_start).count();
+    forward_seconds += std::chrono::duration<double>(forward_done - queue_start).count();
+    backward_seconds += std::chrono::duration<double>(backward_done - forward_done).count();
+    update_seconds += std::chrono::duration<double>(readback_start - backward_done).count();
     // The global gradient norm before clipping, read once the step is queued whole; the first step's goes
     // in the record alone too: one process and the ranks of a data-parallel job must agree on it at the
     // same weights.
@@ -192,7 +199,9 @@ json Learner::train_epoch(int epoch) {
       {"lr", lr},
       {"tau", tau},
       {"batch_assembly_s", batch_seconds},
-      {"step_queue_s", queue_seconds},
+      {"step_queue_s", forward_seconds + backward_seconds + update_seconds},
+      {"step_queue_split_s",
+       {{"forward", forward_seconds}, {"backward", backward_seconds}, {"update", update_seconds}}},
       {"step_readback_s", readback_seconds},
       {"train", report::split_record_json(seen_labels, seen_p, loss_sum / std::max<size_t>(seen_p.size(), 1))}};
   if (first_grad_norm) record["grad_norm_first_step"] = *first_grad_norm;

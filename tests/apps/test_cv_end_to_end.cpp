@@ -233,8 +233,11 @@ std::map<std::string, std::string> fold_outputs(const fs::path& run_dir) {
       CHECK(record.at("eval_bags_per_s").get<double>() > 0);
       CHECK(record.at("step_queue_s").get<double>() > 0);
       CHECK(record.at("step_readback_s").get<double>() >= 0);
+      const nlohmann::json& split = record.at("step_queue_split_s");
+      CHECK(split.at("forward").get<double>() + split.at("backward").get<double>() + split.at("update").get<double>() ==
+            doctest::Approx(record.at("step_queue_s").get<double>()));
       for (const char* timing : {"epoch_time_s", "throughput_bags_per_s", "eval_bags_per_s", "batch_assembly_s",
-                                 "step_queue_s", "step_readback_s"})
+                                 "step_queue_s", "step_queue_split_s", "step_readback_s"})
         record.erase(timing);
       metrics += record.dump() + "\n";
     }
