@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # On the GPU machine: where a training step's host time goes (notes/PERF.md: at the CV's shape the GPU waits for the
 # host). `dsmil bench` at recommended-v2's CV shape and at the DESIGN section 11 shape, each under
-# libhost_time.so (tools/host_time: every CUDA runtime, cuDNN and cuBLAS call's host time per step), one fold of a
-# CV under it (the seed-1 cohort, 3 epochs), then, where
+# libhost_time.so (tools/host_time: every CUDA runtime, cuDNN graph-API and cuBLASLt call's host time per step), one
+# fold of a CV under it (the seed-1 cohort, 3 epochs), then, where
 # build-pg-carry/dsmil is there, the benchmark and the fold with that binary built with -pg: their gmon.out (our own
 # code's host time: `gprof build-pg/dsmil gmon.out` on the development machine) go to $OUT/pg_bench and $OUT/pg_fold.
 # Build the -pg binary on the development machine with
