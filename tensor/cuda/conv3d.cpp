@@ -94,13 +94,8 @@ float timed_ms(Pass&& pass, const std::string& context) {
 
 constexpr int64_t kUidX = 'x', kUidW = 'w', kUidY = 'y';
 
-// The largest power of two up to 16 that divides every address of the problem: part of its plan's key, since an
-// engine may assume the alignment its tensors declared.
-int64_t pointer_alignment(const ConvProblem& p) {
-  uintptr_t bits = 16;
-  for (const void* ptr : {p.x, p.w, p.y}) bits |= reinterpret_cast<uintptr_t>(ptr);
-  return static_cast<int64_t>(bits & (~bits + 1));
-}
+// The most alignment a convolution plan's tensors declare: 16 bytes, what cuDNN's vectorised engines ask for.
+constexpr uint32_t kConvAlignmentCap = 16;
 
 // A channels-last tensor [N, D, H, W, C] (filters: [K, T, R, S, C]) as cuDNN's NCDHW dimensions with NDHWC strides.
 BackendDescriptor tensor_descriptor(int64_t uid, const Shape& s, DType dtype, int64_t alignment,
@@ -336,7 +331,7 @@ ConvPlan choose_plan(const ConvProblem& p, ConvGraph graph, std::vector<Candidat
 // A reference into the cache: its entries are never removed, and an unordered_map's elements stay put.
 const ConvPlan& plan_for(const ConvProblem& p) {
   ChosenPlans& chosen = chosen_plans();
-  const int64_t alignment = pointer_alignment(p);
+  const int64_t alignment = common_alignment({p.x, p.w, p.y}, kConvAlignmentCap);
   const std::string key = fmt::format("{}|a{}", cache_key(p), alignment);
   std::lock_guard<std::mutex> lock(chosen.mutex);
   if (const auto it = chosen.by_key.find(key); it != chosen.by_key.end()) return it->second;

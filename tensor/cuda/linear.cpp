@@ -12,12 +12,8 @@ namespace dsmil::cuda {
 
 namespace {
 
-// The largest power of two up to 256 (cuBLASLt's default assumption) dividing every address of a product.
-uint32_t pointer_alignment(std::initializer_list<const void*> pointers) {
-  uintptr_t bits = 256;
-  for (const void* ptr : pointers) bits |= reinterpret_cast<uintptr_t>(ptr);
-  return static_cast<uint32_t>(bits & (~bits + 1));
-}
+// cuBLASLt's default assumption about its operands' alignment, and so the most a plan's key records.
+constexpr uint32_t kGemmAlignmentCap = 256;
 
 // One product's cuBLASLt description and the algorithm its heuristic picked for it, built once per key: the
 // heuristic's query cost cublasGemmEx 60-70 us of host time on every call (notes/PERF.md).
@@ -119,8 +115,9 @@ Tensor matmul(const Tensor& a, const Tensor& b, bool transpose_a, bool transpose
   }
   const cublasComputeType_t compute =
       a.dtype() == DType::F32 && mode.allow_tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
-  const GemmPlan::Key key{m,           n,         k,       transpose_a,
-                          transpose_b, a.dtype(), compute, pointer_alignment({a.raw(), b.raw(), c.raw()})};
+  const GemmPlan::Key key{
+      m,           n,         k,       transpose_a,
+      transpose_b, a.dtype(), compute, common_alignment({a.raw(), b.raw(), c.raw()}, kGemmAlignmentCap)};
   gemm_plan(key, context).run(a.raw(), b.raw(), c.raw(), context);
   return c;
 }

@@ -1,10 +1,13 @@
 // Helpers shared by the CUDA ops: element type dispatch (f32 / bf16 tensors to float / __nv_bfloat16
-// kernels), typed device pointers and output allocation. The ops' input checks live in the dispatch (tensor/ops.cpp).
+// kernels), typed device pointers, their common alignment and output allocation. The ops' input checks live in the
+// dispatch (tensor/ops.cpp).
 #pragma once
 
 #include <cuda_bf16.h>
 #include <fmt/format.h>
 
+#include <cstdint>
+#include <initializer_list>
 #include <type_traits>
 
 #include "tensor/cuda/checks.h"
@@ -32,6 +35,14 @@ decltype(auto) with_float_type(const char* op, const Tensor& t, F&& f) {
 template <typename T>
 T* ptr(const Tensor& t) {
   return static_cast<T*>(t.raw());
+}
+
+// The largest power of two up to `cap` dividing every address: what a library plan built for these pointers may
+// assume (cuDNN's tensor byte alignment, cuBLASLt's minimum alignments), and so part of the plan's key.
+inline uint32_t common_alignment(std::initializer_list<const void*> pointers, uint32_t cap) {
+  uintptr_t bits = cap;
+  for (const void* p : pointers) bits |= reinterpret_cast<uintptr_t>(p);
+  return static_cast<uint32_t>(bits & (~bits + 1));
 }
 
 inline Tensor empty_device(const Shape& shape, DType dtype) { return Tensor::empty(shape, dtype, Device::CUDA); }
