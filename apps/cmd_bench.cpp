@@ -19,6 +19,7 @@
 #include "apps/kernel_bench/kernel_bench.h"
 #include "apps/train/config.h"
 #include "apps/train/trainer.h"
+#include "base/thread_usage.h"
 #include "nn/optim.h"
 #include "tensor/device.h"
 
@@ -140,22 +141,31 @@ void run_bench(const BenchArgs& a) {
 
   DeviceMemory memory(device);
   // Host milliseconds of the last step's queuing (forward to EMA update): where it nears the step's time, the device
-  // waits for the host. By part, as a CV fold's metrics.jsonl splits it: forward pass and loss, backward pass, update.
+  // waits for the host. By part, as a CV fold's metrics.jsonl splits it: forward pass and loss, backward pass, update;
+  // the device's time over the same parts (marks 0-3) and what the queuing cost the host thread.
   std::array<double, 3> last_queue_ms{};
+  device::DeviceClock device_clock(device, 4);
+  ThreadUsage last_queue_usage;
   // Forward, loss, backward, AdamW, EMA; returns the loss (read after the whole step is queued).
   const auto train_step = [&](int step) {
     const auto queue_start = std::chrono::steady_clock::now();
+    const ThreadUsage usage_at_start = ThreadUsage::now();
+    device_clock.mark(0);
     nn::StepRandom random{static_cast<uint64_t>(step), 0};
     const mil::LossTargets targets = mil::loss_targets(target, class_weight, device);
     const mil::MilOutput out = model.forward(Variable(inputs[step % a.input_sets]), mask, 1.0f, random);
     Variable loss = mil::mil_loss(out, targets, config.loss_config());
     memory.after_forward();
     const auto forward_done = std::chrono::steady_clock::now();
+    device_clock.mark(1);
     loss.backward();
     const auto backward_done = std::chrono::steady_clock::now();
+    device_clock.mark(2);
     optimizer.step(static_cast<float>(config.lr));
     optimizer.zero_grad();
     ema.update(model);
+    device_clock.mark(3);
+    last_queue_usage = ThreadUsage::now() - usage_at_start;
     using Ms = std::chrono::duration<double, std::milli>;
     last_queue_ms = {Ms(forward_done - queue_start).count(), Ms(backward_done - forward_done).count(),
                      Ms(std::chrono::steady_clock::now() - backward_done).count()};
@@ -163,7 +173,8 @@ void run_bench(const BenchArgs& a) {
   };
 
   std::vector<double> step_ms, queue_ms, losses;
-  std::array<std::vector<double>, 3> queue_part_ms;
+  std::array<std::vector<double>, 3> queue_part_ms, device_part_ms;
+  ThreadUsage timed_queue_usage;
   for (int step = 0; step < a.warmup + a.steps; ++step) {
     device::synchronize(device);
     if (step == a.warmup) memory.start_timed_steps();
@@ -178,7 +189,11 @@ void run_bench(const BenchArgs& a) {
     if (step >= a.warmup) {
       step_ms.push_back(ms);
       queue_ms.push_back(last_queue_ms[0] + last_queue_ms[1] + last_queue_ms[2]);
-      for (size_t part = 0; part < 3; ++part) queue_part_ms[part].push_back(last_queue_ms[part]);
+      for (size_t part = 0; part < 3; ++part) {
+        queue_part_ms[part].push_back(last_queue_ms[part]);
+        device_part_ms[part].push_back(1000.0 * device_clock.seconds(part, part + 1));
+      }
+      timed_queue_usage += last_queue_usage;
     }
   }
   const auto median_of = [](std::vector<double> values) {
@@ -204,10 +219,22 @@ void run_bench(const BenchArgs& a) {
                                                        : " (TF32 allowed)");
   std::printf("train step: median %.2f ms, best %.2f ms over %d steps (%d warm-up); %.1f bags/s\n", median, best,
               a.steps, a.warmup, a.bags * 1000.0 / median);
-  if (device == Device::CUDA)
+  if (device == Device::CUDA) {
     std::printf("host: queuing a step took a median %.2f ms of it (forward %.2f, backward %.2f, update %.2f)\n",
                 median_of(queue_ms), median_of(queue_part_ms[0]), median_of(queue_part_ms[1]),
                 median_of(queue_part_ms[2]));
+    std::printf(
+        "device time: the same parts took a median forward %.2f, backward %.2f, update %.2f ms (waits for the host "
+        "included)\n",
+        median_of(device_part_ms[0]), median_of(device_part_ms[1]), median_of(device_part_ms[2]));
+    std::printf(
+        "host thread while queuing, a step: CPU %.2f ms, %.1f page faults, %.1f voluntary and %.1f involuntary "
+        "context switches (means)\n",
+        1000.0 * timed_queue_usage.cpu_seconds / a.steps,
+        static_cast<double>(timed_queue_usage.minor_faults + timed_queue_usage.major_faults) / a.steps,
+        static_cast<double>(timed_queue_usage.voluntary_switches) / a.steps,
+        static_cast<double>(timed_queue_usage.involuntary_switches) / a.steps);
+  }
   std::printf(
       "%s memory (%s, GiB): peak %.2f in the timed steps (%.2f with the warm-up's algorithm searches); "
       "%.2f held between steps (weights, optimizer and EMA state, inputs), %.2f after a forward pass "

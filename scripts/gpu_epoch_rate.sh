@@ -29,7 +29,7 @@ measure() {
   for p in $(seq "$processes"); do
     "$binary" bench --config "$config" "${shape[@]}" --set "run.precision=$precision" --steps 40 --warmup 5 \
       --json-out "$out/bench_$p.json" > "$out/bench_$p.log" 2>&1
-    grep "^train step\|^host:" "$out/bench_$p.log"
+    grep "^train step\|^host\|^device time:" "$out/bench_$p.log"
   done
   echo "== $label: dsmil cv --config $config --folds 0, $epochs epochs, alone on the GPU"
   "$binary" cv --config "$config" --data "$cohort" --set data.cache=cohort/cache --set "run.precision=$precision" \
@@ -43,9 +43,19 @@ rates = [float(line.split(";")[-1].split()[0]) for f in sorted(glob.glob(f"{out}
 bench = statistics.median(rates)
 
 
-def split(record):  # the parts of the queuing time, where the binary records them
-    parts = record.get("step_queue_split_s")
+def split(record, key="step_queue_split_s"):  # the parts of the queuing (or device) time, where the binary records them
+    parts = record.get(key)
     return f" (forward {parts['forward']:.2f}, backward {parts['backward']:.2f}, update {parts['update']:.2f})" if parts else ""
+
+
+def device_and_thread(record):  # the device's time over the same parts and the host thread's cost, where recorded
+    device, thread = record.get("step_device_split_s"), record.get("step_queue_thread")
+    if not device or not thread:
+        return ""
+    return (f"; device over the same parts {sum(device.values()):.2f} s{split(record, 'step_device_split_s')}; "
+            f"the host thread queuing: CPU {thread['cpu_s']:.2f} s, {thread['minor_faults'] + thread['major_faults']} "
+            f"page faults, {thread['voluntary_switches']} voluntary / {thread['involuntary_switches']} involuntary "
+            f"context switches")
 
 
 print(f"benchmark: {bench:.1f} bags/s (median of the processes' {', '.join(f'{r:.1f}' for r in rates)})")
@@ -55,7 +65,7 @@ for line in open(glob.glob(f"{out}/runs/*/fold_0/metrics.jsonl")[0]):
     print(f"epoch {r['epoch']}: training {train:.1f} bags/s ({100 * train / bench:.0f}% of the benchmark), "
           f"evaluation {r['eval_bags_per_s']:.1f} bags/s, epoch {r['epoch_time_s']:.1f} s; host: batches "
           f"{r['batch_assembly_s']:.2f} s, queuing steps {r['step_queue_s']:.2f} s{split(r)}, reading them back "
-          f"{r['step_readback_s']:.2f} s")
+          f"{r['step_readback_s']:.2f} s{device_and_thread(r)}")
 EOF
   local fold_algorithms
   fold_algorithms=$(ls "$out"/runs/*/fold_0/conv_algorithms.txt 2> /dev/null) &&

@@ -23,7 +23,7 @@ for shape_name in cv design; do
   echo "== $shape_name shape: dsmil bench ${shape[*]} --set run.precision=bf16 under libhost_time.so"
   DSMIL_HOST_TIME_STEPS=$(( steps + warmup )) LD_PRELOAD=$carry/libhost_time.so "$carry/dsmil" bench "${shape[@]}" \
     --set run.precision=bf16 --steps "$steps" --warmup "$warmup" 2> "host_time_$shape_name.txt" |
-    grep "^train step\|^host:"
+    grep "^train step\|^host\|^device time:"
   grep "^host_time:" "host_time_$shape_name.txt" | head -24
   [ -n "${OUT:-}" ] && cp "host_time_$shape_name.txt" "$OUT/"
 done
@@ -48,7 +48,7 @@ if [ -x build-pg-carry/dsmil ] && [ -n "${OUT:-}" ]; then
   echo "== cv shape, the -pg binary (gmon.out to \$OUT/pg_bench)"
   mkdir -p "$OUT/pg_bench" "$OUT/pg_fold"
   (cd "$OUT/pg_bench" && "$repo_root/build-pg-carry/dsmil" bench "${cv_shape[@]}" --set run.precision=bf16 \
-     --steps "$steps" --warmup "$warmup" | grep "^train step\|^host:")
+     --steps "$steps" --warmup "$warmup" | grep "^train step\|^host\|^device time:")
   echo "== a CV fold with the -pg binary (gmon.out to \$OUT/pg_fold)"
   rm -rf runs-pg
   (cd "$OUT/pg_fold" && "$repo_root/build-pg-carry/dsmil" cv --config recommended-v2 --data "$repo_root/$cohort" \

@@ -1,6 +1,8 @@
 // The compute devices as code outside tensor/ sees them.
 #include "tensor/device.h"
 
+#include <chrono>
+
 #include <fmt/format.h>
 
 #ifdef DSMIL_WITH_CUDA
@@ -14,6 +16,67 @@ namespace dsmil::device {
 namespace {
 MemoryUsage host_memory_usage() { return {host_bytes_in_use(), 0, host_bytes_peak()}; }
 }  // namespace
+
+struct DeviceClock::State {
+  Device device;
+  std::vector<bool> marked;
+  std::vector<std::chrono::steady_clock::time_point> host_points;  // the CPU's points
+#ifdef DSMIL_WITH_CUDA
+  std::vector<cudaEvent_t> events;  // the CUDA device's points
+#endif
+};
+
+DeviceClock::DeviceClock(Device device, size_t points) : state_(std::make_unique<State>()) {
+  state_->device = device;
+  state_->marked.assign(points, false);
+  if (device == Device::CPU) {
+    state_->host_points.resize(points);
+    return;
+  }
+#ifdef DSMIL_WITH_CUDA
+  state_->events.assign(points, nullptr);
+  for (cudaEvent_t& event : state_->events)
+    DSMIL_CUDA_CHECK(cudaEventCreate(&event), fmt::format("DeviceClock of {} points", points));
+#else
+  throw DeviceError("DeviceClock on the CUDA device: this build has no CUDA backend");
+#endif
+}
+
+DeviceClock::~DeviceClock() {
+#ifdef DSMIL_WITH_CUDA
+  for (cudaEvent_t event : state_->events)
+    if (event) cudaEventDestroy(event);
+#endif
+}
+
+void DeviceClock::mark(size_t point) {
+  if (point >= state_->marked.size())
+    throw Error(fmt::format("DeviceClock::mark: point {} of a clock of {}", point, state_->marked.size()));
+  state_->marked[point] = true;
+  if (state_->device == Device::CPU) {
+    state_->host_points[point] = std::chrono::steady_clock::now();
+    return;
+  }
+#ifdef DSMIL_WITH_CUDA
+  DSMIL_CUDA_CHECK(cudaEventRecord(state_->events[point], cuda::stream()), fmt::format("DeviceClock::mark({})", point));
+#endif
+}
+
+double DeviceClock::seconds(size_t from, size_t to) const {
+  for (size_t point : {from, to})
+    if (point >= state_->marked.size() || !state_->marked[point])
+      throw Error(fmt::format("DeviceClock::seconds({}, {}): point {} was never marked", from, to, point));
+  if (state_->device == Device::CPU)
+    return std::chrono::duration<double>(state_->host_points[to] - state_->host_points[from]).count();
+#ifdef DSMIL_WITH_CUDA
+  float ms = 0.0f;
+  DSMIL_CUDA_CHECK(cudaEventElapsedTime(&ms, state_->events[from], state_->events[to]),
+                   fmt::format("DeviceClock::seconds({}, {}) (has the host waited for both points?)", from, to));
+  return ms / 1000.0;
+#else
+  return 0.0;
+#endif
+}
 
 #ifdef DSMIL_WITH_CUDA
 

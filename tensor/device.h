@@ -1,7 +1,8 @@
 // The compute devices as code outside tensor/ sees them, in every build: availability, synchronisation, device
-// memory, the pool's figures, streams for libraries that queue their own GPU work, profiler ranges, the backend's
-// versions and its convolution choices. Without the CUDA backend there is no CUDA device: the queries answer "none"
-// (false, zeros, empty), what needs a device (memory, streams) throws DeviceError and the rest does nothing.
+// memory, the pool's figures, streams for libraries that queue their own GPU work, a clock of the device's progress,
+// profiler ranges, the backend's versions and its convolution choices. Without the CUDA backend there is no CUDA
+// device: the queries answer "none" (false, zeros, empty), what needs a device (memory, streams) throws DeviceError
+// and the rest does nothing.
 #pragma once
 
 #include <cstddef>
@@ -76,6 +77,27 @@ class SideStream {
   void wait_for_compute();
   void join_compute();
   void* native() const;  // the cudaStream_t
+
+ private:
+  struct State;
+  std::unique_ptr<State> state_;
+};
+
+// When the device reaches points of the work queued on it, to tell the device's time from the host's: mark(p)
+// records point p behind the work queued so far; once the host has waited for that work (a synchronisation, or a
+// read of a result queued after the mark), seconds(p, q) is the device time from point p to point q. It includes
+// the device's idle time waiting for the host to queue the work between them: where it is no longer than the host's
+// time between the two marks, the device kept up with the host. The CPU's work is done when queued: there a point is
+// the host's clock at mark(). Marks may be taken again (the next step's).
+class DeviceClock {
+ public:
+  DeviceClock(Device device, size_t points);
+  ~DeviceClock();
+  DeviceClock(const DeviceClock&) = delete;
+  DeviceClock& operator=(const DeviceClock&) = delete;
+  void mark(size_t point);
+  // Error for a point out of range or never marked; DeviceError where the device has not reached a point yet.
+  double seconds(size_t from, size_t to) const;
 
  private:
   struct State;

@@ -11,8 +11,10 @@
 #include "apps/report/run_dir.h"
 #include "apps/train/health.h"
 #include "apps/train/trainer.h"
+#include "base/thread_usage.h"
 #include "data/rng.h"
 #include "logging/log.h"
+#include "tensor/device.h"
 
 namespace dsmil::app {
 
@@ -99,8 +101,12 @@ json Learner::train_epoch(int epoch) {
   std::vector<double> seen_p;
   double loss_sum = 0.0, batch_seconds = 0.0, readback_seconds = 0.0;
   // Host time queuing the steps, split where the step's host work changes kind: the forward pass and the loss, the
-  // backward pass, the update (optimizer, EMA, and the diagnostic step's measurements).
+  // backward pass, the update (optimizer, EMA, and the diagnostic step's measurements); the device's time over the
+  // same parts (marks 0-3: the queue's start and each part's end), and what the queuing cost the host thread.
   double forward_seconds = 0.0, backward_seconds = 0.0, update_seconds = 0.0;
+  std::array<double, 3> device_seconds{};
+  device::DeviceClock device_clock(device_, 4);
+  ThreadUsage queue_usage;
   float lr = 0.0f;
   const auto t0 = std::chrono::steady_clock::now();
   const int world = ranks_ ? ranks_->world_size() : 1, rank = ranks_ ? ranks_->rank() : 0;
@@ -141,15 +147,19 @@ json Learner::train_epoch(int epoch) {
     }
     const bool diagnose = writer_ && step == diagnostic_step;
     const auto queue_start = std::chrono::steady_clock::now();
+    const ThreadUsage usage_at_start = ThreadUsage::now();
+    device_clock.mark(0);
     const mil::LossTargets targets = mil::loss_targets(batch.target, class_weights_.data(), device_);
     model_.encoder().set_record_last_stage(diagnose);
     const mil::MilOutput out = model_.forward(Variable(batch.x.to(device_)), batch.mask, tau, random);
     const Tensor last_stage = model_.encoder().last_stage_output();
     Variable loss = mil::mil_loss(out, targets, c_.loss_config(), share);
     const auto forward_done = std::chrono::steady_clock::now();
+    device_clock.mark(1);
     loss.backward();
     if (reducer_) reducer_->finish();
     const auto backward_done = std::chrono::steady_clock::now();
+    device_clock.mark(2);
     lr = nn::warmup_cosine_lr(static_cast<float>(c_.lr), epoch * steps_per_epoch_ + step, warmup, total_steps);
     if (diagnose) health.weights_before_step(model_.parameters());
     optimizer_->step(lr);
@@ -159,7 +169,9 @@ json Learner::train_epoch(int epoch) {
     }
     optimizer_->zero_grad();
     if (ema_) ema_->update(model_);
+    device_clock.mark(3);
     const auto readback_start = std::chrono::steady_clock::now();
+    queue_usage += ThreadUsage::now() - usage_at_start;
     forward_seconds += std::chrono::duration<double>(forward_done - queue_start).count();
     backward_seconds += std::chrono::duration<double>(backward_done - forward_done).count();
     update_seconds += std::chrono::duration<double>(readback_start - backward_done).count();
@@ -177,6 +189,8 @@ json Learner::train_epoch(int epoch) {
     for (size_t v = 0; v < y.size(); ++v) step_values[1 + 2 * first + v] = y[v];
     if (ranks_) step_values = ranks_->sum(step_values);
     readback_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - readback_start).count();
+    for (size_t part = 0; part < device_seconds.size(); ++part)
+      device_seconds[part] += device_clock.seconds(part, part + 1);
     const double loss_value = step_values[0];
     if (!std::isfinite(loss_value))
       throw Error(
@@ -202,6 +216,14 @@ json Learner::train_epoch(int epoch) {
       {"step_queue_s", forward_seconds + backward_seconds + update_seconds},
       {"step_queue_split_s",
        {{"forward", forward_seconds}, {"backward", backward_seconds}, {"update", update_seconds}}},
+      {"step_device_split_s",
+       {{"forward", device_seconds[0]}, {"backward", device_seconds[1]}, {"update", device_seconds[2]}}},
+      {"step_queue_thread",
+       {{"cpu_s", queue_usage.cpu_seconds},
+        {"minor_faults", queue_usage.minor_faults},
+        {"major_faults", queue_usage.major_faults},
+        {"voluntary_switches", queue_usage.voluntary_switches},
+        {"involuntary_switches", queue_usage.involuntary_switches}}},
       {"step_readback_s", readback_seconds},
       {"train", report::split_record_json(seen_labels, seen_p, loss_sum / std::max<size_t>(seen_p.size(), 1))}};
   if (first_grad_norm) record["grad_norm_first_step"] = *first_grad_norm;

@@ -236,8 +236,19 @@ std::map<std::string, std::string> fold_outputs(const fs::path& run_dir) {
       const nlohmann::json& split = record.at("step_queue_split_s");
       CHECK(split.at("forward").get<double>() + split.at("backward").get<double>() + split.at("update").get<double>() ==
             doctest::Approx(record.at("step_queue_s").get<double>()));
-      for (const char* timing : {"epoch_time_s", "throughput_bags_per_s", "eval_bags_per_s", "batch_assembly_s",
-                                 "step_queue_s", "step_queue_split_s", "step_readback_s"})
+      // On the CPU a part's device time is the host's clock between the same marks, taken a moment later.
+      const nlohmann::json& device_split = record.at("step_device_split_s");
+      for (const char* part : {"forward", "backward", "update"}) {
+        CHECK(device_split.at(part).get<double>() > 0);
+        CHECK(device_split.at(part).get<double>() <= record.at("epoch_time_s").get<double>());
+      }
+      const nlohmann::json& thread = record.at("step_queue_thread");
+      CHECK(thread.at("cpu_s").get<double>() > 0);
+      for (const char* count : {"minor_faults", "major_faults", "voluntary_switches", "involuntary_switches"})
+        CHECK(thread.at(count).get<int64_t>() >= 0);
+      for (const char* timing :
+           {"epoch_time_s", "throughput_bags_per_s", "eval_bags_per_s", "batch_assembly_s", "step_queue_s",
+            "step_queue_split_s", "step_device_split_s", "step_queue_thread", "step_readback_s"})
         record.erase(timing);
       metrics += record.dump() + "\n";
     }
