@@ -17,6 +17,7 @@
 #include "tensor/cuda/checks.h"
 #include "tensor/cuda/context.h"
 #include "tensor/cuda/runtime.h"
+#include "tensor/device.h"
 #endif
 
 namespace dsmil::kernel_bench {
@@ -103,22 +104,6 @@ CheckOutcome check_on_device(const Selection& s, const Problem& problem, const s
   return compare_outputs(got, reference);
 }
 
-class Events {
- public:
-  explicit Events(size_t count) : events_(count) {
-    for (cudaEvent_t& e : events_) DSMIL_CUDA_CHECK(cudaEventCreate(&e), "kernel bench events");
-  }
-  ~Events() {
-    for (cudaEvent_t e : events_) cudaEventDestroy(e);
-  }
-  Events(const Events&) = delete;
-  Events& operator=(const Events&) = delete;
-  cudaEvent_t operator[](size_t i) const { return events_[i]; }
-
- private:
-  std::vector<cudaEvent_t> events_;
-};
-
 double median_of(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   return v[v.size() / 2];
@@ -157,21 +142,17 @@ class Timer {
     }
     cuda::synchronize();
     const int64_t spin_ns = std::clamp<int64_t>(static_cast<int64_t>(3.0 * median_of(host_ns)) + 20000, 20000, 2000000);
-    Events events(2 * static_cast<size_t>(reps));
+    device::DeviceClock clock(Device::CUDA, 2 * static_cast<size_t>(reps));
     for (int r = 0; r < reps; ++r) {
       if (evict) DSMIL_CUDA_CHECK(evict_l2(evict_buffer_.data(), evict_bytes_, sink_.as<int>(), stream), "evict_l2");
       DSMIL_CUDA_CHECK(spin(spin_ns, stream), "spin");
-      DSMIL_CUDA_CHECK(cudaEventRecord(events[2 * r], stream), "timing event");
+      clock.mark(2 * r);
       call(r % sets);
-      DSMIL_CUDA_CHECK(cudaEventRecord(events[2 * r + 1], stream), "timing event");
+      clock.mark(2 * r + 1);
     }
     cuda::synchronize();
     std::vector<double> us(reps);
-    for (int r = 0; r < reps; ++r) {
-      float ms = 0.0f;
-      DSMIL_CUDA_CHECK(cudaEventElapsedTime(&ms, events[2 * r], events[2 * r + 1]), "timing event");
-      us[r] = 1000.0 * ms;
-    }
+    for (int r = 0; r < reps; ++r) us[r] = 1e6 * clock.seconds(2 * r, 2 * r + 1);
     return {median_of(us), *std::min_element(us.begin(), us.end())};
   }
 
