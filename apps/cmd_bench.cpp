@@ -18,6 +18,7 @@
 #include "apps/command_registry.h"
 #include "apps/kernel_bench/kernel_bench.h"
 #include "apps/train/config.h"
+#include "apps/train/graph_step.h"
 #include "apps/train/trainer.h"
 #include "base/thread_usage.h"
 #include "nn/optim.h"
@@ -146,14 +147,40 @@ void run_bench(const BenchArgs& a) {
   std::array<double, 3> last_queue_ms{};
   device::DeviceClock device_clock(device, 4);
   ThreadUsage last_queue_usage;
-  // Forward, loss, backward, AdamW, EMA; returns the loss (read after the whole step is queued).
-  const auto train_step = [&](int step) {
+  // run.cuda_graph (CUDA): after a first step queued as it is (its plans chosen, the optimizer's tables made), the
+  // steps replay the step recorded once as a CUDA graph (apps/train/graph_step.h), as a CV fold's do.
+  std::unique_ptr<GraphStep> graph;
+  if (device == Device::CUDA && config.cuda_graph && config.entropy_weight <= 0)
+    graph = std::make_unique<GraphStep>(model, optimizer, &ema, config.loss_config());
+  std::vector<Batch> batches;
+  for (const Tensor& x : inputs) batches.push_back({x, mask, target, {}, {}});
+  bool last_step_replayed = false;
+  // Forward, loss, backward, AdamW, EMA; returns the loss (read after the whole step is queued). eager_only: queued
+  // as it is even where a recording would replay it.
+  const auto train_step = [&](int step, bool eager_only) {
     const auto queue_start = std::chrono::steady_clock::now();
     const ThreadUsage usage_at_start = ThreadUsage::now();
     device_clock.mark(0);
+    const Batch& batch = batches[step % a.input_sets];
+    last_step_replayed = false;
+    if (graph && !eager_only && graph->takes(batch)) {
+      const std::optional<GraphStep::Outputs> outputs = graph->run(
+          batch, class_weight, nn::StepRandom{static_cast<uint64_t>(step), 0}, 1.0f, static_cast<float>(config.lr));
+      device_clock.mark(1);
+      if (outputs) {
+        last_step_replayed = true;
+        last_queue_usage = ThreadUsage::now() - usage_at_start;
+        last_queue_ms = {
+            std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - queue_start).count(), 0.0,
+            0.0};
+        return outputs->loss.item();  // synchronises
+      }
+      std::printf("note: the step cannot be recorded as a CUDA graph (%s): each step is queued as it is\n",
+                  graph->failure().c_str());
+    }
     nn::StepRandom random{static_cast<uint64_t>(step), 0};
     const mil::LossTargets targets = mil::loss_targets(target, class_weight, device);
-    const mil::MilOutput out = model.forward(Variable(inputs[step % a.input_sets]), mask, 1.0f, random);
+    const mil::MilOutput out = model.forward(Variable(batch.x), mask, 1.0f, random);
     Variable loss = mil::mil_loss(out, targets, config.loss_config());
     memory.after_forward();
     const auto forward_done = std::chrono::steady_clock::now();
@@ -169,11 +196,13 @@ void run_bench(const BenchArgs& a) {
     using Ms = std::chrono::duration<double, std::milli>;
     last_queue_ms = {Ms(forward_done - queue_start).count(), Ms(backward_done - forward_done).count(),
                      Ms(std::chrono::steady_clock::now() - backward_done).count()};
+    if (graph) graph->saw_eager_step(batch.x.shape());
     return loss.value().item();  // synchronises
   };
 
   std::vector<double> step_ms, queue_ms, losses;
-  std::array<std::vector<double>, 3> queue_part_ms, device_part_ms;
+  std::array<std::vector<double>, 3> queue_part_ms, device_part_ms;  // queue_ms and these: the steps queued as they are
+  std::vector<double> replay_queue_ms, replay_device_ms;             // of the steps replayed as a CUDA graph
   ThreadUsage timed_queue_usage;
   for (int step = 0; step < a.warmup + a.steps; ++step) {
     device::synchronize(device);
@@ -181,17 +210,22 @@ void run_bench(const BenchArgs& a) {
     const bool profiled = a.profile && step == a.warmup + a.steps - 1;
     if (profiled) device::profiler_start();
     const auto t0 = std::chrono::steady_clock::now();
-    const float loss_value = train_step(step);
+    const float loss_value = train_step(step, false);
     device::synchronize(device);
     if (profiled) device::profiler_stop();
     const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     losses.push_back(loss_value);
     if (step >= a.warmup) {
       step_ms.push_back(ms);
-      queue_ms.push_back(last_queue_ms[0] + last_queue_ms[1] + last_queue_ms[2]);
-      for (size_t part = 0; part < 3; ++part) {
-        queue_part_ms[part].push_back(last_queue_ms[part]);
-        device_part_ms[part].push_back(1000.0 * device_clock.seconds(part, part + 1));
+      if (last_step_replayed) {
+        replay_queue_ms.push_back(last_queue_ms[0]);
+        replay_device_ms.push_back(1000.0 * device_clock.seconds(0, 1));
+      } else {
+        queue_ms.push_back(last_queue_ms[0] + last_queue_ms[1] + last_queue_ms[2]);
+        for (size_t part = 0; part < 3; ++part) {
+          queue_part_ms[part].push_back(last_queue_ms[part]);
+          device_part_ms[part].push_back(1000.0 * device_clock.seconds(part, part + 1));
+        }
       }
       timed_queue_usage += last_queue_usage;
     }
@@ -220,13 +254,20 @@ void run_bench(const BenchArgs& a) {
   std::printf("train step: median %.2f ms, best %.2f ms over %d steps (%d warm-up); %.1f bags/s\n", median, best,
               a.steps, a.warmup, a.bags * 1000.0 / median);
   if (device == Device::CUDA) {
-    std::printf("host: queuing a step took a median %.2f ms of it (forward %.2f, backward %.2f, update %.2f)\n",
-                median_of(queue_ms), median_of(queue_part_ms[0]), median_of(queue_part_ms[1]),
-                median_of(queue_part_ms[2]));
-    std::printf(
-        "device time: the same parts took a median forward %.2f, backward %.2f, update %.2f ms (waits for the host "
-        "included)\n",
-        median_of(device_part_ms[0]), median_of(device_part_ms[1]), median_of(device_part_ms[2]));
+    if (!queue_ms.empty()) {
+      std::printf("host: queuing a step took a median %.2f ms of it (forward %.2f, backward %.2f, update %.2f)\n",
+                  median_of(queue_ms), median_of(queue_part_ms[0]), median_of(queue_part_ms[1]),
+                  median_of(queue_part_ms[2]));
+      std::printf(
+          "device time: the same parts took a median forward %.2f, backward %.2f, update %.2f ms (waits for the host "
+          "included)\n",
+          median_of(device_part_ms[0]), median_of(device_part_ms[1]), median_of(device_part_ms[2]));
+    }
+    if (!replay_queue_ms.empty())
+      std::printf(
+          "host: %zu of the %d timed steps replayed the step recorded as a CUDA graph: queuing one (writing its "
+          "inputs, launching) took a median %.2f ms\ndevice time: a replayed step took a median %.2f ms\n",
+          replay_queue_ms.size(), a.steps, median_of(replay_queue_ms), median_of(replay_device_ms));
     std::printf(
         "host thread while queuing, a step: CPU %.2f ms, %.1f page faults, %.1f voluntary and %.1f involuntary "
         "context switches (means)\n",
@@ -237,10 +278,13 @@ void run_bench(const BenchArgs& a) {
   }
   std::printf(
       "%s memory (%s, GiB): peak %.2f in the timed steps (%.2f with the warm-up's algorithm searches); "
-      "%.2f held between steps (weights, optimizer and EMA state, inputs), %.2f after a forward pass "
+      "%.2f held between steps (weights, optimizer and EMA state, inputs), %.2f after a forward pass%s "
       "(+ what the backward pass keeps)\n",
-      device == Device::CUDA ? "device" : "host", device == Device::CUDA ? "pool" : "tensor block cache",
-      memory.peak_gib, memory.peak_with_warmup_gib, memory.between_steps_gib, memory.after_forward_gib);
+      device == Device::CUDA ? "device" : "host",
+      device == Device::CUDA ? (replay_queue_ms.empty() ? "pool" : "pool and CUDA graph, peaks added")
+                             : "tensor block cache",
+      memory.peak_gib, memory.peak_with_warmup_gib, memory.between_steps_gib, memory.after_forward_gib,
+      replay_queue_ms.empty() ? "" : " of a step queued as it is");
   if (device == Device::CUDA) {
     for (const std::string& line : device::convolution_measurements())
       std::printf("measured choice, %s\n", line.c_str());
@@ -264,12 +308,13 @@ void run_bench(const BenchArgs& a) {
                         {"between_steps_gib", memory.between_steps_gib},
                         {"after_forward_gib", memory.after_forward_gib},
                         {"precision", app::choice_name(config.precision)},
-                        {"strict_fp32", config.strict_fp32}};
+                        {"strict_fp32", config.strict_fp32},
+                        {"replayed_steps", replay_queue_ms.size()}};
     j["convolution_choices"] = device::convolution_report();
     std::ofstream(a.json_out) << j.dump(1) << "\n";
   }
   // Last, so that the figures above are the timed steps' alone.
-  if (a.memory_timeline) print_memory_timeline(device, [&] { train_step(a.warmup + a.steps); });
+  if (a.memory_timeline) print_memory_timeline(device, [&] { train_step(a.warmup + a.steps, true); });
 }
 
 // The kernel benchmarks at the shapes of the model that --config, --set and the shape flags describe.

@@ -61,7 +61,9 @@ __global__ void multi_tensor_norm_kernel(const double* __restrict__ partial, int
 }
 
 __global__ void multi_tensor_adamw_kernel(ChunkRange range, const AdamWSlot* __restrict__ slots, GradPointers grads,
-                                          AdamWStep s, const float* __restrict__ grad_norm, float max_grad_norm) {
+                                          AdamWStep step, const AdamWStep* __restrict__ step_on_device,
+                                          const float* __restrict__ grad_norm, float max_grad_norm) {
+  const AdamWStep s = step_on_device ? *step_on_device : step;
   const TensorChunk c = range.chunks[range.first_block + blockIdx.x];
   const float* __restrict__ grad = grads.grad[c.tensor - range.first_tensor];
   if (grad == nullptr) return;
@@ -79,7 +81,9 @@ __global__ void multi_tensor_adamw_kernel(ChunkRange range, const AdamWSlot* __r
   }
 }
 
-__global__ void multi_tensor_ema_kernel(ChunkRange range, const EmaSlot* __restrict__ slots, float decay) {
+__global__ void multi_tensor_ema_kernel(ChunkRange range, const EmaSlot* __restrict__ slots, float decay_value,
+                                        const float* __restrict__ decay_on_device) {
+  const float decay = decay_on_device ? *decay_on_device : decay_value;
   const TensorChunk c = range.chunks[range.first_block + blockIdx.x];
   const EmaSlot slot = slots[c.tensor];
   for (int64_t i = c.begin + threadIdx.x; i < c.begin + c.count; i += blockDim.x)
@@ -113,16 +117,19 @@ cudaError_t multi_tensor_norm(const double* partial, int64_t count, float* norm,
 }
 
 cudaError_t multi_tensor_adamw(ChunkRange range, const AdamWSlot* slots, const GradPointers& grads, AdamWStep step,
-                               const float* grad_norm, float max_grad_norm, cudaStream_t stream) {
+                               const AdamWStep* step_on_device, const float* grad_norm, float max_grad_norm,
+                               cudaStream_t stream) {
   if (range.blocks == 0) return cudaSuccess;
-  multi_tensor_adamw_kernel<<<static_cast<unsigned>(range.blocks), kThreads, 0, stream>>>(range, slots, grads, step,
-                                                                                          grad_norm, max_grad_norm);
+  multi_tensor_adamw_kernel<<<static_cast<unsigned>(range.blocks), kThreads, 0, stream>>>(
+      range, slots, grads, step, step_on_device, grad_norm, max_grad_norm);
   return cudaGetLastError();
 }
 
-cudaError_t multi_tensor_ema(ChunkRange range, const EmaSlot* slots, float decay, cudaStream_t stream) {
+cudaError_t multi_tensor_ema(ChunkRange range, const EmaSlot* slots, float decay, const float* decay_on_device,
+                             cudaStream_t stream) {
   if (range.blocks == 0) return cudaSuccess;
-  multi_tensor_ema_kernel<<<static_cast<unsigned>(range.blocks), kThreads, 0, stream>>>(range, slots, decay);
+  multi_tensor_ema_kernel<<<static_cast<unsigned>(range.blocks), kThreads, 0, stream>>>(range, slots, decay,
+                                                                                        decay_on_device);
   return cudaGetLastError();
 }
 

@@ -8,10 +8,12 @@
 
 namespace dsmil::kernels {
 
+// In the order of ops::adamw_step_constants.
 struct AdamWStep {
   float lr, beta1, beta2, eps, weight_decay;
   float bias_correction1, bias_correction2;  // 1 - beta^t, computed on the host
 };
+static_assert(sizeof(AdamWStep) == 7 * sizeof(float), "AdamWStep is read from an F32 [7] tensor");
 
 cudaError_t adamw(float* param, const float* grad, float* m, float* v, int64_t n, AdamWStep step, cudaStream_t stream);
 cudaError_t ema(float* ema_values, const float* value, int64_t n, float decay, cudaStream_t stream);
@@ -58,9 +60,12 @@ cudaError_t multi_tensor_sum_squares(ChunkRange range, const GradPointers& grads
 // *norm = sqrt(sum of partial[0 .. count)), summed in a fixed order (bit-identical between runs).
 cudaError_t multi_tensor_norm(const double* partial, int64_t count, float* norm, cudaStream_t stream);
 // AdamW on every chunk whose tensor has a gradient, with gradient g * c: c = max_grad_norm / (*grad_norm + 1e-6)
-// when *grad_norm > max_grad_norm, else 1 (grad_norm nullptr: no clipping).
+// when *grad_norm > max_grad_norm, else 1 (grad_norm nullptr: no clipping). The step's constants are
+// *step_on_device where that is not null (written before the launch runs), else `step`; the EMA's decay likewise.
 cudaError_t multi_tensor_adamw(ChunkRange range, const AdamWSlot* slots, const GradPointers& grads, AdamWStep step,
-                               const float* grad_norm, float max_grad_norm, cudaStream_t stream);
-cudaError_t multi_tensor_ema(ChunkRange range, const EmaSlot* slots, float decay, cudaStream_t stream);
+                               const AdamWStep* step_on_device, const float* grad_norm, float max_grad_norm,
+                               cudaStream_t stream);
+cudaError_t multi_tensor_ema(ChunkRange range, const EmaSlot* slots, float decay, const float* decay_on_device,
+                             cudaStream_t stream);
 
 }  // namespace dsmil::kernels

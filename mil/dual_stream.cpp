@@ -91,7 +91,8 @@ MilOutput DualStreamHead::forward(const Variable& h_in, const Tensor& mask_in, c
   out.embeddings = h_in.value();
   out.mask = mask_in;
   const Variable h =
-      training() ? fn::dropout(h_in, config_.feature_dropout, random.seed, random.take(h_in.value().numel())) : h_in;
+      training() ? fn::dropout(h_in, config_.feature_dropout, random.mask_seed(), random.take(h_in.value().numel()))
+                 : h_in;
 
   // Stream 1: instance classifier and pooling by the margin z_i = c_i1 - c_i0.
   const Variable c = instance_classifier_.forward(h);
@@ -150,14 +151,31 @@ void DualStreamMIL::to(Device device) {
   device_ = device;
 }
 
-MilOutput DualStreamMIL::forward(const Variable& x, const Tensor& mask, float tau, nn::StepRandom& random) {
+namespace {
+
+void check_slabs(const Variable& x, const Tensor& mask) {
   if (x.shape().size() != 5 || x.shape()[0] != mask.numel())
     throw ShapeError(
         fmt::format("DualStreamMIL: x {} must hold B*n = {} slabs [S, H, W, C]", shape_str(x.shape()), mask.numel()));
+}
+
+}  // namespace
+
+MilOutput DualStreamMIL::forward(const Variable& x, const Tensor& mask, float tau, nn::StepRandom& random) {
+  check_slabs(x, mask);
   // The head's mask goes to the device before the encoder is queued: its upload then waits for almost
   // nothing, where after the encoder it would wait for the whole forward pass.
-  const Tensor head_mask = head_.instance_mask(mask, random);
-  const Tensor device_mask = head_mask.to(x.value().device());
+  const Tensor head_mask = draw_head_mask(mask, random);
+  return forward_drawn(x, head_mask, head_mask.to(x.value().device()), tau, random);
+}
+
+Tensor DualStreamMIL::draw_head_mask(const Tensor& mask, nn::StepRandom& random) const {
+  return head_.instance_mask(mask, random);
+}
+
+MilOutput DualStreamMIL::forward_drawn(const Variable& x, const Tensor& head_mask, const Tensor& device_mask, float tau,
+                                       nn::StepRandom& random) {
+  check_slabs(x, head_mask);
   return head_.forward(encoder_.forward(x, random), head_mask, device_mask, tau, random);
 }
 

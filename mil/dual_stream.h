@@ -79,6 +79,12 @@ class DualStreamMIL : public nn::Module {
   DualStreamMIL(const ModelConfig& config, uint64_t init_seed);
   // x[B*n, S, H, W, 4] (channels-last slabs, bag-major), mask[B, n] I32 on the CPU.
   MilOutput forward(const Variable& x, const Tensor& mask, float tau, nn::StepRandom& random);
+  // forward() in two parts, for a pass captured as a CUDA graph (which copies nothing between host and device): the
+  // head's mask drawn on the host (the instance dropout: the step's first random counters), then the pass from that
+  // mask and its copy on x's device (device_mask, written before the pass runs).
+  Tensor draw_head_mask(const Tensor& mask, nn::StepRandom& random) const;
+  MilOutput forward_drawn(const Variable& x, const Tensor& head_mask, const Tensor& device_mask, float tau,
+                          nn::StepRandom& random);
   const ModelConfig& config() const { return config_; }
   void to(Device device);
   Device device() const { return device_; }

@@ -28,10 +28,14 @@ struct NamedBuffer {
 // [first_bag, first_bag + local_bags) of the step's global_bags: take() then hands it its bags' share
 // of the counters the whole step would take and advances past all of them, so that every rank draws
 // what one process holding the whole batch draws. global_bags = 0: this process holds the whole step.
+// seed_on_device (optional): where the CUDA masks read the seed instead (a step captured as a CUDA graph; the host's
+// own draws, the instance dropout, take `seed`).
 struct StepRandom {
   uint64_t seed = 0;
   uint64_t next = 0;
   int64_t first_bag = 0, local_bags = 0, global_bags = 0;
+  const uint64_t* seed_on_device = nullptr;
+  MaskSeed mask_seed() const { return {seed, seed_on_device}; }
   uint64_t take(uint64_t count) {
     const uint64_t first = next;
     if (global_bags == 0) {

@@ -2,6 +2,7 @@
 // learning-rate schedule.
 #include "nn/optim.h"
 
+#include <array>
 #include <cmath>
 #include <numbers>
 
@@ -26,13 +27,34 @@ AdamW::AdamW(std::vector<NamedParameter> params, const AdamWConfig& config)
 
 void AdamW::step(float lr) {
   ++step_;
+  queue_update(hyper(lr), Tensor());
+}
+
+void AdamW::prepare_step(float lr) {
+  ++step_;
+  prepared_ = hyper(lr);
+  const std::array<float, 7> constants = adamw_step_constants(prepared_);
+  const Tensor host = Tensor::from_vector({7}, std::vector<float>(constants.begin(), constants.end()));
+  if (!constants_on_device_.defined()) constants_on_device_ = Tensor::empty({7}, DType::F32, grad_norm_.device());
+  constants_on_device_.copy_from(host);
+}
+
+void AdamW::queue_step() {
+  if (!constants_on_device_.defined()) throw Error("AdamW::queue_step: no step was prepared (prepare_step)");
+  queue_update(prepared_, constants_on_device_);
+}
+
+AdamWHyper AdamW::hyper(float lr) const {
+  return {lr, config_.beta1, config_.beta2, config_.eps, config_.weight_decay, step_};
+}
+
+void AdamW::queue_update(const AdamWHyper& h, const Tensor& constants_on_device) {
   std::vector<Tensor> grads;
   for (const NamedParameter& p : params_) grads.push_back(p.variable->has_grad() ? p.variable->grad() : Tensor());
-  const AdamWHyper h{lr, config_.beta1, config_.beta2, config_.eps, config_.weight_decay, step_};
   // An infinite bound measures the norm without ever clipping: the norm is a training-health figure
   // whether or not clipping is on.
   const float bound = config_.max_grad_norm > 0.0f ? config_.max_grad_norm : INFINITY;
-  ops::multi_tensor_adamw(tensors_, grads, h, bound, grad_norm_);
+  ops::multi_tensor_adamw(tensors_, grads, h, bound, grad_norm_, constants_on_device);
   grad_norm_written_ = !params_.empty();
 }
 
@@ -70,11 +92,27 @@ Ema::Ema(Module& model, float decay) : decay_(decay) {
 float Ema::effective_decay() const { return std::min(decay_, (1.0f + updates_) / (10.0f + updates_)); }
 
 void Ema::update(Module& model) {
+  queue_average(model, effective_decay(), Tensor());
+  ++updates_;
+}
+
+void Ema::prepare_update() {
+  prepared_decay_ = effective_decay();
+  ++updates_;
+  if (!decay_on_device_.defined()) decay_on_device_ = Tensor::empty({1}, DType::F32, values_.front().device());
+  decay_on_device_.copy_from(Tensor::full({1}, prepared_decay_));
+}
+
+void Ema::queue_update(Module& model) {
+  if (!decay_on_device_.defined()) throw Error("Ema::queue_update: no update was prepared (prepare_update)");
+  queue_average(model, prepared_decay_, decay_on_device_);
+}
+
+void Ema::queue_average(Module& model, float decay, const Tensor& decay_on_device) {
   tensors_.values.clear();
   for (const NamedParameter& p : model.parameters()) tensors_.values.push_back(&p.variable->value());
   for (const NamedBuffer& b : model.buffers()) tensors_.values.push_back(b.tensor);
-  ops::multi_tensor_ema(tensors_, effective_decay());
-  ++updates_;
+  ops::multi_tensor_ema(tensors_, decay, decay_on_device);
 }
 
 void Ema::copy_to(Module& target) const {

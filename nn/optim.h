@@ -26,6 +26,11 @@ class AdamW {
   // One update with learning rate `lr` from the accumulated gradients, clipped to config.max_grad_norm;
   // parameters without a gradient are left alone. Gradients are not cleared (zero_grad does).
   void step(float lr);
+  // step() in two parts, for a step captured once as a CUDA graph and replayed: prepare_step(lr) is the host's part
+  // (the step count; the step's constants written to the device, waiting for the copy), queue_step() queues the
+  // update reading the constants there, so that a replay of it uses those of the last prepare_step.
+  void prepare_step(float lr);
+  void queue_step();
   void zero_grad();
   int64_t steps() const { return step_; }
   // The global gradient norm before clipping of the last step (NaN or infinite: a non-finite gradient),
@@ -37,6 +42,9 @@ class AdamW {
   void set_steps(int64_t steps) { step_ = steps; }
 
  private:
+  AdamWHyper hyper(float lr) const;  // of step step_
+  void queue_update(const AdamWHyper& h, const Tensor& constants_on_device);
+
   std::vector<NamedParameter> params_;
   std::vector<Tensor> m_, v_;
   AdamWTensors tensors_;  // params_, m_, v_ as the multi-tensor op takes them
@@ -44,6 +52,8 @@ class AdamW {
   AdamWConfig config_;
   int64_t step_ = 0;
   bool grad_norm_written_ = false;
+  AdamWHyper prepared_;         // of the last prepare_step
+  Tensor constants_on_device_;  // F32 [7]: adamw_step_constants(prepared_)
 };
 
 // theta_ema <- d theta_ema + (1 - d) theta with d_eff = min(d, (1 + k) / (10 + k)), k = updates so far;
@@ -55,6 +65,10 @@ class Ema {
   Ema(const Ema&) = delete;
   Ema& operator=(const Ema&) = delete;
   void update(Module& model);
+  // update() in two parts, as AdamW's prepare_step / queue_step: the decay of this update written to the device and
+  // the count advanced, then the average queued reading that decay there.
+  void prepare_update();
+  void queue_update(Module& model);
   // Writes the averaged values into `target` (a model of the same architecture).
   void copy_to(Module& target) const;
   float effective_decay() const;
@@ -65,9 +79,13 @@ class Ema {
  private:
   std::vector<std::string> names_;
   std::vector<Tensor> values_;
+  void queue_average(Module& model, float decay, const Tensor& decay_on_device);
+
   EmaTensors tensors_;  // values_ and the model's tensors of the last update
   float decay_;
   int64_t updates_ = 0;
+  float prepared_decay_ = 0.0f;  // of the last prepare_update
+  Tensor decay_on_device_;       // F32 [1]: prepared_decay_
 };
 
 // Scales all gradients so that their global L2 norm is at most max_norm; returns the norm before.

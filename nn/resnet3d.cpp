@@ -23,7 +23,7 @@ Conv3dGeometry block_conv(int kd, int stride_hw) { return {{kd, 3, 3}, {1, strid
 
 // Drop-path as the per-sample factor keep / (1 - p) of the residual branch: drop_path of ones gives the
 // very factors fn::drop_path multiplies by (same counters), for the fused batch norm to apply.
-Tensor drop_path_factors(int64_t samples, float p, uint64_t seed, uint64_t offset, Device device) {
+Tensor drop_path_factors(int64_t samples, float p, MaskSeed seed, uint64_t offset, Device device) {
   return ops::drop_path(Tensor::full({samples}, 1.0f, device), p, seed, offset);
 }
 }  // namespace
@@ -53,7 +53,7 @@ BasicBlock::BasicBlock(int64_t in, int64_t out, int stride_hw, int kd, float dro
 Variable BasicBlock::forward(const Variable& x, StepRandom& random) {
   const Variable hidden = bn1_.forward_relu(conv1_.forward(x));
   const int64_t samples = x.shape()[0];
-  const Tensor keep = training() && drop_path_ > 0.0f ? drop_path_factors(samples, drop_path_, random.seed,
+  const Tensor keep = training() && drop_path_ > 0.0f ? drop_path_factors(samples, drop_path_, random.mask_seed(),
                                                                           random.take(samples), x.value().device())
                                                       : Tensor();
   const Variable shortcut = shortcut_conv_ ? shortcut_bn_->forward(shortcut_conv_->forward(x)) : x;

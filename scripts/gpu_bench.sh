@@ -9,6 +9,8 @@
 # (run.conv16_kernel=cudnn): the before / after of each in one call. DSMIL_BENCH_BEFORE=DIR adds the rows of the
 # dsmil binary in DIR (another commit's carry folder), run interleaved with this one: a change's before and after in
 # one call. DSMIL_BENCH_COMPILE_RUNS: processes of torch.compile (default 1; each compiles anew, about a minute).
+# dsmil's rows replay the step recorded as a CUDA graph (run.cuda_graph, the default); DSMIL_BENCH_QUEUED=0 drops the
+# rows of the same binary queuing every step as it is (run.cuda_graph=false), which are there by default.
 set -u
 carry=$1 logs=$2 runs=${3:-3}
 repo_root=$(cd "$(dirname "$0")/.." && pwd)
@@ -18,6 +20,7 @@ variants=("|$carry|fp32 bf16|")
 [ -n "${DSMIL_BENCH_BEFORE:-}" ] && variants+=("_before|$DSMIL_BENCH_BEFORE|fp32 bf16|")
 [ "${DSMIL_BENCH_UNFOLDED:-0}" = 1 ] && variants+=("_unfolded|$carry|fp32 bf16|--set run.conv_fold=never")
 [ "${DSMIL_BENCH_CUDNN_STEM:-0}" = 1 ] && variants+=("_cudnn_stem|$carry|bf16|--set run.conv16_kernel=cudnn")
+[ "${DSMIL_BENCH_QUEUED:-1}" = 1 ] && variants+=("_queued|$carry|fp32 bf16|--set run.cuda_graph=false")
 : > "$logs/bench_torch.jsonl"
 for i in $(seq "$runs"); do
   for variant in "${variants[@]}"; do
@@ -66,7 +69,8 @@ for name, vals in rows.items():
     print(f"{name:26s} {len(vals):4d} {best:9.2f} {med:18.2f} {peak:9.2f} {vals[0][3]:9.2f} {vals[0][4]:14.2f}")
 pairs = [("dsmil fp32", "torch eager_fp32"), ("dsmil bf16", "torch eager_bf16_cl"), ("dsmil bf16", "torch compile_bf16_cl"),
          ("dsmil bf16", "dsmil bf16 unfolded"), ("dsmil fp32", "dsmil fp32 unfolded"),
-         ("dsmil bf16", "dsmil bf16 cudnn stem")]
+         ("dsmil bf16", "dsmil bf16 cudnn stem"), ("dsmil bf16", "dsmil bf16 queued"),
+         ("dsmil fp32", "dsmil fp32 queued"), ("dsmil bf16 queued", "torch compile_bf16_cl")]
 for ours, theirs in pairs:
     if ours in summary and theirs in summary:
         (ob, om, op), (tb, tm, tp) = summary[ours], summary[theirs]

@@ -154,6 +154,72 @@ void SideStream::join_compute() {
 
 void* SideStream::native() const { return state_->stream; }
 
+struct CudaGraph::State {
+  bool recording = false;
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t runnable = nullptr;
+};
+
+CudaGraph::CudaGraph() : state_(std::make_unique<State>()) {}
+
+CudaGraph::~CudaGraph() {
+  abandon();
+  if (state_->runnable) cudaGraphExecDestroy(state_->runnable);
+  if (state_->graph) cudaGraphDestroy(state_->graph);
+}
+
+void CudaGraph::begin() {
+  if (state_->recording || state_->runnable) throw Error("CudaGraph::begin: this graph is recorded already");
+  cuda::begin_capture_tracking();
+  DSMIL_CUDA_CHECK(cudaStreamBeginCapture(cuda::stream(), cudaStreamCaptureModeThreadLocal), "CudaGraph::begin");
+  state_->recording = true;
+}
+
+void CudaGraph::end() {
+  if (!state_->recording) throw Error("CudaGraph::end: not recording");
+  state_->recording = false;
+  const cudaError_t ended = cudaStreamEndCapture(cuda::stream(), &state_->graph);
+  const bool frees_other_memory = cuda::capture_frees_other_memory();
+  cudaError_t instantiated = cudaErrorUnknown;
+  if (ended == cudaSuccess && !frees_other_memory)
+    instantiated =
+        cudaGraphInstantiateWithFlags(&state_->runnable, state_->graph, cudaGraphInstantiateFlagAutoFreeOnLaunch);
+  cuda::end_capture_tracking(ended == cudaSuccess && !frees_other_memory && instantiated == cudaSuccess);
+  if (ended != cudaSuccess) {
+    cudaGetLastError();
+    throw DeviceError(
+        fmt::format("CudaGraph::end: cudaStreamEndCapture failed: {} (an op of the recording waited for "
+                    "the device or copied from the host)",
+                    cudaGetErrorString(ended)));
+  }
+  if (frees_other_memory)
+    throw DeviceError(
+        "CudaGraph::end: the recorded work gives back pool memory it did not take (a tensor made before the "
+        "recording and released in it): every launch would free it again");
+  if (instantiated != cudaSuccess) {
+    cudaGetLastError();
+    throw DeviceError(
+        fmt::format("CudaGraph::end: cudaGraphInstantiateWithFlags failed: {}", cudaGetErrorString(instantiated)));
+  }
+}
+
+void CudaGraph::abandon() noexcept {
+  if (!state_->recording) return;
+  state_->recording = false;
+  cudaGraph_t dropped = nullptr;
+  cudaStreamEndCapture(cuda::stream(), &dropped);
+  if (dropped) cudaGraphDestroy(dropped);
+  cuda::end_capture_tracking(false);
+  cudaGetLastError();  // the recording's error is not the next op's
+}
+
+void CudaGraph::launch() {
+  if (!state_->runnable) throw Error("CudaGraph::launch: nothing recorded (begin, the work, end)");
+  DSMIL_CUDA_CHECK(cudaGraphLaunch(state_->runnable, cuda::stream()), "CudaGraph::launch");
+}
+
+bool CudaGraph::ready() const { return state_->runnable != nullptr; }
+
 bool cuda_available() { return cuda::device_available(); }
 
 void synchronize(Device device) {
@@ -197,7 +263,8 @@ namespace {
 DeviceMemory::DeviceMemory(size_t bytes, MemorySource) {
   no_cuda_device(fmt::format("DeviceMemory of {} bytes", bytes));
 }
-// No DeviceMemory or SideStream exists without the backend (their constructors throw): the members are never called.
+// No DeviceMemory, SideStream or CudaGraph exists without the backend (their constructors throw): the members are never
+// called.
 DeviceMemory::~DeviceMemory() = default;
 void DeviceMemory::upload(size_t, const void*, size_t) {}
 void DeviceMemory::download(size_t, void*, size_t) const {}
@@ -209,6 +276,14 @@ SideStream::~SideStream() = default;
 void SideStream::wait_for_compute() {}
 void SideStream::join_compute() {}
 void* SideStream::native() const { return nullptr; }
+struct CudaGraph::State {};
+CudaGraph::CudaGraph() { no_cuda_device("CudaGraph"); }
+CudaGraph::~CudaGraph() = default;
+void CudaGraph::begin() {}
+void CudaGraph::end() {}
+void CudaGraph::abandon() noexcept {}
+void CudaGraph::launch() {}
+bool CudaGraph::ready() const { return false; }
 
 bool cuda_available() { return false; }
 void synchronize(Device) {}

@@ -104,6 +104,32 @@ class DeviceClock {
   std::unique_ptr<State> state_;
 };
 
+// Work queued on the ops' stream recorded once as a CUDA graph and then replayed (a training step whose host work
+// would otherwise cost more than its device time). Between begin() and end() the ops are recorded, not run; launch()
+// runs the recording once more. What the recorded ops take from the pool is the graph's memory, at the same addresses
+// every launch: tensors made while recording and kept afterwards (a step's outputs) hold what the last launch wrote
+// there, and must be released before the graph. Everything a recorded op reads that changes from launch to launch
+// (inputs, seeds, step constants) must be written into memory that existed before begin(), between launches.
+// Recording fails where an op waits for the device or copies from the host: that op throws, abandon() ends the
+// recording, and the work can be queued as it is instead. CUDA only: DeviceError without the backend.
+class CudaGraph {
+ public:
+  CudaGraph();
+  ~CudaGraph();
+  CudaGraph(const CudaGraph&) = delete;
+  CudaGraph& operator=(const CudaGraph&) = delete;
+  void begin();
+  // Ends the recording and makes it runnable; DeviceError naming why it cannot be (recording stopped either way).
+  void end();
+  void abandon() noexcept;  // ends a recording an op's error interrupted, dropping it
+  void launch();
+  bool ready() const;  // end() succeeded
+
+ private:
+  struct State;
+  std::unique_ptr<State> state_;
+};
+
 // Brackets the work a profiler started with `--profile-from-start off` records (ncu, nsys).
 void profiler_start();
 void profiler_stop();

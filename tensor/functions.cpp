@@ -164,14 +164,14 @@ Variable global_avg_pool(const Variable& x) {
                            });
 }
 
-Variable dropout(const Variable& x, float p, uint64_t seed, uint64_t offset) {
+Variable dropout(const Variable& x, float p, MaskSeed seed, uint64_t offset) {
   if (p == 0.0f) return x;
   return Variable::from_op(
       ops::dropout(x.value(), p, seed, offset), {x},
       [dx = x.grad_sink(), p, seed, offset](const Tensor& dy) { dx.accumulate(ops::dropout(dy, p, seed, offset)); });
 }
 
-Variable drop_path(const Variable& x, float p, uint64_t seed, uint64_t offset) {
+Variable drop_path(const Variable& x, float p, MaskSeed seed, uint64_t offset) {
   if (p == 0.0f) return x;
   return Variable::from_op(
       ops::drop_path(x.value(), p, seed, offset), {x},

@@ -41,8 +41,8 @@ Variable maxpool3d(const Variable& x, const Pool3dGeometry& g);
 Variable global_avg_pool(const Variable& x);
 
 // Counter-based dropout / drop-path (tensor/ops.h); p = 0 returns x itself.
-Variable dropout(const Variable& x, float p, uint64_t seed, uint64_t offset);
-Variable drop_path(const Variable& x, float p, uint64_t seed, uint64_t offset);
+Variable dropout(const Variable& x, float p, MaskSeed seed, uint64_t offset);
+Variable drop_path(const Variable& x, float p, MaskSeed seed, uint64_t offset);
 
 // MIL head. `stats` receives the per-bag attention statistics [B, 3] (entropy, top-1, n_eff).
 Variable masked_softmax(const Variable& e, const Tensor& mask, float temperature, Tensor* stats);

@@ -4,6 +4,7 @@
 
 #include <fmt/format.h>
 
+#include <cmath>
 #include <limits>
 
 #include "tensor/cpu/ops_cpu.h"
@@ -60,6 +61,16 @@ void EmaTensors::check_lengths(const char* op) const { check_list_length(op, "va
   if ((device) != Device::CPU) no_cuda_backend(#op); \
   return cpu::op(__VA_ARGS__)
 #endif
+
+std::array<float, 7> adamw_step_constants(const AdamWHyper& h) {
+  return {h.lr,
+          h.beta1,
+          h.beta2,
+          h.eps,
+          h.weight_decay,
+          static_cast<float>(1.0 - std::pow(static_cast<double>(h.beta1), h.step)),
+          static_cast<float>(1.0 - std::pow(static_cast<double>(h.beta2), h.step))};
+}
 
 namespace ops {
 
@@ -260,6 +271,14 @@ void check_list_f32(const char* op, const Tensor& t, const Tensor& like, Device 
                                  t.defined() ? t.describe() : "undefined"));
   check_dtype(op, t, DType::F32, name);
   check_same_shape(op, t, like);
+}
+
+// A list's optional device-resident step constants: undefined, or F32 [count] on the list's device.
+void check_constants_on_device(const char* op, const Tensor& t, int64_t count, Device device, const char* name) {
+  if (!t.defined()) return;
+  if (t.device() != device || t.dtype() != DType::F32 || t.shape() != Shape{count})
+    throw ShapeError(fmt::format("{}: {} must be F32 [{}] on the {} list's device, got {}", op, name, count,
+                                 device_name(device), t.describe()));
 }
 
 }  // namespace
@@ -572,13 +591,13 @@ Tensor global_avg_pool_backward(const Tensor& dy, const Shape& x_shape, DType dx
   DSMIL_DISPATCH(device, global_avg_pool_backward, dy, x_shape, dx_dtype);
 }
 
-Tensor dropout(const Tensor& x, float p, uint64_t seed, uint64_t offset) {
+Tensor dropout(const Tensor& x, float p, MaskSeed seed, uint64_t offset) {
   const Device device = unary_float("dropout", x);
   check_probability("dropout", p);
   DSMIL_DISPATCH(device, dropout, x, p, seed, offset);
 }
 
-Tensor drop_path(const Tensor& x, float p, uint64_t seed, uint64_t offset) {
+Tensor drop_path(const Tensor& x, float p, MaskSeed seed, uint64_t offset) {
   const char* op = "drop_path";
   const Device device = unary_float(op, x);
   if (x.ndim() < 1) throw ShapeError(fmt::format("{}: x needs a sample axis, got {}", op, x.describe()));
@@ -721,7 +740,7 @@ void ema_update(Tensor& ema, const Tensor& value, float decay) {
 }
 
 void multi_tensor_adamw(AdamWTensors& tensors, const std::vector<Tensor>& grads, const AdamWHyper& h,
-                        float max_grad_norm, Tensor& grad_norm) {
+                        float max_grad_norm, Tensor& grad_norm, const Tensor& constants_on_device) {
   if (tensors.params.empty()) return;
   const char* op = "multi_tensor_adamw";
   const Device device = common_device(op, {tensors.params.front()}, {&grad_norm});
@@ -739,10 +758,11 @@ void multi_tensor_adamw(AdamWTensors& tensors, const std::vector<Tensor>& grads,
       throw ShapeError(fmt::format("{}: grad_norm must hold 1 value, got {}", op, grad_norm.describe()));
   }
   check_adamw_step(op, h);
-  DSMIL_DISPATCH(device, multi_tensor_adamw, tensors, grads, h, max_grad_norm, grad_norm);
+  check_constants_on_device(op, constants_on_device, 7, device, "constants_on_device");
+  DSMIL_DISPATCH(device, multi_tensor_adamw, tensors, grads, h, max_grad_norm, grad_norm, constants_on_device);
 }
 
-void multi_tensor_ema(EmaTensors& tensors, float decay) {
+void multi_tensor_ema(EmaTensors& tensors, float decay, const Tensor& decay_on_device) {
   if (tensors.ema.empty()) return;
   const char* op = "multi_tensor_ema";
   const Device device = common_device(op, {tensors.ema.front()});
@@ -751,7 +771,8 @@ void multi_tensor_ema(EmaTensors& tensors, float decay) {
     check_list_f32(op, *tensors.ema[i], *tensors.ema[i], device, "ema");
     check_list_f32(op, *tensors.values[i], *tensors.ema[i], device, "value");
   }
-  DSMIL_DISPATCH(device, multi_tensor_ema, tensors, decay);
+  check_constants_on_device(op, decay_on_device, 1, device, "decay_on_device");
+  DSMIL_DISPATCH(device, multi_tensor_ema, tensors, decay, decay_on_device);
 }
 
 }  // namespace ops

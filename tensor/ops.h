@@ -67,10 +67,23 @@ struct Pool3dGeometry {
   std::array<int, 3> pad{0, 0, 0};
 };
 
+// The seed of a counter-based random mask: its value, and optionally a u64 in device memory that the CUDA kernels read
+// instead, written before the work that reads it runs (a training step captured once as a CUDA graph draws each
+// replay's masks from the seed written for it). The CPU backend takes the value; so does CUDA where on_device is null.
+struct MaskSeed {
+  MaskSeed(uint64_t seed) : value(seed) {}  // NOLINT(google-explicit-constructor): a plain seed is a MaskSeed
+  MaskSeed(uint64_t seed, const uint64_t* seed_on_device) : value(seed), on_device(seed_on_device) {}
+  uint64_t value = 0;
+  const uint64_t* on_device = nullptr;
+};
+
 struct AdamWHyper {
   float lr = 1e-3f, beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f, weight_decay = 0.0f;
   int64_t step = 1;  // 1-based step count, for bias correction
 };
+// The constants one AdamW step's CUDA kernels read: lr, beta1, beta2, eps, weight decay and the bias corrections
+// 1 - beta1^step, 1 - beta2^step (in double, then rounded).
+std::array<float, 7> adamw_step_constants(const AdamWHyper& h);
 
 // The CUDA backend's device tables of a multi-tensor op (tensor/cuda/optimizer.cpp): built on the first call,
 // rebuilt only when a tensor of the list got other storage.

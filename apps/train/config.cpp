@@ -180,6 +180,7 @@ std::vector<NamedField> config_fields(RunConfig& c) {
       {"run.deterministic", &c.deterministic},
       {"run.conv_fold", choice("run.conv_fold", &c.conv_fold)},
       {"run.conv16_kernel", choice("run.conv16_kernel", &c.conv16_kernel)},
+      {"run.cuda_graph", &c.cuda_graph},
       {"run.plot_every", &c.plot_every},
       {"run.checkpoint_seconds", &c.checkpoint_seconds},
       {"run.threads", &c.threads},

@@ -92,7 +92,10 @@ struct RunConfig {
   bool deterministic = false;
   ConvFolding conv_fold = ConvFolding::measured;    // the stem's space-to-depth lowering (GPU)
   ConvKernel conv16_kernel = ConvKernel::measured;  // the folded stem's forward (GPU, bf16)
-  int plot_every = 0;                               // 0: plots only at the end
+  // GPU training steps recorded once as a CUDA graph and replayed (each step's inputs, seed and constants written
+  // into the recording's memory first); a step that cannot be recorded is queued as it is, and says why once.
+  bool cuda_graph = true;
+  int plot_every = 0;  // 0: plots only at the end
   // last.ckpt (the resume point) is written once this many seconds have passed since the last one, and at a
   // fold's last epoch (0: every epoch). A killed run resumes from it, redoing the epochs after it.
   double checkpoint_seconds = 30.0;

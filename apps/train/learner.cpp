@@ -53,6 +53,9 @@ Learner::Learner(const RunConfig& config, const std::vector<data::CaseVolume>& c
     reducer_ = std::make_unique<nn::GradientReducer>(model_.parameters(), *ranks_);
     if (c_.sync_batchnorm) nn::synchronise_batchnorm(model_, ranks_);
   }
+  // The attention-entropy term reads the attention back within the step, which a recording cannot hold.
+  if (c_.cuda_graph && device_ == Device::CUDA && !ranks_ && c_.entropy_weight <= 0)
+    graph_step_ = std::make_unique<GraphStep>(model_, *optimizer_, ema_.get(), c_.loss_config());
   class_weights_ = app::class_weights(c_, cohort, plan.train);
   steps_per_epoch_ = (static_cast<int64_t>(plan.train.size()) + c_.bags_per_step - 1) / c_.bags_per_step;
 }
@@ -107,6 +110,13 @@ json Learner::train_epoch(int epoch) {
   std::array<double, 3> device_seconds{};
   device::DeviceClock device_clock(device_, 4);
   ThreadUsage queue_usage;
+  // The steps run as the recorded CUDA graph (run.cuda_graph): their count, host time (writing the inputs, recording
+  // where needed, launching) and device time; the split above is of the steps queued as they are.
+  int64_t graph_steps = 0;
+  double graph_queue_seconds = 0.0, graph_device_seconds = 0.0;
+  device::DeviceClock graph_clock(device_, 2);
+  const int recordings_before = graph_step_ ? graph_step_->recordings() : 0;
+  const double recording_seconds_before = graph_step_ ? graph_step_->recording_seconds() : 0.0;
   float lr = 0.0f;
   const auto t0 = std::chrono::steady_clock::now();
   const int world = ranks_ ? ranks_->world_size() : 1, rank = ranks_ ? ranks_->rank() : 0;
@@ -146,35 +156,59 @@ json Learner::train_epoch(int epoch) {
       share.bags = step_bags;
     }
     const bool diagnose = writer_ && step == diagnostic_step;
+    lr = nn::warmup_cosine_lr(static_cast<float>(c_.lr), epoch * steps_per_epoch_ + step, warmup, total_steps);
     const auto queue_start = std::chrono::steady_clock::now();
     const ThreadUsage usage_at_start = ThreadUsage::now();
-    device_clock.mark(0);
-    const mil::LossTargets targets = mil::loss_targets(batch.target, class_weights_.data(), device_);
     model_.encoder().set_record_last_stage(diagnose);
-    const mil::MilOutput out = model_.forward(Variable(batch.x.to(device_)), batch.mask, tau, random);
-    const Tensor last_stage = model_.encoder().last_stage_output();
-    Variable loss = mil::mil_loss(out, targets, c_.loss_config(), share);
-    const auto forward_done = std::chrono::steady_clock::now();
-    device_clock.mark(1);
-    loss.backward();
-    if (reducer_) reducer_->finish();
-    const auto backward_done = std::chrono::steady_clock::now();
-    device_clock.mark(2);
-    lr = nn::warmup_cosine_lr(static_cast<float>(c_.lr), epoch * steps_per_epoch_ + step, warmup, total_steps);
-    if (diagnose) health.weights_before_step(model_.parameters());
-    optimizer_->step(lr);
-    if (diagnose) {
-      health.weights_after_step(model_.parameters());
-      health.last_stage(last_stage);
+    // The step's loss and logits, on the device until read back.
+    Tensor step_loss, step_y;
+    std::optional<GraphStep::Outputs> graphed;
+    if (graph_step_ && !diagnose && graph_step_->takes(batch)) {
+      graph_clock.mark(0);
+      graphed = graph_step_->run(batch, class_weights_.data(), random, tau, lr);
+      graph_clock.mark(1);
+      if (!graphed)
+        logging::line(
+            fmt::format("{}: the training step cannot be recorded as a CUDA graph ({}); every step is queued "
+                        "as it is",
+                        tag_, graph_step_->failure()));
     }
-    optimizer_->zero_grad();
-    if (ema_) ema_->update(model_);
-    device_clock.mark(3);
+    if (graphed) {
+      step_loss = graphed->loss;
+      step_y = graphed->y;
+      ++graph_steps;
+      graph_queue_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - queue_start).count();
+    } else {
+      device_clock.mark(0);
+      const mil::LossTargets targets = mil::loss_targets(batch.target, class_weights_.data(), device_);
+      const mil::MilOutput out = model_.forward(Variable(batch.x.to(device_)), batch.mask, tau, random);
+      const Tensor last_stage = model_.encoder().last_stage_output();
+      Variable loss = mil::mil_loss(out, targets, c_.loss_config(), share);
+      const auto forward_done = std::chrono::steady_clock::now();
+      device_clock.mark(1);
+      loss.backward();
+      if (reducer_) reducer_->finish();
+      const auto backward_done = std::chrono::steady_clock::now();
+      device_clock.mark(2);
+      if (diagnose) health.weights_before_step(model_.parameters());
+      optimizer_->step(lr);
+      if (diagnose) {
+        health.weights_after_step(model_.parameters());
+        health.last_stage(last_stage);
+      }
+      optimizer_->zero_grad();
+      if (ema_) ema_->update(model_);
+      device_clock.mark(3);
+      step_loss = loss.value();
+      step_y = out.y.value();
+      const auto update_done = std::chrono::steady_clock::now();
+      forward_seconds += std::chrono::duration<double>(forward_done - queue_start).count();
+      backward_seconds += std::chrono::duration<double>(backward_done - forward_done).count();
+      update_seconds += std::chrono::duration<double>(update_done - backward_done).count();
+      if (graph_step_) graph_step_->saw_eager_step(batch.x.shape());
+    }
     const auto readback_start = std::chrono::steady_clock::now();
     queue_usage += ThreadUsage::now() - usage_at_start;
-    forward_seconds += std::chrono::duration<double>(forward_done - queue_start).count();
-    backward_seconds += std::chrono::duration<double>(backward_done - forward_done).count();
-    update_seconds += std::chrono::duration<double>(readback_start - backward_done).count();
     // The global gradient norm before clipping, read once the step is queued whole; the first step's goes
     // in the record alone too: one process and the ranks of a data-parallel job must agree on it at the
     // same weights.
@@ -184,13 +218,17 @@ json Learner::train_epoch(int epoch) {
     // The host reads the step once it is queued whole: the loss and every bag's logits (summed over ranks:
     // each rank fills its own bags' places). A diverged step ends the fold before its update is saved.
     std::vector<double> step_values(1 + 2 * step_bags, 0.0);
-    step_values[0] = loss.value().item();
-    const std::vector<float> y = out.y.value().to_vector();
+    step_values[0] = step_loss.item();
+    const std::vector<float> y = step_y.to_vector();
     for (size_t v = 0; v < y.size(); ++v) step_values[1 + 2 * first + v] = y[v];
     if (ranks_) step_values = ranks_->sum(step_values);
     readback_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - readback_start).count();
-    for (size_t part = 0; part < device_seconds.size(); ++part)
-      device_seconds[part] += device_clock.seconds(part, part + 1);
+    if (graphed) {
+      graph_device_seconds += graph_clock.seconds(0, 1);
+    } else {
+      for (size_t part = 0; part < device_seconds.size(); ++part)
+        device_seconds[part] += device_clock.seconds(part, part + 1);
+    }
     const double loss_value = step_values[0];
     if (!std::isfinite(loss_value))
       throw Error(
@@ -226,6 +264,13 @@ json Learner::train_epoch(int epoch) {
         {"involuntary_switches", queue_usage.involuntary_switches}}},
       {"step_readback_s", readback_seconds},
       {"train", report::split_record_json(seen_labels, seen_p, loss_sum / std::max<size_t>(seen_p.size(), 1))}};
+  if (graph_step_)
+    record["step_graph"] = {{"steps", graph_steps},
+                            {"queue_s", graph_queue_seconds},
+                            {"device_s", graph_device_seconds},
+                            {"recordings", graph_step_->recordings() - recordings_before},
+                            {"recording_s", graph_step_->recording_seconds() - recording_seconds_before},
+                            {"failure", graph_step_->failure().empty() ? json() : json(graph_step_->failure())}};
   if (first_grad_norm) record["grad_norm_first_step"] = *first_grad_norm;
   record["health"] = health.record();
   if (ranks_)

@@ -13,6 +13,7 @@
 
 #include "apps/train/batches.h"
 #include "apps/train/config.h"
+#include "apps/train/graph_step.h"
 #include "dist/communicator.h"
 #include "nn/checkpoint.h"
 #include "nn/data_parallel.h"
@@ -64,6 +65,7 @@ class Learner {
   std::unique_ptr<nn::AdamW> optimizer_;
   std::unique_ptr<nn::Ema> ema_;
   std::unique_ptr<nn::GradientReducer> reducer_;  // data-parallel runs only
+  std::unique_ptr<GraphStep> graph_step_;          // run.cuda_graph on one GPU: the step recorded and replayed
   std::array<float, 2> class_weights_{1.0f, 1.0f};
   int64_t steps_per_epoch_ = 0;
 };

@@ -39,7 +39,7 @@ void ema_update(Tensor& ema, const Tensor& value, float decay) {
 }
 
 void multi_tensor_adamw(AdamWTensors& tensors, const std::vector<Tensor>& grads, const AdamWHyper& h,
-                        float max_grad_norm, Tensor& grad_norm) {
+                        float max_grad_norm, Tensor& grad_norm, const Tensor& /*constants_on_device: CUDA's*/) {
   const size_t count = tensors.params.size();
   // The norm as nn::grad_norm computes it: per-tensor sum_squares added in double.
   float grad_scale = 1.0f;
@@ -60,7 +60,7 @@ void multi_tensor_adamw(AdamWTensors& tensors, const std::vector<Tensor>& grads,
   }
 }
 
-void multi_tensor_ema(EmaTensors& tensors, float decay) {
+void multi_tensor_ema(EmaTensors& tensors, float decay, const Tensor& /*decay_on_device: CUDA's*/) {
   for (size_t i = 0; i < tensors.ema.size(); ++i)
     ema_elements(tensors.ema[i]->f32(), tensors.values[i]->f32(), tensors.ema[i]->numel(), decay);
 }

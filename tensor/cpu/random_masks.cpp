@@ -9,7 +9,8 @@ namespace {
 float keep_scale(float p) { return 1.0f / (1.0f - p); }
 }  // namespace
 
-Tensor dropout(const Tensor& x, float p, uint64_t seed, uint64_t offset) {
+Tensor dropout(const Tensor& x, float p, MaskSeed mask_seed, uint64_t offset) {
+  const uint64_t seed = mask_seed.value;
   const float kept = keep_scale(p);
   Tensor y = empty_like(x);
   const float* xp = x.f32();
@@ -20,7 +21,8 @@ Tensor dropout(const Tensor& x, float p, uint64_t seed, uint64_t offset) {
   return y;
 }
 
-Tensor drop_path(const Tensor& x, float p, uint64_t seed, uint64_t offset) {
+Tensor drop_path(const Tensor& x, float p, MaskSeed mask_seed, uint64_t offset) {
+  const uint64_t seed = mask_seed.value;
   const float kept = keep_scale(p);
   Tensor y = empty_like(x);
   const int64_t samples = x.size(0), per_sample = x.numel() / std::max<int64_t>(samples, 1);

@@ -1,5 +1,6 @@
 // CUDA optimizer state updates on F32 tensors, in place: AdamW with decoupled weight decay and the EMA of
 // weights, per tensor or over a list of tensors in a few launches (kernels/optimizer.cu).
+#include <array>
 #include <cmath>
 #include <cstdint>
 
@@ -38,13 +39,14 @@ namespace cuda {
 namespace {
 
 kernels::AdamWStep adamw_constants(const AdamWHyper& h) {
-  return {h.lr,
-          h.beta1,
-          h.beta2,
-          h.eps,
-          h.weight_decay,
-          static_cast<float>(1.0 - std::pow(static_cast<double>(h.beta1), h.step)),
-          static_cast<float>(1.0 - std::pow(static_cast<double>(h.beta2), h.step))};
+  const std::array<float, 7> c = adamw_step_constants(h);
+  return {c[0], c[1], c[2], c[3], c[4], c[5], c[6]};
+}
+
+// Where the kernels read a step's constants instead of taking them by value (null: they take them).
+template <typename T>
+const T* device_constants(const Tensor& t) {
+  return t.defined() ? reinterpret_cast<const T*>(t.f32()) : nullptr;
 }
 
 // `table` was built from `key` (each tensor's data pointers, size and, for AdamW, decay flag)?
@@ -124,7 +126,7 @@ void ema_update(Tensor& ema, const Tensor& value, float decay) {
 // copied by the driver at launch time): no pointer table to upload, no host buffer to keep alive until a
 // copy ran, and no host synchronisation.
 void multi_tensor_adamw(AdamWTensors& tensors, const std::vector<Tensor>& grads, const AdamWHyper& h,
-                        float max_grad_norm, Tensor& grad_norm) {
+                        float max_grad_norm, Tensor& grad_norm, const Tensor& constants_on_device) {
   const char* op = "multi_tensor_adamw";
   const size_t count = tensors.params.size();
   const kernels::AdamWStep step = adamw_constants(h);
@@ -153,17 +155,19 @@ void multi_tensor_adamw(AdamWTensors& tensors, const std::vector<Tensor>& grads,
   for (size_t launch = 0; launch < grads_per_launch.size(); ++launch)
     DSMIL_CUDA_CHECK(kernels::multi_tensor_adamw(table.range(launch * kernels::kTensorsPerLaunch),
                                                  table.slots.as<kernels::AdamWSlot>(), grads_per_launch[launch], step,
+                                                 device_constants<kernels::AdamWStep>(constants_on_device),
                                                  clip ? grad_norm.f32() : nullptr, max_grad_norm, stream()),
                      context());
 }
 
-void multi_tensor_ema(EmaTensors& tensors, float decay) {
+void multi_tensor_ema(EmaTensors& tensors, float decay, const Tensor& decay_on_device) {
   const char* op = "multi_tensor_ema";
   refresh_ema_table(tensors);
   const MultiTensorTable& table = *tensors.device_table;
   // No per-step pointers, so the whole list is one launch whatever its length.
   const kernels::ChunkRange all{table.chunks.as<kernels::TensorChunk>(), 0, table.blocks(), 0};
-  DSMIL_CUDA_CHECK(kernels::multi_tensor_ema(all, table.slots.as<kernels::EmaSlot>(), decay, stream()),
+  DSMIL_CUDA_CHECK(kernels::multi_tensor_ema(all, table.slots.as<kernels::EmaSlot>(), decay,
+                                             device_constants<float>(decay_on_device), stream()),
                    op_context(op, {{"ema[0]", tensors.ema.front()}}));
 }
 

@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <fstream>
 #include <limits>
+#include <unordered_set>
 #include <memory>
 
 #include "kernels/convert_fill.h"
@@ -27,11 +28,22 @@ constexpr size_t kCublasWorkspaceBytes = size_t{32} << 20;
 
 std::atomic<int> g_allocation_poison{-1};
 
+// While the stream is recorded into a CUDA graph: what the recorded work takes from the pool (graph memory), and
+// whether it gave back memory it did not take there (a free the graph would repeat on every launch).
+struct CaptureTracking {
+  bool active = false;
+  std::unordered_set<void*> taken;
+  bool frees_other_memory = false;
+};
+
 struct Runtime {
   int device = 0;
   cudaStream_t stream = nullptr;
   cudaMemPool_t pool = nullptr;
   cudaDeviceProp properties{};
+  CaptureTracking capture;
+  // Memory a dropped recording took and never freed: it was never allocated, so its tensors' frees are skipped.
+  std::unordered_set<void*> never_allocated;
 };
 
 Runtime* create_runtime() {
@@ -95,6 +107,7 @@ void* device_alloc(size_t bytes) {
   void* ptr = nullptr;
   bytes = bytes == 0 ? 1 : bytes;  // a zero-byte request would give no pointer to free later
   DSMIL_CUDA_CHECK(cudaMallocAsync(&ptr, bytes, rt.stream), fmt::format("device_alloc({} bytes)", bytes));
+  if (rt.capture.active) rt.capture.taken.insert(ptr);
   if (const int poison = g_allocation_poison.load(); poison >= 0)
     DSMIL_CUDA_CHECK(cudaMemsetAsync(ptr, poison, bytes, rt.stream), "device_alloc poisoning");
   return ptr;
@@ -102,10 +115,28 @@ void* device_alloc(size_t bytes) {
 
 void device_free(void* ptr) {
   if (ptr == nullptr) return;
-  const cudaError_t status = cudaFreeAsync(ptr, runtime().stream);
-  // Called from destructors, so it cannot throw; at process exit the runtime may already be unloaded.
-  if (status != cudaSuccess && status != cudaErrorCudartUnloading)
+  Runtime& rt = runtime();
+  if (rt.never_allocated.erase(ptr) > 0) return;
+  if (rt.capture.active && rt.capture.taken.erase(ptr) == 0) rt.capture.frees_other_memory = true;
+  const cudaError_t status = cudaFreeAsync(ptr, rt.stream);
+  // Called from destructors, so it cannot throw; at process exit the runtime may already be unloaded. A recording
+  // that an error invalidated refuses every call until it is ended: its frees are dropped with it.
+  if (status != cudaSuccess && status != cudaErrorCudartUnloading && status != cudaErrorStreamCaptureInvalidated)
     std::fprintf(stderr, "dsmil: cudaFreeAsync(%p) failed: %s\n", ptr, cudaGetErrorString(status));
+}
+
+void begin_capture_tracking() {
+  CaptureTracking& capture = runtime().capture;
+  capture = CaptureTracking{};
+  capture.active = true;
+}
+
+bool capture_frees_other_memory() { return runtime().capture.frees_other_memory; }
+
+void end_capture_tracking(bool recording_kept) {
+  Runtime& rt = runtime();
+  if (!recording_kept) rt.never_allocated.insert(rt.capture.taken.begin(), rt.capture.taken.end());
+  rt.capture = CaptureTracking{};
 }
 
 void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device, size_t bytes) {
@@ -244,17 +275,26 @@ std::string backend_versions() {
 void set_allocation_poison(std::optional<uint8_t> byte) { g_allocation_poison.store(byte ? int{*byte} : -1); }
 
 PoolUsage pool_usage() {
-  PoolUsage usage;
-  const cudaMemPool_t pool = runtime().pool;
-  DSMIL_CUDA_CHECK(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrUsedMemCurrent, &usage.used), "pool_usage");
-  DSMIL_CUDA_CHECK(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrReservedMemCurrent, &usage.reserved), "pool_usage");
-  DSMIL_CUDA_CHECK(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrUsedMemHigh, &usage.peak_used), "pool_usage");
-  return usage;
+  PoolUsage pool, graphs;
+  const Runtime& rt = runtime();
+  DSMIL_CUDA_CHECK(cudaMemPoolGetAttribute(rt.pool, cudaMemPoolAttrUsedMemCurrent, &pool.used), "pool_usage");
+  DSMIL_CUDA_CHECK(cudaMemPoolGetAttribute(rt.pool, cudaMemPoolAttrReservedMemCurrent, &pool.reserved), "pool_usage");
+  DSMIL_CUDA_CHECK(cudaMemPoolGetAttribute(rt.pool, cudaMemPoolAttrUsedMemHigh, &pool.peak_used), "pool_usage");
+  DSMIL_CUDA_CHECK(cudaDeviceGetGraphMemAttribute(rt.device, cudaGraphMemAttrUsedMemCurrent, &graphs.used),
+                   "pool_usage (graph memory)");
+  DSMIL_CUDA_CHECK(cudaDeviceGetGraphMemAttribute(rt.device, cudaGraphMemAttrReservedMemCurrent, &graphs.reserved),
+                   "pool_usage (graph memory)");
+  DSMIL_CUDA_CHECK(cudaDeviceGetGraphMemAttribute(rt.device, cudaGraphMemAttrUsedMemHigh, &graphs.peak_used),
+                   "pool_usage (graph memory)");
+  return {pool.used + graphs.used, pool.reserved + graphs.reserved, pool.peak_used + graphs.peak_used};
 }
 
 void reset_pool_peak() {
+  const Runtime& rt = runtime();
   uint64_t zero = 0;
-  DSMIL_CUDA_CHECK(cudaMemPoolSetAttribute(runtime().pool, cudaMemPoolAttrUsedMemHigh, &zero), "reset_pool_peak");
+  DSMIL_CUDA_CHECK(cudaMemPoolSetAttribute(rt.pool, cudaMemPoolAttrUsedMemHigh, &zero), "reset_pool_peak");
+  DSMIL_CUDA_CHECK(cudaDeviceSetGraphMemAttribute(rt.device, cudaGraphMemAttrUsedMemHigh, &zero),
+                   "reset_pool_peak (graph memory)");
 }
 
 }  // namespace dsmil::cuda

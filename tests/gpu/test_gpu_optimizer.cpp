@@ -208,3 +208,35 @@ TEST_CASE("gpu AdamW step and EMA update match the CPU") {
   cpu::ema_update(ema_h, param.host, decay);
   check_close("ema_update", ema_d, ema_h, Precision::F32);
 }
+
+TEST_CASE("gpu multi-tensor AdamW and EMA read their step's constants from the device where given") {
+  if (skip_without_gpu()) return;
+  // The kernels are given step 1's constants and a decay of 0.5, but read step 3's and 0.9 from the device: the
+  // result must be the CPU's at step 3 and 0.9.
+  AdamWTwin twin(kShapes);
+  const std::array<float, 7> step3 = adamw_step_constants(hyper_at(3));
+  const Tensor constants = Tensor::from_vector({7}, std::vector<float>(step3.begin(), step3.end())).to(Device::CUDA);
+  Tensor norm_d = Tensor::zeros({1}, DType::F32, Device::CUDA), norm_h = Tensor::zeros({1});
+  ops::multi_tensor_adamw(twin.list_d, twin.grads_d, hyper_at(1), 1.0f, norm_d, constants);
+  cpu::multi_tensor_adamw(twin.list_h, twin.grads_h, hyper_at(3), 1.0f, norm_h);
+  twin.check_against_cpu("multi_tensor_adamw with step 3's constants on the device");
+
+  std::vector<Tensor> ema_h, values_h, ema_d, values_d;
+  for (const Shape& s : kShapes) {
+    ema_h.push_back(test::random_tensor(s));
+    values_h.push_back(test::random_tensor(s));
+    ema_d.push_back(ema_h.back().to(Device::CUDA));
+    values_d.push_back(values_h.back().to(Device::CUDA));
+  }
+  EmaTensors list_h, list_d;
+  for (size_t i = 0; i < kShapes.size(); ++i) {
+    list_h.ema.push_back(&ema_h[i]);
+    list_h.values.push_back(&values_h[i]);
+    list_d.ema.push_back(&ema_d[i]);
+    list_d.values.push_back(&values_d[i]);
+  }
+  ops::multi_tensor_ema(list_d, 0.5f, Tensor::full({1}, 0.9f).to(Device::CUDA));
+  cpu::multi_tensor_ema(list_h, 0.9f);
+  for (size_t i = 0; i < kShapes.size(); ++i)
+    check_close("multi_tensor_ema with the decay on the device", ema_d[i], ema_h[i], Precision::F32);
+}

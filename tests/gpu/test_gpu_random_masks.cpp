@@ -40,3 +40,19 @@ TEST_CASE("gpu dropout and drop_path masks equal the CPU's bit for bit") {
     check_runs("drop_path values", paths, ref_paths, p);
   }
 }
+
+TEST_CASE("gpu dropout and drop_path read a seed from the device where MaskSeed names one") {
+  if (skip_without_gpu()) return;
+  const uint64_t given = random_u64(), on_device = random_u64(), offset = random_u64() >> 20;
+  const Tensor seed =
+      Tensor::from_ints({2}, {static_cast<int32_t>(on_device & 0xffffffffu), static_cast<int32_t>(on_device >> 32)})
+          .to(Device::CUDA);
+  const MaskSeed read_there(given, static_cast<const uint64_t*>(seed.raw()));
+  const Twin x = random_twin({4, 6, 9, 10}, DType::F32);
+  const auto dropped = run_poisoned([&] { return ops::dropout(x.device, 0.4f, read_there, offset); });
+  check_equal("dropout with the seed on the device", kept_mask(dropped[0]),
+              kept_mask(cpu::dropout(x.host, 0.4f, on_device, offset)));
+  const auto paths = run_poisoned([&] { return ops::drop_path(x.device, 0.4f, read_there, offset); });
+  check_equal("drop_path with the seed on the device", kept_mask(paths[0]),
+              kept_mask(cpu::drop_path(x.host, 0.4f, on_device, offset)));
+}

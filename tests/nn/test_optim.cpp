@@ -159,3 +159,37 @@ TEST_CASE("multi-tensor AdamW: the norm stays readable, a non-finite gradient sh
   EmaTensors pairs{{&p}, {&wrong}, nullptr};
   CHECK_THROWS_AS(ops::multi_tensor_ema(pairs, 0.9f), ShapeError);
 }
+
+TEST_CASE("AdamW and the EMA split in two for a recorded step: prepare then queue equals the step in one") {
+  RandomModule whole, split;
+  split.copy_values_from(whole);
+  nn::AdamW whole_opt(whole.parameters(), {1e-3f, 0.9f, 0.999f, 1e-8f, 1e-2f, 1.0f});
+  nn::AdamW split_opt(split.parameters(), {1e-3f, 0.9f, 0.999f, 1e-8f, 1e-2f, 1.0f});
+  nn::Ema whole_ema(whole, 0.9f), split_ema(split, 0.9f);
+  CHECK_THROWS_WITH_AS(split_opt.queue_step(), doctest::Contains("no step was prepared"), Error);
+  CHECK_THROWS_WITH_AS(split_ema.queue_update(split), doctest::Contains("no update was prepared"), Error);
+  for (int step = 0; step < 3; ++step) {
+    const float lr = 1e-3f * static_cast<float>(step + 1);
+    for (size_t i = 0; i < whole.params.size(); ++i) {
+      const Tensor g = random_tensor(kShapes[i]);
+      whole.params[i].accumulate_grad(g);
+      split.params[i].accumulate_grad(g.clone());
+    }
+    whole_opt.step(lr);
+    split_opt.prepare_step(lr);
+    CHECK(split_opt.steps() == whole_opt.steps());  // counted when prepared
+    split_opt.queue_step();
+    whole_opt.zero_grad();
+    split_opt.zero_grad();
+    whole_ema.update(whole);
+    split_ema.prepare_update();
+    CHECK(split_ema.updates() == whole_ema.updates());
+    split_ema.queue_update(split);
+    CHECK(split_opt.last_grad_norm() == whole_opt.last_grad_norm());
+  }
+  for (size_t i = 0; i < whole.params.size(); ++i)
+    CHECK(split.params[i].value().to_vector() == whole.params[i].value().to_vector());
+  const auto whole_state = whole_ema.state(), split_state = split_ema.state();
+  for (size_t i = 0; i < whole_state.size(); ++i)
+    CHECK(split_state[i].tensor->to_vector() == whole_state[i].tensor->to_vector());
+}

@@ -39,11 +39,12 @@ inline std::vector<OpContractCase> op_contract_cases(Device device) {
     Tensor mean = f32({3}), var = ones({3});
     ops::batchnorm_relu_forward_train(x, gamma, f32({3}), mean, var, momentum, 1e-5f, residual, factor);
   };
-  // multi_tensor_adamw on one F32 [3] parameter, clipping.
-  const auto adamw_list = [=](const Shape& grad, const Shape& norm_shape, int64_t step) {
+  // multi_tensor_adamw on one F32 [3] parameter, clipping; `constants`: the step's constants on the device.
+  const auto adamw_list = [=](const Shape& grad, const Shape& norm_shape, int64_t step,
+                              const Tensor& constants = Tensor()) {
     Tensor param = f32({3}), m = f32({3}), v = f32({3}), norm = f32(norm_shape);
     AdamWTensors list{{&param}, {&m}, {&v}, {true}, nullptr};
-    ops::multi_tensor_adamw(list, {f32(grad)}, AdamWHyper{.step = step}, 1.0f, norm);
+    ops::multi_tensor_adamw(list, {f32(grad)}, AdamWHyper{.step = step}, 1.0f, norm, constants);
   };
   std::vector<OpContractCase> cases;
   const auto refuse = [&cases](const char* op, const char* fragment, std::function<void()> call) {
@@ -227,11 +228,18 @@ inline std::vector<OpContractCase> op_contract_cases(Device device) {
   refuse("multi_tensor_adamw", "shapes differ", [=] { adamw_list({4}, {1}, 1); });
   refuse("multi_tensor_adamw", "grad_norm must hold 1 value", [=] { adamw_list({3}, {2}, 1); });
   refuse("multi_tensor_adamw", "step must be >= 1", [=] { adamw_list({3}, {1}, 0); });
+  refuse("multi_tensor_adamw", "constants_on_device must be F32 [7]", [=] { adamw_list({3}, {1}, 1, f32({6})); });
   refuse("multi_tensor_ema", "shapes differ", [=] {
     Tensor ema = f32({3});
     const Tensor value = f32({2});
     EmaTensors list{{&ema}, {&value}, nullptr};
     ops::multi_tensor_ema(list, 0.9f);
+  });
+  refuse("multi_tensor_ema", "decay_on_device must be F32 [1]", [=] {
+    Tensor ema = f32({3});
+    const Tensor value = f32({3});
+    EmaTensors list{{&ema}, {&value}, nullptr};
+    ops::multi_tensor_ema(list, 0.9f, f32({2}));
   });
   return cases;
 }

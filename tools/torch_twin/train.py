@@ -104,6 +104,7 @@ NO_EFFECT_KEYS: Dict[str, Tuple[type, str]] = {
     "run.device": (str, "--device chooses the twin's device"),
     "run.conv_fold": (str, "a dsmil convolution lowering (the same convolution)"),
     "run.conv16_kernel": (str, "a dsmil convolution kernel choice (the same convolution)"),
+    "run.cuda_graph": (bool, "how dsmil queues its GPU training steps (the same step)"),
     "run.plot_every": (int, "dsmil's plots; see plot_curves.py"),
     "run.checkpoint_seconds": (float, "how often dsmil saves its resume point; the twin does not resume"),
 }
