@@ -15,9 +15,10 @@ namespace {
 const float kClassWeight[2] = {1.5f, 0.75f};
 constexpr int64_t kBags = 2, kInstances = 4;
 
-mil::ModelConfig small_model() {
+mil::ModelConfig small_model(bool bf16) {
   mil::ModelConfig c;
   c.encoder = {10, 4, 3, 4, 0.3f};
+  c.encoder.bf16 = bf16;
   c.head.topk = 2;
   c.head.feature_dropout = 0.5f;
   c.head.instance_dropout = 0.25f;
@@ -25,9 +26,10 @@ mil::ModelConfig small_model() {
   return c;
 }
 
-// A model on the GPU in deterministic mode with its AdamW (clipping on) and EMA, all from init seed 11.
+// A model on the GPU in deterministic mode (bf16: mixed precision) with its AdamW (clipping on) and EMA, all from init
+// seed 11.
 struct Trainee {
-  Trainee() : model(small_model(), 11) {
+  explicit Trainee(bool bf16) : model(small_model(bf16), 11) {
     model.to(Device::CUDA);
     MathMode mode;
     mode.deterministic = true;
@@ -90,40 +92,44 @@ std::string first_difference(Trainee& a, Trainee& b) {
 TEST_CASE("gpu training step as a CUDA graph: replays equal the steps queued as they are, bit for bit") {
   if (skip_without_gpu()) return;
   const mil::LossConfig lc{0.05f, 2.0f, 0.5f, 0.0f};
-  Trainee queued, replayed;
-  app::GraphStep graph(replayed.model, *replayed.optimizer, replayed.ema.get(), lc);
-  const std::vector<float> lrs = {2e-4f, 1e-3f, 8e-4f, 5e-4f, 3e-4f};
-  for (size_t step = 0; step < lrs.size(); ++step) {
-    const app::Batch batch = random_batch();
-    const uint64_t seed = 1000 + 17 * step;
-    const StepResult expected = eager_step(queued, batch, seed, lrs[step], lc);
-    StepResult got;
-    if (step == 0) {  // the warm-up: plans and optimizer tables made outside any recording
-      CHECK_FALSE(graph.takes(batch));
-      got = eager_step(replayed, batch, seed, lrs[step], lc);
-      graph.saw_eager_step(batch.x.shape());
-    } else {
-      REQUIRE(graph.takes(batch));
-      const std::optional<app::GraphStep::Outputs> outputs =
-          graph.run(batch, kClassWeight, nn::StepRandom{seed, 0}, 1.0f, lrs[step]);
-      REQUIRE_MESSAGE(outputs.has_value(), "recording failed: " << graph.failure());
-      got = {outputs->loss.item(), outputs->y.to_vector()};
+  for (const bool bf16 : {false, true}) {
+    CAPTURE(bf16);
+    Trainee queued(bf16), replayed(bf16);
+    app::GraphStep graph(replayed.model, *replayed.optimizer, replayed.ema.get(), lc);
+    const std::vector<float> lrs = {2e-4f, 1e-3f, 8e-4f, 5e-4f, 3e-4f};
+    for (size_t step = 0; step < lrs.size(); ++step) {
+      const app::Batch batch = random_batch();
+      const uint64_t seed = 1000 + 17 * step;
+      const StepResult expected = eager_step(queued, batch, seed, lrs[step], lc);
+      StepResult got;
+      if (step == 0) {  // the warm-up: plans and optimizer tables made outside any recording
+        CHECK_FALSE(graph.takes(batch));
+        got = eager_step(replayed, batch, seed, lrs[step], lc);
+        graph.saw_eager_step(batch.x.shape());
+      } else {
+        REQUIRE(graph.takes(batch));
+        const std::optional<app::GraphStep::Outputs> outputs =
+            graph.run(batch, kClassWeight, nn::StepRandom{seed, 0}, 1.0f, lrs[step]);
+        REQUIRE_MESSAGE(outputs.has_value(), "recording failed: " << graph.failure());
+        got = {outputs->loss.item(), outputs->y.to_vector()};
+      }
+      std::printf("[gpu-graph] %s step %zu: loss queued %.9g, replayed %.9g\n", bf16 ? "bf16" : "fp32", step,
+                  expected.loss, got.loss);
+      CHECK(got.loss == expected.loss);
+      CHECK(got.y == expected.y);
+      CHECK_MESSAGE(first_difference(queued, replayed).empty(),
+                    "step " << step << ": first difference in " << first_difference(queued, replayed));
     }
-    std::printf("[gpu-graph] step %zu: loss queued %.9g, replayed %.9g\n", step, expected.loss, got.loss);
-    CHECK(got.loss == expected.loss);
-    CHECK(got.y == expected.y);
-    CHECK_MESSAGE(first_difference(queued, replayed).empty(),
-                  "step " << step << ": first difference in " << first_difference(queued, replayed));
+    CHECK(graph.recordings() == 1);
+    CHECK(replayed.optimizer->steps() == queued.optimizer->steps());
+    CHECK(replayed.ema->updates() == queued.ema->updates());
   }
-  CHECK(graph.recordings() == 1);
-  CHECK(replayed.optimizer->steps() == queued.optimizer->steps());
-  CHECK(replayed.ema->updates() == queued.ema->updates());
 }
 
 TEST_CASE("gpu training step as a CUDA graph: a step that cannot be recorded leaves nothing behind") {
   if (skip_without_gpu()) return;
   const mil::LossConfig with_entropy{0.05f, 2.0f, 0.5f, 0.1f};
-  Trainee queued, refused;
+  Trainee queued(false), refused(false);
   app::GraphStep graph(refused.model, *refused.optimizer, refused.ema.get(), with_entropy);
   const app::Batch first = random_batch(), second = random_batch();
   eager_step(queued, first, 5, 1e-3f, with_entropy);
