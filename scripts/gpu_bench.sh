@@ -11,16 +11,19 @@
 # one call. DSMIL_BENCH_COMPILE_RUNS: processes of torch.compile (default 1; each compiles anew, about a minute).
 # dsmil's rows replay the step recorded as a CUDA graph (run.cuda_graph, the default); DSMIL_BENCH_QUEUED=0 drops the
 # rows of the same binary queuing every step as it is (run.cuda_graph=false), which are there by default.
+# DSMIL_BENCH_PRECISIONS (default "fp32 bf16") and DSMIL_BENCH_TORCH_MODES (default "eager_fp32 eager_bf16_cl") narrow
+# the rows where a call's device time is short.
 set -u
 carry=$1 logs=$2 runs=${3:-3}
 repo_root=$(cd "$(dirname "$0")/.." && pwd)
 shape=(--bags 2 --instances 32 --slab 4 --size 128 --width 64 --depth 18)
 # Each variant: file suffix, binary folder, precisions, extra settings.
-variants=("|$carry|fp32 bf16|")
-[ -n "${DSMIL_BENCH_BEFORE:-}" ] && variants+=("_before|$DSMIL_BENCH_BEFORE|fp32 bf16|")
-[ "${DSMIL_BENCH_UNFOLDED:-0}" = 1 ] && variants+=("_unfolded|$carry|fp32 bf16|--set run.conv_fold=never")
+precisions=${DSMIL_BENCH_PRECISIONS:-fp32 bf16}
+variants=("|$carry|$precisions|")
+[ -n "${DSMIL_BENCH_BEFORE:-}" ] && variants+=("_before|$DSMIL_BENCH_BEFORE|$precisions|")
+[ "${DSMIL_BENCH_UNFOLDED:-0}" = 1 ] && variants+=("_unfolded|$carry|$precisions|--set run.conv_fold=never")
 [ "${DSMIL_BENCH_CUDNN_STEM:-0}" = 1 ] && variants+=("_cudnn_stem|$carry|bf16|--set run.conv16_kernel=cudnn")
-[ "${DSMIL_BENCH_QUEUED:-1}" = 1 ] && variants+=("_queued|$carry|fp32 bf16|--set run.cuda_graph=false")
+[ "${DSMIL_BENCH_QUEUED:-1}" = 1 ] && variants+=("_queued|$carry|$precisions|--set run.cuda_graph=false")
 : > "$logs/bench_torch.jsonl"
 for i in $(seq "$runs"); do
   for variant in "${variants[@]}"; do
@@ -32,7 +35,7 @@ for i in $(seq "$runs"); do
           > "$logs/bench_dsmil_${precision}${suffix}_$i.log" 2>&1 || tail -5 "$logs/bench_dsmil_${precision}${suffix}_$i.log"
     done
   done
-  for mode in eager_fp32 eager_bf16_cl; do
+  for mode in ${DSMIL_BENCH_TORCH_MODES-eager_fp32 eager_bf16_cl}; do
     python3 "$repo_root/tools/torch_twin/bench.py" --modes "$mode" "${shape[@]}" --steps 30 --warmup 10 \
         --json-out "$logs/bench_torch.jsonl" --label "run$i" > "$logs/bench_torch_${mode}_$i.log" 2>&1 \
       || tail -5 "$logs/bench_torch_${mode}_$i.log"
