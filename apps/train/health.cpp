@@ -7,6 +7,8 @@
 
 #include <fmt/format.h>
 
+#include "tensor/ops.h"
+
 namespace dsmil::app {
 
 namespace {
@@ -27,22 +29,6 @@ constexpr double kDeadLastStage = 0.9;
 // The folds that sat at chance in the judged CVs called all but 0-9% of the training bags of one class the other
 // (notes/RESULTS-CV.md, round 4); the folds that learned had both recalls well above that by then.
 constexpr double kOneClassRecall = 0.1;
-
-double norm_of(const std::vector<float>& v) {
-  double s = 0.0;
-  for (float x : v) s += static_cast<double>(x) * x;
-  return std::sqrt(s);
-}
-
-std::map<std::string, std::vector<float>> weights_by_group(const std::vector<nn::NamedParameter>& params) {
-  std::map<std::string, std::vector<float>> groups;
-  for (const nn::NamedParameter& p : params) {
-    const std::vector<float> values = p.variable->value().to_vector();
-    std::vector<float>& group = groups[parameter_group(p.name)];
-    group.insert(group.end(), values.begin(), values.end());
-  }
-  return groups;
-}
 
 double median(std::vector<double> v) {
   if (v.empty()) return NAN;
@@ -94,17 +80,25 @@ double spread(const std::vector<double>& values) {
 }
 
 void EpochHealth::weights_before_step(const std::vector<nn::NamedParameter>& params) {
-  before_ = weights_by_group(params);
+  before_.clear();
+  for (const nn::NamedParameter& p : params) before_.push_back(p.variable->value().clone());
 }
 
 void EpochHealth::weights_after_step(const std::vector<nn::NamedParameter>& params) {
-  for (const auto& [group, after] : weights_by_group(params)) {
-    const std::vector<float>& before = before_.at(group);
-    double change = 0.0;
-    for (size_t i = 0; i < after.size(); ++i) change += std::pow(static_cast<double>(after[i]) - before[i], 2.0);
-    const double scale = norm_of(before);
-    update_ratio_[group] = scale > 0.0 ? std::sqrt(change) / scale : NAN;
+  if (before_.size() != params.size())
+    throw Error(fmt::format("EpochHealth::weights_after_step: {} parameters, {} kept before the step", params.size(),
+                            before_.size()));
+  // Per group: the sums of squares of the change and of the weights before it, on the weights' device (a host copy
+  // of every weight, twice, cost the fold's diagnostic step half a second at the CV's shape).
+  std::map<std::string, std::pair<double, double>> sums;
+  for (size_t i = 0; i < params.size(); ++i) {
+    auto& [change_squares, before_squares] = sums[parameter_group(params[i].name)];
+    before_squares += ops::sum_squares(before_[i]);
+    ops::axpy_(before_[i], -1.0f, params[i].variable->value());
+    change_squares += ops::sum_squares(before_[i]);
   }
+  for (const auto& [group, squares] : sums)
+    update_ratio_[group] = squares.second > 0.0 ? std::sqrt(squares.first / squares.second) : NAN;
   before_.clear();
 }
 

@@ -29,7 +29,7 @@ class EpochHealth {
   void add_bag_margin(double margin) { margins_.push_back(margin); }
 
   // Around one optimizer step: the weights before it, then the ratio ||w_after - w_before|| / ||w_before||
-  // of every group (host copies of the fp32 master weights).
+  // of every group (from device copies of the fp32 master weights kept in between).
   void weights_before_step(const std::vector<nn::NamedParameter>& params);
   void weights_after_step(const std::vector<nn::NamedParameter>& params);
   // The encoder's last stage output of one step (any dtype, any device).
@@ -42,7 +42,7 @@ class EpochHealth {
  private:
   double clip_bound_;
   std::vector<double> grad_norms_, margins_;
-  std::map<std::string, std::vector<float>> before_;
+  std::vector<Tensor> before_;
   std::map<std::string, double> update_ratio_;
   double relu_zero_fraction_ = -1.0;
 };
