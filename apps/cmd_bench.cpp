@@ -150,8 +150,7 @@ void run_bench(const BenchArgs& a) {
   // run.cuda_graph (CUDA): after a first step queued as it is (its plans chosen, the optimizer's tables made), the
   // steps replay the step recorded once as a CUDA graph (apps/train/graph_step.h), as a CV fold's do.
   std::unique_ptr<GraphStep> graph;
-  if (device == Device::CUDA && config.cuda_graph && config.entropy_weight <= 0)
-    graph = std::make_unique<GraphStep>(model, optimizer, &ema, config.loss_config());
+  if (records_steps(config, device)) graph = std::make_unique<GraphStep>(model, optimizer, &ema, config.loss_config());
   std::vector<Batch> batches;
   for (const Tensor& x : inputs) batches.push_back({x, mask, target, {}, {}});
   bool last_step_replayed = false;

@@ -151,18 +151,7 @@ void DualStreamMIL::to(Device device) {
   device_ = device;
 }
 
-namespace {
-
-void check_slabs(const Variable& x, const Tensor& mask) {
-  if (x.shape().size() != 5 || x.shape()[0] != mask.numel())
-    throw ShapeError(
-        fmt::format("DualStreamMIL: x {} must hold B*n = {} slabs [S, H, W, C]", shape_str(x.shape()), mask.numel()));
-}
-
-}  // namespace
-
 MilOutput DualStreamMIL::forward(const Variable& x, const Tensor& mask, float tau, nn::StepRandom& random) {
-  check_slabs(x, mask);
   // The head's mask goes to the device before the encoder is queued: its upload then waits for almost
   // nothing, where after the encoder it would wait for the whole forward pass.
   const Tensor head_mask = draw_head_mask(mask, random);
@@ -175,7 +164,9 @@ Tensor DualStreamMIL::draw_head_mask(const Tensor& mask, nn::StepRandom& random)
 
 MilOutput DualStreamMIL::forward_drawn(const Variable& x, const Tensor& head_mask, const Tensor& device_mask, float tau,
                                        nn::StepRandom& random) {
-  check_slabs(x, head_mask);
+  if (x.shape().size() != 5 || x.shape()[0] != head_mask.numel())
+    throw ShapeError(fmt::format("DualStreamMIL: x {} must hold B*n = {} slabs [S, H, W, C]", shape_str(x.shape()),
+                                 head_mask.numel()));
   return head_.forward(encoder_.forward(x, random), head_mask, device_mask, tau, random);
 }
 

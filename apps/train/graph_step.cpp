@@ -10,15 +10,31 @@ namespace dsmil::app {
 // before every launch); `out` and `loss` are the recording's own memory, released before the graph (members go in
 // reverse order).
 struct GraphStep::Recording {
-  Shape x_shape, mask_shape;
-  DType x_dtype = DType::F32;
-  float tau = 0.0f;
-  uint64_t counters_after_mask = 0;           // the step's random counters taken by the head's mask
+  // The inputs, made for the step that records (their shapes and dtypes are the ones the recording holds for).
+  Recording(const Batch& batch, const Tensor& drawn_mask, float step_tau, uint64_t step_counters)
+      : tau(step_tau),
+        counters_after_mask(step_counters),
+        x(Tensor::empty(batch.x.shape(), batch.x.dtype(), Device::CUDA)),
+        head_mask(Tensor::empty(drawn_mask.shape(), DType::I32, Device::CUDA)),
+        target(Tensor::empty(batch.target.shape(), DType::I32, Device::CUDA)),
+        weight(Tensor::empty(batch.target.shape(), DType::F32, Device::CUDA)),
+        seed(Tensor::empty({2}, DType::I32, Device::CUDA)) {}
+  // Whether a step of these bags, this drawn mask, temperature and random counters replays this recording.
+  bool holds(const Batch& batch, const Tensor& drawn_mask, float step_tau, uint64_t step_counters) const {
+    return graph.ready() && x.shape() == batch.x.shape() && x.dtype() == batch.x.dtype() &&
+           head_mask.shape() == drawn_mask.shape() && tau == step_tau && counters_after_mask == step_counters;
+  }
+  float tau;
+  uint64_t counters_after_mask;               // the step's random counters taken by the head's mask
   Tensor x, head_mask, target, weight, seed;  // seed: I32 [2], the u64 the masks read (low word first)
   device::CudaGraph graph;
   mil::MilOutput out;
   Variable loss;
 };
+
+bool records_steps(const RunConfig& config, Device device) {
+  return config.cuda_graph && device == Device::CUDA && config.entropy_weight <= 0;
+}
 
 GraphStep::GraphStep(mil::DualStreamMIL& model, nn::AdamW& optimizer, nn::Ema* ema, const mil::LossConfig& loss)
     : model_(model), optimizer_(optimizer), ema_(ema), loss_(loss) {}
@@ -32,20 +48,13 @@ void GraphStep::saw_eager_step(const Shape& x_shape) {
 
 bool GraphStep::takes(const Batch& batch) const {
   if (!failure_.empty()) return false;
-  if (recording_ && recording_->x_shape == batch.x.shape()) return true;
+  if (recording_ && recording_->x.shape() == batch.x.shape()) return true;
   return std::find(warmed_shapes_.begin(), warmed_shapes_.end(), batch.x.shape()) != warmed_shapes_.end();
 }
 
 void GraphStep::write_inputs(const Batch& batch, const float class_weight[2], const Tensor& head_mask, uint64_t seed,
                              float lr) {
   Recording& r = *recording_;
-  if (!r.x.defined()) {
-    r.x = Tensor::empty(batch.x.shape(), batch.x.dtype(), Device::CUDA);
-    r.head_mask = Tensor::empty(head_mask.shape(), DType::I32, Device::CUDA);
-    r.target = Tensor::empty(batch.target.shape(), DType::I32, Device::CUDA);
-    r.weight = Tensor::empty(batch.target.shape(), DType::F32, Device::CUDA);
-    r.seed = Tensor::empty({2}, DType::I32, Device::CUDA);
-  }
   r.x.copy_from(batch.x);
   r.head_mask.copy_from(head_mask);
   const mil::LossTargets targets = mil::loss_targets(batch.target, class_weight, Device::CPU);
@@ -89,17 +98,10 @@ std::optional<GraphStep::Outputs> GraphStep::run(const Batch& batch, const float
                                                  const nn::StepRandom& random, float tau, float lr) {
   nn::StepRandom step_random = random;
   const Tensor head_mask = model_.draw_head_mask(batch.mask, step_random);
-  const bool recorded = recording_ && recording_->graph.ready() && recording_->x_shape == batch.x.shape() &&
-                        recording_->x_dtype == batch.x.dtype() && recording_->mask_shape == head_mask.shape() &&
-                        recording_->tau == tau && recording_->counters_after_mask == step_random.next;
+  const bool recorded = recording_ && recording_->holds(batch, head_mask, tau, step_random.next);
   if (!recorded) {
     recording_.reset();
-    recording_ = std::make_unique<Recording>();
-    recording_->x_shape = batch.x.shape();
-    recording_->x_dtype = batch.x.dtype();
-    recording_->mask_shape = head_mask.shape();
-    recording_->tau = tau;
-    recording_->counters_after_mask = step_random.next;
+    recording_ = std::make_unique<Recording>(batch, head_mask, tau, step_random.next);
   }
   write_inputs(batch, class_weight, head_mask, step_random.seed, lr);
   if (!recorded && !record(head_mask, step_random, tau)) {

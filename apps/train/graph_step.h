@@ -10,11 +10,16 @@
 #include <string>
 
 #include "apps/train/batches.h"
+#include "apps/train/config.h"
 #include "mil/dual_stream.h"
 #include "nn/optim.h"
 #include "tensor/device.h"
 
 namespace dsmil::app {
+
+// Whether a run of `config` on `device` records its training steps: run.cuda_graph on a GPU, without the
+// attention-entropy term (it reads the attention back within the step, which a recording cannot hold).
+bool records_steps(const RunConfig& config, Device device);
 
 class GraphStep {
  public:

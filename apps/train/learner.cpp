@@ -53,8 +53,8 @@ Learner::Learner(const RunConfig& config, const std::vector<data::CaseVolume>& c
     reducer_ = std::make_unique<nn::GradientReducer>(model_.parameters(), *ranks_);
     if (c_.sync_batchnorm) nn::synchronise_batchnorm(model_, ranks_);
   }
-  // The attention-entropy term reads the attention back within the step, which a recording cannot hold.
-  if (c_.cuda_graph && device_ == Device::CUDA && !ranks_ && c_.entropy_weight <= 0)
+  // Data-parallel steps reduce their gradients across processes mid-step: queued as they are.
+  if (records_steps(c_, device_) && !ranks_)
     graph_step_ = std::make_unique<GraphStep>(model_, *optimizer_, ema_.get(), c_.loss_config());
   class_weights_ = app::class_weights(c_, cohort, plan.train);
   steps_per_epoch_ = (static_cast<int64_t>(plan.train.size()) + c_.bags_per_step - 1) / c_.bags_per_step;
