@@ -158,6 +158,7 @@ struct CudaGraph::State {
   bool recording = false;
   cudaGraph_t graph = nullptr;
   cudaGraphExec_t runnable = nullptr;
+  cuda::RecordingMemory* memory = nullptr;
 };
 
 CudaGraph::CudaGraph() : state_(std::make_unique<State>()) {}
@@ -166,12 +167,17 @@ CudaGraph::~CudaGraph() {
   abandon();
   if (state_->runnable) cudaGraphExecDestroy(state_->runnable);
   if (state_->graph) cudaGraphDestroy(state_->graph);
+  if (state_->memory) cuda::release_recording_memory(state_->memory);
 }
 
 void CudaGraph::begin() {
-  if (state_->recording || state_->runnable) throw Error("CudaGraph::begin: this graph is recorded already");
-  cuda::begin_capture_tracking();
-  DSMIL_CUDA_CHECK(cudaStreamBeginCapture(cuda::stream(), cudaStreamCaptureModeThreadLocal), "CudaGraph::begin");
+  if (state_->memory) throw Error("CudaGraph::begin: this graph is recorded already");
+  state_->memory = cuda::begin_recording_memory();
+  if (const cudaError_t began = cudaStreamBeginCapture(cuda::stream(), cudaStreamCaptureModeThreadLocal);
+      began != cudaSuccess) {
+    cuda::end_recording_memory(state_->memory, false);
+    DSMIL_CUDA_CHECK(began, "CudaGraph::begin");
+  }
   state_->recording = true;
 }
 
@@ -179,12 +185,13 @@ void CudaGraph::end() {
   if (!state_->recording) throw Error("CudaGraph::end: not recording");
   state_->recording = false;
   const cudaError_t ended = cudaStreamEndCapture(cuda::stream(), &state_->graph);
-  const bool frees_other_memory = cuda::capture_frees_other_memory();
-  cudaError_t instantiated = cudaErrorUnknown;
-  if (ended == cudaSuccess && !frees_other_memory)
-    instantiated =
-        cudaGraphInstantiateWithFlags(&state_->runnable, state_->graph, cudaGraphInstantiateFlagAutoFreeOnLaunch);
-  cuda::end_capture_tracking(ended == cudaSuccess && !frees_other_memory && instantiated == cudaSuccess);
+  const bool frees_other_memory = cuda::recording_frees_other_memory();
+  // The memory goes behind the recording before instantiation, which checks the addresses of copies and fills.
+  const bool recorded = ended == cudaSuccess && !frees_other_memory;
+  cuda::end_recording_memory(state_->memory, recorded);
+  cudaGraphInstantiateParams instantiation{};
+  const cudaError_t instantiated =
+      recorded ? cudaGraphInstantiateWithParams(&state_->runnable, state_->graph, &instantiation) : cudaSuccess;
   if (ended != cudaSuccess) {
     cudaGetLastError();
     throw DeviceError(
@@ -198,8 +205,12 @@ void CudaGraph::end() {
         "recording and released in it): every launch would free it again");
   if (instantiated != cudaSuccess) {
     cudaGetLastError();
+    cudaGraphNodeType failed_node = cudaGraphNodeTypeCount;
+    if (instantiation.errNode_out) cudaGraphNodeGetType(instantiation.errNode_out, &failed_node);
     throw DeviceError(
-        fmt::format("CudaGraph::end: cudaGraphInstantiateWithFlags failed: {}", cudaGetErrorString(instantiated)));
+        fmt::format("CudaGraph::end: cudaGraphInstantiateWithParams failed: {} (result {}, at a node of "
+                    "type {})",
+                    cudaGetErrorString(instantiated), int(instantiation.result_out), int(failed_node)));
   }
 }
 
@@ -209,7 +220,7 @@ void CudaGraph::abandon() noexcept {
   cudaGraph_t dropped = nullptr;
   cudaStreamEndCapture(cuda::stream(), &dropped);
   if (dropped) cudaGraphDestroy(dropped);
-  cuda::end_capture_tracking(false);
+  cuda::end_recording_memory(state_->memory, false);
   cudaGetLastError();  // the recording's error is not the next op's
 }
 

@@ -106,9 +106,10 @@ class DeviceClock {
 
 // Work queued on the ops' stream recorded once as a CUDA graph and then replayed (a training step whose host work
 // would otherwise cost more than its device time). Between begin() and end() the ops are recorded, not run; launch()
-// runs the recording once more. What the recorded ops take from the pool is the graph's memory, at the same addresses
-// every launch: tensors made while recording and kept afterwards (a step's outputs) hold what the last launch wrote
-// there, and must be released before the graph. Everything a recorded op reads that changes from launch to launch
+// runs the recording once more. What the recorded ops take is the graph's memory, not the pool's: laid out while
+// recording and backed at end() by as much as the recording held at its fullest, at the same addresses every launch.
+// Tensors made while recording and kept afterwards (a step's outputs) hold what the last launch wrote there, and
+// should be released before the graph (its memory is given back when the last of them is). Everything a recorded op reads that changes from launch to launch
 // (inputs, seeds, step constants) must be written into memory that existed before begin(), between launches.
 // Recording fails where an op waits for the device or copies from the host: that op throws, abandon() ends the
 // recording, and the work can be queued as it is instead. CUDA only: DeviceError without the backend.

@@ -2,6 +2,7 @@
 // shapes it was working on, and throws DeviceError.
 #include "tensor/cuda/checks.h"
 
+#include <cudaTypedefs.h>
 #include <fmt/format.h>
 
 namespace dsmil::cuda {
@@ -22,6 +23,18 @@ void throw_cuda_error(cudaError_t status, const char* call, const std::string& c
   cudaGetLastError();
   throw DeviceError(fmt::format("{}: {} failed: {} ({}) [{}:{}]", context, call, cudaGetErrorName(status),
                                 cudaGetErrorString(status), file, line));
+}
+
+void throw_driver_error(CUresult status, const char* call, const std::string& context, const char* file, int line) {
+  static const PFN_cuGetErrorName_v6000 error_name = [] {
+    void* function = nullptr;
+    cudaDriverEntryPointQueryResult found{};
+    cudaGetDriverEntryPointByVersion("cuGetErrorName", &function, 12000, cudaEnableDefault, &found);
+    return found == cudaDriverEntryPointSuccess ? reinterpret_cast<PFN_cuGetErrorName_v6000>(function) : nullptr;
+  }();
+  const char* name = nullptr;
+  if (error_name == nullptr || error_name(status, &name) != CUDA_SUCCESS) name = "unnamed driver error";
+  throw DeviceError(fmt::format("{}: {} failed: {} ({}) [{}:{}]", context, call, name, int(status), file, line));
 }
 
 void throw_cudnn_error(cudnnStatus_t status, const char* call, const std::string& context, const char* file, int line) {

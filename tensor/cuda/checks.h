@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cublas_v2.h>
+#include <cuda.h>
 #include <cuda_runtime.h>
 #include <cudnn.h>
 
@@ -14,6 +15,9 @@ namespace dsmil::cuda {
 
 [[noreturn]] void throw_cuda_error(cudaError_t status, const char* call, const std::string& context, const char* file,
                                    int line);
+// A driver API call (reached through cudaGetDriverEntryPointByVersion: the binary does not link libcuda).
+[[noreturn]] void throw_driver_error(CUresult status, const char* call, const std::string& context, const char* file,
+                                     int line);
 [[noreturn]] void throw_cudnn_error(cudnnStatus_t status, const char* call, const std::string& context,
                                     const char* file, int line);
 [[noreturn]] void throw_cublas_error(cublasStatus_t status, const char* call, const std::string& context,
@@ -33,6 +37,13 @@ std::string op_context(const char* op, std::initializer_list<std::pair<const cha
     const cudaError_t dsmil_status_ = (call);                                               \
     if (dsmil_status_ != cudaSuccess)                                                       \
       ::dsmil::cuda::throw_cuda_error(dsmil_status_, #call, (context), __FILE__, __LINE__); \
+  } while (0)
+
+#define DSMIL_DRIVER_CHECK(call, context)                                                     \
+  do {                                                                                        \
+    const CUresult dsmil_status_ = (call);                                                    \
+    if (dsmil_status_ != CUDA_SUCCESS)                                                        \
+      ::dsmil::cuda::throw_driver_error(dsmil_status_, #call, (context), __FILE__, __LINE__); \
   } while (0)
 
 #define DSMIL_CUDNN_CHECK(call, context)                                                     \

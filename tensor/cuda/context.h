@@ -54,7 +54,7 @@ void set_allocation_poison(std::optional<uint8_t> byte);
 
 // Device memory the pool holds, in bytes: in use by live allocations, and reserved from the driver; with the memory
 // of recorded CUDA graphs added (device::CudaGraph: a replayed step's tensors are the graph's, not the pool's). The
-// peak is the pool's and the graphs' peaks added, which bounds their joint peak from above.
+// peak is the pool's peak and the graphs' largest memory since the reset added, which bounds their joint peak.
 struct PoolUsage {
   uint64_t used = 0, reserved = 0, peak_used = 0;
 };

@@ -4,6 +4,7 @@
 #include "tensor/cuda/runtime.h"
 
 #include <cuda_bf16.h>
+#include <cudaTypedefs.h>
 #include <cuda_profiler_api.h>
 #include <fmt/format.h>
 
@@ -11,10 +12,13 @@
 #include <cstdio>
 #include <fstream>
 #include <limits>
-#include <unordered_set>
 #include <memory>
+#include <optional>
+#include <type_traits>
+#include <vector>
 
 #include "kernels/convert_fill.h"
+#include "tensor/best_fit_arena.h"
 #include "tensor/cuda/checks.h"
 #include "tensor/cuda/context.h"
 
@@ -28,11 +32,42 @@ constexpr size_t kCublasWorkspaceBytes = size_t{32} << 20;
 
 std::atomic<int> g_allocation_poison{-1};
 
-// While the stream is recorded into a CUDA graph: what the recorded work takes from the pool (graph memory), and
-// whether it gave back memory it did not take there (a free the graph would repeat on every launch).
+// The driver's virtual memory functions, reached through the runtime so that the binary does not link libcuda (a
+// machine without the driver lacks it).
+struct VirtualMemoryApi {
+  PFN_cuMemAddressReserve_v10020 address_reserve = nullptr;
+  PFN_cuMemAddressFree_v10020 address_free = nullptr;
+  PFN_cuMemCreate_v10020 create = nullptr;
+  PFN_cuMemRelease_v10020 release = nullptr;
+  PFN_cuMemMap_v10020 map = nullptr;
+  PFN_cuMemUnmap_v10020 unmap = nullptr;
+  PFN_cuMemSetAccess_v10020 set_access = nullptr;
+  PFN_cuMemGetAllocationGranularity_v10020 granularity = nullptr;
+};
+
+}  // namespace
+
+// A recording's memory: an address range as large as the device's memory, reserved with no memory behind it while
+// the work is recorded (the host lays out what it takes, best fit), then backed by physical memory up to the layout's
+// high water. The graph then holds no allocation nodes: its memory is what the recording held at its fullest, laid
+// out as tightly as the stream-ordered pool would (graph allocation nodes took about 0.1 GiB more at the DESIGN
+// shape). Given back once the graph is released and its last tensor freed.
+struct RecordingMemory {
+  CUdeviceptr base = 0;
+  size_t reserved = 0;
+  BestFitArena layout;
+  CUmemGenericAllocationHandle physical = 0;
+  size_t mapped = 0;
+  bool released = false;  // the graph is gone
+  explicit RecordingMemory(size_t bytes) : reserved(bytes), layout(bytes) {}
+};
+
+namespace {
+
+// While the stream is recorded into a CUDA graph: where the recorded work's memory comes from, and whether it gave
+// back memory from elsewhere (a free the graph would repeat on every launch).
 struct CaptureTracking {
-  bool active = false;
-  std::unordered_set<void*> taken;
+  RecordingMemory* memory = nullptr;
   bool frees_other_memory = false;
 };
 
@@ -42,8 +77,8 @@ struct Runtime {
   cudaMemPool_t pool = nullptr;
   cudaDeviceProp properties{};
   CaptureTracking capture;
-  // Memory a dropped recording took and never freed: it was never allocated, so its tensors' frees are skipped.
-  std::unordered_set<void*> never_allocated;
+  std::vector<std::unique_ptr<RecordingMemory>> recordings;
+  size_t recording_mapped = 0, recording_mapped_peak = 0;
 };
 
 Runtime* create_runtime() {
@@ -102,12 +137,95 @@ const CublasLt& cublaslt() {
   return lt;
 }
 
+namespace {
+
+const VirtualMemoryApi& virtual_memory() {
+  static const VirtualMemoryApi api = [] {
+    VirtualMemoryApi found;
+    const auto load = [](const char* symbol, auto& function) {
+      void* address = nullptr;
+      cudaDriverEntryPointQueryResult result{};
+      DSMIL_CUDA_CHECK(cudaGetDriverEntryPointByVersion(symbol, &address, 12000, cudaEnableDefault, &result),
+                       fmt::format("the driver's {}", symbol));
+      if (result != cudaDriverEntryPointSuccess)
+        throw DeviceError(fmt::format("the driver's {}: not found (query result {})", symbol, int(result)));
+      function = reinterpret_cast<std::remove_reference_t<decltype(function)>>(address);
+    };
+    load("cuMemAddressReserve", found.address_reserve);
+    load("cuMemAddressFree", found.address_free);
+    load("cuMemCreate", found.create);
+    load("cuMemRelease", found.release);
+    load("cuMemMap", found.map);
+    load("cuMemUnmap", found.unmap);
+    load("cuMemSetAccess", found.set_access);
+    load("cuMemGetAllocationGranularity", found.granularity);
+    return found;
+  }();
+  return api;
+}
+
+CUmemAllocationProp device_memory_properties() {
+  CUmemAllocationProp properties{};
+  properties.type = CU_MEM_ALLOCATION_TYPE_PINNED;
+  properties.location = {CU_MEM_LOCATION_TYPE_DEVICE, runtime().device};
+  return properties;
+}
+
+size_t mapping_granularity() {
+  static const size_t granularity = [] {
+    size_t bytes = 0;
+    const CUmemAllocationProp properties = device_memory_properties();
+    DSMIL_DRIVER_CHECK(virtual_memory().granularity(&bytes, &properties, CU_MEM_ALLOC_GRANULARITY_RECOMMENDED),
+                       "recording memory");
+    return bytes;
+  }();
+  return granularity;
+}
+
+size_t round_up(size_t bytes, size_t multiple) { return (bytes + multiple - 1) / multiple * multiple; }
+
+RecordingMemory* recording_holding(Runtime& rt, void* ptr) {
+  const auto address = reinterpret_cast<CUdeviceptr>(ptr);
+  for (const auto& memory : rt.recordings)
+    if (address >= memory->base && address < memory->base + memory->reserved) return memory.get();
+  return nullptr;
+}
+
+// Gives the range and its physical memory back once the graph is released and the last of its tensors freed. Runs in
+// destructors: reports failures instead of throwing.
+void give_back_if_unused(Runtime& rt, RecordingMemory* memory) noexcept {
+  if (!memory->released || memory->layout.taken_blocks() > 0) return;
+  const VirtualMemoryApi& vm = virtual_memory();
+  bool failed = false;
+  if (memory->mapped > 0) {
+    // The graph's last launch may still be running on the stream.
+    failed |= cudaStreamSynchronize(rt.stream) != cudaSuccess;
+    failed |= vm.unmap(memory->base, memory->mapped) != CUDA_SUCCESS;
+    failed |= vm.release(memory->physical) != CUDA_SUCCESS;
+    rt.recording_mapped -= memory->mapped;
+  }
+  failed |= vm.address_free(memory->base, memory->reserved) != CUDA_SUCCESS;
+  if (failed) std::fprintf(stderr, "dsmil: giving back a CUDA graph's recording memory failed\n");
+  std::erase_if(rt.recordings, [memory](const auto& kept) { return kept.get() == memory; });
+}
+
+}  // namespace
+
 void* device_alloc(size_t bytes) {
   Runtime& rt = runtime();
   void* ptr = nullptr;
   bytes = bytes == 0 ? 1 : bytes;  // a zero-byte request would give no pointer to free later
-  DSMIL_CUDA_CHECK(cudaMallocAsync(&ptr, bytes, rt.stream), fmt::format("device_alloc({} bytes)", bytes));
-  if (rt.capture.active) rt.capture.taken.insert(ptr);
+  if (RecordingMemory* recording = rt.capture.memory) {
+    const std::optional<size_t> offset = recording->layout.take(bytes);
+    if (!offset)
+      throw DeviceError(
+          fmt::format("device_alloc({} bytes) while recording a CUDA graph: the recording already "
+                      "holds {} bytes of the device's {}",
+                      bytes, recording->layout.taken_bytes(), recording->reserved));
+    ptr = reinterpret_cast<void*>(recording->base + *offset);
+  } else {
+    DSMIL_CUDA_CHECK(cudaMallocAsync(&ptr, bytes, rt.stream), fmt::format("device_alloc({} bytes)", bytes));
+  }
   if (const int poison = g_allocation_poison.load(); poison >= 0)
     DSMIL_CUDA_CHECK(cudaMemsetAsync(ptr, poison, bytes, rt.stream), "device_alloc poisoning");
   return ptr;
@@ -116,8 +234,12 @@ void* device_alloc(size_t bytes) {
 void device_free(void* ptr) {
   if (ptr == nullptr) return;
   Runtime& rt = runtime();
-  if (rt.never_allocated.erase(ptr) > 0) return;
-  if (rt.capture.active && rt.capture.taken.erase(ptr) == 0) rt.capture.frees_other_memory = true;
+  if (RecordingMemory* recording = recording_holding(rt, ptr)) {
+    recording->layout.give_back(reinterpret_cast<CUdeviceptr>(ptr) - recording->base);
+    give_back_if_unused(rt, recording);
+    return;
+  }
+  if (rt.capture.memory) rt.capture.frees_other_memory = true;
   const cudaError_t status = cudaFreeAsync(ptr, rt.stream);
   // Called from destructors, so it cannot throw; at process exit the runtime may already be unloaded. A recording
   // that an error invalidated refuses every call until it is ended: its frees are dropped with it.
@@ -125,18 +247,46 @@ void device_free(void* ptr) {
     std::fprintf(stderr, "dsmil: cudaFreeAsync(%p) failed: %s\n", ptr, cudaGetErrorString(status));
 }
 
-void begin_capture_tracking() {
-  CaptureTracking& capture = runtime().capture;
-  capture = CaptureTracking{};
-  capture.active = true;
+RecordingMemory* begin_recording_memory() {
+  Runtime& rt = runtime();
+  const size_t granularity = mapping_granularity();
+  auto memory = std::make_unique<RecordingMemory>(round_up(rt.properties.totalGlobalMem, granularity));
+  DSMIL_DRIVER_CHECK(virtual_memory().address_reserve(&memory->base, memory->reserved, granularity, 0, 0),
+                     fmt::format("reserving {} bytes of addresses for a CUDA graph's recording", memory->reserved));
+  rt.capture = CaptureTracking{memory.get(), false};
+  rt.recordings.push_back(std::move(memory));
+  return rt.capture.memory;
 }
 
-bool capture_frees_other_memory() { return runtime().capture.frees_other_memory; }
+bool recording_frees_other_memory() { return runtime().capture.frees_other_memory; }
 
-void end_capture_tracking(bool recording_kept) {
+void end_recording_memory(RecordingMemory* memory, bool kept) {
   Runtime& rt = runtime();
-  if (!recording_kept) rt.never_allocated.insert(rt.capture.taken.begin(), rt.capture.taken.end());
   rt.capture = CaptureTracking{};
+  if (!kept || memory->layout.high_water() == 0) return;
+  const VirtualMemoryApi& vm = virtual_memory();
+  const size_t bytes = round_up(memory->layout.high_water(), mapping_granularity());
+  const std::string context = fmt::format("backing a CUDA graph's recording with {} bytes", bytes);
+  const CUmemAllocationProp properties = device_memory_properties();
+  DSMIL_DRIVER_CHECK(vm.create(&memory->physical, bytes, &properties, 0), context);
+  if (const CUresult mapped = vm.map(memory->base, bytes, 0, memory->physical, 0); mapped != CUDA_SUCCESS) {
+    vm.release(memory->physical);
+    DSMIL_DRIVER_CHECK(mapped, context);
+  }
+  memory->mapped = bytes;
+  rt.recording_mapped += bytes;
+  rt.recording_mapped_peak = std::max(rt.recording_mapped_peak, rt.recording_mapped);
+  CUmemAccessDesc access{};
+  access.location = properties.location;
+  access.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
+  DSMIL_DRIVER_CHECK(vm.set_access(memory->base, bytes, &access, 1), context);
+}
+
+void release_recording_memory(RecordingMemory* memory) noexcept {
+  Runtime& rt = runtime();
+  if (rt.capture.memory == memory) rt.capture = CaptureTracking{};
+  memory->released = true;
+  give_back_if_unused(rt, memory);
 }
 
 void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device, size_t bytes) {
@@ -275,26 +425,20 @@ std::string backend_versions() {
 void set_allocation_poison(std::optional<uint8_t> byte) { g_allocation_poison.store(byte ? int{*byte} : -1); }
 
 PoolUsage pool_usage() {
-  PoolUsage pool, graphs;
+  PoolUsage pool;
   const Runtime& rt = runtime();
   DSMIL_CUDA_CHECK(cudaMemPoolGetAttribute(rt.pool, cudaMemPoolAttrUsedMemCurrent, &pool.used), "pool_usage");
   DSMIL_CUDA_CHECK(cudaMemPoolGetAttribute(rt.pool, cudaMemPoolAttrReservedMemCurrent, &pool.reserved), "pool_usage");
   DSMIL_CUDA_CHECK(cudaMemPoolGetAttribute(rt.pool, cudaMemPoolAttrUsedMemHigh, &pool.peak_used), "pool_usage");
-  DSMIL_CUDA_CHECK(cudaDeviceGetGraphMemAttribute(rt.device, cudaGraphMemAttrUsedMemCurrent, &graphs.used),
-                   "pool_usage (graph memory)");
-  DSMIL_CUDA_CHECK(cudaDeviceGetGraphMemAttribute(rt.device, cudaGraphMemAttrReservedMemCurrent, &graphs.reserved),
-                   "pool_usage (graph memory)");
-  DSMIL_CUDA_CHECK(cudaDeviceGetGraphMemAttribute(rt.device, cudaGraphMemAttrUsedMemHigh, &graphs.peak_used),
-                   "pool_usage (graph memory)");
-  return {pool.used + graphs.used, pool.reserved + graphs.reserved, pool.peak_used + graphs.peak_used};
+  return {pool.used + rt.recording_mapped, pool.reserved + rt.recording_mapped,
+          pool.peak_used + rt.recording_mapped_peak};
 }
 
 void reset_pool_peak() {
-  const Runtime& rt = runtime();
+  Runtime& rt = runtime();
   uint64_t zero = 0;
   DSMIL_CUDA_CHECK(cudaMemPoolSetAttribute(rt.pool, cudaMemPoolAttrUsedMemHigh, &zero), "reset_pool_peak");
-  DSMIL_CUDA_CHECK(cudaDeviceSetGraphMemAttribute(rt.device, cudaGraphMemAttrUsedMemHigh, &zero),
-                   "reset_pool_peak (graph memory)");
+  rt.recording_mapped_peak = rt.recording_mapped;
 }
 
 }  // namespace dsmil::cuda

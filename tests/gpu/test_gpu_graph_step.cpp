@@ -1,10 +1,13 @@
 // GPU test of the training step recorded as a CUDA graph (apps/train/graph_step.h): its replays equal the same steps
 // queued as they are, bit for bit in deterministic mode (the same kernels in the same order, fed the same seeds and
 // constants), with dropout, instance dropout and drop-path drawing new masks every step; and a step that cannot be
-// recorded (the attention-entropy term reads the attention back inside the step) leaves nothing behind.
+// recorded (the attention-entropy term reads the attention back inside the step) leaves nothing behind. And the
+// recording's memory (device::CudaGraph): as large as the recording held at its fullest, given back with its last
+// tensor.
 #include <cstring>
 
 #include "apps/train/graph_step.h"
+#include "tensor/ops.h"
 #include "tests/gpu/gpu_compare.h"
 
 using namespace dsmil;
@@ -149,4 +152,42 @@ TEST_CASE("gpu training step as a CUDA graph: a step that cannot be recorded lea
   CHECK(got.loss == expected.loss);
   CHECK_MESSAGE(first_difference(queued, refused).empty(),
                 "after the queued step: " << first_difference(queued, refused));
+}
+
+TEST_CASE(
+    "gpu CUDA graph memory: laid out while recording, as large as the recording at its fullest, given back with "
+    "its last tensor") {
+  if (skip_without_gpu()) return;
+  constexpr int64_t kFloats = int64_t{1} << 20;  // 4 MiB a tensor, a multiple of the mapping granularity (2 MiB)
+  constexpr uint64_t kBytes = kFloats * sizeof(float);
+  Tensor a = test::random_tensor({kFloats}).to(Device::CUDA);
+  device::synchronize(Device::CUDA);
+  const uint64_t before = device::memory_usage(Device::CUDA).used;
+  auto graph = std::make_unique<device::CudaGraph>();
+  Tensor tripled;
+  {
+    graph->begin();
+    Tensor doubled = ops::scale(a, 2.0f);
+    const Tensor summed = ops::add(doubled, a);
+    doubled = Tensor();                  // given back while recording: the next tensor takes its place
+    tripled = ops::scale(summed, 3.0f);  // 9a, kept past the recording
+    graph->end();
+  }
+  const uint64_t recorded = device::memory_usage(Device::CUDA).used - before;
+  std::printf("[gpu-graph] recording memory: 3 tensors of %llu bytes taken, at most 2 at once: %llu bytes backed\n",
+              static_cast<unsigned long long>(kBytes), static_cast<unsigned long long>(recorded));
+  CHECK(recorded == 2 * kBytes);
+  for (int launch = 0; launch < 2; ++launch) {
+    const Tensor fresh = test::random_tensor({kFloats});
+    a.copy_from(fresh);
+    graph->launch();
+    const std::vector<float> x = fresh.to_vector(), y = tripled.to_vector();
+    size_t wrong = 0;
+    for (size_t i = 0; i < x.size(); ++i) wrong += y[i] != (x[i] * 2.0f + x[i]) * 3.0f;
+    CHECK_MESSAGE(wrong == 0, "launch " << launch << ": " << wrong << " of " << x.size() << " values differ from 9a");
+  }
+  graph.reset();  // the tensor kept past the recording still holds the graph's memory
+  CHECK(device::memory_usage(Device::CUDA).used - before == 2 * kBytes);
+  tripled = Tensor();
+  CHECK(device::memory_usage(Device::CUDA).used == before);
 }
