@@ -155,7 +155,6 @@ void SideStream::join_compute() {
 void* SideStream::native() const { return state_->stream; }
 
 struct CudaGraph::State {
-  bool recording = false;
   cudaGraph_t graph = nullptr;
   cudaGraphExec_t runnable = nullptr;
   cuda::RecordingMemory* memory = nullptr;
@@ -164,68 +163,76 @@ struct CudaGraph::State {
 CudaGraph::CudaGraph() : state_(std::make_unique<State>()) {}
 
 CudaGraph::~CudaGraph() {
-  abandon();
   if (state_->runnable) cudaGraphExecDestroy(state_->runnable);
   if (state_->graph) cudaGraphDestroy(state_->graph);
   if (state_->memory) cuda::release_recording_memory(state_->memory);
 }
 
-void CudaGraph::begin() {
-  if (state_->memory) throw Error("CudaGraph::begin: this graph is recorded already");
-  state_->memory = cuda::begin_recording_memory();
-  if (const cudaError_t began = cudaStreamBeginCapture(cuda::stream(), cudaStreamCaptureModeThreadLocal);
-      began != cudaSuccess) {
-    cuda::end_recording_memory(state_->memory, false);
-    DSMIL_CUDA_CHECK(began, "CudaGraph::begin");
-  }
-  state_->recording = true;
-}
+namespace {
 
-void CudaGraph::end() {
-  if (!state_->recording) throw Error("CudaGraph::end: not recording");
-  state_->recording = false;
-  const cudaError_t ended = cudaStreamEndCapture(cuda::stream(), &state_->graph);
-  const bool frees_other_memory = cuda::recording_frees_other_memory();
-  // The memory goes behind the recording before instantiation, which checks the addresses of copies and fills.
-  const bool recorded = ended == cudaSuccess && !frees_other_memory;
-  cuda::end_recording_memory(state_->memory, recorded);
-  cudaGraphInstantiateParams instantiation{};
-  const cudaError_t instantiated =
-      recorded ? cudaGraphInstantiateWithParams(&state_->runnable, state_->graph, &instantiation) : cudaSuccess;
+// One recording of `work` into `memory`: the graph, or DeviceError (or what `work` threw) with the recording dropped.
+cudaGraph_t capture(const std::function<void()>& work, cuda::RecordingMemory* memory) {
+  DSMIL_CUDA_CHECK(cudaStreamBeginCapture(cuda::stream(), cudaStreamCaptureModeThreadLocal), "CudaGraph::record");
+  cuda::start_recording_into(memory);
+  try {
+    work();
+  } catch (...) {
+    cuda::stop_recording_into(memory);
+    cudaGraph_t dropped = nullptr;
+    cudaStreamEndCapture(cuda::stream(), &dropped);
+    if (dropped) cudaGraphDestroy(dropped);
+    cudaGetLastError();  // the recording's error is not the next op's
+    throw;
+  }
+  const bool frees_other_memory = cuda::stop_recording_into(memory);
+  cudaGraph_t graph = nullptr;
+  const cudaError_t ended = cudaStreamEndCapture(cuda::stream(), &graph);
   if (ended != cudaSuccess) {
+    if (graph) cudaGraphDestroy(graph);
     cudaGetLastError();
     throw DeviceError(
-        fmt::format("CudaGraph::end: cudaStreamEndCapture failed: {} (an op of the recording waited for "
-                    "the device or copied from the host)",
+        fmt::format("CudaGraph::record: cudaStreamEndCapture failed: {} (an op of the recording "
+                    "waited for the device or copied from the host)",
                     cudaGetErrorString(ended)));
   }
-  if (frees_other_memory)
+  if (frees_other_memory) {
+    cudaGraphDestroy(graph);
     throw DeviceError(
-        "CudaGraph::end: the recorded work gives back pool memory it did not take (a tensor made before the "
+        "CudaGraph::record: the recorded work gives back pool memory it did not take (a tensor made before the "
         "recording and released in it): every launch would free it again");
-  if (instantiated != cudaSuccess) {
-    cudaGetLastError();
-    cudaGraphNodeType failed_node = cudaGraphNodeTypeCount;
-    if (instantiation.errNode_out) cudaGraphNodeGetType(instantiation.errNode_out, &failed_node);
-    throw DeviceError(
-        fmt::format("CudaGraph::end: cudaGraphInstantiateWithParams failed: {} (result {}, at a node of "
-                    "type {})",
-                    cudaGetErrorString(instantiated), int(instantiation.result_out), int(failed_node)));
   }
+  return graph;
 }
 
-void CudaGraph::abandon() noexcept {
-  if (!state_->recording) return;
-  state_->recording = false;
-  cudaGraph_t dropped = nullptr;
-  cudaStreamEndCapture(cuda::stream(), &dropped);
-  if (dropped) cudaGraphDestroy(dropped);
-  cuda::end_recording_memory(state_->memory, false);
-  cudaGetLastError();  // the recording's error is not the next op's
+}  // namespace
+
+void CudaGraph::record(const std::function<void()>& work) {
+  if (state_->memory) throw Error("CudaGraph::record: this graph is recorded already");
+  size_t fullest = 0;
+  {
+    cuda::RecordingMemory* layout = cuda::reserve_recording_memory(std::nullopt);
+    try {
+      cudaGraphDestroy(capture(work, layout));
+    } catch (...) {
+      cuda::release_recording_memory(layout);
+      throw;
+    }
+    fullest = cuda::recording_high_water(layout);
+    cuda::release_recording_memory(layout);
+  }
+  state_->memory = cuda::reserve_recording_memory(fullest);
+  state_->graph = capture(work, state_->memory);
+  if (const cudaError_t instantiated = cudaGraphInstantiate(&state_->runnable, state_->graph, 0);
+      instantiated != cudaSuccess) {
+    state_->runnable = nullptr;
+    cudaGetLastError();
+    throw DeviceError(
+        fmt::format("CudaGraph::record: cudaGraphInstantiate failed: {}", cudaGetErrorString(instantiated)));
+  }
 }
 
 void CudaGraph::launch() {
-  if (!state_->runnable) throw Error("CudaGraph::launch: nothing recorded (begin, the work, end)");
+  if (!state_->runnable) throw Error("CudaGraph::launch: nothing recorded (record)");
   DSMIL_CUDA_CHECK(cudaGraphLaunch(state_->runnable, cuda::stream()), "CudaGraph::launch");
 }
 
@@ -290,9 +297,7 @@ void* SideStream::native() const { return nullptr; }
 struct CudaGraph::State {};
 CudaGraph::CudaGraph() { no_cuda_device("CudaGraph"); }
 CudaGraph::~CudaGraph() = default;
-void CudaGraph::begin() {}
-void CudaGraph::end() {}
-void CudaGraph::abandon() noexcept {}
+void CudaGraph::record(const std::function<void()>&) {}
 void CudaGraph::launch() {}
 bool CudaGraph::ready() const { return false; }
 

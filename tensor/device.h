@@ -7,6 +7,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -105,26 +106,27 @@ class DeviceClock {
 };
 
 // Work queued on the ops' stream recorded once as a CUDA graph and then replayed (a training step whose host work
-// would otherwise cost more than its device time). Between begin() and end() the ops are recorded, not run; launch()
-// runs the recording once more. What the recorded ops take is the graph's memory, not the pool's: laid out while
-// recording and backed at end() by as much as the recording held at its fullest, at the same addresses every launch.
-// Tensors made while recording and kept afterwards (a step's outputs) hold what the last launch wrote there, and
-// should be released before the graph (its memory is given back when the last of them is). Everything a recorded op reads that changes from launch to launch
-// (inputs, seeds, step constants) must be written into memory that existed before begin(), between launches.
-// Recording fails where an op waits for the device or copies from the host: that op throws, abandon() ends the
-// recording, and the work can be queued as it is instead. CUDA only: DeviceError without the backend.
+// would otherwise cost more than its device time). record(work) runs `work` with the ops recorded, not run; launch()
+// runs the recording once more. What the recorded ops take is the graph's memory, not the pool's, at the same
+// addresses every launch: `work` is recorded twice, first to lay its memory out and measure it at its fullest (that
+// recording is dropped), then into exactly that much memory, backed before any op refers to it (copies and fills are
+// checked against their addresses as they are recorded). So `work` must queue the same ops each time it runs, and its
+// host state must not change by running. Tensors made by `work` and kept afterwards (a step's outputs) hold what the
+// last launch wrote there, and should be released before the graph (its memory is given back when the last of them
+// is). Everything a recorded op reads that changes from launch to launch (inputs, seeds, step constants) must be
+// written, between launches, into memory that existed before record(). Recording fails where an op waits for the
+// device or copies from the host: that op throws, record() ends the recording, drops it and rethrows, and the work
+// can be queued as it is instead. CUDA only: DeviceError without the backend.
 class CudaGraph {
  public:
   CudaGraph();
   ~CudaGraph();
   CudaGraph(const CudaGraph&) = delete;
   CudaGraph& operator=(const CudaGraph&) = delete;
-  void begin();
-  // Ends the recording and makes it runnable; DeviceError naming why it cannot be (recording stopped either way).
-  void end();
-  void abandon() noexcept;  // ends a recording an op's error interrupted, dropping it
+  // Records `work` and makes it runnable; DeviceError (or what `work` threw) naming why it cannot be.
+  void record(const std::function<void()>& work);
   void launch();
-  bool ready() const;  // end() succeeded
+  bool ready() const;  // record() succeeded
 
  private:
   struct State;

@@ -71,21 +71,21 @@ bool GraphStep::record(const Tensor& head_mask, const nn::StepRandom& random, fl
   Recording& r = *recording_;
   nn::StepRandom recorded = random;
   recorded.seed_on_device = static_cast<const uint64_t*>(r.seed.raw());
-  r.graph.begin();
   try {
-    const mil::LossTargets targets{r.target, r.weight, 0.0};
-    mil::MilOutput out = model_.forward_drawn(Variable(r.x), head_mask, r.head_mask, tau, recorded);
-    Variable loss = mil::mil_loss(out, targets, loss_);
-    loss.backward();
-    optimizer_.queue_step();
-    optimizer_.zero_grad();
-    if (ema_) ema_->queue_update(model_);
-    r.graph.end();
-    r.out = std::move(out);
-    r.loss = std::move(loss);
+    r.graph.record([&] {
+      const mil::LossTargets targets{r.target, r.weight, 0.0};
+      nn::StepRandom drawn = recorded;  // each recording draws from the same counters
+      mil::MilOutput out = model_.forward_drawn(Variable(r.x), head_mask, r.head_mask, tau, drawn);
+      Variable loss = mil::mil_loss(out, targets, loss_);
+      loss.backward();
+      optimizer_.queue_step();
+      optimizer_.zero_grad();
+      if (ema_) ema_->queue_update(model_);
+      r.out = std::move(out);
+      r.loss = std::move(loss);
+    });
   } catch (const Error& e) {
     optimizer_.zero_grad();
-    r.graph.abandon();
     failure_ = e.what();
     return false;
   }

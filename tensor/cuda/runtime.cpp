@@ -47,11 +47,12 @@ struct VirtualMemoryApi {
 
 }  // namespace
 
-// A recording's memory: an address range as large as the device's memory, reserved with no memory behind it while
-// the work is recorded (the host lays out what it takes, best fit), then backed by physical memory up to the layout's
-// high water. The graph then holds no allocation nodes: its memory is what the recording held at its fullest, laid
-// out as tightly as the stream-ordered pool would (graph allocation nodes took about 0.1 GiB more at the DESIGN
-// shape). Given back once the graph is released and its last tensor freed.
+// A recording's memory: an address range as large as the device's memory, whose layout the host keeps best fit as
+// the recorded work takes and gives back, backed by physical memory for its first `mapped` bytes (none for a
+// recording that only measures the layout). The graph then holds no allocation nodes: its memory is what the
+// recording held at its fullest, laid out as tightly as the stream-ordered pool would (with graph allocation nodes
+// the DESIGN shape's replayed step held 0.12 GiB more than the same step queued). Given back once the graph is
+// released and its last tensor freed.
 struct RecordingMemory {
   CUdeviceptr base = 0;
   size_t reserved = 0;
@@ -59,7 +60,7 @@ struct RecordingMemory {
   CUmemGenericAllocationHandle physical = 0;
   size_t mapped = 0;
   bool released = false;  // the graph is gone
-  explicit RecordingMemory(size_t bytes) : reserved(bytes), layout(bytes) {}
+  RecordingMemory(size_t reserved_bytes, size_t usable_bytes) : reserved(reserved_bytes), layout(usable_bytes) {}
 };
 
 namespace {
@@ -219,9 +220,9 @@ void* device_alloc(size_t bytes) {
     const std::optional<size_t> offset = recording->layout.take(bytes);
     if (!offset)
       throw DeviceError(
-          fmt::format("device_alloc({} bytes) while recording a CUDA graph: the recording already "
-                      "holds {} bytes of the device's {}",
-                      bytes, recording->layout.taken_bytes(), recording->reserved));
+          fmt::format("device_alloc({} bytes) while recording a CUDA graph: no block of the recording's "
+                      "{} bytes is free ({} taken): the work took more than when it was laid out",
+                      bytes, recording->layout.capacity(), recording->layout.taken_bytes()));
     ptr = reinterpret_cast<void*>(recording->base + *offset);
   } else {
     DSMIL_CUDA_CHECK(cudaMallocAsync(&ptr, bytes, rt.stream), fmt::format("device_alloc({} bytes)", bytes));
@@ -247,44 +248,54 @@ void device_free(void* ptr) {
     std::fprintf(stderr, "dsmil: cudaFreeAsync(%p) failed: %s\n", ptr, cudaGetErrorString(status));
 }
 
-RecordingMemory* begin_recording_memory() {
+RecordingMemory* reserve_recording_memory(std::optional<size_t> backed_bytes) {
   Runtime& rt = runtime();
-  const size_t granularity = mapping_granularity();
-  auto memory = std::make_unique<RecordingMemory>(round_up(rt.properties.totalGlobalMem, granularity));
-  DSMIL_DRIVER_CHECK(virtual_memory().address_reserve(&memory->base, memory->reserved, granularity, 0, 0),
-                     fmt::format("reserving {} bytes of addresses for a CUDA graph's recording", memory->reserved));
-  rt.capture = CaptureTracking{memory.get(), false};
-  rt.recordings.push_back(std::move(memory));
-  return rt.capture.memory;
-}
-
-bool recording_frees_other_memory() { return runtime().capture.frees_other_memory; }
-
-void end_recording_memory(RecordingMemory* memory, bool kept) {
-  Runtime& rt = runtime();
-  rt.capture = CaptureTracking{};
-  if (!kept || memory->layout.high_water() == 0) return;
   const VirtualMemoryApi& vm = virtual_memory();
-  const size_t bytes = round_up(memory->layout.high_water(), mapping_granularity());
-  const std::string context = fmt::format("backing a CUDA graph's recording with {} bytes", bytes);
+  const size_t granularity = mapping_granularity();
+  const size_t reserved = round_up(rt.properties.totalGlobalMem, granularity);
+  const size_t backed = backed_bytes ? round_up(*backed_bytes, granularity) : 0;
+  auto memory = std::make_unique<RecordingMemory>(reserved, backed_bytes ? backed : reserved);
+  DSMIL_DRIVER_CHECK(vm.address_reserve(&memory->base, reserved, granularity, 0, 0),
+                     fmt::format("reserving {} bytes of addresses for a CUDA graph's recording", reserved));
+  RecordingMemory* kept = rt.recordings.emplace_back(std::move(memory)).get();
+  if (backed == 0) return kept;
+  const std::string context = fmt::format("backing a CUDA graph's recording with {} bytes", backed);
   const CUmemAllocationProp properties = device_memory_properties();
-  DSMIL_DRIVER_CHECK(vm.create(&memory->physical, bytes, &properties, 0), context);
-  if (const CUresult mapped = vm.map(memory->base, bytes, 0, memory->physical, 0); mapped != CUDA_SUCCESS) {
-    vm.release(memory->physical);
-    DSMIL_DRIVER_CHECK(mapped, context);
-  }
-  memory->mapped = bytes;
-  rt.recording_mapped += bytes;
-  rt.recording_mapped_peak = std::max(rt.recording_mapped_peak, rt.recording_mapped);
   CUmemAccessDesc access{};
   access.location = properties.location;
   access.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
-  DSMIL_DRIVER_CHECK(vm.set_access(memory->base, bytes, &access, 1), context);
+  CUresult status = vm.create(&kept->physical, backed, &properties, 0);
+  if (status == CUDA_SUCCESS) {
+    status = vm.map(kept->base, backed, 0, kept->physical, 0);
+    if (status == CUDA_SUCCESS) {
+      kept->mapped = backed;
+      rt.recording_mapped += backed;
+      rt.recording_mapped_peak = std::max(rt.recording_mapped_peak, rt.recording_mapped);
+      status = vm.set_access(kept->base, backed, &access, 1);
+    } else {
+      vm.release(kept->physical);
+    }
+  }
+  if (status != CUDA_SUCCESS) {
+    release_recording_memory(kept);
+    DSMIL_DRIVER_CHECK(status, context);
+  }
+  return kept;
 }
+
+void start_recording_into(RecordingMemory* memory) { runtime().capture = CaptureTracking{memory, false}; }
+
+bool stop_recording_into(RecordingMemory* memory) {
+  Runtime& rt = runtime();
+  const bool frees_other_memory = rt.capture.memory == memory && rt.capture.frees_other_memory;
+  rt.capture = CaptureTracking{};
+  return frees_other_memory;
+}
+
+size_t recording_high_water(const RecordingMemory* memory) { return memory->layout.high_water(); }
 
 void release_recording_memory(RecordingMemory* memory) noexcept {
   Runtime& rt = runtime();
-  if (rt.capture.memory == memory) rt.capture = CaptureTracking{};
   memory->released = true;
   give_back_if_unused(rt, memory);
 }

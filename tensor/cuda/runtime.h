@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstddef>
+#include <optional>
 
 #include "tensor/tensor.h"
 
@@ -17,17 +18,19 @@ void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device
 void fill(Tensor& t, float value);          // F32, BF16 (rounded) or I32 (truncated)
 Tensor convert(const Tensor& t, DType to);  // F32 <-> BF16 on the device
 void synchronize();
-// The memory of a recording of the stream into a CUDA graph (device::CudaGraph). From begin_recording_memory on, what
-// the recorded work takes comes from an address range reserved for the recording, laid out best-fit as the work takes
-// and gives back: the graph holds no allocation nodes, and its memory is what the recording held at its fullest.
-// recording_frees_other_memory: the work gave back memory from elsewhere (the graph would free another tensor's memory
-// at every launch). end_recording_memory stops the taking; for a recording kept it backs the range with physical
-// memory up to that high water (DeviceError where the device has too little). release_recording_memory: the graph is
-// gone; the range is given back when the last tensor made in it is freed (a dropped recording's never had memory).
+// The memory of a recording of the stream into a CUDA graph (device::CudaGraph): an address range, reserved by
+// reserve_recording_memory as large as the device's memory, and backed with physical memory for its first
+// `backed_bytes` (rounded up to the mapping granularity; none where nullopt: a recording that only lays its memory out
+// and is dropped). Between start_recording_into and stop_recording_into, what the recorded work takes comes from the
+// range, laid out best-fit as the work takes and gives back (the graph holds no allocation nodes);
+// stop_recording_into says whether the work gave back memory from elsewhere (the graph would free another tensor's
+// memory at every launch). recording_high_water: the layout's extent, what the recording held at its fullest.
+// release_recording_memory: the graph is gone; the range is given back when the last tensor made in it is freed.
 struct RecordingMemory;
-RecordingMemory* begin_recording_memory();
-bool recording_frees_other_memory();
-void end_recording_memory(RecordingMemory* memory, bool kept);
+RecordingMemory* reserve_recording_memory(std::optional<size_t> backed_bytes);
+void start_recording_into(RecordingMemory* memory);
+bool stop_recording_into(RecordingMemory* memory);
+size_t recording_high_water(const RecordingMemory* memory);
 void release_recording_memory(RecordingMemory* memory) noexcept;
 // Device memory outside the pool (cudaMalloc), for device::DeviceMemory: DeviceError naming the bytes wanted and
 // free when the device has too little. free_outside_pool never throws (it runs in destructors).

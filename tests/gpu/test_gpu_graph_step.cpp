@@ -165,14 +165,12 @@ TEST_CASE(
   const uint64_t before = device::memory_usage(Device::CUDA).used;
   auto graph = std::make_unique<device::CudaGraph>();
   Tensor tripled;
-  {
-    graph->begin();
+  graph->record([&] {
     Tensor doubled = ops::scale(a, 2.0f);
     const Tensor summed = ops::add(doubled, a);
     doubled = Tensor();                  // given back while recording: the next tensor takes its place
     tripled = ops::scale(summed, 3.0f);  // 9a, kept past the recording
-    graph->end();
-  }
+  });
   const uint64_t recorded = device::memory_usage(Device::CUDA).used - before;
   std::printf("[gpu-graph] recording memory: 3 tensors of %llu bytes taken, at most 2 at once: %llu bytes backed\n",
               static_cast<unsigned long long>(kBytes), static_cast<unsigned long long>(recorded));
