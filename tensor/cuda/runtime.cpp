@@ -196,6 +196,8 @@ RecordingMemory* recording_holding(Runtime& rt, void* ptr) {
 // destructors: reports failures instead of throwing.
 void give_back_if_unused(Runtime& rt, RecordingMemory* memory) noexcept {
   if (!memory->released || memory->layout.taken_blocks() > 0) return;
+  // Waiting for the stream would end a recording in progress: given back when it stops (stop_recording_into).
+  if (memory->mapped > 0 && rt.capture.memory != nullptr) return;
   const VirtualMemoryApi& vm = virtual_memory();
   bool failed = false;
   if (memory->mapped > 0) {
@@ -289,6 +291,9 @@ bool stop_recording_into(RecordingMemory* memory) {
   Runtime& rt = runtime();
   const bool frees_other_memory = rt.capture.memory == memory && rt.capture.frees_other_memory;
   rt.capture = CaptureTracking{};
+  std::vector<RecordingMemory*> waiting;
+  for (const auto& kept : rt.recordings) waiting.push_back(kept.get());
+  for (RecordingMemory* other : waiting) give_back_if_unused(rt, other);
   return frees_other_memory;
 }
 
