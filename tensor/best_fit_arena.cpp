@@ -15,10 +15,8 @@ BestFitArena::BestFitArena(size_t capacity) : capacity_(capacity / kAlignment * 
 
 std::optional<size_t> BestFitArena::take(size_t bytes) {
   const size_t rounded = (std::max<size_t>(bytes, 1) + kAlignment - 1) / kAlignment * kAlignment;
-  auto best = free_by_size_.lower_bound({rounded, 0});
+  const auto best = free_by_size_.lower_bound({rounded, 0});
   if (best == free_by_size_.end()) return std::nullopt;
-  if (const auto next = std::next(best); best->first + best->second == capacity_ && next != free_by_size_.end())
-    best = next;
   const auto [block_bytes, offset] = *best;
   remove_free(free_by_offset_.find(offset));
   if (block_bytes > rounded) add_free(offset + rounded, block_bytes - rounded);

@@ -17,10 +17,8 @@ class BestFitArena {
   static constexpr size_t kAlignment = 256;  // what cudaMalloc guarantees, and the vectorised kernels assume
   explicit BestFitArena(size_t capacity);
 
-  // The lowest offset of the smallest free block that holds `bytes` (rounded up to kAlignment; 0 counts as 1), the
-  // tail (the free block that ends at the capacity) only where no other block does; nullopt where none does. So the
-  // layout of a sequence does not depend on the capacity, as long as it fits: a range as large as the high water of
-  // the same sequence in a larger one lays it out the same (the recording's second pass relies on it).
+  // The lowest offset of the smallest free block that holds `bytes` (rounded up to kAlignment; 0 counts as 1);
+  // nullopt where no free block does.
   std::optional<size_t> take(size_t bytes);
   // Gives back what take() returned at `offset`, merged with the free blocks beside it. Throws Error for an offset
   // not taken (or given back already).
