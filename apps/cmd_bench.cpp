@@ -267,6 +267,10 @@ void run_bench(const BenchArgs& a) {
           "host: %zu of the %d timed steps replayed the step recorded as a CUDA graph: queuing one (writing its "
           "inputs, launching) took a median %.2f ms\ndevice time: a replayed step took a median %.2f ms\n",
           replay_queue_ms.size(), a.steps, median_of(replay_queue_ms), median_of(replay_device_ms));
+    if (const auto planned = graph ? graph->planned_memory() : std::nullopt)
+      std::printf("graph memory: the recorded step's range %.3f GiB, planned from its work's %.3f GiB alive at most\n",
+                  static_cast<double>(planned->bytes) / (1 << 30),
+                  static_cast<double>(planned->most_alive) / (1 << 30));
     std::printf(
         "host thread while queuing, a step: CPU %.2f ms, %.1f page faults, %.1f voluntary and %.1f involuntary "
         "context switches (means)\n",

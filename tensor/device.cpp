@@ -184,7 +184,7 @@ cudaGraph_t capture(const std::function<void()>& work, cuda::RecordingMemory* me
     cudaGetLastError();  // the recording's error is not the next op's
     throw;
   }
-  const bool frees_other_memory = cuda::stop_recording_into(memory);
+  const std::optional<std::string> refused = cuda::stop_recording_into(memory);
   cudaGraph_t graph = nullptr;
   const cudaError_t ended = cudaStreamEndCapture(cuda::stream(), &graph);
   if (ended != cudaSuccess) {
@@ -195,11 +195,9 @@ cudaGraph_t capture(const std::function<void()>& work, cuda::RecordingMemory* me
                     "waited for the device or copied from the host)",
                     cudaGetErrorString(ended)));
   }
-  if (frees_other_memory) {
+  if (refused) {
     cudaGraphDestroy(graph);
-    throw DeviceError(
-        "CudaGraph::record: the recorded work gives back pool memory it did not take (a tensor made before the "
-        "recording and released in it): every launch would free it again");
+    throw DeviceError("CudaGraph::record: " + *refused);
   }
   return graph;
 }
@@ -208,20 +206,16 @@ cudaGraph_t capture(const std::function<void()>& work, cuda::RecordingMemory* me
 
 void CudaGraph::record(const std::function<void()>& work) {
   if (state_->memory) throw Error("CudaGraph::record: this graph is recorded already");
-  size_t fullest = 0;
-  {
-    cuda::RecordingMemory* layout = cuda::reserve_recording_memory(std::nullopt);
-    try {
-      cudaGraphDestroy(capture(work, layout));
-    } catch (...) {
-      cuda::release_recording_memory(layout);
-      throw;
-    }
-    fullest = cuda::recording_high_water(layout);
-    cuda::release_recording_memory(layout);
+  cuda::RecordingMemory* memory = cuda::new_recording_memory();
+  try {
+    cudaGraphDestroy(capture(work, memory));
+    cuda::place_recording_memory(memory);
+    state_->graph = capture(work, memory);
+  } catch (...) {
+    cuda::release_recording_memory(memory);
+    throw;
   }
-  state_->memory = cuda::reserve_recording_memory(fullest);
-  state_->graph = capture(work, state_->memory);
+  state_->memory = memory;
   if (const cudaError_t instantiated = cudaGraphInstantiate(&state_->runnable, state_->graph, 0);
       instantiated != cudaSuccess) {
     state_->runnable = nullptr;
@@ -229,6 +223,12 @@ void CudaGraph::record(const std::function<void()>& work) {
     throw DeviceError(
         fmt::format("CudaGraph::record: cudaGraphInstantiate failed: {}", cudaGetErrorString(instantiated)));
   }
+}
+
+CudaGraph::PlannedMemory CudaGraph::planned_memory() const {
+  if (!state_->memory) throw Error("CudaGraph::planned_memory: nothing recorded (record)");
+  const MemoryPlan& plan = cuda::recording_plan(state_->memory);
+  return {plan.extent, plan.most_alive};
 }
 
 void CudaGraph::launch() {
@@ -300,6 +300,7 @@ CudaGraph::~CudaGraph() = default;
 void CudaGraph::record(const std::function<void()>&) {}
 void CudaGraph::launch() {}
 bool CudaGraph::ready() const { return false; }
+CudaGraph::PlannedMemory CudaGraph::planned_memory() const { return {}; }
 
 bool cuda_available() { return false; }
 void synchronize(Device) {}

@@ -108,15 +108,16 @@ class DeviceClock {
 // Work queued on the ops' stream recorded once as a CUDA graph and then replayed (a training step whose host work
 // would otherwise cost more than its device time). record(work) runs `work` with the ops recorded, not run; launch()
 // runs the recording once more. What the recorded ops take is the graph's memory, not the pool's, at the same
-// addresses every launch: `work` is recorded twice, first to lay its memory out and measure it at its fullest (that
-// recording is dropped), then into exactly that much memory, backed before any op refers to it (copies and fills are
-// checked against their addresses as they are recorded). So `work` must queue the same ops each time it runs, and its
-// host state must not change by running. Tensors made by `work` and kept afterwards (a step's outputs) hold what the
-// last launch wrote there, and should be released before the graph (its memory is given back when the last of them
-// is). Everything a recorded op reads that changes from launch to launch (inputs, seeds, step constants) must be
-// written, between launches, into memory that existed before record(). Recording fails where an op waits for the
-// device or copies from the host: that op throws, record() ends the recording, drops it and rethrows, and the work
-// can be queued as it is instead. CUDA only: DeviceError without the backend.
+// addresses every launch: `work` is recorded twice, first with the pool's memory to trace what it takes and when it
+// gives it back (that recording is dropped), then into one range planned from the trace and backed before any op
+// refers to it (copies and fills are checked against their addresses as they are recorded). So `work` must queue the
+// same ops and ask for the same memory each time it runs, and its host state must not change by running. Tensors made
+// by `work` and kept afterwards (a step's outputs) hold what the last launch wrote there, and should be released before
+// the graph (its memory is given back when the last of them is). Everything a recorded op reads that changes from
+// launch to launch (inputs, seeds, step constants) must be written, between launches, into memory that existed before
+// record(). Recording fails where an op waits for the device or copies from the host: that op throws, record() ends the
+// recording, drops it and rethrows, and the work can be queued as it is instead. CUDA only: DeviceError without the
+// backend.
 class CudaGraph {
  public:
   CudaGraph();
@@ -127,6 +128,13 @@ class CudaGraph {
   void record(const std::function<void()>& work);
   void launch();
   bool ready() const;  // record() succeeded
+  // The recording's memory: the planned range's bytes, and the most its work had alive at once (the least any plan
+  // could take).
+  struct PlannedMemory {
+    size_t bytes = 0;
+    size_t most_alive = 0;
+  };
+  PlannedMemory planned_memory() const;
 
  private:
   struct State;

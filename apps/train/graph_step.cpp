@@ -41,6 +41,11 @@ GraphStep::GraphStep(mil::DualStreamMIL& model, nn::AdamW& optimizer, nn::Ema* e
 
 GraphStep::~GraphStep() = default;
 
+std::optional<device::CudaGraph::PlannedMemory> GraphStep::planned_memory() const {
+  if (!recording_ || !recording_->graph.ready()) return std::nullopt;
+  return recording_->graph.planned_memory();
+}
+
 void GraphStep::saw_eager_step(const Shape& x_shape) {
   if (std::find(warmed_shapes_.begin(), warmed_shapes_.end(), x_shape) == warmed_shapes_.end())
     warmed_shapes_.push_back(x_shape);

@@ -44,6 +44,8 @@ class GraphStep {
   std::optional<Outputs> run(const Batch& batch, const float class_weight[2], const nn::StepRandom& random, float tau,
                              float lr);
   const std::string& failure() const { return failure_; }
+  // The memory of the step's recording (device::CudaGraph::planned_memory); nullopt while none is recorded.
+  std::optional<device::CudaGraph::PlannedMemory> planned_memory() const;
   int recordings() const { return recordings_; }
   double recording_seconds() const { return recording_seconds_; }
 

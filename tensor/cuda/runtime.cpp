@@ -15,12 +15,13 @@
 #include <memory>
 #include <optional>
 #include <type_traits>
+#include <unordered_set>
 #include <vector>
 
 #include "kernels/convert_fill.h"
-#include "tensor/best_fit_arena.h"
 #include "tensor/cuda/checks.h"
 #include "tensor/cuda/context.h"
+#include "tensor/memory_plan.h"
 
 namespace dsmil::cuda {
 
@@ -47,20 +48,21 @@ struct VirtualMemoryApi {
 
 }  // namespace
 
-// A recording's memory: an address range as large as the device's memory, whose layout the host keeps best fit as
-// the recorded work takes and gives back, backed by physical memory for its first `mapped` bytes (none for a
-// recording that only measures the layout). The graph then holds no allocation nodes: its memory is what the
-// recording held at its fullest, laid out as tightly as the stream-ordered pool would (with graph allocation nodes
-// the DESIGN shape's replayed step held 0.12 GiB more than the same step queued). Given back once the graph is
-// released and its last tensor freed.
+// A recording's memory, in two passes over the same work. The first takes memory from the pool as the work asks (the
+// graph would hold allocation nodes) and traces each allocation's bytes and lifetime; that graph is dropped. The trace
+// is then planned offline (plan_memory) into one address range backed by exactly the plan's extent, and the second
+// pass hands each allocation its planned place: the graph holds no allocation nodes, and its memory comes close to
+// the most the step has alive at once (with allocation nodes the DESIGN shape's replayed step held 0.12 GiB more than
+// the same step queued). Every op of the second pass refers to memory already backed (copies and fills look their
+// addresses up when recorded). Given back once the graph is released and its last tensor freed.
 struct RecordingMemory {
+  AllocationTrace first_pass, second_pass;
+  MemoryPlan plan;
+  bool placed = false;  // the plan is made: the second pass
   CUdeviceptr base = 0;
-  size_t reserved = 0;
-  BestFitArena layout;
-  CUmemGenericAllocationHandle physical = 0;
-  size_t mapped = 0;
+  size_t mapped = 0;      // the range, backed in full
+  size_t alive = 0;       // tensors in the range not freed yet
   bool released = false;  // the graph is gone
-  RecordingMemory(size_t reserved_bytes, size_t usable_bytes) : reserved(reserved_bytes), layout(usable_bytes) {}
 };
 
 namespace {
@@ -79,6 +81,8 @@ struct Runtime {
   cudaDeviceProp properties{};
   CaptureTracking capture;
   std::vector<std::unique_ptr<RecordingMemory>> recordings;
+  // Memory a first pass took and kept past it: it was never allocated, so the frees of its tensors are skipped.
+  std::unordered_set<void*> never_allocated;
   size_t recording_mapped = 0, recording_mapped_peak = 0;
 };
 
@@ -188,28 +192,42 @@ size_t round_up(size_t bytes, size_t multiple) { return (bytes + multiple - 1) /
 RecordingMemory* recording_holding(Runtime& rt, void* ptr) {
   const auto address = reinterpret_cast<CUdeviceptr>(ptr);
   for (const auto& memory : rt.recordings)
-    if (address >= memory->base && address < memory->base + memory->reserved) return memory.get();
+    if (address >= memory->base && address < memory->base + memory->mapped) return memory.get();
   return nullptr;
 }
 
 // Gives the range and its physical memory back once the graph is released and the last of its tensors freed. Runs in
 // destructors: reports failures instead of throwing.
 void give_back_if_unused(Runtime& rt, RecordingMemory* memory) noexcept {
-  if (!memory->released || memory->layout.taken_blocks() > 0) return;
+  if (!memory->released || memory->alive > 0) return;
   // Waiting for the stream would end a recording in progress: given back when it stops (stop_recording_into).
   if (memory->mapped > 0 && rt.capture.memory != nullptr) return;
-  const VirtualMemoryApi& vm = virtual_memory();
-  bool failed = false;
   if (memory->mapped > 0) {
+    const VirtualMemoryApi& vm = virtual_memory();
     // The graph's last launch may still be running on the stream.
-    failed |= cudaStreamSynchronize(rt.stream) != cudaSuccess;
+    bool failed = cudaStreamSynchronize(rt.stream) != cudaSuccess;
     failed |= vm.unmap(memory->base, memory->mapped) != CUDA_SUCCESS;
-    failed |= vm.release(memory->physical) != CUDA_SUCCESS;
+    failed |= vm.address_free(memory->base, memory->mapped) != CUDA_SUCCESS;
+    if (failed) std::fprintf(stderr, "dsmil: giving back a CUDA graph's recording memory failed\n");
     rt.recording_mapped -= memory->mapped;
   }
-  failed |= vm.address_free(memory->base, memory->reserved) != CUDA_SUCCESS;
-  if (failed) std::fprintf(stderr, "dsmil: giving back a CUDA graph's recording memory failed\n");
   std::erase_if(rt.recordings, [memory](const auto& kept) { return kept.get() == memory; });
+}
+
+// The second pass's next allocation: its planned place, where the work asks for what the first pass took.
+void* place(RecordingMemory& memory, size_t bytes) {
+  const size_t index = memory.second_pass.buffers().size();
+  const std::vector<BufferLifetime>& planned = memory.first_pass.buffers();
+  const size_t rounded = (std::max<size_t>(bytes, 1) + kPlanAlignment - 1) / kPlanAlignment * kPlanAlignment;
+  if (index >= planned.size() || planned[index].bytes != rounded)
+    throw DeviceError(fmt::format(
+        "device_alloc({} bytes) while recording a CUDA graph: allocation {} of the second pass differs from the "
+        "first pass's ({}): the recorded work must ask for the same memory in the same order both times",
+        bytes, index, index < planned.size() ? fmt::format("{} bytes", planned[index].bytes) : "none"));
+  void* ptr = reinterpret_cast<void*>(memory.base + memory.plan.offsets[index]);
+  memory.second_pass.take(bytes, reinterpret_cast<uintptr_t>(ptr));
+  ++memory.alive;
+  return ptr;
 }
 
 }  // namespace
@@ -218,16 +236,12 @@ void* device_alloc(size_t bytes) {
   Runtime& rt = runtime();
   void* ptr = nullptr;
   bytes = bytes == 0 ? 1 : bytes;  // a zero-byte request would give no pointer to free later
-  if (RecordingMemory* recording = rt.capture.memory) {
-    const std::optional<size_t> offset = recording->layout.take(bytes);
-    if (!offset)
-      throw DeviceError(
-          fmt::format("device_alloc({} bytes) while recording a CUDA graph: no block of the recording's "
-                      "{} bytes is free ({} taken): the work took more than when it was laid out",
-                      bytes, recording->layout.capacity(), recording->layout.taken_bytes()));
-    ptr = reinterpret_cast<void*>(recording->base + *offset);
+  RecordingMemory* recording = rt.capture.memory;
+  if (recording && recording->placed) {
+    ptr = place(*recording, bytes);
   } else {
     DSMIL_CUDA_CHECK(cudaMallocAsync(&ptr, bytes, rt.stream), fmt::format("device_alloc({} bytes)", bytes));
+    if (recording) recording->first_pass.take(bytes, reinterpret_cast<uintptr_t>(ptr));
   }
   if (const int poison = g_allocation_poison.load(); poison >= 0)
     DSMIL_CUDA_CHECK(cudaMemsetAsync(ptr, poison, bytes, rt.stream), "device_alloc poisoning");
@@ -238,11 +252,15 @@ void device_free(void* ptr) {
   if (ptr == nullptr) return;
   Runtime& rt = runtime();
   if (RecordingMemory* recording = recording_holding(rt, ptr)) {
-    recording->layout.give_back(reinterpret_cast<CUdeviceptr>(ptr) - recording->base);
+    if (rt.capture.memory == recording) recording->second_pass.give_back(reinterpret_cast<uintptr_t>(ptr));
+    --recording->alive;
     give_back_if_unused(rt, recording);
     return;
   }
-  if (rt.capture.memory) rt.capture.frees_other_memory = true;
+  if (rt.never_allocated.erase(ptr) > 0) return;
+  if (RecordingMemory* recording = rt.capture.memory;
+      recording && (recording->placed || !recording->first_pass.give_back(reinterpret_cast<uintptr_t>(ptr))))
+    rt.capture.frees_other_memory = true;
   const cudaError_t status = cudaFreeAsync(ptr, rt.stream);
   // Called from destructors, so it cannot throw; at process exit the runtime may already be unloaded. A recording
   // that an error invalidated refuses every call until it is ended: its frees are dropped with it.
@@ -250,54 +268,67 @@ void device_free(void* ptr) {
     std::fprintf(stderr, "dsmil: cudaFreeAsync(%p) failed: %s\n", ptr, cudaGetErrorString(status));
 }
 
-RecordingMemory* reserve_recording_memory(std::optional<size_t> backed_bytes) {
-  Runtime& rt = runtime();
-  const VirtualMemoryApi& vm = virtual_memory();
-  const size_t granularity = mapping_granularity();
-  const size_t reserved = round_up(rt.properties.totalGlobalMem, granularity);
-  const size_t backed = backed_bytes ? round_up(*backed_bytes, granularity) : 0;
-  auto memory = std::make_unique<RecordingMemory>(reserved, backed_bytes ? backed : reserved);
-  DSMIL_DRIVER_CHECK(vm.address_reserve(&memory->base, reserved, granularity, 0, 0),
-                     fmt::format("reserving {} bytes of addresses for a CUDA graph's recording", reserved));
-  RecordingMemory* kept = rt.recordings.emplace_back(std::move(memory)).get();
-  if (backed == 0) return kept;
-  const std::string context = fmt::format("backing a CUDA graph's recording with {} bytes", backed);
-  const CUmemAllocationProp properties = device_memory_properties();
-  CUmemAccessDesc access{};
-  access.location = properties.location;
-  access.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
-  CUresult status = vm.create(&kept->physical, backed, &properties, 0);
-  if (status == CUDA_SUCCESS) {
-    status = vm.map(kept->base, backed, 0, kept->physical, 0);
-    if (status == CUDA_SUCCESS) {
-      kept->mapped = backed;
-      rt.recording_mapped += backed;
-      rt.recording_mapped_peak = std::max(rt.recording_mapped_peak, rt.recording_mapped);
-      status = vm.set_access(kept->base, backed, &access, 1);
-    } else {
-      vm.release(kept->physical);
-    }
-  }
-  if (status != CUDA_SUCCESS) {
-    release_recording_memory(kept);
-    DSMIL_DRIVER_CHECK(status, context);
-  }
-  return kept;
+RecordingMemory* new_recording_memory() {
+  return runtime().recordings.emplace_back(std::make_unique<RecordingMemory>()).get();
 }
 
 void start_recording_into(RecordingMemory* memory) { runtime().capture = CaptureTracking{memory, false}; }
 
-bool stop_recording_into(RecordingMemory* memory) {
+std::optional<std::string> stop_recording_into(RecordingMemory* memory) {
   Runtime& rt = runtime();
-  const bool frees_other_memory = rt.capture.memory == memory && rt.capture.frees_other_memory;
+  std::optional<std::string> refused;
+  if (rt.capture.memory == memory && rt.capture.frees_other_memory)
+    refused =
+        "the recorded work gives back pool memory it did not take (a tensor made before the recording and released "
+        "in it): every launch would free it again";
+  else if (memory->placed && memory->second_pass.buffers() != memory->first_pass.buffers())
+    refused = "the second pass took or gave back its memory in another order than the first: its plan does not hold";
   rt.capture = CaptureTracking{};
+  if (!memory->placed)
+    for (const uintptr_t kept : memory->first_pass.alive()) rt.never_allocated.insert(reinterpret_cast<void*>(kept));
   std::vector<RecordingMemory*> waiting;
   for (const auto& kept : rt.recordings) waiting.push_back(kept.get());
   for (RecordingMemory* other : waiting) give_back_if_unused(rt, other);
-  return frees_other_memory;
+  return refused;
 }
 
-size_t recording_high_water(const RecordingMemory* memory) { return memory->layout.high_water(); }
+void place_recording_memory(RecordingMemory* memory) {
+  Runtime& rt = runtime();
+  memory->plan = plan_memory(memory->first_pass.buffers());
+  memory->placed = true;
+  if (memory->plan.extent == 0) return;
+  const VirtualMemoryApi& vm = virtual_memory();
+  const size_t granularity = mapping_granularity();
+  const size_t bytes = round_up(memory->plan.extent, granularity);
+  const std::string context =
+      fmt::format("backing a CUDA graph's recording with {} bytes (planned {}, {} alive at most)", bytes,
+                  memory->plan.extent, memory->plan.most_alive);
+  DSMIL_DRIVER_CHECK(vm.address_reserve(&memory->base, bytes, granularity, 0, 0), context);
+  const CUmemAllocationProp properties = device_memory_properties();
+  CUmemGenericAllocationHandle physical = 0;
+  CUresult status = vm.create(&physical, bytes, &properties, 0);
+  if (status == CUDA_SUCCESS) {
+    status = vm.map(memory->base, bytes, 0, physical, 0);
+    vm.release(physical);  // a mapping keeps its memory until it is unmapped
+  }
+  if (status == CUDA_SUCCESS) {
+    CUmemAccessDesc access{};
+    access.location = properties.location;
+    access.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
+    status = vm.set_access(memory->base, bytes, &access, 1);
+    if (status != CUDA_SUCCESS) vm.unmap(memory->base, bytes);
+  }
+  if (status != CUDA_SUCCESS) {
+    vm.address_free(memory->base, bytes);
+    memory->base = 0;
+    DSMIL_DRIVER_CHECK(status, context);
+  }
+  memory->mapped = bytes;
+  rt.recording_mapped += bytes;
+  rt.recording_mapped_peak = std::max(rt.recording_mapped_peak, rt.recording_mapped);
+}
+
+const MemoryPlan& recording_plan(const RecordingMemory* memory) { return memory->plan; }
 
 void release_recording_memory(RecordingMemory* memory) noexcept {
   Runtime& rt = runtime();

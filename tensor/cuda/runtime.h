@@ -4,7 +4,9 @@
 
 #include <cstddef>
 #include <optional>
+#include <string>
 
+#include "tensor/memory_plan.h"
 #include "tensor/tensor.h"
 
 namespace dsmil::cuda {
@@ -18,19 +20,21 @@ void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device
 void fill(Tensor& t, float value);          // F32, BF16 (rounded) or I32 (truncated)
 Tensor convert(const Tensor& t, DType to);  // F32 <-> BF16 on the device
 void synchronize();
-// The memory of a recording of the stream into a CUDA graph (device::CudaGraph): an address range, reserved by
-// reserve_recording_memory as large as the device's memory, and backed with physical memory for its first
-// `backed_bytes` (rounded up to the mapping granularity; none where nullopt: a recording that only lays its memory out
-// and is dropped). Between start_recording_into and stop_recording_into, what the recorded work takes comes from the
-// range, laid out best-fit as the work takes and gives back (the graph holds no allocation nodes);
-// stop_recording_into says whether the work gave back memory from elsewhere (the graph would free another tensor's
-// memory at every launch). recording_high_water: the layout's extent, what the recording held at its fullest.
-// release_recording_memory: the graph is gone; the range is given back when the last tensor made in it is freed.
+// The memory of a recording of the stream into a CUDA graph (device::CudaGraph), recorded twice. Between
+// start_recording_into and stop_recording_into, the first pass takes pool memory as the work asks and traces it (that
+// recording is dropped; what it kept past its end was never allocated, and the frees of its tensors are skipped).
+// place_recording_memory plans the trace (tensor/memory_plan.h) into one address range backed by exactly the plan's
+// extent; the second pass then gives each allocation its planned place (the graph holds no allocation nodes).
+// stop_recording_into says why the recording cannot be kept, where it cannot: the work gave back memory from elsewhere
+// (the graph would free another tensor's memory at every launch), or the second pass took or gave back its memory
+// unlike the first. release_recording_memory: the graph is gone; the range is given back when the last tensor made in
+// it is freed.
 struct RecordingMemory;
-RecordingMemory* reserve_recording_memory(std::optional<size_t> backed_bytes);
+RecordingMemory* new_recording_memory();
 void start_recording_into(RecordingMemory* memory);
-bool stop_recording_into(RecordingMemory* memory);
-size_t recording_high_water(const RecordingMemory* memory);
+std::optional<std::string> stop_recording_into(RecordingMemory* memory);
+void place_recording_memory(RecordingMemory* memory);
+const MemoryPlan& recording_plan(const RecordingMemory* memory);
 void release_recording_memory(RecordingMemory* memory) noexcept;
 // Device memory outside the pool (cudaMalloc), for device::DeviceMemory: DeviceError naming the bytes wanted and
 // free when the device has too little. free_outside_pool never throws (it runs in destructors).

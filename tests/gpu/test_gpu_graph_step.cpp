@@ -2,8 +2,8 @@
 // queued as they are, bit for bit in deterministic mode (the same kernels in the same order, fed the same seeds and
 // constants), with dropout, instance dropout and drop-path drawing new masks every step; and a step that cannot be
 // recorded (the attention-entropy term reads the attention back inside the step) leaves nothing behind. And the
-// recording's memory (device::CudaGraph): as large as the recording held at its fullest, given back with its last
-// tensor.
+// recording's memory (device::CudaGraph): planned from the first pass's trace, as large as the most its work had alive
+// at once, given back with its last tensor.
 #include <cstring>
 
 #include "apps/train/graph_step.h"
@@ -124,6 +124,11 @@ TEST_CASE("gpu training step as a CUDA graph: replays equal the steps queued as 
                     "step " << step << ": first difference in " << first_difference(queued, replayed));
     }
     CHECK(graph.recordings() == 1);
+    const std::optional<device::CudaGraph::PlannedMemory> planned = graph.planned_memory();
+    REQUIRE(planned.has_value());
+    std::printf("[gpu-graph] %s step's recording: a range of %zu bytes planned from %zu alive at most\n",
+                bf16 ? "bf16" : "fp32", planned->bytes, planned->most_alive);
+    CHECK(planned->bytes >= planned->most_alive);
     CHECK(replayed.optimizer->steps() == queued.optimizer->steps());
     CHECK(replayed.ema->updates() == queued.ema->updates());
   }
@@ -155,8 +160,8 @@ TEST_CASE("gpu training step as a CUDA graph: a step that cannot be recorded lea
 }
 
 TEST_CASE(
-    "gpu CUDA graph memory: laid out while recording, as large as the recording at its fullest, given back with "
-    "its last tensor") {
+    "gpu CUDA graph memory: planned from the first pass, as large as the most alive at once, given back with its "
+    "last tensor") {
   if (skip_without_gpu()) return;
   constexpr int64_t kFloats = int64_t{1} << 20;  // 4 MiB a tensor, a multiple of the mapping granularity (2 MiB)
   constexpr uint64_t kBytes = kFloats * sizeof(float);
@@ -175,6 +180,8 @@ TEST_CASE(
   std::printf("[gpu-graph] recording memory: 3 tensors of %llu bytes taken, at most 2 at once: %llu bytes backed\n",
               static_cast<unsigned long long>(kBytes), static_cast<unsigned long long>(recorded));
   CHECK(recorded == 2 * kBytes);
+  CHECK(graph->planned_memory().bytes == 2 * kBytes);
+  CHECK(graph->planned_memory().most_alive == 2 * kBytes);
   for (int launch = 0; launch < 2; ++launch) {
     const Tensor fresh = test::random_tensor({kFloats});
     a.copy_from(fresh);
