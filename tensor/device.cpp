@@ -207,14 +207,20 @@ cudaGraph_t capture(const std::function<void()>& work, cuda::RecordingMemory* me
 void CudaGraph::record(const std::function<void()>& work) {
   if (state_->memory) throw Error("CudaGraph::record: this graph is recorded already");
   cuda::RecordingMemory* memory = cuda::new_recording_memory();
+  cudaGraph_t traced = nullptr;
   try {
-    cudaGraphDestroy(capture(work, memory));
+    traced = capture(work, memory);
+    // Kept until the second pass is recorded: an allocation node's address is fixed for its graph's life, so the
+    // planned range cannot take the address of a first-pass tensor kept past it (freed, and skipped, as the second
+    // pass replaces it), which would count that free against the range.
     cuda::place_recording_memory(memory);
     state_->graph = capture(work, memory);
   } catch (...) {
+    if (traced) cudaGraphDestroy(traced);
     cuda::release_recording_memory(memory);
     throw;
   }
+  cudaGraphDestroy(traced);
   state_->memory = memory;
   if (const cudaError_t instantiated = cudaGraphInstantiate(&state_->runnable, state_->graph, 0);
       instantiated != cudaSuccess) {
