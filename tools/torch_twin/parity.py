@@ -603,7 +603,8 @@ def compare(b: Bundle, ref: TwinRun, native: Optional[TwinRun], tol: Tolerance, 
     return checks
 
 
-def check_bundle(b: Bundle, device: torch.device, with_native: bool, switches: bool = True) -> List[Check]:
+def check_bundle(b: Bundle, device: torch.device, with_native: bool, switches: bool = True,
+                 switches_everywhere: bool = False) -> List[Check]:
     precision = b.config["precision"]
     tol = TOLERANCES[precision]
     cpp_selected = None
@@ -616,7 +617,7 @@ def check_bundle(b: Bundle, device: torch.device, with_native: bool, switches: b
                     if k in b.outputs]
         return min(tol.forward, SWITCH_TAU_FACTOR * max(measured))
 
-    use_switches = switches and precision == "fp32"
+    use_switches = switches and (precision == "fp32" or switches_everywhere)
     ref = run_twin(b, "fp64", device, cpp_selected, switch_tau if use_switches else None)
     if b.config["pooling"] != "soft" and cpp_selected is None:
         print("note: no outputs/selection.npy: the float64 twin chose the max/top-k instances itself")
@@ -773,6 +774,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--no-native", action="store_true", help="skip the torch run at the bundle's precision")
     ap.add_argument("--no-switches", action="store_true",
                     help="fp32: no ReLU / max-pool switch analysis (see BUNDLE.md, 'Switches')")
+    ap.add_argument("--switches-everywhere", action="store_true",
+                    help="diagnostic: the switch analysis for tf32 / bf16 bundles too; their gradients are then judged "
+                         "after the switches it picks (do the C++ gradients differ from float64 by switches alone?)")
     ap.add_argument("--self-test", action="store_true", help="write bundles from the twin itself and check them")
     ap.add_argument("--precision", choices=PRECISIONS, default="fp32", help="self-test: the stand-in's precision")
     ap.add_argument("--keep", help="self-test: write the bundles into this folder and keep them")
@@ -794,7 +798,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"bundle {args.bundle}: precision {precision}, tolerances forward {TOLERANCES[precision].forward:.0e}, "
               f"gradients {TOLERANCES[precision].gradient:.0e}; reference: this twin in float64 on {device}")
         checks = check_bundle(bundle, device, with_native=not args.no_native,
-                              switches=not args.no_switches)
+                              switches=not args.no_switches, switches_everywhere=args.switches_everywhere)
     except (BundleError, ValueError) as error:
         print(f"error: {error}")
         print("parity: 0 passed, 1 failed (worst: bundle rejected)")
