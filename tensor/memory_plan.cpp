@@ -9,8 +9,7 @@
 namespace dsmil {
 
 size_t AllocationTrace::take(size_t bytes, uintptr_t address) {
-  const size_t rounded = (std::max<size_t>(bytes, 1) + kPlanAlignment - 1) / kPlanAlignment * kPlanAlignment;
-  buffers_.push_back({rounded, events_++, BufferLifetime::kKeptPast});
+  buffers_.push_back({planned_bytes(bytes), events_++, BufferLifetime::kKeptPast});
   alive_[address] = buffers_.size() - 1;
   return buffers_.size() - 1;
 }

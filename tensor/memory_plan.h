@@ -26,6 +26,11 @@ struct BufferLifetime {
 
 constexpr size_t kPlanAlignment = 256;  // what cudaMalloc guarantees, and the vectorised kernels assume
 
+// What a plan gives an allocation of `bytes`: rounded up to kPlanAlignment, 0 counted as 1.
+constexpr size_t planned_bytes(size_t bytes) {
+  return ((bytes == 0 ? 1 : bytes) + kPlanAlignment - 1) / kPlanAlignment * kPlanAlignment;
+}
+
 // The takes and give-backs of a sequence, as buffers in the order they were taken; addresses name the buffers while
 // they are alive (a later buffer may reuse one).
 class AllocationTrace {

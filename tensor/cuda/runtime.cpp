@@ -218,8 +218,7 @@ void give_back_if_unused(Runtime& rt, RecordingMemory* memory) noexcept {
 void* place(RecordingMemory& memory, size_t bytes) {
   const size_t index = memory.second_pass.buffers().size();
   const std::vector<BufferLifetime>& planned = memory.first_pass.buffers();
-  const size_t rounded = (std::max<size_t>(bytes, 1) + kPlanAlignment - 1) / kPlanAlignment * kPlanAlignment;
-  if (index >= planned.size() || planned[index].bytes != rounded)
+  if (index >= planned.size() || planned[index].bytes != planned_bytes(bytes))
     throw DeviceError(fmt::format(
         "device_alloc({} bytes) while recording a CUDA graph: allocation {} of the second pass differs from the "
         "first pass's ({}): the recorded work must ask for the same memory in the same order both times",
