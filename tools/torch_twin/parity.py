@@ -2,12 +2,13 @@
 # gradients, BN statistics written by the C++ side), recomputes all in float64 and prints max|a-b|/max|b| per tensor.
 """Usage:
   parity.py BUNDLE_DIR [--device cuda|cpu] [--no-native] [--no-switches]
-  parity.py --self-test [--precision fp32|tf32|bf16] [--device ...] [--keep DIR]
+  parity.py --self-test [--precision fp32|tf32|bf16] [--device ...] [--keep DIR] [--seeds N] [--first-seed S]
 
 Compares each tensor of the bundle with the twin run in float64 (the reference), prints one line per
 tensor and a closing line `parity: N passed, M failed (worst: NAME REL_ERR)`; exit status 0 when all
 pass, 1 when any fails, 2 when the bundle cannot be read or does not fit the twin. The column `torch-<precision>` is the same
-twin run at the bundle's precision (PyTorch's own error there), for calibration: it decides nothing.
+twin run at the bundle's precision (PyTorch's own error there): in fp32 one run, shown for comparison; in tf32 and bf16
+the farthest of ENSEMBLE_RUNS runs, which sets each tensor's limit with the floor tolerance (BUNDLE.md, "Switches").
 """
 from __future__ import annotations
 
