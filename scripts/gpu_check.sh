@@ -19,6 +19,7 @@ if [ "${1:-}" = "--pack" ]; then
   cp "$build/tests/gpu/test_gpu" "$build/tests/gpu/test_gpu_kernel_variants" "$carry/"
   [ -x "$build/dsmil" ] && cp "$build/dsmil" "$carry/"
   [ -f "$build/tools/host_time/libhost_time.so" ] && cp "$build/tools/host_time/libhost_time.so" "$carry/"
+  [ -x "$build/tools/conv_fusion_probe/conv_fusion_probe" ] && cp "$build/tools/conv_fusion_probe/conv_fusion_probe" "$carry/"
   du -sh "$carry"
   exit 0
 fi
