@@ -77,12 +77,13 @@ if [ -x "$carry/test_gpu_kernel_variants" ]; then
   grep -h "\[gpu-check\]" "$logs/gpu_kernel_variants.log" >> "$logs/gpu_checks.txt"
 fi
 
-# Conv tests are left out (cuDNN is slow under the sanitizer), and so is the test that makes runtime calls
-# fail on purpose (the sanitizer reports those as errors).
+# Conv tests are left out (cuDNN is slow under the sanitizer). Failed CUDA API calls are not reported: the tests
+# check every call themselves, and some make calls fail on purpose (the check macros' test; a step recorded as a
+# CUDA graph that the capture refuses), which the sanitizer would count as errors.
 echo "== compute-sanitizer memcheck of the hand-written kernels"
 if [ -x "$carry/test_gpu" ] && command -v compute-sanitizer > /dev/null && [ "${DSMIL_SKIP_MEMCHECK:-0}" != 1 ]; then
-  if timeout 300 compute-sanitizer --tool memcheck --error-exitcode 9 "$carry/test_gpu" \
-       --test-case-exclude='*conv3d*,*environment*,*check macros*' > "$logs/memcheck.log" 2>&1; then
+  if timeout 300 compute-sanitizer --tool memcheck --report-api-errors no --error-exitcode 9 "$carry/test_gpu" \
+       --test-case-exclude='*conv3d*,*environment*' > "$logs/memcheck.log" 2>&1; then
     record "memcheck (kernels)" "PASS: $(grep -c 'ERROR SUMMARY: 0 errors' "$logs/memcheck.log") clean summary"
   else
     record "memcheck (kernels)" "FAIL (exit $?; log: memcheck.log)"
