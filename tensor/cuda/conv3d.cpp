@@ -97,21 +97,6 @@ constexpr int64_t kUidX = 'x', kUidW = 'w', kUidY = 'y';
 // The most alignment a convolution plan's tensors declare: 16 bytes, what cuDNN's vectorised engines ask for.
 constexpr uint32_t kConvAlignmentCap = 16;
 
-// A channels-last tensor [N, D, H, W, C] (filters: [K, T, R, S, C]) as cuDNN's NCDHW dimensions with NDHWC strides.
-BackendDescriptor tensor_descriptor(int64_t uid, const Shape& s, DType dtype, int64_t alignment,
-                                    const std::string& context) {
-  BackendDescriptor t(CUDNN_BACKEND_TENSOR_DESCRIPTOR, context);
-  const int64_t n = s[0], d = s[1], h = s[2], w = s[3], c = s[4];
-  const cudnnDataType_t type = cudnn_type(dtype);
-  t.set(CUDNN_ATTR_TENSOR_DATA_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &type);
-  t.set_int64(CUDNN_ATTR_TENSOR_DIMENSIONS, {n, c, d, h, w});
-  t.set_int64(CUDNN_ATTR_TENSOR_STRIDES, {d * h * w * c, 1, h * w * c, w * c, c});
-  t.set_int64(CUDNN_ATTR_TENSOR_UNIQUE_ID, {uid});
-  t.set_int64(CUDNN_ATTR_TENSOR_BYTE_ALIGNMENT, {alignment});
-  t.finalize();
-  return t;
-}
-
 // A pass's operation descriptor and the names of its attributes: x (dx), w (dw), y (dy), the convolution, alpha, beta.
 struct OperationAttributes {
   cudnnBackendDescriptorType_t type;
@@ -160,24 +145,15 @@ struct ConvGraph {
 ConvGraph conv_graph(const ConvProblem& p, int64_t alignment) {
   const std::string& context = p.context;
   std::vector<BackendDescriptor> parts;
-  parts.push_back(tensor_descriptor(kUidX, p.x_shape, p.dtype, alignment, context));
-  parts.push_back(tensor_descriptor(kUidW, p.w_shape, p.dtype, alignment, context));
-  parts.push_back(tensor_descriptor(kUidY, p.y_shape, p.dtype, alignment, context));
+  const cudnnDataType_t type = cudnn_type(p.dtype);
+  parts.push_back(channels_last_tensor(kUidX, p.x_shape, type, alignment, context));
+  parts.push_back(channels_last_tensor(kUidW, p.w_shape, type, alignment, context));
+  parts.push_back(channels_last_tensor(kUidY, p.y_shape, type, alignment, context));
   const BackendDescriptor &x = parts[0], &w = parts[1], &y = parts[2];
 
-  BackendDescriptor conv(CUDNN_BACKEND_CONVOLUTION_DESCRIPTOR, context);
-  const cudnnDataType_t compute = CUDNN_DATA_FLOAT;
-  const cudnnConvolutionMode_t mode = CUDNN_CROSS_CORRELATION;
-  const Conv3dGeometry& geometry = p.geometry;
-  const std::vector<int64_t> pad{geometry.pad[0], geometry.pad[1], geometry.pad[2]};
-  conv.set(CUDNN_ATTR_CONVOLUTION_COMP_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &compute);
-  conv.set(CUDNN_ATTR_CONVOLUTION_CONV_MODE, CUDNN_TYPE_CONVOLUTION_MODE, 1, &mode);
-  conv.set_int64(CUDNN_ATTR_CONVOLUTION_SPATIAL_DIMS, {3});
-  conv.set_int64(CUDNN_ATTR_CONVOLUTION_DILATIONS, {1, 1, 1});
-  conv.set_int64(CUDNN_ATTR_CONVOLUTION_FILTER_STRIDES, {geometry.stride[0], geometry.stride[1], geometry.stride[2]});
-  conv.set_int64(CUDNN_ATTR_CONVOLUTION_PRE_PADDINGS, pad);
-  conv.set_int64(CUDNN_ATTR_CONVOLUTION_POST_PADDINGS, pad);
-  conv.finalize();
+  const Conv3dGeometry& g = p.geometry;
+  BackendDescriptor conv =
+      convolution_3d({g.stride[0], g.stride[1], g.stride[2]}, {g.pad[0], g.pad[1], g.pad[2]}, context);
 
   const OperationAttributes& names = operation_attributes(p.pass);
   BackendDescriptor op(names.type, context);

@@ -69,6 +69,36 @@ void BackendDescriptor::get_descriptor(cudnnBackendAttributeName_t name, Backend
   get_raw(name, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &count, &d);
 }
 
+BackendDescriptor channels_last_tensor(int64_t uid, const std::vector<int64_t>& ndhwc, cudnnDataType_t type,
+                                       int64_t alignment, const std::string& context, bool is_virtual) {
+  BackendDescriptor t(CUDNN_BACKEND_TENSOR_DESCRIPTOR, context);
+  const int64_t n = ndhwc[0], d = ndhwc[1], h = ndhwc[2], w = ndhwc[3], c = ndhwc[4];
+  t.set(CUDNN_ATTR_TENSOR_DATA_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &type);
+  t.set_int64(CUDNN_ATTR_TENSOR_DIMENSIONS, {n, c, d, h, w});
+  t.set_int64(CUDNN_ATTR_TENSOR_STRIDES, {d * h * w * c, 1, h * w * c, w * c, c});
+  t.set_int64(CUDNN_ATTR_TENSOR_UNIQUE_ID, {uid});
+  t.set_int64(CUDNN_ATTR_TENSOR_BYTE_ALIGNMENT, {alignment});
+  if (is_virtual) t.set(CUDNN_ATTR_TENSOR_IS_VIRTUAL, CUDNN_TYPE_BOOLEAN, 1, &is_virtual);
+  t.finalize();
+  return t;
+}
+
+BackendDescriptor convolution_3d(const std::array<int64_t, 3>& stride, const std::array<int64_t, 3>& pad,
+                                 const std::string& context) {
+  BackendDescriptor conv(CUDNN_BACKEND_CONVOLUTION_DESCRIPTOR, context);
+  const cudnnDataType_t compute = CUDNN_DATA_FLOAT;
+  const cudnnConvolutionMode_t mode = CUDNN_CROSS_CORRELATION;
+  conv.set(CUDNN_ATTR_CONVOLUTION_COMP_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &compute);
+  conv.set(CUDNN_ATTR_CONVOLUTION_CONV_MODE, CUDNN_TYPE_CONVOLUTION_MODE, 1, &mode);
+  conv.set_int64(CUDNN_ATTR_CONVOLUTION_SPATIAL_DIMS, {3});
+  conv.set_int64(CUDNN_ATTR_CONVOLUTION_DILATIONS, {1, 1, 1});
+  conv.set_int64(CUDNN_ATTR_CONVOLUTION_FILTER_STRIDES, {stride[0], stride[1], stride[2]});
+  conv.set_int64(CUDNN_ATTR_CONVOLUTION_PRE_PADDINGS, {pad[0], pad[1], pad[2]});
+  conv.set_int64(CUDNN_ATTR_CONVOLUTION_POST_PADDINGS, {pad[0], pad[1], pad[2]});
+  conv.finalize();
+  return conv;
+}
+
 std::vector<BackendDescriptor> heuristic_engine_configs(const BackendDescriptor& operation_graph,
                                                         cudnnBackendHeurMode_t mode) {
   const std::string context =

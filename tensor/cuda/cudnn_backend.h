@@ -4,6 +4,7 @@
 
 #include <cudnn.h>
 
+#include <array>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -50,6 +51,15 @@ class BackendDescriptor {
   cudnnBackendDescriptor_t descriptor_ = nullptr;
   std::string context_;
 };
+
+// A channels-last tensor [N, D, H, W, C] (filters: [K, T, R, S, C]) as cuDNN's NCDHW dimensions with NDHWC strides.
+// `is_virtual`: an intermediate of a fused graph, never in memory.
+BackendDescriptor channels_last_tensor(int64_t uid, const std::vector<int64_t>& ndhwc, cudnnDataType_t type,
+                                       int64_t alignment, const std::string& context, bool is_virtual = false);
+
+// A 3-D cross-correlation accumulating in fp32, padded alike before and after.
+BackendDescriptor convolution_3d(const std::array<int64_t, 3>& stride, const std::array<int64_t, 3>& pad,
+                                 const std::string& context);
 
 // The engine configurations cuDNN's heuristics list for a finalized operation graph, best first (none where
 // the mode has none for it).

@@ -11,6 +11,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <exception>
 #include <limits>
@@ -46,7 +47,7 @@ const char* fusion_name(Fusion f) {
 struct Problem {
   std::string name;
   int64_t n, d, h, w, c, k, t, r, s;
-  int64_t stride[3], pad[3];
+  std::array<int64_t, 3> stride, pad;
   int64_t out(int axis, int64_t size, int64_t kernel) const {
     return (size + 2 * pad[axis] - kernel) / stride[axis] + 1;
   }
@@ -58,20 +59,8 @@ struct Problem {
 // Unique ids of the graph's tensors in the variant pack.
 enum Uid : int64_t { kX = 1, kW, kY, kSum, kSqSum, kScale, kBias, kScaled, kShifted, kActivated };
 
-// A channels-last tensor as cuDNN's NCDHW dimensions with NDHWC strides.
-BackendDescriptor tensor(int64_t uid, std::vector<int64_t> ndhwc, cudnnDataType_t type, bool is_virtual,
-                         const std::string& context) {
-  BackendDescriptor t(CUDNN_BACKEND_TENSOR_DESCRIPTOR, context);
-  const int64_t n = ndhwc[0], d = ndhwc[1], h = ndhwc[2], w = ndhwc[3], c = ndhwc[4];
-  t.set(CUDNN_ATTR_TENSOR_DATA_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &type);
-  t.set_int64(CUDNN_ATTR_TENSOR_DIMENSIONS, {n, c, d, h, w});
-  t.set_int64(CUDNN_ATTR_TENSOR_STRIDES, {d * h * w * c, 1, h * w * c, w * c, c});
-  t.set_int64(CUDNN_ATTR_TENSOR_UNIQUE_ID, {uid});
-  t.set_int64(CUDNN_ATTR_TENSOR_BYTE_ALIGNMENT, {16});
-  t.set(CUDNN_ATTR_TENSOR_IS_VIRTUAL, CUDNN_TYPE_BOOLEAN, 1, &is_virtual);
-  t.finalize();
-  return t;
-}
+// The probe's tensors declare 16-byte alignment, as dsmil's convolution plans do at most.
+constexpr int64_t kAlignment = 16;
 
 // The graph and every descriptor it was built from (cuDNN keeps pointers to them).
 struct Graph {
@@ -99,25 +88,28 @@ BackendDescriptor pointwise_op(cudnnPointwiseMode_t mode, const BackendDescripto
 
 Graph build_graph(const Problem& p, Fusion fusion) {
   const std::string context = fmt::format("{} {}", p.name, fusion_name(fusion));
+  const auto tensor = [&](int64_t uid, const std::vector<int64_t>& ndhwc, cudnnDataType_t type, bool is_virtual) {
+    return dsmil::cuda::channels_last_tensor(uid, ndhwc, type, kAlignment, context, is_virtual);
+  };
   Graph g;
   auto& parts = g.parts;
   parts.reserve(32);
   const cudnnDataType_t bf16 = CUDNN_DATA_BFLOAT16, f32 = CUDNN_DATA_FLOAT;
   const std::vector<int64_t> x_shape{p.n, p.d, p.h, p.w, p.c}, channel_in{1, 1, 1, 1, p.c};
   const std::vector<int64_t> y_shape{p.n, p.od(), p.oh(), p.ow(), p.k}, channel_out{1, 1, 1, 1, p.k};
-  parts.push_back(tensor(kX, x_shape, bf16, false, context));
-  parts.push_back(tensor(kW, {p.k, p.t, p.r, p.s, p.c}, bf16, false, context));
-  parts.push_back(tensor(kY, y_shape, bf16, false, context));
+  parts.push_back(tensor(kX, x_shape, bf16, false));
+  parts.push_back(tensor(kW, {p.k, p.t, p.r, p.s, p.c}, bf16, false));
+  parts.push_back(tensor(kY, y_shape, bf16, false));
   const size_t x = 0, w = 1, y = 2;
   std::vector<size_t> ops;
 
   size_t conv_input = x;
   if (fusion == Fusion::PrologueAndStatistics) {
-    parts.push_back(tensor(kScale, channel_in, f32, false, context));
-    parts.push_back(tensor(kBias, channel_in, f32, false, context));
-    parts.push_back(tensor(kScaled, x_shape, f32, true, context));
-    parts.push_back(tensor(kShifted, x_shape, f32, true, context));
-    parts.push_back(tensor(kActivated, x_shape, bf16, true, context));
+    parts.push_back(tensor(kScale, channel_in, f32, false));
+    parts.push_back(tensor(kBias, channel_in, f32, false));
+    parts.push_back(tensor(kScaled, x_shape, f32, true));
+    parts.push_back(tensor(kShifted, x_shape, f32, true));
+    parts.push_back(tensor(kActivated, x_shape, bf16, true));
     const size_t scale = parts.size() - 5, bias = scale + 1, scaled = scale + 2, shifted = scale + 3,
                  activated = scale + 4;
     BackendDescriptor mul = pointwise_op(CUDNN_POINTWISE_MUL, parts[x], &parts[scale], parts[scaled], parts, context);
@@ -134,18 +126,7 @@ Graph build_graph(const Problem& p, Fusion fusion) {
     conv_input = activated;
   }
 
-  BackendDescriptor conv(CUDNN_BACKEND_CONVOLUTION_DESCRIPTOR, context);
-  const cudnnDataType_t compute = CUDNN_DATA_FLOAT;
-  const cudnnConvolutionMode_t mode = CUDNN_CROSS_CORRELATION;
-  conv.set(CUDNN_ATTR_CONVOLUTION_COMP_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &compute);
-  conv.set(CUDNN_ATTR_CONVOLUTION_CONV_MODE, CUDNN_TYPE_CONVOLUTION_MODE, 1, &mode);
-  conv.set_int64(CUDNN_ATTR_CONVOLUTION_SPATIAL_DIMS, {3});
-  conv.set_int64(CUDNN_ATTR_CONVOLUTION_DILATIONS, {1, 1, 1});
-  conv.set_int64(CUDNN_ATTR_CONVOLUTION_FILTER_STRIDES, {p.stride[0], p.stride[1], p.stride[2]});
-  conv.set_int64(CUDNN_ATTR_CONVOLUTION_PRE_PADDINGS, {p.pad[0], p.pad[1], p.pad[2]});
-  conv.set_int64(CUDNN_ATTR_CONVOLUTION_POST_PADDINGS, {p.pad[0], p.pad[1], p.pad[2]});
-  conv.finalize();
-  parts.push_back(std::move(conv));
+  parts.push_back(dsmil::cuda::convolution_3d(p.stride, p.pad, context));
   const size_t conv_desc = parts.size() - 1;
   BackendDescriptor conv_op(CUDNN_BACKEND_OPERATION_CONVOLUTION_FORWARD_DESCRIPTOR, context);
   const float alpha = 1.0f, beta = 0.0f;
@@ -160,8 +141,8 @@ Graph build_graph(const Problem& p, Fusion fusion) {
   ops.push_back(parts.size() - 1);
 
   if (fusion != Fusion::None) {
-    parts.push_back(tensor(kSum, channel_out, f32, false, context));
-    parts.push_back(tensor(kSqSum, channel_out, f32, false, context));
+    parts.push_back(tensor(kSum, channel_out, f32, false));
+    parts.push_back(tensor(kSqSum, channel_out, f32, false));
     const size_t sum = parts.size() - 2, sqsum = sum + 1;
     BackendDescriptor stats(CUDNN_BACKEND_OPERATION_GEN_STATS_DESCRIPTOR, context);
     const cudnnGenStatsMode_t stats_mode = CUDNN_GENSTATS_SUM_SQSUM;
