@@ -818,13 +818,14 @@ def check_gross_errors(b: Bundle, device: torch.device) -> List[Check]:
 
 def print_calibration(checks: List[Check], precision: str) -> None:
     """The stand-in's error over the farthest torch run's, per tensor: what ENSEMBLE_FACTOR must cover."""
-    for title, groups in (("outputs and buffers", ("output", "buffer")), ("gradients", ("grad",))):
+    tol = TOLERANCES[precision]
+    for title, groups, floor in (("outputs and buffers", ("output", "buffer"), tol.forward),
+                                 ("gradients", ("grad",), tol.gradient)):
         rows = [c for c in checks if c.group in groups and c.native_err]
         if not rows:
             continue
         ratios = np.array([c.err / c.native_err for c in rows])
         worst = rows[int(ratios.argmax())]
-        floor = TOLERANCES[precision].forward if groups[0] == "output" else TOLERANCES[precision].gradient
         over_floor = [c.err / c.native_err for c in rows if c.err > floor]
         print(f"calibration {title}: stand-in (NCDHW) / farthest of {ENSEMBLE_RUNS} torch runs, {len(rows)} tensors: "
               f"median {np.median(ratios):.2f}, 99th percentile {np.percentile(ratios, 99):.2f}, "
